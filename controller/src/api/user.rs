@@ -1,0 +1,62 @@
+//! The MqttUser kind: one username on one Broker, its password and its ACL.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{AclRule, CommonStatus, SecretKeyRef};
+
+/// A user allowed to connect to a Broker, with its password and topic permissions.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[kube(
+    group = "edgemq.io",
+    version = "v1alpha1",
+    kind = "MqttUser",
+    namespaced,
+    status = "MqttUserStatus",
+    shortname = "mqu",
+    printcolumn = r#"{"name":"Broker","type":"string","jsonPath":".spec.brokerRef"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.passwordSecretRef) != has(self.passwordHash)").message("set exactly one of passwordSecretRef and passwordHash"))]
+pub struct MqttUserSpec {
+    /// Name of the Broker this user may connect to.
+    #[schemars(length(min = 1, max = 253))]
+    pub broker_ref: String,
+    /// The MQTT username. Default: the object's name. Must not contain `+` or `#`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65535), regex(pattern = r"^[^+#:]+$"))]
+    pub username: Option<String>,
+    /// The plain password, from a Secret key; edgemq hashes it (`$7$`, PBKDF2-SHA512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// A Mosquitto-compatible password hash (`$7$...` from `mosquitto_passwd` or
+    /// `edgemq passwd`, `$6$...`, or `$argon2id$...`), so a committed folder holds no
+    /// plain password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^\$(6|7|argon2id)\$"))]
+    pub password_hash: Option<String>,
+    /// This user's ACL rules, checked before the Broker's `aclPatterns`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acl: Vec<AclRule>,
+}
+
+/// Observed state of an MqttUser.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttUserStatus {
+    /// observedGeneration and conditions.
+    #[serde(flatten)]
+    pub common: CommonStatus,
+}
+
+impl MqttUser {
+    /// The MQTT username: `spec.username`, else the object's name.
+    pub fn username(&self) -> String {
+        self.spec
+            .username
+            .clone()
+            .or_else(|| self.metadata.name.clone())
+            .unwrap_or_default()
+    }
+}
