@@ -18,3 +18,4 @@
 
 pub mod api;
 pub mod plan;
+pub mod auth;
