@@ -82,3 +82,15 @@ pub struct AclPlan {
     /// Rules for every client, with `%u` and `%c` (Mosquitto: `pattern` lines).
     pub patterns: Vec<AclRule>,
 }
+
+impl BrokerBundle {
+    /// SHA-256 (hex) of the bundle's canonical JSON: equal bundles, equal hashes.
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        sha2::Sha256::digest(&json)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}

@@ -1,0 +1,653 @@
+//! One client connection: CONNECT and authentication, then a reader (packets from
+//! the client) and a writer (acks and deliveries to the client) running side by side.
+//!
+//! Protocol hygiene lives here: keepalive 0 is accepted, a PUBLISH to an invalid
+//! topic or a second CONNECT closes the connection, malformed filters are refused in
+//! SUBACK, a denied PUBLISH is acknowledged (MQTT 5: reason 0x87) and dropped.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, LastWillProperties,
+    Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason,
+    PublishProperties, RetainForwardRule, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+};
+use tokio::sync::mpsc;
+
+use super::codec::{self, FrameError, Incoming, Version};
+use super::router::{CloseReason, ConnLink, Message, Outgoing, SubOptions};
+use super::transport::{Reader, Transport, Writer};
+use super::Shared;
+use crate::auth::acl::{valid_topic_filter, valid_topic_name, Op};
+
+/// Largest batch of deliveries encoded per write.
+const WRITE_BATCH: usize = 64;
+
+/// Why a connection ended, for logs.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("client disconnected")]
+    Normal,
+    #[error("client disconnected and asked for its will")]
+    NormalWithWill,
+    #[error("connection closed by the client")]
+    Eof,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("keepalive timeout")]
+    KeepAlive,
+    #[error("closed by the broker: {0:?}")]
+    Kicked(CloseReason),
+}
+
+struct Client {
+    id: Arc<str>,
+    username: Option<Arc<str>>,
+    version: Version,
+    link: ConnLink,
+    will: Option<(LastWill, Option<LastWillProperties>)>,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(
+    transport: Transport,
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    peer: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (mut reader, mut writer) = transport.split();
+    let mut buf = BytesMut::with_capacity(4096);
+    let limits = shared.limits.load_full();
+    let handshake = Duration::from_secs(limits.handshake_timeout_seconds.into());
+    let connect = tokio::time::timeout(handshake, read_connect(&mut reader, &mut buf, &shared)).await;
+    let (version, packet) = match connect {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, %listener, error = %e, "connection closed before CONNECT");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, %listener, "no CONNECT within the handshake timeout");
+            return;
+        }
+    };
+    let Packet::Connect(connect, props, will, will_props, login) = packet else {
+        return;
+    };
+
+    // Client id: an empty one gets a generated id when the session is clean.
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        if !connect.clean_session {
+            refuse(&mut writer, version, Refusal::ClientId).await;
+            return;
+        }
+        let id = format!("edgemq-{:016x}", rand::random::<u64>());
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        connect.client_id.as_str().into()
+    };
+
+    // Authentication.
+    let auth = shared.auth.load_full();
+    let username: Option<Arc<str>> = login
+        .as_ref()
+        .filter(|l| !l.username.is_empty())
+        .map(|l| Arc::from(l.username.as_str()));
+    let authenticated = match (&username, &login) {
+        (None, _) => auth.allow_anonymous,
+        (Some(u), Some(l)) => auth.users.get(&**u).is_some_and(|h| h.verify(l.password.as_bytes())),
+        (Some(_), None) => false,
+    };
+    if !authenticated {
+        shared.metrics.auth_failures.inc();
+        tracing::info!(%peer, %listener, client_id = %client_id, username = username.as_deref().unwrap_or(""),
+            "connection refused: not authorized");
+        refuse(&mut writer, version, Refusal::NotAuthorized).await;
+        return;
+    }
+    if shared.router_acl_refuses(username.as_deref(), &client_id) {
+        tracing::info!(%peer, client_id = %client_id, "connection refused: username or client id contains + or #");
+        refuse(&mut writer, version, Refusal::ClientId).await;
+        return;
+    }
+
+    let link = ConnLink::new(shared.next_conn_id.fetch_add(1, Ordering::Relaxed));
+    let mut close_rx = link.close.subscribe();
+    let expiry = match version {
+        Version::V4 if connect.clean_session => 0,
+        Version::V4 => limits.session_expiry_seconds,
+        Version::V5 => props.as_ref().and_then(|p| p.session_expiry_interval).unwrap_or(0),
+    };
+    let granted_expiry = expiry.min(limits.session_expiry_seconds);
+    let receive_max = props
+        .as_ref()
+        .and_then(|p| p.receive_maximum)
+        .map_or(usize::from(limits.max_inflight), usize::from);
+    let connected = {
+        let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+        router.connect(
+            &client_id,
+            username.clone(),
+            connect.clean_session,
+            granted_expiry,
+            receive_max,
+            link.clone(),
+        )
+    };
+    let max_packet = shared.max_packet_size();
+    let connack_props = (version == Version::V5).then(|| ConnAckProperties {
+        session_expiry_interval: (granted_expiry != expiry).then_some(granted_expiry),
+        receive_max: Some(limits.max_inflight),
+        max_packet_size: Some(max_packet as u32),
+        assigned_client_identifier: assigned,
+        shared_subscription_available: Some(0),
+        subscription_identifiers_available: Some(0),
+        ..ConnAckProperties::default()
+    });
+    let mut out = BytesMut::new();
+    let ack = ConnAck {
+        session_present: connected.session_present,
+        code: ConnectReturnCode::Success,
+    };
+    if codec::write(version, Packet::ConnAck(ack, connack_props), &mut out).is_err() || writer.write_all(&out).await.is_err()
+    {
+        disconnect(&shared, &client_id, link.id, None);
+        return;
+    }
+    shared.metrics.connections.inc();
+    tracing::info!(%peer, %listener, client_id = %client_id, username = username.as_deref().unwrap_or(""),
+        version = ?version, session_present = connected.session_present, "client connected");
+
+    let client = Client {
+        id: client_id.clone(),
+        username,
+        version,
+        link: link.clone(),
+        will: will.map(|w| (w, will_props)),
+    };
+    let (ctrl_tx, ctrl_rx) = mpsc::channel::<Packet>(256);
+    let writer_task = tokio::spawn(write_loop(writer, shared.clone(), client_id.clone(), version, link.clone(), ctrl_rx));
+    let keepalive = connect.keep_alive;
+    let end = read_loop(&mut reader, &mut buf, &shared, &client, &ctrl_tx, keepalive, &mut close_rx, &mut stop).await;
+    drop(ctrl_tx);
+
+    // The will is published unless the client said a plain DISCONNECT.
+    if !matches!(end, End::Normal) {
+        publish_will(&shared, &client);
+    }
+    let expiry_override = shared
+        .disconnect_expiry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&link.id);
+    disconnect(&shared, &client_id, link.id, expiry_override);
+    let _ = writer_task.await;
+    shared.metrics.connections.dec();
+    match end {
+        End::Normal | End::NormalWithWill | End::Eof => {
+            tracing::info!(client_id = %client_id, reason = %end, "client disconnected")
+        }
+        _ => tracing::info!(client_id = %client_id, reason = %end, "client connection closed"),
+    }
+}
+
+fn disconnect(shared: &Shared, client_id: &str, conn_id: u64, expiry: Option<u32>) {
+    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+    router.disconnect(client_id, conn_id, expiry);
+}
+
+async fn read_connect(reader: &mut Reader, buf: &mut BytesMut, shared: &Shared) -> Result<(Version, Packet), End> {
+    let max = shared.max_packet_size();
+    loop {
+        if let Some(version) = codec::peek_connect_version(buf, max)? {
+            return match codec::read(version, buf, max)? {
+                Incoming::Other(p @ Packet::Connect(..)) => Ok((version, p)),
+                _ => Err(End::Protocol("first packet is not CONNECT")),
+            };
+        }
+        let n = reader.read_into(buf).await?;
+        if n == 0 {
+            return Err(End::Eof);
+        }
+        shared.metrics.bytes_in.inc_by(n as u64);
+    }
+}
+
+enum Refusal {
+    NotAuthorized,
+    ClientId,
+}
+
+async fn refuse(writer: &mut Writer, version: Version, why: Refusal) {
+    // MQTT 3.1.1 return code 5 / MQTT 5 reason 0x87, as Mosquitto answers.
+    let code = match why {
+        Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
+        Refusal::ClientId => ConnectReturnCode::ClientIdentifierNotValid,
+    };
+    let mut out = BytesMut::new();
+    let props = (version == Version::V5).then(ConnAckProperties::default);
+    let ack = ConnAck {
+        session_present: false,
+        code,
+    };
+    if codec::write(version, Packet::ConnAck(ack, props), &mut out).is_ok() {
+        let _ = writer.write_all(&out).await;
+    }
+    writer.shutdown().await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    reader: &mut Reader,
+    buf: &mut BytesMut,
+    shared: &Arc<Shared>,
+    client: &Client,
+    ctrl: &mpsc::Sender<Packet>,
+    keepalive: u16,
+    close_rx: &mut tokio::sync::watch::Receiver<Option<CloseReason>>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> End {
+    let timeout = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
+    let max = shared.max_packet_size();
+    loop {
+        // Handle every complete frame already buffered.
+        loop {
+            match codec::read(client.version, buf, max) {
+                Ok(incoming) => {
+                    if let Err(end) = handle(incoming, shared, client, ctrl).await {
+                        return end;
+                    }
+                }
+                Err(FrameError::Incomplete) => break,
+                Err(e) => return End::Frame(e),
+            }
+        }
+        let read = reader.read_into(buf);
+        let n = tokio::select! {
+            biased;
+            _ = close_rx.changed() => {
+                let reason = (*close_rx.borrow()).unwrap_or(CloseReason::ServerShuttingDown);
+                return End::Kicked(reason);
+            }
+            _ = stop.wait_for(|s| *s) => return End::Kicked(CloseReason::ListenerRemoved),
+            r = async {
+                match timeout {
+                    Some(t) => tokio::time::timeout(t, read).await.map_err(|_| End::KeepAlive)?.map_err(End::Io),
+                    None => read.await.map_err(End::Io),
+                }
+            } => r,
+        };
+        match n {
+            Ok(0) => return End::Eof,
+            Ok(n) => {
+                shared.metrics.bytes_in.inc_by(n as u64);
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
+async fn send(ctrl: &mpsc::Sender<Packet>, p: Packet) -> Result<(), End> {
+    ctrl.send(p).await.map_err(|_| End::Eof)
+}
+
+async fn handle(incoming: Incoming, shared: &Arc<Shared>, client: &Client, ctrl: &mpsc::Sender<Packet>) -> Result<(), End> {
+    let v5 = client.version == Version::V5;
+    match incoming {
+        Incoming::Publish {
+            publish,
+            properties,
+            qos,
+            pkid,
+        } => {
+            shared.metrics.messages_in.inc();
+            let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+                return Err(End::Protocol("topic is not UTF-8"));
+            };
+            if !valid_topic_name(topic) {
+                return Err(End::Protocol("PUBLISH to an invalid topic"));
+            }
+            if properties.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+                return Err(End::Protocol("topic aliases are not supported (topic alias maximum is 0)"));
+            }
+            let limits = shared.limits.load();
+            if publish.payload.len() > limits.max_payload_bytes as usize {
+                return Err(End::Protocol("payload larger than maxPayloadBytes"));
+            }
+            let allowed = {
+                let router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                router.acl().check(client.username.as_deref(), &client.id, topic, Op::Write)
+            };
+            if !allowed {
+                shared.metrics.acl_denials.inc();
+                tracing::debug!(client_id = %client.id, topic, "publish denied by the ACL");
+            }
+            let route = allowed
+                && (qos < 2 || {
+                    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                    router.qos2_received(&client.id, pkid)
+                });
+            if route {
+                let msg = Message {
+                    topic: publish.topic.clone(),
+                    payload: publish.payload.clone(),
+                    qos,
+                    retain: publish.retain,
+                    properties: properties.map(forwardable),
+                    origin: Some(client.id.clone()),
+                };
+                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                router.publish(msg);
+            }
+            match qos {
+                1 => {
+                    let reason = if allowed || !v5 {
+                        PubAckReason::Success
+                    } else {
+                        PubAckReason::NotAuthorized
+                    };
+                    send(ctrl, Packet::PubAck(PubAck { pkid, reason }, None)).await?;
+                }
+                2 => {
+                    let reason = if allowed || !v5 {
+                        PubRecReason::Success
+                    } else {
+                        PubRecReason::NotAuthorized
+                    };
+                    send(ctrl, Packet::PubRec(PubRec { pkid, reason }, None)).await?;
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        Incoming::Other(packet) => match packet {
+            Packet::Connect(..) => Err(End::Protocol("second CONNECT")),
+            Packet::PingReq(_) => send(ctrl, Packet::PingResp(PingResp)).await,
+            Packet::PubAck(ack, _) => {
+                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                router.puback(&client.id, ack.pkid);
+                Ok(())
+            }
+            Packet::PubRec(rec, _) => {
+                let known = {
+                    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                    router.pubrec(&client.id, rec.pkid)
+                };
+                let reason = if known || !v5 {
+                    PubRelReason::Success
+                } else {
+                    PubRelReason::PacketIdentifierNotFound
+                };
+                send(ctrl, Packet::PubRel(PubRel { pkid: rec.pkid, reason }, None)).await
+            }
+            Packet::PubComp(comp, _) => {
+                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                router.pubcomp(&client.id, comp.pkid);
+                Ok(())
+            }
+            Packet::PubRel(rel, _) => {
+                let known = {
+                    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                    router.qos2_released(&client.id, rel.pkid)
+                };
+                let reason = if known || !v5 {
+                    PubCompReason::Success
+                } else {
+                    PubCompReason::PacketIdentifierNotFound
+                };
+                send(ctrl, Packet::PubComp(PubComp { pkid: rel.pkid, reason }, None)).await
+            }
+            Packet::Subscribe(sub, _) => {
+                let mut codes = Vec::with_capacity(sub.filters.len());
+                let mut accepted = Vec::new();
+                for f in &sub.filters {
+                    let code = if f.path.starts_with("$share/") {
+                        if v5 {
+                            SubscribeReasonCode::SharedSubscriptionsNotSupported
+                        } else {
+                            SubscribeReasonCode::Failure
+                        }
+                    } else if !valid_topic_filter(&f.path) {
+                        if v5 {
+                            SubscribeReasonCode::TopicFilterInvalid
+                        } else {
+                            SubscribeReasonCode::Failure
+                        }
+                    } else {
+                        let qos = codec::qos_num(f.qos).min(2);
+                        accepted.push((
+                            f.path.clone(),
+                            SubOptions {
+                                qos,
+                                no_local: v5 && f.nolocal,
+                                retain_as_published: !v5 || f.preserve_retain,
+                                retain_handling: match f.retain_forward_rule {
+                                    RetainForwardRule::OnEverySubscribe => 0,
+                                    RetainForwardRule::OnNewSubscribe => 1,
+                                    RetainForwardRule::Never => 2,
+                                },
+                            },
+                        ));
+                        if v5 {
+                            match qos {
+                                0 => SubscribeReasonCode::QoS0,
+                                1 => SubscribeReasonCode::QoS1,
+                                _ => SubscribeReasonCode::QoS2,
+                            }
+                        } else {
+                            SubscribeReasonCode::Success(codec::qos_of(qos))
+                        }
+                    };
+                    codes.push(code);
+                }
+                send(
+                    ctrl,
+                    Packet::SubAck(
+                        SubAck {
+                            pkid: sub.pkid,
+                            return_codes: codes,
+                        },
+                        None,
+                    ),
+                )
+                .await?;
+                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                for (filter, opts) in accepted {
+                    router.subscribe(&client.id, &filter, opts);
+                }
+                Ok(())
+            }
+            Packet::Unsubscribe(unsub, _) => {
+                let reasons = {
+                    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                    unsub
+                        .filters
+                        .iter()
+                        .map(|f| {
+                            if router.unsubscribe(&client.id, f) {
+                                UnsubAckReason::Success
+                            } else {
+                                UnsubAckReason::NoSubscriptionExisted
+                            }
+                        })
+                        .collect()
+                };
+                send(
+                    ctrl,
+                    Packet::UnsubAck(
+                        UnsubAck {
+                            pkid: unsub.pkid,
+                            reasons,
+                        },
+                        None,
+                    ),
+                )
+                .await
+            }
+            Packet::Disconnect(d, props) => {
+                if let Some(e) = props.and_then(|p| p.session_expiry_interval) {
+                    shared
+                        .disconnect_expiry
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(client.link.id, e);
+                }
+                if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
+                    Err(End::NormalWithWill)
+                } else {
+                    Err(End::Normal)
+                }
+            }
+            _ => Err(End::Protocol("unexpected packet type from a client")),
+        },
+    }
+}
+
+/// MQTT 5 properties forwarded to subscribers (topic alias and subscription ids are
+/// per connection and are not forwarded).
+fn forwardable(mut p: PublishProperties) -> PublishProperties {
+    p.topic_alias = None;
+    p.subscription_identifiers.clear();
+    p
+}
+
+fn publish_will(shared: &Shared, client: &Client) {
+    let Some((will, props)) = &client.will else { return };
+    let Ok(topic) = std::str::from_utf8(&will.topic) else { return };
+    if !valid_topic_name(topic) {
+        return;
+    }
+    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+    if !router.acl().check(client.username.as_deref(), &client.id, topic, Op::Write) {
+        shared.metrics.acl_denials.inc();
+        return;
+    }
+    let properties = props.as_ref().map(|p| PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        ..PublishProperties::default()
+    });
+    router.publish(Message {
+        topic: will.topic.clone(),
+        payload: will.message.clone(),
+        qos: codec::qos_num(will.qos),
+        retain: will.retain,
+        properties,
+        origin: Some(client.id.clone()),
+    });
+    tracing::debug!(client_id = %client.id, topic, "will published");
+}
+
+async fn write_loop(
+    mut writer: Writer,
+    shared: Arc<Shared>,
+    client_id: Arc<str>,
+    version: Version,
+    link: ConnLink,
+    mut ctrl: mpsc::Receiver<Packet>,
+) {
+    let mut out = BytesMut::with_capacity(8192);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut close_rx = link.close.subscribe();
+    loop {
+        tokio::select! {
+            biased;
+            p = ctrl.recv() => {
+                let Some(p) = p else { break };
+                if codec::write(version, p, &mut out).is_err() {
+                    break;
+                }
+                while let Ok(p) = ctrl.try_recv() {
+                    if codec::write(version, p, &mut out).is_err() {
+                        break;
+                    }
+                }
+            }
+            _ = close_rx.changed() => {
+                let reason = *close_rx.borrow();
+                if version == Version::V5 {
+                    let code = match reason {
+                        Some(CloseReason::SessionTakenOver) => DisconnectReasonCode::SessionTakenOver,
+                        Some(CloseReason::CredentialsChanged) => DisconnectReasonCode::NotAuthorized,
+                        _ => DisconnectReasonCode::ServerShuttingDown,
+                    };
+                    let _ = codec::write(version, Packet::Disconnect(Disconnect { reason_code: code }, None), &mut out);
+                    let _ = writer.write_all(&out).await;
+                }
+                writer.shutdown().await;
+                // Keep draining control packets until the reader ends.
+                while ctrl.recv().await.is_some() {}
+                return;
+            }
+            _ = link.wake.notified() => {}
+        }
+        // Deliveries, as many batches as are ready.
+        loop {
+            batch.clear();
+            {
+                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                router.next_outgoing(&client_id, link.id, WRITE_BATCH, &mut batch);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for item in batch.drain(..) {
+                let packet = match item {
+                    Outgoing::Publish { delivery, pkid, dup } => {
+                        let m = &delivery.msg;
+                        let p = codec::build_publish(&m.topic, &m.payload, delivery.qos, pkid, delivery.retain, dup);
+                        shared.metrics.messages_out.inc();
+                        Packet::Publish(p, m.properties.clone())
+                    }
+                    Outgoing::PubRel(pkid) => Packet::PubRel(
+                        PubRel {
+                            pkid,
+                            reason: PubRelReason::Success,
+                        },
+                        None,
+                    ),
+                };
+                if codec::write(version, packet, &mut out).is_err() {
+                    tracing::warn!(client_id = %client_id, "could not encode a packet");
+                }
+            }
+            if out.len() >= 64 * 1024 {
+                if flush(&mut writer, &mut out, &shared).await.is_err() {
+                    link.kick(CloseReason::ServerShuttingDown);
+                    while ctrl.recv().await.is_some() {}
+                    return;
+                }
+            }
+        }
+        if flush(&mut writer, &mut out, &shared).await.is_err() {
+            break;
+        }
+    }
+    // The reader ended or the socket failed: make sure the reader stops too.
+    link.kick(CloseReason::ServerShuttingDown);
+    while ctrl.recv().await.is_some() {}
+}
+
+async fn flush(writer: &mut Writer, out: &mut BytesMut, shared: &Shared) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    writer.write_all(out).await?;
+    shared.metrics.bytes_out.inc_by(out.len() as u64);
+    out.clear();
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Listeners: accept loops for TCP, TLS, WebSocket and secure WebSocket.
+//!
+//! The accept loop only accepts; every handshake (TLS, WebSocket upgrade, CONNECT)
+//! runs in the connection's own task under the handshake timeout, so one stalled
+//! client never blocks new connections. The TLS configuration sits behind an
+//! `ArcSwap`: a replaced certificate is served to new handshakes at once while
+//! established connections carry on.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::connection;
+use super::transport::{BoxIo, Transport};
+use super::Shared;
+use crate::api::broker::ListenerProtocol;
+use crate::plan::ListenerPlan;
+
+/// A running listener.
+pub struct ListenerHandle {
+    /// What it was started from.
+    pub plan: ListenerPlan,
+    /// The address it is bound to.
+    pub local_addr: SocketAddr,
+    /// The TLS configuration served to new handshakes.
+    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl ListenerHandle {
+    /// Stops accepting and closes the connections accepted here.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Binds a listener and starts its accept loop.
+pub async fn start(
+    plan: ListenerPlan,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: Arc<Shared>,
+) -> std::io::Result<ListenerHandle> {
+    let socket = TcpListener::bind(&plan.bind).await?;
+    let local_addr = socket.local_addr()?;
+    let tls = tls.map(|c| Arc::new(ArcSwap::new(c)));
+    let (stop, stop_rx) = watch::channel(false);
+    let name: Arc<str> = plan.name.as_str().into();
+    tokio::spawn(accept_loop(
+        socket,
+        plan.protocol,
+        tls.clone(),
+        shared,
+        name.clone(),
+        stop_rx,
+    ));
+    tracing::info!(listener = %name, address = %local_addr, protocol = ?plan.protocol, tls = tls.is_some(), "listening");
+    Ok(ListenerHandle {
+        plan,
+        local_addr,
+        tls,
+        stop,
+    })
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    protocol: ListenerProtocol,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = socket.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off briefly, keep serving.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let max = shared.limits.load().max_connections as usize;
+        if shared.open_sockets.fetch_add(1, Ordering::AcqRel) >= max {
+            shared.open_sockets.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(listener = %name, %peer, max_connections = max, "connection refused: maxConnections reached");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let tls = tls.as_ref().map(|t| t.load_full());
+        let shared = shared.clone();
+        let name = name.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            serve_socket(stream, peer, protocol, tls, shared.clone(), name, stop).await;
+            shared.open_sockets.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+    tracing::info!(listener = %name, "listener stopped");
+}
+
+async fn serve_socket(
+    stream: TcpStream,
+    peer: SocketAddr,
+    protocol: ListenerProtocol,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let timeout = Duration::from_secs(shared.limits.load().handshake_timeout_seconds.into());
+    let handshake = async {
+        let io: BoxIo = match tls {
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                Box::new(acceptor.accept(stream).await.map_err(|e| format!("TLS handshake failed: {e}"))?)
+            }
+            None => Box::new(stream),
+        };
+        match protocol {
+            ListenerProtocol::Mqtt => Ok::<_, String>(Transport::Stream(io)),
+            ListenerProtocol::Websockets => {
+                let max = shared.max_packet_size();
+                let mut config = WebSocketConfig::default();
+                config.max_message_size = Some(max);
+                config.max_frame_size = Some(max);
+                let ws = tokio_tungstenite::accept_hdr_async_with_config(io, select_mqtt_subprotocol, Some(config))
+                    .await
+                    .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+                Ok(Transport::WebSocket(ws))
+            }
+        }
+    };
+    let handshake = tokio::time::timeout(timeout, handshake);
+    let transport = match tokio::select! {
+        r = handshake => r,
+        _ = stop.wait_for(|s| *s) => return,
+    } {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::info!(%listener, %peer, error = %e, "connection closed during handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%listener, %peer, "handshake timed out");
+            return;
+        }
+    };
+    connection::serve(transport, shared, listener, peer.to_string(), stop).await;
+}
+
+/// Answers the WebSocket upgrade with the `mqtt` subprotocol when the client offers
+/// it (MQTT.js and browsers require the answer).
+#[allow(clippy::result_large_err)]
+fn select_mqtt_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let offered = req
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| p.eq_ignore_ascii_case("mqtt") || p.eq_ignore_ascii_case("mqttv3.1"));
+    if let Some(p) = offered {
+        if let Ok(v) = HeaderValue::from_str(p) {
+            resp.headers_mut().insert("Sec-WebSocket-Protocol", v);
+        }
+    }
+    Ok(resp)
+}

@@ -1,0 +1,504 @@
+//! The broker runtime: listeners, connections and routing for one Broker, driven by
+//! its config bundle and changed live by [`BrokerRuntime::apply`].
+//!
+//! ```text
+//!  listener (accept) ──► connection task: handshake, CONNECT, auth
+//!                           ├─ reader: packets in ──► router (trie, sessions, retained)
+//!                           └─ writer: acks + deliveries ◄── router wakes it
+//! ```
+//!
+//! Users, ACL, limits and TLS certificates are swapped atomically; only the
+//! connections a change concerns are closed (a removed or re-passworded user's, the
+//! anonymous ones when anonymous access is withdrawn, those of a removed listener).
+
+pub mod codec;
+pub mod connection;
+pub mod listener;
+pub mod persist;
+pub mod router;
+pub mod transport;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::api::broker::Limits;
+use crate::auth::acl::Acl;
+use crate::auth::passwd::PasswordHash;
+use crate::metrics::{BrokerMetrics, Metrics};
+use crate::plan::BrokerBundle;
+use listener::ListenerHandle;
+use router::{CloseReason, Router, RouterLimits, RouterStats};
+
+/// PEM key pair served by a TLS listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsMaterial {
+    /// Certificate chain, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM.
+    pub key_pem: String,
+}
+
+/// Who may connect.
+pub struct AuthConfig {
+    /// Clients without a username may connect.
+    pub allow_anonymous: bool,
+    /// Password hashes by username.
+    pub users: HashMap<String, PasswordHash>,
+}
+
+/// State shared by the listeners and connections of one broker.
+pub struct Shared {
+    /// `namespace/name`.
+    pub key: String,
+    /// Routing state.
+    pub router: Mutex<Router>,
+    /// Users and anonymous access.
+    pub auth: ArcSwap<AuthConfig>,
+    /// Limits in force.
+    pub limits: ArcSwap<Limits>,
+    /// Metric handles.
+    pub metrics: BrokerMetrics,
+    /// Source of connection ids.
+    pub next_conn_id: AtomicU64,
+    /// Sockets open now (handshaking or connected), bounded by `maxConnections`.
+    pub open_sockets: AtomicUsize,
+    /// Session expiry a client set in its MQTT 5 DISCONNECT, by connection id.
+    pub disconnect_expiry: Mutex<HashMap<u64, u32>>,
+}
+
+impl Shared {
+    /// Largest packet accepted: the payload limit plus room for topic and properties.
+    pub fn max_packet_size(&self) -> usize {
+        self.limits.load().max_payload_bytes as usize + 65_536 + 1024
+    }
+
+    /// Whether the ACL refuses this client outright (`+`/`#` in its names while
+    /// patterns exist).
+    pub fn router_acl_refuses(&self, username: Option<&str>, client_id: &str) -> bool {
+        let router = self.router.lock().unwrap_or_else(|e| e.into_inner());
+        router.acl().refuses_client(username, client_id)
+    }
+}
+
+/// A configuration the broker refused; it keeps running on its last good one.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A TLS key pair could not be used.
+    #[error("listener {listener}: {message}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A listener could not bind its address.
+    #[error("listener {listener}: cannot listen on {bind}: {source}")]
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// Address.
+        bind: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A TLS listener has no key pair.
+    #[error("listener {0}: its certificate is not available yet")]
+    MissingTls(String),
+    /// A password hash is malformed.
+    #[error("user {0}: malformed password hash")]
+    Hash(String),
+    /// The retained store could not be opened.
+    #[error(transparent)]
+    Store(#[from] persist::StoreError),
+}
+
+/// Status of one listener.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    /// Listener name.
+    pub name: String,
+    /// Bound address.
+    pub address: String,
+    /// `mqtt` or `websockets`.
+    pub protocol: crate::api::broker::ListenerProtocol,
+    /// Whether it serves TLS.
+    pub tls: bool,
+}
+
+/// Status of a running broker.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeStatus {
+    /// Listeners.
+    pub listeners: Vec<ListenerStatus>,
+    /// Router counters.
+    pub router: RouterStats,
+    /// Hash of the bundle running now.
+    pub config_hash: String,
+}
+
+/// One running broker.
+pub struct BrokerRuntime {
+    shared: Arc<Shared>,
+    listeners: BTreeMap<String, ListenerHandle>,
+    bundle: BrokerBundle,
+    tls: BTreeMap<String, TlsMaterial>,
+    state_dir: Option<PathBuf>,
+    persistence: Option<tokio::task::JoinHandle<()>>,
+    expiry_task: tokio::task::JoinHandle<()>,
+}
+
+fn router_limits(l: &Limits) -> RouterLimits {
+    RouterLimits {
+        max_queued: l.max_queued_messages as usize,
+        max_inflight: l.max_inflight.into(),
+        max_session_expiry: l.session_expiry_seconds,
+        max_retained: l.max_retained_messages as usize,
+    }
+}
+
+fn auth_config(bundle: &BrokerBundle) -> Result<AuthConfig, ApplyError> {
+    let mut users = HashMap::new();
+    for (name, u) in &bundle.users {
+        let hash = PasswordHash::parse(&u.password_hash).map_err(|_| ApplyError::Hash(name.clone()))?;
+        users.insert(name.clone(), hash);
+    }
+    Ok(AuthConfig {
+        allow_anonymous: bundle.allow_anonymous,
+        users,
+    })
+}
+
+/// Builds a rustls server configuration from PEM material.
+pub fn server_config(m: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs = rustls_pemfile::certs(&mut m.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate found in the PEM".into());
+    }
+    let key = rustls_pemfile::private_key(&mut m.key_pem.as_bytes())
+        .map_err(|e| format!("private key is not valid PEM: {e}"))?
+        .ok_or("no private key found in the PEM")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+impl BrokerRuntime {
+    /// Starts a broker: opens persistence, binds every listener.
+    pub async fn start(
+        bundle: BrokerBundle,
+        tls: BTreeMap<String, TlsMaterial>,
+        state_dir: Option<&Path>,
+        metrics: &Metrics,
+    ) -> Result<BrokerRuntime, ApplyError> {
+        let key = format!("{}/{}", bundle.namespace, bundle.name);
+        let broker_metrics = BrokerMetrics::new(metrics, &key);
+        let acl = Arc::new(Acl::new(&bundle.acl));
+        let router = Router::new(&key, acl, router_limits(&bundle.limits), broker_metrics.clone());
+        let shared = Arc::new(Shared {
+            key,
+            router: Mutex::new(router),
+            auth: ArcSwap::from_pointee(auth_config(&bundle)?),
+            limits: ArcSwap::from_pointee(bundle.limits.clone()),
+            metrics: broker_metrics,
+            next_conn_id: AtomicU64::new(1),
+            open_sockets: AtomicUsize::new(0),
+            disconnect_expiry: Mutex::new(HashMap::new()),
+        });
+        let expiry_task = tokio::spawn(expire_sessions(shared.clone()));
+        let mut rt = BrokerRuntime {
+            shared,
+            listeners: BTreeMap::new(),
+            bundle: BrokerBundle::default(),
+            tls: BTreeMap::new(),
+            state_dir: state_dir.map(Path::to_path_buf),
+            persistence: None,
+            expiry_task,
+        };
+        if let Err(e) = rt.apply(bundle, tls).await {
+            rt.shutdown().await;
+            return Err(e);
+        }
+        Ok(rt)
+    }
+
+    /// The bundle running now.
+    pub fn bundle(&self) -> &BrokerBundle {
+        &self.bundle
+    }
+
+    /// State shared with connections (for tests and the health check).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Applies a new bundle and TLS material live. Everything is checked before
+    /// anything changes: on error the broker keeps running on its previous config.
+    /// Returns a description of each change made.
+    pub async fn apply(
+        &mut self,
+        bundle: BrokerBundle,
+        tls: BTreeMap<String, TlsMaterial>,
+    ) -> Result<Vec<String>, ApplyError> {
+        let mut changes = Vec::new();
+        // 1. Check: hashes and TLS material.
+        let auth = auth_config(&bundle)?;
+        let mut tls_configs = BTreeMap::new();
+        for l in &bundle.listeners {
+            if l.tls.is_some() {
+                let m = tls.get(&l.name).ok_or_else(|| ApplyError::MissingTls(l.name.clone()))?;
+                let cfg = server_config(m).map_err(|message| ApplyError::Tls {
+                    listener: l.name.clone(),
+                    message,
+                })?;
+                tls_configs.insert(l.name.clone(), cfg);
+            }
+        }
+        // 2. Bind new or changed listeners. A changed listener on the same port
+        //    must release its port first, so those are restarted after the others.
+        let mut started: BTreeMap<String, ListenerHandle> = BTreeMap::new();
+        let mut restart = Vec::new();
+        for l in &bundle.listeners {
+            match self.listeners.get(&l.name) {
+                Some(h) if h.plan.bind == l.bind && h.plan.protocol == l.protocol && h.plan.tls.is_some() == l.tls.is_some() => {}
+                Some(_) => restart.push(l.clone()),
+                None => {
+                    let cfg = tls_configs.get(&l.name).cloned();
+                    match listener::start(l.clone(), cfg, self.shared.clone()).await {
+                        Ok(h) => {
+                            started.insert(l.name.clone(), h);
+                        }
+                        Err(source) => {
+                            for h in started.values() {
+                                h.stop();
+                            }
+                            return Err(ApplyError::Bind {
+                                listener: l.name.clone(),
+                                bind: l.bind.clone(),
+                                source,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        // 3. Persistence.
+        if bundle.persistence && self.persistence.is_none() {
+            if let Some(dir) = &self.state_dir {
+                let path = dir
+                    .join("brokers")
+                    .join(format!("{}_{}", bundle.namespace, bundle.name))
+                    .join("retained.redb");
+                let store = match persist::RetainedStore::open(&path).and_then(|s| s.load().map(|m| (s, m))) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        for h in started.values() {
+                            h.stop();
+                        }
+                        return Err(e.into());
+                    }
+                };
+                let (store, msgs) = store;
+                let (tx, task) = store.spawn_writer();
+                let mut router = self.shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                let n = msgs.len();
+                router.restore_retained(msgs);
+                router.set_persistence(Some(tx));
+                self.persistence = Some(task);
+                changes.push(format!("persistence on ({n} retained messages restored from {})", path.display()));
+            } else {
+                tracing::warn!(broker = %self.shared.key, "persistence asked for but no state directory given; retained messages are kept in memory only");
+            }
+        } else if !bundle.persistence && self.persistence.is_some() {
+            self.shared
+                .router
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_persistence(None);
+            self.persistence = None;
+            changes.push("persistence off".into());
+        }
+
+        // 4. Commit. Nothing below fails.
+        let old_auth = self.shared.auth.load_full();
+        for name in old_auth.users.keys() {
+            let gone = !bundle.users.contains_key(name);
+            let changed = self.bundle.users.get(name).map(|u| &u.password_hash)
+                != bundle.users.get(name).map(|u| &u.password_hash);
+            if gone || changed {
+                let n = self
+                    .shared
+                    .router
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .kick_user(Some(name), CloseReason::CredentialsChanged);
+                changes.push(format!(
+                    "user {name} {} ({n} connection(s) closed)",
+                    if gone { "removed" } else { "password changed" }
+                ));
+            }
+        }
+        for name in bundle.users.keys() {
+            if !old_auth.users.contains_key(name) {
+                changes.push(format!("user {name} added"));
+            }
+        }
+        if old_auth.allow_anonymous && !bundle.allow_anonymous {
+            let n = self
+                .shared
+                .router
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .kick_user(None, CloseReason::CredentialsChanged);
+            changes.push(format!("anonymous access withdrawn ({n} connection(s) closed)"));
+        }
+        self.shared.auth.store(Arc::new(auth));
+        if self.bundle.acl != bundle.acl {
+            self.shared
+                .router
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_acl(Arc::new(Acl::new(&bundle.acl)));
+            changes.push("ACL replaced".into());
+        }
+        if self.bundle.limits != bundle.limits {
+            self.shared
+                .router
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_limits(router_limits(&bundle.limits));
+            self.shared.limits.store(Arc::new(bundle.limits.clone()));
+            changes.push("limits changed".into());
+        }
+        // Listeners: stop removed ones, restart changed ones, swap certificates.
+        let wanted: Vec<&str> = bundle.listeners.iter().map(|l| l.name.as_str()).collect();
+        let removed: Vec<String> = self
+            .listeners
+            .keys()
+            .filter(|n| !wanted.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(h) = self.listeners.remove(&name) {
+                h.stop();
+                changes.push(format!("listener {name} removed"));
+            }
+        }
+        for (name, h) in started {
+            changes.push(format!("listener {name} added on {}", h.local_addr));
+            self.listeners.insert(name, h);
+        }
+        for l in restart {
+            if let Some(h) = self.listeners.remove(&l.name) {
+                h.stop();
+            }
+            // The old socket closes when its accept loop sees the stop; retry briefly.
+            let cfg = tls_configs.get(&l.name).cloned();
+            let mut last = None;
+            for _ in 0..50 {
+                match listener::start(l.clone(), cfg.clone(), self.shared.clone()).await {
+                    Ok(h) => {
+                        changes.push(format!("listener {} restarted on {}", l.name, h.local_addr));
+                        self.listeners.insert(l.name.clone(), h);
+                        last = None;
+                        break;
+                    }
+                    Err(e) => {
+                        last = Some(e);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            if let Some(e) = last {
+                tracing::error!(listener = %l.name, bind = %l.bind, error = %e, "listener could not be restarted");
+            }
+        }
+        for (name, cfg) in &tls_configs {
+            if let Some(h) = self.listeners.get(name) {
+                if self.tls.get(name) != tls.get(name) {
+                    if let Some(slot) = &h.tls {
+                        slot.store(cfg.clone());
+                        if self.tls.contains_key(name) {
+                            changes.push(format!("listener {name}: certificate replaced"));
+                        }
+                    }
+                }
+            }
+        }
+        self.bundle = bundle;
+        self.tls = tls;
+        Ok(changes)
+    }
+
+    /// Runs the health probe: a publish/subscribe round trip through the router.
+    pub fn probe(&self) -> bool {
+        let nonce = rand::random::<u64>();
+        self.shared
+            .router
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .probe(nonce)
+    }
+
+    /// Status for `edgemq status` and the JSON endpoint.
+    pub fn status(&self) -> RuntimeStatus {
+        RuntimeStatus {
+            listeners: self
+                .listeners
+                .values()
+                .map(|h| ListenerStatus {
+                    name: h.plan.name.clone(),
+                    address: h.local_addr.to_string(),
+                    protocol: h.plan.protocol,
+                    tls: h.tls.is_some(),
+                })
+                .collect(),
+            router: self.shared.router.lock().unwrap_or_else(|e| e.into_inner()).stats(),
+            config_hash: self.bundle.hash(),
+        }
+    }
+
+    /// Stops listeners, closes connections and flushes persistence.
+    pub async fn shutdown(mut self) {
+        for h in self.listeners.values() {
+            h.stop();
+        }
+        self.expiry_task.abort();
+        {
+            let mut router = self.shared.router.lock().unwrap_or_else(|e| e.into_inner());
+            router.set_persistence(None);
+        }
+        if let Some(task) = self.persistence.take() {
+            let _ = task.await;
+        }
+        tracing::info!(broker = %self.shared.key, "broker stopped");
+    }
+}
+
+async fn expire_sessions(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let n = shared
+            .router
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire_sessions(std::time::Instant::now());
+        if n > 0 {
+            tracing::debug!(broker = %shared.key, expired = n, "sessions expired");
+        }
+    }
+}

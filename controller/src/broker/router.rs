@@ -1,0 +1,936 @@
+//! edgemq's router: subscriptions, sessions, QoS state and retained messages.
+//!
+//! The router is synchronous state behind one mutex; connection tasks call into it
+//! and are woken through their [`ConnLink`] when something is queued for them. It
+//! holds the properties DESIGN.md asks of routing, which rumqttd 0.20's router does
+//! not: a message is delivered at the lower of the publish and subscription QoS;
+//! every message a session cannot take is counted (per session and in metrics),
+//! never skipped silently; the per-session queue is bounded by `maxQueuedMessages`;
+//! subscription trie nodes are freed when their last subscriber leaves and
+//! disconnected sessions expire, so memory follows the live state under churn.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttd::protocol::PublishProperties;
+use tokio::sync::{watch, Notify};
+
+use crate::auth::acl::{topic_matches, Acl, Op};
+use crate::metrics::BrokerMetrics;
+
+/// A message as routed: shared by every session it is delivered to.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic name (valid UTF-8, checked at ingress).
+    pub topic: Bytes,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: u8,
+    /// Retain flag it was published with.
+    pub retain: bool,
+    /// MQTT 5 properties forwarded to subscribers.
+    pub properties: Option<PublishProperties>,
+    /// Client id of the publisher, for MQTT 5 no-local subscriptions.
+    pub origin: Option<Arc<str>>,
+}
+
+impl Message {
+    /// The topic as text.
+    pub fn topic_str(&self) -> &str {
+        std::str::from_utf8(&self.topic).unwrap_or("")
+    }
+}
+
+/// Options of one subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Maximum QoS granted.
+    pub qos: u8,
+    /// MQTT 5: do not deliver the client's own messages.
+    pub no_local: bool,
+    /// MQTT 5: keep the retain flag on forwarded messages.
+    pub retain_as_published: bool,
+    /// MQTT 5 retain handling: 0 send retained on subscribe, 1 only for a new
+    /// subscription, 2 never.
+    pub retain_handling: u8,
+}
+
+/// One message waiting for, or in flight to, a session.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// QoS it is delivered at.
+    pub qos: u8,
+    /// Retain flag it is delivered with.
+    pub retain: bool,
+}
+
+/// Why a connection is being closed by the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Another connection took over the session (same client id).
+    SessionTakenOver,
+    /// The user was removed, its password changed, or anonymous access withdrawn.
+    CredentialsChanged,
+    /// The listener was removed.
+    ListenerRemoved,
+    /// The broker is shutting down.
+    ServerShuttingDown,
+}
+
+/// The router's handle on a connection: a wake-up for queued messages and a close
+/// signal.
+#[derive(Clone, Debug)]
+pub struct ConnLink {
+    /// Unique id of the connection.
+    pub id: u64,
+    /// Woken when the session has something to send.
+    pub wake: Arc<Notify>,
+    /// Set to ask the connection to close.
+    pub close: Arc<watch::Sender<Option<CloseReason>>>,
+}
+
+impl ConnLink {
+    /// A new link with id `id`.
+    pub fn new(id: u64) -> ConnLink {
+        ConnLink {
+            id,
+            wake: Arc::new(Notify::new()),
+            close: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// Asks the connection to close.
+    pub fn kick(&self, reason: CloseReason) {
+        self.close.send_replace(Some(reason));
+    }
+}
+
+#[derive(Debug)]
+enum Inflight {
+    /// Sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent(Delivery),
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug)]
+struct Session {
+    username: Option<Arc<str>>,
+    subscriptions: HashMap<String, SubOptions>,
+    queue: VecDeque<Delivery>,
+    inflight: BTreeMap<u16, Inflight>,
+    /// In-flight packets to send again (DUP) after a reconnect.
+    resend: VecDeque<u16>,
+    incoming_qos2: HashSet<u16>,
+    next_pkid: u16,
+    conn: Option<ConnLink>,
+    /// Seconds to keep the session after disconnect; 0 removes it at once.
+    expiry: u32,
+    disconnected_at: Option<Instant>,
+    max_inflight: usize,
+    dropped: u64,
+    /// edgemq's own health probe: not subject to the ACL.
+    trusted: bool,
+}
+
+impl Session {
+    fn new(username: Option<Arc<str>>) -> Session {
+        Session {
+            username,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            resend: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+            next_pkid: 0,
+            conn: None,
+            expiry: 0,
+            disconnected_at: None,
+            max_inflight: 20,
+            dropped: 0,
+            trusted: false,
+        }
+    }
+
+    fn alloc_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid == 0 {
+                self.next_pkid = 1;
+            }
+            if !self.inflight.contains_key(&self.next_pkid) {
+                return Some(self.next_pkid);
+            }
+        }
+        None
+    }
+}
+
+/// Router limits, from the Broker's `limits`.
+#[derive(Clone, Copy, Debug)]
+pub struct RouterLimits {
+    /// Per-session queue bound.
+    pub max_queued: usize,
+    /// Upper bound of a session's in-flight window.
+    pub max_inflight: usize,
+    /// Upper bound of a session's expiry, seconds.
+    pub max_session_expiry: u32,
+    /// Most retained messages.
+    pub max_retained: usize,
+}
+
+impl Default for RouterLimits {
+    fn default() -> Self {
+        RouterLimits {
+            max_queued: 1000,
+            max_inflight: 20,
+            max_session_expiry: 86400,
+            max_retained: 10000,
+        }
+    }
+}
+
+/// Something the writer of a connection must send.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A PUBLISH (`pkid` 0 for QoS 0).
+    Publish {
+        /// What to send.
+        delivery: Delivery,
+        /// Packet id.
+        pkid: u16,
+        /// Whether this is a retransmission.
+        dup: bool,
+    },
+    /// A PUBREL retransmitted after reconnect.
+    PubRel(u16),
+}
+
+/// A change to the retained store, for persistence.
+#[derive(Debug, Clone)]
+pub enum RetainedChange {
+    /// A retained message was set.
+    Set(Arc<Message>),
+    /// The retained message of a topic was cleared.
+    Clear(Bytes),
+}
+
+/// Result of [`Router::connect`].
+#[derive(Debug)]
+pub struct Connected {
+    /// An existing session was resumed.
+    pub session_present: bool,
+}
+
+#[derive(Default, Debug)]
+struct TrieNode {
+    children: HashMap<Box<str>, TrieNode>,
+    subscribers: HashMap<Arc<str>, SubOptions>,
+}
+
+impl TrieNode {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subscribers.is_empty()
+    }
+
+    fn insert(&mut self, levels: &[&str], client: Arc<str>, opts: SubOptions) {
+        match levels.split_first() {
+            None => {
+                self.subscribers.insert(client, opts);
+            }
+            Some((first, rest)) => self
+                .children
+                .entry((*first).into())
+                .or_default()
+                .insert(rest, client, opts),
+        }
+    }
+
+    /// Removes a subscriber; prunes nodes left empty. Returns whether it existed.
+    fn remove(&mut self, levels: &[&str], client: &str) -> bool {
+        match levels.split_first() {
+            None => self.subscribers.remove(client).is_some(),
+            Some((first, rest)) => {
+                let Some(child) = self.children.get_mut(*first) else {
+                    return false;
+                };
+                let removed = child.remove(rest, client);
+                if child.is_empty() {
+                    self.children.remove(*first);
+                }
+                removed
+            }
+        }
+    }
+
+    fn collect(&self, levels: &[&str], first: bool, dollar: bool, out: &mut HashMap<Arc<str>, SubOptions>) {
+        let wildcard_ok = !(first && dollar);
+        if wildcard_ok {
+            if let Some(hash) = self.children.get("#") {
+                merge(out, &hash.subscribers);
+            }
+        }
+        match levels.split_first() {
+            None => merge(out, &self.subscribers),
+            Some((level, rest)) => {
+                if let Some(child) = self.children.get(*level) {
+                    child.collect(rest, false, dollar, out);
+                }
+                if wildcard_ok {
+                    if let Some(child) = self.children.get("+") {
+                        child.collect(rest, false, dollar, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        1 + self.children.values().map(TrieNode::count).sum::<usize>()
+    }
+}
+
+fn merge(out: &mut HashMap<Arc<str>, SubOptions>, subs: &HashMap<Arc<str>, SubOptions>) {
+    for (client, opts) in subs {
+        out.entry(client.clone())
+            .and_modify(|o| {
+                if opts.qos > o.qos {
+                    o.qos = opts.qos;
+                }
+                o.no_local &= opts.no_local;
+                o.retain_as_published |= opts.retain_as_published;
+            })
+            .or_insert(*opts);
+    }
+}
+
+fn levels(s: &str) -> Vec<&str> {
+    s.split('/').collect()
+}
+
+/// Counters a router reports in status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterStats {
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// Connected sessions.
+    pub connected: usize,
+    /// Subscriptions.
+    pub subscriptions: usize,
+    /// Nodes of the subscription trie (memory follows this).
+    pub trie_nodes: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// Messages queued across sessions.
+    pub queued: usize,
+}
+
+/// The routing state of one broker.
+pub struct Router {
+    sessions: HashMap<Arc<str>, Session>,
+    trie: TrieNode,
+    retained: HashMap<Bytes, Arc<Message>>,
+    acl: Arc<Acl>,
+    limits: RouterLimits,
+    metrics: BrokerMetrics,
+    persist: Option<tokio::sync::mpsc::UnboundedSender<RetainedChange>>,
+    name: String,
+}
+
+impl Router {
+    /// An empty router for broker `name`.
+    pub fn new(name: &str, acl: Arc<Acl>, limits: RouterLimits, metrics: BrokerMetrics) -> Router {
+        Router {
+            sessions: HashMap::new(),
+            trie: TrieNode::default(),
+            retained: HashMap::new(),
+            acl,
+            limits,
+            metrics,
+            persist: None,
+            name: name.to_string(),
+        }
+    }
+
+    /// Sends every later retained change to `tx` (persistence).
+    pub fn set_persistence(&mut self, tx: Option<tokio::sync::mpsc::UnboundedSender<RetainedChange>>) {
+        self.persist = tx;
+    }
+
+    /// Loads retained messages (from persistence) without emitting changes.
+    pub fn restore_retained(&mut self, msgs: Vec<Arc<Message>>) {
+        for m in msgs {
+            self.retained.insert(m.topic.clone(), m);
+        }
+        self.metrics.retained.set(self.retained.len() as i64);
+    }
+
+    /// Replaces the ACL; connected clients stay connected.
+    pub fn set_acl(&mut self, acl: Arc<Acl>) {
+        self.acl = acl;
+    }
+
+    /// The ACL in force.
+    pub fn acl(&self) -> &Arc<Acl> {
+        &self.acl
+    }
+
+    /// Replaces the limits; they apply to later messages and connections.
+    pub fn set_limits(&mut self, limits: RouterLimits) {
+        self.limits = limits;
+    }
+
+    /// Attaches a connection to the session `client_id`, creating or resuming it.
+    /// An existing connection with the same client id is kicked (session takeover).
+    pub fn connect(
+        &mut self,
+        client_id: &Arc<str>,
+        username: Option<Arc<str>>,
+        clean_start: bool,
+        expiry: u32,
+        receive_max: usize,
+        conn: ConnLink,
+    ) -> Connected {
+        let expiry = expiry.min(self.limits.max_session_expiry);
+        let mut session_present = false;
+        if let Some(old) = self.sessions.get_mut(client_id) {
+            if let Some(prev) = old.conn.take() {
+                prev.kick(CloseReason::SessionTakenOver);
+            }
+            if clean_start || old.username != username {
+                self.remove_session(client_id);
+            } else {
+                session_present = true;
+            }
+        }
+        let max_inflight = receive_max.clamp(1, self.limits.max_inflight.max(1));
+        let session = self
+            .sessions
+            .entry(client_id.clone())
+            .or_insert_with(|| Session::new(username.clone()));
+        session.username = username;
+        session.expiry = expiry;
+        session.disconnected_at = None;
+        session.max_inflight = max_inflight;
+        session.resend = session.inflight.keys().copied().collect();
+        session.conn = Some(conn.clone());
+        if !session.queue.is_empty() || !session.resend.is_empty() {
+            conn.wake.notify_one();
+        }
+        self.update_gauges();
+        Connected { session_present }
+    }
+
+    /// Detaches connection `conn_id` from its session; a session with expiry 0 is removed.
+    pub fn disconnect(&mut self, client_id: &str, conn_id: u64, expiry_override: Option<u32>) {
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        if s.conn.as_ref().map(|c| c.id) != Some(conn_id) {
+            return;
+        }
+        s.conn = None;
+        if let Some(e) = expiry_override {
+            s.expiry = e.min(self.limits.max_session_expiry);
+        }
+        if s.expiry == 0 {
+            self.remove_session(client_id);
+        } else {
+            s.disconnected_at = Some(Instant::now());
+        }
+        self.update_gauges();
+    }
+
+    fn remove_session(&mut self, client_id: &str) {
+        if let Some(s) = self.sessions.remove(client_id) {
+            for filter in s.subscriptions.keys() {
+                self.trie.remove(&levels(filter), client_id);
+            }
+        }
+    }
+
+    /// Removes disconnected sessions whose expiry has passed. Returns how many.
+    pub fn expire_sessions(&mut self, now: Instant) -> usize {
+        let expired: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.conn.is_none()
+                    && s.disconnected_at
+                        .is_some_and(|at| now.duration_since(at) >= Duration::from_secs(s.expiry.into()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            self.remove_session(k);
+        }
+        if !expired.is_empty() {
+            self.update_gauges();
+        }
+        expired.len()
+    }
+
+    /// Kicks every connection of `username` (`None`: anonymous clients).
+    pub fn kick_user(&mut self, username: Option<&str>, reason: CloseReason) -> usize {
+        let mut n = 0;
+        for s in self.sessions.values_mut() {
+            if s.username.as_deref() == username {
+                if let Some(c) = s.conn.take() {
+                    c.kick(reason);
+                    n += 1;
+                    s.disconnected_at = Some(Instant::now());
+                }
+            }
+        }
+        n
+    }
+
+    /// Adds or replaces a subscription and queues the retained messages it asks for.
+    /// Returns whether it replaced an existing one.
+    pub fn subscribe(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOptions) -> bool {
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return false;
+        };
+        let existed = s.subscriptions.insert(filter.to_string(), opts).is_some();
+        self.trie.insert(&levels(filter), client_id.clone(), opts);
+        let send_retained = match opts.retain_handling {
+            0 => true,
+            1 => !existed,
+            _ => false,
+        };
+        if send_retained && !filter.starts_with("$share/") {
+            let matching: Vec<Arc<Message>> = self
+                .retained
+                .values()
+                .filter(|m| topic_matches(filter, m.topic_str()))
+                .cloned()
+                .collect();
+            for m in matching {
+                let allowed = {
+                    let s = &self.sessions[client_id];
+                    self.acl.check(s.username.as_deref(), client_id, m.topic_str(), Op::Read)
+                };
+                if !allowed {
+                    self.metrics.acl_denials.inc();
+                    continue;
+                }
+                let qos = m.qos.min(opts.qos);
+                self.enqueue(client_id, Delivery { msg: m, qos, retain: true });
+            }
+        }
+        self.update_gauges();
+        existed
+    }
+
+    /// Removes a subscription. Returns whether it existed.
+    pub fn unsubscribe(&mut self, client_id: &Arc<str>, filter: &str) -> bool {
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return false;
+        };
+        if s.subscriptions.remove(filter).is_none() {
+            return false;
+        }
+        self.trie.remove(&levels(filter), client_id);
+        true
+    }
+
+    /// Routes a message: updates the retained store and queues it for every matching
+    /// session the ACL lets read it. Returns the number of sessions it was queued for.
+    pub fn publish(&mut self, msg: Message) -> usize {
+        let msg = Arc::new(msg);
+        if msg.retain {
+            self.retain(&msg);
+        }
+        let mut matched = HashMap::new();
+        let topic = msg.topic_str();
+        let lv = levels(topic);
+        self.trie.collect(&lv, true, topic.starts_with('$'), &mut matched);
+        let mut delivered = 0;
+        for (client, opts) in matched {
+            if opts.no_local && msg.origin.as_deref() == Some(&*client) {
+                continue;
+            }
+            let Some(s) = self.sessions.get(&client) else {
+                continue;
+            };
+            if !s.trusted && !self.acl.check(s.username.as_deref(), &client, topic, Op::Read) {
+                self.metrics.acl_denials.inc();
+                continue;
+            }
+            let qos = msg.qos.min(opts.qos);
+            let retain = msg.retain && opts.retain_as_published;
+            if self.enqueue(&client, Delivery { msg: msg.clone(), qos, retain }) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    fn retain(&mut self, msg: &Arc<Message>) {
+        if msg.payload.is_empty() {
+            if self.retained.remove(&msg.topic).is_some() {
+                if let Some(p) = &self.persist {
+                    let _ = p.send(RetainedChange::Clear(msg.topic.clone()));
+                }
+            }
+        } else if self.retained.len() < self.limits.max_retained || self.retained.contains_key(&msg.topic) {
+            self.retained.insert(msg.topic.clone(), msg.clone());
+            if let Some(p) = &self.persist {
+                let _ = p.send(RetainedChange::Set(msg.clone()));
+            }
+        } else {
+            tracing::warn!(broker = %self.name, topic = %msg.topic_str(), limit = self.limits.max_retained,
+                "retained message not kept: maxRetainedMessages reached");
+        }
+        self.metrics.retained.set(self.retained.len() as i64);
+    }
+
+    /// Queues a delivery for a session, applying the queue bound. Returns whether it
+    /// was queued.
+    fn enqueue(&mut self, client_id: &Arc<str>, d: Delivery) -> bool {
+        let max_queued = self.limits.max_queued;
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return false;
+        };
+        if s.conn.is_none() && d.qos == 0 {
+            self.metrics.dropped_offline_qos0.inc();
+            return false;
+        }
+        if s.queue.len() >= max_queued {
+            s.dropped += 1;
+            self.metrics.dropped_queue_full.inc();
+            if s.dropped == 1 || s.dropped.is_power_of_two() || s.dropped % 10_000 == 0 {
+                tracing::warn!(
+                    broker = %self.name,
+                    client_id = %client_id,
+                    dropped = s.dropped,
+                    max_queued_messages = max_queued,
+                    "client queue full: dropping new messages for this client"
+                );
+            }
+            return false;
+        }
+        s.queue.push_back(d);
+        if let Some(c) = &s.conn {
+            c.wake.notify_one();
+        }
+        true
+    }
+
+    /// Takes what connection `conn_id` of `client_id` should send next: retransmissions
+    /// first, then queued messages while the in-flight window allows (QoS 0 messages
+    /// do not use the window). At most `batch` items.
+    pub fn next_outgoing(&mut self, client_id: &str, conn_id: u64, batch: usize, out: &mut Vec<Outgoing>) {
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        if s.conn.as_ref().map(|c| c.id) != Some(conn_id) {
+            return;
+        }
+        while out.len() < batch {
+            let Some(pkid) = s.resend.pop_front() else { break };
+            match s.inflight.get(&pkid) {
+                Some(Inflight::Sent(d)) => out.push(Outgoing::Publish {
+                    delivery: d.clone(),
+                    pkid,
+                    dup: true,
+                }),
+                Some(Inflight::Released) => out.push(Outgoing::PubRel(pkid)),
+                None => {}
+            }
+        }
+        while out.len() < batch {
+            let Some(front) = s.queue.front() else { break };
+            if front.qos > 0 && s.inflight.len() >= s.max_inflight {
+                break;
+            }
+            let Some(d) = s.queue.pop_front() else { break };
+            if d.qos == 0 {
+                out.push(Outgoing::Publish { delivery: d, pkid: 0, dup: false });
+                continue;
+            }
+            let Some(pkid) = s.alloc_pkid() else {
+                s.queue.push_front(d);
+                break;
+            };
+            s.inflight.insert(pkid, Inflight::Sent(d.clone()));
+            out.push(Outgoing::Publish { delivery: d, pkid, dup: false });
+        }
+    }
+
+    /// PUBACK from the client: frees the in-flight slot.
+    pub fn puback(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.complete(client_id, pkid, false)
+    }
+
+    /// PUBREC from the client: the message moves to awaiting PUBCOMP. Returns whether
+    /// the packet id was known.
+    pub fn pubrec(&mut self, client_id: &str, pkid: u16) -> bool {
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return false;
+        };
+        match s.inflight.get_mut(&pkid) {
+            Some(slot) => {
+                *slot = Inflight::Released;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBCOMP from the client: frees the in-flight slot.
+    pub fn pubcomp(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.complete(client_id, pkid, true)
+    }
+
+    fn complete(&mut self, client_id: &str, pkid: u16, released: bool) -> bool {
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return false;
+        };
+        let known = match s.inflight.get(&pkid) {
+            Some(Inflight::Released) => released,
+            Some(Inflight::Sent(_)) => !released,
+            None => false,
+        };
+        if known {
+            s.inflight.remove(&pkid);
+            if !s.queue.is_empty() {
+                if let Some(c) = &s.conn {
+                    c.wake.notify_one();
+                }
+            }
+        }
+        known
+    }
+
+    /// An incoming QoS 2 PUBLISH: returns true the first time a packet id is seen
+    /// (the message must be routed), false for a retransmission.
+    pub fn qos2_received(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.incoming_qos2.insert(pkid))
+    }
+
+    /// PUBREL from the client: forgets the packet id. Returns whether it was known.
+    pub fn qos2_released(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.incoming_qos2.remove(&pkid))
+    }
+
+    /// A publish/subscribe round trip through the trie and a session queue, as
+    /// `/healthz` reports it: an internal session subscribes to a `$edgemq/` topic,
+    /// a message with a fresh nonce is published and must come out of its queue.
+    pub fn probe(&mut self, nonce: u64) -> bool {
+        let id: Arc<str> = "$edgemq/health".into();
+        let topic = "$edgemq/health";
+        let link = ConnLink::new(u64::MAX);
+        self.connect(&id, None, true, 0, 1, link);
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.trusted = true;
+        }
+        self.subscribe(&id, topic, SubOptions { qos: 0, no_local: false, retain_as_published: false, retain_handling: 2 });
+        let payload = Bytes::from(nonce.to_be_bytes().to_vec());
+        self.publish(Message {
+            topic: Bytes::from_static(topic.as_bytes()),
+            payload: payload.clone(),
+            qos: 0,
+            retain: false,
+            properties: None,
+            origin: None,
+        });
+        let mut out = Vec::new();
+        self.next_outgoing(&id, u64::MAX, 16, &mut out);
+        self.disconnect(&id, u64::MAX, Some(0));
+        out.iter().any(|o| matches!(o, Outgoing::Publish { delivery, .. } if delivery.msg.payload == payload))
+    }
+
+    /// Messages dropped for a session because its queue was full.
+    pub fn dropped(&self, client_id: &str) -> u64 {
+        self.sessions.get(client_id).map_or(0, |s| s.dropped)
+    }
+
+    /// Counters for status.
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            sessions: self.sessions.len(),
+            connected: self.sessions.values().filter(|s| s.conn.is_some()).count(),
+            subscriptions: self.sessions.values().map(|s| s.subscriptions.len()).sum(),
+            trie_nodes: self.trie.count(),
+            retained: self.retained.len(),
+            queued: self.sessions.values().map(|s| s.queue.len()).sum(),
+        }
+    }
+
+    /// Every retained message (for persistence snapshots).
+    pub fn retained_messages(&self) -> Vec<Arc<Message>> {
+        self.retained.values().cloned().collect()
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.sessions.set(self.sessions.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::AclPlan;
+
+    fn router() -> Router {
+        let acl = Arc::new(Acl::new(&AclPlan::default()));
+        Router::new("test", acl, RouterLimits::default(), BrokerMetrics::detached())
+    }
+
+    fn msg(topic: &str, qos: u8, retain: bool, payload: &str) -> Message {
+        Message {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            qos,
+            retain,
+            properties: None,
+            origin: None,
+        }
+    }
+
+    fn sub(qos: u8) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+        }
+    }
+
+    fn drain(r: &mut Router, id: &str, conn: u64) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        r.next_outgoing(id, conn, 1000, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_qos0_publish_reaches_a_qos2_subscriber_at_qos0() {
+        let mut r = router();
+        let id: Arc<str> = "s".into();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&id, "a/#", sub(2));
+        assert_eq!(r.publish(msg("a/b", 0, false, "x")), 1);
+        match &drain(&mut r, "s", 1)[..] {
+            [Outgoing::Publish { delivery, pkid: 0, .. }] => assert_eq!(delivery.qos, 0),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_qos2_publish_reaches_a_qos1_subscriber_at_qos1() {
+        let mut r = router();
+        let id: Arc<str> = "s".into();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&id, "a/+", sub(1));
+        r.publish(msg("a/b", 2, false, "x"));
+        match &drain(&mut r, "s", 1)[..] {
+            [Outgoing::Publish { delivery, pkid, .. }] => {
+                assert_eq!(delivery.qos, 1);
+                assert!(*pkid > 0);
+                assert!(r.puback("s", *pkid));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wildcards_do_not_match_dollar_topics_at_the_first_level() {
+        let mut r = router();
+        let id: Arc<str> = "s".into();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&id, "#", sub(0));
+        r.subscribe(&id, "+/x", sub(0));
+        assert_eq!(r.publish(msg("$SYS/x", 0, false, "x")), 0);
+        r.subscribe(&id, "$SYS/#", sub(0));
+        assert_eq!(r.publish(msg("$SYS/x", 0, false, "x")), 1);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_new_messages() {
+        let mut r = router();
+        r.set_limits(RouterLimits {
+            max_queued: 3,
+            ..RouterLimits::default()
+        });
+        let id: Arc<str> = "slow".into();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&id, "t", sub(0));
+        for i in 0..10 {
+            r.publish(msg("t", 0, false, &i.to_string()));
+        }
+        assert_eq!(r.dropped("slow"), 7);
+        assert_eq!(drain(&mut r, "slow", 1).len(), 3);
+    }
+
+    #[test]
+    fn retained_messages_are_sent_on_subscribe_and_cleared_by_an_empty_retained_publish() {
+        let mut r = router();
+        r.publish(msg("home/temp", 1, true, "21"));
+        r.publish(msg("home/temp", 0, false, ""));
+        let id: Arc<str> = "s".into();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&id, "home/#", sub(1));
+        let out = drain(&mut r, "s", 1);
+        assert_eq!(out.len(), 1, "an empty non-retained publish must not clear the retained message");
+        r.publish(msg("home/temp", 0, true, ""));
+        assert_eq!(r.stats().retained, 0);
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_qos1_messages_and_resends_inflight_after_reconnect() {
+        let mut r = router();
+        let id: Arc<str> = "p".into();
+        r.connect(&id, None, false, 3600, 20, ConnLink::new(1));
+        r.subscribe(&id, "t", sub(1));
+        r.publish(msg("t", 1, false, "one"));
+        assert_eq!(drain(&mut r, "p", 1).len(), 1); // in flight, never acked
+        r.disconnect("p", 1, None);
+        r.publish(msg("t", 1, false, "two"));
+        r.publish(msg("t", 0, false, "qos0 is not queued offline"));
+        let c = r.connect(&id, None, false, 3600, 20, ConnLink::new(2));
+        assert!(c.session_present);
+        let out = drain(&mut r, "p", 2);
+        assert_eq!(out.len(), 2);
+        assert!(matches!(out[0], Outgoing::Publish { dup: true, .. }));
+        assert!(matches!(out[1], Outgoing::Publish { dup: false, .. }));
+    }
+
+    #[test]
+    fn trie_nodes_and_sessions_are_freed_when_clients_go() {
+        let mut r = router();
+        for i in 0..100 {
+            let id: Arc<str> = format!("c{i}").into();
+            r.connect(&id, None, false, 1, 20, ConnLink::new(i));
+            r.subscribe(&id, &format!("t/{i}/+"), sub(1));
+            r.disconnect(&id, i, None);
+        }
+        assert!(r.stats().trie_nodes > 100);
+        r.expire_sessions(Instant::now() + Duration::from_secs(2));
+        assert_eq!(r.stats().sessions, 0);
+        assert_eq!(r.stats().trie_nodes, 1);
+    }
+
+    #[test]
+    fn a_session_takeover_kicks_the_old_connection() {
+        let mut r = router();
+        let id: Arc<str> = "dup".into();
+        let first = ConnLink::new(1);
+        r.connect(&id, None, true, 0, 20, first.clone());
+        r.connect(&id, None, true, 0, 20, ConnLink::new(2));
+        assert_eq!(*first.close.borrow(), Some(CloseReason::SessionTakenOver));
+        // The old connection's late disconnect must not remove the new session.
+        r.disconnect("dup", 1, None);
+        assert_eq!(r.stats().connected, 1);
+    }
+}
