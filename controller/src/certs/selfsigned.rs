@@ -1,0 +1,134 @@
+//! The `selfSigned` issuer: an ECDSA P-256 key and a certificate signed by itself,
+//! for LAN brokers and tests. Reused across restarts from the state directory and
+//! reissued when its SANs change or its renewal time has passed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{cert_dir, cert_info, parse_duration, write_private, CertError, CertInfo};
+use crate::api::certificate::KeyAlgorithm;
+use crate::api::Certificate;
+use crate::broker::TlsMaterial;
+
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+fn sans(cert: &Certificate) -> Vec<String> {
+    let mut v: Vec<String> = cert.spec.dns_names.iter().chain(&cert.spec.ip_addresses).cloned().collect();
+    v.sort();
+    v
+}
+
+/// Reuses the stored pair when still good, otherwise issues a new one.
+pub fn ensure(state: &Path, cert: &Certificate, now: time::OffsetDateTime) -> Result<(TlsMaterial, CertInfo), CertError> {
+    if cert.spec.private_key.algorithm == KeyAlgorithm::Rsa {
+        return Err(CertError::Generate(
+            "the selfSigned issuer makes ECDSA P-256 keys only; remove privateKey.algorithm: RSA".into(),
+        ));
+    }
+    let dir = cert_dir(state, cert);
+    let renew_before = cert.spec.renew_before.as_deref().and_then(parse_duration);
+    let wanted = sans(cert).join(",");
+    let stored = (
+        std::fs::read_to_string(dir.join("tls.crt")),
+        std::fs::read_to_string(dir.join("tls.key")),
+        std::fs::read_to_string(dir.join("sans")),
+    );
+    if let (Ok(cert_pem), Ok(key_pem), Ok(stored_sans)) = stored {
+        if stored_sans == wanted {
+            if let Ok(info) = cert_info(&cert_pem, renew_before, now) {
+                let renew_at = time::OffsetDateTime::parse(&info.renewal_time, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or(now);
+                if now < renew_at {
+                    return Ok((TlsMaterial { cert_pem, key_pem }, info));
+                }
+            }
+        }
+    }
+    let lifetime = cert.spec.duration.as_deref().and_then(parse_duration).unwrap_or(DEFAULT_LIFETIME);
+    let mut params = rcgen::CertificateParams::new(sans(cert)).map_err(|e| CertError::Generate(e.to_string()))?;
+    let cn = cert
+        .spec
+        .common_name
+        .clone()
+        .or_else(|| cert.spec.dns_names.first().cloned())
+        .unwrap_or_else(|| cert.metadata.name.clone().unwrap_or_default());
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+    let mut serial = [0u8; 16];
+    rand::Rng::fill(&mut rand::rng(), &mut serial);
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let key = rcgen::KeyPair::generate().map_err(|e| CertError::Generate(e.to_string()))?;
+    let issued = params.self_signed(&key).map_err(|e| CertError::Generate(e.to_string()))?;
+    let material = TlsMaterial {
+        cert_pem: issued.pem(),
+        key_pem: key.serialize_pem(),
+    };
+    write_private(&dir.join("tls.key"), material.key_pem.as_bytes())?;
+    write_private(&dir.join("tls.crt"), material.cert_pem.as_bytes())?;
+    write_private(&dir.join("sans"), wanted.as_bytes())?;
+    let info = cert_info(&material.cert_pem, renew_before, now)?;
+    tracing::info!(
+        certificate = cert.metadata.name.as_deref().unwrap_or(""),
+        serial = %info.serial,
+        not_after = %info.not_after,
+        "self-signed certificate issued"
+    );
+    Ok((material, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::certificate::{CertificateSpec, Issuer, SelfSignedIssuer};
+
+    fn cert(dns: &[&str]) -> Certificate {
+        let mut c = Certificate::new(
+            "home-tls",
+            CertificateSpec {
+                dns_names: dns.iter().map(|s| s.to_string()).collect(),
+                issuer: Issuer {
+                    self_signed: Some(SelfSignedIssuer {}),
+                    ..Issuer::default()
+                },
+                ..CertificateSpec::default()
+            },
+        );
+        c.metadata.namespace = Some("default".into());
+        c
+    }
+
+    #[test]
+    fn a_self_signed_certificate_is_reused_until_its_names_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let (m1, i1) = ensure(dir.path(), &cert(&["localhost"]), now).unwrap();
+        let (m2, i2) = ensure(dir.path(), &cert(&["localhost"]), now).unwrap();
+        assert_eq!(m1, m2);
+        assert_eq!(i1.serial, i2.serial);
+        let (_, i3) = ensure(dir.path(), &cert(&["localhost", "mqtt.lan"]), now).unwrap();
+        assert_ne!(i1.serial, i3.serial);
+    }
+
+    #[test]
+    fn the_key_file_is_readable_by_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let c = cert(&["localhost"]);
+        ensure(dir.path(), &c, time::OffsetDateTime::now_utc()).unwrap();
+        let mode = std::fs::metadata(cert_dir(dir.path(), &c).join("tls.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_certificate_past_its_renewal_time_is_reissued() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cert(&["localhost"]);
+        let now = time::OffsetDateTime::now_utc();
+        let (_, first) = ensure(dir.path(), &c, now).unwrap();
+        let later = now + time::Duration::days(70);
+        let (_, second) = ensure(dir.path(), &c, later).unwrap();
+        assert_ne!(first.serial, second.serial);
+    }
+}
