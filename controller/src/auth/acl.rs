@@ -207,7 +207,9 @@ fn consume(topic: &mut Split<'_, char>, value: &str) -> bool {
 }
 
 /// A broker's ACL, built once from the plan and consulted on every publish and delivery.
-#[derive(Debug, Clone, Default)]
+/// (No `Default`: a default plan is a disabled ACL, which allows everything; build one
+/// from a plan on purpose.)
+#[derive(Debug, Clone)]
 pub struct Acl {
     enabled: bool,
     anonymous: RuleList,

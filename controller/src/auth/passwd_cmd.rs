@@ -8,8 +8,10 @@
 //!
 //! Hashes are written as `$7$` (PBKDF2-HMAC-SHA512), which every Mosquitto 2.x and
 //! edgemq read. Updating a user keeps every other line, comments included, in order.
-//! The file is replaced atomically (written beside it, then renamed) and a new file is
-//! readable by its owner only.
+//! The file is replaced atomically (written beside it, then renamed). A new file is
+//! readable by its owner only (mode 0600, where `mosquitto_passwd` follows the umask);
+//! an existing file keeps its mode, so a file shared with a broker running as another
+//! user needs its mode set once.
 //!
 //! Without `-b` the password is read from standard input. On a terminal it is asked
 //! twice; the terminal still shows what is typed, so where that matters pipe it in:
@@ -248,9 +250,10 @@ pub fn delete_user(text: &str, username: &str) -> (String, bool) {
 }
 
 /// Hashes a file of plain `username:password` lines (`-U`). The password is all that
-/// follows the first `:`, without the line ending. Lines that already hold a valid
-/// hash, comments and lines without `:` are kept as they are, so running `-U` twice
-/// does no harm.
+/// follows the first `:`, without the line ending (`mosquitto_passwd` stops at a second
+/// `:`, silently hashing a shorter password). Lines that already hold a valid hash,
+/// comments and lines without `:` are kept as they are, so running `-U` twice does no
+/// harm (`mosquitto_passwd` would hash the hashes).
 pub fn hash_plain_file(
     text: &str,
     mut hash: impl FnMut(&[u8]) -> String,
