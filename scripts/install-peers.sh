@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
+# Paho MQTT (Python), MQTT.js (Node), pytest. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+# The Debian package starts a system Mosquitto on 1883; the tests start their own
+# on free ports and need none.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+
+python3 -m pip install -q -r e2e/requirements.txt
+(cd e2e && npm install --silent --no-audit --no-fund)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: installs the peers, then runs the unit tests and the
+# black-box tests of the built binary against real peers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-peers.sh
+cargo build --workspace --bins
+cargo test --workspace
+python3 -m pytest -q e2e
