@@ -1,1 +1,463 @@
-fn main() {}
+//! edgemq-bench: runs the same MQTT load against edgemq and Mosquitto in one run,
+//! alternating between them, and reports both plus their ratios.
+
+mod broker;
+mod load;
+mod report;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rumqttc::QoS;
+
+use broker::{Broker, Kind, Spec};
+use load::{Mode, Phase};
+use report::{BrokerReport, BurstResult, IdleResult, Metrics, Report, ScenarioReport};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "edgemq-bench",
+    about = "Load generator comparing edgemq with Mosquitto on loopback"
+)]
+pub struct Args {
+    /// Path of the edgemq binary.
+    #[arg(long, default_value = "target/release/edgemq")]
+    edgemq: String,
+    /// Mosquitto binary.
+    #[arg(long, default_value = "mosquitto")]
+    mosquitto: String,
+    /// Run only one side ("edgemq" or "mosquitto"); no ratios are printed then.
+    #[arg(long, value_parser = ["edgemq", "mosquitto"])]
+    only: Option<String>,
+    /// Run each broker under `taskset -c N` (and this tool on the other cores).
+    #[arg(long)]
+    pin_core: Option<usize>,
+    /// Inflight window, the same on clients and both brokers.
+    #[arg(long, default_value_t = 20)]
+    window: u16,
+    /// Broker-side queue limit per client (max_queued_messages / maxQueuedMessages).
+    #[arg(long, default_value_t = 100_000)]
+    max_queued: u32,
+    /// Scenarios to run, as PUBLISHERS:SUBSCRIBERS, comma separated.
+    #[arg(long, default_value = "1:1,8:1,1:100", value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// QoS levels to run each scenario at, comma separated.
+    #[arg(long, default_value = "0,1", value_delimiter = ',')]
+    qos: Vec<u8>,
+    /// Closed-loop: messages delivered per scenario (published × subscribers).
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Fixed-rate: deliveries per second (published × subscribers) for latency.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Fixed-rate: seconds of sending.
+    #[arg(long, default_value_t = 5)]
+    rate_secs: u64,
+    /// Repeat the scenario suite; medians are reported.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Idle connections opened to measure RSS per connection (0 skips).
+    #[arg(long, default_value_t = 1000)]
+    idle_conns: usize,
+    /// Messages in the memory burst (QoS 0, fan-in to one subscriber; 0 skips).
+    #[arg(long, default_value_t = 3_000_000)]
+    burst_messages: u64,
+    /// Publishers in the memory burst.
+    #[arg(long, default_value_t = 1)]
+    burst_publishers: usize,
+    /// Upper bound on any one phase, in seconds.
+    #[arg(long, default_value_t = 60)]
+    phase_timeout: u64,
+    /// Subscribers give up after this long without a new message once publishing ended.
+    #[arg(long, default_value_t = 2000)]
+    drain_ms: u64,
+    /// Seconds to wait for a broker to accept connections.
+    #[arg(long, default_value_t = 15)]
+    startup_timeout: u64,
+    /// Set `set_tcp_nodelay true` in the generated mosquitto.conf.
+    #[arg(long)]
+    mosquitto_nodelay: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Noise check: the "edgemq" side runs a second Mosquitto instead.
+    #[arg(long, hide = true)]
+    mosquitto_vs_mosquitto: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub qos: QoS,
+}
+
+fn parse_scenarios(args: &Args) -> Result<Vec<Scenario>> {
+    let mut out = Vec::new();
+    for s in &args.scenarios {
+        let (p, c) = s
+            .split_once(':')
+            .with_context(|| format!("scenario {s:?} is not PUBLISHERS:SUBSCRIBERS"))?;
+        let publishers: usize = p.trim().parse().context("publishers")?;
+        let subscribers: usize = c.trim().parse().context("subscribers")?;
+        if publishers == 0 || subscribers == 0 || publishers > 10_000 || subscribers > 10_000 {
+            bail!("scenario {s:?}: counts must be 1..=10000");
+        }
+        for &q in &args.qos {
+            let qos = match q {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                2 => QoS::ExactlyOnce,
+                _ => bail!("QoS {q} does not exist"),
+            };
+            out.push(Scenario {
+                name: format!("{publishers}:{subscribers} QoS{q}"),
+                publishers,
+                subscribers,
+                qos,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[{:>7.1}s] {}", started().elapsed().as_secs_f64(), msg.as_ref());
+}
+
+fn started() -> Instant {
+    static T: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *T.get_or_init(Instant::now)
+}
+
+/// Pins this process to every core except `core`, so the load does not share the
+/// broker's core. Threads created afterwards inherit the mask.
+fn pin_self_away_from(core: usize) {
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let others: Vec<String> = (0..n).filter(|&c| c != core).map(|c| c.to_string()).collect();
+    if others.is_empty() {
+        log("only one core: the load generator shares the broker's core");
+        return;
+    }
+    let ok = std::process::Command::new("taskset")
+        .args(["-p", "-c", &others.join(",")])
+        .arg(std::process::id().to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        log("could not pin the load generator (taskset failed); continuing unpinned");
+    }
+}
+
+/// Raises the open-file limit for this process (and so for the brokers it starts) when
+/// the idle-connection test needs more descriptors than the soft limit allows.
+fn raise_nofile(needed: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) else {
+        return;
+    };
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    let soft: u64 = nums.first().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let hard = nums.get(1).copied().unwrap_or("unlimited");
+    if soft >= needed {
+        return;
+    }
+    let ok = std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        log(format!(
+            "open-file limit is {soft} and could not be raised; run `ulimit -n {needed}` first"
+        ));
+    }
+}
+
+struct Side {
+    spec: Spec,
+    broker: Option<Broker>,
+    report: BrokerReport,
+}
+
+impl Side {
+    fn fail(&mut self, what: &str, e: anyhow::Error) {
+        let mut msg = format!("{what}: {e:#}");
+        if let Some(b) = self.broker.as_mut() {
+            if !b.alive() {
+                msg.push_str(&format!(
+                    "\n{} exited; its log:\n{}",
+                    self.spec.label,
+                    b.log_tail()
+                ));
+                self.broker = None;
+            }
+        }
+        log(format!("{}: {msg}", self.spec.label));
+        self.report.errors.push(msg);
+    }
+}
+
+async fn measure(b: &Broker, phase: &Phase, tag: &str) -> Result<Metrics> {
+    let peak_reset = b.reset_peak();
+    let pid = b.pid();
+    let mut cpu0 = None;
+    let mut hook = || cpu0 = broker::read_cpu(pid).ok();
+    let r = load::run_phase(phase, tag, &mut hook).await?;
+    let cpu1 = b.cpu()?;
+    let mem = b.mem()?;
+    let cpu0 = cpu0.context("reading broker CPU time at phase start")?;
+    let cpu_ns = cpu1.0.saturating_sub(cpu0.0);
+    Ok(Metrics::from_phase(&r, cpu_ns, mem, peak_reset))
+}
+
+async fn run_idle(b: &Broker, conns: usize, tag: &str) -> Result<IdleResult> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = b.mem()?;
+    let mut res = IdleResult {
+        idle_rss_kb: before.rss_kb,
+        conns,
+        ..Default::default()
+    };
+    if conns == 0 {
+        return Ok(res);
+    }
+    let open = load::open_idle(b.port, conns, tag, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let with = b.mem()?;
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = b.mem()?;
+    res.with_conns_rss_kb = with.rss_kb;
+    res.after_close_rss_kb = after.rss_kb;
+    res.per_conn_bytes = (with.rss_kb as f64 - before.rss_kb as f64) * 1024.0 / conns as f64;
+    Ok(res)
+}
+
+async fn run_burst(b: &Broker, args: &Args, tag: &str) -> Result<BurstResult> {
+    let pubs = args.burst_publishers.max(1);
+    let phase = Phase {
+        name: "burst".into(),
+        port: b.port,
+        publishers: pubs,
+        subscribers: 1,
+        qos: QoS::AtMostOnce,
+        per_publisher: args.burst_messages.div_ceil(pubs as u64),
+        mode: Mode::ClosedLoop,
+        window: args.window,
+        deadline: Duration::from_secs(args.phase_timeout.max(1) * 5),
+        drain: Duration::from_millis(args.drain_ms),
+        record_latency: false,
+    };
+    let m = measure(b, &phase, tag).await?;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let settled = b.mem()?;
+    Ok(BurstResult {
+        metrics: m,
+        settled_rss_kb: settled.rss_kb,
+    })
+}
+
+fn phases(args: &Args, sc: &Scenario, port: u16) -> (Phase, Phase) {
+    let fan = (sc.publishers * sc.subscribers) as u64;
+    let deadline = Duration::from_secs(args.phase_timeout.max(1));
+    let drain = Duration::from_millis(args.drain_ms);
+    let closed = Phase {
+        name: format!("{} closed-loop", sc.name),
+        port,
+        publishers: sc.publishers,
+        subscribers: sc.subscribers,
+        qos: sc.qos,
+        per_publisher: (args.messages / fan).max(1),
+        mode: Mode::ClosedLoop,
+        window: args.window,
+        deadline,
+        drain,
+        record_latency: false,
+    };
+    let per_pub_rate = (args.rate as f64 / fan as f64).max(0.1);
+    let fixed = Phase {
+        name: format!("{} fixed-rate", sc.name),
+        per_publisher: ((per_pub_rate * args.rate_secs as f64).round() as u64).max(1),
+        mode: Mode::FixedRate(per_pub_rate),
+        deadline: deadline.max(Duration::from_secs(args.rate_secs + 30)),
+        record_latency: true,
+        ..closed.clone()
+    };
+    (closed, fixed)
+}
+
+fn tag_of(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+async fn run(args: Args, sides: &mut [Side]) -> Result<()> {
+    let scenarios = parse_scenarios(&args)?;
+    for side in sides.iter_mut() {
+        side.report.scenarios = scenarios
+            .iter()
+            .map(|s| ScenarioReport::new(&s.name))
+            .collect();
+    }
+
+    // Memory at rest, on freshly started brokers.
+    for side in sides.iter_mut() {
+        let Some(b) = side.broker.as_ref() else {
+            continue;
+        };
+        log(format!(
+            "{}: idle RSS, {} idle connections",
+            side.spec.label, args.idle_conns
+        ));
+        let tag = format!("idle-{}", tag_of(&side.spec.label));
+        match run_idle(b, args.idle_conns, &tag).await {
+            Ok(r) => side.report.idle = Some(r),
+            Err(e) => side.fail("idle connections", e),
+        }
+    }
+
+    for rep in 0..args.repeat.max(1) {
+        for (si, sc) in scenarios.iter().enumerate() {
+            // Alternate which broker goes first, so drift and warm-up hit both alike.
+            let mut order: Vec<usize> = (0..sides.len()).collect();
+            if (si + rep) % 2 == 1 {
+                order.reverse();
+            }
+            for &i in &order {
+                let side = &mut sides[i];
+                let Some(b) = side.broker.as_ref() else {
+                    continue;
+                };
+                let (closed, fixed) = phases(&args, sc, b.port);
+                let base = format!("r{rep}-{}-{}", tag_of(&sc.name), tag_of(&side.spec.label));
+                log(format!("{}: {} closed-loop", side.spec.label, sc.name));
+                let c = measure(b, &closed, &format!("{base}-c")).await;
+                let b = side.broker.as_ref().expect("checked above");
+                let f = match &c {
+                    Ok(_) => {
+                        log(format!("{}: {} fixed-rate", side.spec.label, sc.name));
+                        Some(measure(b, &fixed, &format!("{base}-f")).await)
+                    }
+                    Err(_) => None,
+                };
+                match c {
+                    Ok(m) => side.report.scenarios[si].closed.push(m),
+                    Err(e) => side.fail(&closed.name, e),
+                }
+                match f {
+                    Some(Ok(m)) => side.report.scenarios[si].fixed.push(m),
+                    Some(Err(e)) => side.fail(&fixed.name, e),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    if args.burst_messages > 0 {
+        for side in sides.iter_mut() {
+            let Some(b) = side.broker.as_ref() else {
+                continue;
+            };
+            log(format!(
+                "{}: burst of {} messages",
+                side.spec.label, args.burst_messages
+            ));
+            let tag = format!("burst-{}", tag_of(&side.spec.label));
+            match run_burst(b, &args, &tag).await {
+                Ok(r) => side.report.burst = Some(r),
+                Err(e) => side.fail("burst", e),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    started();
+    if let Some(core) = args.pin_core {
+        pin_self_away_from(core);
+    }
+    raise_nofile(args.idle_conns as u64 + 4096);
+
+    let common = |label: &str, kind: Kind, program: &str| Spec {
+        label: label.into(),
+        kind,
+        program: program.into(),
+        window: args.window,
+        max_queued: args.max_queued,
+        pin_core: args.pin_core,
+        mosquitto_nodelay: args.mosquitto_nodelay,
+        startup_timeout: Duration::from_secs(args.startup_timeout),
+    };
+    let first = if args.mosquitto_vs_mosquitto {
+        common("mosquitto-b", Kind::Mosquitto, &args.mosquitto)
+    } else {
+        common("edgemq", Kind::Edgemq, &args.edgemq)
+    };
+    let mut specs = vec![first, common("mosquitto", Kind::Mosquitto, &args.mosquitto)];
+    if let Some(only) = &args.only {
+        specs.retain(|s| match s.kind {
+            Kind::Edgemq => only == "edgemq",
+            Kind::Mosquitto => only == "mosquitto",
+        });
+    }
+
+    let mut sides = Vec::new();
+    for spec in specs {
+        log(format!("starting {} ({})", spec.label, spec.program));
+        let broker = Broker::start(&spec)?;
+        log(format!(
+            "{} is up on 127.0.0.1:{} (pid {})",
+            spec.label,
+            broker.port,
+            broker.pid()
+        ));
+        sides.push(Side {
+            report: BrokerReport::new(&spec.label),
+            spec,
+            broker: Some(broker),
+        });
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = run(args.clone(), &mut sides) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+
+    let report = Report {
+        window: args.window,
+        payload: load::PAYLOAD,
+        pin_core: args.pin_core,
+        rate: args.rate,
+        messages: args.messages,
+        idle_conns: args.idle_conns,
+        burst_messages: args.burst_messages,
+        brokers: sides.iter().map(|s| s.report.clone()).collect(),
+    };
+    // Stop the brokers (by pid) before printing.
+    drop(sides);
+    outcome?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}

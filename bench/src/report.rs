@@ -1,0 +1,654 @@
+//! Results, their aggregation over repeats, and the table / JSON output.
+
+use std::fmt::Write as _;
+
+use crate::broker::MemSample;
+use crate::load::PhaseResult;
+
+/// Figures of one phase on one broker.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Unique deliveries per second, from the first publish to the last receipt.
+    pub msgs_per_sec: f64,
+    /// Broker utime+stime during the phase divided by unique deliveries.
+    pub cpu_ns_per_msg: Option<f64>,
+    pub cpu_ms: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub max_us: Option<f64>,
+    /// VmHWM at the end of the phase (peak since the phase started when `peak_reset`).
+    pub peak_rss_kb: u64,
+    pub peak_reset: bool,
+    /// VmRSS at the end of the phase.
+    pub rss_kb: u64,
+    pub published: u64,
+    pub expected: u64,
+    pub unique: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub elapsed_s: f64,
+    pub hit_deadline: bool,
+}
+
+impl Metrics {
+    pub fn from_phase(r: &PhaseResult, cpu_ns: u64, mem: MemSample, peak_reset: bool) -> Metrics {
+        let us = |v: Option<u64>| v.map(|n| n as f64 / 1000.0);
+        Metrics {
+            msgs_per_sec: r.rate(),
+            cpu_ns_per_msg: (r.unique > 0).then(|| cpu_ns as f64 / r.unique as f64),
+            cpu_ms: cpu_ns as f64 / 1e6,
+            p50_us: us(r.percentile(0.50)),
+            p99_us: us(r.percentile(0.99)),
+            max_us: us(r.latencies.last().copied()),
+            peak_rss_kb: mem.hwm_kb,
+            peak_reset,
+            rss_kb: mem.rss_kb,
+            published: r.published,
+            expected: r.expected,
+            unique: r.unique,
+            lost: r.lost,
+            duplicated: r.duplicated,
+            elapsed_s: r.elapsed.as_secs_f64(),
+            hit_deadline: r.hit_deadline,
+        }
+    }
+
+    /// Medians of the rates, times and sizes; sums of the counts.
+    pub fn combine(runs: &[Metrics]) -> Option<Metrics> {
+        if runs.is_empty() {
+            return None;
+        }
+        let med = |f: &dyn Fn(&Metrics) -> f64| median(runs.iter().map(f).collect());
+        let med_opt = |f: &dyn Fn(&Metrics) -> Option<f64>| {
+            let v: Vec<f64> = runs.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let sum = |f: &dyn Fn(&Metrics) -> u64| runs.iter().map(f).sum::<u64>();
+        Some(Metrics {
+            msgs_per_sec: med(&|m| m.msgs_per_sec),
+            cpu_ns_per_msg: med_opt(&|m| m.cpu_ns_per_msg),
+            cpu_ms: med(&|m| m.cpu_ms),
+            p50_us: med_opt(&|m| m.p50_us),
+            p99_us: med_opt(&|m| m.p99_us),
+            max_us: med_opt(&|m| m.max_us),
+            peak_rss_kb: med(&|m| m.peak_rss_kb as f64) as u64,
+            peak_reset: runs.iter().all(|m| m.peak_reset),
+            rss_kb: med(&|m| m.rss_kb as f64) as u64,
+            published: sum(&|m| m.published),
+            expected: sum(&|m| m.expected),
+            unique: sum(&|m| m.unique),
+            lost: sum(&|m| m.lost),
+            duplicated: sum(&|m| m.duplicated),
+            elapsed_s: med(&|m| m.elapsed_s),
+            hit_deadline: runs.iter().any(|m| m.hit_deadline),
+        })
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub closed: Vec<Metrics>,
+    pub fixed: Vec<Metrics>,
+}
+
+impl ScenarioReport {
+    pub fn new(name: &str) -> ScenarioReport {
+        ScenarioReport {
+            name: name.into(),
+            closed: Vec::new(),
+            fixed: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct IdleResult {
+    pub idle_rss_kb: u64,
+    pub conns: usize,
+    pub with_conns_rss_kb: u64,
+    pub after_close_rss_kb: u64,
+    pub per_conn_bytes: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct BurstResult {
+    pub metrics: Metrics,
+    /// VmRSS two seconds after the burst ended.
+    pub settled_rss_kb: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct BrokerReport {
+    pub label: String,
+    pub idle: Option<IdleResult>,
+    pub scenarios: Vec<ScenarioReport>,
+    pub burst: Option<BurstResult>,
+    pub errors: Vec<String>,
+}
+
+impl BrokerReport {
+    pub fn new(label: &str) -> BrokerReport {
+        BrokerReport {
+            label: label.into(),
+            idle: None,
+            scenarios: Vec::new(),
+            burst: None,
+            errors: Vec::new(),
+        }
+    }
+}
+
+pub struct Report {
+    pub window: u16,
+    pub payload: usize,
+    pub pin_core: Option<usize>,
+    pub rate: u64,
+    pub messages: u64,
+    pub idle_conns: usize,
+    pub burst_messages: u64,
+    pub brokers: Vec<BrokerReport>,
+}
+
+/// Aims for edgemq's memory use, printed next to the measurements.
+const AIM_IDLE_KB: f64 = 10.0 * 1024.0;
+const AIM_PER_CONN_BYTES: f64 = 8.0 * 1024.0;
+const AIM_BURST_KB: f64 = 64.0 * 1024.0;
+
+fn fmt_num(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v.abs() >= 100_000.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.decimals$}"),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+struct Table {
+    labels: Vec<String>,
+    out: String,
+    ratio: bool,
+}
+
+impl Table {
+    fn new(labels: Vec<String>) -> Table {
+        let ratio = labels.len() == 2;
+        let mut t = Table {
+            labels,
+            out: String::new(),
+            ratio,
+        };
+        let mut head = format!("{:<16} {:<22}", "scenario", "figure");
+        for l in &t.labels {
+            let _ = write!(head, " {l:>14}");
+        }
+        if t.ratio {
+            let _ = write!(head, " {:>8}", "ratio");
+        }
+        let _ = writeln!(t.out, "{head}");
+        let _ = writeln!(t.out, "{}", "-".repeat(head.len()));
+        t
+    }
+
+    /// A row of numbers; the ratio column is first / second.
+    fn row(&mut self, scenario: &str, figure: &str, vals: &[Option<f64>], decimals: usize) {
+        let cells: Vec<String> = vals.iter().map(|v| fmt_num(*v, decimals)).collect();
+        let r = if self.ratio {
+            ratio(vals[0], vals[1])
+        } else {
+            String::new()
+        };
+        self.text_row(scenario, figure, &cells, &r);
+    }
+
+    fn text_row(&mut self, scenario: &str, figure: &str, cells: &[String], r: &str) {
+        let mut line = format!("{scenario:<16} {figure:<22}");
+        for c in cells {
+            let _ = write!(line, " {c:>14}");
+        }
+        if self.ratio {
+            let _ = write!(line, " {r:>8}");
+        }
+        let _ = writeln!(self.out, "{}", line.trim_end());
+    }
+
+    fn gap(&mut self) {
+        self.out.push('\n');
+    }
+}
+
+impl Report {
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let labels: Vec<String> = self.brokers.iter().map(|b| b.label.clone()).collect();
+        let _ = writeln!(
+            out,
+            "\nedgemq-bench: payload {} B, inflight window {}, closed-loop {} deliveries, fixed rate {} deliveries/s, {}",
+            self.payload,
+            self.window,
+            self.messages,
+            self.rate,
+            match self.pin_core {
+                Some(c) => format!("brokers pinned to core {c}"),
+                None => "brokers not pinned".into(),
+            }
+        );
+        if labels.len() == 2 {
+            let _ = writeln!(out, "ratio = {} / {}\n", labels[0], labels[1]);
+        } else {
+            out.push('\n');
+        }
+        let mut t = Table::new(labels.clone());
+        let n = self.brokers.first().map(|b| b.scenarios.len()).unwrap_or(0);
+        for si in 0..n {
+            let name = &self.brokers[0].scenarios[si].name;
+            let closed: Vec<Option<Metrics>> = self
+                .brokers
+                .iter()
+                .map(|b| Metrics::combine(&b.scenarios[si].closed))
+                .collect();
+            let fixed: Vec<Option<Metrics>> = self
+                .brokers
+                .iter()
+                .map(|b| Metrics::combine(&b.scenarios[si].fixed))
+                .collect();
+            let pick = |v: &[Option<Metrics>], f: &dyn Fn(&Metrics) -> Option<f64>| {
+                v.iter().map(|m| m.as_ref().and_then(f)).collect::<Vec<_>>()
+            };
+            t.row(name, "msgs/s (max)", &pick(&closed, &|m| Some(m.msgs_per_sec)), 0);
+            t.row("", "CPU ns/msg", &pick(&closed, &|m| m.cpu_ns_per_msg), 0);
+            t.row(
+                "",
+                &format!("p50 us @{}/s", self.rate),
+                &pick(&fixed, &|m| m.p50_us),
+                0,
+            );
+            t.row(
+                "",
+                &format!("p99 us @{}/s", self.rate),
+                &pick(&fixed, &|m| m.p99_us),
+                0,
+            );
+            t.row(
+                "",
+                "peak RSS MB",
+                &pick(&closed, &|m| Some(mb(m.peak_rss_kb))),
+                1,
+            );
+            t.row("", "RSS MB at end", &pick(&closed, &|m| Some(mb(m.rss_kb))), 1);
+            let loss = |v: &[Option<Metrics>]| -> Vec<String> {
+                v.iter()
+                    .map(|m| match m {
+                        Some(m) => format!(
+                            "{}/{}{}",
+                            m.lost,
+                            m.duplicated,
+                            if m.hit_deadline { " T" } else { "" }
+                        ),
+                        None => "-".into(),
+                    })
+                    .collect()
+            };
+            t.text_row("", "lost/dup (max)", &loss(&closed), "");
+            t.text_row("", "lost/dup (fixed)", &loss(&fixed), "");
+            t.gap();
+        }
+
+        // Memory.
+        let idle: Vec<Option<&IdleResult>> = self.brokers.iter().map(|b| b.idle.as_ref()).collect();
+        let burst: Vec<Option<&BurstResult>> =
+            self.brokers.iter().map(|b| b.burst.as_ref()).collect();
+        let v = |f: &dyn Fn(&IdleResult) -> f64| idle.iter().map(|i| i.map(f)).collect::<Vec<_>>();
+        t.row("memory", "idle RSS MB", &v(&|i| mb(i.idle_rss_kb)), 1);
+        t.row(
+            "",
+            &format!("RSS MB, {} idle conns", self.idle_conns),
+            &v(&|i| mb(i.with_conns_rss_kb)),
+            1,
+        );
+        t.row("", "KB per idle conn", &v(&|i| i.per_conn_bytes / 1024.0), 2);
+        t.row(
+            "",
+            "RSS MB after closing",
+            &v(&|i| mb(i.after_close_rss_kb)),
+            1,
+        );
+        let bv = |f: &dyn Fn(&BurstResult) -> f64| {
+            burst.iter().map(|b| b.map(f)).collect::<Vec<_>>()
+        };
+        let bname = format!("burst {}M", self.burst_messages as f64 / 1e6);
+        t.row(&bname, "msgs/s", &bv(&|b| b.metrics.msgs_per_sec), 0);
+        t.row("", "CPU ns/msg", &bv(&|b| b.metrics.cpu_ns_per_msg.unwrap_or(0.0)), 0);
+        t.row("", "peak RSS MB", &bv(&|b| mb(b.metrics.peak_rss_kb)), 1);
+        t.row("", "RSS MB 2 s after", &bv(&|b| mb(b.settled_rss_kb)), 1);
+        let bl: Vec<String> = burst
+            .iter()
+            .map(|b| match b {
+                Some(b) => format!("{}/{}", b.metrics.lost, b.metrics.duplicated),
+                None => "-".into(),
+            })
+            .collect();
+        t.text_row("", "lost/dup", &bl, "");
+        out.push_str(&t.out);
+
+        // Aims (they concern edgemq, the first column).
+        if let Some(first) = self.brokers.first() {
+            let _ = writeln!(out, "\naims for {}:", first.label);
+            let check = |ok: Option<bool>| match ok {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "not measured",
+            };
+            let i = first.idle.as_ref();
+            let _ = writeln!(
+                out,
+                "  idle RSS <= 10 MB ................ {}",
+                check(i.map(|i| (i.idle_rss_kb as f64) <= AIM_IDLE_KB))
+            );
+            let _ = writeln!(
+                out,
+                "  <= 8 KB per idle connection ...... {}",
+                check(
+                    i.filter(|i| i.conns > 0)
+                        .map(|i| i.per_conn_bytes <= AIM_PER_CONN_BYTES)
+                )
+            );
+            let _ = writeln!(
+                out,
+                "  RSS <= 64 MB after the burst ..... {}{}",
+                check(
+                    first
+                        .burst
+                        .as_ref()
+                        .map(|b| (b.metrics.peak_rss_kb as f64) <= AIM_BURST_KB)
+                ),
+                if self.burst_messages < 10_000_000 {
+                    " (peak; the aim is stated for 10M messages: --burst-messages 10000000)"
+                } else {
+                    " (peak)"
+                }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nlost = expected - unique received (per subscriber, summed); dup = received - unique; T = phase hit its time bound"
+        );
+        for b in &self.brokers {
+            for e in &b.errors {
+                let _ = writeln!(out, "error ({}): {e}", b.label);
+            }
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut j = Json::default();
+        j.open('{');
+        j.key("payload_bytes").num(self.payload as f64);
+        j.key("window").num(self.window as f64);
+        j.key("pin_core");
+        match self.pin_core {
+            Some(c) => j.num(c as f64),
+            None => j.null(),
+        };
+        j.key("rate").num(self.rate as f64);
+        j.key("closed_loop_messages").num(self.messages as f64);
+        j.key("idle_conns").num(self.idle_conns as f64);
+        j.key("burst_messages").num(self.burst_messages as f64);
+        j.key("brokers").open('[');
+        for b in &self.brokers {
+            j.open('{');
+            j.key("label").string(&b.label);
+            j.key("idle");
+            match &b.idle {
+                None => j.null(),
+                Some(i) => {
+                    j.open('{');
+                    j.key("idle_rss_kb").num(i.idle_rss_kb as f64);
+                    j.key("conns").num(i.conns as f64);
+                    j.key("with_conns_rss_kb").num(i.with_conns_rss_kb as f64);
+                    j.key("after_close_rss_kb").num(i.after_close_rss_kb as f64);
+                    j.key("per_conn_bytes").num(i.per_conn_bytes);
+                    j.close('}')
+                }
+            };
+            j.key("scenarios").open('[');
+            for s in &b.scenarios {
+                j.open('{');
+                j.key("name").string(&s.name);
+                j.key("closed_loop");
+                metrics_json(&mut j, Metrics::combine(&s.closed).as_ref());
+                j.key("fixed_rate");
+                metrics_json(&mut j, Metrics::combine(&s.fixed).as_ref());
+                j.key("runs").num(s.closed.len() as f64);
+                j.close('}');
+            }
+            j.close(']');
+            j.key("burst");
+            match &b.burst {
+                None => j.null(),
+                Some(r) => {
+                    j.open('{');
+                    j.key("metrics");
+                    metrics_json(&mut j, Some(&r.metrics));
+                    j.key("settled_rss_kb").num(r.settled_rss_kb as f64);
+                    j.close('}')
+                }
+            };
+            j.key("errors").open('[');
+            for e in &b.errors {
+                j.string(e);
+            }
+            j.close(']');
+            j.close('}');
+        }
+        j.close(']');
+        if self.brokers.len() == 2 {
+            j.key("ratios").open('{');
+            let (a, b) = (&self.brokers[0], &self.brokers[1]);
+            for (sa, sb) in a.scenarios.iter().zip(&b.scenarios) {
+                let (ca, cb) = (Metrics::combine(&sa.closed), Metrics::combine(&sb.closed));
+                let (fa, fb) = (Metrics::combine(&sa.fixed), Metrics::combine(&sb.fixed));
+                let r = |x: Option<f64>, y: Option<f64>| match (x, y) {
+                    (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+                    _ => None,
+                };
+                j.key(&sa.name).open('{');
+                j.key("msgs_per_sec");
+                j.opt(r(
+                    ca.as_ref().map(|m| m.msgs_per_sec),
+                    cb.as_ref().map(|m| m.msgs_per_sec),
+                ));
+                j.key("cpu_ns_per_msg");
+                j.opt(r(
+                    ca.as_ref().and_then(|m| m.cpu_ns_per_msg),
+                    cb.as_ref().and_then(|m| m.cpu_ns_per_msg),
+                ));
+                j.key("p50_us");
+                j.opt(r(
+                    fa.as_ref().and_then(|m| m.p50_us),
+                    fb.as_ref().and_then(|m| m.p50_us),
+                ));
+                j.key("p99_us");
+                j.opt(r(
+                    fa.as_ref().and_then(|m| m.p99_us),
+                    fb.as_ref().and_then(|m| m.p99_us),
+                ));
+                j.key("peak_rss_kb");
+                j.opt(r(
+                    ca.as_ref().map(|m| m.peak_rss_kb as f64),
+                    cb.as_ref().map(|m| m.peak_rss_kb as f64),
+                ));
+                j.close('}');
+            }
+            j.close('}');
+        }
+        j.close('}');
+        j.out
+    }
+}
+
+fn metrics_json(j: &mut Json, m: Option<&Metrics>) {
+    let Some(m) = m else {
+        j.null();
+        return;
+    };
+    j.open('{');
+    j.key("msgs_per_sec").num(m.msgs_per_sec);
+    j.key("cpu_ns_per_msg").opt(m.cpu_ns_per_msg);
+    j.key("cpu_ms").num(m.cpu_ms);
+    j.key("p50_us").opt(m.p50_us);
+    j.key("p99_us").opt(m.p99_us);
+    j.key("max_us").opt(m.max_us);
+    j.key("peak_rss_kb").num(m.peak_rss_kb as f64);
+    j.key("peak_is_per_phase").boolean(m.peak_reset);
+    j.key("rss_kb").num(m.rss_kb as f64);
+    j.key("published").num(m.published as f64);
+    j.key("expected").num(m.expected as f64);
+    j.key("unique").num(m.unique as f64);
+    j.key("lost").num(m.lost as f64);
+    j.key("duplicated").num(m.duplicated as f64);
+    j.key("elapsed_s").num(m.elapsed_s);
+    j.key("hit_time_bound").boolean(m.hit_deadline);
+    j.close('}');
+}
+
+/// A minimal JSON writer (keeps the tool free of extra dependencies).
+#[derive(Default)]
+struct Json {
+    out: String,
+    /// Whether the current container already has an element.
+    has_item: Vec<bool>,
+    after_key: bool,
+}
+
+impl Json {
+    fn sep(&mut self) {
+        if self.after_key {
+            self.after_key = false;
+            return;
+        }
+        if let Some(h) = self.has_item.last_mut() {
+            if *h {
+                self.out.push(',');
+            }
+            *h = true;
+        }
+    }
+    fn open(&mut self, c: char) -> &mut Self {
+        self.sep();
+        self.out.push(c);
+        self.has_item.push(false);
+        self
+    }
+    fn close(&mut self, c: char) -> &mut Self {
+        self.out.push(c);
+        self.has_item.pop();
+        self
+    }
+    fn key(&mut self, k: &str) -> &mut Self {
+        self.string(k);
+        self.out.push(':');
+        self.after_key = true;
+        self
+    }
+    fn string(&mut self, s: &str) -> &mut Self {
+        self.sep();
+        self.out.push('"');
+        for ch in s.chars() {
+            match ch {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(self.out, "\\u{:04x}", c as u32);
+                }
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+        self
+    }
+    fn num(&mut self, v: f64) -> &mut Self {
+        self.sep();
+        if v.is_finite() {
+            if v.fract() == 0.0 && v.abs() < 1e15 {
+                let _ = write!(self.out, "{}", v as i64);
+            } else {
+                let _ = write!(self.out, "{v:.3}");
+            }
+        } else {
+            self.out.push_str("null");
+        }
+        self
+    }
+    fn opt(&mut self, v: Option<f64>) -> &mut Self {
+        match v {
+            Some(v) => self.num(v),
+            None => self.null(),
+        }
+    }
+    fn null(&mut self) -> &mut Self {
+        self.sep();
+        self.out.push_str("null");
+        self
+    }
+    fn boolean(&mut self, b: bool) -> &mut Self {
+        self.sep();
+        self.out.push_str(if b { "true" } else { "false" });
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_writer_nests_and_escapes() {
+        let mut j = Json::default();
+        j.open('{');
+        j.key("a").num(1.0);
+        j.key("b").open('[');
+        j.string("x\"y").null().num(2.5);
+        j.close(']');
+        j.key("c").boolean(true);
+        j.close('}');
+        assert_eq!(j.out, r#"{"a":1,"b":["x\"y",null,2.500],"c":true}"#);
+    }
+
+    #[test]
+    fn medians_and_sums() {
+        let m = |rate: f64, lost: u64| Metrics {
+            msgs_per_sec: rate,
+            lost,
+            ..Default::default()
+        };
+        let c = Metrics::combine(&[m(1.0, 1), m(5.0, 2), m(3.0, 0)]).unwrap();
+        assert_eq!(c.msgs_per_sec, 3.0);
+        assert_eq!(c.lost, 3);
+        assert!(Metrics::combine(&[]).is_none());
+    }
+}
