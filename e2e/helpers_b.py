@@ -1,0 +1,240 @@
+"""Helpers for the TLS/WebSocket, reload, persistence and limits tests.
+
+Kept apart from support.py (shared by every test module): raw MQTT 3.1.1 packets for
+clients that must misbehave on purpose (never read, flood, churn), certificates made
+with openssl, TLS peer inspection, status and /proc readers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import ssl
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+from support import poll, require, run
+
+
+# --------------------------------------------------------------------------- raw MQTT 3.1.1
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n % 128
+        n //= 128
+        if n:
+            b |= 0x80
+        out.append(b)
+        if not n:
+            return bytes(out)
+
+
+def _str(s) -> bytes:
+    b = s if isinstance(s, bytes) else s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def connect_packet(client_id: str, username: Optional[str] = None, password: Optional[str] = None,
+                   clean: bool = True, keepalive: int = 0) -> bytes:
+    flags = 0x02 if clean else 0
+    payload = _str(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += _str(username)
+    if password is not None:
+        flags |= 0x40
+        payload += _str(password)
+    var = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
+    body = var + payload
+    return bytes([0x10]) + _varint(len(body)) + body
+
+
+def subscribe_packet(pid: int, topic: str, qos: int = 0) -> bytes:
+    body = struct.pack("!H", pid) + _str(topic) + bytes([qos])
+    return bytes([0x82]) + _varint(len(body)) + body
+
+
+def publish_packet(topic: str, payload: bytes, qos: int = 0, retain: bool = False, pid: int = 1) -> bytes:
+    head = 0x30 | (qos << 1) | (1 if retain else 0)
+    body = _str(topic) + (struct.pack("!H", pid) if qos else b"") + payload
+    return bytes([head]) + _varint(len(body)) + body
+
+
+DISCONNECT = b"\xe0\x00"
+
+
+def read_packet(sock: socket.socket) -> tuple:
+    """(first byte, body) of the next packet; raises ConnectionError on EOF."""
+    def exactly(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed by peer")
+            buf += chunk
+        return buf
+    first = exactly(1)[0]
+    mult, length = 1, 0
+    while True:
+        b = exactly(1)[0]
+        length += (b & 0x7F) * mult
+        if not b & 0x80:
+            break
+        mult *= 128
+    return first, exactly(length)
+
+
+def read_until(sock: socket.socket, packet_type: int) -> bytes:
+    """Body of the next packet of this type (high nibble), skipping others."""
+    while True:
+        first, body = read_packet(sock)
+        if first >> 4 == packet_type:
+            return body
+
+
+def raw_connect(port: int, client_id: str, username: Optional[str] = None,
+                password: Optional[str] = None, clean: bool = True, rcvbuf: Optional[int] = None,
+                timeout: float = 5.0) -> tuple:
+    """A TCP socket that has sent CONNECT and read the CONNACK: (socket, return code)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", port))
+    s.sendall(connect_packet(client_id, username, password, clean))
+    body = read_until(s, 2)
+    return s, body[1]
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = 0.05) -> bool:
+    """True once the peer has closed the connection (EOF or reset); drains data."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+# --------------------------------------------------------------------------- certificates
+
+def make_cert(directory: Path, name: str, serial: int, cn: str = "localhost") -> tuple:
+    """A self-signed EC certificate for localhost / 127.0.0.1 made by openssl:
+    (cert path, key path)."""
+    openssl = require("openssl")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    crt, key = directory / f"{name}.crt", directory / f"{name}.key"
+    r = run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", f"/CN={cn}",
+             "-set_serial", str(serial),
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-addext", "basicConstraints=critical,CA:TRUE"])
+    assert r.returncode == 0, f"openssl failed: {r.stderr}"
+    return crt, key
+
+
+def tls_secret_yaml(name: str, crt: Path, key: Path) -> str:
+    """A core/v1 Secret of type kubernetes.io/tls holding the key pair."""
+    def block(text):
+        return "\n".join("    " + line for line in text.strip().splitlines())
+    return (f"apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\n"
+            f"stringData:\n  tls.crt: |\n{block(Path(crt).read_text())}\n"
+            f"  tls.key: |\n{block(Path(key).read_text())}\n")
+
+
+def fingerprint_of_file(crt: Path) -> str:
+    der = ssl.PEM_cert_to_DER_cert(Path(crt).read_text())
+    return hashlib.sha256(der).hexdigest()
+
+
+def served_fingerprint(port: int, timeout: float = 3.0) -> str:
+    """SHA-256 of the certificate a new TLS connection to the port is served."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+
+
+def served_serial(port: int, cafile: Path, timeout: float = 3.0) -> int:
+    """Serial number of the served certificate, verified against cafile."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            return int(tls.getpeercert()["serialNumber"], 16)
+
+
+# --------------------------------------------------------------------------- status & process
+
+def broker_resource(status: dict, name: str) -> Optional[dict]:
+    for r in status.get("resources", []):
+        if r.get("kind") == "Broker" and r.get("name") == name:
+            return r
+    return None
+
+
+def router(status: dict, name: str) -> dict:
+    r = broker_resource(status, name)
+    return ((r or {}).get("details") or {}).get("router") or {}
+
+
+def ready(status: dict, kind: str, name: str) -> Optional[str]:
+    """The Ready condition's status ("True"/"False") of a resource, or None."""
+    for r in status.get("resources", []):
+        if r.get("kind") == kind and r.get("name") == name:
+            for c in r.get("conditions") or []:
+                if c.get("type") == "Ready":
+                    return c.get("status")
+    return None
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def metric(metrics: dict, key: str) -> float:
+    """A metric by exact key; label order in the exposition is not fixed, so a key with
+    labels also matches a sample whose label set contains those labels."""
+    if key in metrics:
+        return metrics[key]
+    if "{" not in key:
+        return 0.0
+    base, labels = key[:-1].split("{", 1)
+    want = set(labels.split(","))
+    total = 0.0
+    for k, v in metrics.items():
+        if k.startswith(base + "{") and want <= set(k[len(base) + 1:-1].split(",")):
+            total += v
+    return total
+
+
+FILE_LINE = re.compile(r"[\w.-]+\.ya?ml:\d+")
+
+
+def json_of(proc: subprocess.CompletedProcess) -> dict:
+    lines = [l for l in proc.stdout.splitlines() if l.strip().startswith("{")]
+    assert lines, f"no JSON output (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(lines[-1])
+
+
+def timed_poll(fn, timeout: float = 10.0, interval: float = 0.01, message: Optional[str] = None,
+               since: Optional[float] = None) -> float:
+    """poll(fn) and return the seconds from `since` (default: now) to success."""
+    start = since if since is not None else time.monotonic()
+    poll(fn, timeout, interval, message)
+    return time.monotonic() - start
