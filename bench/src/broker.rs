@@ -63,8 +63,10 @@ fn unique_dir(label: &str) -> Result<PathBuf> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let dir =
-        std::env::temp_dir().join(format!("edgemq-bench-{}-{label}-{nanos}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "edgemq-bench-{}-{label}-{nanos}",
+        std::process::id()
+    ));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -247,7 +249,7 @@ fn mqtt_ping(port: u16) -> Result<()> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
-    s.write_all(&connect_packet("bench-probe", 10))?;
+    s.write_all(&crate::mqtt::connect_packet("bench-probe", 10))?;
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack)?;
     if ack[0] != 0x20 || ack[3] != 0 {
@@ -255,18 +257,6 @@ fn mqtt_ping(port: u16) -> Result<()> {
     }
     let _ = s.write_all(&[0xe0, 0x00]);
     Ok(())
-}
-
-/// A clean-session MQTT 3.1.1 CONNECT packet.
-pub fn connect_packet(client_id: &str, keep_alive: u16) -> Vec<u8> {
-    let id = client_id.as_bytes();
-    let rem = 10 + 2 + id.len();
-    assert!(rem < 128, "client id too long for the one-byte length");
-    let mut p = vec![0x10, rem as u8, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
-    p.extend_from_slice(&keep_alive.to_be_bytes());
-    p.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    p.extend_from_slice(id);
-    p
 }
 
 fn clock_ticks_per_sec() -> u64 {
@@ -306,8 +296,7 @@ pub fn read_mem(pid: u32) -> Result<MemSample> {
 }
 
 fn read_mem_at(path: &Path) -> Result<MemSample> {
-    let status =
-        fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let status = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut m = MemSample::default();
     for line in status.lines() {
         let field = |l: &str| -> u64 {
@@ -335,14 +324,6 @@ mod tests {
         let m = read_mem(pid).unwrap();
         assert!(m.rss_kb > 0 && m.hwm_kb >= m.rss_kb);
         read_cpu(pid).unwrap();
-    }
-
-    #[test]
-    fn connect_packet_layout() {
-        let p = connect_packet("ab", 300);
-        assert_eq!(p[1] as usize, p.len() - 2);
-        assert_eq!(&p[10..12], &300u16.to_be_bytes());
-        assert_eq!(&p[12..], &[0, 2, b'a', b'b']);
     }
 
     #[test]

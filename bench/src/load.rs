@@ -1,15 +1,17 @@
 //! MQTT load: publishers and subscribers driven through rumqttc.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
+
+use crate::mqtt;
 
 /// Payload size of every benchmark message, in bytes.
 pub const PAYLOAD: usize = 100;
@@ -60,7 +62,8 @@ pub struct Phase {
     pub port: u16,
     pub publishers: usize,
     pub subscribers: usize,
-    pub qos: QoS,
+    /// 0 or 1.
+    pub qos: u8,
     /// Messages per publisher.
     pub per_publisher: u64,
     pub mode: Mode,
@@ -111,28 +114,6 @@ impl PhaseResult {
     }
 }
 
-fn options(id: String, port: u16, window: u16) -> MqttOptions {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(60));
-    o.set_clean_session(true);
-    o.set_inflight(window.max(1));
-    o.set_max_packet_size(64 * 1024, 64 * 1024);
-    o
-}
-
-/// Polls until CONNACK, bounded by `until`.
-async fn wait_connack(el: &mut EventLoop, until: Instant) -> Result<()> {
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        match timeout(left, el.poll()).await {
-            Err(_) => bail!("timed out waiting for CONNACK"),
-            Ok(Err(e)) => bail!("connect failed: {e}"),
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok(()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 /// Received-message bookkeeping of one subscriber.
 struct Tally {
     seen: Vec<Vec<u64>>,
@@ -155,13 +136,14 @@ impl Tally {
         }
     }
 
-    fn add(&mut self, payload: &[u8], now: u64) {
+    /// Records one received message; true when it was not seen before.
+    fn add(&mut self, payload: &[u8], now: u64) -> bool {
         self.received += 1;
         let Some((id, seq, sent)) = decode(payload) else {
-            return;
+            return false;
         };
         let Some(bits) = self.seen.get_mut(id as usize) else {
-            return;
+            return false;
         };
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if word >= bits.len() {
@@ -174,6 +156,9 @@ impl Tally {
             if self.record_latency && self.latencies.len() < self.latency_cap {
                 self.latencies.push(now.saturating_sub(sent));
             }
+            true
+        } else {
+            false
         }
     }
 }
@@ -181,163 +166,142 @@ impl Tally {
 /// Runs one phase: connects subscribers (waiting for SUBACK) and publishers (waiting for
 /// CONNACK), calls `on_start`, publishes, then waits until every subscriber has all
 /// messages, went quiet for `drain`, or the deadline passed.
-///
-/// Each event loop runs in its own task and is never cancelled mid-poll while the phase
-/// runs (a poll cancelled while flushing could corrupt the stream); it is aborted only
-/// when the phase is over.
 pub async fn run_phase(p: &Phase, tag: &str, on_start: StartHook<'_>) -> Result<PhaseResult> {
     let begin = Instant::now();
     let deadline = begin + p.deadline;
     let topic = format!("bench/{tag}");
+    let qos = p.qos;
+    let (stop_tx, stop_rx) = watch::channel(false);
 
-    // Subscribers.
+    // Subscribers: connect and subscribe concurrently, then wait for every SUBACK.
     let latency_cap = MAX_LATENCY_SAMPLES / p.subscribers.max(1);
-    let mut subs = Vec::with_capacity(p.subscribers);
-    let mut setups = JoinSet::new();
-    for s in 0..p.subscribers {
-        let topic = topic.clone();
-        let qos = p.qos;
-        let (port, window) = (p.port, p.window);
-        let id = format!("{tag}-s{s}");
-        setups.spawn(async move {
-            let (client, mut el) = AsyncClient::new(options(id, port, window), 64);
-            wait_connack(&mut el, deadline).await?;
-            client.subscribe(topic, qos).await?;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match timeout(left, el.poll()).await {
-                    Err(_) => bail!("timed out waiting for SUBACK"),
-                    Ok(Err(e)) => bail!("subscriber connection failed: {e}"),
-                    Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => return Ok((client, el)),
-                    Ok(Ok(_)) => {}
-                }
-            }
-        });
-    }
-    let mut ready = Vec::with_capacity(p.subscribers);
-    while let Some(r) = setups.join_next().await {
-        ready.push(
-            r.context("subscriber setup panicked")?
-                .with_context(|| format!("{}: subscriber setup", p.name))?,
-        );
-    }
     let unique_total = Arc::new(AtomicU64::new(0));
     let last_rx = Arc::new(AtomicU64::new(0));
-    for (client, mut el) in ready {
-        let tally = Arc::new(Mutex::new(Tally::new(
-            p.publishers,
-            p.record_latency,
-            latency_cap,
-        )));
-        let unique = Arc::new(AtomicU64::new(0));
-        let (t, u, ut, lr) = (
-            tally.clone(),
-            unique.clone(),
-            unique_total.clone(),
-            last_rx.clone(),
-        );
-        let task = tokio::spawn(async move {
+    let (ready_tx, mut ready_rx) = mpsc::channel::<Result<()>>(p.subscribers.max(1));
+    let mut subs = JoinSet::new();
+    for s in 0..p.subscribers {
+        let id = format!("{tag}-s{s}");
+        let topic = topic.clone();
+        let port = p.port;
+        let ready = ready_tx.clone();
+        let mut stop = stop_rx.clone();
+        let (ut, lr) = (unique_total.clone(), last_rx.clone());
+        let mut tally = Tally::new(p.publishers, p.record_latency, latency_cap);
+        subs.spawn(async move {
+            let setup = async {
+                let (mut sock, mut rd) = mqtt::connect(port, &id, deadline).await?;
+                sock.write_all(&mqtt::subscribe_packet(&topic, qos)).await?;
+                loop {
+                    if let Some(pk) = rd.next()? {
+                        if pk.kind == mqtt::SUBACK {
+                            if pk.body.get(2).is_some_and(|&rc| rc >= 0x80) {
+                                bail!("subscription refused");
+                            }
+                            return Ok((sock, rd));
+                        }
+                        continue;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match timeout(left, rd.fill(&mut sock)).await {
+                        Err(_) => bail!("timed out waiting for SUBACK"),
+                        Ok(r) => {
+                            if !r? {
+                                bail!("connection closed before SUBACK");
+                            }
+                        }
+                    }
+                }
+            };
+            let (mut sock, mut rd) = match setup.await {
+                Ok(v) => {
+                    let _ = ready.send(Ok(())).await;
+                    v
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e)).await;
+                    return tally;
+                }
+            };
+            drop(ready);
+            let mut acks = Vec::new();
             loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(msg))) => {
+                while let Ok(Some(pk)) = rd.next() {
+                    if pk.kind != mqtt::PUBLISH {
+                        continue;
+                    }
+                    if let Some((pkid, payload)) = mqtt::parse_publish(pk.flags, pk.body) {
                         let now = now_nanos();
-                        let mut g = t.lock().unwrap_or_else(|e| e.into_inner());
-                        let before = g.unique;
-                        g.add(&msg.payload, now);
-                        if g.unique > before {
-                            u.fetch_add(1, Ordering::Relaxed);
+                        if tally.add(payload, now) {
                             ut.fetch_add(1, Ordering::Relaxed);
                         }
                         lr.fetch_max(now, Ordering::Relaxed);
+                        if (pk.flags >> 1) & 3 == 1 {
+                            mqtt::put_puback(&mut acks, pkid);
+                        }
                     }
-                    Ok(_) => {}
-                    Err(_) => break,
+                }
+                if !acks.is_empty() {
+                    if sock.write_all(&acks).await.is_err() {
+                        break;
+                    }
+                    acks.clear();
+                }
+                tokio::select! {
+                    r = rd.fill(&mut sock) => match r {
+                        Ok(true) => {}
+                        _ => break,
+                    },
+                    _ = stop.wait_for(|s| *s) => break,
                 }
             }
+            let _ = sock.write_all(&[0xe0, 0]).await;
+            tally
         });
-        subs.push((client, task, tally, unique));
+    }
+    drop(ready_tx);
+    for _ in 0..p.subscribers {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                subs.abort_all();
+                return Err(e.context(format!("{}: subscriber setup", p.name)));
+            }
+            None => {
+                subs.abort_all();
+                bail!("{}: a subscriber task ended during setup", p.name);
+            }
+        }
     }
 
     // Publishers: connect all first, then release them together.
-    let mut pubs = Vec::new();
+    let mut conns = Vec::with_capacity(p.publishers);
     for i in 0..p.publishers {
-        let (client, mut el) =
-            AsyncClient::new(options(format!("{tag}-p{i}"), p.port, p.window), 1024);
-        if let Err(e) = wait_connack(&mut el, deadline).await {
-            for (_, task, _, _) in &subs {
-                task.abort();
+        match mqtt::connect(p.port, &format!("{tag}-p{i}"), deadline).await {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                subs.abort_all();
+                return Err(e.context(format!("{}: publisher {i}", p.name)));
             }
-            return Err(e.context(format!("{}: publisher {i}", p.name)));
         }
-        pubs.push((client, el));
     }
     on_start();
     let start = Instant::now();
     let start_nanos = now_nanos();
-    let mut handles = Vec::new();
-    for (i, (client, mut el)) in pubs.into_iter().enumerate() {
-        let done = Arc::new(AtomicU64::new(0));
-        let d = done.clone();
-        let qos = p.qos;
-        let driver = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Publish(_))) if qos == QoS::AtMostOnce => {
-                        d.fetch_add(1, Ordering::Release);
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        d.fetch_add(1, Ordering::Release);
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        });
+    let mut pubs = JoinSet::new();
+    for (i, (sock, rd)) in conns.into_iter().enumerate() {
         let topic = topic.clone();
-        let (n, mode, c) = (p.per_publisher, p.mode, client.clone());
-        let sender = tokio::spawn(async move {
-            let t0 = Instant::now();
-            let mut k = 0u64;
-            while k < n && Instant::now() < deadline {
-                if let Mode::FixedRate(rate) = mode {
-                    let due = t0 + Duration::from_secs_f64(k as f64 / rate);
-                    if due > Instant::now() {
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                }
-                let payload = encode(i as u32, k, now_nanos());
-                if c.publish(topic.as_str(), qos, false, payload).await.is_err() {
-                    break;
-                }
-                k += 1;
-            }
-            k
-        });
-        handles.push((client, driver, sender, done));
+        let (n, mode, window) = (p.per_publisher, p.mode, p.window.max(1));
+        pubs.spawn(publisher(
+            i as u32, sock, rd, topic, qos, n, mode, window, deadline,
+        ));
     }
-    // Wait for every publisher to have all its messages written (QoS 0) or acked (QoS 1).
     let mut published = 0u64;
-    for (client, driver, sender, done) in handles {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let sent = match timeout(left, sender).await {
-            Ok(r) => r.context("publisher task panicked")?,
-            Err(_) => 0,
-        };
-        while done.load(Ordering::Acquire) < sent
-            && Instant::now() < deadline
-            && !driver.is_finished()
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut pub_error = None;
+    while let Some(r) = pubs.join_next().await {
+        match r.context("publisher task panicked")? {
+            Ok(n) => published += n,
+            Err(e) => pub_error = Some(e),
         }
-        published += done.load(Ordering::Acquire).min(sent);
-        let _ = client.try_disconnect();
-        let _ = timeout(Duration::from_millis(300), async {
-            while !driver.is_finished() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
-        driver.abort();
     }
     let publish_done = Instant::now();
 
@@ -357,28 +321,24 @@ pub async fn run_phase(p: &Phase, tag: &str, on_start: StartHook<'_>) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let _ = stop_tx.send(true);
 
     let mut res = PhaseResult {
         published,
         expected: want,
         ..Default::default()
     };
-    for (client, task, tally, _unique) in subs {
-        let _ = client.try_disconnect();
-        let _ = timeout(Duration::from_millis(100), async {
-            while !task.is_finished() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
-        task.abort();
-        let g = tally.lock().unwrap_or_else(|e| e.into_inner());
-        res.received += g.received;
-        res.unique += g.unique;
-        res.lost += published.saturating_sub(g.unique);
+    while let Some(r) = subs.join_next().await {
+        let t = r.context("subscriber task panicked")?;
+        res.received += t.received;
+        res.unique += t.unique;
+        res.lost += published.saturating_sub(t.unique);
         if res.latencies.len() < MAX_LATENCY_SAMPLES {
-            res.latencies.extend_from_slice(&g.latencies);
+            res.latencies.extend_from_slice(&t.latencies);
         }
+    }
+    if let Some(e) = pub_error {
+        return Err(e.context(format!("{}: publisher failed", p.name)));
     }
     res.duplicated = res.received - res.unique;
     let last = last_rx.load(Ordering::Relaxed);
@@ -389,6 +349,118 @@ pub async fn run_phase(p: &Phase, tag: &str, on_start: StartHook<'_>) -> Result<
     res.hit_deadline = Instant::now() >= deadline;
     res.latencies.sort_unstable();
     Ok(res)
+}
+
+/// Largest number of messages written with one write call.
+const BATCH: u64 = 64;
+
+/// One publisher. Returns how many messages reached the broker: written (QoS 0) or
+/// acknowledged (QoS 1). At QoS 1 at most `window` messages are unacknowledged.
+#[allow(clippy::too_many_arguments)]
+async fn publisher(
+    id: u32,
+    sock: TcpStream,
+    mut rd: mqtt::Reader,
+    topic: String,
+    qos: u8,
+    n: u64,
+    mode: Mode,
+    window: u16,
+    deadline: Instant,
+) -> Result<u64> {
+    let (mut r, mut w) = sock.into_split();
+    let window = window as u64;
+    let acked = Arc::new(AtomicU64::new(0));
+    let ack_notify = Arc::new(Notify::new());
+    let (sent_tx, mut sent_rx) = watch::channel(u64::MAX);
+    // Acknowledgement reader (QoS 1 only; at QoS 0 nothing comes back).
+    let reader = (qos > 0).then(|| {
+        let (acked, notify) = (acked.clone(), ack_notify.clone());
+        tokio::spawn(async move {
+            loop {
+                while let Ok(Some(pk)) = rd.next() {
+                    if pk.kind == mqtt::PUBACK {
+                        acked.fetch_add(1, Ordering::Release);
+                        notify.notify_one();
+                    }
+                }
+                if acked.load(Ordering::Acquire) >= *sent_rx.borrow() {
+                    break;
+                }
+                tokio::select! {
+                    f = rd.fill(&mut r) => match f {
+                        Ok(true) => {}
+                        _ => break,
+                    },
+                    c = sent_rx.changed() => {
+                        if c.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    });
+
+    let t0 = Instant::now();
+    let mut buf = Vec::with_capacity(BATCH as usize * (PAYLOAD + 64));
+    let mut k = 0u64;
+    let mut pkid: u16 = 0;
+    while k < n && Instant::now() < deadline {
+        // How many may go now.
+        let mut allowed = (n - k).min(BATCH);
+        if let Mode::FixedRate(rate) = mode {
+            let due = t0 + Duration::from_secs_f64(k as f64 / rate);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let now_k = (t0.elapsed().as_secs_f64() * rate).floor() as u64 + 1;
+            allowed = allowed.min(now_k.saturating_sub(k).max(1));
+        }
+        if qos > 0 {
+            loop {
+                let out = k - acked.load(Ordering::Acquire);
+                if out < window {
+                    allowed = allowed.min(window - out);
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    allowed = 0;
+                    break;
+                }
+                let _ = timeout(left.min(Duration::from_millis(50)), ack_notify.notified()).await;
+            }
+            if allowed == 0 {
+                break;
+            }
+        }
+        buf.clear();
+        for j in 0..allowed {
+            pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
+            let payload = encode(id, k + j, now_nanos());
+            mqtt::put_publish(&mut buf, &topic, qos, pkid, &payload);
+        }
+        if w.write_all(&buf).await.is_err() {
+            break;
+        }
+        k += allowed;
+    }
+    let _ = sent_tx.send(k);
+    let done = match reader {
+        None => k,
+        Some(mut task) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if timeout(left, &mut task).await.is_err() {
+                // Deadline: count what was acknowledged so far.
+                task.abort();
+            }
+            acked.load(Ordering::Acquire).min(k)
+        }
+    };
+    let _ = w.write_all(&[0xe0, 0]).await;
+    let _ = w.shutdown().await;
+    Ok(done)
 }
 
 /// Opens `n` idle MQTT connections with raw sockets (CONNECT, wait for CONNACK) and
@@ -406,7 +478,7 @@ pub async fn open_idle(port: u16, n: usize, tag: &str, limit: Duration) -> Resul
                 let left = deadline.saturating_duration_since(Instant::now());
                 timeout(left, async {
                     let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-                    s.write_all(&crate::broker::connect_packet(&id, 600)).await?;
+                    s.write_all(&mqtt::connect_packet(&id, 600)).await?;
                     let mut ack = [0u8; 4];
                     s.read_exact(&mut ack).await?;
                     if ack[0] != 0x20 || ack[3] != 0 {

@@ -13,7 +13,6 @@ pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
 pub const PUBACK: u8 = 4;
 pub const SUBACK: u8 = 9;
-pub const PINGRESP: u8 = 13;
 
 fn put_len(buf: &mut Vec<u8>, mut n: usize) {
     loop {

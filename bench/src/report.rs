@@ -277,7 +277,12 @@ impl Report {
             let pick = |v: &[Option<Metrics>], f: &dyn Fn(&Metrics) -> Option<f64>| {
                 v.iter().map(|m| m.as_ref().and_then(f)).collect::<Vec<_>>()
             };
-            t.row(name, "msgs/s (max)", &pick(&closed, &|m| Some(m.msgs_per_sec)), 0);
+            t.row(
+                name,
+                "msgs/s (max)",
+                &pick(&closed, &|m| Some(m.msgs_per_sec)),
+                0,
+            );
             t.row("", "CPU ns/msg", &pick(&closed, &|m| m.cpu_ns_per_msg), 0);
             t.row(
                 "",
@@ -297,7 +302,12 @@ impl Report {
                 &pick(&closed, &|m| Some(mb(m.peak_rss_kb))),
                 1,
             );
-            t.row("", "RSS MB at end", &pick(&closed, &|m| Some(mb(m.rss_kb))), 1);
+            t.row(
+                "",
+                "RSS MB at end",
+                &pick(&closed, &|m| Some(mb(m.rss_kb))),
+                1,
+            );
             let loss = |v: &[Option<Metrics>]| -> Vec<String> {
                 v.iter()
                     .map(|m| match m {
@@ -328,19 +338,28 @@ impl Report {
             &v(&|i| mb(i.with_conns_rss_kb)),
             1,
         );
-        t.row("", "KB per idle conn", &v(&|i| i.per_conn_bytes / 1024.0), 2);
+        t.row(
+            "",
+            "KB per idle conn",
+            &v(&|i| i.per_conn_bytes / 1024.0),
+            2,
+        );
         t.row(
             "",
             "RSS MB after closing",
             &v(&|i| mb(i.after_close_rss_kb)),
             1,
         );
-        let bv = |f: &dyn Fn(&BurstResult) -> f64| {
-            burst.iter().map(|b| b.map(f)).collect::<Vec<_>>()
-        };
+        let bv =
+            |f: &dyn Fn(&BurstResult) -> f64| burst.iter().map(|b| b.map(f)).collect::<Vec<_>>();
         let bname = format!("burst {}M", self.burst_messages as f64 / 1e6);
         t.row(&bname, "msgs/s", &bv(&|b| b.metrics.msgs_per_sec), 0);
-        t.row("", "CPU ns/msg", &bv(&|b| b.metrics.cpu_ns_per_msg.unwrap_or(0.0)), 0);
+        t.row(
+            "",
+            "CPU ns/msg",
+            &bv(&|b| b.metrics.cpu_ns_per_msg.unwrap_or(0.0)),
+            0,
+        );
         t.row("", "peak RSS MB", &bv(&|b| mb(b.metrics.peak_rss_kb)), 1);
         t.row("", "RSS MB 2 s after", &bv(&|b| mb(b.settled_rss_kb)), 1);
         let bl: Vec<String> = burst
