@@ -563,7 +563,6 @@ class Client:
     def close_abruptly(self) -> None:
         """Close the TCP socket without sending DISCONNECT (an abnormal disconnect)."""
         sock = self.c.socket()
-        self.c._reconnect_delay = None  # noqa: SLF001
         self.c.reconnect_delay_set(120, 120)
         if sock is not None:
             try:
