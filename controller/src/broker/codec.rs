@@ -86,7 +86,8 @@ pub fn peek_connect_version(buf: &[u8], max_size: usize) -> Result<Option<Versio
 pub fn read(version: Version, buf: &mut BytesMut, max_size: usize) -> Result<Incoming, FrameError> {
     // The fixed header is the same in MQTT 3.1.1 and 5 (rumqttd's v5 header keeps
     // its fields private, so the v4 parser reads both).
-    let header = protocol::v4::check(buf.iter(), max_size).map(|h| (h.byte1, h.fixed_header_len, h.frame_length()));
+    let header = protocol::v4::check(buf.iter(), max_size)
+        .map(|h| (h.byte1, h.fixed_header_len, h.frame_length()));
     let (byte1, fixed_header_len, frame_length) = match header {
         Ok(h) => h,
         Err(protocol::Error::InsufficientBytes(_)) => return Err(FrameError::Incomplete),
@@ -139,7 +140,11 @@ pub fn read(version: Version, buf: &mut BytesMut, max_size: usize) -> Result<Inc
 }
 
 /// Encodes a packet. Properties are dropped for MQTT 3.1.1.
-pub fn write(version: Version, packet: Packet, out: &mut BytesMut) -> Result<usize, protocol::Error> {
+pub fn write(
+    version: Version,
+    packet: Packet,
+    out: &mut BytesMut,
+) -> Result<usize, protocol::Error> {
     match version {
         Version::V4 => protocol::v4::V4.write(strip_properties(packet), out),
         Version::V5 => protocol::v5::V5.write(packet, out),
@@ -163,7 +168,14 @@ fn strip_properties(packet: Packet) -> Packet {
 
 /// Builds an outgoing PUBLISH with the given QoS, packet id and flags, through
 /// rumqttd's public storage format.
-pub fn build_publish(topic: &Bytes, payload: &Bytes, qos: u8, pkid: u16, retain: bool, dup: bool) -> Publish {
+pub fn build_publish(
+    topic: &Bytes,
+    payload: &Bytes,
+    qos: u8,
+    pkid: u16,
+    retain: bool,
+    dup: bool,
+) -> Publish {
     let mut o = BytesMut::with_capacity(5 + topic.len() + payload.len());
     o.put_u8(0b0011_0000 | retain as u8 | (qos << 1) | ((dup as u8) << 3));
     o.put_u16(pkid);
@@ -189,11 +201,20 @@ mod tests {
 
     #[test]
     fn outgoing_publish_round_trips_qos_pkid_and_flags() {
-        let p = build_publish(&Bytes::from_static(b"a/b"), &Bytes::from_static(b"hi"), 2, 7, true, true);
+        let p = build_publish(
+            &Bytes::from_static(b"a/b"),
+            &Bytes::from_static(b"hi"),
+            2,
+            7,
+            true,
+            true,
+        );
         let mut out = BytesMut::new();
         write(Version::V4, Packet::Publish(p, None), &mut out).unwrap();
         match read(Version::V4, &mut out, 1024).unwrap() {
-            Incoming::Publish { publish, qos, pkid, .. } => {
+            Incoming::Publish {
+                publish, qos, pkid, ..
+            } => {
                 assert_eq!((qos, pkid), (2, 7));
                 assert!(publish.retain);
                 assert_eq!(&publish.topic[..], b"a/b");
@@ -206,8 +227,13 @@ mod tests {
     #[test]
     fn connect_version_is_read_from_the_protocol_level() {
         // CONNECT, MQTT 3.1.1, clean session, keepalive 60, client id "c".
-        let frame = [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'c'];
-        assert_eq!(peek_connect_version(&frame, 1024).unwrap(), Some(Version::V4));
+        let frame = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'c',
+        ];
+        assert_eq!(
+            peek_connect_version(&frame, 1024).unwrap(),
+            Some(Version::V4)
+        );
         assert_eq!(peek_connect_version(&frame[..5], 1024).unwrap(), None);
     }
 }

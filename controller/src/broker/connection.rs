@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, LastWillProperties,
-    Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason,
-    PublishProperties, RetainForwardRule, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
+    LastWillProperties, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, PubRel, PubRelReason, PublishProperties, RetainForwardRule, SubAck,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use tokio::sync::mpsc;
 
@@ -67,7 +68,8 @@ pub async fn serve(
     let mut buf = BytesMut::with_capacity(4096);
     let limits = shared.limits.load_full();
     let handshake = Duration::from_secs(limits.handshake_timeout_seconds.into());
-    let connect = tokio::time::timeout(handshake, read_connect(&mut reader, &mut buf, &shared)).await;
+    let connect =
+        tokio::time::timeout(handshake, read_connect(&mut reader, &mut buf, &shared)).await;
     let (version, packet) = match connect {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -105,7 +107,10 @@ pub async fn serve(
         .map(|l| Arc::from(l.username.as_str()));
     let authenticated = match (&username, &login) {
         (None, _) => auth.allow_anonymous,
-        (Some(u), Some(l)) => auth.users.get(&**u).is_some_and(|h| h.verify(l.password.as_bytes())),
+        (Some(u), Some(l)) => auth
+            .users
+            .get(&**u)
+            .is_some_and(|h| h.verify(l.password.as_bytes())),
         (Some(_), None) => false,
     };
     if !authenticated {
@@ -126,7 +131,10 @@ pub async fn serve(
     let expiry = match version {
         Version::V4 if connect.clean_session => 0,
         Version::V4 => limits.session_expiry_seconds,
-        Version::V5 => props.as_ref().and_then(|p| p.session_expiry_interval).unwrap_or(0),
+        Version::V5 => props
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+            .unwrap_or(0),
     };
     let granted_expiry = expiry.min(limits.session_expiry_seconds);
     let receive_max = props
@@ -159,7 +167,8 @@ pub async fn serve(
         session_present: connected.session_present,
         code: ConnectReturnCode::Success,
     };
-    if codec::write(version, Packet::ConnAck(ack, connack_props), &mut out).is_err() || writer.write_all(&out).await.is_err()
+    if codec::write(version, Packet::ConnAck(ack, connack_props), &mut out).is_err()
+        || writer.write_all(&out).await.is_err()
     {
         disconnect(&shared, &client_id, link.id, None);
         return;
@@ -176,9 +185,26 @@ pub async fn serve(
         will: will.map(|w| (w, will_props)),
     };
     let (ctrl_tx, ctrl_rx) = mpsc::channel::<Packet>(256);
-    let writer_task = tokio::spawn(write_loop(writer, shared.clone(), client_id.clone(), version, link.clone(), ctrl_rx));
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        shared.clone(),
+        client_id.clone(),
+        version,
+        link.clone(),
+        ctrl_rx,
+    ));
     let keepalive = connect.keep_alive;
-    let end = read_loop(&mut reader, &mut buf, &shared, &client, &ctrl_tx, keepalive, &mut close_rx, &mut stop).await;
+    let end = read_loop(
+        &mut reader,
+        &mut buf,
+        &shared,
+        &client,
+        &ctrl_tx,
+        keepalive,
+        &mut close_rx,
+        &mut stop,
+    )
+    .await;
     drop(ctrl_tx);
 
     // The will is published unless the client said a plain DISCONNECT.
@@ -206,7 +232,11 @@ fn disconnect(shared: &Shared, client_id: &str, conn_id: u64, expiry: Option<u32
     router.disconnect(client_id, conn_id, expiry);
 }
 
-async fn read_connect(reader: &mut Reader, buf: &mut BytesMut, shared: &Shared) -> Result<(Version, Packet), End> {
+async fn read_connect(
+    reader: &mut Reader,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<(Version, Packet), End> {
     let max = shared.max_packet_size();
     loop {
         if let Some(version) = codec::peek_connect_version(buf, max)? {
@@ -301,7 +331,12 @@ async fn send(ctrl: &mpsc::Sender<Packet>, p: Packet) -> Result<(), End> {
     ctrl.send(p).await.map_err(|_| End::Eof)
 }
 
-async fn handle(incoming: Incoming, shared: &Arc<Shared>, client: &Client, ctrl: &mpsc::Sender<Packet>) -> Result<(), End> {
+async fn handle(
+    incoming: Incoming,
+    shared: &Arc<Shared>,
+    client: &Client,
+    ctrl: &mpsc::Sender<Packet>,
+) -> Result<(), End> {
     let v5 = client.version == Version::V5;
     match incoming {
         Incoming::Publish {
@@ -318,7 +353,9 @@ async fn handle(incoming: Incoming, shared: &Arc<Shared>, client: &Client, ctrl:
                 return Err(End::Protocol("PUBLISH to an invalid topic"));
             }
             if properties.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-                return Err(End::Protocol("topic aliases are not supported (topic alias maximum is 0)"));
+                return Err(End::Protocol(
+                    "topic aliases are not supported (topic alias maximum is 0)",
+                ));
             }
             let limits = shared.limits.load();
             if publish.payload.len() > limits.max_payload_bytes as usize {
@@ -326,7 +363,9 @@ async fn handle(incoming: Incoming, shared: &Arc<Shared>, client: &Client, ctrl:
             }
             let allowed = {
                 let router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
-                router.acl().check(client.username.as_deref(), &client.id, topic, Op::Write)
+                router
+                    .acl()
+                    .check(client.username.as_deref(), &client.id, topic, Op::Write)
             };
             if !allowed {
                 shared.metrics.acl_denials.inc();
@@ -388,7 +427,17 @@ async fn handle(incoming: Incoming, shared: &Arc<Shared>, client: &Client, ctrl:
                 } else {
                     PubRelReason::PacketIdentifierNotFound
                 };
-                send(ctrl, Packet::PubRel(PubRel { pkid: rec.pkid, reason }, None)).await
+                send(
+                    ctrl,
+                    Packet::PubRel(
+                        PubRel {
+                            pkid: rec.pkid,
+                            reason,
+                        },
+                        None,
+                    ),
+                )
+                .await
             }
             Packet::PubComp(comp, _) => {
                 let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
@@ -405,7 +454,17 @@ async fn handle(incoming: Incoming, shared: &Arc<Shared>, client: &Client, ctrl:
                 } else {
                     PubCompReason::PacketIdentifierNotFound
                 };
-                send(ctrl, Packet::PubComp(PubComp { pkid: rel.pkid, reason }, None)).await
+                send(
+                    ctrl,
+                    Packet::PubComp(
+                        PubComp {
+                            pkid: rel.pkid,
+                            reason,
+                        },
+                        None,
+                    ),
+                )
+                .await
             }
             Packet::Subscribe(sub, _) => {
                 let mut codes = Vec::with_capacity(sub.filters.len());
@@ -430,7 +489,8 @@ async fn handle(incoming: Incoming, shared: &Arc<Shared>, client: &Client, ctrl:
                             SubOptions {
                                 qos,
                                 no_local: v5 && f.nolocal,
-                                retain_as_published: !v5 || f.preserve_retain,
+                                // MQTT 3.1.1: live messages are forwarded with retain 0.
+                                retain_as_published: v5 && f.preserve_retain,
                                 retain_handling: match f.retain_forward_rule {
                                     RetainForwardRule::OnEverySubscribe => 0,
                                     RetainForwardRule::OnNewSubscribe => 1,
@@ -522,13 +582,20 @@ fn forwardable(mut p: PublishProperties) -> PublishProperties {
 }
 
 fn publish_will(shared: &Shared, client: &Client) {
-    let Some((will, props)) = &client.will else { return };
-    let Ok(topic) = std::str::from_utf8(&will.topic) else { return };
+    let Some((will, props)) = &client.will else {
+        return;
+    };
+    let Ok(topic) = std::str::from_utf8(&will.topic) else {
+        return;
+    };
     if !valid_topic_name(topic) {
         return;
     }
     let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
-    if !router.acl().check(client.username.as_deref(), &client.id, topic, Op::Write) {
+    if !router
+        .acl()
+        .check(client.username.as_deref(), &client.id, topic, Op::Write)
+    {
         shared.metrics.acl_denials.inc();
         return;
     }
@@ -607,9 +674,20 @@ async fn write_loop(
             }
             for item in batch.drain(..) {
                 let packet = match item {
-                    Outgoing::Publish { delivery, pkid, dup } => {
+                    Outgoing::Publish {
+                        delivery,
+                        pkid,
+                        dup,
+                    } => {
                         let m = &delivery.msg;
-                        let p = codec::build_publish(&m.topic, &m.payload, delivery.qos, pkid, delivery.retain, dup);
+                        let p = codec::build_publish(
+                            &m.topic,
+                            &m.payload,
+                            delivery.qos,
+                            pkid,
+                            delivery.retain,
+                            dup,
+                        );
                         shared.metrics.messages_out.inc();
                         Packet::Publish(p, m.properties.clone())
                     }

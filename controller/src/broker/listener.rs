@@ -125,7 +125,12 @@ async fn serve_socket(
         let io: BoxIo = match tls {
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                Box::new(acceptor.accept(stream).await.map_err(|e| format!("TLS handshake failed: {e}"))?)
+                Box::new(
+                    acceptor
+                        .accept(stream)
+                        .await
+                        .map_err(|e| format!("TLS handshake failed: {e}"))?,
+                )
             }
             None => Box::new(stream),
         };
@@ -136,9 +141,13 @@ async fn serve_socket(
                 let mut config = WebSocketConfig::default();
                 config.max_message_size = Some(max);
                 config.max_frame_size = Some(max);
-                let ws = tokio_tungstenite::accept_hdr_async_with_config(io, select_mqtt_subprotocol, Some(config))
-                    .await
-                    .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+                let ws = tokio_tungstenite::accept_hdr_async_with_config(
+                    io,
+                    select_mqtt_subprotocol,
+                    Some(config),
+                )
+                .await
+                .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
                 Ok(Transport::WebSocket(ws))
             }
         }

@@ -166,7 +166,8 @@ fn router_limits(l: &Limits) -> RouterLimits {
 fn auth_config(bundle: &BrokerBundle) -> Result<AuthConfig, ApplyError> {
     let mut users = HashMap::new();
     for (name, u) in &bundle.users {
-        let hash = PasswordHash::parse(&u.password_hash).map_err(|_| ApplyError::Hash(name.clone()))?;
+        let hash =
+            PasswordHash::parse(&u.password_hash).map_err(|_| ApplyError::Hash(name.clone()))?;
         users.insert(name.clone(), hash);
     }
     Ok(AuthConfig {
@@ -207,7 +208,12 @@ impl BrokerRuntime {
         let key = format!("{}/{}", bundle.namespace, bundle.name);
         let broker_metrics = BrokerMetrics::new(metrics, &key);
         let acl = Arc::new(Acl::new(&bundle.acl));
-        let router = Router::new(&key, acl, router_limits(&bundle.limits), broker_metrics.clone());
+        let router = Router::new(
+            &key,
+            acl,
+            router_limits(&bundle.limits),
+            broker_metrics.clone(),
+        );
         let shared = Arc::new(Shared {
             key,
             router: Mutex::new(router),
@@ -240,6 +246,11 @@ impl BrokerRuntime {
         &self.bundle
     }
 
+    /// TLS material in use, by listener name.
+    pub fn tls_material(&self) -> &BTreeMap<String, TlsMaterial> {
+        &self.tls
+    }
+
     /// State shared with connections (for tests and the health check).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
@@ -259,7 +270,9 @@ impl BrokerRuntime {
         let mut tls_configs = BTreeMap::new();
         for l in &bundle.listeners {
             if l.tls.is_some() {
-                let m = tls.get(&l.name).ok_or_else(|| ApplyError::MissingTls(l.name.clone()))?;
+                let m = tls
+                    .get(&l.name)
+                    .ok_or_else(|| ApplyError::MissingTls(l.name.clone()))?;
                 let cfg = server_config(m).map_err(|message| ApplyError::Tls {
                     listener: l.name.clone(),
                     message,
@@ -273,7 +286,10 @@ impl BrokerRuntime {
         let mut restart = Vec::new();
         for l in &bundle.listeners {
             match self.listeners.get(&l.name) {
-                Some(h) if h.plan.bind == l.bind && h.plan.protocol == l.protocol && h.plan.tls.is_some() == l.tls.is_some() => {}
+                Some(h)
+                    if h.plan.bind == l.bind
+                        && h.plan.protocol == l.protocol
+                        && h.plan.tls.is_some() == l.tls.is_some() => {}
                 Some(_) => restart.push(l.clone()),
                 None => {
                     let cfg = tls_configs.get(&l.name).cloned();
@@ -302,7 +318,9 @@ impl BrokerRuntime {
                     .join("brokers")
                     .join(format!("{}_{}", bundle.namespace, bundle.name))
                     .join("retained.redb");
-                let store = match persist::RetainedStore::open(&path).and_then(|s| s.load().map(|m| (s, m))) {
+                let store = match persist::RetainedStore::open(&path)
+                    .and_then(|s| s.load().map(|m| (s, m)))
+                {
                     Ok(v) => v,
                     Err(e) => {
                         for h in started.values() {
@@ -318,7 +336,10 @@ impl BrokerRuntime {
                 router.restore_retained(msgs);
                 router.set_persistence(Some(tx));
                 self.persistence = Some(task);
-                changes.push(format!("persistence on ({n} retained messages restored from {})", path.display()));
+                changes.push(format!(
+                    "persistence on ({n} retained messages restored from {})",
+                    path.display()
+                ));
             } else {
                 tracing::warn!(broker = %self.shared.key, "persistence asked for but no state directory given; retained messages are kept in memory only");
             }
@@ -363,7 +384,9 @@ impl BrokerRuntime {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .kick_user(None, CloseReason::CredentialsChanged);
-            changes.push(format!("anonymous access withdrawn ({n} connection(s) closed)"));
+            changes.push(format!(
+                "anonymous access withdrawn ({n} connection(s) closed)"
+            ));
         }
         self.shared.auth.store(Arc::new(auth));
         if self.bundle.acl != bundle.acl {
@@ -466,7 +489,12 @@ impl BrokerRuntime {
                     tls: h.tls.is_some(),
                 })
                 .collect(),
-            router: self.shared.router.lock().unwrap_or_else(|e| e.into_inner()).stats(),
+            router: self
+                .shared
+                .router
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stats(),
             config_hash: self.bundle.hash(),
         }
     }

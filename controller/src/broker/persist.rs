@@ -63,7 +63,9 @@ impl RetainedStore {
         for row in table.iter().map_err(|e| err(e.into()))? {
             let (k, v) = row.map_err(|e| err(e.into()))?;
             let (topic, value) = (k.value(), v.value());
-            let Some((&qos, payload)) = value.split_first() else { continue };
+            let Some((&qos, payload)) = value.split_first() else {
+                continue;
+            };
             if std::str::from_utf8(topic).is_err() || qos > 2 {
                 continue;
             }
@@ -80,7 +82,12 @@ impl RetainedStore {
     }
 
     /// Starts the writer task; it ends, after committing, when every sender is dropped.
-    pub fn spawn_writer(&self) -> (mpsc::UnboundedSender<RetainedChange>, tokio::task::JoinHandle<()>) {
+    pub fn spawn_writer(
+        &self,
+    ) -> (
+        mpsc::UnboundedSender<RetainedChange>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (tx, mut rx) = mpsc::unbounded_channel::<RetainedChange>();
         let db = self.db.clone();
         let path = self.path.clone();
@@ -92,7 +99,9 @@ impl RetainedStore {
                 let res = tokio::task::spawn_blocking(move || write_batch(&db, changes)).await;
                 match res {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(store = %path, error = %e, "could not persist retained messages"),
+                    Ok(Err(e)) => {
+                        tracing::error!(store = %path, error = %e, "could not persist retained messages")
+                    }
                     Err(e) => tracing::error!(store = %path, error = %e, "retained writer failed"),
                 }
             }
@@ -101,7 +110,10 @@ impl RetainedStore {
     }
 }
 
-fn write_batch(db: &Database, changes: Vec<RetainedChange>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+fn write_batch(
+    db: &Database,
+    changes: Vec<RetainedChange>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let tx = db.begin_write()?;
     {
         let mut table = tx.open_table(RETAINED)?;

@@ -268,7 +268,13 @@ impl TrieNode {
         }
     }
 
-    fn collect(&self, levels: &[&str], first: bool, dollar: bool, out: &mut HashMap<Arc<str>, SubOptions>) {
+    fn collect(
+        &self,
+        levels: &[&str],
+        first: bool,
+        dollar: bool,
+        out: &mut HashMap<Arc<str>, SubOptions>,
+    ) {
         let wildcard_ok = !(first && dollar);
         if wildcard_ok {
             if let Some(hash) = self.children.get("#") {
@@ -359,7 +365,10 @@ impl Router {
     }
 
     /// Sends every later retained change to `tx` (persistence).
-    pub fn set_persistence(&mut self, tx: Option<tokio::sync::mpsc::UnboundedSender<RetainedChange>>) {
+    pub fn set_persistence(
+        &mut self,
+        tx: Option<tokio::sync::mpsc::UnboundedSender<RetainedChange>>,
+    ) {
         self.persist = tx;
     }
 
@@ -462,8 +471,9 @@ impl Router {
             .iter()
             .filter(|(_, s)| {
                 s.conn.is_none()
-                    && s.disconnected_at
-                        .is_some_and(|at| now.duration_since(at) >= Duration::from_secs(s.expiry.into()))
+                    && s.disconnected_at.is_some_and(|at| {
+                        now.duration_since(at) >= Duration::from_secs(s.expiry.into())
+                    })
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -514,14 +524,22 @@ impl Router {
             for m in matching {
                 let allowed = {
                     let s = &self.sessions[client_id];
-                    self.acl.check(s.username.as_deref(), client_id, m.topic_str(), Op::Read)
+                    self.acl
+                        .check(s.username.as_deref(), client_id, m.topic_str(), Op::Read)
                 };
                 if !allowed {
                     self.metrics.acl_denials.inc();
                     continue;
                 }
                 let qos = m.qos.min(opts.qos);
-                self.enqueue(client_id, Delivery { msg: m, qos, retain: true });
+                self.enqueue(
+                    client_id,
+                    Delivery {
+                        msg: m,
+                        qos,
+                        retain: true,
+                    },
+                );
             }
         }
         self.update_gauges();
@@ -550,7 +568,8 @@ impl Router {
         let mut matched = HashMap::new();
         let topic = msg.topic_str();
         let lv = levels(topic);
-        self.trie.collect(&lv, true, topic.starts_with('$'), &mut matched);
+        self.trie
+            .collect(&lv, true, topic.starts_with('$'), &mut matched);
         let mut delivered = 0;
         for (client, opts) in matched {
             if opts.no_local && msg.origin.as_deref() == Some(&*client) {
@@ -559,13 +578,24 @@ impl Router {
             let Some(s) = self.sessions.get(&client) else {
                 continue;
             };
-            if !s.trusted && !self.acl.check(s.username.as_deref(), &client, topic, Op::Read) {
+            if !s.trusted
+                && !self
+                    .acl
+                    .check(s.username.as_deref(), &client, topic, Op::Read)
+            {
                 self.metrics.acl_denials.inc();
                 continue;
             }
             let qos = msg.qos.min(opts.qos);
             let retain = msg.retain && opts.retain_as_published;
-            if self.enqueue(&client, Delivery { msg: msg.clone(), qos, retain }) {
+            if self.enqueue(
+                &client,
+                Delivery {
+                    msg: msg.clone(),
+                    qos,
+                    retain,
+                },
+            ) {
                 delivered += 1;
             }
         }
@@ -579,7 +609,9 @@ impl Router {
                     let _ = p.send(RetainedChange::Clear(msg.topic.clone()));
                 }
             }
-        } else if self.retained.len() < self.limits.max_retained || self.retained.contains_key(&msg.topic) {
+        } else if self.retained.len() < self.limits.max_retained
+            || self.retained.contains_key(&msg.topic)
+        {
             self.retained.insert(msg.topic.clone(), msg.clone());
             if let Some(p) = &self.persist {
                 let _ = p.send(RetainedChange::Set(msg.clone()));
@@ -626,7 +658,13 @@ impl Router {
     /// Takes what connection `conn_id` of `client_id` should send next: retransmissions
     /// first, then queued messages while the in-flight window allows (QoS 0 messages
     /// do not use the window). At most `batch` items.
-    pub fn next_outgoing(&mut self, client_id: &str, conn_id: u64, batch: usize, out: &mut Vec<Outgoing>) {
+    pub fn next_outgoing(
+        &mut self,
+        client_id: &str,
+        conn_id: u64,
+        batch: usize,
+        out: &mut Vec<Outgoing>,
+    ) {
         let Some(s) = self.sessions.get_mut(client_id) else {
             return;
         };
@@ -634,7 +672,9 @@ impl Router {
             return;
         }
         while out.len() < batch {
-            let Some(pkid) = s.resend.pop_front() else { break };
+            let Some(pkid) = s.resend.pop_front() else {
+                break;
+            };
             match s.inflight.get(&pkid) {
                 Some(Inflight::Sent(d)) => out.push(Outgoing::Publish {
                     delivery: d.clone(),
@@ -652,7 +692,11 @@ impl Router {
             }
             let Some(d) = s.queue.pop_front() else { break };
             if d.qos == 0 {
-                out.push(Outgoing::Publish { delivery: d, pkid: 0, dup: false });
+                out.push(Outgoing::Publish {
+                    delivery: d,
+                    pkid: 0,
+                    dup: false,
+                });
                 continue;
             }
             let Some(pkid) = s.alloc_pkid() else {
@@ -660,7 +704,11 @@ impl Router {
                 break;
             };
             s.inflight.insert(pkid, Inflight::Sent(d.clone()));
-            out.push(Outgoing::Publish { delivery: d, pkid, dup: false });
+            out.push(Outgoing::Publish {
+                delivery: d,
+                pkid,
+                dup: false,
+            });
         }
     }
 
@@ -735,7 +783,16 @@ impl Router {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.trusted = true;
         }
-        self.subscribe(&id, topic, SubOptions { qos: 0, no_local: false, retain_as_published: false, retain_handling: 2 });
+        self.subscribe(
+            &id,
+            topic,
+            SubOptions {
+                qos: 0,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 2,
+            },
+        );
         let payload = Bytes::from(nonce.to_be_bytes().to_vec());
         self.publish(Message {
             topic: Bytes::from_static(topic.as_bytes()),
@@ -748,7 +805,9 @@ impl Router {
         let mut out = Vec::new();
         self.next_outgoing(&id, u64::MAX, 16, &mut out);
         self.disconnect(&id, u64::MAX, Some(0));
-        out.iter().any(|o| matches!(o, Outgoing::Publish { delivery, .. } if delivery.msg.payload == payload))
+        out.iter().any(
+            |o| matches!(o, Outgoing::Publish { delivery, .. } if delivery.msg.payload == payload),
+        )
     }
 
     /// Messages dropped for a session because its queue was full.
@@ -785,7 +844,12 @@ mod tests {
 
     fn router() -> Router {
         let acl = Arc::new(Acl::new(&AclPlan::default()));
-        Router::new("test", acl, RouterLimits::default(), BrokerMetrics::detached())
+        Router::new(
+            "test",
+            acl,
+            RouterLimits::default(),
+            BrokerMetrics::detached(),
+        )
     }
 
     fn msg(topic: &str, qos: u8, retain: bool, payload: &str) -> Message {
@@ -822,7 +886,9 @@ mod tests {
         r.subscribe(&id, "a/#", sub(2));
         assert_eq!(r.publish(msg("a/b", 0, false, "x")), 1);
         match &drain(&mut r, "s", 1)[..] {
-            [Outgoing::Publish { delivery, pkid: 0, .. }] => assert_eq!(delivery.qos, 0),
+            [Outgoing::Publish {
+                delivery, pkid: 0, ..
+            }] => assert_eq!(delivery.qos, 0),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -882,7 +948,11 @@ mod tests {
         r.connect(&id, None, true, 0, 20, ConnLink::new(1));
         r.subscribe(&id, "home/#", sub(1));
         let out = drain(&mut r, "s", 1);
-        assert_eq!(out.len(), 1, "an empty non-retained publish must not clear the retained message");
+        assert_eq!(
+            out.len(),
+            1,
+            "an empty non-retained publish must not clear the retained message"
+        );
         r.publish(msg("home/temp", 0, true, ""));
         assert_eq!(r.stats().retained, 0);
     }
