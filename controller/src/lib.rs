@@ -19,3 +19,4 @@
 pub mod api;
 pub mod plan;
 pub mod auth;
+pub mod load;

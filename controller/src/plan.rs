@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::api::broker::{Limits, ListenerProtocol};
-use crate::api::AclRule;
+use crate::api::{AclRule, Broker};
+use crate::auth::passwd::{hash_password_with_salt, SALT_LEN};
+use crate::load::{Loaded, Resources};
 
 /// Everything one broker needs to run, derived from the resources.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -93,4 +95,207 @@ impl BrokerBundle {
             .map(|b| format!("{b:02x}"))
             .collect()
     }
+}
+
+/// Why no bundle could be made. The loader's validation prevents all of these; the plan
+/// still checks, because objects from the Kubernetes API arrive one by one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The password Secret or its key is missing.
+    #[error("MqttUser {user}: Secret `{secret}` has no key `{key}` in namespace `{namespace}`")]
+    MissingPassword {
+        /// `namespace/name` of the MqttUser.
+        user: String,
+        /// Its namespace.
+        namespace: String,
+        /// Secret name.
+        secret: String,
+        /// Key in the Secret.
+        key: String,
+    },
+    /// The MqttUser has neither a password Secret nor a hash.
+    #[error("MqttUser {user}: set exactly one of passwordSecretRef and passwordHash")]
+    NoPassword {
+        /// `namespace/name` of the MqttUser.
+        user: String,
+    },
+    /// Two MqttUsers give one Broker the same username.
+    #[error(
+        "Broker {broker}: username `{username}` is claimed by both MqttUser {first} and {second}"
+    )]
+    DuplicateUsername {
+        /// `namespace/name` of the Broker.
+        broker: String,
+        /// The username.
+        username: String,
+        /// `namespace/name` of the first MqttUser.
+        first: String,
+        /// `namespace/name` of the second.
+        second: String,
+    },
+}
+
+/// Every [`PlanError`] found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct PlanErrors(pub Vec<PlanError>);
+
+impl PlanErrors {
+    /// The errors, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, PlanError> {
+        self.0.iter()
+    }
+}
+
+/// PBKDF2 iterations of hashes the plan makes, as `mosquitto_passwd` does.
+pub const PLAN_HASH_ITERATIONS: u32 = 101;
+
+/// Domain tag of the salt derivation; bump the version to re-salt every password.
+const SALT_TAG: &[u8] = b"edgemq.io/plan/password-salt/v1";
+
+/// One bundle per Broker, keyed `namespace/name`. Pure: no I/O, no clock, no randomness.
+pub fn plan(res: &Resources) -> Result<BTreeMap<String, BrokerBundle>, PlanErrors> {
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for b in res.brokers() {
+        let key = format!("{}/{}", b.namespace, b.name);
+        match plan_broker(res, b) {
+            Ok(bundle) => {
+                out.insert(key, bundle);
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(PlanErrors(errors))
+    }
+}
+
+fn plan_broker(res: &Resources, b: &Loaded<Broker>) -> Result<BrokerBundle, Vec<PlanError>> {
+    let spec = &b.object.spec;
+    let broker_key = format!("{}/{}", b.namespace, b.name);
+    let mut errors = Vec::new();
+
+    let mut listeners: Vec<ListenerPlan> = spec
+        .listeners
+        .iter()
+        .map(|l| ListenerPlan {
+            name: l.name.clone(),
+            bind: bind(l.bind_address.as_deref(), l.port),
+            protocol: l.protocol,
+            tls: l.tls.as_ref().and_then(|t| {
+                t.certificate_ref
+                    .clone()
+                    .map(TlsSource::Certificate)
+                    .or_else(|| t.secret_ref.clone().map(TlsSource::Secret))
+            }),
+        })
+        .collect();
+    listeners.sort_by(|a, c| a.name.cmp(&c.name));
+
+    let mut users = BTreeMap::new();
+    let mut user_acls = BTreeMap::new();
+    let mut sources: BTreeMap<String, String> = BTreeMap::new();
+    for u in res.users_of(&b.namespace, &b.name) {
+        let source = format!("{}/{}", u.namespace, u.name);
+        let username = u.object.username();
+        if let Some(first) = sources.get(&username) {
+            errors.push(PlanError::DuplicateUsername {
+                broker: broker_key.clone(),
+                username,
+                first: first.clone(),
+                second: source,
+            });
+            continue;
+        }
+        sources.insert(username.clone(), source.clone());
+        let spec = &u.object.spec;
+        let hash = match (&spec.password_hash, &spec.password_secret_ref) {
+            (Some(h), _) => h.clone(),
+            (None, Some(r)) => match res.secret_value(&u.namespace, &r.name, &r.key) {
+                Some(pw) => hash_secret_password(&broker_key, &username, &pw),
+                None => {
+                    errors.push(PlanError::MissingPassword {
+                        user: source,
+                        namespace: u.namespace.clone(),
+                        secret: r.name.clone(),
+                        key: r.key.clone(),
+                    });
+                    continue;
+                }
+            },
+            (None, None) => {
+                errors.push(PlanError::NoPassword { user: source });
+                continue;
+            }
+        };
+        if !spec.acl.is_empty() {
+            user_acls.insert(username.clone(), spec.acl.clone());
+        }
+        users.insert(
+            username,
+            UserPlan {
+                password_hash: hash,
+                source,
+            },
+        );
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    Ok(BrokerBundle {
+        namespace: b.namespace.clone(),
+        name: b.name.clone(),
+        generation: b.generation,
+        listeners,
+        allow_anonymous: spec.allow_anonymous,
+        users,
+        acl: AclPlan {
+            enabled: spec.acl_enabled,
+            // Rules for anonymous clients mean nothing while anonymous clients are
+            // refused; leaving them out keeps the bundle (and its hash) to what runs.
+            anonymous: if spec.allow_anonymous {
+                spec.anonymous_acl.clone()
+            } else {
+                Vec::new()
+            },
+            users: user_acls,
+            patterns: spec.acl_patterns.clone(),
+        },
+        limits: spec.limits.clone(),
+        persistence: spec.persistence.as_ref().is_some_and(|p| p.enabled),
+    })
+}
+
+/// `host:port`, with IPv6 literals in brackets.
+fn bind(addr: Option<&str>, port: u16) -> String {
+    let host = addr.unwrap_or("0.0.0.0");
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The `$7$` hash of a password read from a Secret.
+///
+/// The bundle must be deterministic (same resources → same bytes → same hash, so an
+/// unchanged folder never restarts anything), so the salt cannot be random. It is
+/// derived from the broker, the username and the password: the hash string changes
+/// exactly when the password changes, and two users or brokers with the same password
+/// still get different salts. The derivation is itself PBKDF2 with the same iteration
+/// count, so the salt (which is public inside the hash string) offers no cheaper way to
+/// test a guessed password than the hash does.
+fn hash_secret_password(broker_key: &str, username: &str, password: &[u8]) -> String {
+    let mut info = Vec::with_capacity(SALT_TAG.len() + broker_key.len() + username.len() + 24);
+    for part in [SALT_TAG, broker_key.as_bytes(), username.as_bytes()] {
+        info.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        info.extend_from_slice(part);
+    }
+    let mut salt = [0u8; SALT_LEN];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, &info, PLAN_HASH_ITERATIONS, &mut salt);
+    hash_password_with_salt(password, &salt, PLAN_HASH_ITERATIONS)
 }

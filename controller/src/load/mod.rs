@@ -1,0 +1,533 @@
+//! Loading and validation: YAML documents → typed, cross-checked [`Resources`].
+//!
+//! ```text
+//!  folder(s) of *.yaml ──► parse (per document: syntax, kind, fields, types)
+//!                               │ file:line of every mistake
+//!  Kubernetes watchers ──►  Resources::apply / delete
+//!                               │
+//!                               ▼
+//!                          validate (schema checks, references, conflicts)
+//! ```
+//!
+//! The folder loader and the Kubernetes watchers feed the same index, so the plan never
+//! knows where an object came from. Every mistake is collected, not just the first, and
+//! names the object and, for files, `file:line`:
+//!
+//! ```text
+//! home/users.yaml:12: MqttUser/alice: spec: unknown field `pasword`, expected one of ...
+//! ```
+
+mod locate;
+mod parse;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+
+use crate::api::{Bridge, Broker, Certificate, MqttUser};
+
+pub use locate::Seg;
+pub use validate::{filter_error, DEFAULT_NAMESPACE};
+
+/// Reads every `*.yaml` / `*.yml` file below `config_dir` (recursively, in sorted
+/// order, skipping hidden files and folders) and, when given, the Secret manifests
+/// below `secrets_dir`, then validates the whole set.
+///
+/// Returns every mistake found, each with `file:line` and the object it concerns.
+pub fn load(config_dir: &Path, secrets_dir: Option<&Path>) -> Result<Resources, LoadErrors> {
+    let mut loader = parse::Loader::default();
+    loader.read_root(config_dir, parse::RootKind::Config);
+    if let Some(dir) = secrets_dir {
+        loader.read_root(dir, parse::RootKind::Secrets);
+    }
+    let (res, mut errors, broken) = loader.finish();
+    errors.extend(validate::validate(&res, &broken));
+    errors.extend(validate::shared_host_ports(&res));
+    if errors.is_empty() {
+        Ok(res)
+    } else {
+        Err(LoadErrors::new(errors))
+    }
+}
+
+/// The kinds the loader reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `edgemq.io/v1alpha1` Broker.
+    Broker,
+    /// `edgemq.io/v1alpha1` MqttUser.
+    MqttUser,
+    /// `edgemq.io/v1alpha1` Bridge.
+    Bridge,
+    /// `edgemq.io/v1alpha1` Certificate.
+    Certificate,
+    /// core `v1` Secret.
+    Secret,
+}
+
+impl Kind {
+    /// Every kind, in the order objects are reported.
+    pub const ALL: [Kind; 5] = [
+        Kind::Broker,
+        Kind::MqttUser,
+        Kind::Bridge,
+        Kind::Certificate,
+        Kind::Secret,
+    ];
+
+    /// The kind as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Broker => "Broker",
+            Kind::MqttUser => "MqttUser",
+            Kind::Bridge => "Bridge",
+            Kind::Certificate => "Certificate",
+            Kind::Secret => "Secret",
+        }
+    }
+
+    /// The `apiVersion` this kind is read with.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Secret => "v1",
+            _ => crate::api::API_VERSION,
+        }
+    }
+
+    /// The kind named `s`, if the loader reads it.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A place in a file: the path as the folder was given plus the path inside it, and a
+/// 1-based line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceLocation {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// Identity and origin of a loaded object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// The kind.
+    pub kind: Kind,
+    /// Namespace; `default` when the manifest names none.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.generation`, when known (objects from the Kubernetes API).
+    pub generation: Option<i64>,
+    /// Where the object's YAML document starts, for objects read from files.
+    pub location: Option<SourceLocation>,
+    /// The document's text, to find the line of a field inside it.
+    text: Option<Arc<str>>,
+}
+
+impl ObjectRef {
+    /// An object that did not come from a file (for example from the Kubernetes API).
+    pub fn new(kind: Kind, namespace: &str, name: &str) -> ObjectRef {
+        ObjectRef {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            generation: None,
+            location: None,
+            text: None,
+        }
+    }
+
+    /// `Kind/name`, as errors name the object.
+    pub fn display_name(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
+
+    /// `file:line` for objects read from files, else `Kind/namespace/name`.
+    pub fn origin(&self) -> String {
+        match &self.location {
+            Some(l) => l.to_string(),
+            None => format!("{}/{}/{}", self.kind, self.namespace, self.name),
+        }
+    }
+
+    /// The location of a field of this object (or of its nearest enclosing field that
+    /// exists), falling back to the document start.
+    pub fn field_location(&self, path: &[Seg<'_>]) -> Option<SourceLocation> {
+        let start = self.location.as_ref()?;
+        let line = self
+            .text
+            .as_deref()
+            .and_then(|t| locate::line_of(t, path))
+            .map(|l| start.line + l - 1)
+            .unwrap_or(start.line);
+        Some(SourceLocation {
+            file: start.file.clone(),
+            line,
+        })
+    }
+
+    /// An error about this object, located at `path` inside it.
+    pub fn error_at(&self, path: &[Seg<'_>], message: impl Into<String>) -> LoadError {
+        LoadError {
+            location: self.field_location(path),
+            object: Some(self.display_name()),
+            message: message.into(),
+        }
+    }
+}
+
+/// A loaded object and where it came from. Dereferences to its [`ObjectRef`].
+#[derive(Clone, Debug)]
+pub struct Loaded<T> {
+    /// Identity and origin.
+    pub meta: ObjectRef,
+    /// The object, with `metadata.namespace` filled in.
+    pub object: T,
+}
+
+impl<T> std::ops::Deref for Loaded<T> {
+    type Target = ObjectRef;
+    fn deref(&self) -> &ObjectRef {
+        &self.meta
+    }
+}
+
+/// One object of any kind the loader reads.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// A Broker.
+    Broker(Box<Broker>),
+    /// An MqttUser.
+    MqttUser(Box<MqttUser>),
+    /// A Bridge.
+    Bridge(Box<Bridge>),
+    /// A Certificate.
+    Certificate(Box<Certificate>),
+    /// A core v1 Secret.
+    Secret(Box<Secret>),
+}
+
+impl Object {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Broker(_) => Kind::Broker,
+            Object::MqttUser(_) => Kind::MqttUser,
+            Object::Bridge(_) => Kind::Bridge,
+            Object::Certificate(_) => Kind::Certificate,
+            Object::Secret(_) => Kind::Secret,
+        }
+    }
+
+    fn metadata_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Broker(o) => &mut o.metadata,
+            Object::MqttUser(o) => &mut o.metadata,
+            Object::Bridge(o) => &mut o.metadata,
+            Object::Certificate(o) => &mut o.metadata,
+            Object::Secret(o) => &mut o.metadata,
+        }
+    }
+}
+
+/// `(namespace, name)`, the key of every object map.
+pub type Key = (String, String);
+
+fn key(ns: &str, name: &str) -> Key {
+    (ns.to_string(), name.to_string())
+}
+
+/// Every loaded object, by kind and `(namespace, name)`. Fed by the folder loader or by
+/// Kubernetes watchers through [`Resources::apply`] and [`Resources::delete`].
+#[derive(Clone, Debug, Default)]
+pub struct Resources {
+    brokers: BTreeMap<Key, Loaded<Broker>>,
+    users: BTreeMap<Key, Loaded<MqttUser>>,
+    bridges: BTreeMap<Key, Loaded<Bridge>>,
+    certificates: BTreeMap<Key, Loaded<Certificate>>,
+    secrets: BTreeMap<Key, Loaded<Secret>>,
+}
+
+impl Resources {
+    /// Adds or replaces an object. A missing namespace becomes `default`; a missing
+    /// name becomes empty (the loader refuses such objects before they get here).
+    /// Returns the identity of the object it replaced, if any.
+    pub fn apply(
+        &mut self,
+        mut obj: Object,
+        location: Option<SourceLocation>,
+    ) -> Option<ObjectRef> {
+        let meta = obj_ref(&mut obj, location, None);
+        let k = key(&meta.namespace, &meta.name);
+        self.insert(k, obj, meta)
+    }
+
+    pub(crate) fn insert_parsed(
+        &mut self,
+        mut obj: Object,
+        location: SourceLocation,
+        text: Arc<str>,
+    ) -> Option<ObjectRef> {
+        let meta = obj_ref(&mut obj, Some(location), Some(text));
+        let k = key(&meta.namespace, &meta.name);
+        self.insert(k, obj, meta)
+    }
+
+    fn insert(&mut self, k: Key, obj: Object, meta: ObjectRef) -> Option<ObjectRef> {
+        fn put<T>(
+            map: &mut BTreeMap<Key, Loaded<T>>,
+            k: Key,
+            object: T,
+            meta: ObjectRef,
+        ) -> Option<ObjectRef> {
+            map.insert(k, Loaded { meta, object }).map(|l| l.meta)
+        }
+        match obj {
+            Object::Broker(o) => put(&mut self.brokers, k, *o, meta),
+            Object::MqttUser(o) => put(&mut self.users, k, *o, meta),
+            Object::Bridge(o) => put(&mut self.bridges, k, *o, meta),
+            Object::Certificate(o) => put(&mut self.certificates, k, *o, meta),
+            Object::Secret(o) => put(&mut self.secrets, k, *o, meta),
+        }
+    }
+
+    /// Removes an object; returns whether it was there.
+    pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) -> bool {
+        let k = key(namespace, name);
+        match kind {
+            Kind::Broker => self.brokers.remove(&k).is_some(),
+            Kind::MqttUser => self.users.remove(&k).is_some(),
+            Kind::Bridge => self.bridges.remove(&k).is_some(),
+            Kind::Certificate => self.certificates.remove(&k).is_some(),
+            Kind::Secret => self.secrets.remove(&k).is_some(),
+        }
+    }
+
+    /// The identity of an object, if present.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&ObjectRef> {
+        let k = key(namespace, name);
+        match kind {
+            Kind::Broker => self.brokers.get(&k).map(|l| &l.meta),
+            Kind::MqttUser => self.users.get(&k).map(|l| &l.meta),
+            Kind::Bridge => self.bridges.get(&k).map(|l| &l.meta),
+            Kind::Certificate => self.certificates.get(&k).map(|l| &l.meta),
+            Kind::Secret => self.secrets.get(&k).map(|l| &l.meta),
+        }
+    }
+
+    /// Checks everything a single object's schema cannot: references between objects,
+    /// duplicate usernames, port clashes inside a Broker, ACL filters, password hashes.
+    /// (The folder loader runs this, plus the check that Brokers sharing the host do
+    /// not share a port.)
+    pub fn validate(&self) -> Result<(), LoadErrors> {
+        let errors = validate::validate(self, &Default::default());
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(LoadErrors::new(errors))
+        }
+    }
+
+    /// Brokers, sorted by namespace and name.
+    pub fn brokers(&self) -> impl Iterator<Item = &Loaded<Broker>> {
+        self.brokers.values()
+    }
+    /// MqttUsers, sorted by namespace and name.
+    pub fn users(&self) -> impl Iterator<Item = &Loaded<MqttUser>> {
+        self.users.values()
+    }
+    /// Bridges, sorted by namespace and name.
+    pub fn bridges(&self) -> impl Iterator<Item = &Loaded<Bridge>> {
+        self.bridges.values()
+    }
+    /// Certificates, sorted by namespace and name.
+    pub fn certificates(&self) -> impl Iterator<Item = &Loaded<Certificate>> {
+        self.certificates.values()
+    }
+    /// Secrets, sorted by namespace and name.
+    pub fn secrets(&self) -> impl Iterator<Item = &Loaded<Secret>> {
+        self.secrets.values()
+    }
+
+    /// A Broker by namespace and name.
+    pub fn broker(&self, namespace: &str, name: &str) -> Option<&Loaded<Broker>> {
+        self.brokers.get(&key(namespace, name))
+    }
+    /// An MqttUser by namespace and name.
+    pub fn user(&self, namespace: &str, name: &str) -> Option<&Loaded<MqttUser>> {
+        self.users.get(&key(namespace, name))
+    }
+    /// A Bridge by namespace and name.
+    pub fn bridge(&self, namespace: &str, name: &str) -> Option<&Loaded<Bridge>> {
+        self.bridges.get(&key(namespace, name))
+    }
+    /// A Certificate by namespace and name.
+    pub fn certificate(&self, namespace: &str, name: &str) -> Option<&Certificate> {
+        self.certificates
+            .get(&key(namespace, name))
+            .map(|l| &l.object)
+    }
+    /// A Secret by namespace and name.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+        self.secrets.get(&key(namespace, name)).map(|l| &l.object)
+    }
+
+    /// The MqttUsers of one Broker (same namespace, `brokerRef` = its name), sorted.
+    pub fn users_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        broker: &'a str,
+    ) -> impl Iterator<Item = &'a Loaded<MqttUser>> + 'a {
+        self.users
+            .values()
+            .filter(move |u| u.namespace == namespace && u.object.spec.broker_ref == broker)
+    }
+
+    /// The Bridges of one Broker, sorted.
+    pub fn bridges_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        broker: &'a str,
+    ) -> impl Iterator<Item = &'a Loaded<Bridge>> + 'a {
+        self.bridges
+            .values()
+            .filter(move |b| b.namespace == namespace && b.object.spec.broker_ref == broker)
+    }
+
+    /// The value of one key of a Secret in `namespace`: `stringData` wins over `data`,
+    /// as the Kubernetes API merges them. `None` when the Secret or key is missing; a
+    /// Secret in another namespace never resolves.
+    pub fn secret_value(&self, namespace: &str, name: &str, key: &str) -> Option<Vec<u8>> {
+        let s = self.secret(namespace, name)?;
+        if let Some(v) = s.string_data.as_ref().and_then(|d| d.get(key)) {
+            return Some(v.as_bytes().to_vec());
+        }
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+    }
+}
+
+fn obj_ref(
+    obj: &mut Object,
+    location: Option<SourceLocation>,
+    text: Option<Arc<str>>,
+) -> ObjectRef {
+    let kind = obj.kind();
+    let meta = obj.metadata_mut();
+    let namespace = meta
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string())
+        .clone();
+    ObjectRef {
+        kind,
+        namespace,
+        name: meta.name.clone().unwrap_or_default(),
+        generation: meta.generation,
+        location,
+        text,
+    }
+}
+
+/// One mistake in the resources.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct LoadError {
+    /// Where, for objects read from files.
+    pub location: Option<SourceLocation>,
+    /// `Kind/name` of the object, when known.
+    pub object: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl LoadError {
+    fn render(&self) -> String {
+        let mut s = String::new();
+        if let Some(l) = &self.location {
+            s.push_str(&format!("{l}: "));
+        }
+        if let Some(o) = &self.object {
+            s.push_str(&format!("{o}: "));
+        }
+        s.push_str(&self.message);
+        s
+    }
+}
+
+/// Every mistake found, sorted by file and line. Displays one per line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct LoadErrors(Vec<LoadError>);
+
+impl LoadErrors {
+    fn new(mut errors: Vec<LoadError>) -> LoadErrors {
+        errors.sort_by(|a, b| match (&a.location, &b.location) {
+            (Some(x), Some(y)) => x.cmp(y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+        errors.dedup();
+        LoadErrors(errors)
+    }
+
+    /// The errors, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, LoadError> {
+        self.0.iter()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true for an error returned by [`load`].
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The errors, owned.
+    pub fn into_vec(self) -> Vec<LoadError> {
+        self.0
+    }
+}
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a> IntoIterator for &'a LoadErrors {
+    type Item = &'a LoadError;
+    type IntoIter = std::slice::Iter<'a, LoadError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}

@@ -1,0 +1,746 @@
+//! Checks over loaded objects: what the CRD schema holds (so standalone users get the
+//! same answers as `kubectl apply`), references between objects, and conflicts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::api::{AclRule, SecretKeyRef};
+use crate::auth::acl::valid_topic_filter;
+use crate::auth::passwd::PasswordHash;
+
+use super::locate::Seg;
+use super::{Kind, LoadError, ObjectRef, Resources};
+
+/// The namespace of objects whose manifest names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+type Broken = BTreeSet<(Kind, String, String)>;
+
+/// Every mistake in `res`. References to objects in `broken` (declared, but refused
+/// earlier) are not reported again.
+pub(crate) fn validate(res: &Resources, broken: &Broken) -> Vec<LoadError> {
+    let mut v = Validator {
+        res,
+        broken,
+        errors: Vec::new(),
+    };
+    v.names();
+    v.brokers();
+    v.users();
+    v.bridges();
+    v.certificates();
+    v.errors
+}
+
+/// Brokers of one folder run on one host: no two may bind the same port on
+/// overlapping addresses.
+pub(crate) fn shared_host_ports(res: &Resources) -> Vec<LoadError> {
+    let mut seen: BTreeMap<u16, Vec<(Option<IpAddr>, String, &ObjectRef)>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for b in res.brokers() {
+        for (i, l) in b.object.spec.listeners.iter().enumerate() {
+            let addr = bind_ip(l.bind_address.as_deref());
+            let slot = seen.entry(l.port).or_default();
+            let clash = slot.iter().find(|(a, _, other)| {
+                other.namespace != b.namespace || other.name != b.name
+            } && (a.is_none() || addr.is_none() || *a == addr));
+            if let Some((_, lname, other)) = clash {
+                errors.push(b.error_at(
+                    &listener_path(i, "port"),
+                    format!(
+                        "port {} is also used by listener `{lname}` of {} ({})",
+                        l.port,
+                        other.display_name(),
+                        other.origin()
+                    ),
+                ));
+            }
+            slot.push((addr, l.name.clone(), &b.meta));
+        }
+    }
+    errors
+}
+
+/// The bind address as an IP; `None` for "every interface" (the default, `0.0.0.0`,
+/// `::`) or a host name, which may overlap anything.
+fn bind_ip(addr: Option<&str>) -> Option<IpAddr> {
+    addr.and_then(|a| a.parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_unspecified())
+}
+
+fn listener_path(i: usize, field: &str) -> [Seg<'_>; 4] {
+    [
+        Seg::Key("spec"),
+        Seg::Key("listeners"),
+        Seg::Index(i),
+        Seg::Key(field),
+    ]
+}
+
+/// Why `filter` is not a valid ACL topic filter; `patterns` allows `%u` and `%c`.
+pub fn filter_error(filter: &str, patterns: bool) -> Option<String> {
+    if filter.chars().any(|c| c.is_control()) {
+        return Some(format!(
+            "topic filter {filter:?} contains a control character"
+        ));
+    }
+    if !valid_topic_filter(filter) {
+        return Some(format!(
+            "invalid topic filter `{filter}`: `+` must be a whole level and `#` the whole last level"
+        ));
+    }
+    for level in filter.split('/') {
+        if level.contains("%u") || level.contains("%c") {
+            if !patterns {
+                return Some(format!(
+                    "`%u` and `%c` are only substituted in the Broker's aclPatterns; `{filter}` would match them literally"
+                ));
+            }
+            if level != "%u" && level != "%c" {
+                return Some(format!(
+                    "in `{filter}`, `%u` and `%c` must each be a whole topic level"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// A DNS subdomain name (RFC 1123), as Kubernetes requires of object names.
+fn dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(|label| dns_label(label, 253))
+}
+
+/// A DNS label (RFC 1123): lowercase alphanumerics and `-`, alphanumeric at both ends.
+fn dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A Go duration as the CRD allows it: `90h`, `1h30m`, `2.5h`.
+fn go_duration(s: &str) -> bool {
+    let mut rest = s;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num = &rest[..num_len];
+        let valid_num = match num.split_once('.') {
+            Some((a, b)) => !a.is_empty() && !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()),
+            None => !num.is_empty(),
+        };
+        if !valid_num {
+            return false;
+        }
+        rest = &rest[num_len..];
+        match rest.chars().next() {
+            Some('h' | 'm' | 's') => rest = &rest[1..],
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// `host:port` with a non-empty host free of spaces and colons, and a port 1–65535.
+fn host_port(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && !port.is_empty()
+                && port.len() <= 5
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
+        }
+        None => false,
+    }
+}
+
+/// A host name or IP address to bind.
+fn bind_address(s: &str) -> bool {
+    s.parse::<IpAddr>().is_ok()
+        || (!s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }))
+}
+
+struct Validator<'a> {
+    res: &'a Resources,
+    broken: &'a Broken,
+    errors: Vec<LoadError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, obj: &ObjectRef, path: &[Seg<'_>], msg: impl Into<String>) {
+        self.errors.push(obj.error_at(path, msg));
+    }
+
+    fn is_broken(&self, kind: Kind, ns: &str, name: &str) -> bool {
+        self.broken
+            .contains(&(kind, ns.to_string(), name.to_string()))
+    }
+
+    fn range(&mut self, obj: &ObjectRef, path: &[Seg<'_>], v: u64, min: u64, max: u64) {
+        if v < min || v > max {
+            let field = match path.last() {
+                Some(Seg::Key(k)) => *k,
+                _ => "value",
+            };
+            self.err(
+                obj,
+                path,
+                format!("{field} {v} is out of range {min}..={max}"),
+            );
+        }
+    }
+
+    fn len(&mut self, obj: &ObjectRef, path: &[Seg<'_>], s: &str, min: usize, max: usize) {
+        if s.len() < min || s.len() > max {
+            let field = match path.last() {
+                Some(Seg::Key(k)) => *k,
+                _ => "value",
+            };
+            self.err(
+                obj,
+                path,
+                format!("{field} must be {min} to {max} characters long"),
+            );
+        }
+    }
+
+    fn names(&mut self) {
+        let res = self.res;
+        let metas: Vec<&ObjectRef> = res
+            .brokers()
+            .map(|o| &o.meta)
+            .chain(res.users().map(|o| &o.meta))
+            .chain(res.bridges().map(|o| &o.meta))
+            .chain(res.certificates().map(|o| &o.meta))
+            .chain(res.secrets().map(|o| &o.meta))
+            .collect();
+        for m in metas {
+            if !dns_subdomain(&m.name) {
+                self.err(
+                    m,
+                    &[Seg::Key("metadata"), Seg::Key("name")],
+                    format!(
+                        "invalid name `{}`: lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit",
+                        m.name
+                    ),
+                );
+            }
+            if !dns_label(&m.namespace, 63) {
+                self.err(
+                    m,
+                    &[Seg::Key("metadata"), Seg::Key("namespace")],
+                    format!("invalid namespace `{}`", m.namespace),
+                );
+            }
+        }
+    }
+
+    fn acl(&mut self, obj: &ObjectRef, field: &str, rules: &[AclRule], patterns: bool) {
+        for (i, r) in rules.iter().enumerate() {
+            if let Some(e) = filter_error(&r.topic, patterns) {
+                self.err(
+                    obj,
+                    &[
+                        Seg::Key("spec"),
+                        Seg::Key(field),
+                        Seg::Index(i),
+                        Seg::Key("topic"),
+                    ],
+                    e,
+                );
+            }
+        }
+    }
+
+    /// A Secret and key in the object's namespace.
+    fn secret_key_ref(&mut self, obj: &ObjectRef, path: &[Seg<'_>], r: &SecretKeyRef) {
+        let mut name_path = path.to_vec();
+        name_path.push(Seg::Key("name"));
+        let mut key_path = path.to_vec();
+        key_path.push(Seg::Key("key"));
+        self.len(obj, &name_path, &r.name, 1, 253);
+        self.len(obj, &key_path, &r.key, 1, 253);
+        if self.is_broken(Kind::Secret, &obj.namespace, &r.name) {
+            return;
+        }
+        if self.res.secret(&obj.namespace, &r.name).is_none() {
+            self.err(
+                obj,
+                &name_path,
+                format!(
+                    "Secret `{}` not found in namespace `{}`",
+                    r.name, obj.namespace
+                ),
+            );
+        } else if self
+            .res
+            .secret_value(&obj.namespace, &r.name, &r.key)
+            .is_none()
+        {
+            self.err(
+                obj,
+                &key_path,
+                format!("Secret `{}` has no key `{}`", r.name, r.key),
+            );
+        }
+    }
+
+    /// A `kubernetes.io/tls` Secret with `tls.crt` and `tls.key`.
+    fn tls_secret_ref(&mut self, obj: &ObjectRef, path: &[Seg<'_>], name: &str) {
+        if self.is_broken(Kind::Secret, &obj.namespace, name) {
+            return;
+        }
+        if self.res.secret(&obj.namespace, name).is_none() {
+            self.err(
+                obj,
+                path,
+                format!("Secret `{name}` not found in namespace `{}`", obj.namespace),
+            );
+            return;
+        }
+        for k in ["tls.crt", "tls.key"] {
+            if self.res.secret_value(&obj.namespace, name, k).is_none() {
+                self.err(obj, path, format!("Secret `{name}` has no key `{k}`"));
+            }
+        }
+    }
+
+    fn certificate_ref(&mut self, obj: &ObjectRef, path: &[Seg<'_>], name: &str) {
+        if !self.is_broken(Kind::Certificate, &obj.namespace, name)
+            && self.res.certificate(&obj.namespace, name).is_none()
+        {
+            self.err(
+                obj,
+                path,
+                format!(
+                    "Certificate `{name}` not found in namespace `{}`",
+                    obj.namespace
+                ),
+            );
+        }
+    }
+
+    fn broker_ref(&mut self, obj: &ObjectRef, name: &str) {
+        let path = [Seg::Key("spec"), Seg::Key("brokerRef")];
+        self.len(obj, &path, name, 1, 253);
+        if !name.is_empty()
+            && !self.is_broken(Kind::Broker, &obj.namespace, name)
+            && self.res.broker(&obj.namespace, name).is_none()
+        {
+            self.err(
+                obj,
+                &path,
+                format!("Broker `{name}` not found in namespace `{}`", obj.namespace),
+            );
+        }
+    }
+
+    fn brokers(&mut self) {
+        let res = self.res;
+        for b in res.brokers() {
+            let spec = &b.object.spec;
+            let n = spec.listeners.len();
+            if !(1..=32).contains(&n) {
+                self.err(
+                    b,
+                    &[Seg::Key("spec"), Seg::Key("listeners")],
+                    format!("a Broker needs 1 to 32 listeners, found {n}"),
+                );
+            }
+            let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+            let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+            for (i, l) in spec.listeners.iter().enumerate() {
+                if !dns_label(&l.name, 63) {
+                    self.err(b, &listener_path(i, "name"), format!("invalid listener name `{}`: lowercase letters, digits and `-`, at most 63", l.name));
+                }
+                if names.insert(&l.name, i).is_some() {
+                    self.err(
+                        b,
+                        &listener_path(i, "name"),
+                        format!("two listeners are named `{}`", l.name),
+                    );
+                }
+                if l.port == 0 {
+                    self.err(
+                        b,
+                        &listener_path(i, "port"),
+                        "port 0 is out of range 1..=65535",
+                    );
+                } else if let Some(other) = ports.insert(l.port, &l.name) {
+                    self.err(
+                        b,
+                        &listener_path(i, "port"),
+                        format!("port {} is already used by listener `{other}`", l.port),
+                    );
+                }
+                if let Some(a) = &l.bind_address {
+                    if !bind_address(a) {
+                        self.err(
+                            b,
+                            &listener_path(i, "bindAddress"),
+                            format!("bindAddress `{a}` is not an IP address or host name"),
+                        );
+                    }
+                }
+                if let Some(tls) = &l.tls {
+                    let tls_path = |f| {
+                        [
+                            Seg::Key("spec"),
+                            Seg::Key("listeners"),
+                            Seg::Index(i),
+                            Seg::Key("tls"),
+                            Seg::Key(f),
+                        ]
+                    };
+                    match (&tls.certificate_ref, &tls.secret_ref) {
+                        (Some(c), None) => self.certificate_ref(b, &tls_path("certificateRef"), c),
+                        (None, Some(s)) => self.tls_secret_ref(b, &tls_path("secretRef"), s),
+                        _ => self.err(
+                            b,
+                            &listener_path(i, "tls"),
+                            "set exactly one of certificateRef and secretRef",
+                        ),
+                    }
+                }
+            }
+            self.acl(b, "anonymousAcl", &spec.anonymous_acl, false);
+            self.acl(b, "aclPatterns", &spec.acl_patterns, true);
+            let lim = &spec.limits;
+            let p = |f| [Seg::Key("spec"), Seg::Key("limits"), Seg::Key(f)];
+            self.range(
+                b,
+                &p("maxConnections"),
+                lim.max_connections.into(),
+                1,
+                1_000_000,
+            );
+            self.range(
+                b,
+                &p("maxPayloadBytes"),
+                lim.max_payload_bytes.into(),
+                1,
+                268_435_455,
+            );
+            self.range(b, &p("maxInflight"), lim.max_inflight.into(), 1, 65535);
+            self.range(
+                b,
+                &p("maxQueuedMessages"),
+                lim.max_queued_messages.into(),
+                1,
+                1_000_000,
+            );
+            self.range(
+                b,
+                &p("handshakeTimeoutSeconds"),
+                lim.handshake_timeout_seconds.into(),
+                1,
+                300,
+            );
+            self.range(
+                b,
+                &p("maxRetainedMessages"),
+                lim.max_retained_messages.into(),
+                0,
+                10_000_000,
+            );
+        }
+    }
+
+    fn users(&mut self) {
+        let res = self.res;
+        // (namespace, broker, username) → the first user claiming it
+        let mut usernames: BTreeMap<(String, String, String), &ObjectRef> = BTreeMap::new();
+        for u in res.users() {
+            let spec = &u.object.spec;
+            self.broker_ref(u, &spec.broker_ref);
+            let username = u.object.username();
+            let upath = [Seg::Key("spec"), Seg::Key("username")];
+            let upath: &[Seg] = if spec.username.is_some() {
+                &upath
+            } else {
+                &[Seg::Key("metadata"), Seg::Key("name")]
+            };
+            if username.is_empty()
+                || username.len() > 65535
+                || username.contains(['+', '#', ':'])
+                || username.chars().any(char::is_control)
+            {
+                self.err(u, upath, format!("invalid username {username:?}: must be non-empty, without `+`, `#`, `:` or control characters"));
+            }
+            let k = (
+                u.namespace.clone(),
+                spec.broker_ref.clone(),
+                username.clone(),
+            );
+            if let Some(first) = usernames.get(&k) {
+                let msg = format!(
+                    "username `{username}` is already used on Broker `{}` by {} ({})",
+                    spec.broker_ref,
+                    first.display_name(),
+                    first.origin()
+                );
+                self.err(u, upath, msg);
+            } else {
+                usernames.insert(k, &u.meta);
+            }
+            match (&spec.password_secret_ref, &spec.password_hash) {
+                (Some(r), None) => {
+                    self.secret_key_ref(u, &[Seg::Key("spec"), Seg::Key("passwordSecretRef")], r)
+                }
+                (None, Some(h)) => {
+                    if let Err(e) = PasswordHash::parse(h) {
+                        self.err(
+                            u,
+                            &[Seg::Key("spec"), Seg::Key("passwordHash")],
+                            e.to_string(),
+                        );
+                    }
+                }
+                _ => self.err(
+                    u,
+                    &[Seg::Key("spec")],
+                    "set exactly one of passwordSecretRef and passwordHash",
+                ),
+            }
+            self.acl(u, "acl", &spec.acl, false);
+        }
+    }
+
+    fn bridges(&mut self) {
+        let res = self.res;
+        for br in res.bridges() {
+            let spec = &br.object.spec;
+            self.broker_ref(br, &spec.broker_ref);
+            let r = &spec.remote;
+            let rp = |f| [Seg::Key("spec"), Seg::Key("remote"), Seg::Key(f)];
+            if !host_port(&r.address) {
+                self.err(
+                    br,
+                    &rp("address"),
+                    format!("address `{}` must be host:port", r.address),
+                );
+            }
+            if let Some(id) = &r.client_id {
+                self.len(br, &rp("clientId"), id, 1, 128);
+            }
+            self.range(
+                br,
+                &rp("keepAliveSeconds"),
+                r.keep_alive_seconds.into(),
+                5,
+                65535,
+            );
+            if let Some(s) = &r.username_secret_ref {
+                self.secret_key_ref(br, &rp("usernameSecretRef"), s);
+            }
+            if let Some(s) = &r.password_secret_ref {
+                self.secret_key_ref(br, &rp("passwordSecretRef"), s);
+            }
+            if let Some(tls) = &r.tls {
+                let tp = |f| {
+                    [
+                        Seg::Key("spec"),
+                        Seg::Key("remote"),
+                        Seg::Key("tls"),
+                        Seg::Key(f),
+                    ]
+                };
+                if tls.ca_certificate_ref.is_some() && tls.ca_secret_ref.is_some() {
+                    self.err(
+                        br,
+                        &rp("tls"),
+                        "set at most one of caCertificateRef and caSecretRef",
+                    );
+                }
+                if tls.client_certificate_ref.is_some() && tls.client_secret_ref.is_some() {
+                    self.err(
+                        br,
+                        &rp("tls"),
+                        "set at most one of clientCertificateRef and clientSecretRef",
+                    );
+                }
+                if let Some(c) = &tls.ca_certificate_ref {
+                    self.certificate_ref(br, &tp("caCertificateRef"), c);
+                }
+                if let Some(s) = &tls.ca_secret_ref {
+                    self.secret_key_ref(br, &tp("caSecretRef"), s);
+                }
+                if let Some(c) = &tls.client_certificate_ref {
+                    self.certificate_ref(br, &tp("clientCertificateRef"), c);
+                }
+                if let Some(s) = &tls.client_secret_ref {
+                    self.tls_secret_ref(br, &tp("clientSecretRef"), s);
+                }
+            }
+            let n = spec.topics.len();
+            if !(1..=256).contains(&n) {
+                self.err(
+                    br,
+                    &[Seg::Key("spec"), Seg::Key("topics")],
+                    format!("a Bridge needs 1 to 256 topic rules, found {n}"),
+                );
+            }
+            for (i, t) in spec.topics.iter().enumerate() {
+                let tp = |f| {
+                    [
+                        Seg::Key("spec"),
+                        Seg::Key("topics"),
+                        Seg::Index(i),
+                        Seg::Key(f),
+                    ]
+                };
+                if let Some(e) = filter_error(&t.pattern, false) {
+                    self.err(br, &tp("pattern"), e);
+                }
+                self.range(br, &tp("qos"), t.qos.into(), 0, 2);
+            }
+            let qp = |f| [Seg::Key("spec"), Seg::Key("queue"), Seg::Key(f)];
+            self.range(
+                br,
+                &qp("maxMessages"),
+                spec.queue.max_messages,
+                1,
+                100_000_000,
+            );
+            self.range(br, &qp("maxBytes"), spec.queue.max_bytes, 1024, u64::MAX);
+        }
+    }
+
+    fn certificates(&mut self) {
+        let res = self.res;
+        for c in res.certificates() {
+            let spec = &c.object.spec;
+            let sp = |f| [Seg::Key("spec"), Seg::Key(f)];
+            if let Some(s) = &spec.secret_name {
+                if !dns_subdomain(s) {
+                    self.err(c, &sp("secretName"), format!("invalid secretName `{s}`"));
+                }
+            }
+            for (field, v) in [
+                ("duration", &spec.duration),
+                ("renewBefore", &spec.renew_before),
+            ] {
+                if let Some(d) = v {
+                    if !go_duration(d) {
+                        self.err(
+                            c,
+                            &sp(field),
+                            format!("{field} `{d}` is not a duration such as `2160h` or `1h30m`"),
+                        );
+                    }
+                }
+            }
+            for (i, ip) in spec.ip_addresses.iter().enumerate() {
+                if ip.parse::<IpAddr>().is_err() {
+                    self.err(
+                        c,
+                        &[Seg::Key("spec"), Seg::Key("ipAddresses"), Seg::Index(i)],
+                        format!("`{ip}` is not an IP address"),
+                    );
+                }
+            }
+            let is = &spec.issuer;
+            let set = [
+                is.self_signed.is_some(),
+                is.ca.is_some(),
+                is.acme.is_some(),
+                is.aws_iot.is_some(),
+            ];
+            if set.iter().filter(|x| **x).count() != 1 {
+                self.err(
+                    c,
+                    &sp("issuer"),
+                    "set exactly one issuer: selfSigned, ca, acme or awsIot",
+                );
+            }
+            if let Some(ca) = &is.ca {
+                let path = [
+                    Seg::Key("spec"),
+                    Seg::Key("issuer"),
+                    Seg::Key("ca"),
+                    Seg::Key("secretRef"),
+                ];
+                self.len(c, &path, &ca.secret_ref, 1, 253);
+                if !ca.secret_ref.is_empty() {
+                    self.tls_secret_ref(c, &path, &ca.secret_ref);
+                }
+            }
+            if let Some(acme) = &is.acme {
+                if !(acme.server.starts_with("https://") || acme.server.starts_with("http://")) {
+                    self.err(
+                        c,
+                        &[
+                            Seg::Key("spec"),
+                            Seg::Key("issuer"),
+                            Seg::Key("acme"),
+                            Seg::Key("server"),
+                        ],
+                        format!("server `{}` is not an http(s) URL", acme.server),
+                    );
+                }
+                if let Some(eab) = &acme.external_account_binding {
+                    let path = [
+                        Seg::Key("spec"),
+                        Seg::Key("issuer"),
+                        Seg::Key("acme"),
+                        Seg::Key("externalAccountBinding"),
+                        Seg::Key("keySecretRef"),
+                    ];
+                    self.secret_key_ref(c, &path, &eab.key_secret_ref);
+                }
+            }
+            if let Some(aws) = &is.aws_iot {
+                self.len(
+                    c,
+                    &[
+                        Seg::Key("spec"),
+                        Seg::Key("issuer"),
+                        Seg::Key("awsIot"),
+                        Seg::Key("thingName"),
+                    ],
+                    &aws.thing_name,
+                    1,
+                    128,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_filters_follow_mqtt_and_mosquitto_rules() {
+        assert!(filter_error("a/+/b/#", false).is_none());
+        assert!(filter_error("a/#/b", false).is_some());
+        assert!(filter_error("a+", false).is_some());
+        assert!(filter_error("devices/%u/#", false).is_some());
+        assert!(filter_error("devices/%u/#", true).is_none());
+        assert!(filter_error("devices/x%u/#", true).is_some());
+        assert!(filter_error("a\nb", false).is_some());
+    }
+
+    #[test]
+    fn durations_and_addresses() {
+        assert!(go_duration("2160h") && go_duration("1h30m") && go_duration("2.5h"));
+        assert!(!go_duration("") && !go_duration("90d") && !go_duration("h"));
+        assert!(host_port("a.example.com:8883") && !host_port("a:0") && !host_port("a"));
+    }
+}
