@@ -299,3 +299,74 @@ fn hash_secret_password(broker_key: &str, username: &str, password: &[u8]) -> St
     pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, &info, PLAN_HASH_ITERATIONS, &mut salt);
     hash_password_with_salt(password, &salt, PLAN_HASH_ITERATIONS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::passwd::PasswordHash;
+    use crate::load::testing::{assert_golden, fixture, standalone_example};
+
+    fn example_bundles() -> BTreeMap<String, BrokerBundle> {
+        let res = crate::load::load(&standalone_example(), None).unwrap_or_else(|e| panic!("{e}"));
+        plan(&res).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_standalone_example_plans_as_the_golden_bundle() {
+        let bundles = example_bundles();
+        let json = serde_json::to_string_pretty(&bundles).expect("bundles are JSON") + "\n";
+        assert_golden(&fixture("golden").join("standalone.bundles.json"), &json);
+    }
+
+    #[test]
+    fn the_same_input_gives_byte_identical_bundles() {
+        let a = serde_json::to_vec(&example_bundles()).expect("json");
+        let b = serde_json::to_vec(&example_bundles()).expect("json");
+        assert_eq!(a, b);
+        let h: Vec<String> = example_bundles().values().map(BrokerBundle::hash).collect();
+        assert_eq!(
+            h,
+            example_bundles()
+                .values()
+                .map(BrokerBundle::hash)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn listeners_are_sorted_and_bound_to_every_interface_by_default() {
+        let b = &example_bundles()["default/home"];
+        let names: Vec<&str> = b.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["lan", "tls", "ws"]);
+        assert_eq!(b.listeners[0].bind, "0.0.0.0:1883");
+        assert_eq!(
+            b.listeners[1].tls,
+            Some(TlsSource::Certificate("home-tls".into()))
+        );
+        assert_eq!(bind(Some("::1"), 1883), "[::1]:1883");
+    }
+
+    #[test]
+    fn a_password_from_a_secret_is_hashed_verifiably_and_changes_only_with_the_password() {
+        let h1 = hash_secret_password("default/home", "ha", b"pw1");
+        assert_eq!(h1, hash_secret_password("default/home", "ha", b"pw1"));
+        assert_ne!(h1, hash_secret_password("default/home", "ha", b"pw2"));
+        assert_ne!(h1, hash_secret_password("default/home", "other", b"pw1"));
+        let parsed = PasswordHash::parse(&h1).expect("a valid $7$ hash");
+        assert!(parsed.verify(b"pw1"));
+        assert!(!parsed.verify(b"pw2"));
+        let b = &example_bundles()["default/home"];
+        let ha = PasswordHash::parse(&b.users["homeassistant"].password_hash).expect("hash");
+        assert!(ha.verify(b"change-me-please"));
+    }
+
+    #[test]
+    fn the_acl_plan_takes_user_rules_and_patterns() {
+        let b = &example_bundles()["default/home"];
+        assert!(b.acl.enabled);
+        assert!(b.acl.anonymous.is_empty());
+        assert_eq!(b.acl.patterns[0].topic, "devices/%u/#");
+        assert_eq!(b.acl.users["zigbee2mqtt"].len(), 2);
+        assert!(b.persistence);
+    }
+}

@@ -531,3 +531,157 @@ impl<'a> IntoIterator for &'a LoadErrors {
         self.0.iter()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{fixture, standalone_example};
+    use super::*;
+
+    /// `(file name, line, object)` of every `# expect-error: Kind/name` marker
+    /// (`-` for no object).
+    fn expected_errors(dir: &Path) -> Vec<(String, usize, Option<String>)> {
+        let mut out = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("fixture folder")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("fixture file");
+            for (i, line) in text.lines().enumerate() {
+                if let Some((_, obj)) = line.split_once("# expect-error: ") {
+                    let obj = obj.trim();
+                    let name = f.file_name().expect("name").to_string_lossy().into_owned();
+                    out.push((name, i + 1, (obj != "-").then(|| obj.to_string())));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_seeded_mistake_is_reported_with_its_file_line_and_object() {
+        let dir = fixture("bad");
+        let errors = load(&dir, None).expect_err("the bad folder must not load");
+        let mut got: Vec<(String, usize, Option<String>)> = errors
+            .iter()
+            .map(|e| {
+                let loc = e
+                    .location
+                    .as_ref()
+                    .expect("every error in a folder has a location");
+                let name = loc
+                    .file
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
+                (name, loc.line, e.object.clone())
+            })
+            .collect();
+        got.sort();
+        let mut want = expected_errors(&dir);
+        want.sort();
+        assert_eq!(got, want, "reported:\n{errors}");
+    }
+
+    #[test]
+    fn errors_display_as_file_line_object_message() {
+        let errors = load(&fixture("bad"), None).expect_err("bad folder");
+        let text = errors.to_string();
+        let users = fixture("bad").join("users.yaml");
+        let line = format!(
+            "{}:6: MqttUser/alice: spec: unknown field `pasword`, expected one of",
+            users.display()
+        );
+        assert!(text.contains(&line), "{text}");
+    }
+
+    #[test]
+    fn the_standalone_example_loads() {
+        let res = load(&standalone_example(), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(res.brokers().count(), 1);
+        assert_eq!(res.users_of("default", "home").count(), 2);
+        assert_eq!(
+            res.secret_value("default", "homeassistant-mqtt", "password")
+                .as_deref(),
+            Some(&b"change-me-please"[..])
+        );
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).expect("write");
+    }
+
+    const BROKER: &str = "apiVersion: edgemq.io/v1alpha1\nkind: Broker\nmetadata: {name: home, namespace: iot}\nspec:\n  listeners: [{name: lan, port: 1883}]\n";
+    const USER: &str = "apiVersion: edgemq.io/v1alpha1\nkind: MqttUser\nmetadata: {name: ha, namespace: iot}\nspec:\n  brokerRef: home\n  passwordSecretRef: {name: ha, key: password}\n";
+
+    #[test]
+    fn secrets_come_from_the_secrets_folder_as_data_or_string_data() {
+        let cfg = tempfile::tempdir().expect("tempdir");
+        let sec = tempfile::tempdir().expect("tempdir");
+        write(cfg.path(), "all.yaml", &format!("{BROKER}---\n{USER}"));
+        assert!(load(cfg.path(), None).is_err());
+        // base64 of "pw"
+        write(sec.path(), "ha.yml", "apiVersion: v1\nkind: Secret\nmetadata: {name: ha, namespace: iot}\ndata: {password: cHc=}\n");
+        let res = load(cfg.path(), Some(sec.path())).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            res.secret_value("iot", "ha", "password").as_deref(),
+            Some(&b"pw"[..])
+        );
+    }
+
+    #[test]
+    fn a_secret_in_another_namespace_does_not_resolve() {
+        let cfg = tempfile::tempdir().expect("tempdir");
+        write(cfg.path(), "all.yaml", &format!("{BROKER}---\n{USER}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: ha}}\nstringData: {{password: pw}}\n"));
+        let e = load(cfg.path(), None)
+            .expect_err("must not resolve")
+            .to_string();
+        assert!(
+            e.contains("Secret `ha` not found in namespace `iot`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hidden_folders_and_other_files_are_skipped_and_empty_documents_ignored() {
+        let cfg = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(cfg.path().join(".git")).expect("mkdir");
+        write(&cfg.path().join(".git"), "junk.yaml", "not: [valid");
+        write(cfg.path(), "notes.txt", "not: [valid");
+        std::fs::create_dir(cfg.path().join("sub")).expect("mkdir");
+        write(
+            &cfg.path().join("sub"),
+            "b.yaml",
+            &format!("---\n# nothing\n---\n{BROKER}---\n"),
+        );
+        let res = load(cfg.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        let b = res.broker("iot", "home").expect("broker");
+        assert_eq!(b.location.as_ref().map(|l| l.line), Some(3));
+    }
+
+    #[test]
+    fn a_syntax_error_in_one_document_leaves_the_others_read() {
+        let cfg = tempfile::tempdir().expect("tempdir");
+        write(
+            cfg.path(),
+            "a.yaml",
+            &format!("{BROKER}---\nkind: [\n---\n{USER}"),
+        );
+        let errs = load(cfg.path(), None).expect_err("syntax").into_vec();
+        assert!(
+            errs.iter().any(|e| e.message.starts_with("invalid YAML")),
+            "{errs:?}"
+        );
+        // The user's reference to the missing Secret is still checked.
+        assert!(
+            errs.iter()
+                .any(|e| e.object.as_deref() == Some("MqttUser/ha")),
+            "{errs:?}"
+        );
+    }
+}

@@ -75,7 +75,15 @@ impl Loader {
         let value: serde_yaml::Value = match serde_yaml::from_str(&text) {
             Ok(v) => v,
             Err(e) => {
-                let line = e.location().map(|l| l.line()).unwrap_or(1);
+                // At the end of a document the parser reports the line after it; the
+                // mistake is on the document's last non-blank line at the latest.
+                let last = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .last()
+                    .map_or(1, |(i, _)| i + 1);
+                let line = e.location().map_or(1, |l| l.line()).min(last);
                 self.errors.push(LoadError {
                     location: Some(at(line)),
                     object: None,

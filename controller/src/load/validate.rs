@@ -35,9 +35,16 @@ pub(crate) fn validate(res: &Resources, broken: &Broken) -> Vec<LoadError> {
 /// Brokers of one folder run on one host: no two may bind the same port on
 /// overlapping addresses.
 pub(crate) fn shared_host_ports(res: &Resources) -> Vec<LoadError> {
-    let mut seen: BTreeMap<u16, Vec<(Option<IpAddr>, String, &ObjectRef)>> = BTreeMap::new();
+    // port → (bound address, listener name, its Broker) of every listener seen so far
+    type Bound<'a> = (Option<IpAddr>, String, &'a ObjectRef);
+    let mut seen: BTreeMap<u16, Vec<Bound<'_>>> = BTreeMap::new();
     let mut errors = Vec::new();
-    for b in res.brokers() {
+    // In file order, so the clash is reported on the listener that came second.
+    let mut brokers: Vec<_> = res.brokers().collect();
+    brokers.sort_by(|a, b| {
+        (&a.location, &a.namespace, &a.name).cmp(&(&b.location, &b.namespace, &b.name))
+    });
+    for b in brokers {
         for (i, l) in b.object.spec.listeners.iter().enumerate() {
             let addr = bind_ip(l.bind_address.as_deref());
             let slot = seen.entry(l.port).or_default();
