@@ -17,6 +17,13 @@
 //! Dependencies point one way: `plan` knows `api` and `auth`, never a runtime.
 
 pub mod api;
-pub mod plan;
 pub mod auth;
+pub mod broker;
+pub mod certs;
+pub mod http;
 pub mod load;
+pub mod metrics;
+pub mod plan;
+pub mod render;
+pub mod standalone;
+pub mod status;
