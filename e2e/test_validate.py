@@ -2,8 +2,8 @@
 reported as `file:line: Kind/name: message` and the command exits non-zero.
 
 The fixtures mark each seeded mistake with a trailing `# expect-error: Kind/name`
-comment; the reported line must fall inside that object's YAML document (for malformed
-YAML: within one line of the marked line)."""
+comment (`yaml` or `-` for malformed YAML); the reported line must fall inside that
+object's YAML document (for malformed YAML: within one line of the marked line)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def check_every_mistake_reported(folder: Path):
     got = reported(r)
     missing = []
     for fname, line, obj, (first, last) in expected(folder):
-        if obj == "yaml":
+        if obj in ("yaml", "-"):  # malformed YAML: no object to name
             ok = any(f == fname and abs(l - line) <= 1 for f, l, _ in got)
         else:
             ok = any(f == fname and first <= l <= last and obj in rest for f, l, rest in got)

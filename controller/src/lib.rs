@@ -27,3 +27,4 @@ pub mod plan;
 pub mod render;
 pub mod standalone;
 pub mod status;
+pub mod render;
