@@ -1,0 +1,245 @@
+//! A bundle as Mosquitto 2.0 configuration: `mosquitto.conf`, a password file and an
+//! ACL file with the same meaning.
+//!
+//! Used to migrate to and from Mosquitto, and by the parity tests that check edgemq's
+//! ACL and password decisions against a real Mosquitto on the same bundle.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::api::broker::ListenerProtocol;
+use crate::api::{Access, AclRule};
+use crate::plan::{BrokerBundle, TlsSource};
+
+/// The three files of a Mosquitto configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MosquittoFiles {
+    /// `mosquitto.conf`.
+    pub conf: String,
+    /// The password file (`username:hash` lines).
+    pub passwd: String,
+    /// The ACL file.
+    pub acl: String,
+}
+
+/// Certificate and key files of one TLS source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub certfile: PathBuf,
+    /// PEM private key.
+    pub keyfile: PathBuf,
+}
+
+/// Where the files the configuration names live; the caller writes them there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MosquittoPaths {
+    /// Folder of the password and ACL files (`passwd`, `acl`).
+    pub config_dir: PathBuf,
+    /// Folder of Mosquitto's persistence database.
+    pub persistence_dir: PathBuf,
+    /// Key pair of each TLS source. A source not listed is looked for in
+    /// `config_dir/tls/<certificate|secret>-<name>/tls.crt` and `tls.key`, the layout
+    /// of a mounted `kubernetes.io/tls` Secret.
+    pub tls: BTreeMap<TlsSource, TlsFiles>,
+}
+
+impl MosquittoPaths {
+    fn tls_files(&self, src: &TlsSource) -> TlsFiles {
+        if let Some(f) = self.tls.get(src) {
+            return f.clone();
+        }
+        let dir = match src {
+            TlsSource::Certificate(n) => format!("certificate-{n}"),
+            TlsSource::Secret(n) => format!("secret-{n}"),
+        };
+        let dir = self.config_dir.join("tls").join(dir);
+        TlsFiles {
+            certfile: dir.join("tls.crt"),
+            keyfile: dir.join("tls.key"),
+        }
+    }
+}
+
+/// Renders `bundle` as Mosquitto configuration.
+pub fn render(bundle: &BrokerBundle, paths: &MosquittoPaths) -> MosquittoFiles {
+    MosquittoFiles {
+        conf: conf(bundle, paths),
+        passwd: passwd(bundle),
+        acl: acl(bundle),
+    }
+}
+
+fn conf(b: &BrokerBundle, paths: &MosquittoPaths) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Broker {}/{}, rendered by edgemq (config {}).",
+        b.namespace,
+        b.name,
+        b.hash()
+    );
+    s.push_str("per_listener_settings false\n");
+    let _ = writeln!(s, "allow_anonymous {}", b.allow_anonymous);
+    let _ = writeln!(
+        s,
+        "password_file {}",
+        paths.config_dir.join("passwd").display()
+    );
+    if b.acl.enabled {
+        let _ = writeln!(s, "acl_file {}", paths.config_dir.join("acl").display());
+    }
+    let _ = writeln!(s, "max_inflight_messages {}", b.limits.max_inflight);
+    let _ = writeln!(s, "max_queued_messages {}", b.limits.max_queued_messages);
+    let _ = writeln!(s, "message_size_limit {}", b.limits.max_payload_bytes);
+    let _ = writeln!(s, "persistence {}", b.persistence);
+    if b.persistence {
+        // Mosquitto wants the trailing slash.
+        let _ = writeln!(
+            s,
+            "persistence_location {}/",
+            paths.persistence_dir.display()
+        );
+    }
+    for l in &b.listeners {
+        let (host, port) = split_bind(&l.bind);
+        let _ = writeln!(s, "\n# listener {}", l.name);
+        let _ = writeln!(s, "listener {port} {host}");
+        if l.protocol == ListenerProtocol::Websockets {
+            s.push_str("protocol websockets\n");
+        }
+        // Mosquitto counts connections per listener, edgemq per broker: the broker-wide
+        // bound is the nearest per-listener one that never refuses what edgemq accepts.
+        let _ = writeln!(s, "max_connections {}", b.limits.max_connections);
+        if let Some(src) = &l.tls {
+            let f = paths.tls_files(src);
+            let _ = writeln!(s, "certfile {}", f.certfile.display());
+            let _ = writeln!(s, "keyfile {}", f.keyfile.display());
+        }
+    }
+    s
+}
+
+/// `host:port` (IPv6 in brackets) → (host, port).
+fn split_bind(bind: &str) -> (&str, &str) {
+    match bind.rsplit_once(':') {
+        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
+        None => (bind, ""),
+    }
+}
+
+fn passwd(b: &BrokerBundle) -> String {
+    b.users
+        .iter()
+        .map(|(name, u)| format!("{name}:{}\n", u.password_hash))
+        .collect()
+}
+
+fn access_word(a: Access) -> &'static str {
+    match a {
+        Access::Read => "read",
+        Access::Write => "write",
+        Access::Readwrite => "readwrite",
+        Access::Deny => "deny",
+    }
+}
+
+fn rules(s: &mut String, keyword: &str, rules: &[AclRule]) {
+    for r in rules {
+        let _ = writeln!(s, "{keyword} {} {}", access_word(r.access), r.topic);
+    }
+}
+
+fn acl(b: &BrokerBundle) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Broker {}/{}, rendered by edgemq.",
+        b.namespace, b.name
+    );
+    if !b.acl.anonymous.is_empty() {
+        s.push_str("\n# clients without a username\n");
+        rules(&mut s, "topic", &b.acl.anonymous);
+    }
+    for (user, r) in &b.acl.users {
+        let _ = writeln!(s, "\nuser {user}");
+        rules(&mut s, "topic", r);
+    }
+    if !b.acl.patterns.is_empty() {
+        s.push_str("\n# every client\n");
+        rules(&mut s, "pattern", &b.acl.patterns);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::testing::{assert_golden, fixture, standalone_example};
+
+    fn example() -> BrokerBundle {
+        let res = crate::load::load(&standalone_example(), None).unwrap_or_else(|e| panic!("{e}"));
+        let mut bundles = crate::plan::plan(&res).unwrap_or_else(|e| panic!("{e}"));
+        bundles
+            .remove("default/home")
+            .expect("the example's broker")
+    }
+
+    fn paths() -> MosquittoPaths {
+        MosquittoPaths {
+            config_dir: "/etc/mosquitto".into(),
+            persistence_dir: "/var/lib/mosquitto".into(),
+            tls: BTreeMap::from([(
+                TlsSource::Certificate("home-tls".into()),
+                TlsFiles {
+                    certfile: "/etc/mosquitto/certs/home.crt".into(),
+                    keyfile: "/etc/mosquitto/certs/home.key".into(),
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn the_standalone_example_renders_as_the_golden_files() {
+        let files = render(&example(), &paths());
+        let dir = fixture("golden").join("mosquitto");
+        assert_golden(&dir.join("mosquitto.conf"), &files.conf);
+        assert_golden(&dir.join("passwd"), &files.passwd);
+        assert_golden(&dir.join("acl"), &files.acl);
+    }
+
+    #[test]
+    fn anonymous_topics_come_first_then_users_then_patterns() {
+        let mut b = example();
+        b.allow_anonymous = true;
+        b.acl.anonymous = vec![AclRule {
+            topic: "public/#".into(),
+            access: Access::Read,
+        }];
+        let acl = render(&b, &paths()).acl;
+        let anon = acl.find("topic read public/#").expect("anonymous rule");
+        let user = acl.find("user ").expect("a user block");
+        let pattern = acl.find("pattern readwrite devices/%u/#").expect("pattern");
+        assert!(anon < user && user < pattern, "{acl}");
+    }
+
+    #[test]
+    fn without_acl_there_is_no_acl_file() {
+        let mut b = example();
+        b.acl.enabled = false;
+        assert!(!render(&b, &paths()).conf.contains("acl_file"));
+    }
+
+    #[test]
+    fn tls_sources_without_paths_use_the_mounted_secret_layout() {
+        let mut p = paths();
+        p.tls.clear();
+        let conf = render(&example(), &p).conf;
+        assert!(
+            conf.contains("certfile /etc/mosquitto/tls/certificate-home-tls/tls.crt"),
+            "{conf}"
+        );
+        assert_eq!(split_bind("[::1]:1883"), ("::1", "1883"));
+    }
+}
