@@ -27,4 +27,3 @@ pub mod plan;
 pub mod render;
 pub mod standalone;
 pub mod status;
-pub mod render;
