@@ -103,6 +103,7 @@ def raw_connect(port: int, client_id: str, username: Optional[str] = None,
                 timeout: float = 5.0) -> tuple:
     """A TCP socket that has sent CONNECT and read the CONNACK: (socket, return code)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if rcvbuf is not None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.settimeout(timeout)
