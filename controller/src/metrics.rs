@@ -56,17 +56,61 @@ impl Metrics {
     /// Registers every metric under the `edgemq_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("edgemq");
-        r.register("connections", "Clients connected now", self.connections.clone());
-        r.register("sessions", "Sessions kept, connected or not", self.sessions.clone());
-        r.register("retained_messages", "Retained messages kept", self.retained.clone());
-        r.register("messages_received", "PUBLISH packets received from clients", self.messages_in.clone());
-        r.register("messages_sent", "PUBLISH packets sent to clients", self.messages_out.clone());
-        r.register("bytes_received", "Bytes read from clients", self.bytes_in.clone());
-        r.register("bytes_sent", "Bytes written to clients", self.bytes_out.clone());
-        r.register("auth_failures", "CONNECTs refused for bad or missing credentials", self.auth_failures.clone());
-        r.register("acl_denials", "Publishes and deliveries refused by the ACL", self.acl_denials.clone());
-        r.register("messages_dropped", "Messages dropped, by reason", self.dropped.clone());
-        r.register("config_reloads", "Configuration changes applied", self.config_reloads.clone());
+        r.register(
+            "connections",
+            "Clients connected now",
+            self.connections.clone(),
+        );
+        r.register(
+            "sessions",
+            "Sessions kept, connected or not",
+            self.sessions.clone(),
+        );
+        r.register(
+            "retained_messages",
+            "Retained messages kept",
+            self.retained.clone(),
+        );
+        r.register(
+            "messages_received",
+            "PUBLISH packets received from clients",
+            self.messages_in.clone(),
+        );
+        r.register(
+            "messages_sent",
+            "PUBLISH packets sent to clients",
+            self.messages_out.clone(),
+        );
+        r.register(
+            "bytes_received",
+            "Bytes read from clients",
+            self.bytes_in.clone(),
+        );
+        r.register(
+            "bytes_sent",
+            "Bytes written to clients",
+            self.bytes_out.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "CONNECTs refused for bad or missing credentials",
+            self.auth_failures.clone(),
+        );
+        r.register(
+            "acl_denials",
+            "Publishes and deliveries refused by the ACL",
+            self.acl_denials.clone(),
+        );
+        r.register(
+            "messages_dropped",
+            "Messages dropped, by reason",
+            self.dropped.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration changes applied",
+            self.config_reloads.clone(),
+        );
         r.register(
             "config_reload_errors",
             "Configuration changes refused; the last good config kept running",

@@ -39,6 +39,9 @@ pub struct RunOptions {
     pub http: SocketAddr,
 }
 
+/// Certificates resolved during one reload, by (namespace, name).
+type CertResults = BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>>;
+
 /// Name of the status file in the state directory, read by `edgemq status`.
 pub const STATUS_FILE: &str = "status.json";
 
@@ -406,7 +409,7 @@ fn resolve_tls(
     res: &Resources,
     state: &Path,
     now: time::OffsetDateTime,
-    certs_seen: &mut BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>>,
+    certs_seen: &mut CertResults,
 ) -> Result<BTreeMap<String, TlsMaterial>, String> {
     let mut out = BTreeMap::new();
     for l in &bundle.listeners {

@@ -37,7 +37,9 @@ pub struct BridgeSpec {
 }
 
 /// MQTT protocol version spoken to the remote.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 pub enum MqttVersion {
     /// MQTT 3.1.1.
     #[default]
@@ -112,7 +114,9 @@ pub struct BridgeTls {
 }
 
 /// Direction a topic rule bridges.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BridgeDirection {
     /// Local to remote.

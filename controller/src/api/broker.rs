@@ -55,7 +55,9 @@ fn default_true() -> bool {
 }
 
 /// Transport of a listener.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
     /// MQTT over TCP (or TLS when `tls` is set).
@@ -66,11 +68,16 @@ pub enum ListenerProtocol {
 }
 
 /// One network listener.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[derive(
+    Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
     /// Name of the listener, unique in the Broker (used in status and metrics).
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// TCP port.
     #[schemars(range(min = 1, max = 65535))]

@@ -60,7 +60,9 @@ pub struct PrivateKey {
 }
 
 /// Key algorithm.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 pub enum KeyAlgorithm {
     /// ECDSA with P-256.
     #[default]

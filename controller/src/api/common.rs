@@ -25,7 +25,20 @@ pub struct LocalObjectRef {
 }
 
 /// What an ACL rule grants, with Mosquitto's meaning.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    Deserialize,
+    Serialize,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     /// Receive messages published on matching topics.
@@ -40,7 +53,9 @@ pub enum Access {
 }
 
 /// One ACL rule: a topic filter and the access it grants, as in Mosquitto's ACL file.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AclRule {
     /// Topic filter, MQTT wildcards `+` and `#` allowed. In `aclPatterns`, a whole level of

@@ -24,8 +24,14 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "edgemq.io/v1alpha1";
 
 /// Every CRD, in a stable order (Broker, MqttUser, Bridge, Certificate).
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds(
+) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![Broker::crd(), MqttUser::crd(), Bridge::crd(), Certificate::crd()]
+    vec![
+        Broker::crd(),
+        MqttUser::crd(),
+        Bridge::crd(),
+        Certificate::crd(),
+    ]
 }

@@ -120,11 +120,8 @@ pub async fn serve(
         refuse(&mut writer, version, Refusal::NotAuthorized).await;
         return;
     }
-    if shared.router_acl_refuses(username.as_deref(), &client_id) {
-        tracing::info!(%peer, client_id = %client_id, "connection refused: username or client id contains + or #");
-        refuse(&mut writer, version, Refusal::ClientId).await;
-        return;
-    }
+    // A username or client id with `+` or `#` is not refused here: as in Mosquitto,
+    // the ACL denies it the pattern rules (acl::Acl::check) and its own rules apply.
 
     let link = ConnLink::new(shared.next_conn_id.fetch_add(1, Ordering::Relaxed));
     let mut close_rx = link.close.subscribe();
@@ -703,12 +700,10 @@ async fn write_loop(
                     tracing::warn!(client_id = %client_id, "could not encode a packet");
                 }
             }
-            if out.len() >= 64 * 1024 {
-                if flush(&mut writer, &mut out, &shared).await.is_err() {
-                    link.kick(CloseReason::ServerShuttingDown);
-                    while ctrl.recv().await.is_some() {}
-                    return;
-                }
+            if out.len() >= 64 * 1024 && flush(&mut writer, &mut out, &shared).await.is_err() {
+                link.kick(CloseReason::ServerShuttingDown);
+                while ctrl.recv().await.is_some() {}
+                return;
             }
         }
         if flush(&mut writer, &mut out, &shared).await.is_err() {

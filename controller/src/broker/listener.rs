@@ -148,7 +148,7 @@ async fn serve_socket(
                 )
                 .await
                 .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
-                Ok(Transport::WebSocket(ws))
+                Ok(Transport::WebSocket(Box::new(ws)))
             }
         }
     };

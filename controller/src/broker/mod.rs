@@ -76,13 +76,6 @@ impl Shared {
     pub fn max_packet_size(&self) -> usize {
         self.limits.load().max_payload_bytes as usize + 65_536 + 1024
     }
-
-    /// Whether the ACL refuses this client outright (`+`/`#` in its names while
-    /// patterns exist).
-    pub fn router_acl_refuses(&self, username: Option<&str>, client_id: &str) -> bool {
-        let router = self.router.lock().unwrap_or_else(|e| e.into_inner());
-        router.acl().refuses_client(username, client_id)
-    }
 }
 
 /// A configuration the broker refused; it keeps running on its last good one.

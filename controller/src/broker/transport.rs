@@ -21,7 +21,7 @@ pub enum Transport {
     /// MQTT directly on the stream.
     Stream(BoxIo),
     /// MQTT in WebSocket binary messages.
-    WebSocket(WebSocketStream<BoxIo>),
+    WebSocket(Box<WebSocketStream<BoxIo>>),
 }
 
 /// Read side of a [`Transport`].
@@ -49,7 +49,7 @@ impl Transport {
                 (Reader::Stream(r), Writer::Stream(w))
             }
             Transport::WebSocket(ws) => {
-                let (w, r) = ws.split();
+                let (w, r) = (*ws).split();
                 (Reader::WebSocket(r), Writer::WebSocket(w))
             }
         }

@@ -81,9 +81,16 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 /// Reads validity and serial from a PEM certificate, with the renewal time for
 /// `renew_before` (default: one third of the lifetime).
-pub fn cert_info(pem: &str, renew_before: Option<Duration>, now: time::OffsetDateTime) -> Result<CertInfo, CertError> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| CertError::Invalid(e.to_string()))?;
-    let cert = pem.parse_x509().map_err(|e| CertError::Invalid(e.to_string()))?;
+pub fn cert_info(
+    pem: &str,
+    renew_before: Option<Duration>,
+    now: time::OffsetDateTime,
+) -> Result<CertInfo, CertError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| CertError::Invalid(e.to_string()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| CertError::Invalid(e.to_string()))?;
     let nb = cert.validity().not_before.to_datetime();
     let na = cert.validity().not_after.to_datetime();
     let lifetime = na - nb;
@@ -112,7 +119,11 @@ pub fn cert_dir(state: &Path, cert: &Certificate) -> PathBuf {
 
 /// Obtains (or reuses) the key pair of a Certificate, issuing or renewing it when
 /// needed. Returns the material and what status should show.
-pub fn ensure(state: &Path, cert: &Certificate, now: time::OffsetDateTime) -> Result<(TlsMaterial, CertInfo), CertError> {
+pub fn ensure(
+    state: &Path,
+    cert: &Certificate,
+    now: time::OffsetDateTime,
+) -> Result<(TlsMaterial, CertInfo), CertError> {
     let issuer = &cert.spec.issuer;
     if issuer.self_signed.is_some() {
         selfsigned::ensure(state, cert, now)
@@ -156,7 +167,10 @@ mod tests {
 
     #[test]
     fn go_durations_parse() {
-        assert_eq!(parse_duration("2160h"), Some(Duration::from_secs(2160 * 3600)));
+        assert_eq!(
+            parse_duration("2160h"),
+            Some(Duration::from_secs(2160 * 3600))
+        );
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("10"), None);

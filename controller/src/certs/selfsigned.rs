@@ -13,16 +13,27 @@ use crate::broker::TlsMaterial;
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
 fn sans(cert: &Certificate) -> Vec<String> {
-    let mut v: Vec<String> = cert.spec.dns_names.iter().chain(&cert.spec.ip_addresses).cloned().collect();
+    let mut v: Vec<String> = cert
+        .spec
+        .dns_names
+        .iter()
+        .chain(&cert.spec.ip_addresses)
+        .cloned()
+        .collect();
     v.sort();
     v
 }
 
 /// Reuses the stored pair when still good, otherwise issues a new one.
-pub fn ensure(state: &Path, cert: &Certificate, now: time::OffsetDateTime) -> Result<(TlsMaterial, CertInfo), CertError> {
+pub fn ensure(
+    state: &Path,
+    cert: &Certificate,
+    now: time::OffsetDateTime,
+) -> Result<(TlsMaterial, CertInfo), CertError> {
     if cert.spec.private_key.algorithm == KeyAlgorithm::Rsa {
         return Err(CertError::Generate(
-            "the selfSigned issuer makes ECDSA P-256 keys only; remove privateKey.algorithm: RSA".into(),
+            "the selfSigned issuer makes ECDSA P-256 keys only; remove privateKey.algorithm: RSA"
+                .into(),
         ));
     }
     let dir = cert_dir(state, cert);
@@ -36,23 +47,34 @@ pub fn ensure(state: &Path, cert: &Certificate, now: time::OffsetDateTime) -> Re
     if let (Ok(cert_pem), Ok(key_pem), Ok(stored_sans)) = stored {
         if stored_sans == wanted {
             if let Ok(info) = cert_info(&cert_pem, renew_before, now) {
-                let renew_at = time::OffsetDateTime::parse(&info.renewal_time, &time::format_description::well_known::Rfc3339)
-                    .unwrap_or(now);
+                let renew_at = time::OffsetDateTime::parse(
+                    &info.renewal_time,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .unwrap_or(now);
                 if now < renew_at {
                     return Ok((TlsMaterial { cert_pem, key_pem }, info));
                 }
             }
         }
     }
-    let lifetime = cert.spec.duration.as_deref().and_then(parse_duration).unwrap_or(DEFAULT_LIFETIME);
-    let mut params = rcgen::CertificateParams::new(sans(cert)).map_err(|e| CertError::Generate(e.to_string()))?;
+    let lifetime = cert
+        .spec
+        .duration
+        .as_deref()
+        .and_then(parse_duration)
+        .unwrap_or(DEFAULT_LIFETIME);
+    let mut params = rcgen::CertificateParams::new(sans(cert))
+        .map_err(|e| CertError::Generate(e.to_string()))?;
     let cn = cert
         .spec
         .common_name
         .clone()
         .or_else(|| cert.spec.dns_names.first().cloned())
         .unwrap_or_else(|| cert.metadata.name.clone().unwrap_or_default());
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
     let mut serial = [0u8; 16];
@@ -60,7 +82,9 @@ pub fn ensure(state: &Path, cert: &Certificate, now: time::OffsetDateTime) -> Re
     serial[0] &= 0x7f;
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     let key = rcgen::KeyPair::generate().map_err(|e| CertError::Generate(e.to_string()))?;
-    let issued = params.self_signed(&key).map_err(|e| CertError::Generate(e.to_string()))?;
+    let issued = params
+        .self_signed(&key)
+        .map_err(|e| CertError::Generate(e.to_string()))?;
     let material = TlsMaterial {
         cert_pem: issued.pem(),
         key_pem: key.serialize_pem(),
@@ -117,7 +141,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cert(&["localhost"]);
         ensure(dir.path(), &c, time::OffsetDateTime::now_utc()).unwrap();
-        let mode = std::fs::metadata(cert_dir(dir.path(), &c).join("tls.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(cert_dir(dir.path(), &c).join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
