@@ -15,6 +15,7 @@ use super::common::{CommonStatus, SecretKeyRef};
     version = "v1alpha1",
     kind = "Bridge",
     namespaced,
+    doc = "A store-and-forward link from a local Broker to a remote MQTT broker.",
     status = "BridgeStatus",
     shortname = "mqbr",
     printcolumn = r#"{"name":"Broker","type":"string","jsonPath":".spec.brokerRef"}"#,

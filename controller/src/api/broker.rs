@@ -14,6 +14,7 @@ use super::common::{AclRule, CommonStatus};
     version = "v1alpha1",
     kind = "Broker",
     namespaced,
+    doc = "A secure MQTT broker: listeners, anonymous access, ACL patterns, limits and persistence.",
     status = "BrokerStatus",
     shortname = "mqb",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,

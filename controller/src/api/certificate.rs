@@ -14,6 +14,7 @@ use super::common::{CommonStatus, SecretKeyRef};
     version = "v1alpha1",
     kind = "Certificate",
     namespaced,
+    doc = "A certificate and private key for TLS listeners and bridge clients, issued and renewed by edgemq.",
     status = "CertificateStatus",
     shortname = "mqcert",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,

@@ -12,6 +12,7 @@ use super::common::{AclRule, CommonStatus, SecretKeyRef};
     version = "v1alpha1",
     kind = "MqttUser",
     namespaced,
+    doc = "A user of a Broker: its password (hash or Secret) and its topic permissions.",
     status = "MqttUserStatus",
     shortname = "mqu",
     printcolumn = r#"{"name":"Broker","type":"string","jsonPath":".spec.brokerRef"}"#,
