@@ -358,32 +358,28 @@ async fn handle(
             if publish.payload.len() > limits.max_payload_bytes as usize {
                 return Err(End::Protocol("payload larger than maxPayloadBytes"));
             }
+            let msg = Message {
+                topic: publish.topic.clone(),
+                payload: publish.payload.clone(),
+                qos,
+                retain: publish.retain,
+                properties: properties.map(forwardable),
+                origin: Some(client.id.clone()),
+            };
+            // One lock for the ACL check, the QoS 2 duplicate check and the routing.
             let allowed = {
-                let router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
-                router
-                    .acl()
-                    .check(client.username.as_deref(), &client.id, topic, Op::Write)
+                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                let allowed = router.acl().check(client.username.as_deref(), &client.id, topic, Op::Write);
+                // A QoS 2 packet id is remembered even when denied, so its PUBREL is known.
+                let fresh = qos < 2 || router.qos2_received(&client.id, pkid);
+                if allowed && fresh {
+                    router.publish(msg);
+                }
+                allowed
             };
             if !allowed {
                 shared.metrics.acl_denials.inc();
                 tracing::debug!(client_id = %client.id, topic, "publish denied by the ACL");
-            }
-            let route = allowed
-                && (qos < 2 || {
-                    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
-                    router.qos2_received(&client.id, pkid)
-                });
-            if route {
-                let msg = Message {
-                    topic: publish.topic.clone(),
-                    payload: publish.payload.clone(),
-                    qos,
-                    retain: publish.retain,
-                    properties: properties.map(forwardable),
-                    origin: Some(client.id.clone()),
-                };
-                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
-                router.publish(msg);
             }
             match qos {
                 1 => {
