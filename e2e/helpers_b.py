@@ -234,8 +234,33 @@ def json_of(proc: subprocess.CompletedProcess) -> dict:
 
 
 def timed_poll(fn, timeout: float = 10.0, interval: float = 0.01, message: Optional[str] = None,
-               since: Optional[float] = None) -> float:
-    """poll(fn) and return the seconds from `since` (default: now) to success."""
+               since: Optional[float] = None, edgemq=None) -> float:
+    """poll(fn) and return the seconds from `since` (default: now) to success. With
+    `edgemq`, a timeout also shows its status and log tail."""
     start = since if since is not None else time.monotonic()
-    poll(fn, timeout, interval, message)
+    try:
+        poll(fn, timeout, interval, message)
+    except AssertionError as exc:
+        if edgemq is None:
+            raise
+        try:
+            st = json.dumps(edgemq.status(), indent=1)[:4000]
+        except Exception as e2:  # noqa: BLE001
+            st = repr(e2)
+        raise AssertionError(f"{exc}\nlast status: {st}\n--- log tail ---\n{edgemq.log_tail()}") from None
     return time.monotonic() - start
+
+
+def can_login(port: int, username: str, password: str, timeout: float = 3.0) -> bool:
+    """Whether an MQTT 3.1.1 CONNECT with these credentials gets CONNACK 0 (a raw socket:
+    one round trip, so it can be polled at a fine grain)."""
+    try:
+        s, rc = raw_connect(port, f"probe-{time.monotonic_ns()}", username, password, timeout=timeout)
+    except (OSError, ConnectionError):
+        return False
+    try:
+        if rc == 0:
+            s.sendall(DISCONNECT)
+        return rc == 0
+    finally:
+        s.close()
