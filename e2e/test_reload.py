@@ -3,13 +3,14 @@ effect, nobody is disconnected who should not be, and a bad edit changes nothing
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers_b import (FILE_LINE, can_login, fingerprint_of_file, make_cert, metric, served_fingerprint,
+from helpers_b import (can_login, fingerprint_of_file, make_cert, metric, served_fingerprint,
                        served_serial, timed_poll, tls_secret_yaml)
 from support import connect, free_port, poll, port_open, try_connect, unique_id
 
@@ -267,7 +268,14 @@ def test_an_invalid_edit_keeps_the_broker_serving_and_fixing_it_applies(edgemq, 
                         message="status reports the invalid config")
     errors = st["config"]["errors"]
     text = " ".join(map(str, errors))
-    assert FILE_LINE.search(text) and "users.yaml" in text, f"errors lack file:line: {errors}"
+    print(f"config errors reported for {breakage}: {errors}")
+    found = re.search(r"users\.yaml:(\d+)", text)
+    assert found, f"errors lack file:line: {errors}"
+    # The line points into carol's document (between its first line and the Secret's).
+    lines = bad.splitlines()
+    first = lines.index("metadata: {name: carol}")  # 1-based line of its apiVersion
+    last = lines.index("kind: Secret") + 1
+    assert first <= int(found.group(1)) <= last, f"line {found.group(1)} is outside carol's document: {errors}"
     if breakage == "dangling-broker-ref":
         assert "nowhere" in text, errors
     poll(lambda: metric(e.metrics(), "edgemq_config_reload_errors_total") > errors_before, 5,
@@ -297,7 +305,8 @@ def test_a_listener_can_be_added_and_removed_live(edgemq, clients, tmp_path):
     t0 = time.monotonic()
     e.write("broker.yaml", broker_doc(port, tls_port, f"    - {{name: extra, port: {extra}, "
                                                         "bindAddress: 127.0.0.1}\n"))
-    took = timed_poll(lambda: can_login(extra, "bob", "pw-bob"), 10, since=t0, edgemq=e, message="added listener accepts clients")
+    took = timed_poll(lambda: can_login(extra, "bob", "pw-bob"), 10, since=t0, edgemq=e,
+                      message="added listener accepts clients")
     print(f"reload latency (add a listener, write -> login on it): {took * 1000:.0f} ms")
     on_extra = clients(extra, username="alice", password="pw-alice")
     on_extra.subscribe_wait("home/#", qos=1)
