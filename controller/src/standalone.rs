@@ -108,9 +108,16 @@ impl Runtime {
         (!failing.is_empty()).then(|| format!("brokers not ready: {}", failing.join(", ")))
     }
 
-    /// The current status report.
+    /// The current status report, with each running broker's live counters.
     pub async fn report(&self) -> StatusReport {
-        self.report.read().await.clone()
+        let mut report = self.report.read().await.clone();
+        let brokers = self.brokers.lock().await;
+        for r in report.resources.iter_mut().filter(|r| r.kind == "Broker") {
+            if let Some(rt) = brokers.get(&format!("{}/{}", r.namespace, r.name)) {
+                r.details = serde_json::to_value(rt.status()).unwrap_or_default();
+            }
+        }
+        report
     }
 
     /// Reads the folder and applies it. Invalid content changes nothing that runs.

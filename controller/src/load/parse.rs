@@ -230,18 +230,18 @@ fn check<T: DeserializeOwned>(text: &str) -> Result<(), (usize, String)> {
 /// serde_yaml's message without its trailing ` at line L column C` (the caller
 /// reports the line itself, in the file's terms).
 fn strip_location(e: &serde_yaml::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" at line ") {
-        Some(i) if s[i..].contains(" column ") => {
-            let (head, tail) = s.split_at(i);
-            // Syntax errors go on after the position (", while parsing ..."); keep that.
-            match tail.find(", ") {
-                Some(j) => format!("{head}{}", &tail[j..]),
-                None => head.to_string(),
-            }
-        }
-        _ => s,
+    // serde_yaml counts lines from the start of the document, not of the file; the
+    // error already carries the file's line, so every inner position is removed.
+    let mut s = e.to_string();
+    while let Some(i) = s.find(" at line ") {
+        let tail = &s[i + " at line ".len()..];
+        let Some(col) = tail.find(" column ") else { break };
+        let after = &tail[col + " column ".len()..];
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        let end = i + " at line ".len() + col + " column ".len() + digits;
+        s.replace_range(i..end, "");
     }
+    s
 }
 
 /// Top-level fields of an edgemq object, so a misspelt one is reported (the typed
