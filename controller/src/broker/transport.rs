@@ -61,8 +61,16 @@ impl Reader {
     pub async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
         match self {
             Reader::Stream(r) => {
-                buf.reserve(4096);
-                r.read_buf(buf).await
+                // Small reads for idle and light clients; once a read fills the
+                // buffer, read in larger chunks (the allocation is then reused).
+                let want = if buf.capacity() >= 8192 { 8192 } else { 1024 };
+                buf.reserve(want);
+                let spare = buf.capacity() - buf.len();
+                let n = r.read_buf(buf).await?;
+                if n == spare && buf.capacity() < 8192 {
+                    buf.reserve(8192);
+                }
+                Ok(n)
             }
             Reader::WebSocket(r) => loop {
                 match r.next().await {
