@@ -408,7 +408,10 @@ fn main() -> Result<()> {
     let first = if args.mosquitto_vs_mosquitto {
         common("mosquitto-b", Kind::Mosquitto, &args.mosquitto)
     } else {
-        common("edgemq", Kind::Edgemq, &args.edgemq)
+        // The broker runs in a temporary directory: a relative path must be made
+        // absolute first.
+        let path = std::path::absolute(&args.edgemq).unwrap_or_else(|_| args.edgemq.clone().into());
+        common("edgemq", Kind::Edgemq, &path.to_string_lossy())
     };
     let mut specs = vec![first, common("mosquitto", Kind::Mosquitto, &args.mosquitto)];
     if let Some(only) = &args.only {
