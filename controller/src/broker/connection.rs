@@ -371,7 +371,10 @@ async fn handle(
             // One lock for the ACL check, the QoS 2 duplicate check and the routing.
             let allowed = {
                 let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
-                let allowed = router.acl().check(client.username.as_deref(), &client.id, topic, Op::Write);
+                let allowed =
+                    router
+                        .acl()
+                        .check(client.username.as_deref(), &client.id, topic, Op::Write);
                 // A QoS 2 packet id is remembered even when denied, so its PUBREL is known.
                 let fresh = qos < 2 || router.qos2_received(&client.id, pkid);
                 if allowed && fresh {

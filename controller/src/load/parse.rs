@@ -235,7 +235,9 @@ fn strip_location(e: &serde_yaml::Error) -> String {
     let mut s = e.to_string();
     while let Some(i) = s.find(" at line ") {
         let tail = &s[i + " at line ".len()..];
-        let Some(col) = tail.find(" column ") else { break };
+        let Some(col) = tail.find(" column ") else {
+            break;
+        };
         let after = &tail[col + " column ".len()..];
         let digits = after.chars().take_while(char::is_ascii_digit).count();
         let end = i + " at line ".len() + col + " column ".len() + digits;
