@@ -135,15 +135,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { dir, secrets } => {
-            let errors: Vec<String> = match edgemq::load::load(&dir, secrets.as_deref()) {
-                Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
-                Ok(res) => match edgemq::plan::plan(&res) {
-                    Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
-                    Ok(bundles) => {
-                        println!("{}: valid ({} broker(s))", dir.display(), bundles.len());
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                },
+            let errors = match edgemq::standalone::load_and_plan(&dir, secrets.as_deref()) {
+                Ok((_, bundles)) => {
+                    println!("{}: valid ({} broker(s))", dir.display(), bundles.len());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(errors) => errors,
             };
             for e in &errors {
                 println!("{e}");
@@ -193,26 +190,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             out,
             state,
         } => {
-            let res = edgemq::load::load(&config, secrets.as_deref()).map_err(|errors| {
-                anyhow::anyhow!(
-                    "{}",
-                    errors
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            })?;
-            let bundles = edgemq::plan::plan(&res).map_err(|errors| {
-                anyhow::anyhow!(
-                    "{}",
-                    errors
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            })?;
+            let (res, bundles) = edgemq::standalone::load_and_plan(&config, secrets.as_deref())
+                .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))?;
             let bundle = match &broker {
                 Some(b) => bundles
                     .iter()

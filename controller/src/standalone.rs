@@ -39,6 +39,18 @@ pub struct RunOptions {
     pub http: SocketAddr,
 }
 
+/// Loads a folder and plans its brokers; every error, as `file:line: Kind/name: message`.
+pub fn load_and_plan(
+    config_dir: &Path,
+    secrets_dir: Option<&Path>,
+) -> Result<(Resources, BTreeMap<String, BrokerBundle>), Vec<String>> {
+    let res = load::load(config_dir, secrets_dir)
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let bundles =
+        plan::plan(&res).map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    Ok((res, bundles))
+}
+
 /// Certificates resolved during one reload, by (namespace, name).
 type CertResults = BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>>;
 
@@ -124,20 +136,14 @@ impl Runtime {
     pub async fn reload(&self) -> ReloadOutcome {
         let started = Instant::now();
         let mut outcome = ReloadOutcome::default();
-        let loaded = load::load(&self.opts.config_dir, self.opts.secrets_dir.as_deref());
-        let (res, bundles) = match loaded {
-            Err(errors) => {
-                outcome.errors = errors.iter().map(|e| e.to_string()).collect();
-                return self.refuse(outcome).await;
-            }
-            Ok(res) => match plan::plan(&res) {
+        let (res, bundles) =
+            match load_and_plan(&self.opts.config_dir, self.opts.secrets_dir.as_deref()) {
+                Ok(v) => v,
                 Err(errors) => {
-                    outcome.errors = errors.iter().map(|e| e.to_string()).collect();
+                    outcome.errors = errors;
                     return self.refuse(outcome).await;
                 }
-                Ok(b) => (res, b),
-            },
-        };
+            };
         outcome.valid = true;
 
         // Certificates: issue or reuse every one a listener needs.
