@@ -164,7 +164,7 @@ impl Runtime {
             };
             let result = match brokers.get_mut(key) {
                 Some(rt) => {
-                    if rt.bundle() == bundle && !tls_changed(rt, &tls) {
+                    if rt.bundle() == bundle && rt.tls_material() == &tls {
                         Ok(Vec::new())
                     } else {
                         rt.apply(bundle.clone(), tls).await
@@ -379,10 +379,6 @@ impl Runtime {
             rt.shutdown().await;
         }
     }
-}
-
-fn tls_changed(rt: &BrokerRuntime, tls: &BTreeMap<String, TlsMaterial>) -> bool {
-    rt.tls_material() != tls
 }
 
 #[allow(clippy::too_many_arguments)]

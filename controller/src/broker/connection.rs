@@ -30,10 +30,11 @@ const WRITE_BATCH: usize = 64;
 /// Why a connection ended, for logs.
 #[derive(Debug, thiserror::Error)]
 enum End {
+    /// DISCONNECT, with the session expiry an MQTT 5 client may set in it.
     #[error("client disconnected")]
-    Normal,
+    Normal { expiry: Option<u32> },
     #[error("client disconnected and asked for its will")]
-    NormalWithWill,
+    NormalWithWill { expiry: Option<u32> },
     #[error("connection closed by the client")]
     Eof,
     #[error("i/o error: {0}")]
@@ -52,7 +53,6 @@ struct Client {
     id: Arc<str>,
     username: Option<Arc<str>>,
     version: Version,
-    link: ConnLink,
     will: Option<(LastWill, Option<LastWillProperties>)>,
 }
 
@@ -139,7 +139,7 @@ pub async fn serve(
         .and_then(|p| p.receive_maximum)
         .map_or(usize::from(limits.max_inflight), usize::from);
     let connected = {
-        let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+        let mut router = shared.router();
         router.connect(
             &client_id,
             username.clone(),
@@ -178,7 +178,6 @@ pub async fn serve(
         id: client_id.clone(),
         username,
         version,
-        link: link.clone(),
         will: will.map(|w| (w, will_props)),
     };
     // Boxed: a channel allocates its slots up front, and an unboxed `Packet` would
@@ -207,19 +206,18 @@ pub async fn serve(
     drop(ctrl_tx);
 
     // The will is published unless the client said a plain DISCONNECT.
-    if !matches!(end, End::Normal) {
+    if !matches!(end, End::Normal { .. }) {
         publish_will(&shared, &client);
     }
-    let expiry_override = shared
-        .disconnect_expiry
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&link.id);
+    let expiry_override = match end {
+        End::Normal { expiry } | End::NormalWithWill { expiry } => expiry,
+        _ => None,
+    };
     disconnect(&shared, &client_id, link.id, expiry_override);
     let _ = writer_task.await;
     shared.metrics.connections.dec();
     match end {
-        End::Normal | End::NormalWithWill | End::Eof => {
+        End::Normal { .. } | End::NormalWithWill { .. } | End::Eof => {
             tracing::info!(client_id = %client_id, reason = %end, "client disconnected")
         }
         _ => tracing::info!(client_id = %client_id, reason = %end, "client connection closed"),
@@ -227,7 +225,7 @@ pub async fn serve(
 }
 
 fn disconnect(shared: &Shared, client_id: &str, conn_id: u64, expiry: Option<u32>) {
-    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+    let mut router = shared.router();
     router.disconnect(client_id, conn_id, expiry);
 }
 
@@ -370,7 +368,7 @@ async fn handle(
             };
             // One lock for the ACL check, the QoS 2 duplicate check and the routing.
             let allowed = {
-                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                let mut router = shared.router();
                 let allowed =
                     router
                         .acl()
@@ -411,13 +409,13 @@ async fn handle(
             Packet::Connect(..) => Err(End::Protocol("second CONNECT")),
             Packet::PingReq(_) => send(ctrl, Packet::PingResp(PingResp)).await,
             Packet::PubAck(ack, _) => {
-                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                let mut router = shared.router();
                 router.puback(&client.id, ack.pkid);
                 Ok(())
             }
             Packet::PubRec(rec, _) => {
                 let known = {
-                    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut router = shared.router();
                     router.pubrec(&client.id, rec.pkid)
                 };
                 let reason = if known || !v5 {
@@ -438,13 +436,13 @@ async fn handle(
                 .await
             }
             Packet::PubComp(comp, _) => {
-                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                let mut router = shared.router();
                 router.pubcomp(&client.id, comp.pkid);
                 Ok(())
             }
             Packet::PubRel(rel, _) => {
                 let known = {
-                    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut router = shared.router();
                     router.qos2_released(&client.id, rel.pkid)
                 };
                 let reason = if known || !v5 {
@@ -519,7 +517,7 @@ async fn handle(
                     ),
                 )
                 .await?;
-                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                let mut router = shared.router();
                 for (filter, opts) in accepted {
                     router.subscribe(&client.id, &filter, opts);
                 }
@@ -527,7 +525,7 @@ async fn handle(
             }
             Packet::Unsubscribe(unsub, _) => {
                 let reasons = {
-                    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut router = shared.router();
                     unsub
                         .filters
                         .iter()
@@ -553,17 +551,11 @@ async fn handle(
                 .await
             }
             Packet::Disconnect(d, props) => {
-                if let Some(e) = props.and_then(|p| p.session_expiry_interval) {
-                    shared
-                        .disconnect_expiry
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(client.link.id, e);
-                }
+                let expiry = props.and_then(|p| p.session_expiry_interval);
                 if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
-                    Err(End::NormalWithWill)
+                    Err(End::NormalWithWill { expiry })
                 } else {
-                    Err(End::Normal)
+                    Err(End::Normal { expiry })
                 }
             }
             _ => Err(End::Protocol("unexpected packet type from a client")),
@@ -589,7 +581,7 @@ fn publish_will(shared: &Shared, client: &Client) {
     if !valid_topic_name(topic) {
         return;
     }
-    let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+    let mut router = shared.router();
     if !router
         .acl()
         .check(client.username.as_deref(), &client.id, topic, Op::Write)
@@ -665,7 +657,7 @@ async fn write_loop(
         loop {
             batch.clear();
             {
-                let mut router = shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                let mut router = shared.router();
                 router.next_outgoing(&client_id, link.id, WRITE_BATCH, &mut batch);
             }
             if batch.is_empty() {

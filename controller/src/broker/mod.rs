@@ -67,11 +67,16 @@ pub struct Shared {
     pub next_conn_id: AtomicU64,
     /// Sockets open now (handshaking or connected), bounded by `maxConnections`.
     pub open_sockets: AtomicUsize,
-    /// Session expiry a client set in its MQTT 5 DISCONNECT, by connection id.
-    pub disconnect_expiry: Mutex<HashMap<u64, u32>>,
 }
 
 impl Shared {
+    /// The router, locked. A panic while holding the lock leaves consistent state
+    /// behind (every router method completes its bookkeeping), so a poisoned lock is
+    /// taken over rather than propagated.
+    pub fn router(&self) -> std::sync::MutexGuard<'_, Router> {
+        self.router.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Largest packet accepted: the payload limit plus room for topic and properties.
     pub fn max_packet_size(&self) -> usize {
         self.limits.load().max_payload_bytes as usize + 65_536 + 1024
@@ -215,7 +220,6 @@ impl BrokerRuntime {
             metrics: broker_metrics,
             next_conn_id: AtomicU64::new(1),
             open_sockets: AtomicUsize::new(0),
-            disconnect_expiry: Mutex::new(HashMap::new()),
         });
         let expiry_task = tokio::spawn(expire_sessions(shared.clone()));
         let mut rt = BrokerRuntime {
@@ -324,7 +328,7 @@ impl BrokerRuntime {
                 };
                 let (store, msgs) = store;
                 let (tx, task) = store.spawn_writer();
-                let mut router = self.shared.router.lock().unwrap_or_else(|e| e.into_inner());
+                let mut router = self.shared.router();
                 let n = msgs.len();
                 router.restore_retained(msgs);
                 router.set_persistence(Some(tx));
@@ -337,11 +341,7 @@ impl BrokerRuntime {
                 tracing::warn!(broker = %self.shared.key, "persistence asked for but no state directory given; retained messages are kept in memory only");
             }
         } else if !bundle.persistence && self.persistence.is_some() {
-            self.shared
-                .router
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_persistence(None);
+            self.shared.router().set_persistence(None);
             self.persistence = None;
             changes.push("persistence off".into());
         }
@@ -355,9 +355,7 @@ impl BrokerRuntime {
             if gone || changed {
                 let n = self
                     .shared
-                    .router
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .router()
                     .kick_user(Some(name), CloseReason::CredentialsChanged);
                 changes.push(format!(
                     "user {name} {} ({n} connection(s) closed)",
@@ -373,9 +371,7 @@ impl BrokerRuntime {
         if old_auth.allow_anonymous && !bundle.allow_anonymous {
             let n = self
                 .shared
-                .router
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .router()
                 .kick_user(None, CloseReason::CredentialsChanged);
             changes.push(format!(
                 "anonymous access withdrawn ({n} connection(s) closed)"
@@ -384,17 +380,13 @@ impl BrokerRuntime {
         self.shared.auth.store(Arc::new(auth));
         if self.bundle.acl != bundle.acl {
             self.shared
-                .router
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .router()
                 .set_acl(Arc::new(Acl::new(&bundle.acl)));
             changes.push("ACL replaced".into());
         }
         if self.bundle.limits != bundle.limits {
             self.shared
-                .router
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .router()
                 .set_limits(router_limits(&bundle.limits));
             self.shared.limits.store(Arc::new(bundle.limits.clone()));
             changes.push("limits changed".into());
@@ -462,11 +454,7 @@ impl BrokerRuntime {
     /// Runs the health probe: a publish/subscribe round trip through the router.
     pub fn probe(&self) -> bool {
         let nonce = rand::random::<u64>();
-        self.shared
-            .router
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .probe(nonce)
+        self.shared.router().probe(nonce)
     }
 
     /// Status for `edgemq status` and the JSON endpoint.
@@ -482,12 +470,7 @@ impl BrokerRuntime {
                     tls: h.tls.is_some(),
                 })
                 .collect(),
-            router: self
-                .shared
-                .router
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .stats(),
+            router: self.shared.router().stats(),
             config_hash: self.bundle.hash(),
         }
     }
@@ -499,7 +482,7 @@ impl BrokerRuntime {
         }
         self.expiry_task.abort();
         {
-            let mut router = self.shared.router.lock().unwrap_or_else(|e| e.into_inner());
+            let mut router = self.shared.router();
             router.set_persistence(None);
         }
         if let Some(task) = self.persistence.take() {
@@ -513,11 +496,7 @@ async fn expire_sessions(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let n = shared
-            .router
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .expire_sessions(std::time::Instant::now());
+        let n = shared.router().expire_sessions(std::time::Instant::now());
         if n > 0 {
             tracing::debug!(broker = %shared.key, expired = n, "sessions expired");
         }
