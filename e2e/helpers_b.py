@@ -12,59 +12,16 @@ import json
 import re
 import socket
 import ssl
-import struct
 import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
-from support import poll, require, run
+from support import connect_packet, poll, require, run
 
 
 # --------------------------------------------------------------------------- raw MQTT 3.1.1
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n % 128
-        n //= 128
-        if n:
-            b |= 0x80
-        out.append(b)
-        if not n:
-            return bytes(out)
-
-
-def _str(s) -> bytes:
-    b = s if isinstance(s, bytes) else s.encode()
-    return struct.pack("!H", len(b)) + b
-
-
-def connect_packet(client_id: str, username: Optional[str] = None, password: Optional[str] = None,
-                   clean: bool = True, keepalive: int = 0) -> bytes:
-    flags = 0x02 if clean else 0
-    payload = _str(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += _str(username)
-    if password is not None:
-        flags |= 0x40
-        payload += _str(password)
-    var = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
-    body = var + payload
-    return bytes([0x10]) + _varint(len(body)) + body
-
-
-def subscribe_packet(pid: int, topic: str, qos: int = 0) -> bytes:
-    body = struct.pack("!H", pid) + _str(topic) + bytes([qos])
-    return bytes([0x82]) + _varint(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes, qos: int = 0, retain: bool = False, pid: int = 1) -> bytes:
-    head = 0x30 | (qos << 1) | (1 if retain else 0)
-    body = _str(topic) + (struct.pack("!H", pid) if qos else b"") + payload
-    return bytes([head]) + _varint(len(body)) + body
-
+# Packet builders come from support (connect_packet, publish_packet, subscribe_packet).
 
 DISCONNECT = b"\xe0\x00"
 
@@ -108,7 +65,7 @@ def raw_connect(port: int, client_id: str, username: Optional[str] = None,
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.settimeout(timeout)
     s.connect(("127.0.0.1", port))
-    s.sendall(connect_packet(client_id, username, password, clean))
+    s.sendall(connect_packet(client_id, keepalive=0, clean=clean, username=username, password=password))
     body = read_until(s, 2)
     return s, body[1]
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from helpers_b import (DISCONNECT, closed_by_peer, metric, publish_packet, raw_connect, read_until,
-                       router, rss_kb, subscribe_packet)
-from support import broker_yaml, free_port, poll, try_connect
+from helpers_b import DISCONNECT, closed_by_peer, metric, raw_connect, read_until, router, rss_kb
+from support import broker_yaml, free_port, poll, publish_packet, subscribe_packet, try_connect
 
 
 def open_broker(port: int, limits: str) -> str:
@@ -26,7 +25,7 @@ def test_a_subscriber_that_never_reads_gets_its_queue_capped_and_nobody_else_suf
     # with a small receive buffer so the broker's socket backs up quickly.
     slow, rc = raw_connect(port, "slow-reader", rcvbuf=4096)
     assert rc == 0
-    slow.sendall(subscribe_packet(1, "flood/#", 0))
+    slow.sendall(subscribe_packet("flood/#", 0, packet_id=1))
     read_until(slow, 9)  # SUBACK; from here on it never reads
 
     healthy = clients(port, client_id="healthy")
@@ -120,8 +119,8 @@ def test_churn_of_topics_and_client_ids_leaves_no_sessions_trie_nodes_or_memory_
                     assert rc == 0, f"CONNACK {rc}"
                     # A persistent session with its own subscription, and a QoS 1
                     # message queued for it, on two distinct topics.
-                    s.sendall(subscribe_packet(1, f"{prefix}/{i}/cmd", 1)
-                              + publish_packet(f"{prefix}/{i}/cmd", b"p" * 64, qos=1, pid=2)
+                    s.sendall(subscribe_packet(f"{prefix}/{i}/cmd", 1, packet_id=1)
+                              + publish_packet(f"{prefix}/{i}/cmd", b"p" * 64, qos=1, packet_id=2)
                               + publish_packet(f"{prefix}/{i}/telemetry", b"t" * 64, qos=0))
                     read_until(s, 9)   # SUBACK
                     read_until(s, 4)   # PUBACK
@@ -148,7 +147,7 @@ def test_churn_of_topics_and_client_ids_leaves_no_sessions_trie_nodes_or_memory_
     # /status must be live: a persistent session held open shows up in it.
     holder, rc = raw_connect(port, "holder", clean=False)
     assert rc == 0
-    holder.sendall(subscribe_packet(1, "holder/a/b/c", 1))
+    holder.sendall(subscribe_packet("holder/a/b/c", 1, packet_id=1))
     read_until(holder, 9)
     e.wait_applied(lambda st: router(st, "home").get("sessions", 0) >= 1
                    and router(st, "home").get("trieNodes", 0) > 1,
