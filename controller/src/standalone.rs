@@ -51,8 +51,53 @@ pub fn load_and_plan(
     Ok((res, bundles))
 }
 
-/// Certificates resolved during one reload, by (namespace, name).
-type CertResults = BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>>;
+/// Certificates resolved during one reload, by (namespace, name): each is issued or
+/// read once per reload however many listeners and bridges use it.
+struct CertResolver<'a> {
+    res: &'a Resources,
+    state: &'a Path,
+    now: time::OffsetDateTime,
+    seen: BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>>,
+}
+
+impl<'a> CertResolver<'a> {
+    fn new(res: &'a Resources, state: &'a Path, now: time::OffsetDateTime) -> Self {
+        CertResolver {
+            res,
+            state,
+            now,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The key pair of Certificate `namespace/name`, issuing or renewing it when due.
+    fn material(&mut self, namespace: &str, name: &str) -> Result<TlsMaterial, String> {
+        let key = (namespace.to_string(), name.to_string());
+        if !self.seen.contains_key(&key) {
+            let r = match self.res.certificate(namespace, name) {
+                Some(cert) => certs::ensure(self.state, cert, self.now).map_err(|e| e.to_string()),
+                None => Err(format!("Certificate {name} not found")),
+            };
+            if let Err(e) = &r {
+                tracing::error!(certificate = %name, error = %e, "certificate not available");
+            }
+            self.seen.insert(key.clone(), r);
+        }
+        match &self.seen[&key] {
+            Ok((m, _)) => Ok(m.clone()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// What status shows for a Certificate: `None` when nothing used it.
+    fn result(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&Result<(TlsMaterial, CertInfo), String>> {
+        self.seen.get(&(namespace.to_string(), name.to_string()))
+    }
+}
 
 /// Name of the status file in the state directory, read by `edgemq status`.
 pub const STATUS_FILE: &str = "status.json";
@@ -148,13 +193,11 @@ impl Runtime {
 
         // Certificates: issue or reuse every one a listener needs.
         let now = time::OffsetDateTime::now_utc();
-        let mut cert_results: BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>> =
-            BTreeMap::new();
+        let mut certs = CertResolver::new(&res, &self.opts.state_dir, now);
         let mut broker_results: BTreeMap<String, Result<String, String>> = BTreeMap::new();
         let mut brokers = self.brokers.lock().await;
         for (key, bundle) in &bundles {
-            let tls = match resolve_tls(bundle, &res, &self.opts.state_dir, now, &mut cert_results)
-            {
+            let tls = match resolve_tls(bundle, &res, &mut certs) {
                 Ok(t) => t,
                 Err(e) => {
                     outcome.errors.push(format!("Broker/{key}: {e}"));
@@ -289,7 +332,7 @@ impl Runtime {
         }
         for c in res.certificates() {
             let (ready, reason, message, details) =
-                match cert_results.get(&(c.meta.namespace.clone(), c.meta.name.clone())) {
+                match certs.result(&c.meta.namespace, &c.meta.name) {
                     Some(Ok((_, info))) => (
                         true,
                         "Issued",
@@ -416,9 +459,7 @@ fn status_of(
 fn resolve_tls(
     bundle: &BrokerBundle,
     res: &Resources,
-    state: &Path,
-    now: time::OffsetDateTime,
-    certs_seen: &mut CertResults,
+    certs: &mut CertResolver<'_>,
 ) -> Result<BTreeMap<String, TlsMaterial>, String> {
     let mut out = BTreeMap::new();
     for l in &bundle.listeners {
@@ -435,23 +476,9 @@ fn resolve_tls(
                     key_pem: get("tls.key")?,
                 }
             }
-            TlsSource::Certificate(name) => {
-                let key = (bundle.namespace.clone(), name.clone());
-                if !certs_seen.contains_key(&key) {
-                    let r = match res.certificate(&bundle.namespace, name) {
-                        Some(cert) => certs::ensure(state, cert, now).map_err(|e| e.to_string()),
-                        None => Err(format!("Certificate {name} not found")),
-                    };
-                    if let Err(e) = &r {
-                        tracing::error!(certificate = %name, error = %e, "certificate not available");
-                    }
-                    certs_seen.insert(key.clone(), r);
-                }
-                match &certs_seen[&key] {
-                    Ok((m, _)) => m.clone(),
-                    Err(e) => return Err(format!("listener {}: Certificate {name}: {e}", l.name)),
-                }
-            }
+            TlsSource::Certificate(name) => certs
+                .material(&bundle.namespace, name)
+                .map_err(|e| format!("listener {}: Certificate {name}: {e}", l.name))?,
         };
         out.insert(l.name.clone(), material);
     }
