@@ -54,10 +54,16 @@ pub enum MqttVersion {
 /// How to reach and log in to the remote broker.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.address) != has(self.awsIotEndpoint)").message("set exactly one of address and awsIotEndpoint"))]
 pub struct BridgeRemote {
     /// `host:port` of the remote broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 3, max = 1024), regex(pattern = r"^[^\s:]+:[0-9]{1,5}$"))]
-    pub address: String,
+    pub address: Option<String>,
+    /// Take the address from AWS IoT Core: the `iot:Data-ATS` endpoint of the account
+    /// of an `awsIot` Certificate, port 8883 (443 when ALPN is set). Instead of `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_iot_endpoint: Option<AwsIotEndpoint>,
     /// Client id used on the remote. Default: `<broker>-<bridge>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
@@ -82,6 +88,15 @@ pub struct BridgeRemote {
     /// TLS towards the remote. Without it the link is plain text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<BridgeTls>,
+}
+
+/// The AWS IoT Core endpoint of the account an `awsIot` Certificate belongs to.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsIotEndpoint {
+    /// Name of a Certificate with the `awsIot` issuer, in the Bridge's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub certificate_ref: String,
 }
 
 fn default_keepalive() -> u16 {

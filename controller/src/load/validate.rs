@@ -535,12 +535,43 @@ impl Validator<'_> {
             self.broker_ref(br, &spec.broker_ref);
             let r = &spec.remote;
             let rp = |f| [Seg::Key("spec"), Seg::Key("remote"), Seg::Key(f)];
-            if !host_port(&r.address) {
-                self.err(
+            match (&r.address, &r.aws_iot_endpoint) {
+                (Some(a), None) => {
+                    if !host_port(a) {
+                        self.err(
+                            br,
+                            &rp("address"),
+                            format!("address `{a}` must be host:port"),
+                        );
+                    }
+                }
+                (None, Some(e)) => {
+                    let path = [
+                        Seg::Key("spec"),
+                        Seg::Key("remote"),
+                        Seg::Key("awsIotEndpoint"),
+                        Seg::Key("certificateRef"),
+                    ];
+                    self.certificate_ref(br, &path, &e.certificate_ref);
+                    let is_aws = res
+                        .certificate(&br.meta.namespace, &e.certificate_ref)
+                        .is_none_or(|c| c.spec.issuer.aws_iot.is_some());
+                    if !is_aws {
+                        self.err(
+                            br,
+                            &path,
+                            format!(
+                                "Certificate {} does not use the awsIot issuer, so it has no AWS IoT endpoint",
+                                e.certificate_ref
+                            ),
+                        );
+                    }
+                }
+                _ => self.err(
                     br,
-                    &rp("address"),
-                    format!("address `{}` must be host:port", r.address),
-                );
+                    &[Seg::Key("spec"), Seg::Key("remote")],
+                    "set exactly one of address and awsIotEndpoint",
+                ),
             }
             if let Some(id) = &r.client_id {
                 self.len(br, &rp("clientId"), id, 1, 128);
