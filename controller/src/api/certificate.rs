@@ -122,7 +122,161 @@ pub struct AcmeIssuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_account_binding: Option<ExternalAccountBinding>,
     /// How challenges are solved.
-    pub solver: serde_json::Value,
+    pub solver: AcmeSolver,
+}
+
+/// How an ACME challenge is answered. Set exactly one field.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.dns01) != has(self.http01)").message("set exactly one of dns01 and http01"))]
+pub struct AcmeSolver {
+    /// DNS-01: a TXT record `_acme-challenge.<name>` is set through a DNS provider.
+    /// Works for names that are not reachable from the internet and for wildcards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns01: Option<Dns01Solver>,
+    /// HTTP-01: edgemq answers `/.well-known/acme-challenge/` itself on a port the CA
+    /// can reach (80, or one forwarded to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http01: Option<Http01Solver>,
+}
+
+/// HTTP-01 solver settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http01Solver {
+    /// Port the challenge server listens on while a challenge is pending. Default: 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Address it binds. Default: every interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_address: Option<String>,
+}
+
+/// DNS-01 solver: one provider, and how to check the record is visible before the CA
+/// is asked to look.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("[has(self.rfc2136), has(self.cloudflare), has(self.route53), has(self.exec)].filter(x, x).size() == 1").message("set exactly one DNS provider: rfc2136, cloudflare, route53 or exec"))]
+pub struct Dns01Solver {
+    /// RFC 2136 dynamic update signed with TSIG (BIND, Knot, PowerDNS, many routers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rfc2136: Option<Rfc2136Provider>,
+    /// Cloudflare's DNS API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudflare: Option<CloudflareProvider>,
+    /// AWS Route 53.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route53: Option<Route53Provider>,
+    /// A command that sets and clears the record (like manual hooks of other ACME
+    /// clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecProvider>,
+    /// How the TXT record is checked before validation is requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<DnsPropagation>,
+}
+
+/// RFC 2136 provider.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rfc2136Provider {
+    /// `host:port` of the primary name server that accepts updates.
+    #[schemars(length(min = 3, max = 1024))]
+    pub nameserver: String,
+    /// Zone to update. Default: found with an SOA query for the record name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Name of the TSIG key.
+    #[schemars(length(min = 1, max = 253))]
+    pub tsig_key_name: String,
+    /// TSIG algorithm. Default: `hmac-sha256`.
+    #[serde(default)]
+    pub tsig_algorithm: TsigAlgorithm,
+    /// The TSIG secret (base64, as in the server's key file), from a Secret key.
+    pub tsig_secret_ref: SecretKeyRef,
+}
+
+/// TSIG algorithm.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum TsigAlgorithm {
+    /// HMAC-SHA256.
+    #[default]
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    /// HMAC-SHA384.
+    #[serde(rename = "hmac-sha384")]
+    HmacSha384,
+    /// HMAC-SHA512.
+    #[serde(rename = "hmac-sha512")]
+    HmacSha512,
+}
+
+/// Cloudflare provider.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloudflareProvider {
+    /// API token with `Zone:DNS:Edit` on the zone, from a Secret key.
+    pub api_token_secret_ref: SecretKeyRef,
+    /// Zone id. Default: looked up by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_id: Option<String>,
+    /// API base URL. Default: Cloudflare's v4 API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(url)]
+    pub api_url: Option<String>,
+}
+
+/// Route 53 provider. Credentials come from the standard AWS chain unless given here.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route53Provider {
+    /// Hosted zone id. Default: looked up by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosted_zone_id: Option<String>,
+    /// AWS region. Default: from the AWS configuration chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Access key id, from a Secret key. Default: the AWS credential chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_secret_ref: Option<SecretKeyRef>,
+    /// Secret access key, from a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_secret_ref: Option<SecretKeyRef>,
+    /// API endpoint URL. Default: the AWS endpoint of the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(url)]
+    pub endpoint_url: Option<String>,
+}
+
+/// Exec provider: runs `command` with the action and record in its environment:
+/// `EDGEMQ_ACME_ACTION` (`set` or `clear`), `EDGEMQ_ACME_DOMAIN`,
+/// `EDGEMQ_ACME_RECORD` (`_acme-challenge.<domain>`) and `EDGEMQ_ACME_VALUE`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecProvider {
+    /// Program and arguments; not run through a shell.
+    #[schemars(length(min = 1))]
+    pub command: Vec<String>,
+    /// Seconds the command may run. Default: 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// Check that the TXT record is visible before asking the CA to validate.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsPropagation {
+    /// Resolvers asked (`host:port`). Default: the zone's authoritative name servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    /// Seconds to wait for the record to appear. Default: 120.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<u32>,
 }
 
 /// External account binding for ACME.
