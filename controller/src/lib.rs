@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod certs;
 pub mod http;

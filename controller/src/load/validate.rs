@@ -645,6 +645,18 @@ impl Validator<'_> {
                 if let Some(e) = filter_error(&t.pattern, false) {
                     self.err(br, &tp("pattern"), e);
                 }
+                for (field, prefix) in [
+                    ("localPrefix", &t.local_prefix),
+                    ("remotePrefix", &t.remote_prefix),
+                ] {
+                    if prefix.contains(['+', '#', '\0']) {
+                        self.err(
+                            br,
+                            &tp(field),
+                            format!("{field} `{prefix}` must not contain wildcards (+, #)"),
+                        );
+                    }
+                }
                 self.range(br, &tp("qos"), t.qos.into(), 0, 2);
             }
             let qp = |f| [Seg::Key("spec"), Seg::Key("queue"), Seg::Key(f)];
