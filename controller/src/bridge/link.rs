@@ -262,6 +262,8 @@ enum FromRemote {
     SubAck(Vec<u8>),
     /// PINGRESP.
     Pong,
+    /// The connection ended, and why (the reader's last message).
+    Closed(String),
 }
 
 /// Runs one connection until it fails or the bridge stops.
@@ -293,18 +295,15 @@ pub async fn session(
     let v = version(cfg);
     let (reader, mut writer) = tokio::io::split(io);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut read_task = tokio::spawn(read_loop(bridge.clone(), reader, buf, tx));
-    let result = run(
-        bridge,
-        v,
-        window as usize,
-        &mut writer,
-        &mut rx,
-        &mut read_task,
-        stop,
-    )
-    .await;
+    let reader_bridge = bridge.clone();
+    let read_task = tokio::spawn(async move {
+        let reason = read_loop(reader_bridge, reader, buf, &tx).await;
+        let _ = tx.send(FromRemote::Closed(reason));
+    });
+    let result = run(bridge, v, window as usize, &mut writer, &mut rx, stop).await;
     read_task.abort();
+    // Wait until it is gone: it holds the bridge (and its queue file) open.
+    let _ = read_task.await;
     let reason = match result {
         Ok(()) => {
             let _ = writer.shutdown().await;
@@ -383,7 +382,6 @@ async fn run(
     window: usize,
     writer: &mut WriteHalf<BoxIo>,
     rx: &mut mpsc::UnboundedReceiver<FromRemote>,
-    read_task: &mut tokio::task::JoinHandle<String>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let cfg = &bridge.config;
@@ -487,7 +485,7 @@ async fn run(
         tokio::select! {
             msg = rx.recv() => {
                 let Some(first) = msg else {
-                    return Err(read_task.await.unwrap_or_else(|e| e.to_string()));
+                    return Err("the connection reader stopped".into());
                 };
                 last_heard = Instant::now();
                 let mut next = Some(first);
@@ -526,6 +524,7 @@ async fn run(
                             }
                         }
                         FromRemote::Pong => awaiting_pong = false,
+                        FromRemote::Closed(reason) => return Err(reason),
                     }
                     handled += 1;
                     if handled < 4096 {
@@ -541,9 +540,6 @@ async fn run(
                 codec::write(v, Packet::PingReq(PingReq), &mut out)
                     .map_err(|e| format!("could not encode PINGREQ: {e:?}"))?;
                 awaiting_pong = true;
-            }
-            r = &mut *read_task => {
-                return Err(r.unwrap_or_else(|e| e.to_string()));
             }
             _ = stop.changed() => {
                 let _ = codec::write(
@@ -563,7 +559,7 @@ async fn read_loop(
     bridge: Arc<Bridge>,
     mut reader: ReadHalf<BoxIo>,
     mut buf: BytesMut,
-    tx: mpsc::UnboundedSender<FromRemote>,
+    tx: &mpsc::UnboundedSender<FromRemote>,
 ) -> String {
     let v = version(&bridge.config);
     let mut qos2_seen: HashSet<u16> = HashSet::new();

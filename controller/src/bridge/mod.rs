@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -485,7 +486,15 @@ async fn remote_side(
             break;
         }
         let started = Instant::now();
-        match link::session(&bridge, tls.as_ref(), &mut stop).await {
+        // A bug in a session must not end the bridge: it counts as a failed connection.
+        let ended = std::panic::AssertUnwindSafe(link::session(&bridge, tls.as_ref(), &mut stop))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Ended::Failed {
+                reason: "internal error in the bridge session (see the log)".into(),
+                connected: false,
+            });
+        match ended {
             Ended::Stopped => break,
             Ended::Failed { reason, connected } => {
                 bridge.set_connected(false, Some(reason.clone()));

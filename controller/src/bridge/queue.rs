@@ -17,6 +17,7 @@
 //! so the freshest data survives a long outage; every drop is counted.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -74,13 +75,16 @@ pub struct QueueError {
 }
 
 /// The on-disk queue of one bridge. Shared by the bridge's local side (appends) and
-/// remote side (reads, removes): reads never wait for a commit (redb's MVCC); writes
-/// are serialized by redb, and the counters change inside the write transaction.
+/// remote side (reads, removes): reads never wait for a commit (redb's MVCC); writers
+/// hold `writer` for the whole transaction, so the counters always match what is
+/// committed; `len` and `bytes` publish them to readers without waiting.
 pub struct Queue {
     db: Database,
     path: PathBuf,
     bounds: Mutex<(u64, u64)>,
-    counts: Mutex<Counts>,
+    writer: Mutex<Counts>,
+    len: AtomicU64,
+    bytes: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -135,11 +139,13 @@ impl Queue {
             db,
             path: path.to_path_buf(),
             bounds: Mutex::new((max_messages.max(1), max_bytes.max(1))),
-            counts: Mutex::new(Counts {
+            writer: Mutex::new(Counts {
                 len,
                 bytes,
                 next_seq,
             }),
+            len: AtomicU64::new(len),
+            bytes: AtomicU64::new(bytes),
         })
     }
 
@@ -150,13 +156,18 @@ impl Queue {
         }
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    fn writer(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, c: &Counts) {
+        self.len.store(c.len, Ordering::Release);
+        self.bytes.store(c.bytes, Ordering::Release);
     }
 
     /// Messages queued.
     pub fn len(&self) -> u64 {
-        self.counts().len
+        self.len.load(Ordering::Acquire)
     }
 
     /// Whether nothing is queued.
@@ -166,7 +177,7 @@ impl Queue {
 
     /// Bytes queued (topics and payloads).
     pub fn bytes(&self) -> u64 {
-        self.counts().bytes
+        self.bytes.load(Ordering::Acquire)
     }
 
     /// Sets new bounds (a changed Bridge); they apply from the next push.
@@ -183,14 +194,14 @@ impl Queue {
             return Ok(out);
         }
         let (max_messages, max_bytes) = *self.bounds.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tx = self.db.begin_write().map_err(|e| self.err(&e))?;
-        tx.set_durability(Durability::Immediate);
-        // Writers are serialized by redb from here on.
+        let mut counts = self.writer();
         let Counts {
             mut len,
             mut bytes,
             next_seq: mut next,
-        } = *self.counts();
+        } = *counts;
+        let mut tx = self.db.begin_write().map_err(|e| self.err(&e))?;
+        tx.set_durability(Durability::Immediate);
         {
             let mut table = tx.open_table(MESSAGES).map_err(|e| self.err(&e))?;
             for m in msgs {
@@ -216,11 +227,12 @@ impl Queue {
             }
         }
         tx.commit().map_err(|e| self.err(&e))?;
-        *self.counts() = Counts {
+        *counts = Counts {
             len,
             bytes,
             next_seq: next,
         };
+        self.publish(&counts);
         Ok(out)
     }
 
@@ -254,11 +266,12 @@ impl Queue {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.begin_write().map_err(|e| self.err(&e))?;
-        tx.set_durability(Durability::Eventual);
+        let mut counts = self.writer();
         let Counts {
             mut len, mut bytes, ..
-        } = *self.counts();
+        } = *counts;
+        let mut tx = self.db.begin_write().map_err(|e| self.err(&e))?;
+        tx.set_durability(Durability::Eventual);
         {
             let mut table = tx.open_table(MESSAGES).map_err(|e| self.err(&e))?;
             for s in seqs {
@@ -269,8 +282,8 @@ impl Queue {
             }
         }
         tx.commit().map_err(|e| self.err(&e))?;
-        let mut c = self.counts();
-        (c.len, c.bytes) = (len, bytes);
+        (counts.len, counts.bytes) = (len, bytes);
+        self.publish(&counts);
         Ok(())
     }
 
