@@ -521,6 +521,7 @@ fn hash_secret_password(broker_key: &str, username: &str, password: &[u8]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::bridge::BridgeDirection;
     use crate::auth::passwd::PasswordHash;
     use crate::load::testing::{assert_golden, fixture, standalone_example};
 
@@ -586,5 +587,76 @@ mod tests {
         assert_eq!(b.acl.patterns[0].topic, "devices/%u/#");
         assert_eq!(b.acl.users["zigbee2mqtt"].len(), 2);
         assert!(b.persistence);
+    }
+
+    fn bridge_example() -> BTreeMap<String, BrokerBundle> {
+        let dir = standalone_example().join("..");
+        let res = crate::load::load(&dir.join("bridges"), Some(&dir.join("bridges-secrets")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        plan(&res).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_bridge_example_plans_as_the_golden_bundle_without_secret_values() {
+        let bundles = bridge_example();
+        let json = serde_json::to_string_pretty(&bundles).expect("bundles are JSON") + "\n";
+        assert!(
+            !json.contains("change-me"),
+            "secret values stay out of the bundle"
+        );
+        assert_golden(&fixture("golden").join("bridges-example.json"), &json);
+    }
+
+    #[test]
+    fn an_aws_iot_bridge_defaults_to_the_thing_name_and_the_endpoint_port() {
+        let b = &bridge_example()["default/home"].bridges["to-aws"];
+        assert_eq!(b.client_id, "home-bridge");
+        assert_eq!(
+            b.address,
+            RemoteAddress::AwsIotEndpoint {
+                certificate: "aws-iot-home".into(),
+                port: 8883
+            }
+        );
+        let tls = b.tls.as_ref().expect("AWS IoT Core is always TLS");
+        assert_eq!(tls.ca, CaSource::System);
+        assert_eq!(
+            tls.client,
+            Some(TlsSource::Certificate("aws-iot-home".into()))
+        );
+        let other = &bridge_example()["default/home"].bridges["to-server"];
+        assert_eq!(other.client_id, "site-a");
+    }
+
+    #[test]
+    fn topic_rules_map_prefixes_like_mosquitto_and_only_in_their_direction() {
+        let rule = |direction, local: &str, remote: &str| TopicRule {
+            direction,
+            qos: 1,
+            local_filter: format!("{local}sensors/#"),
+            remote_filter: format!("{remote}sensors/#"),
+            local_prefix: local.into(),
+            remote_prefix: remote.into(),
+        };
+        let out = rule(BridgeDirection::Out, "", "home/");
+        assert_eq!(
+            out.to_remote("sensors/a/b").as_deref(),
+            Some("home/sensors/a/b")
+        );
+        assert_eq!(out.to_remote("other/a"), None);
+        assert_eq!(
+            out.to_local("home/sensors/a"),
+            None,
+            "out rules never bring messages in"
+        );
+        let inbound = rule(BridgeDirection::In, "site/", "cloud/");
+        assert_eq!(
+            inbound.to_local("cloud/sensors/x").as_deref(),
+            Some("site/sensors/x")
+        );
+        assert_eq!(inbound.to_remote("site/sensors/x"), None);
+        let both = rule(BridgeDirection::Both, "", "");
+        assert_eq!(both.to_remote("sensors/x").as_deref(), Some("sensors/x"));
+        assert_eq!(both.to_local("sensors/x").as_deref(), Some("sensors/x"));
     }
 }

@@ -656,3 +656,61 @@ pub fn local_message(
         origin: Some(origin),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_minute_with_jitter_and_resets() {
+        let mut b = Backoff::new();
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(d <= Duration::from_secs(60));
+        }
+        let late = b.next_delay();
+        assert!(
+            late >= Duration::from_secs(30),
+            "capped at 60 s, jittered down to half"
+        );
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_echo_is_recognized_once_per_sent_message() {
+        let mut e = Echoes::default();
+        e.sent("sync/a", b"1");
+        e.sent("sync/a", b"1");
+        assert!(!e.is_echo("sync/a", b"2"));
+        assert!(e.is_echo("sync/a", b"1"));
+        assert!(e.is_echo("sync/a", b"1"));
+        assert!(!e.is_echo("sync/a", b"1"), "a third copy is a new message");
+    }
+
+    #[test]
+    fn connack_codes_are_spelled_out() {
+        assert_eq!(
+            connack_reason(Version::V4, 4),
+            "bad username or password (code 0x04)"
+        );
+        assert_eq!(
+            connack_reason(Version::V5, 0x87),
+            "not authorized (code 0x87)"
+        );
+    }
+
+    #[test]
+    fn an_mqtt5_connack_gives_its_receive_maximum() {
+        // CONNACK, session present, success, properties: receive maximum 10, then a
+        // reason string "ok".
+        let mut buf = BytesMut::from(&[0x20, 10, 1, 0, 7, 0x21, 0, 10, 0x1F, 0, 2, b'o', b'k'][..]);
+        buf[1] = (buf.len() - 2) as u8;
+        let ack = codec::read_connack(Version::V5, &mut buf).expect("a CONNACK");
+        assert!(ack.session_present);
+        assert_eq!((ack.code, ack.receive_maximum), (0, Some(10)));
+        assert!(buf.is_empty());
+    }
+}
