@@ -314,6 +314,9 @@ def test_an_outage_loses_nothing_and_keeps_order(edgemq, mosquitto, tmp_path,
 
     remote.stop()
     e.wait_applied(lambda s: not bridge_status(e, "up")["details"]["connected"], 20, "link down")
+    # `edgemq status` (the status file) follows the link within seconds.
+    poll(lambda: "Disconnected" in e.cli("status", "--state", str(e.state_dir)).stdout, 15,
+         message="edgemq status shows the bridge down")
     publish_many(port, n)
     st = e.wait_applied(lambda s: (d := bridge_status(e, "up")["details"])["queueDepth"] == n and d,
                         30, f"{n} messages queued")

@@ -500,9 +500,16 @@ impl Runtime {
         outcome
     }
 
-    async fn publish_report(&self, report: StatusReport) {
+    /// Rewrites the status file with live counters (bridge links go up and down
+    /// between reloads), so `edgemq status` is never more than a few seconds old.
+    pub async fn refresh_status_file(&self) {
+        let report = self.report().await;
+        self.write_status_file(&report);
+    }
+
+    fn write_status_file(&self, report: &StatusReport) {
         let path = self.opts.state_dir.join(STATUS_FILE);
-        match serde_json::to_vec_pretty(&report) {
+        match serde_json::to_vec_pretty(report) {
             Ok(json) => {
                 let tmp = path.with_extension("tmp");
                 if let Err(e) =
@@ -513,6 +520,10 @@ impl Runtime {
             }
             Err(e) => tracing::warn!(error = %e, "could not encode the status"),
         }
+    }
+
+    async fn publish_report(&self, report: StatusReport) {
+        self.write_status_file(&report);
         *self.report.write().await = report;
     }
 
@@ -763,6 +774,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Certificates are re-checked periodically so renewals happen without edits.
     let mut renew = tokio::time::interval(Duration::from_secs(60));
     renew.tick().await;
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    status_tick.tick().await;
     loop {
         tokio::select! {
             Some(()) = rx.recv() => {
@@ -776,6 +789,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
             }
             _ = renew.tick() => { runtime.reload().await; }
+            _ = status_tick.tick() => { runtime.refresh_status_file().await; }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
