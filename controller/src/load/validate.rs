@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::api::certificate::{AcmeIssuer, CertificateSpec, KeyAlgorithm};
 use crate::api::{AclRule, SecretKeyRef};
 use crate::auth::acl::valid_topic_filter;
 use crate::auth::passwd::PasswordHash;
@@ -659,6 +660,78 @@ impl Validator<'_> {
         }
     }
 
+    /// The ACME parts CEL checks in a cluster: names, exactly one solver, exactly one
+    /// DNS provider, and the Secrets they read.
+    fn acme(&mut self, c: &ObjectRef, acme: &AcmeIssuer, spec: &CertificateSpec) {
+        let ap = |f| {
+            [
+                Seg::Key("spec"),
+                Seg::Key("issuer"),
+                Seg::Key("acme"),
+                Seg::Key(f),
+            ]
+        };
+        if spec.dns_names.is_empty() {
+            self.err(
+                c,
+                &[Seg::Key("spec"), Seg::Key("dnsNames")],
+                "an acme Certificate needs at least one DNS name",
+            );
+        }
+        if !spec.ip_addresses.is_empty() {
+            self.err(
+                c,
+                &[Seg::Key("spec"), Seg::Key("ipAddresses")],
+                "the acme issuer does not issue certificates for IP addresses; use dnsNames",
+            );
+        }
+        if let Some(r) = &acme.ca_bundle_secret_ref {
+            self.secret_key_ref(c, &ap("caBundleSecretRef"), r);
+        }
+        let solver = &acme.solver;
+        let sp = |f| {
+            [
+                Seg::Key("spec"),
+                Seg::Key("issuer"),
+                Seg::Key("acme"),
+                Seg::Key("solver"),
+                Seg::Key(f),
+            ]
+        };
+        if solver.dns01.is_some() == solver.http01.is_some() {
+            self.err(c, &ap("solver"), "set exactly one of dns01 and http01");
+        }
+        if let Some(h) = &solver.http01 {
+            if h.port == Some(0) {
+                self.err(c, &sp("http01"), "port 0 is out of range 1..=65535");
+            }
+            if let Some(a) = &h.bind_address {
+                if a.parse::<IpAddr>().is_err() {
+                    self.err(
+                        c,
+                        &sp("http01"),
+                        format!("bindAddress `{a}` is not an IP address"),
+                    );
+                }
+            }
+        }
+        if let Some(d) = &solver.dns01 {
+            let set = [
+                d.rfc2136.is_some(),
+                d.cloudflare.is_some(),
+                d.route53.is_some(),
+                d.exec.is_some(),
+            ];
+            if set.iter().filter(|x| **x).count() != 1 {
+                self.err(
+                    c,
+                    &sp("dns01"),
+                    "set exactly one DNS provider: rfc2136, cloudflare, route53 or exec",
+                );
+            }
+        }
+    }
+
     fn certificates(&mut self) {
         let res = self.res;
         for c in res.certificates() {
@@ -741,6 +814,18 @@ impl Validator<'_> {
                     ];
                     self.secret_key_ref(c, &path, &eab.key_secret_ref);
                 }
+                self.acme(c, acme, spec);
+            }
+            if spec.private_key.algorithm == KeyAlgorithm::Rsa && is.aws_iot.is_none() {
+                self.err(
+                    c,
+                    &[
+                        Seg::Key("spec"),
+                        Seg::Key("privateKey"),
+                        Seg::Key("algorithm"),
+                    ],
+                    "RSA keys are not supported yet; use ECDSA (P-256)",
+                );
             }
             if let Some(aws) = &is.aws_iot {
                 self.len(
