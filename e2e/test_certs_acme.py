@@ -166,7 +166,7 @@ def acme_config(p: Pebble, tls_port: int, http01_port: int, renew_before: str = 
             f"      caBundleSecretRef: {{name: acme-ca, key: ca.crt}}\n"
             f"      solver:\n        http01: {{port: {http01_port}, bindAddress: 127.0.0.1}}\n")
     broker = (f"apiVersion: edgemq.io/v1alpha1\nkind: Broker\nmetadata: {{name: home}}\n"
-              f"spec:\n  allowAnonymous: true\n  listeners:\n"
+              f"spec:\n  allowAnonymous: true\n  anonymousAcl: [{{topic: \"#\"}}]\n  listeners:\n"
               f"    - {{name: tls, port: {tls_port}, bindAddress: 127.0.0.1, "
               f"tls: {{certificateRef: acme-tls}}}}\n")
     return docs(broker, cert, secret)

@@ -100,8 +100,22 @@ pub struct Issued {
     pub ca_pem: String,
 }
 
-fn acme_err(what: &str) -> impl Fn(instant_acme::Error) -> CertError + '_ {
-    move |e| CertError::Acme(format!("{what}: {e}"))
+/// An ACME error with the server it came from and every cause (a refused connection
+/// reads "client error (Connect): tcp connect error: Connection refused").
+fn acme_err<'a>(job: &'a AcmeJob, what: &'a str) -> impl Fn(instant_acme::Error) -> CertError + 'a {
+    move |e| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            let t = s.to_string();
+            if !text.contains(&t) {
+                text.push_str(": ");
+                text.push_str(&t);
+            }
+            source = s.source();
+        }
+        CertError::Acme(format!("server {}: {what}: {text}", job.issuer.server))
+    }
 }
 
 /// HTTP client for the ACME server: the system's roots, or the CA bundle of
@@ -202,7 +216,7 @@ async fn create_account(job: &AcmeJob) -> Result<Account, CertError> {
             eab.as_ref(),
         )
         .await
-        .map_err(acme_err("account registration"))?;
+        .map_err(acme_err(job, "account registration"))?;
     let json = serde_json::to_vec(&credentials).map_err(|e| CertError::Acme(e.to_string()))?;
     write_private(&account_path(job), &json)?;
     tracing::info!(certificate = %job.certificate, account = %account.id(), "ACME account registered");
@@ -217,7 +231,7 @@ async fn account(job: &AcmeJob, fresh: bool) -> Result<Account, CertError> {
                 return Account::builder_with_http(http_client(job)?)
                     .from_credentials(creds)
                     .await
-                    .map_err(acme_err("ACME directory"));
+                    .map_err(acme_err(job, "directory"));
             }
         }
     }
@@ -372,9 +386,9 @@ pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
             acct = account(job, true).await?;
             acct.new_order(&NewOrder::new(&ids))
                 .await
-                .map_err(acme_err("new order"))?
+                .map_err(acme_err(job, "new order"))?
         }
-        r => r.map_err(acme_err("new order"))?,
+        r => r.map_err(acme_err(job, "new order"))?,
     };
 
     // Answer every pending authorization.
@@ -392,7 +406,7 @@ pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
             let mut authz = match a {
                 Ok(a) => a,
                 Err(e) => {
-                    result = Err(acme_err("authorization")(e));
+                    result = Err(acme_err(job, "authorization")(e));
                     break;
                 }
             };
@@ -434,7 +448,7 @@ pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
                 break;
             }
             if let Err(e) = challenge.set_ready().await {
-                result = Err(acme_err("challenge")(e));
+                result = Err(acme_err(job, "challenge")(e));
                 break;
             }
         }
@@ -480,7 +494,7 @@ async fn finish(
     let status = order
         .poll_ready(&patience)
         .await
-        .map_err(acme_err("validation"))?;
+        .map_err(acme_err(job, "validation"))?;
     if status != OrderStatus::Ready {
         return Err(CertError::Acme(format!(
             "validation failed: {}",
@@ -498,11 +512,11 @@ async fn finish(
     order
         .finalize_csr(csr.der())
         .await
-        .map_err(acme_err("finalize"))?;
+        .map_err(acme_err(job, "finalize"))?;
     let chain = order
         .poll_certificate(&patience)
         .await
-        .map_err(acme_err("certificate download"))?;
+        .map_err(acme_err(job, "certificate download"))?;
     let ca_pem = split_chain(&chain);
     Ok(Issued {
         material: TlsMaterial {
