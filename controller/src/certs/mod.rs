@@ -326,6 +326,46 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
 mod tests {
     use super::*;
 
+    fn cert_valid_for(secs: i64) -> (String, time::OffsetDateTime) {
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["a.example".to_string()]).unwrap();
+        p.not_before = now;
+        p.not_after = now + time::Duration::seconds(secs);
+        let key = rcgen::KeyPair::generate().unwrap();
+        (p.self_signed(&key).unwrap().pem(), now)
+    }
+
+    #[test]
+    fn renewal_is_a_third_of_the_lifetime_before_expiry_unless_set() {
+        let (pem, start) = cert_valid_for(90 * 24 * 3600);
+        let info = cert_info(&pem, None, start).unwrap();
+        assert_eq!(
+            parse_rfc3339(&info.renewal_time).unwrap(),
+            start + time::Duration::days(60)
+        );
+        let info = cert_info(&pem, Some(Duration::from_secs(24 * 3600)), start).unwrap();
+        assert_eq!(
+            parse_rfc3339(&info.renewal_time).unwrap(),
+            start + time::Duration::days(89)
+        );
+        assert!(!info.due(start));
+        assert!(info.due(start + time::Duration::days(89)));
+    }
+
+    #[test]
+    fn a_renew_before_longer_than_the_lifetime_does_not_renew_in_a_loop() {
+        // 100 s certificates with renewBefore 1h would be due the moment they arrive.
+        let (pem, start) = cert_valid_for(100);
+        let info = cert_info(&pem, Some(Duration::from_secs(3600)), start).unwrap();
+        assert_eq!(
+            parse_rfc3339(&info.renewal_time).unwrap(),
+            start + time::Duration::seconds(10)
+        );
+        assert!(!info.due(start));
+    }
+
     #[test]
     fn go_durations_parse() {
         assert_eq!(

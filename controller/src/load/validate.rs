@@ -860,6 +860,58 @@ mod tests {
         assert!(filter_error("a\nb", false).is_some());
     }
 
+    /// Errors of a folder holding one file, as text.
+    fn errors_of(yaml: &str) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("certs.yaml"), yaml).expect("write");
+        match super::super::load(dir.path(), None) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn acme_cert(name: &str, extra_spec: &str, acme: &str) -> String {
+        format!(
+            "apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {{name: {name}}}\n\
+             spec:\n  dnsNames: [mqtt.example.org]\n{extra_spec}  issuer:\n    acme:\n      \
+             server: https://acme.example.org/dir\n{acme}"
+        )
+    }
+
+    #[test]
+    fn acme_rules_that_cel_checks_in_a_cluster_are_checked_in_files_too() {
+        let both = acme_cert(
+            "both",
+            "",
+            "      solver: {http01: {}, dns01: {exec: {command: [x]}}}\n",
+        );
+        let none = acme_cert("none", "", "      solver: {}\n");
+        let two_providers = acme_cert(
+            "two-providers",
+            "",
+            "      solver: {dns01: {exec: {command: [x]}, cloudflare: {apiTokenSecretRef: {name: cf, key: t}}}}\n",
+        );
+        let ip = acme_cert(
+            "ip",
+            "  ipAddresses: [\"192.0.2.1\"]\n  privateKey: {algorithm: RSA}\n",
+            "      solver: {http01: {bindAddress: not-an-ip}}\n      caBundleSecretRef: {name: missing, key: ca.crt}\n",
+        );
+        let good = acme_cert("good", "", "      solver: {http01: {port: 8080}}\n");
+        let e = errors_of(&[both, none, two_providers, ip, good].join("---\n"));
+        for want in [
+            "certs.yaml:9: Certificate/both: set exactly one of dns01 and http01",
+            "certs.yaml:19: Certificate/none: set exactly one of dns01 and http01",
+            "certs.yaml:29: Certificate/two-providers: set exactly one DNS provider",
+            "certs.yaml:36: Certificate/ip: the acme issuer does not issue certificates for IP addresses",
+            "certs.yaml:37: Certificate/ip: RSA keys are not supported yet",
+            "certs.yaml:41: Certificate/ip: bindAddress `not-an-ip` is not an IP address",
+            "certs.yaml:42: Certificate/ip: Secret `missing` not found",
+        ] {
+            assert!(e.contains(want), "missing `{want}` in:\n{e}");
+        }
+        assert!(!e.contains("Certificate/good"), "{e}");
+    }
+
     #[test]
     fn durations_and_addresses() {
         assert!(go_duration("2160h") && go_duration("1h30m") && go_duration("2.5h"));
