@@ -22,38 +22,14 @@ import pytest
 
 import support
 from helpers_b import closed_by_peer, metric, read_until
-from support import (connect_packet, docs, free_port, poll, publish_packet, require, run,
+from helpers_certs import openssl_ca_and_leaf
+from support import (connect_packet, docs, free_port, poll, publish_packet, require,
                      subscribe_packet, wait_port)
 
 NAME = "mqtt.edgemq.test"
 
 
 # --------------------------------------------------------------------------- peers
-
-def openssl_ca_and_leaf(directory: Path) -> tuple:
-    """A CA and a localhost / 127.0.0.1 server certificate it signs (Pebble's HTTPS):
-    (ca.crt, server.crt, server.key)."""
-    openssl = require("openssl")
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_crt, ca_key = directory / "ca.crt", directory / "ca.key"
-    crt, key, csr = directory / "server.crt", directory / "server.key", directory / "server.csr"
-    ext = directory / "server.ext"
-    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                   "extendedKeyUsage=serverAuth\n")
-    steps = [
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", ca_key, "-out", ca_crt, "-days", "2", "-subj", "/CN=test ACME CA",
-         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign"],
-        [openssl, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
-        [openssl, "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
-         "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext],
-    ]
-    for args in steps:
-        r = run(args)
-        assert r.returncode == 0, f"openssl failed: {r.stderr}"
-    return ca_crt, crt, key
-
 
 class Pebble:
     """Pebble and pebble-challtestsrv on free loopback ports. Pebble validates HTTP-01
