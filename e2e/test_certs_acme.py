@@ -36,7 +36,8 @@ class Pebble:
     challenges on `http01_port` of 127.0.0.1 and issues certificates valid for
     `validity` seconds."""
 
-    def __init__(self, root: Path, http01_port: int, validity: Optional[int] = None):
+    def __init__(self, root: Path, http01_port: int, validity: Optional[int] = None,
+                 eab: Optional[dict] = None):
         self.pebble = require("pebble", "pebble")
         self.challtestsrv = require("pebble-challtestsrv", "pebble")
         self.root = Path(root) / "pebble"
@@ -52,6 +53,9 @@ class Pebble:
         }}
         if validity is not None:
             cfg["pebble"]["certificateValidityPeriod"] = validity
+        if eab:
+            cfg["pebble"]["externalAccountBindingRequired"] = True
+            cfg["pebble"]["externalAccountMACKeys"] = eab
         self.config = self.root / "pebble-config.json"
         self.config.write_text(json.dumps(cfg, indent=1))
         self.log_path = self.root / "pebble.log"
@@ -113,8 +117,9 @@ class Pebble:
 def pebble(tmp_path, request):
     made: list = []
 
-    def factory(http01_port: int, validity: Optional[int] = None, start: bool = True) -> Pebble:
-        p = Pebble(tmp_path, http01_port, validity)
+    def factory(http01_port: int, validity: Optional[int] = None, start: bool = True,
+                eab: Optional[dict] = None) -> Pebble:
+        p = Pebble(tmp_path, http01_port, validity, eab)
         made.append(p)
         if start:
             p.start()
@@ -131,15 +136,21 @@ def pebble(tmp_path, request):
 
 # --------------------------------------------------------------------------- config
 
-def acme_config(p: Pebble, tls_port: int, http01_port: int, renew_before: str = "") -> str:
+def acme_config(p: Pebble, tls_port: int, http01_port: int, renew_before: str = "",
+                eab: Optional[tuple] = None) -> str:
     ca = "\n".join("    " + line for line in p.ca.read_text().strip().splitlines())
     secret = (f"apiVersion: v1\nkind: Secret\nmetadata: {{name: acme-ca}}\n"
               f"stringData:\n  ca.crt: |\n{ca}\n")
+    eab_lines = ""
+    if eab:
+        secret += f"  eab-hmac: {eab[1]}\n"
+        eab_lines = (f"      externalAccountBinding: {{keyId: {eab[0]}, "
+                     f"keySecretRef: {{name: acme-ca, key: eab-hmac}}}}\n")
     rb = f"  renewBefore: {renew_before}\n" if renew_before else ""
     cert = (f"apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {{name: acme-tls}}\n"
             f"spec:\n  dnsNames: [{NAME}]\n{rb}"
             f"  issuer:\n    acme:\n      server: {p.directory}\n      email: ops@edgemq.test\n"
-            f"      caBundleSecretRef: {{name: acme-ca, key: ca.crt}}\n"
+            f"      caBundleSecretRef: {{name: acme-ca, key: ca.crt}}\n{eab_lines}"
             f"      solver:\n        http01: {{port: {http01_port}, bindAddress: 127.0.0.1}}\n")
     broker = (f"apiVersion: edgemq.io/v1alpha1\nkind: Broker\nmetadata: {{name: home}}\n"
               f"spec:\n  allowAnonymous: true\n  anonymousAcl: [{{topic: \"#\"}}]\n  listeners:\n"
@@ -302,3 +313,26 @@ def test_an_acme_server_that_is_down_is_reported_while_the_current_certificate_k
     second = poll(lambda: served(tls_port, root), 10, message="new certificate served")
     assert second != first
     assert second == status_serial(e.status())
+
+
+EAB_KEY = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+
+
+def test_a_server_that_requires_external_account_binding_issues_with_the_right_key_only(edgemq, pebble):
+    http01, tls_port = free_port(), free_port()
+    p = pebble(http01, eab={"kid-1": EAB_KEY})
+    # A wrong key: the account is refused, and status says so.
+    wrong = "b10lLJs8l1GPIzsLP0s6pMt8O0XVGnfTaCeROxQM0BIt2XrJMDHJZBM5NuQmQJQH"
+    e = edgemq()
+    e.write("home.yaml", acme_config(p, tls_port, http01, eab=("kid-1", wrong)))
+    e.start(wait_ready=False)
+    refused = e.wait_applied(lambda s: (cert_status(s).get("details") or {}).get("failures", 0)
+                             >= 1 and condition(s), 60, "the refused account is in status")
+    assert refused["reason"] == "IssueFailed"
+    assert "account registration" in refused["message"], refused
+
+    # The right key: registered and issued (the edit restarts the issuer at once).
+    e.write("home.yaml", acme_config(p, tls_port, http01, eab=("kid-1", EAB_KEY)))
+    e.wait_applied(lambda s: condition(s).get("reason") == "Issued", 90, "issued with EAB")
+    wait_port(tls_port)
+    assert served(tls_port, p.root_pem()) == status_serial(e.status())
