@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::api::certificate::{AcmeIssuer, CertificateSpec, KeyAlgorithm};
+use crate::api::certificate::{AcmeIssuer, CertificateSpec};
 use crate::api::{AclRule, SecretKeyRef};
 use crate::auth::acl::valid_topic_filter;
 use crate::auth::passwd::PasswordHash;
@@ -816,17 +816,6 @@ impl Validator<'_> {
                 }
                 self.acme(c, acme, spec);
             }
-            if spec.private_key.algorithm == KeyAlgorithm::Rsa && is.aws_iot.is_none() {
-                self.err(
-                    c,
-                    &[
-                        Seg::Key("spec"),
-                        Seg::Key("privateKey"),
-                        Seg::Key("algorithm"),
-                    ],
-                    "RSA keys are not supported yet; use ECDSA (P-256)",
-                );
-            }
             if let Some(aws) = &is.aws_iot {
                 self.len(
                     c,
@@ -903,13 +892,13 @@ mod tests {
             "certs.yaml:19: Certificate/none: set exactly one of dns01 and http01",
             "certs.yaml:29: Certificate/two-providers: set exactly one DNS provider",
             "certs.yaml:36: Certificate/ip: the acme issuer does not issue certificates for IP addresses",
-            "certs.yaml:37: Certificate/ip: RSA keys are not supported yet",
             "certs.yaml:41: Certificate/ip: bindAddress `not-an-ip` is not an IP address",
             "certs.yaml:42: Certificate/ip: Secret `missing` not found",
         ] {
             assert!(e.contains(want), "missing `{want}` in:\n{e}");
         }
         assert!(!e.contains("Certificate/good"), "{e}");
+        assert!(!e.contains("RSA"), "RSA keys are accepted: {e}");
     }
 
     #[test]
