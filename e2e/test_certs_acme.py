@@ -224,6 +224,8 @@ def test_http01_issues_a_certificate_that_clients_verify_and_restarts_reuse_it(e
     assert len(accounts) == 1
     for f in [key, e.cert_path("acme-tls"), e.cert_path("acme-tls", file="ca.crt"), accounts[0]]:
         assert mode(f) == 0o600, f"{f} has mode {oct(mode(f))}"
+    for d in [key.parent, accounts[0].parent]:
+        assert mode(d) == 0o700, f"{d} has mode {oct(mode(d))}"
     account = accounts[0].read_text()
     # The issuer's chain is stored for clients that pin it.
     assert "BEGIN CERTIFICATE" in e.cert_path("acme-tls", file="ca.crt").read_text()

@@ -100,7 +100,7 @@ impl<'a> CertResolver<'a> {
                 None => Err(format!("Certificate {name} not found")),
             };
             if let Err(e) = &r {
-                tracing::error!(certificate = %name, error = %e, "certificate not available");
+                tracing::warn!(certificate = %name, error = %e, "certificate not available");
             }
             self.seen.insert(key.clone(), r);
         }

@@ -322,7 +322,8 @@ pub fn ensure(
     }
 }
 
-/// Writes a file readable by the owner only (keys and certificates), atomically.
+/// Writes a file readable by the owner only (keys and certificates), atomically; the
+/// folders it creates are the owner's only too.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
     use std::io::Write;
     let io = |source| CertError::Io {
@@ -330,7 +331,14 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut mkdir = std::fs::DirBuilder::new();
+    mkdir.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        mkdir.mode(0o700);
+    }
+    mkdir.create(dir).map_err(io)?;
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
