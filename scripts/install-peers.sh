@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
-# Paho MQTT (Python), MQTT.js (Node), pytest. Safe to run again.
+# Pebble (an RFC 8555 ACME server) with pebble-challtestsrv, openssl, Paho MQTT
+# (Python), MQTT.js (Node), pytest. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,8 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
