@@ -417,3 +417,49 @@ def test_changing_one_bridge_leaves_clients_and_other_bridges_alone(edgemq, mosq
     assert local.is_connected()
     pub(port, "x/y", b"3", qos=1)
     assert local.get(5).payload == b"3"
+
+
+def test_a_client_certificate_from_the_ca_issuer_is_used_and_renewal_reconnects_the_bridge(
+        edgemq, mosquitto, tmp_path):
+    d = tmp_path / "pki"
+    ca = make_ca(d, "site-ca")
+    server = make_leaf(d, "server", ca, "localhost", server=True)
+    acl = d / "acl"
+    acl.write_text("user home-bridge\ntopic readwrite home/#\n")
+    remote = mosquitto([
+        f"cafile {ca[0]}", f"certfile {server[0]}", f"keyfile {server[1]}",
+        "require_certificate true", "use_identity_as_username true",
+        "allow_anonymous false", f"acl_file {acl}",
+    ])
+    port = free_port()
+    e = edgemq(secrets=True)
+    e.write_secret("ca.yaml", tls_secret_yaml("site-ca", *ca))
+    # Renewed 10 s after issue: the bridge must reconnect with the new pair.
+    cert = ("apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {name: bridge-client}\n"
+            "spec:\n  commonName: home-bridge\n  duration: 90s\n  renewBefore: 80s\n"
+            "  issuer: {ca: {secretRef: site-ca}}\n")
+    tls = ("clientId: home-bridge\ntls:\n  caCertificateRef: bridge-client\n"
+           "  clientCertificateRef: bridge-client\n  serverName: localhost\n")
+    e.write("home.yaml", docs(
+        broker_yaml("home", port, OPEN_BROKER), cert,
+        bridge_yaml("aws", f"127.0.0.1:{remote.port}",
+                    [{"pattern": "sensors/#", "direction": "out", "qos": 1, "remotePrefix": "home/"}],
+                    remote_extra=tls)))
+    e.start()
+    first = wait_connected(e, "aws")["details"]["since"]
+
+    def serial():
+        return next(r["details"]["serial"] for r in e.status()["resources"]
+                    if r["kind"] == "Certificate" and r["name"] == "bridge-client")
+
+    old_serial = serial()
+    time.sleep(11)
+    # Any folder event makes edgemq look again (it also does so every minute).
+    e.write("touch.yaml", "# nothing\n")
+    e.wait_applied(lambda s: serial() != old_serial, 30, "certificate renewed")
+    e.wait_applied(lambda s: (d := bridge_status(e, "aws")["details"])["connected"]
+                   and d["since"] != first, 30, "bridge reconnected with the renewed pair")
+    pub(port, "sensors/after-renewal", b"1", qos=1)
+    e.wait_applied(lambda s: bridge_status(e, "aws")["details"]["forwardedOut"] >= 1, 15)
+    log = (remote.root / "mosquitto.log").read_text()
+    assert log.count("as home-bridge") >= 2, "the remote saw the bridge connect again"
