@@ -186,7 +186,42 @@ fn http_client(job: &AcmeJob) -> Result<Box<dyn HttpClient>, CertError> {
     let client: hyper_util::client::legacy::Client<_, instant_acme::BodyWrapper<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector);
-    Ok(Box::new(client))
+    Ok(Box::new(Patient(Box::new(client))))
+}
+
+/// How long one request to the ACME server may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An HTTP client whose requests give up after [`REQUEST_TIMEOUT`]: a server that
+/// accepts connections and never answers would otherwise stall the issuer forever
+/// instead of failing and retrying.
+struct Patient(Box<dyn HttpClient>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {0:?}")]
+struct NoAnswer(Duration);
+
+impl HttpClient for Patient {
+    fn request(
+        &self,
+        req: axum::http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        let fut = self.0.request(req);
+        Box::pin(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(instant_acme::Error::Other(Box::new(NoAnswer(
+                    REQUEST_TIMEOUT,
+                )))),
+            }
+        })
+    }
 }
 
 /// Where the account of this server, email and EAB key id is kept.
