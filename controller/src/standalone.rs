@@ -131,6 +131,9 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
     certs: certs::Manager,
+    /// Earliest renewal time of the certificates issued in place (selfSigned, ca);
+    /// ACME certificates have their own timers.
+    next_renewal: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
 
 /// Outcome of one reload, for logs and tests.
@@ -165,6 +168,7 @@ impl Runtime {
             report: RwLock::new(StatusReport::default()),
             metrics,
             applied_once: AtomicBool::new(false),
+            next_renewal: std::sync::Mutex::new(None),
         }
     }
 
@@ -365,6 +369,17 @@ impl Runtime {
                 let _ = certs.material(&c.meta.namespace, &c.meta.name);
             }
         }
+        let next_renewal = res
+            .certificates()
+            .filter(|c| c.object.spec.issuer.acme.is_none())
+            .filter_map(|c| match certs.result(&c.meta.namespace, &c.meta.name) {
+                Some(Ok((_, info))) => certs::parse_rfc3339(&info.renewal_time),
+                _ => None,
+            })
+            .min();
+        if let Ok(mut n) = self.next_renewal.lock() {
+            *n = next_renewal;
+        }
         let cert_keys: Vec<String> = res
             .certificates()
             .map(|c| format!("{}/{}", c.meta.namespace, c.meta.name))
@@ -464,6 +479,20 @@ impl Runtime {
             Err(e) => tracing::warn!(error = %e, "could not encode the status"),
         }
         *self.report.write().await = report;
+    }
+
+    /// How long until the next reload is due: the earliest renewal time of a
+    /// certificate issued in place, and at most a minute (status stays fresh).
+    pub fn next_reload_in(&self) -> Duration {
+        let minute = Duration::from_secs(60);
+        let Some(at) = self.next_renewal.lock().ok().and_then(|n| *n) else {
+            return minute;
+        };
+        let wait = at - time::OffsetDateTime::now_utc();
+        Duration::try_from(wait)
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1))
+            .min(minute)
     }
 
     /// Stops every broker.
@@ -660,9 +689,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("operations endpoint {}: {e}", opts.http))?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // Certificates are re-checked periodically so renewals happen without edits.
-    let mut renew = tokio::time::interval(Duration::from_secs(60));
-    renew.tick().await;
+    // Certificates issued in place are renewed at their renewal time without edits
+    // (and status refreshed at least every minute); ACME renewals ask for a reload
+    // through `tx` when their new pair is stored.
     loop {
         tokio::select! {
             Some(()) = rx.recv() => {
@@ -675,7 +704,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     tracing::info!(millis = seen.elapsed().as_millis() as u64, "folder change applied");
                 }
             }
-            _ = renew.tick() => { runtime.reload().await; }
+            _ = tokio::time::sleep(runtime.next_reload_in()) => { runtime.reload().await; }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
