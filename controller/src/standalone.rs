@@ -559,6 +559,15 @@ fn certificate_status(
                 ),
                 details(Some(info)),
             ),
+            None if progress.is_some_and(|p| p.issuing) => (
+                true,
+                "Renewing",
+                format!(
+                    "valid until {}; a new certificate is being requested",
+                    info.not_after
+                ),
+                details(Some(info)),
+            ),
             None => (
                 true,
                 "Issued",
@@ -713,4 +722,81 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     drop(watcher);
     runtime.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certs::manager::Progress;
+
+    fn info(now: time::OffsetDateTime, renew_in: i64, expire_in: i64) -> CertInfo {
+        CertInfo {
+            not_before: certs::rfc3339(now - time::Duration::hours(1)),
+            not_after: certs::rfc3339(now + time::Duration::seconds(expire_in)),
+            serial: "0a".into(),
+            renewal_time: certs::rfc3339(now + time::Duration::seconds(renew_in)),
+            expires_in_seconds: expire_in,
+        }
+    }
+
+    fn pair(i: CertInfo) -> Result<(TlsMaterial, CertInfo), String> {
+        Ok((
+            TlsMaterial {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+            i,
+        ))
+    }
+
+    fn failing(n: u32) -> Progress {
+        Progress {
+            failures: n,
+            last_failure: Some("ACME: server down".into()),
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn certificate_status_says_where_issuance_stands() {
+        let now = time::OffsetDateTime::now_utc();
+        let reason = |r: &Result<(TlsMaterial, CertInfo), String>, p: Option<Progress>| {
+            let (ready, reason, message, details) = certificate_status(Some(r), p.as_ref(), now);
+            (ready, reason, message, details)
+        };
+        let good = pair(info(now, 3600, 7200));
+        assert_eq!(reason(&good, None).1, "Issued");
+        let issuing = Progress {
+            issuing: true,
+            ..Progress::default()
+        };
+        assert_eq!(reason(&good, Some(issuing.clone())).1, "Renewing");
+        let (ready, r, m, d) = reason(&good, Some(failing(2)));
+        assert!(ready);
+        assert_eq!(r, "ReissueFailing");
+        assert!(m.contains("ACME: server down"), "{m}");
+        assert_eq!(d["failures"], 2);
+        assert_eq!(d["serial"], "0a");
+
+        let due = pair(info(now, -60, 600));
+        let (ready, r, m, _) = reason(&due, Some(failing(3)));
+        assert!(ready, "the current certificate still serves");
+        assert_eq!(r, "RenewalFailing");
+        assert!(
+            m.contains("3 attempt(s)") && m.contains("server down"),
+            "{m}"
+        );
+
+        let expired = pair(info(now, -600, -1));
+        let (ready, r, _, _) = reason(&expired, Some(failing(9)));
+        assert!(!ready);
+        assert_eq!(r, "Expired");
+
+        let none: Result<(TlsMaterial, CertInfo), String> = Err("being issued".into());
+        assert_eq!(reason(&none, Some(issuing)).1, "Issuing");
+        let (ready, r, _, d) = reason(&none, Some(failing(1)));
+        assert!(!ready);
+        assert_eq!(r, "IssueFailed");
+        assert_eq!(d["lastFailure"], "ACME: server down");
+    }
 }
