@@ -149,7 +149,8 @@ pub fn random_serial() -> rcgen::SerialNumber {
 }
 
 /// Certificate parameters of a leaf issued locally (selfSigned, ca): names, common
-/// name, validity from five minutes ago for the requested lifetime, a random serial.
+/// name, validity from a little before now for the requested lifetime, a random
+/// serial.
 pub fn leaf_params(
     cert: &Certificate,
     now: time::OffsetDateTime,
@@ -159,8 +160,12 @@ pub fn leaf_params(
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, common_name(cert));
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::seconds(lifetime(cert).as_secs() as i64);
+    // Backdated for clocks a little behind, by at most a tenth of the lifetime so a
+    // short-lived certificate is not due for renewal the moment it is made.
+    let life = time::Duration::seconds(lifetime(cert).as_secs() as i64);
+    let backdate: time::Duration = life / 10;
+    params.not_before = now - backdate.min(time::Duration::minutes(5));
+    params.not_after = now + life;
     params.serial_number = Some(random_serial());
     Ok(params)
 }
