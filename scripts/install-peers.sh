@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
-# Paho MQTT (Python), MQTT.js (Node), pytest. Safe to run again.
+# Paho MQTT (Python), MQTT.js (Node), pytest; for DNS-01: BIND 9 (`named`, RFC 2136
+# updates with TSIG) and `dig`, Pebble with pebble-challtestsrv, moto_server (the
+# Route 53 API). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +10,10 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || need_apt+=(bind9)
+command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -17,6 +23,9 @@ fi
 # The Debian package starts a system Mosquitto on 1883; the tests start their own
 # on free ports and need none.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+# Likewise BIND's service on 53: the tests start their own `named` on free ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop named >/dev/null 2>&1 || true; fi
 
 python3 -m pip install -q -r e2e/requirements.txt
+command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
 (cd e2e && npm install --silent --no-audit --no-fund)

@@ -5,6 +5,7 @@
 //! (`certs/<namespace>_<name>/tls.crt`, `tls.key`), the key readable by the owner only.
 //! Private keys never appear in logs or status.
 
+pub mod dns01;
 pub mod selfsigned;
 
 use std::path::{Path, PathBuf};
