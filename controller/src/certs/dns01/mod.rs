@@ -188,10 +188,15 @@ impl Dns01 {
     pub async fn set(&self, domain: &str, value: &str) -> Result<(), String> {
         self.publish(domain, value).await?;
         let name = record_name(domain);
-        self.propagation
-            .wait_visible(&name, value)
-            .await
-            .map_err(|e| format!("{}: {e}", self.provider_name()))
+        let Err(e) = self.propagation.wait_visible(&name, value).await else {
+            return Ok(());
+        };
+        // The caller will not clear a record whose set failed: do it here.
+        let e = format!("{}: {e}", self.provider_name());
+        match self.clear(domain, value).await {
+            Ok(()) => Err(e),
+            Err(c) => Err(format!("{e}; removing it again failed too: {c}")),
+        }
     }
 
     /// Adds the TXT value through the provider only, without waiting for it to be
