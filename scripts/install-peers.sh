@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
-# Paho MQTT (Python), MQTT.js (Node), pytest; for DNS-01: BIND 9 (`named`, RFC 2136
-# updates with TSIG) and `dig`, Pebble with pebble-challtestsrv, moto_server (the
-# Route 53 API). Safe to run again.
+# Pebble (an RFC 8555 ACME server) with pebble-challtestsrv, openssl, Paho MQTT
+# (Python), MQTT.js (Node), pytest; for DNS-01: BIND 9 (`named`, RFC 2136 updates
+# with TSIG) and `dig`, moto_server (the Route 53 API). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,9 +10,10 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || need_apt+=(bind9)
 command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
-command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""

@@ -51,31 +51,52 @@ pub fn load_and_plan(
     Ok((res, bundles))
 }
 
+/// The values of every Secret of a namespace, for issuers that need them.
+fn secrets_of(res: &Resources, namespace: &str) -> certs::Secrets {
+    let mut out = BTreeMap::new();
+    for s in res.secrets().filter(|s| s.meta.namespace == namespace) {
+        let name = &s.meta.name;
+        for (k, v) in s.object.data.iter().flatten() {
+            out.insert((name.clone(), k.clone()), v.0.clone());
+        }
+        for (k, v) in s.object.string_data.iter().flatten() {
+            out.insert((name.clone(), k.clone()), v.as_bytes().to_vec());
+        }
+    }
+    certs::Secrets(out)
+}
+
 /// Certificates resolved during one reload, by (namespace, name): each is issued or
-/// read once per reload however many listeners and bridges use it.
+/// read once per reload however many listeners and bridges use it. ACME certificates
+/// are never waited for: the stored pair is returned and issuance runs in the
+/// background (see [`certs::Manager`]).
 struct CertResolver<'a> {
     res: &'a Resources,
-    state: &'a Path,
+    manager: &'a certs::Manager,
     now: time::OffsetDateTime,
     seen: BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>>,
 }
 
 impl<'a> CertResolver<'a> {
-    fn new(res: &'a Resources, state: &'a Path, now: time::OffsetDateTime) -> Self {
+    fn new(res: &'a Resources, manager: &'a certs::Manager, now: time::OffsetDateTime) -> Self {
         CertResolver {
             res,
-            state,
+            manager,
             now,
             seen: BTreeMap::new(),
         }
     }
 
-    /// The key pair of Certificate `namespace/name`, issuing or renewing it when due.
+    /// The key pair of Certificate `namespace/name`: issued or renewed in place when
+    /// due (selfSigned, ca), or the stored one (acme).
     fn material(&mut self, namespace: &str, name: &str) -> Result<TlsMaterial, String> {
         let key = (namespace.to_string(), name.to_string());
         if !self.seen.contains_key(&key) {
             let r = match self.res.certificate(namespace, name) {
-                Some(cert) => certs::ensure(self.state, cert, self.now).map_err(|e| e.to_string()),
+                Some(cert) => {
+                    self.manager
+                        .material(cert, &secrets_of(self.res, namespace), self.now)
+                }
                 None => Err(format!("Certificate {name} not found")),
             };
             if let Err(e) = &r {
@@ -109,6 +130,7 @@ pub struct Runtime {
     report: RwLock<StatusReport>,
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
+    certs: certs::Manager,
 }
 
 /// Outcome of one reload, for logs and tests.
@@ -129,9 +151,15 @@ fn now_rfc3339() -> String {
 }
 
 impl Runtime {
-    /// A runtime with no broker started yet.
-    pub fn new(opts: RunOptions, metrics: Arc<Metrics>) -> Runtime {
+    /// A runtime with no broker started yet. `reload` is signalled when a certificate
+    /// issued in the background is ready to be applied.
+    pub fn new(
+        opts: RunOptions,
+        metrics: Arc<Metrics>,
+        reload: mpsc::UnboundedSender<()>,
+    ) -> Runtime {
         Runtime {
+            certs: certs::Manager::new(&opts.state_dir, reload),
             opts,
             brokers: Mutex::new(BTreeMap::new()),
             report: RwLock::new(StatusReport::default()),
@@ -193,7 +221,7 @@ impl Runtime {
 
         // Certificates: issue or reuse every one a listener needs.
         let now = time::OffsetDateTime::now_utc();
-        let mut certs = CertResolver::new(&res, &self.opts.state_dir, now);
+        let mut certs = CertResolver::new(&res, &self.certs, now);
         let mut broker_results: BTreeMap<String, Result<String, String>> = BTreeMap::new();
         let mut brokers = self.brokers.lock().await;
         for (key, bundle) in &bundles {
@@ -330,23 +358,46 @@ impl Runtime {
                 &stamp,
             ));
         }
+        // Every Certificate is kept issued, used by a listener or not (device and
+        // bridge client certificates are read from the state directory).
         for c in res.certificates() {
-            let (ready, reason, message, details) =
-                match certs.result(&c.meta.namespace, &c.meta.name) {
-                    Some(Ok((_, info))) => (
-                        true,
-                        "Issued",
-                        format!("valid until {}", info.not_after),
-                        serde_json::to_value(info).unwrap_or_default(),
-                    ),
-                    Some(Err(e)) => (false, "IssueFailed", e.clone(), serde_json::Value::Null),
-                    None => (
-                        false,
-                        "Unused",
-                        "no listener uses this certificate".to_string(),
-                        serde_json::Value::Null,
-                    ),
-                };
+            if c.object.spec.issuer.aws_iot.is_none() {
+                let _ = certs.material(&c.meta.namespace, &c.meta.name);
+            }
+        }
+        let cert_keys: Vec<String> = res
+            .certificates()
+            .map(|c| format!("{}/{}", c.meta.namespace, c.meta.name))
+            .collect();
+        self.certs.retain(&cert_keys);
+        for c in res.certificates() {
+            let key = format!("{}/{}", c.meta.namespace, c.meta.name);
+            let progress = self.certs.progress(&key);
+            let (ready, reason, message, details) = certificate_status(
+                certs.result(&c.meta.namespace, &c.meta.name),
+                progress.as_ref(),
+                now,
+            );
+            let label = crate::metrics::CertificateLabel {
+                certificate: key.clone(),
+            };
+            match certs.result(&c.meta.namespace, &c.meta.name) {
+                Some(Ok((_, info))) => {
+                    if let Some(t) = certs::parse_rfc3339(&info.not_after) {
+                        self.metrics
+                            .certificate_expiration
+                            .get_or_create(&label)
+                            .set(t.unix_timestamp());
+                    }
+                }
+                _ => {
+                    self.metrics.certificate_expiration.remove(&label);
+                }
+            }
+            self.metrics
+                .certificate_renewal_failures
+                .get_or_create(&label)
+                .set(progress.map(|p| p.failures as i64).unwrap_or(0));
             resources.push(status_of(
                 "Certificate",
                 &c.meta,
@@ -424,6 +475,87 @@ impl Runtime {
     }
 }
 
+/// Ready, reason, message and details of a Certificate's status.
+fn certificate_status(
+    result: Option<&Result<(TlsMaterial, CertInfo), String>>,
+    progress: Option<&certs::manager::Progress>,
+    now: time::OffsetDateTime,
+) -> (bool, &'static str, String, serde_json::Value) {
+    let failing = progress.filter(|p| p.failures > 0);
+    let details = |info: Option<&CertInfo>| {
+        let mut v = serde_json::to_value(info).unwrap_or_default();
+        if let (Some(p), serde_json::Value::Object(m)) = (progress, &mut v) {
+            if let Ok(serde_json::Value::Object(pm)) = serde_json::to_value(p) {
+                m.extend(pm);
+            }
+        }
+        if info.is_none() {
+            v = serde_json::to_value(progress).unwrap_or_default();
+        }
+        v
+    };
+    match result {
+        Some(Ok((_, info))) if info.expires_in_seconds <= 0 => (
+            false,
+            "Expired",
+            format!(
+                "expired at {}{}",
+                info.not_after,
+                failing
+                    .and_then(|p| p.last_failure.as_deref())
+                    .map(|f| format!("; renewal failing: {f}"))
+                    .unwrap_or_default()
+            ),
+            details(Some(info)),
+        ),
+        Some(Ok((_, info))) => match failing {
+            Some(p) if info.due(now) => (
+                true,
+                "RenewalFailing",
+                format!(
+                    "renewal failing ({} attempt(s)), the current certificate expires at {} and keeps serving: {}",
+                    p.failures,
+                    info.not_after,
+                    p.last_failure.as_deref().unwrap_or("")
+                ),
+                details(Some(info)),
+            ),
+            Some(p) => (
+                true,
+                "ReissueFailing",
+                format!(
+                    "a new certificate could not be issued, the current one (valid until {}) keeps serving: {}",
+                    info.not_after,
+                    p.last_failure.as_deref().unwrap_or("")
+                ),
+                details(Some(info)),
+            ),
+            None => (
+                true,
+                "Issued",
+                format!("valid until {}", info.not_after),
+                details(Some(info)),
+            ),
+        },
+        Some(Err(e)) => (
+            false,
+            if progress.is_some() && failing.is_none() {
+                "Issuing"
+            } else {
+                "IssueFailed"
+            },
+            e.clone(),
+            details(None),
+        ),
+        None => (
+            false,
+            "NotIssued",
+            "this issuer is not handled by standalone mode yet".to_string(),
+            serde_json::Value::Null,
+        ),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn status_of(
     kind: &str,
@@ -496,10 +628,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let runtime = Arc::new(Runtime::new(opts.clone(), metrics));
+    // Folder edits and certificates issued in the background both ask for a reload.
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let runtime = Arc::new(Runtime::new(opts.clone(), metrics, tx.clone()));
 
     // Watch before the first load, so no edit falls between the two.
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             if !matches!(ev.kind, notify::EventKind::Access(_)) {
