@@ -23,8 +23,8 @@ import pytest
 import support
 from helpers_b import closed_by_peer, metric, read_until
 from helpers_certs import openssl_ca_and_leaf
-from support import (connect_packet, docs, free_port, poll, publish_packet, require,
-                     subscribe_packet, wait_port)
+from support import (broker_yaml, connect_packet, docs, free_port, poll, publish_packet,
+                     require, subscribe_packet, wait_port)
 
 NAME = "mqtt.edgemq.test"
 
@@ -224,6 +224,8 @@ def test_http01_issues_a_certificate_that_clients_verify_and_restarts_reuse_it(e
     assert len(accounts) == 1
     for f in [key, e.cert_path("acme-tls"), e.cert_path("acme-tls", file="ca.crt"), accounts[0]]:
         assert mode(f) == 0o600, f"{f} has mode {oct(mode(f))}"
+    for d in [key.parent, accounts[0].parent]:
+        assert mode(d) == 0o700, f"{d} has mode {oct(mode(d))}"
     account = accounts[0].read_text()
     # The issuer's chain is stored for clients that pin it.
     assert "BEGIN CERTIFICATE" in e.cert_path("acme-tls", file="ca.crt").read_text()
@@ -355,3 +357,43 @@ def test_an_rsa_key_is_requested_when_the_certificate_asks_for_one(edgemq, pebbl
     text = subprocess.run([require("openssl"), "x509", "-inform", "DER", "-noout", "-text"],
                           input=der, capture_output=True, check=True).stdout.decode()
     assert "rsaEncryption" in text and "2048 bit" in text, text
+
+
+def test_an_acme_server_that_never_answers_holds_up_neither_the_broker_nor_reloads(edgemq, clients):
+    # A server that accepts connections and never says a word.
+    hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
+    try:
+        port, extra = free_port(), free_port()
+        cert = (f"apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {{name: acme-tls}}\n"
+                f"spec:\n  dnsNames: [{NAME}]\n  issuer:\n    acme:\n"
+                f"      server: https://127.0.0.1:{hole.getsockname()[1]}/dir\n"
+                f"      solver: {{http01: {{port: {free_port()}, bindAddress: 127.0.0.1}}}}\n")
+        listeners = f"    - {{name: mqtt, port: {port}, bindAddress: 127.0.0.1}}\n"
+        e = edgemq()
+        e.write("home.yaml", docs(broker_yaml("home", port, "  allowAnonymous: true\n"
+                                              "  anonymousAcl: [{topic: \"#\"}]",
+                                              listeners=listeners.rstrip("\n")), cert))
+        # Ready while the issuer waits on the server: the broker does not need the
+        # certificate, and nothing waits for it.
+        e.start()
+        assert condition(e.status()).get("reason") == "Issuing"
+        c = clients(port)
+        c.subscribe_wait("t/1")
+        c.publish_wait("t/1", b"x")
+        assert c.get(5).payload == b"x"
+        # An edit is applied while the issuance still hangs.
+        listeners += f"    - {{name: extra, port: {extra}, bindAddress: 127.0.0.1}}\n"
+        e.write("home.yaml", docs(broker_yaml("home", port, "  allowAnonymous: true\n"
+                                              "  anonymousAcl: [{topic: \"#\"}]",
+                                              listeners=listeners.rstrip("\n")), cert))
+        wait_port(extra)
+        assert condition(e.status()).get("reason") == "Issuing"
+        assert c.is_connected()
+        # The request gives up, and status says why.
+        failed = e.wait_applied(lambda s: condition(s).get("reason") == "IssueFailed"
+                                and condition(s), 60, "the silent server is reported")
+        assert "no answer within" in failed["message"], failed
+    finally:
+        hole.close()

@@ -10,8 +10,9 @@ import ssl
 import subprocess
 from pathlib import Path
 
+from helpers_b import closed_by_peer, read_until
 from helpers_certs import block, openssl_ca, openssl_server_cert
-from support import docs, free_port, poll, require, run, wait_port
+from support import connect_packet, docs, free_port, poll, require, run, wait_port
 
 SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: pw}\nstringData: {alice: secret1}\n"
 ALICE = ("apiVersion: edgemq.io/v1alpha1\nkind: MqttUser\nmetadata: {name: alice}\n"
@@ -123,3 +124,31 @@ def test_a_device_certificate_from_the_ca_issuer_logs_in_to_mosquitto_requiring_
     r = run([require("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(m.port), "--cafile",
              str(ca[0]), "-t", "devices/x", "-m", "no cert"], timeout=10)
     assert r.returncode != 0
+
+
+def test_a_short_lived_certificate_is_renewed_at_its_renewal_time_without_an_edit(edgemq, tmp_path):
+    ca = openssl_ca(tmp_path / "pki", cn="LAN CA")
+    port = free_port()
+    e = edgemq()
+    # 20 s of validity: renewed a third of that before expiry, with nobody editing.
+    e.write("home.yaml", docs(
+        broker(port), ALICE, SECRET, ca_secret("lan-ca", ca),
+        certificate("lan-tls", 'dnsNames: [localhost], ipAddresses: ["127.0.0.1"], duration: 20s')))
+    e.start()
+    wait_port(port)
+    first = served_serial(port, ca[0])
+    ctx = ssl.create_default_context(cafile=str(ca[0]))
+    live = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                           server_hostname="localhost")
+    try:
+        live.sendall(connect_packet("before-renewal", keepalive=0, username="alice",
+                                    password="secret1"))
+        assert read_until(live, 2)[1] == 0
+        second = poll(lambda: (lambda s: s if s != first else None)(served_serial(port, ca[0])),
+                      60, 0.5, "the certificate is renewed and served")
+        assert not closed_by_peer(live), "the renewal disconnected a client"
+        status_serial = next(r["details"]["serial"] for r in e.status()["resources"]
+                             if r["kind"] == "Certificate")
+        assert int(status_serial, 16) == second
+    finally:
+        live.close()

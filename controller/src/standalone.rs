@@ -100,7 +100,7 @@ impl<'a> CertResolver<'a> {
                 None => Err(format!("Certificate {name} not found")),
             };
             if let Err(e) = &r {
-                tracing::error!(certificate = %name, error = %e, "certificate not available");
+                tracing::warn!(certificate = %name, error = %e, "certificate not available");
             }
             self.seen.insert(key.clone(), r);
         }
@@ -131,6 +131,9 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
     certs: certs::Manager,
+    /// Earliest renewal time of the certificates issued in place (selfSigned, ca);
+    /// ACME certificates have their own timers.
+    next_renewal: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
 
 /// Outcome of one reload, for logs and tests.
@@ -165,6 +168,7 @@ impl Runtime {
             report: RwLock::new(StatusReport::default()),
             metrics,
             applied_once: AtomicBool::new(false),
+            next_renewal: std::sync::Mutex::new(None),
         }
     }
 
@@ -365,6 +369,17 @@ impl Runtime {
                 let _ = certs.material(&c.meta.namespace, &c.meta.name);
             }
         }
+        let next_renewal = res
+            .certificates()
+            .filter(|c| c.object.spec.issuer.acme.is_none())
+            .filter_map(|c| match certs.result(&c.meta.namespace, &c.meta.name) {
+                Some(Ok((_, info))) => certs::parse_rfc3339(&info.renewal_time),
+                _ => None,
+            })
+            .min();
+        if let Ok(mut n) = self.next_renewal.lock() {
+            *n = next_renewal;
+        }
         let cert_keys: Vec<String> = res
             .certificates()
             .map(|c| format!("{}/{}", c.meta.namespace, c.meta.name))
@@ -466,6 +481,20 @@ impl Runtime {
         *self.report.write().await = report;
     }
 
+    /// How long until the next reload is due: the earliest renewal time of a
+    /// certificate issued in place, and at most a minute (status stays fresh).
+    pub fn next_reload_in(&self) -> Duration {
+        let minute = Duration::from_secs(60);
+        let Some(at) = self.next_renewal.lock().ok().and_then(|n| *n) else {
+            return minute;
+        };
+        let wait = at - time::OffsetDateTime::now_utc();
+        Duration::try_from(wait)
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1))
+            .min(minute)
+    }
+
     /// Stops every broker.
     pub async fn shutdown(&self) {
         let mut brokers = self.brokers.lock().await;
@@ -527,6 +556,15 @@ fn certificate_status(
                     "a new certificate could not be issued, the current one (valid until {}) keeps serving: {}",
                     info.not_after,
                     p.last_failure.as_deref().unwrap_or("")
+                ),
+                details(Some(info)),
+            ),
+            None if progress.is_some_and(|p| p.issuing) => (
+                true,
+                "Renewing",
+                format!(
+                    "valid until {}; a new certificate is being requested",
+                    info.not_after
                 ),
                 details(Some(info)),
             ),
@@ -660,9 +698,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("operations endpoint {}: {e}", opts.http))?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // Certificates are re-checked periodically so renewals happen without edits.
-    let mut renew = tokio::time::interval(Duration::from_secs(60));
-    renew.tick().await;
+    // Certificates issued in place are renewed at their renewal time without edits
+    // (and status refreshed at least every minute); ACME renewals ask for a reload
+    // through `tx` when their new pair is stored.
     loop {
         tokio::select! {
             Some(()) = rx.recv() => {
@@ -675,7 +713,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     tracing::info!(millis = seen.elapsed().as_millis() as u64, "folder change applied");
                 }
             }
-            _ = renew.tick() => { runtime.reload().await; }
+            _ = tokio::time::sleep(runtime.next_reload_in()) => { runtime.reload().await; }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
@@ -684,4 +722,81 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     drop(watcher);
     runtime.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certs::manager::Progress;
+
+    fn info(now: time::OffsetDateTime, renew_in: i64, expire_in: i64) -> CertInfo {
+        CertInfo {
+            not_before: certs::rfc3339(now - time::Duration::hours(1)),
+            not_after: certs::rfc3339(now + time::Duration::seconds(expire_in)),
+            serial: "0a".into(),
+            renewal_time: certs::rfc3339(now + time::Duration::seconds(renew_in)),
+            expires_in_seconds: expire_in,
+        }
+    }
+
+    fn pair(i: CertInfo) -> Result<(TlsMaterial, CertInfo), String> {
+        Ok((
+            TlsMaterial {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+            i,
+        ))
+    }
+
+    fn failing(n: u32) -> Progress {
+        Progress {
+            failures: n,
+            last_failure: Some("ACME: server down".into()),
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn certificate_status_says_where_issuance_stands() {
+        let now = time::OffsetDateTime::now_utc();
+        let reason = |r: &Result<(TlsMaterial, CertInfo), String>, p: Option<Progress>| {
+            let (ready, reason, message, details) = certificate_status(Some(r), p.as_ref(), now);
+            (ready, reason, message, details)
+        };
+        let good = pair(info(now, 3600, 7200));
+        assert_eq!(reason(&good, None).1, "Issued");
+        let issuing = Progress {
+            issuing: true,
+            ..Progress::default()
+        };
+        assert_eq!(reason(&good, Some(issuing.clone())).1, "Renewing");
+        let (ready, r, m, d) = reason(&good, Some(failing(2)));
+        assert!(ready);
+        assert_eq!(r, "ReissueFailing");
+        assert!(m.contains("ACME: server down"), "{m}");
+        assert_eq!(d["failures"], 2);
+        assert_eq!(d["serial"], "0a");
+
+        let due = pair(info(now, -60, 600));
+        let (ready, r, m, _) = reason(&due, Some(failing(3)));
+        assert!(ready, "the current certificate still serves");
+        assert_eq!(r, "RenewalFailing");
+        assert!(
+            m.contains("3 attempt(s)") && m.contains("server down"),
+            "{m}"
+        );
+
+        let expired = pair(info(now, -600, -1));
+        let (ready, r, _, _) = reason(&expired, Some(failing(9)));
+        assert!(!ready);
+        assert_eq!(r, "Expired");
+
+        let none: Result<(TlsMaterial, CertInfo), String> = Err("being issued".into());
+        assert_eq!(reason(&none, Some(issuing)).1, "Issuing");
+        let (ready, r, _, d) = reason(&none, Some(failing(1)));
+        assert!(!ready);
+        assert_eq!(r, "IssueFailed");
+        assert_eq!(d["lastFailure"], "ACME: server down");
+    }
 }

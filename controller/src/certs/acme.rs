@@ -42,7 +42,7 @@ pub struct AcmeJob {
     pub dns_names: Vec<String>,
     /// Key algorithm of the certificate's key.
     pub algorithm: KeyAlgorithm,
-    /// Secret values of the Certificate's namespace (EAB key, CA bundle, DNS credentials).
+    /// The Secret values the issuer refers to (EAB key, CA bundle, DNS credentials).
     pub secrets: Secrets,
     /// The state directory (accounts are kept under `acme/accounts/`).
     pub state: PathBuf,
@@ -60,6 +60,7 @@ impl AcmeJob {
             dns_names.retain(|n| n != cn);
             dns_names.insert(0, cn.clone());
         }
+        let secrets = referenced(&issuer, &secrets);
         Some(AcmeJob {
             certificate: format!(
                 "{}/{}",
@@ -89,6 +90,33 @@ impl AcmeJob {
             self.algorithm
         )
     }
+}
+
+/// The Secret values the issuer refers to (every `{name, key}` reference in its
+/// settings: EAB key, CA bundle, DNS provider credentials), so that editing an
+/// unrelated Secret of the namespace does not restart the issuer and its backoff.
+fn referenced(issuer: &AcmeIssuer, all: &Secrets) -> Secrets {
+    fn walk(v: &serde_json::Value, all: &Secrets, out: &mut Secrets) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let (Some(serde_json::Value::String(n)), Some(serde_json::Value::String(k))) =
+                    (m.get("name"), m.get("key"))
+                {
+                    if let Some(val) = all.get(n, k) {
+                        out.0.insert((n.clone(), k.clone()), val.to_vec());
+                    }
+                }
+                m.values().for_each(|v| walk(v, all, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, all, out)),
+            _ => {}
+        }
+    }
+    let mut out = Secrets::default();
+    if let Ok(v) = serde_json::to_value(issuer) {
+        walk(&v, all, &mut out);
+    }
+    out
 }
 
 /// A certificate obtained from the ACME server.
@@ -158,7 +186,42 @@ fn http_client(job: &AcmeJob) -> Result<Box<dyn HttpClient>, CertError> {
     let client: hyper_util::client::legacy::Client<_, instant_acme::BodyWrapper<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector);
-    Ok(Box::new(client))
+    Ok(Box::new(Patient(Box::new(client))))
+}
+
+/// How long one request to the ACME server may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An HTTP client whose requests give up after [`REQUEST_TIMEOUT`]: a server that
+/// accepts connections and never answers would otherwise stall the issuer forever
+/// instead of failing and retrying.
+struct Patient(Box<dyn HttpClient>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {0:?}")]
+struct NoAnswer(Duration);
+
+impl HttpClient for Patient {
+    fn request(
+        &self,
+        req: axum::http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        let fut = self.0.request(req);
+        Box::pin(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(instant_acme::Error::Other(Box::new(NoAnswer(
+                    REQUEST_TIMEOUT,
+                )))),
+            }
+        })
+    }
 }
 
 /// Where the account of this server, email and EAB key id is kept.
@@ -552,6 +615,36 @@ fn split_chain(chain: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_keeps_only_the_secrets_its_issuer_refers_to() {
+        let cert: Certificate = serde_yaml::from_str(
+            "apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {name: c, namespace: default}\n\
+             spec:\n  dnsNames: [a.example]\n  issuer:\n    acme:\n      server: https://ca.example/dir\n      \
+             caBundleSecretRef: {name: acme, key: ca.crt}\n      \
+             externalAccountBinding: {keyId: k, keySecretRef: {name: eab, key: hmac}}\n      \
+             solver: {http01: {}}\n",
+        )
+        .unwrap();
+        let mut all = Secrets::default();
+        for (n, k) in [
+            ("acme", "ca.crt"),
+            ("eab", "hmac"),
+            ("eab", "other"),
+            ("pw", "alice"),
+        ] {
+            all.0.insert((n.into(), k.into()), b"v".to_vec());
+        }
+        let job = AcmeJob::of(&cert, all, Path::new("/state")).unwrap();
+        let kept: Vec<_> = job.secrets.0.keys().cloned().collect();
+        assert_eq!(
+            kept,
+            vec![
+                ("acme".to_string(), "ca.crt".to_string()),
+                ("eab".to_string(), "hmac".to_string())
+            ]
+        );
+    }
 
     #[test]
     fn the_issuer_chain_is_what_follows_the_leaf() {

@@ -150,7 +150,8 @@ pub fn random_serial() -> rcgen::SerialNumber {
 }
 
 /// Certificate parameters of a leaf issued locally (selfSigned, ca): names, common
-/// name, validity from five minutes ago for the requested lifetime, a random serial.
+/// name, validity from a little before now for the requested lifetime, a random
+/// serial.
 pub fn leaf_params(
     cert: &Certificate,
     now: time::OffsetDateTime,
@@ -160,8 +161,12 @@ pub fn leaf_params(
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, common_name(cert));
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::seconds(lifetime(cert).as_secs() as i64);
+    // Backdated for clocks a little behind, by at most a tenth of the lifetime so a
+    // short-lived certificate is not due for renewal the moment it is made.
+    let life = time::Duration::seconds(lifetime(cert).as_secs() as i64);
+    let backdate: time::Duration = life / 10;
+    params.not_before = now - backdate.min(time::Duration::minutes(5));
+    params.not_after = now + life;
     params.serial_number = Some(random_serial());
     Ok(params)
 }
@@ -323,7 +328,8 @@ pub fn ensure(
     }
 }
 
-/// Writes a file readable by the owner only (keys and certificates), atomically.
+/// Writes a file readable by the owner only (keys and certificates), atomically; the
+/// folders it creates are the owner's only too.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
     use std::io::Write;
     let io = |source| CertError::Io {
@@ -331,7 +337,14 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut mkdir = std::fs::DirBuilder::new();
+    mkdir.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        mkdir.mode(0o700);
+    }
+    mkdir.create(dir).map_err(io)?;
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
