@@ -4,7 +4,7 @@
 
 mod peers;
 
-use edgemq::api::certificate::{Dns01Solver, DnsPropagation, Rfc2136Provider};
+use edgemq::api::certificate::{Dns01Solver, DnsPropagation, Rfc2136Provider, TsigAlgorithm};
 use edgemq::api::SecretKeyRef;
 use edgemq::certs::dns01::Dns01;
 use peers::{dig_txt, secrets, Bind};
@@ -60,6 +60,33 @@ async fn a_signed_update_sets_and_clears_the_challenge_record() {
 
     // Clearing what is not there is not an error (a retry after a crash).
     d.clear("mqtt.example.test", "token-one").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hmac_sha512_key_signs_updates_too() {
+    let Some(bind) = Bind::start("example.test") else {
+        return;
+    };
+    let mut s = solver(&bind, &bind.sha512, None);
+    s.rfc2136.as_mut().unwrap().tsig_algorithm = TsigAlgorithm::HmacSha512;
+    let d = Dns01::new(&s, &secrets(&[("tsig", "secret", &bind.sha512.secret)])).unwrap();
+    d.set("mqtt.example.test", "v512").await.unwrap();
+    assert_eq!(
+        dig_txt(bind.port, "_acme-challenge.mqtt.example.test"),
+        ["v512"]
+    );
+    d.clear("mqtt.example.test", "v512").await.unwrap();
+    assert!(dig_txt(bind.port, "_acme-challenge.mqtt.example.test").is_empty());
+
+    // The same key announced with the wrong algorithm is unknown to the server.
+    let mut s = solver(&bind, &bind.sha512, None);
+    s.rfc2136.as_mut().unwrap().tsig_algorithm = TsigAlgorithm::HmacSha256;
+    let d = Dns01::new(&s, &secrets(&[("tsig", "secret", &bind.sha512.secret)])).unwrap();
+    let e = d.set("mqtt.example.test", "v").await.unwrap_err();
+    assert!(
+        e.contains("BADKEY: the server has no key `edgemq-sha512` with algorithm hmac-sha256"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,6 +141,8 @@ pub struct Bind {
     pub zone: String,
     pub key: TsigKey,
     pub limited: TsigKey,
+    /// An hmac-sha512 key with the same rights as `key`.
+    pub sha512: TsigKey,
     pub proc: Proc,
     pub dir: tempfile::TempDir,
 }
@@ -152,8 +154,12 @@ impl Bind {
         let port = free_port();
         let key = TsigKey::random("edgemq-test");
         let limited = TsigKey::random("edgemq-limited");
+        let sha512 = TsigKey {
+            algorithm: "hmac-sha512",
+            ..TsigKey::random("edgemq-sha512")
+        };
         let d = dir.path().display();
-        let keys: String = [&key, &limited]
+        let keys: String = [&key, &limited, &sha512]
             .iter()
             .map(|k| {
                 format!(
@@ -179,12 +185,14 @@ zone "{zone}" {{
   file "{d}/zone.db";
   update-policy {{
     grant {k} zonesub TXT;
+    grant {s} zonesub TXT;
     grant {l} name only.{zone} TXT;
   }};
 }};
 "#,
             k = key.name,
             l = limited.name,
+            s = sha512.name,
         );
         std::fs::write(dir.path().join("named.conf"), conf).unwrap();
         std::fs::write(
@@ -209,6 +217,7 @@ zone "{zone}" {{
             zone: zone.into(),
             key,
             limited,
+            sha512,
             proc,
             dir,
         })
