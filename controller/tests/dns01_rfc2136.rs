@@ -1,4 +1,5 @@
-//! DNS-01 through RFC 2136 dynamic updates signed with TSIG, against BIND 9: the
+//! DNS-01 through RFC 2136 dynamic updates signed with TSIG, against BIND 9 (and
+//! Knot DNS for the same exchange with another implementation): the
 //! record appears (as `dig` sees it), coexists with another value, is removed, and
 //! every kind of refusal comes back as an error that says what to fix.
 
@@ -7,7 +8,7 @@ mod peers;
 use edgemq::api::certificate::{Dns01Solver, DnsPropagation, Rfc2136Provider, TsigAlgorithm};
 use edgemq::api::SecretKeyRef;
 use edgemq::certs::dns01::Dns01;
-use peers::{dig_txt, secrets, Bind};
+use peers::{dig_txt, secrets, Bind, Knot};
 
 fn solver(bind: &Bind, key: &peers::TsigKey, zone: Option<&str>) -> Dns01Solver {
     Dns01Solver {
@@ -183,4 +184,49 @@ async fn a_missing_or_malformed_secret_is_named_before_anything_is_sent() {
     )
     .unwrap_err();
     assert!(e.contains("is not base64"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knot_takes_the_same_updates_and_refuses_a_wrong_secret() {
+    let Some(knot) = Knot::start("example.test") else {
+        return;
+    };
+    let solver = |secret: &str| {
+        let s = Dns01Solver {
+            rfc2136: Some(Rfc2136Provider {
+                nameserver: knot.addr(),
+                tsig_key_name: knot.key.name.clone(),
+                tsig_secret_ref: SecretKeyRef {
+                    name: "tsig".into(),
+                    key: "secret".into(),
+                },
+                ..Default::default()
+            }),
+            propagation: Some(DnsPropagation {
+                nameservers: vec![],
+                timeout_seconds: Some(20),
+            }),
+            ..Default::default()
+        };
+        Dns01::new(&s, &secrets(&[("tsig", "secret", secret)])).unwrap()
+    };
+    let name = "_acme-challenge.mqtt.example.test";
+    let d = solver(&knot.key.secret);
+    d.set("mqtt.example.test", "one").await.unwrap();
+    d.set("*.mqtt.example.test", "two").await.unwrap();
+    assert_eq!(dig_txt(knot.port, name), ["one", "two"]);
+    d.clear("mqtt.example.test", "one").await.unwrap();
+    assert_eq!(dig_txt(knot.port, name), ["two"]);
+    d.clear("*.mqtt.example.test", "two").await.unwrap();
+    assert!(dig_txt(knot.port, name).is_empty());
+
+    let wrong = solver(&peers::TsigKey::random("unused").secret);
+    let e = wrong.set("mqtt.example.test", "v").await.unwrap_err();
+    assert!(
+        e.starts_with(&format!(
+            "rfc2136 update of {name} at {} refused: NOTAUTH (TSIG error BADSIG",
+            knot.addr()
+        )),
+        "{e}"
+    );
 }

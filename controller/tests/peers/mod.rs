@@ -1,6 +1,6 @@
 //! Real DNS peers for the DNS-01 tests, started on free loopback ports and stopped by
-//! pid when dropped (also when a test fails): BIND's `named` (RFC 2136 updates with
-//! TSIG), pebble-challtestsrv (DNS answers set through its management API) and
+//! pid when dropped (also when a test fails): BIND's `named` and Knot's `knotd`
+//! (RFC 2136 updates with TSIG), pebble-challtestsrv (DNS answers set through its management API) and
 //! moto_server (the Route 53 API).
 //!
 //! A missing program fails the test when `CI=true`; elsewhere the test is skipped
@@ -218,6 +218,60 @@ zone "{zone}" {{
             key,
             limited,
             sha512,
+            proc,
+            dir,
+        })
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Knot DNS authoritative for `zone`, taking updates signed with `key`.
+pub struct Knot {
+    pub port: u16,
+    pub key: TsigKey,
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+}
+
+impl Knot {
+    pub fn start(zone: &str) -> Option<Knot> {
+        let knotd = require("knotd", "knot")?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let key = TsigKey::random("edgemq-test");
+        let d = dir.path().display();
+        let conf = format!(
+            "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{port}\n\
+             database:\n    storage: \"{d}\"\n\
+             key:\n  - id: {k}\n    algorithm: {a}\n    secret: {s}\n\
+             acl:\n  - id: update\n    key: {k}\n    action: update\n\
+             zone:\n  - domain: {zone}\n    storage: \"{d}\"\n    file: \"zone.db\"\n    acl: update\n",
+            k = key.name,
+            a = key.algorithm,
+            s = key.secret,
+        );
+        std::fs::write(dir.path().join("knot.conf"), conf).unwrap();
+        std::fs::write(
+            dir.path().join("zone.db"),
+            format!(
+                "$TTL 60\n@ IN SOA ns.{zone}. admin.{zone}. 1 60 60 600 60\n@ IN NS ns.{zone}.\nns IN A 127.0.0.1\n"
+            ),
+        )
+        .unwrap();
+        let mut proc = Proc::spawn(
+            "knotd",
+            Command::new(knotd)
+                .arg("-c")
+                .arg(dir.path().join("knot.conf")),
+            dir.path().join("knot.log"),
+        );
+        wait_tcp(&mut proc, port);
+        Some(Knot {
+            port,
+            key,
             proc,
             dir,
         })
