@@ -230,3 +230,30 @@ async fn knot_takes_the_same_updates_and_refuses_a_wrong_secret() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_visibility_check_finds_the_zones_name_servers() {
+    use edgemq::certs::dns01::propagation::authoritative_servers_via;
+    let Some(bind) = Bind::start("example.test") else {
+        return;
+    };
+    let resolver: std::net::SocketAddr = bind.addr().parse().unwrap();
+    // The closest enclosing zone with NS records, its servers on port 53.
+    let found = authoritative_servers_via(resolver, "_acme-challenge.a.mqtt.example.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        [(
+            "ns.example.test (127.0.0.1)".to_string(),
+            "127.0.0.1:53".parse().unwrap()
+        )]
+    );
+    let e = authoritative_servers_via(resolver, "_acme-challenge.mqtt.elsewhere.test")
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("no zone holding _acme-challenge.mqtt.elsewhere.test has NS records"),
+        "{e}"
+    );
+}

@@ -139,6 +139,31 @@ async fn authoritative_servers(name: &str) -> Result<Vec<(String, SocketAddr)>, 
     let resolver = Resolver::builder_tokio()
         .map_err(|e| format!("propagation: the system resolver configuration: {e}"))?
         .build();
+    servers_of_zone(&resolver, name).await
+}
+
+/// The authoritative name servers of the zone holding `name` (each `name (address)`
+/// and its port-53 address), found by asking the resolver at `resolver` instead of
+/// the system's: what the default visibility check asks.
+pub async fn authoritative_servers_via(
+    resolver: SocketAddr,
+    name: &str,
+) -> Result<Vec<(String, SocketAddr)>, String> {
+    let config = ResolverConfig::from_parts(
+        None,
+        vec![],
+        vec![NameServerConfig::new(resolver, Protocol::Udp)],
+    );
+    let resolver = Resolver::builder_with_config(config, TokioConnectionProvider::default())
+        .with_options(ResolverOpts::default())
+        .build();
+    servers_of_zone(&resolver, name).await
+}
+
+async fn servers_of_zone(
+    resolver: &Resolver<TokioConnectionProvider>,
+    name: &str,
+) -> Result<Vec<(String, SocketAddr)>, String> {
     for zone in super::zone_candidates(name) {
         let Ok(ns) = resolver.lookup(format!("{zone}."), RecordType::NS).await else {
             continue;
@@ -173,7 +198,7 @@ async fn authoritative_servers(name: &str) -> Result<Vec<(String, SocketAddr)>, 
         return Ok(out);
     }
     Err(format!(
-        "propagation: no zone holding {name} has NS records in the system resolver's view; list name servers in propagation.nameservers"
+        "propagation: no zone holding {name} has NS records (asked through the system resolver); list name servers in propagation.nameservers"
     ))
 }
 
