@@ -198,7 +198,7 @@ async fn servers_of_zone(
         return Ok(out);
     }
     Err(format!(
-        "propagation: no zone holding {name} has NS records (asked through the system resolver); list name servers in propagation.nameservers"
+        "propagation: no zone holding {name} has NS records the resolver can find; list name servers in propagation.nameservers"
     ))
 }
 
