@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
 # Pebble (an RFC 8555 ACME server) with pebble-challtestsrv, openssl, Paho MQTT
-# (Python), MQTT.js (Node), pytest. Safe to run again.
+# (Python), MQTT.js (Node), pytest; for DNS-01: BIND 9 (`named`) and Knot DNS
+# (`knotd`), which take RFC 2136 updates with TSIG, `dig`, and moto_server (the
+# Route 53 API). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +13,10 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || need_apt+=(bind9)
+command -v knotd >/dev/null 2>&1 || [ -x /usr/sbin/knotd ] || need_apt+=(knot)
+command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -20,6 +26,12 @@ fi
 # The Debian package starts a system Mosquitto on 1883; the tests start their own
 # on free ports and need none.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+# Likewise BIND's and Knot's services on 53: the tests start their own on free ports.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl stop named >/dev/null 2>&1 || true
+  systemctl stop knot >/dev/null 2>&1 || true
+fi
 
 python3 -m pip install -q -r e2e/requirements.txt
+command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
 (cd e2e && npm install --silent --no-audit --no-fund)

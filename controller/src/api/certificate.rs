@@ -278,7 +278,9 @@ pub struct ExecProvider {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DnsPropagation {
-    /// Resolvers asked (`host:port`). Default: the zone's authoritative name servers.
+    /// Name servers asked directly (`host:port`); every one must answer with the
+    /// value. Default: for `rfc2136`, its `nameserver`; otherwise the zone's
+    /// authoritative name servers (its NS records, found through the system resolver).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<String>,
     /// Seconds to wait for the record to appear. Default: 120.

@@ -397,8 +397,14 @@ async fn present_dns01(
     domain: &str,
     value: &str,
 ) -> Result<(), String> {
-    let _ = (solver, secrets, domain, value);
-    Err("dns01 solver: not wired yet".into())
+    dns01_of(solver, secrets)?.set(domain, value).await
+}
+
+/// The configured DNS-01 provider, with its Secrets resolved.
+fn dns01_of(solver: &Dns01Solver, secrets: &Secrets) -> Result<super::dns01::Dns01, String> {
+    super::dns01::Dns01::new(solver, &|r| {
+        secrets.get(&r.name, &r.key).map(<[u8]>::to_vec)
+    })
 }
 
 /// DNS-01: removes the TXT record set by [`present_dns01`].
@@ -408,8 +414,7 @@ async fn cleanup_dns01(
     domain: &str,
     value: &str,
 ) -> Result<(), String> {
-    let _ = (solver, secrets, domain, value);
-    Err("dns01 solver: not wired yet".into())
+    dns01_of(solver, secrets)?.clear(domain, value).await
 }
 
 /// Issues a certificate: one complete order against the ACME server.

@@ -16,6 +16,7 @@
 
 pub mod acme;
 pub mod ca;
+pub mod dns01;
 pub mod manager;
 pub mod selfsigned;
 

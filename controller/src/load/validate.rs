@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::api::certificate::{AcmeIssuer, CertificateSpec};
+use crate::api::certificate::{AcmeIssuer, CertificateSpec, Dns01Solver};
 use crate::api::{AclRule, SecretKeyRef};
 use crate::auth::acl::valid_topic_filter;
 use crate::auth::passwd::PasswordHash;
@@ -169,6 +169,16 @@ fn host_port(s: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// A name server address: `host:port`, or `[IPv6]:port`.
+fn nameserver_addr(s: &str) -> bool {
+    host_port(s)
+        || s.strip_prefix('[')
+            .and_then(|r| r.split_once("]:"))
+            .is_some_and(|(ip, port)| {
+                ip.parse::<std::net::Ipv6Addr>().is_ok() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            })
 }
 
 /// A host name or IP address to bind.
@@ -816,6 +826,9 @@ impl Validator<'_> {
                         format!("server `{}` is not an http(s) URL", acme.server),
                     );
                 }
+                if let Some(d) = &acme.solver.dns01 {
+                    self.dns01_provider(c, d);
+                }
                 if let Some(eab) = &acme.external_account_binding {
                     let path = [
                         Seg::Key("spec"),
@@ -841,6 +854,141 @@ impl Validator<'_> {
                     1,
                     128,
                 );
+            }
+        }
+    }
+
+    /// The settings and Secrets of the DNS-01 provider (`acme` checks that exactly one
+    /// is set): what the CRD schema holds, for standalone mode, plus what a schema
+    /// cannot see, such as a TSIG secret that is not base64.
+    fn dns01_provider(&mut self, c: &ObjectRef, d: &Dns01Solver) {
+        let dp = |rest: &[Seg<'static>]| -> Vec<Seg<'static>> {
+            [
+                Seg::Key("spec"),
+                Seg::Key("issuer"),
+                Seg::Key("acme"),
+                Seg::Key("solver"),
+                Seg::Key("dns01"),
+            ]
+            .into_iter()
+            .chain(rest.iter().copied())
+            .collect()
+        };
+        let url = |s: &str| s.starts_with("https://") || s.starts_with("http://");
+        if let Some(p) = &d.rfc2136 {
+            let r = |f: &'static str| dp(&[Seg::Key("rfc2136"), Seg::Key(f)]);
+            if !nameserver_addr(&p.nameserver) {
+                self.err(
+                    c,
+                    &r("nameserver"),
+                    format!(
+                        "nameserver `{}` is not host:port (for example 192.0.2.1:53)",
+                        p.nameserver
+                    ),
+                );
+            }
+            if let Some(z) = &p.zone {
+                if z.is_empty() || z.contains(char::is_whitespace) {
+                    self.err(c, &r("zone"), format!("zone `{z}` is not a DNS name"));
+                }
+            }
+            self.len(c, &r("tsigKeyName"), &p.tsig_key_name, 1, 253);
+            self.secret_key_ref(c, &r("tsigSecretRef"), &p.tsig_secret_ref);
+            let secret = &p.tsig_secret_ref;
+            if let Some(v) = self
+                .res
+                .secret_value(&c.namespace, &secret.name, &secret.key)
+            {
+                use base64::Engine;
+                let t = String::from_utf8_lossy(&v);
+                let t = t.trim().trim_matches('"');
+                let ok = !t.is_empty()
+                    && (base64::engine::general_purpose::STANDARD.decode(t).is_ok()
+                        || base64::engine::general_purpose::STANDARD_NO_PAD
+                            .decode(t)
+                            .is_ok());
+                if !ok {
+                    self.err(
+                        c,
+                        &r("tsigSecretRef"),
+                        format!(
+                            "Secret `{}` key `{}` is not base64; give the `secret` of the server's TSIG key file",
+                            secret.name, secret.key
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(p) = &d.cloudflare {
+            let r = |f: &'static str| dp(&[Seg::Key("cloudflare"), Seg::Key(f)]);
+            self.secret_key_ref(c, &r("apiTokenSecretRef"), &p.api_token_secret_ref);
+            if let Some(u) = &p.api_url {
+                if !url(u) {
+                    self.err(
+                        c,
+                        &r("apiUrl"),
+                        format!("apiUrl `{u}` is not an http(s) URL"),
+                    );
+                }
+            }
+        }
+        if let Some(p) = &d.route53 {
+            let r = |f: &'static str| dp(&[Seg::Key("route53"), Seg::Key(f)]);
+            match (&p.access_key_id_secret_ref, &p.secret_access_key_secret_ref) {
+                (Some(id), Some(key)) => {
+                    self.secret_key_ref(c, &r("accessKeyIdSecretRef"), id);
+                    self.secret_key_ref(c, &r("secretAccessKeySecretRef"), key);
+                }
+                (None, None) => {}
+                (Some(_), None) => self.err(
+                    c,
+                    &r("accessKeyIdSecretRef"),
+                    "set secretAccessKeySecretRef too, or neither to use the AWS credential chain",
+                ),
+                (None, Some(_)) => self.err(
+                    c,
+                    &r("secretAccessKeySecretRef"),
+                    "set accessKeyIdSecretRef too, or neither to use the AWS credential chain",
+                ),
+            }
+            if let Some(u) = &p.endpoint_url {
+                if !url(u) {
+                    self.err(
+                        c,
+                        &r("endpointUrl"),
+                        format!("endpointUrl `{u}` is not an http(s) URL"),
+                    );
+                }
+            }
+        }
+        if let Some(p) = &d.exec {
+            let r = |f: &'static str| dp(&[Seg::Key("exec"), Seg::Key(f)]);
+            if p.command.first().is_none_or(|c| c.is_empty()) {
+                self.err(
+                    c,
+                    &r("command"),
+                    "command must name a program (its arguments follow as list items)",
+                );
+            }
+            if let Some(t) = p.timeout_seconds {
+                self.range(c, &r("timeoutSeconds"), t.into(), 1, 3600);
+            }
+        }
+        if let Some(p) = &d.propagation {
+            let r = |f: &'static str| dp(&[Seg::Key("propagation"), Seg::Key(f)]);
+            for (i, ns) in p.nameservers.iter().enumerate() {
+                if !nameserver_addr(ns) {
+                    let mut path = r("nameservers");
+                    path.push(Seg::Index(i));
+                    self.err(
+                        c,
+                        &path,
+                        format!("nameserver `{ns}` is not host:port (for example 192.0.2.1:53)"),
+                    );
+                }
+            }
+            if let Some(t) = p.timeout_seconds {
+                self.range(c, &r("timeoutSeconds"), t.into(), 1, 3600);
             }
         }
     }
