@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
-# Paho MQTT (Python), MQTT.js (Node), pytest. Safe to run again.
+# Paho MQTT (Python), MQTT.js (Node), pytest, and moto's server (an AWS API emulator
+# for the AWS IoT and Secrets Manager tests; boto3 comes with it). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +20,6 @@ fi
 if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
 
 python3 -m pip install -q -r e2e/requirements.txt
+command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
+
 (cd e2e && npm install --silent --no-audit --no-fund)

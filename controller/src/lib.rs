@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod aws;
 pub mod broker;
 pub mod certs;
 pub mod http;
