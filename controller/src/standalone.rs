@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, Mutex, RwLock};
+use tokio::sync::{mpsc, Mutex, Notify, RwLock};
 
 use crate::broker::{BrokerRuntime, TlsMaterial};
+use crate::certs::awsiot_jobs::{AwsIotJobs, AwsIotState};
 use crate::certs::{self, CertInfo};
 use crate::load::{self, Resources};
 use crate::metrics::Metrics;
@@ -89,6 +90,12 @@ impl<'a> CertResolver<'a> {
         }
     }
 
+    /// Sets the result of a Certificate obtained elsewhere (AWS IoT, in the background).
+    fn preset(&mut self, namespace: &str, name: &str, r: Result<(TlsMaterial, CertInfo), String>) {
+        self.seen
+            .insert((namespace.to_string(), name.to_string()), r);
+    }
+
     /// What status shows for a Certificate: `None` when nothing used it.
     fn result(
         &self,
@@ -109,6 +116,9 @@ pub struct Runtime {
     report: RwLock<StatusReport>,
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
+    /// Notified when background work (AWS IoT) finished and a reload should pick it up.
+    wake: Arc<Notify>,
+    aws: AwsIotJobs,
 }
 
 /// Outcome of one reload, for logs and tests.
@@ -131,7 +141,10 @@ fn now_rfc3339() -> String {
 impl Runtime {
     /// A runtime with no broker started yet.
     pub fn new(opts: RunOptions, metrics: Arc<Metrics>) -> Runtime {
+        let wake = Arc::new(Notify::new());
         Runtime {
+            aws: AwsIotJobs::new(opts.state_dir.clone(), wake.clone()),
+            wake,
             opts,
             brokers: Mutex::new(BTreeMap::new()),
             report: RwLock::new(StatusReport::default()),
@@ -191,9 +204,21 @@ impl Runtime {
             };
         outcome.valid = true;
 
-        // Certificates: issue or reuse every one a listener needs.
+        // Certificates: issue or reuse every one a listener needs. AWS IoT work runs in
+        // the background; what is on disk is used now.
         let now = time::OffsetDateTime::now_utc();
         let mut certs = CertResolver::new(&res, &self.opts.state_dir, now);
+        let aws_states = self.aws.reconcile(&res);
+        for ((ns, name), st) in &aws_states {
+            let r = match (&st.issued, &st.error) {
+                (Some(i), _) => Ok((i.material.clone(), i.info.clone())),
+                (None, Some(e)) => Err(e.clone()),
+                (None, None) => {
+                    Err("the AWS IoT certificate is being created in the background".into())
+                }
+            };
+            certs.preset(ns, name, r);
+        }
         let mut broker_results: BTreeMap<String, Result<String, String>> = BTreeMap::new();
         let mut brokers = self.brokers.lock().await;
         for (key, bundle) in &bundles {
@@ -331,6 +356,20 @@ impl Runtime {
             ));
         }
         for c in res.certificates() {
+            if let Some(st) = aws_states.get(&(c.meta.namespace.clone(), c.meta.name.clone())) {
+                let (ready, reason, message, details) = aws_iot_status(st);
+                resources.push(status_of(
+                    "Certificate",
+                    &c.meta,
+                    ready,
+                    reason,
+                    &message,
+                    details,
+                    &previous,
+                    &stamp,
+                ));
+                continue;
+            }
             let (ready, reason, message, details) =
                 match certs.result(&c.meta.namespace, &c.meta.name) {
                     Some(Ok((_, info))) => (
@@ -421,6 +460,47 @@ impl Runtime {
         for (_, rt) in std::mem::take(&mut *brokers) {
             rt.shutdown().await;
         }
+    }
+}
+
+/// Ready, reason, message and details of an `awsIot` Certificate.
+fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::Value) {
+    let retry = st
+        .retry_in_seconds
+        .map(|s| format!("; retrying in {s}s"))
+        .unwrap_or_default();
+    match (&st.issued, &st.error) {
+        (Some(i), err) => {
+            let a = i.info.aws_iot.clone().unwrap_or_default();
+            let mut message = format!(
+                "AWS IoT certificate {} attached to thing {} and policy {}; endpoint {}",
+                a.certificate_id, a.thing_name, a.policy_name, a.endpoint
+            );
+            if st.working {
+                message.push_str("; updating in AWS");
+            }
+            if let Some(e) = err {
+                message.push_str(&format!("; last AWS update failed: {e}{retry}"));
+            }
+            (
+                true,
+                "Issued",
+                message,
+                serde_json::to_value(&i.info).unwrap_or_default(),
+            )
+        }
+        (None, Some(e)) => (
+            false,
+            "IssueFailed",
+            format!("{e}{retry}"),
+            serde_json::Value::Null,
+        ),
+        (None, None) => (
+            false,
+            "Issuing",
+            "creating the AWS IoT certificate in the background".into(),
+            serde_json::Value::Null,
+        ),
     }
 }
 
@@ -543,6 +623,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
             }
             _ = renew.tick() => { runtime.reload().await; }
+            _ = runtime.wake.notified() => { runtime.reload().await; }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
