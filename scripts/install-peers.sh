@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
-# Paho MQTT (Python), MQTT.js (Node), pytest, and moto's server (an AWS API emulator
-# for the AWS IoT and Secrets Manager tests; boto3 comes with it). Safe to run again.
+# Pebble (an RFC 8555 ACME server) with pebble-challtestsrv, openssl, Paho MQTT
+# (Python), MQTT.js (Node), pytest, and moto's server (an AWS API emulator for the AWS
+# IoT and Secrets Manager tests; boto3 comes with it). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

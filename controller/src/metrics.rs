@@ -23,6 +23,13 @@ pub struct DropLabels {
     pub reason: String,
 }
 
+/// Labels naming a Certificate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    /// `namespace/name` of the Certificate.
+    pub certificate: String,
+}
+
 /// Every metric edgemq exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -50,6 +57,10 @@ pub struct Metrics {
     pub config_reloads: Counter,
     /// Configuration changes refused (the last good config kept running).
     pub config_reload_errors: Counter,
+    /// Expiry of each Certificate's current certificate, Unix time in seconds.
+    pub certificate_expiration: Family<CertificateLabel, Gauge>,
+    /// Failed issuance or renewal attempts of each Certificate since its last success.
+    pub certificate_renewal_failures: Family<CertificateLabel, Gauge>,
 }
 
 impl Metrics {
@@ -115,6 +126,16 @@ impl Metrics {
             "config_reload_errors",
             "Configuration changes refused; the last good config kept running",
             self.config_reload_errors.clone(),
+        );
+        r.register(
+            "certificate_expiration_timestamp_seconds",
+            "Expiry of the certificate a Certificate serves now, Unix time in seconds",
+            self.certificate_expiration.clone(),
+        );
+        r.register(
+            "certificate_renewal_failures",
+            "Failed issuance or renewal attempts of a Certificate since its last success",
+            self.certificate_renewal_failures.clone(),
         );
     }
 }

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, Mutex, Notify, RwLock};
+use tokio::sync::{mpsc, Mutex, RwLock};
 
 use crate::broker::{BrokerRuntime, TlsMaterial};
-use crate::certs::awsiot_jobs::{AwsIotJobs, AwsIotState};
+use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::{self, CertInfo};
 use crate::load::{self, Resources};
 use crate::metrics::Metrics;
@@ -52,31 +52,52 @@ pub fn load_and_plan(
     Ok((res, bundles))
 }
 
+/// The values of every Secret of a namespace, for issuers that need them.
+fn secrets_of(res: &Resources, namespace: &str) -> certs::Secrets {
+    let mut out = BTreeMap::new();
+    for s in res.secrets().filter(|s| s.meta.namespace == namespace) {
+        let name = &s.meta.name;
+        for (k, v) in s.object.data.iter().flatten() {
+            out.insert((name.clone(), k.clone()), v.0.clone());
+        }
+        for (k, v) in s.object.string_data.iter().flatten() {
+            out.insert((name.clone(), k.clone()), v.as_bytes().to_vec());
+        }
+    }
+    certs::Secrets(out)
+}
+
 /// Certificates resolved during one reload, by (namespace, name): each is issued or
-/// read once per reload however many listeners and bridges use it.
+/// read once per reload however many listeners and bridges use it. ACME certificates
+/// are never waited for: the stored pair is returned and issuance runs in the
+/// background (see [`certs::Manager`]).
 struct CertResolver<'a> {
     res: &'a Resources,
-    state: &'a Path,
+    manager: &'a certs::Manager,
     now: time::OffsetDateTime,
     seen: BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>>,
 }
 
 impl<'a> CertResolver<'a> {
-    fn new(res: &'a Resources, state: &'a Path, now: time::OffsetDateTime) -> Self {
+    fn new(res: &'a Resources, manager: &'a certs::Manager, now: time::OffsetDateTime) -> Self {
         CertResolver {
             res,
-            state,
+            manager,
             now,
             seen: BTreeMap::new(),
         }
     }
 
-    /// The key pair of Certificate `namespace/name`, issuing or renewing it when due.
+    /// The key pair of Certificate `namespace/name`: issued or renewed in place when
+    /// due (selfSigned, ca), or the stored one (acme).
     fn material(&mut self, namespace: &str, name: &str) -> Result<TlsMaterial, String> {
         let key = (namespace.to_string(), name.to_string());
         if !self.seen.contains_key(&key) {
             let r = match self.res.certificate(namespace, name) {
-                Some(cert) => certs::ensure(self.state, cert, self.now).map_err(|e| e.to_string()),
+                Some(cert) => {
+                    self.manager
+                        .material(cert, &secrets_of(self.res, namespace), self.now)
+                }
                 None => Err(format!("Certificate {name} not found")),
             };
             if let Err(e) = &r {
@@ -116,9 +137,7 @@ pub struct Runtime {
     report: RwLock<StatusReport>,
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
-    /// Notified when background work (AWS IoT) finished and a reload should pick it up.
-    wake: Arc<Notify>,
-    aws: AwsIotJobs,
+    certs: certs::Manager,
 }
 
 /// Outcome of one reload, for logs and tests.
@@ -139,12 +158,15 @@ fn now_rfc3339() -> String {
 }
 
 impl Runtime {
-    /// A runtime with no broker started yet.
-    pub fn new(opts: RunOptions, metrics: Arc<Metrics>) -> Runtime {
-        let wake = Arc::new(Notify::new());
+    /// A runtime with no broker started yet. `reload` is signalled when a certificate
+    /// issued in the background is ready to be applied.
+    pub fn new(
+        opts: RunOptions,
+        metrics: Arc<Metrics>,
+        reload: mpsc::UnboundedSender<()>,
+    ) -> Runtime {
         Runtime {
-            aws: AwsIotJobs::new(opts.state_dir.clone(), wake.clone()),
-            wake,
+            certs: certs::Manager::new(&opts.state_dir, reload),
             opts,
             brokers: Mutex::new(BTreeMap::new()),
             report: RwLock::new(StatusReport::default()),
@@ -207,8 +229,8 @@ impl Runtime {
         // Certificates: issue or reuse every one a listener needs. AWS IoT work runs in
         // the background; what is on disk is used now.
         let now = time::OffsetDateTime::now_utc();
-        let mut certs = CertResolver::new(&res, &self.opts.state_dir, now);
-        let aws_states = self.aws.reconcile(&res);
+        let mut certs = CertResolver::new(&res, &self.certs, now);
+        let aws_states = self.certs.aws_iot(&res);
         for ((ns, name), st) in &aws_states {
             let r = match (&st.issued, &st.error) {
                 (Some(i), _) => Ok((i.material.clone(), i.info.clone())),
@@ -355,37 +377,50 @@ impl Runtime {
                 &stamp,
             ));
         }
+        // Every Certificate is kept issued, used by a listener or not (device and
+        // bridge client certificates are read from the state directory).
         for c in res.certificates() {
-            if let Some(st) = aws_states.get(&(c.meta.namespace.clone(), c.meta.name.clone())) {
-                let (ready, reason, message, details) = aws_iot_status(st);
-                resources.push(status_of(
-                    "Certificate",
-                    &c.meta,
-                    ready,
-                    reason,
-                    &message,
-                    details,
-                    &previous,
-                    &stamp,
-                ));
-                continue;
+            if c.object.spec.issuer.aws_iot.is_none() {
+                let _ = certs.material(&c.meta.namespace, &c.meta.name);
             }
+        }
+        let cert_keys: Vec<String> = res
+            .certificates()
+            .map(|c| format!("{}/{}", c.meta.namespace, c.meta.name))
+            .collect();
+        self.certs.retain(&cert_keys);
+        for c in res.certificates() {
+            let key = format!("{}/{}", c.meta.namespace, c.meta.name);
+            let progress = self.certs.progress(&key);
             let (ready, reason, message, details) =
-                match certs.result(&c.meta.namespace, &c.meta.name) {
-                    Some(Ok((_, info))) => (
-                        true,
-                        "Issued",
-                        format!("valid until {}", info.not_after),
-                        serde_json::to_value(info).unwrap_or_default(),
-                    ),
-                    Some(Err(e)) => (false, "IssueFailed", e.clone(), serde_json::Value::Null),
-                    None => (
-                        false,
-                        "Unused",
-                        "no listener uses this certificate".to_string(),
-                        serde_json::Value::Null,
+                match aws_states.get(&(c.meta.namespace.clone(), c.meta.name.clone())) {
+                    Some(st) => aws_iot_status(st),
+                    None => certificate_status(
+                        certs.result(&c.meta.namespace, &c.meta.name),
+                        progress.as_ref(),
+                        now,
                     ),
                 };
+            let label = crate::metrics::CertificateLabel {
+                certificate: key.clone(),
+            };
+            match certs.result(&c.meta.namespace, &c.meta.name) {
+                Some(Ok((_, info))) => {
+                    if let Some(t) = certs::parse_rfc3339(&info.not_after) {
+                        self.metrics
+                            .certificate_expiration
+                            .get_or_create(&label)
+                            .set(t.unix_timestamp());
+                    }
+                }
+                _ => {
+                    self.metrics.certificate_expiration.remove(&label);
+                }
+            }
+            self.metrics
+                .certificate_renewal_failures
+                .get_or_create(&label)
+                .set(progress.map(|p| p.failures as i64).unwrap_or(0));
             resources.push(status_of(
                 "Certificate",
                 &c.meta,
@@ -504,6 +539,87 @@ fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::
     }
 }
 
+/// Ready, reason, message and details of a Certificate's status.
+fn certificate_status(
+    result: Option<&Result<(TlsMaterial, CertInfo), String>>,
+    progress: Option<&certs::manager::Progress>,
+    now: time::OffsetDateTime,
+) -> (bool, &'static str, String, serde_json::Value) {
+    let failing = progress.filter(|p| p.failures > 0);
+    let details = |info: Option<&CertInfo>| {
+        let mut v = serde_json::to_value(info).unwrap_or_default();
+        if let (Some(p), serde_json::Value::Object(m)) = (progress, &mut v) {
+            if let Ok(serde_json::Value::Object(pm)) = serde_json::to_value(p) {
+                m.extend(pm);
+            }
+        }
+        if info.is_none() {
+            v = serde_json::to_value(progress).unwrap_or_default();
+        }
+        v
+    };
+    match result {
+        Some(Ok((_, info))) if info.expires_in_seconds <= 0 => (
+            false,
+            "Expired",
+            format!(
+                "expired at {}{}",
+                info.not_after,
+                failing
+                    .and_then(|p| p.last_failure.as_deref())
+                    .map(|f| format!("; renewal failing: {f}"))
+                    .unwrap_or_default()
+            ),
+            details(Some(info)),
+        ),
+        Some(Ok((_, info))) => match failing {
+            Some(p) if info.due(now) => (
+                true,
+                "RenewalFailing",
+                format!(
+                    "renewal failing ({} attempt(s)), the current certificate expires at {} and keeps serving: {}",
+                    p.failures,
+                    info.not_after,
+                    p.last_failure.as_deref().unwrap_or("")
+                ),
+                details(Some(info)),
+            ),
+            Some(p) => (
+                true,
+                "ReissueFailing",
+                format!(
+                    "a new certificate could not be issued, the current one (valid until {}) keeps serving: {}",
+                    info.not_after,
+                    p.last_failure.as_deref().unwrap_or("")
+                ),
+                details(Some(info)),
+            ),
+            None => (
+                true,
+                "Issued",
+                format!("valid until {}", info.not_after),
+                details(Some(info)),
+            ),
+        },
+        Some(Err(e)) => (
+            false,
+            if progress.is_some() && failing.is_none() {
+                "Issuing"
+            } else {
+                "IssueFailed"
+            },
+            e.clone(),
+            details(None),
+        ),
+        None => (
+            false,
+            "NotIssued",
+            "this issuer is not handled by standalone mode yet".to_string(),
+            serde_json::Value::Null,
+        ),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn status_of(
     kind: &str,
@@ -576,10 +692,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let runtime = Arc::new(Runtime::new(opts.clone(), metrics));
+    // Folder edits and certificates issued in the background both ask for a reload.
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let runtime = Arc::new(Runtime::new(opts.clone(), metrics, tx.clone()));
 
     // Watch before the first load, so no edit falls between the two.
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             if !matches!(ev.kind, notify::EventKind::Access(_)) {
@@ -623,7 +740,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
             }
             _ = renew.tick() => { runtime.reload().await; }
-            _ = runtime.wake.notified() => { runtime.reload().await; }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }

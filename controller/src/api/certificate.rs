@@ -1,6 +1,6 @@
 //! The Certificate kind: a key pair for TLS listeners and bridge clients, issued by
-//! one of several issuers. `selfSigned` is implemented; `ca`, `acme` and `awsIot` are
-//! part of the contract and implemented in later steps.
+//! one of several issuers: `selfSigned`, `ca` (a private CA kept in a Secret), `acme`
+//! (Let's Encrypt or any RFC 8555 server) and `awsIot`.
 
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -102,11 +102,14 @@ pub struct Issuer {
 #[serde(deny_unknown_fields)]
 pub struct SelfSignedIssuer {}
 
-/// Private CA issuer.
+/// Private CA issuer. Certificates it signs are valid for both server and client
+/// authentication, so the same issuer serves LAN listeners and device or bridge client
+/// certificates.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CaIssuer {
-    /// `kubernetes.io/tls` Secret holding the CA certificate and key.
+    /// `kubernetes.io/tls` Secret holding the CA certificate and key (`tls.crt`,
+    /// `tls.key`, PEM).
     #[schemars(length(min = 1, max = 253))]
     pub secret_ref: String,
 }
@@ -125,6 +128,11 @@ pub struct AcmeIssuer {
     /// External account binding key id and HMAC key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_account_binding: Option<ExternalAccountBinding>,
+    /// PEM CA certificates trusted for the ACME server's HTTPS, from a Secret key: for a
+    /// private ACME server whose certificate is not signed by a public CA. Default: the
+    /// system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeyRef>,
     /// How challenges are solved.
     pub solver: AcmeSolver,
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 use super::awsiot::{self, Issued};
 use crate::api::certificate::DeletionPolicy;
@@ -91,12 +91,13 @@ struct Inner {
 pub struct AwsIotJobs {
     state: PathBuf,
     inner: Arc<Mutex<Inner>>,
-    wake: Arc<Notify>,
+    wake: mpsc::UnboundedSender<()>,
 }
 
 impl AwsIotJobs {
-    /// Jobs writing into state directory `state`; `wake` is notified when one ends.
-    pub fn new(state: PathBuf, wake: Arc<Notify>) -> AwsIotJobs {
+    /// Jobs writing into state directory `state`; `wake` asks for a reload when one
+    /// ends.
+    pub fn new(state: PathBuf, wake: mpsc::UnboundedSender<()>) -> AwsIotJobs {
         AwsIotJobs {
             state,
             inner: Arc::default(),
@@ -177,7 +178,7 @@ impl AwsIotJobs {
                         tracing::error!(certificate = %id.1, error = %e, "AWS IoT certificate not updated");
                     }
                     jobs.lock().issue.entry(id).or_default().finish(r);
-                    jobs.wake.notify_one();
+                    let _ = jobs.wake.send(());
                 });
             }
             let job = &inner.issue[&(c.meta.namespace.clone(), c.meta.name.clone())];

@@ -1,13 +1,27 @@
 //! Certificates: issuers produce key pairs into a store; listeners and bridges use
 //! them by reference. One file per issuer.
 //!
+//! ```text
+//!  reload ──► Manager::material ──► selfSigned / ca: issued in place (fast, local)
+//!                  │                acme: the stored pair, at once; issuance and renewal
+//!                  │                run in a background task per Certificate, retried
+//!                  ▼                with backoff; a new pair triggers a reload
+//!              state dir: certs/<namespace>_<name>/{tls.crt,tls.key,ca.crt}
+//! ```
+//!
 //! Standalone mode keeps issued material in the state directory
-//! (`certs/<namespace>_<name>/tls.crt`, `tls.key`), the key readable by the owner only.
-//! Private keys never appear in logs or status.
+//! (`certs/<namespace>_<name>/tls.crt`, `tls.key`, and `ca.crt`, the CA that signed
+//! it), every file readable by the owner only. Private keys never appear in logs or
+//! status.
 
+pub mod acme;
 pub mod awsiot;
 pub mod awsiot_jobs;
+pub mod ca;
+pub mod manager;
 pub mod selfsigned;
+
+pub use manager::Manager;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +48,142 @@ pub struct CertInfo {
     pub aws_iot: Option<crate::api::certificate::AwsIotCertificateStatus>,
 }
 
+impl CertInfo {
+    /// The renewal time has passed (or cannot be read).
+    pub fn due(&self, now: time::OffsetDateTime) -> bool {
+        parse_rfc3339(&self.renewal_time).is_none_or(|t| now >= t)
+    }
+}
+
+/// Parses an RFC 3339 time.
+pub fn parse_rfc3339(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Formats a time as RFC 3339.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Values of the Secrets in a Certificate's namespace, by (Secret name, key): what an
+/// issuer may need (a CA key pair, an EAB key, DNS provider credentials), owned so
+/// background tasks can keep it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Secrets(pub std::collections::BTreeMap<(String, String), Vec<u8>>);
+
+impl Secrets {
+    /// The value of `key` in Secret `name`.
+    pub fn get(&self, name: &str, key: &str) -> Option<&[u8]> {
+        self.0
+            .get(&(name.to_string(), key.to_string()))
+            .map(|v| v.as_slice())
+    }
+
+    /// The value as UTF-8 text, or a clear error naming what is missing.
+    pub fn text(&self, name: &str, key: &str) -> Result<String, CertError> {
+        let v = self
+            .get(name, key)
+            .ok_or_else(|| CertError::Invalid(format!("Secret {name} has no key {key}")))?;
+        String::from_utf8(v.to_vec())
+            .map_err(|_| CertError::Invalid(format!("Secret {name} key {key} is not UTF-8 text")))
+    }
+}
+
+/// The subject alternative names of a Certificate, sorted: DNS names and IP addresses.
+pub fn subject_names(cert: &Certificate) -> Vec<String> {
+    let mut v: Vec<String> = cert
+        .spec
+        .dns_names
+        .iter()
+        .chain(&cert.spec.ip_addresses)
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+/// The common name: `commonName`, else the first DNS name, else the object's name.
+pub fn common_name(cert: &Certificate) -> String {
+    cert.spec
+        .common_name
+        .clone()
+        .or_else(|| cert.spec.dns_names.first().cloned())
+        .unwrap_or_else(|| cert.metadata.name.clone().unwrap_or_default())
+}
+
+/// Requested lifetime (`duration`, default 90 days).
+pub fn lifetime(cert: &Certificate) -> Duration {
+    cert.spec
+        .duration
+        .as_deref()
+        .and_then(parse_duration)
+        .unwrap_or(Duration::from_secs(90 * 24 * 3600))
+}
+
+/// A random positive 128-bit serial number.
+pub fn random_serial() -> rcgen::SerialNumber {
+    let mut serial = [0u8; 16];
+    rand::Rng::fill(&mut rand::rng(), &mut serial);
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    rcgen::SerialNumber::from_slice(&serial)
+}
+
+/// Certificate parameters of a leaf issued locally (selfSigned, ca): names, common
+/// name, validity from five minutes ago for the requested lifetime, a random serial.
+pub fn leaf_params(
+    cert: &Certificate,
+    now: time::OffsetDateTime,
+) -> Result<rcgen::CertificateParams, CertError> {
+    let mut params = rcgen::CertificateParams::new(subject_names(cert))
+        .map_err(|e| CertError::Generate(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name(cert));
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::seconds(lifetime(cert).as_secs() as i64);
+    params.serial_number = Some(random_serial());
+    Ok(params)
+}
+
+/// A key pair stored in a Certificate's state directory, with the request it answers
+/// (names, issuer...): a changed request means the pair must be issued again.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    /// Certificate chain and key.
+    pub material: TlsMaterial,
+    /// What was asked for when it was issued.
+    pub request: String,
+}
+
+/// Reads the stored pair of a Certificate directory, if complete.
+pub fn read_stored(dir: &Path) -> Option<Stored> {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    Some(Stored {
+        material: TlsMaterial {
+            cert_pem: read("tls.crt")?,
+            key_pem: read("tls.key")?,
+        },
+        request: read("request")?,
+    })
+}
+
+/// Stores a pair, its CA and its request, each file readable by the owner only. The
+/// key is written first and the request last, so a crash in between leaves a pair
+/// that does not match its request and is issued again.
+pub fn write_stored(
+    dir: &Path,
+    material: &TlsMaterial,
+    ca_pem: &str,
+    request: &str,
+) -> Result<(), CertError> {
+    write_private(&dir.join("tls.key"), material.key_pem.as_bytes())?;
+    write_private(&dir.join("tls.crt"), material.cert_pem.as_bytes())?;
+    write_private(&dir.join("ca.crt"), ca_pem.as_bytes())?;
+    write_private(&dir.join("request"), request.as_bytes())
+}
+
 /// Why a certificate could not be obtained.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -51,6 +201,9 @@ pub enum CertError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The ACME server refused, failed or could not be reached.
+    #[error("ACME: {0}")]
+    Acme(String),
     /// Stored or provided material is not a usable certificate.
     #[error("invalid certificate: {0}")]
     Invalid(String),
@@ -90,8 +243,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(total))
 }
 
-/// Reads validity and serial from a PEM certificate, with the renewal time for
-/// `renew_before` (default: one third of the lifetime).
+/// Reads validity and serial from a PEM certificate (the first of a chain), with the
+/// renewal time for `renew_before` (default: one third of the lifetime; at most nine
+/// tenths of it).
 pub fn cert_info(
     pem: &str,
     renew_before: Option<Duration>,
@@ -105,9 +259,12 @@ pub fn cert_info(
     let nb = cert.validity().not_before.to_datetime();
     let na = cert.validity().not_after.to_datetime();
     let lifetime = na - nb;
+    // Never earlier than a tenth into the lifetime: a renewBefore longer than the
+    // lifetime the CA gave would otherwise renew in a loop.
     let before = renew_before
         .map(|d| time::Duration::seconds(d.as_secs() as i64))
-        .unwrap_or(lifetime / 3);
+        .unwrap_or(lifetime / 3)
+        .min(lifetime * 9 / 10);
     let fmt = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default()
@@ -129,20 +286,24 @@ pub fn cert_dir(state: &Path, cert: &Certificate) -> PathBuf {
     state.join("certs").join(format!("{ns}_{name}"))
 }
 
-/// Obtains (or reuses) the key pair of a Certificate, issuing or renewing it when
-/// needed. Returns the material and what status should show.
+/// Obtains (or reuses) the key pair of a Certificate whose issuer works locally
+/// (`selfSigned`, `ca`), issuing or renewing it when needed. ACME certificates are
+/// issued in the background by the [`Manager`].
 pub fn ensure(
     state: &Path,
     cert: &Certificate,
+    secrets: &Secrets,
     now: time::OffsetDateTime,
 ) -> Result<(TlsMaterial, CertInfo), CertError> {
     let issuer = &cert.spec.issuer;
     if issuer.self_signed.is_some() {
         selfsigned::ensure(state, cert, now)
-    } else if issuer.ca.is_some() {
-        Err(CertError::Unsupported("ca"))
+    } else if let Some(ca) = &issuer.ca {
+        ca::ensure(state, cert, &ca.secret_ref, secrets, now)
     } else if issuer.acme.is_some() {
-        Err(CertError::Unsupported("acme"))
+        Err(CertError::Invalid(
+            "ACME certificates are issued in the background".into(),
+        ))
     } else if issuer.aws_iot.is_some() {
         // AWS calls run in the background (standalone: `awsiot_jobs`); here only what
         // is already on disk.
@@ -183,6 +344,46 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cert_valid_for(secs: i64) -> (String, time::OffsetDateTime) {
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["a.example".to_string()]).unwrap();
+        p.not_before = now;
+        p.not_after = now + time::Duration::seconds(secs);
+        let key = rcgen::KeyPair::generate().unwrap();
+        (p.self_signed(&key).unwrap().pem(), now)
+    }
+
+    #[test]
+    fn renewal_is_a_third_of_the_lifetime_before_expiry_unless_set() {
+        let (pem, start) = cert_valid_for(90 * 24 * 3600);
+        let info = cert_info(&pem, None, start).unwrap();
+        assert_eq!(
+            parse_rfc3339(&info.renewal_time).unwrap(),
+            start + time::Duration::days(60)
+        );
+        let info = cert_info(&pem, Some(Duration::from_secs(24 * 3600)), start).unwrap();
+        assert_eq!(
+            parse_rfc3339(&info.renewal_time).unwrap(),
+            start + time::Duration::days(89)
+        );
+        assert!(!info.due(start));
+        assert!(info.due(start + time::Duration::days(89)));
+    }
+
+    #[test]
+    fn a_renew_before_longer_than_the_lifetime_does_not_renew_in_a_loop() {
+        // 100 s certificates with renewBefore 1h would be due the moment they arrive.
+        let (pem, start) = cert_valid_for(100);
+        let info = cert_info(&pem, Some(Duration::from_secs(3600)), start).unwrap();
+        assert_eq!(
+            parse_rfc3339(&info.renewal_time).unwrap(),
+            start + time::Duration::seconds(10)
+        );
+        assert!(!info.due(start));
+    }
 
     #[test]
     fn go_durations_parse() {

@@ -3,28 +3,27 @@
 //! reissued when its SANs change or its renewal time has passed.
 
 use std::path::Path;
-use std::time::Duration;
 
-use super::{cert_dir, cert_info, parse_duration, write_private, CertError, CertInfo};
+use super::{
+    cert_dir, cert_info, common_name, leaf_params, parse_duration, read_stored, subject_names,
+    write_stored, CertError, CertInfo,
+};
 use crate::api::certificate::KeyAlgorithm;
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
 
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
-
-fn sans(cert: &Certificate) -> Vec<String> {
-    let mut v: Vec<String> = cert
-        .spec
-        .dns_names
-        .iter()
-        .chain(&cert.spec.ip_addresses)
-        .cloned()
-        .collect();
-    v.sort();
-    v
+/// What a stored self-signed pair must match to be reused.
+fn request(cert: &Certificate) -> String {
+    format!(
+        "selfSigned\nnames={}\ncn={}\nlifetime={}\n",
+        subject_names(cert).join(","),
+        common_name(cert),
+        super::lifetime(cert).as_secs()
+    )
 }
 
-/// Reuses the stored pair when still good, otherwise issues a new one.
+/// Reuses the stored pair when still good, otherwise issues a new one. The
+/// certificate is its own CA, so `ca.crt` is the certificate itself.
 pub fn ensure(
     state: &Path,
     cert: &Certificate,
@@ -38,49 +37,17 @@ pub fn ensure(
     }
     let dir = cert_dir(state, cert);
     let renew_before = cert.spec.renew_before.as_deref().and_then(parse_duration);
-    let wanted = sans(cert).join(",");
-    let stored = (
-        std::fs::read_to_string(dir.join("tls.crt")),
-        std::fs::read_to_string(dir.join("tls.key")),
-        std::fs::read_to_string(dir.join("sans")),
-    );
-    if let (Ok(cert_pem), Ok(key_pem), Ok(stored_sans)) = stored {
-        if stored_sans == wanted {
-            if let Ok(info) = cert_info(&cert_pem, renew_before, now) {
-                let renew_at = time::OffsetDateTime::parse(
-                    &info.renewal_time,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .unwrap_or(now);
-                if now < renew_at {
-                    return Ok((TlsMaterial { cert_pem, key_pem }, info));
+    let wanted = request(cert);
+    if let Some(stored) = read_stored(&dir) {
+        if stored.request == wanted {
+            if let Ok(info) = cert_info(&stored.material.cert_pem, renew_before, now) {
+                if !info.due(now) {
+                    return Ok((stored.material, info));
                 }
             }
         }
     }
-    let lifetime = cert
-        .spec
-        .duration
-        .as_deref()
-        .and_then(parse_duration)
-        .unwrap_or(DEFAULT_LIFETIME);
-    let mut params = rcgen::CertificateParams::new(sans(cert))
-        .map_err(|e| CertError::Generate(e.to_string()))?;
-    let cn = cert
-        .spec
-        .common_name
-        .clone()
-        .or_else(|| cert.spec.dns_names.first().cloned())
-        .unwrap_or_else(|| cert.metadata.name.clone().unwrap_or_default());
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
-    let mut serial = [0u8; 16];
-    rand::Rng::fill(&mut rand::rng(), &mut serial);
-    serial[0] &= 0x7f;
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let params = leaf_params(cert, now)?;
     let key = rcgen::KeyPair::generate().map_err(|e| CertError::Generate(e.to_string()))?;
     let issued = params
         .self_signed(&key)
@@ -89,9 +56,7 @@ pub fn ensure(
         cert_pem: issued.pem(),
         key_pem: key.serialize_pem(),
     };
-    write_private(&dir.join("tls.key"), material.key_pem.as_bytes())?;
-    write_private(&dir.join("tls.crt"), material.cert_pem.as_bytes())?;
-    write_private(&dir.join("sans"), wanted.as_bytes())?;
+    write_stored(&dir, &material, &material.cert_pem, &wanted)?;
     let info = cert_info(&material.cert_pem, renew_before, now)?;
     tracing::info!(
         certificate = cert.metadata.name.as_deref().unwrap_or(""),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::api::certificate::{AwsIotIssuer, KeyOrigin};
+use crate::api::certificate::{AcmeIssuer, AwsIotIssuer, CertificateSpec, KeyAlgorithm, KeyOrigin};
 use crate::api::{AclRule, SecretKeyRef};
 use crate::auth::acl::valid_topic_filter;
 use crate::auth::passwd::PasswordHash;
@@ -660,6 +660,78 @@ impl Validator<'_> {
         }
     }
 
+    /// The ACME parts CEL checks in a cluster: names, exactly one solver, exactly one
+    /// DNS provider, and the Secrets they read.
+    fn acme(&mut self, c: &ObjectRef, acme: &AcmeIssuer, spec: &CertificateSpec) {
+        let ap = |f| {
+            [
+                Seg::Key("spec"),
+                Seg::Key("issuer"),
+                Seg::Key("acme"),
+                Seg::Key(f),
+            ]
+        };
+        if spec.dns_names.is_empty() {
+            self.err(
+                c,
+                &[Seg::Key("spec"), Seg::Key("dnsNames")],
+                "an acme Certificate needs at least one DNS name",
+            );
+        }
+        if !spec.ip_addresses.is_empty() {
+            self.err(
+                c,
+                &[Seg::Key("spec"), Seg::Key("ipAddresses")],
+                "the acme issuer does not issue certificates for IP addresses; use dnsNames",
+            );
+        }
+        if let Some(r) = &acme.ca_bundle_secret_ref {
+            self.secret_key_ref(c, &ap("caBundleSecretRef"), r);
+        }
+        let solver = &acme.solver;
+        let sp = |f| {
+            [
+                Seg::Key("spec"),
+                Seg::Key("issuer"),
+                Seg::Key("acme"),
+                Seg::Key("solver"),
+                Seg::Key(f),
+            ]
+        };
+        if solver.dns01.is_some() == solver.http01.is_some() {
+            self.err(c, &ap("solver"), "set exactly one of dns01 and http01");
+        }
+        if let Some(h) = &solver.http01 {
+            if h.port == Some(0) {
+                self.err(c, &sp("http01"), "port 0 is out of range 1..=65535");
+            }
+            if let Some(a) = &h.bind_address {
+                if a.parse::<IpAddr>().is_err() {
+                    self.err(
+                        c,
+                        &sp("http01"),
+                        format!("bindAddress `{a}` is not an IP address"),
+                    );
+                }
+            }
+        }
+        if let Some(d) = &solver.dns01 {
+            let set = [
+                d.rfc2136.is_some(),
+                d.cloudflare.is_some(),
+                d.route53.is_some(),
+                d.exec.is_some(),
+            ];
+            if set.iter().filter(|x| **x).count() != 1 {
+                self.err(
+                    c,
+                    &sp("dns01"),
+                    "set exactly one DNS provider: rfc2136, cloudflare, route53 or exec",
+                );
+            }
+        }
+    }
+
     fn certificates(&mut self) {
         let res = self.res;
         for c in res.certificates() {
@@ -742,6 +814,18 @@ impl Validator<'_> {
                     ];
                     self.secret_key_ref(c, &path, &eab.key_secret_ref);
                 }
+                self.acme(c, acme, spec);
+            }
+            if spec.private_key.algorithm == KeyAlgorithm::Rsa && is.aws_iot.is_none() {
+                self.err(
+                    c,
+                    &[
+                        Seg::Key("spec"),
+                        Seg::Key("privateKey"),
+                        Seg::Key("algorithm"),
+                    ],
+                    "RSA keys are not supported yet; use ECDSA (P-256)",
+                );
             }
             if let Some(aws) = &is.aws_iot {
                 self.aws_iot(c, aws);
@@ -832,6 +916,58 @@ mod tests {
         assert!(filter_error("devices/%u/#", true).is_none());
         assert!(filter_error("devices/x%u/#", true).is_some());
         assert!(filter_error("a\nb", false).is_some());
+    }
+
+    /// Errors of a folder holding one file, as text.
+    fn errors_of(yaml: &str) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("certs.yaml"), yaml).expect("write");
+        match super::super::load(dir.path(), None) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn acme_cert(name: &str, extra_spec: &str, acme: &str) -> String {
+        format!(
+            "apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {{name: {name}}}\n\
+             spec:\n  dnsNames: [mqtt.example.org]\n{extra_spec}  issuer:\n    acme:\n      \
+             server: https://acme.example.org/dir\n{acme}"
+        )
+    }
+
+    #[test]
+    fn acme_rules_that_cel_checks_in_a_cluster_are_checked_in_files_too() {
+        let both = acme_cert(
+            "both",
+            "",
+            "      solver: {http01: {}, dns01: {exec: {command: [x]}}}\n",
+        );
+        let none = acme_cert("none", "", "      solver: {}\n");
+        let two_providers = acme_cert(
+            "two-providers",
+            "",
+            "      solver: {dns01: {exec: {command: [x]}, cloudflare: {apiTokenSecretRef: {name: cf, key: t}}}}\n",
+        );
+        let ip = acme_cert(
+            "ip",
+            "  ipAddresses: [\"192.0.2.1\"]\n  privateKey: {algorithm: RSA}\n",
+            "      solver: {http01: {bindAddress: not-an-ip}}\n      caBundleSecretRef: {name: missing, key: ca.crt}\n",
+        );
+        let good = acme_cert("good", "", "      solver: {http01: {port: 8080}}\n");
+        let e = errors_of(&[both, none, two_providers, ip, good].join("---\n"));
+        for want in [
+            "certs.yaml:9: Certificate/both: set exactly one of dns01 and http01",
+            "certs.yaml:19: Certificate/none: set exactly one of dns01 and http01",
+            "certs.yaml:29: Certificate/two-providers: set exactly one DNS provider",
+            "certs.yaml:36: Certificate/ip: the acme issuer does not issue certificates for IP addresses",
+            "certs.yaml:37: Certificate/ip: RSA keys are not supported yet",
+            "certs.yaml:41: Certificate/ip: bindAddress `not-an-ip` is not an IP address",
+            "certs.yaml:42: Certificate/ip: Secret `missing` not found",
+        ] {
+            assert!(e.contains(want), "missing `{want}` in:\n{e}");
+        }
+        assert!(!e.contains("Certificate/good"), "{e}");
     }
 
     #[test]
