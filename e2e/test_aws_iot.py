@@ -190,3 +190,27 @@ def test_an_aws_error_is_in_status_with_operation_and_code(edgemq, moto):
     assert "CreateThing" in msg and "ResourceNotFoundException" in msg, msg
     # The broker runs regardless.
     assert e.status()["config"]["valid"]
+
+
+def test_a_due_certificate_is_rotated_and_the_old_one_retired(edgemq, moto):
+    # duration 40s, renewBefore 20s: due 20 s after issue.
+    e = edgemq(env=AWS_ENV)
+    e.write("broker.yaml", support.broker_yaml("home", support.free_port()))
+    e.write("cert.yaml", certificate_yaml(moto.url, "Delete").replace(
+        "spec:\n", "spec:\n  duration: 40s\n  renewBefore: 20s\n"))
+    e.write("bridge.yaml", BRIDGE)
+    e.start()
+    first = e.wait_applied(issued, timeout=60)["details"]["awsIot"]["certificateId"]
+
+    def rotated(st):
+        r = issued(st)
+        cid = r and r["details"]["awsIot"]["certificateId"]
+        return cid and cid != first and cid
+    e.wait_applied(rotated, timeout=90, message="certificate rotated")
+    # The old one is detached, deactivated and deleted once the new one was handed out.
+    support.poll(lambda: first not in [c for c, _ in moto.inventory()["certificates"]],
+                 timeout=150, message="old certificate retired")
+    # The thing and its policy stay through rotations.
+    inv = moto.inventory()
+    assert inv["things"] == ["home-gw"] and inv["policies"] == ["edgemq-home-gw-aws-home"]
+    assert e.running()

@@ -536,3 +536,41 @@ async fn aws_errors_name_the_operation_and_code() {
     assert_eq!(left.policies, vec!["fleet"]);
     assert_eq!(left.certificates, vec![]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_endpoint_replaces_the_discovered_one_and_back() {
+    let Some(m) = moto() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let standin = certificate(
+        "      thingName: home-gw\n      keyOrigin: AWS\n      dataEndpoint: localhost:18883\n",
+        &m.url,
+        "",
+    );
+    let issued = awsiot::ensure(state.path(), &standin, &[], now())
+        .await
+        .unwrap();
+    let dir = cert_dir(state.path(), &standin);
+    assert_eq!(read(&dir, "endpoint"), "localhost:18883");
+    assert_eq!(
+        issued.info.aws_iot.unwrap().endpoint,
+        "localhost:18883".to_string()
+    );
+    // Without the override the account's endpoint is discovered; same certificate.
+    let real = certificate(
+        "      thingName: home-gw\n      keyOrigin: AWS\n",
+        &m.url,
+        "",
+    );
+    let local = awsiot::cached(state.path(), &real, &[], now()).unwrap();
+    assert!(local.needs_aws);
+    let again = awsiot::ensure(state.path(), &real, &[], now())
+        .await
+        .unwrap();
+    assert_eq!(again.material, issued.material);
+    assert!(read(&dir, "endpoint").ends_with("-ats.iot.eu-west-1.amazonaws.com"));
+    assert!(
+        !awsiot::cached(state.path(), &real, &[], now())
+            .unwrap()
+            .needs_aws
+    );
+}

@@ -348,6 +348,11 @@ pub struct AwsIotIssuer {
     /// it is never rotated, deactivated or deleted by edgemq.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import_from: Option<SecretsManagerRef>,
+    /// Where Bridges connect (`host`, or `host:port`) instead of the account's
+    /// discovered `iot:Data-ATS` endpoint: for compatible services and local stand-ins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub data_endpoint: Option<String>,
     /// AWS API endpoint URL for IoT and Secrets Manager, for compatible services and
     /// tests. Default: the AWS endpoints of the region.
     #[serde(default, skip_serializing_if = "Option::is_none")]

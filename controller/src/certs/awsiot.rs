@@ -97,9 +97,12 @@ pub struct Record {
     /// The certificate id whose key pair is in `stored_in_secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_certificate_id: Option<String>,
-    /// Host of the `iot:Data-ATS` endpoint.
+    /// Host of the `iot:Data-ATS` endpoint (or `dataEndpoint`).
     #[serde(default)]
     pub endpoint: String,
+    /// `endpoint` is the spec's `dataEndpoint`, not the discovered one.
+    #[serde(default)]
+    pub endpoint_overridden: bool,
     /// What deleting the Certificate does in AWS.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -292,8 +295,12 @@ pub fn cached(
     }
     let (name, doc) = wanted_policy(cert, bridges, &c.certificate_arn)?;
     let store = aws.store_in_secret.as_ref().map(|s| s.secret_id.clone());
+    let endpoint_ok = match &aws.data_endpoint {
+        Some(e) => r.endpoint == *e,
+        None => !r.endpoint.is_empty() && !r.endpoint_overridden,
+    };
     let fresh = r.retiring.is_empty()
-        && !r.endpoint.is_empty()
+        && endpoint_ok
         && r.thing_group_name == aws.thing_group_name
         && r.policy_name == name
         && r.policy_generated == doc.is_some()
@@ -528,7 +535,9 @@ async fn reconcile(
     write_record(dir, &r)?;
 
     // The endpoint Bridges connect to.
-    if r.endpoint.is_empty() {
+    if let Some(e) = &aws.data_endpoint {
+        r.endpoint = e.clone();
+    } else if r.endpoint.is_empty() || r.endpoint_overridden {
         let out = c
             .iot
             .describe_endpoint()
@@ -538,6 +547,7 @@ async fn reconcile(
             .map_err(|e| AwsError::from_sdk("IoT", "DescribeEndpoint", e))?;
         r.endpoint = out.endpoint_address.unwrap_or_default();
     }
+    r.endpoint_overridden = aws.data_endpoint.is_some();
     write_private(&dir.join(ENDPOINT_FILE), r.endpoint.as_bytes())?;
     write_private(&dir.join("ca.crt"), AMAZON_ROOT_CAS.as_bytes())?;
 

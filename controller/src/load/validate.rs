@@ -883,6 +883,19 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(e) = &aws.data_endpoint {
+            let host = match e.rsplit_once(':') {
+                Some((h, p)) if p.parse::<u16>().is_ok_and(|p| p > 0) => h,
+                _ => e.as_str(),
+            };
+            if host.is_empty() || host.contains(['/', ' ', ':']) {
+                self.err(
+                    c,
+                    &p("dataEndpoint"),
+                    format!("dataEndpoint `{e}` must be a host or host:port"),
+                );
+            }
+        }
         for (field, r) in [
             ("storeInSecret", &aws.store_in_secret),
             ("importFrom", &aws.import_from),
