@@ -192,7 +192,9 @@ impl AwsIotJobs {
                 .map(|t| t.saturating_duration_since(at).as_secs());
             out.insert((c.meta.namespace.clone(), c.meta.name.clone()), st);
         }
-        inner.issue.retain(|k, _| present.contains(k));
+        // A job still running for a removed Certificate is kept until it ends, so the
+        // cleanup below never runs at the same time as an issue.
+        inner.issue.retain(|k, j| present.contains(k) || j.running);
 
         // Certificates gone from the folder: clean up per their deletion policy.
         for (dir, record) in awsiot::recorded(&self.state) {
@@ -200,7 +202,8 @@ impl AwsIotJobs {
             let still_aws = res
                 .certificate(&id.0, &id.1)
                 .is_some_and(|c| c.spec.issuer.aws_iot.is_some());
-            if still_aws || record.deletion_policy == DeletionPolicy::Retain {
+            let issuing = inner.issue.get(&id).is_some_and(|j| j.running);
+            if still_aws || issuing || record.deletion_policy == DeletionPolicy::Retain {
                 continue;
             }
             let job = inner.delete.entry(dir.clone()).or_default();
