@@ -214,3 +214,39 @@ def test_a_due_certificate_is_rotated_and_the_old_one_retired(edgemq, moto):
     inv = moto.inventory()
     assert inv["things"] == ["home-gw"] and inv["policies"] == ["edgemq-home-gw-aws-home"]
     assert e.running()
+
+
+def test_a_certificate_made_elsewhere_is_imported_from_secrets_manager(edgemq, moto, tmp_path):
+    """The path of a local stand-in for AWS IoT Core: a device certificate made with
+    openssl (as by hand or Terraform), registered in AWS IoT, its pair kept in Secrets
+    Manager; Bridges pointed at dataEndpoint instead of the discovered endpoint."""
+    import helpers_b
+    crt, key = helpers_b.make_cert(tmp_path / "device", "device", 7, cn="home-gw")
+    iot = moto.client("iot")
+    reg = iot.register_certificate_without_ca(certificatePem=crt.read_text(), status="ACTIVE")
+    moto.client("secretsmanager").create_secret(Name="terraform/home-gw", SecretString=json.dumps({
+        "certificateArn": reg["certificateArn"],
+        "certificatePem": crt.read_text(),
+        "privateKey": key.read_text(),
+    }))
+    e = edgemq(env=AWS_ENV)
+    e.write("broker.yaml", support.broker_yaml("home", support.free_port()))
+    e.write("cert.yaml", certificate_yaml(moto.url, "Delete").replace(
+        "      keyOrigin: AWS\n",
+        "      importFrom: {secretId: terraform/home-gw}\n      dataEndpoint: localhost:18883\n"))
+    e.write("bridge.yaml", BRIDGE)
+    e.start()
+    r = e.wait_applied(issued, timeout=60, message="imported certificate in place")
+    aws = r["details"]["awsIot"]
+    assert aws["certificateArn"] == reg["certificateArn"]
+    assert aws["endpoint"] == "localhost:18883"
+    assert e.cert_path("aws-home", file="endpoint").read_text() == "localhost:18883"
+    assert e.cert_path("aws-home").read_text() == crt.read_text()
+    assert e.cert_path("aws-home", file="tls.key").read_text() == key.read_text()
+    assert iot.list_principal_things(principal=reg["certificateArn"])["things"] == ["home-gw"]
+    # Deleted with Delete: detached, but the certificate stays with whoever made it.
+    e.remove("bridge.yaml")
+    e.remove("cert.yaml")
+    support.poll(lambda: moto.inventory()["things"] == [], timeout=60, message="thing deleted")
+    assert moto.inventory()["certificates"] == [(reg["certificateId"], "ACTIVE")]
+    assert iot.list_attached_policies(target=reg["certificateArn"])["policies"] == []
