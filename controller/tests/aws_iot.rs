@@ -574,3 +574,51 @@ async fn a_data_endpoint_replaces_the_discovered_one_and_back() {
             .needs_aws
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_thing_gets_its_type_and_group() {
+    let Some(m) = moto() else { return };
+    let c = clients(&m.url).await;
+    c.iot
+        .create_thing_type()
+        .thing_type_name("gateway")
+        .send()
+        .await
+        .unwrap();
+    c.iot
+        .create_thing_group()
+        .thing_group_name("homes")
+        .send()
+        .await
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let cert = certificate(
+        "      thingName: home-gw\n      keyOrigin: AWS\n      thingTypeName: gateway\n      thingGroupName: homes\n",
+        &m.url,
+        "  deletionPolicy: Delete\n",
+    );
+    awsiot::ensure(state.path(), &cert, &[], now())
+        .await
+        .unwrap();
+    let thing = c
+        .iot
+        .describe_thing()
+        .thing_name("home-gw")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thing.thing_type_name(), Some("gateway"));
+    let members = c
+        .iot
+        .list_things_in_thing_group()
+        .thing_group_name("homes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(members.things(), ["home-gw".to_string()]);
+    awsiot::delete(&cert_dir(state.path(), &cert))
+        .await
+        .unwrap();
+    let left = inventory(&c).await;
+    assert_eq!((left.things.len(), left.certificates.len()), (0, 0));
+}
