@@ -245,3 +245,39 @@ impl AwsIotJobs {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_doubling_and_a_changed_spec_retries_at_once() {
+        let mut j = Job {
+            running: true,
+            key: "a".into(),
+            ..Job::default()
+        };
+        assert!(!j.may_start("a", Instant::now()), "never twice at once");
+        j.finish(Err(
+            "AWS IoT CreateThing failed: Throttling: slow down".into()
+        ));
+        let first = j.retry_at.unwrap();
+        assert!(!j.may_start("a", Instant::now()));
+        assert!(
+            j.may_start("b", Instant::now()),
+            "a changed spec retries at once"
+        );
+        assert!(j.may_start("a", first));
+        j.running = true;
+        j.finish(Err("again".into()));
+        let wait = j.retry_at.unwrap() - Instant::now();
+        assert!(wait > MIN_BACKOFF && wait <= MIN_BACKOFF * 2, "{wait:?}");
+        for _ in 0..10 {
+            j.finish(Err("again".into()));
+        }
+        assert!(j.retry_at.unwrap() - Instant::now() <= MAX_BACKOFF);
+        j.finish(Ok(()));
+        assert_eq!((j.failures, j.error.clone(), j.retry_at), (0, None, None));
+        assert!(j.may_start("a", Instant::now()));
+    }
+}
