@@ -137,7 +137,7 @@ def pebble(tmp_path, request):
 # --------------------------------------------------------------------------- config
 
 def acme_config(p: Pebble, tls_port: int, http01_port: int, renew_before: str = "",
-                eab: Optional[tuple] = None) -> str:
+                eab: Optional[tuple] = None, algorithm: str = "") -> str:
     ca = "\n".join("    " + line for line in p.ca.read_text().strip().splitlines())
     secret = (f"apiVersion: v1\nkind: Secret\nmetadata: {{name: acme-ca}}\n"
               f"stringData:\n  ca.crt: |\n{ca}\n")
@@ -147,6 +147,8 @@ def acme_config(p: Pebble, tls_port: int, http01_port: int, renew_before: str = 
         eab_lines = (f"      externalAccountBinding: {{keyId: {eab[0]}, "
                      f"keySecretRef: {{name: acme-ca, key: eab-hmac}}}}\n")
     rb = f"  renewBefore: {renew_before}\n" if renew_before else ""
+    if algorithm:
+        rb += f"  privateKey: {{algorithm: {algorithm}}}\n"
     cert = (f"apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {{name: acme-tls}}\n"
             f"spec:\n  dnsNames: [{NAME}]\n{rb}"
             f"  issuer:\n    acme:\n      server: {p.directory}\n      email: ops@edgemq.test\n"
@@ -222,6 +224,8 @@ def test_http01_issues_a_certificate_that_clients_verify_and_restarts_reuse_it(e
     assert len(accounts) == 1
     for f in [key, e.cert_path("acme-tls"), e.cert_path("acme-tls", file="ca.crt"), accounts[0]]:
         assert mode(f) == 0o600, f"{f} has mode {oct(mode(f))}"
+    for d in [key.parent, accounts[0].parent]:
+        assert mode(d) == 0o700, f"{d} has mode {oct(mode(d))}"
     account = accounts[0].read_text()
     # The issuer's chain is stored for clients that pin it.
     assert "BEGIN CERTIFICATE" in e.cert_path("acme-tls", file="ca.crt").read_text()
@@ -336,3 +340,20 @@ def test_a_server_that_requires_external_account_binding_issues_with_the_right_k
     e.wait_applied(lambda s: condition(s).get("reason") == "Issued", 90, "issued with EAB")
     wait_port(tls_port)
     assert served(tls_port, p.root_pem()) == status_serial(e.status())
+
+
+def test_an_rsa_key_is_requested_when_the_certificate_asks_for_one(edgemq, pebble):
+    http01, tls_port = free_port(), free_port()
+    p = pebble(http01)
+    e = edgemq()
+    e.write("home.yaml", acme_config(p, tls_port, http01, algorithm="RSA"))
+    e.start(wait_ready=False)
+    e.wait_applied(lambda s: condition(s).get("reason") == "Issued", 90, "issued")
+    wait_port(tls_port)
+    ctx = ssl.create_default_context(cadata=p.root_pem())
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=3) as raw:
+        with ctx.wrap_socket(raw, server_hostname=NAME) as tls:
+            der = tls.getpeercert(binary_form=True)
+    text = subprocess.run([require("openssl"), "x509", "-inform", "DER", "-noout", "-text"],
+                          input=der, capture_output=True, check=True).stdout.decode()
+    assert "rsaEncryption" in text and "2048 bit" in text, text

@@ -65,6 +65,12 @@ def test_the_standalone_example_is_valid():
     assert r.returncode == 0, show(r)
 
 
+def test_the_bridge_examples_are_valid_with_their_secrets_folder():
+    folder = support.REPO / "examples" / "bridges"
+    r = validate(folder, "--secrets", support.REPO / "examples" / "bridges-secrets")
+    assert r.returncode == 0, show(r)
+
+
 def test_a_complete_valid_folder_passes_silently_of_errors():
     r = validate(FIX / "good")
     assert r.returncode == 0, show(r)

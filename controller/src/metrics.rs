@@ -23,6 +23,31 @@ pub struct DropLabels {
     pub reason: String,
 }
 
+/// Labels naming a bridge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeLabel {
+    /// `namespace/name` of the Bridge.
+    pub bridge: String,
+}
+
+/// Labels of a bridge's message counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeDirectionLabels {
+    /// `namespace/name` of the Bridge.
+    pub bridge: String,
+    /// `out` (delivered to the remote) or `in` (delivered to the local broker).
+    pub direction: String,
+}
+
+/// Labels of a bridge's drop counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeDropLabels {
+    /// `namespace/name` of the Bridge.
+    pub bridge: String,
+    /// `queue_full` (the on-disk queue hit maxMessages or maxBytes; the oldest went).
+    pub reason: String,
+}
+
 /// Labels naming a Certificate.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabel {
@@ -53,6 +78,18 @@ pub struct Metrics {
     pub acl_denials: Family<BrokerLabel, Counter>,
     /// Messages dropped, by reason.
     pub dropped: Family<DropLabels, Counter>,
+    /// 1 while a bridge is connected to its remote.
+    pub bridge_connected: Family<BridgeLabel, Gauge>,
+    /// Messages in a bridge's outbound queue.
+    pub bridge_queue_messages: Family<BridgeLabel, Gauge>,
+    /// Bytes in a bridge's outbound queue.
+    pub bridge_queue_bytes: Family<BridgeLabel, Gauge>,
+    /// Messages a bridge delivered, by direction.
+    pub bridge_messages: Family<BridgeDirectionLabels, Counter>,
+    /// Messages a bridge dropped, by reason.
+    pub bridge_dropped: Family<BridgeDropLabels, Counter>,
+    /// Connection attempts of a bridge that failed or ended.
+    pub bridge_disconnects: Family<BridgeLabel, Counter>,
     /// Configuration changes applied.
     pub config_reloads: Counter,
     /// Configuration changes refused (the last good config kept running).
@@ -67,6 +104,36 @@ impl Metrics {
     /// Registers every metric under the `edgemq_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("edgemq");
+        r.register(
+            "bridge_connected",
+            "1 while the bridge is connected to its remote",
+            self.bridge_connected.clone(),
+        );
+        r.register(
+            "bridge_queue_messages",
+            "Messages in the bridge's outbound store-and-forward queue",
+            self.bridge_queue_messages.clone(),
+        );
+        r.register(
+            "bridge_queue_bytes",
+            "Bytes (topics and payloads) in the bridge's outbound queue",
+            self.bridge_queue_bytes.clone(),
+        );
+        r.register(
+            "bridge_messages",
+            "Messages the bridge delivered, by direction (out: acknowledged by the remote; in: published locally)",
+            self.bridge_messages.clone(),
+        );
+        r.register(
+            "bridge_dropped",
+            "Messages the bridge dropped, by reason",
+            self.bridge_dropped.clone(),
+        );
+        r.register(
+            "bridge_disconnects",
+            "Failed or ended connections of the bridge to its remote",
+            self.bridge_disconnects.clone(),
+        );
         r.register(
             "connections",
             "Clients connected now",
@@ -199,5 +266,77 @@ impl BrokerMetrics {
     /// Handles not registered anywhere, for unit tests.
     pub fn detached() -> BrokerMetrics {
         BrokerMetrics::new(&Metrics::default(), "test/test")
+    }
+}
+
+/// Handles to one bridge's metrics.
+#[derive(Clone)]
+pub struct BridgeMetrics {
+    /// See [`Metrics::bridge_connected`].
+    pub connected: Gauge,
+    /// See [`Metrics::bridge_queue_messages`].
+    pub queue_messages: Gauge,
+    /// See [`Metrics::bridge_queue_bytes`].
+    pub queue_bytes: Gauge,
+    /// Delivered to the remote.
+    pub out: Counter,
+    /// Delivered to the local broker.
+    pub inbound: Counter,
+    /// Dropped at the queue bound.
+    pub dropped_queue_full: Counter,
+    /// See [`Metrics::bridge_disconnects`].
+    pub disconnects: Counter,
+}
+
+impl BridgeMetrics {
+    /// Resolves the handles of bridge `key` (`namespace/name`).
+    pub fn new(m: &Metrics, key: &str) -> BridgeMetrics {
+        let l = BridgeLabel {
+            bridge: key.to_string(),
+        };
+        let dir = |d: &str| {
+            m.bridge_messages
+                .get_or_create(&BridgeDirectionLabels {
+                    bridge: key.to_string(),
+                    direction: d.to_string(),
+                })
+                .clone()
+        };
+        BridgeMetrics {
+            connected: m.bridge_connected.get_or_create(&l).clone(),
+            queue_messages: m.bridge_queue_messages.get_or_create(&l).clone(),
+            queue_bytes: m.bridge_queue_bytes.get_or_create(&l).clone(),
+            out: dir("out"),
+            inbound: dir("in"),
+            dropped_queue_full: m
+                .bridge_dropped
+                .get_or_create(&BridgeDropLabels {
+                    bridge: key.to_string(),
+                    reason: "queue_full".to_string(),
+                })
+                .clone(),
+            disconnects: m.bridge_disconnects.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Removes a removed bridge's series, so `/metrics` shows only bridges that exist.
+    pub fn forget(m: &Metrics, key: &str) {
+        let l = BridgeLabel {
+            bridge: key.to_string(),
+        };
+        m.bridge_connected.remove(&l);
+        m.bridge_queue_messages.remove(&l);
+        m.bridge_queue_bytes.remove(&l);
+        m.bridge_disconnects.remove(&l);
+        for d in ["out", "in"] {
+            m.bridge_messages.remove(&BridgeDirectionLabels {
+                bridge: key.to_string(),
+                direction: d.to_string(),
+            });
+        }
+        m.bridge_dropped.remove(&BridgeDropLabels {
+            bridge: key.to_string(),
+            reason: "queue_full".to_string(),
+        });
     }
 }

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::bridge::{BridgeDirection, MqttVersion};
 use crate::api::broker::{Limits, ListenerProtocol};
-use crate::api::{AclRule, Broker};
+use crate::api::{AclRule, Bridge, Broker, SecretKeyRef};
+use crate::auth::acl::topic_matches;
 use crate::auth::passwd::{hash_password_with_salt, SALT_LEN};
 use crate::load::{Loaded, Resources};
 
@@ -35,6 +37,135 @@ pub struct BrokerBundle {
     pub limits: Limits,
     /// Keep retained messages across restarts.
     pub persistence: bool,
+    /// Bridges of this broker, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bridges: BTreeMap<String, BridgePlan>,
+}
+
+/// One Bridge: how to reach the remote and which topics cross, in both directions.
+/// Secret values are referenced, not copied, so bundles carry no credentials; the
+/// runtime resolves them.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgePlan {
+    /// Namespace of the Bridge.
+    pub namespace: String,
+    /// Name of the Bridge.
+    pub name: String,
+    /// `metadata.generation` of the Bridge, when known.
+    pub generation: Option<i64>,
+    /// Where the remote is.
+    pub address: RemoteAddress,
+    /// Client id on the remote.
+    pub client_id: String,
+    /// MQTT version spoken to the remote.
+    pub protocol_version: MqttVersion,
+    /// Keepalive in seconds.
+    pub keep_alive_seconds: u16,
+    /// Clean session on every connect.
+    pub clean_session: bool,
+    /// Username on the remote.
+    pub username: Option<SecretKeyRef>,
+    /// Password on the remote.
+    pub password: Option<SecretKeyRef>,
+    /// TLS towards the remote; `None` for plain text.
+    pub tls: Option<BridgeTlsPlan>,
+    /// Topic rules, in the order given.
+    pub topics: Vec<TopicRule>,
+    /// Most messages kept in the outbound queue.
+    pub queue_max_messages: u64,
+    /// Most payload bytes kept in the outbound queue.
+    pub queue_max_bytes: u64,
+}
+
+/// Where a bridge connects.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RemoteAddress {
+    /// `host:port` as written.
+    HostPort(String),
+    /// The AWS IoT Core data endpoint of an `awsIot` Certificate, on this port.
+    AwsIotEndpoint {
+        /// Name of the Certificate.
+        certificate: String,
+        /// 8883, or 443 with ALPN.
+        port: u16,
+    },
+}
+
+/// TLS settings of a bridge.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeTlsPlan {
+    /// Roots the remote's certificate is checked against.
+    pub ca: CaSource,
+    /// Key pair presented to the remote (mutual TLS).
+    pub client: Option<TlsSource>,
+    /// ALPN protocols offered.
+    pub alpn: Vec<String>,
+    /// Name checked against the remote's certificate; `None`: the address host.
+    pub server_name: Option<String>,
+}
+
+/// Roots a bridge trusts.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CaSource {
+    /// The operating system's roots.
+    System,
+    /// The CA of a Certificate (its `ca.crt`, or the certificate itself).
+    Certificate(String),
+    /// PEM in a Secret key.
+    Secret(SecretKeyRef),
+}
+
+/// One topic rule, with Mosquitto's bridge `topic` meaning: the local side subscribes
+/// or publishes `localPrefix + pattern`, the remote side `remotePrefix + pattern`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicRule {
+    /// `out`, `in` or `both`.
+    pub direction: BridgeDirection,
+    /// QoS on the link.
+    pub qos: u8,
+    /// Filter on the local broker.
+    pub local_filter: String,
+    /// Filter on the remote broker.
+    pub remote_filter: String,
+    /// Local prefix.
+    pub local_prefix: String,
+    /// Remote prefix.
+    pub remote_prefix: String,
+}
+
+impl TopicRule {
+    /// Whether messages cross local → remote.
+    pub fn outbound(&self) -> bool {
+        matches!(self.direction, BridgeDirection::Out | BridgeDirection::Both)
+    }
+
+    /// Whether messages cross remote → local.
+    pub fn inbound(&self) -> bool {
+        matches!(self.direction, BridgeDirection::In | BridgeDirection::Both)
+    }
+
+    /// The remote topic of a local one, when this outbound rule matches it.
+    pub fn to_remote(&self, local_topic: &str) -> Option<String> {
+        if !self.outbound() || !topic_matches(&self.local_filter, local_topic) {
+            return None;
+        }
+        let rest = local_topic.strip_prefix(&self.local_prefix)?;
+        Some(format!("{}{rest}", self.remote_prefix))
+    }
+
+    /// The local topic of a remote one, when this inbound rule matches it.
+    pub fn to_local(&self, remote_topic: &str) -> Option<String> {
+        if !self.inbound() || !topic_matches(&self.remote_filter, remote_topic) {
+            return None;
+        }
+        let rest = remote_topic.strip_prefix(&self.remote_prefix)?;
+        Some(format!("{}{rest}", self.local_prefix))
+    }
 }
 
 /// One listener.
@@ -267,7 +398,94 @@ fn plan_broker(res: &Resources, b: &Loaded<Broker>) -> Result<BrokerBundle, Vec<
         },
         limits: spec.limits.clone(),
         persistence: spec.persistence.as_ref().is_some_and(|p| p.enabled),
+        bridges: res
+            .bridges_of(&b.namespace, &b.name)
+            .map(|br| (br.name.clone(), plan_bridge(res, br)))
+            .collect(),
     })
+}
+
+/// The plan of one Bridge. Defaults: client id `<broker>-<bridge>`, or the thing name
+/// when the client certificate is an AWS IoT one (AWS IoT Core policies usually
+/// allow a thing to connect under its own name only); port 8883 for the AWS IoT
+/// endpoint, 443 when ALPN is offered (AWS IoT Core's MQTT over 443).
+fn plan_bridge(res: &Resources, br: &Loaded<Bridge>) -> BridgePlan {
+    let spec = &br.object.spec;
+    let r = &spec.remote;
+    let client_cert = r
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_certificate_ref.as_deref())
+        .and_then(|c| res.certificate(&br.namespace, c));
+    let thing = client_cert
+        .and_then(|c| c.spec.issuer.aws_iot.as_ref())
+        .map(|a| a.thing_name.clone());
+    let client_id = r
+        .client_id
+        .clone()
+        .or(thing)
+        .unwrap_or_else(|| format!("{}-{}", spec.broker_ref, br.name));
+    let alpn = r.tls.as_ref().is_some_and(|t| !t.alpn.is_empty());
+    let address = match (&r.address, &r.aws_iot_endpoint) {
+        (Some(a), _) => RemoteAddress::HostPort(a.clone()),
+        (None, Some(e)) => RemoteAddress::AwsIotEndpoint {
+            certificate: e.certificate_ref.clone(),
+            port: if alpn { 443 } else { 8883 },
+        },
+        (None, None) => RemoteAddress::HostPort(String::new()),
+    };
+    // The AWS IoT endpoint always speaks TLS, so it gets TLS with the system roots
+    // even when `tls` is left out.
+    let tls = match (&r.tls, &address) {
+        (Some(t), _) => Some(BridgeTlsPlan {
+            ca: match (&t.ca_certificate_ref, &t.ca_secret_ref) {
+                (Some(c), _) => CaSource::Certificate(c.clone()),
+                (None, Some(s)) => CaSource::Secret(s.clone()),
+                (None, None) => CaSource::System,
+            },
+            client: match (&t.client_certificate_ref, &t.client_secret_ref) {
+                (Some(c), _) => Some(TlsSource::Certificate(c.clone())),
+                (None, Some(s)) => Some(TlsSource::Secret(s.clone())),
+                (None, None) => None,
+            },
+            alpn: t.alpn.clone(),
+            server_name: t.server_name.clone(),
+        }),
+        (None, RemoteAddress::AwsIotEndpoint { .. }) => Some(BridgeTlsPlan {
+            ca: CaSource::System,
+            client: None,
+            alpn: Vec::new(),
+            server_name: None,
+        }),
+        (None, RemoteAddress::HostPort(_)) => None,
+    };
+    BridgePlan {
+        namespace: br.namespace.clone(),
+        name: br.name.clone(),
+        generation: br.generation,
+        address,
+        client_id,
+        protocol_version: r.protocol_version,
+        keep_alive_seconds: r.keep_alive_seconds,
+        clean_session: r.clean_session,
+        username: r.username_secret_ref.clone(),
+        password: r.password_secret_ref.clone(),
+        tls,
+        topics: spec
+            .topics
+            .iter()
+            .map(|t| TopicRule {
+                direction: t.direction,
+                qos: t.qos.min(2),
+                local_filter: format!("{}{}", t.local_prefix, t.pattern),
+                remote_filter: format!("{}{}", t.remote_prefix, t.pattern),
+                local_prefix: t.local_prefix.clone(),
+                remote_prefix: t.remote_prefix.clone(),
+            })
+            .collect(),
+        queue_max_messages: spec.queue.max_messages,
+        queue_max_bytes: spec.queue.max_bytes,
+    }
 }
 
 /// `host:port`, with IPv6 literals in brackets.
@@ -303,6 +521,7 @@ fn hash_secret_password(broker_key: &str, username: &str, password: &[u8]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::bridge::BridgeDirection;
     use crate::auth::passwd::PasswordHash;
     use crate::load::testing::{assert_golden, fixture, standalone_example};
 
@@ -368,5 +587,76 @@ mod tests {
         assert_eq!(b.acl.patterns[0].topic, "devices/%u/#");
         assert_eq!(b.acl.users["zigbee2mqtt"].len(), 2);
         assert!(b.persistence);
+    }
+
+    fn bridge_example() -> BTreeMap<String, BrokerBundle> {
+        let dir = standalone_example().join("..");
+        let res = crate::load::load(&dir.join("bridges"), Some(&dir.join("bridges-secrets")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        plan(&res).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_bridge_example_plans_as_the_golden_bundle_without_secret_values() {
+        let bundles = bridge_example();
+        let json = serde_json::to_string_pretty(&bundles).expect("bundles are JSON") + "\n";
+        assert!(
+            !json.contains("change-me"),
+            "secret values stay out of the bundle"
+        );
+        assert_golden(&fixture("golden").join("bridges-example.json"), &json);
+    }
+
+    #[test]
+    fn an_aws_iot_bridge_defaults_to_the_thing_name_and_the_endpoint_port() {
+        let b = &bridge_example()["default/home"].bridges["to-aws"];
+        assert_eq!(b.client_id, "home-bridge");
+        assert_eq!(
+            b.address,
+            RemoteAddress::AwsIotEndpoint {
+                certificate: "aws-iot-home".into(),
+                port: 8883
+            }
+        );
+        let tls = b.tls.as_ref().expect("AWS IoT Core is always TLS");
+        assert_eq!(tls.ca, CaSource::System);
+        assert_eq!(
+            tls.client,
+            Some(TlsSource::Certificate("aws-iot-home".into()))
+        );
+        let other = &bridge_example()["default/home"].bridges["to-server"];
+        assert_eq!(other.client_id, "site-a");
+    }
+
+    #[test]
+    fn topic_rules_map_prefixes_like_mosquitto_and_only_in_their_direction() {
+        let rule = |direction, local: &str, remote: &str| TopicRule {
+            direction,
+            qos: 1,
+            local_filter: format!("{local}sensors/#"),
+            remote_filter: format!("{remote}sensors/#"),
+            local_prefix: local.into(),
+            remote_prefix: remote.into(),
+        };
+        let out = rule(BridgeDirection::Out, "", "home/");
+        assert_eq!(
+            out.to_remote("sensors/a/b").as_deref(),
+            Some("home/sensors/a/b")
+        );
+        assert_eq!(out.to_remote("other/a"), None);
+        assert_eq!(
+            out.to_local("home/sensors/a"),
+            None,
+            "out rules never bring messages in"
+        );
+        let inbound = rule(BridgeDirection::In, "site/", "cloud/");
+        assert_eq!(
+            inbound.to_local("cloud/sensors/x").as_deref(),
+            Some("site/sensors/x")
+        );
+        assert_eq!(inbound.to_remote("site/sensors/x"), None);
+        let both = rule(BridgeDirection::Both, "", "");
+        assert_eq!(both.to_remote("sensors/x").as_deref(), Some("sensors/x"));
+        assert_eq!(both.to_local("sensors/x").as_deref(), Some("sensors/x"));
     }
 }

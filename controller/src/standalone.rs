@@ -19,12 +19,15 @@ use notify::Watcher;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, Mutex, RwLock};
 
+use crate::api::SecretKeyRef;
+use crate::bridge::tls::ClientTls;
+use crate::bridge::{BridgeRuntime, ResolvedBridge};
 use crate::broker::{BrokerRuntime, TlsMaterial};
 use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::{self, CertInfo};
 use crate::load::{self, Resources};
 use crate::metrics::Metrics;
-use crate::plan::{self, BrokerBundle, TlsSource};
+use crate::plan::{self, BridgePlan, BrokerBundle, CaSource, RemoteAddress, TlsSource};
 use crate::status::{ready_condition, ConfigStatus, ResourceStatus, StatusReport};
 
 /// Options of `edgemq run`.
@@ -101,7 +104,7 @@ impl<'a> CertResolver<'a> {
                 None => Err(format!("Certificate {name} not found")),
             };
             if let Err(e) = &r {
-                tracing::error!(certificate = %name, error = %e, "certificate not available");
+                tracing::warn!(certificate = %name, error = %e, "certificate not available");
             }
             self.seen.insert(key.clone(), r);
         }
@@ -134,6 +137,7 @@ pub const STATUS_FILE: &str = "status.json";
 pub struct Runtime {
     opts: RunOptions,
     brokers: Mutex<BTreeMap<String, BrokerRuntime>>,
+    bridges: Mutex<BTreeMap<String, BridgeRuntime>>,
     report: RwLock<StatusReport>,
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
@@ -169,6 +173,7 @@ impl Runtime {
             certs: certs::Manager::new(&opts.state_dir, reload),
             opts,
             brokers: Mutex::new(BTreeMap::new()),
+            bridges: Mutex::new(BTreeMap::new()),
             report: RwLock::new(StatusReport::default()),
             metrics,
             applied_once: AtomicBool::new(false),
@@ -207,6 +212,24 @@ impl Runtime {
         for r in report.resources.iter_mut().filter(|r| r.kind == "Broker") {
             if let Some(rt) = brokers.get(&format!("{}/{}", r.namespace, r.name)) {
                 r.details = serde_json::to_value(rt.status()).unwrap_or_default();
+            }
+        }
+        drop(brokers);
+        let bridges = self.bridges.lock().await;
+        for r in report.resources.iter_mut().filter(|r| r.kind == "Bridge") {
+            if let Some(rt) = bridges.get(&format!("{}/{}", r.namespace, r.name)) {
+                let st = rt.status();
+                let (ready, reason, message) = bridge_condition(&st);
+                if let Some(c) = r.conditions.iter_mut().find(|c| c.type_ == "Ready") {
+                    let status = if ready { "True" } else { "False" };
+                    if c.status != status {
+                        c.last_transition_time = st.since.clone();
+                    }
+                    c.status = status.into();
+                    c.reason = reason.into();
+                    c.message = message;
+                }
+                r.details = serde_json::to_value(st).unwrap_or_default();
             }
         }
         report
@@ -302,6 +325,74 @@ impl Runtime {
             }
         }
 
+        // Bridges: each one is compared on what it runs (plan plus resolved secrets,
+        // address and TLS material) and restarted only when that changed.
+        let mut bridge_results: BTreeMap<String, Result<(), String>> = BTreeMap::new();
+        let mut bridges = self.bridges.lock().await;
+        let mut wanted = BTreeMap::new();
+        for (bkey, bundle) in &bundles {
+            for plan in bundle.bridges.values() {
+                let key = format!("{}/{}", plan.namespace, plan.name);
+                let Some(broker) = brokers
+                    .get(bkey)
+                    .filter(|_| broker_results.get(bkey).is_some_and(|r| r.is_ok()))
+                else {
+                    bridge_results
+                        .insert(key, Err(format!("Broker {} is not running", bundle.name)));
+                    continue;
+                };
+                match resolve_bridge(plan, &res, &mut certs, &self.opts.state_dir) {
+                    Ok(cfg) => {
+                        wanted.insert(key, (cfg, broker.shared().clone()));
+                    }
+                    Err(e) => {
+                        tracing::error!(bridge = %key, error = %e, "bridge not started");
+                        outcome.errors.push(format!("Bridge/{key}: {e}"));
+                        bridge_results.insert(key, Err(e));
+                    }
+                }
+            }
+        }
+        let keys: Vec<String> = bridges.keys().cloned().collect();
+        for key in keys {
+            let keep = wanted.get(&key).is_some_and(|(cfg, shared)| {
+                bridges[&key].config() == cfg && bridges[&key].serves(shared)
+            });
+            if !keep {
+                if let Some(rt) = bridges.remove(&key) {
+                    rt.stop().await;
+                }
+                let (ns, name) = key.split_once('/').unwrap_or(("default", &key));
+                if res.bridge(ns, name).is_none() {
+                    // The Bridge is gone from the folder: so is its queue.
+                    let path = crate::bridge::queue_path(&self.opts.state_dir, ns, name);
+                    if std::fs::remove_file(&path).is_ok() {
+                        tracing::info!(bridge = %key, "bridge removed with its queue");
+                    }
+                    crate::metrics::BridgeMetrics::forget(&self.metrics, &key);
+                    outcome.changes.push(format!("Bridge/{key}: removed"));
+                }
+            }
+        }
+        for (key, (cfg, shared)) in wanted {
+            if bridges.contains_key(&key) {
+                bridge_results.insert(key, Ok(()));
+                continue;
+            }
+            match BridgeRuntime::start(cfg, shared, &self.opts.state_dir, &self.metrics) {
+                Ok(rt) => {
+                    bridges.insert(key.clone(), rt);
+                    outcome.changes.push(format!("Bridge/{key}: started"));
+                    bridge_results.insert(key, Ok(()));
+                }
+                Err(e) => {
+                    tracing::error!(bridge = %key, error = %e, "bridge not started");
+                    outcome.errors.push(format!("Bridge/{key}: {e}"));
+                    bridge_results.insert(key, Err(e));
+                }
+            }
+        }
+
         // Status of every resource.
         let previous = self.report.read().await.previous();
         let stamp = now_rfc3339();
@@ -366,15 +457,24 @@ impl Runtime {
             ));
         }
         for br in res.bridges() {
+            let key = format!("{}/{}", br.meta.namespace, br.meta.name);
+            let (ready, reason, message, details) =
+                match (bridge_results.get(&key), bridges.get(&key)) {
+                    (Some(Ok(())), Some(rt)) => {
+                        let st = rt.status();
+                        let (ready, reason, message) = bridge_condition(&st);
+                        (
+                            ready,
+                            reason,
+                            message,
+                            serde_json::to_value(st).unwrap_or_default(),
+                        )
+                    }
+                    (Some(Err(e)), _) => (false, "ConfigError", e.clone(), serde_json::Value::Null),
+                    _ => (false, "Unknown", String::new(), serde_json::Value::Null),
+                };
             resources.push(status_of(
-                "Bridge",
-                &br.meta,
-                false,
-                "NotSupported",
-                "bridges are not implemented in this version; the Bridge is validated but not started",
-                serde_json::Value::Null,
-                &previous,
-                &stamp,
+                "Bridge", &br.meta, ready, reason, &message, details, &previous, &stamp,
             ));
         }
         // Every Certificate is kept issued, used by a listener or not (device and
@@ -473,9 +573,16 @@ impl Runtime {
         outcome
     }
 
-    async fn publish_report(&self, report: StatusReport) {
+    /// Rewrites the status file with live counters (bridge links go up and down
+    /// between reloads), so `edgemq status` is never more than a few seconds old.
+    pub async fn refresh_status_file(&self) {
+        let report = self.report().await;
+        self.write_status_file(&report);
+    }
+
+    fn write_status_file(&self, report: &StatusReport) {
         let path = self.opts.state_dir.join(STATUS_FILE);
-        match serde_json::to_vec_pretty(&report) {
+        match serde_json::to_vec_pretty(report) {
             Ok(json) => {
                 let tmp = path.with_extension("tmp");
                 if let Err(e) =
@@ -486,11 +593,20 @@ impl Runtime {
             }
             Err(e) => tracing::warn!(error = %e, "could not encode the status"),
         }
+    }
+
+    async fn publish_report(&self, report: StatusReport) {
+        self.write_status_file(&report);
         *self.report.write().await = report;
     }
 
-    /// Stops every broker.
+    /// Stops every bridge, then every broker.
     pub async fn shutdown(&self) {
+        let mut bridges = self.bridges.lock().await;
+        for (_, rt) in std::mem::take(&mut *bridges) {
+            rt.stop().await;
+        }
+        drop(bridges);
         let mut brokers = self.brokers.lock().await;
         for (_, rt) in std::mem::take(&mut *brokers) {
             rt.shutdown().await;
@@ -651,6 +767,133 @@ fn status_of(
     }
 }
 
+/// The Ready condition of a running bridge.
+fn bridge_condition(st: &crate::bridge::BridgeRuntimeStatus) -> (bool, &'static str, String) {
+    if st.connected {
+        (
+            true,
+            "Connected",
+            format!("connected to {}; {} queued", st.remote, st.queue_depth),
+        )
+    } else {
+        match &st.last_error {
+            Some(e) => (
+                false,
+                "Disconnected",
+                format!("{e}; {} message(s) queued, retrying", st.queue_depth),
+            ),
+            None => (false, "Connecting", format!("connecting to {}", st.remote)),
+        }
+    }
+}
+
+/// Resolves what a bridge runs: the address (also from an awsIot Certificate's
+/// endpoint), credentials from Secrets, and TLS material.
+fn resolve_bridge(
+    plan: &BridgePlan,
+    res: &Resources,
+    certs: &mut CertResolver<'_>,
+    state: &Path,
+) -> Result<ResolvedBridge, String> {
+    let ns = plan.namespace.as_str();
+    let (host, port) = match &plan.address {
+        RemoteAddress::HostPort(a) => {
+            let (h, p) = a
+                .rsplit_once(':')
+                .ok_or_else(|| format!("address `{a}` must be host:port"))?;
+            let p: u16 = p.parse().map_err(|_| format!("address `{a}`: bad port"))?;
+            (
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p,
+            )
+        }
+        RemoteAddress::AwsIotEndpoint { certificate, port } => {
+            let cert = res
+                .certificate(ns, certificate)
+                .ok_or_else(|| format!("Certificate {certificate} not found"))?;
+            let path = certs::cert_dir(state, cert).join("endpoint");
+            let host = std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    format!("Certificate {certificate} has no AWS IoT endpoint yet (its awsIot issuer has not run)")
+                })?;
+            (host, *port)
+        }
+    };
+    let secret = |r: &SecretKeyRef, what: &str| {
+        res.secret_value(ns, &r.name, &r.key)
+            .ok_or_else(|| format!("{what}: Secret {} has no key {}", r.name, r.key))
+            .and_then(|v| {
+                String::from_utf8(v)
+                    .map_err(|_| format!("{what}: Secret {} key {} is not UTF-8", r.name, r.key))
+            })
+    };
+    let username = plan
+        .username
+        .as_ref()
+        .map(|r| secret(r, "username"))
+        .transpose()?;
+    let password = plan
+        .password
+        .as_ref()
+        .map(|r| secret(r, "password"))
+        .transpose()?;
+    let tls = match &plan.tls {
+        None => None,
+        Some(t) => {
+            let roots_pem = match &t.ca {
+                CaSource::System => None,
+                CaSource::Secret(r) => Some(secret(r, "caSecretRef")?),
+                CaSource::Certificate(name) => {
+                    let m = certs
+                        .material(ns, name)
+                        .map_err(|e| format!("caCertificateRef: Certificate {name}: {e}"))?;
+                    let ca = res
+                        .certificate(ns, name)
+                        .map(|c| certs::cert_dir(state, c).join("ca.crt"))
+                        .and_then(|p| std::fs::read_to_string(p).ok());
+                    Some(ca.unwrap_or(m.cert_pem))
+                }
+            };
+            let client = match &t.client {
+                None => None,
+                Some(TlsSource::Certificate(name)) => Some(
+                    certs
+                        .material(ns, name)
+                        .map_err(|e| format!("clientCertificateRef: Certificate {name}: {e}"))?,
+                ),
+                Some(TlsSource::Secret(name)) => {
+                    let get = |k: &str| {
+                        res.secret_value(ns, name, k)
+                            .and_then(|v| String::from_utf8(v).ok())
+                            .ok_or_else(|| format!("clientSecretRef: Secret {name} has no key {k}"))
+                    };
+                    Some(TlsMaterial {
+                        cert_pem: get("tls.crt")?,
+                        key_pem: get("tls.key")?,
+                    })
+                }
+            };
+            Some(ClientTls {
+                roots_pem,
+                client,
+                alpn: t.alpn.clone(),
+                server_name: t.server_name.clone().unwrap_or_else(|| host.clone()),
+            })
+        }
+    };
+    Ok(ResolvedBridge {
+        plan: plan.clone(),
+        host,
+        port,
+        username,
+        password,
+        tls,
+    })
+}
+
 /// Resolves the TLS key pair of every TLS listener of a bundle.
 fn resolve_tls(
     bundle: &BrokerBundle,
@@ -727,6 +970,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Certificates are re-checked periodically so renewals happen without edits.
     let mut renew = tokio::time::interval(Duration::from_secs(60));
     renew.tick().await;
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    status_tick.tick().await;
     loop {
         tokio::select! {
             Some(()) = rx.recv() => {
@@ -740,6 +985,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
             }
             _ = renew.tick() => { runtime.reload().await; }
+            _ = status_tick.tick() => { runtime.refresh_status_file().await; }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }

@@ -418,6 +418,18 @@ pub struct CertificateStatus {
     /// When the certificate will be renewed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_time: Option<String>,
+    /// Failed issuance or renewal attempts since the last success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// Why the last attempt failed (cleared on success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// When the last attempt failed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
+    /// When the next attempt starts (RFC 3339), while retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<String>,
     /// What AWS IoT holds for an `awsIot` certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_iot: Option<AwsIotCertificateStatus>,

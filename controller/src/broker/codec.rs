@@ -94,6 +94,14 @@ pub fn read(version: Version, buf: &mut BytesMut, max_size: usize) -> Result<Inc
         Err(protocol::Error::PayloadSizeLimitExceeded(n)) => return Err(FrameError::TooLarge(n)),
         Err(e) => return Err(FrameError::Malformed(e)),
     };
+    // rumqttd's MQTT 5 reader has no CONNACK or UNSUBACK decoder (it panics on them);
+    // neither is valid where `read` is used (a broker reading a client, a bridge after
+    // its CONNACK), so they are refused here.
+    if version == Version::V5 && matches!(byte1 >> 4, 2 | 11) {
+        return Err(FrameError::Malformed(protocol::Error::InvalidPacketType(
+            byte1 >> 4,
+        )));
+    }
     let is_publish = byte1 >> 4 == 3;
     let (qos, pkid) = if is_publish {
         let qos = (byte1 >> 1) & 0b11;
@@ -137,6 +145,89 @@ pub fn read(version: Version, buf: &mut BytesMut, max_size: usize) -> Result<Inc
         }
         other => Incoming::Other(other),
     })
+}
+
+/// A CONNACK as a client reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnAck {
+    /// The server kept a session for this client.
+    pub session_present: bool,
+    /// Return code (3.1.1) or reason code (5); 0 is success.
+    pub code: u8,
+    /// MQTT 5 Receive Maximum: how many QoS > 0 publishes may be in flight.
+    pub receive_maximum: Option<u16>,
+}
+
+/// Decodes a CONNACK from the front of `buf` (rumqttd has no MQTT 5 CONNACK reader).
+pub fn read_connack(version: Version, buf: &mut BytesMut) -> Result<ConnAck, FrameError> {
+    let header = match protocol::v4::check(buf.iter(), 65_536) {
+        Ok(h) => h,
+        Err(protocol::Error::InsufficientBytes(_)) => return Err(FrameError::Incomplete),
+        Err(e) => return Err(FrameError::Malformed(e)),
+    };
+    if header.byte1 >> 4 != 2 {
+        return Err(FrameError::Malformed(protocol::Error::InvalidPacketType(
+            header.byte1 >> 4,
+        )));
+    }
+    let frame = buf.split_to(header.frame_length());
+    let body = &frame[header.fixed_header_len..];
+    if body.len() < 2 {
+        return Err(FrameError::Malformed(protocol::Error::MalformedPacket));
+    }
+    let mut ack = ConnAck {
+        session_present: body[0] & 1 == 1,
+        code: body[1],
+        receive_maximum: None,
+    };
+    if version == Version::V5 && body.len() > 2 {
+        // Properties: variable-length total, then (id, value) pairs.
+        let mut i = 2;
+        let (mut len, mut shift) = (0usize, 0);
+        while i < body.len() {
+            let b = body[i];
+            i += 1;
+            len |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            if b & 0x80 == 0 || shift > 21 {
+                break;
+            }
+        }
+        let end = (i + len).min(body.len());
+        while i < end {
+            let id = body[i];
+            i += 1;
+            let skip = match id {
+                // Receive Maximum.
+                0x21 if i + 2 <= end => {
+                    ack.receive_maximum = Some(u16::from_be_bytes([body[i], body[i + 1]]));
+                    2
+                }
+                // Byte properties.
+                0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+                // Two-byte integers.
+                0x13 | 0x22 => 2,
+                // Four-byte integers.
+                0x11 | 0x27 => 4,
+                // Strings and binary data.
+                0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F if i + 2 <= end => {
+                    2 + u16::from_be_bytes([body[i], body[i + 1]]) as usize
+                }
+                // User property: two strings.
+                0x26 if i + 2 <= end => {
+                    let a = u16::from_be_bytes([body[i], body[i + 1]]) as usize;
+                    let j = i + 2 + a;
+                    if j + 2 > end {
+                        break;
+                    }
+                    2 + a + 2 + u16::from_be_bytes([body[j], body[j + 1]]) as usize
+                }
+                _ => break,
+            };
+            i += skip;
+        }
+    }
+    Ok(ack)
 }
 
 /// Encodes a packet. Properties are dropped for MQTT 3.1.1.

@@ -95,6 +95,13 @@ pub async fn serve(
         let id = format!("edgemq-{:016x}", rand::random::<u64>());
         assigned = Some(id.clone());
         id.into()
+    } else if connect
+        .client_id
+        .starts_with(super::router::INTERNAL_CLIENT_PREFIX)
+    {
+        tracing::info!(%peer, client_id = %connect.client_id, "refused: client ids starting with `$edgemq/` are reserved");
+        refuse(&mut writer, version, Refusal::ClientId).await;
+        return;
     } else {
         connect.client_id.as_str().into()
     };

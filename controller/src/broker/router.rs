@@ -20,6 +20,9 @@ use tokio::sync::{watch, Notify};
 use crate::auth::acl::{topic_matches, Acl, Op};
 use crate::metrics::BrokerMetrics;
 
+/// Client ids of edgemq's own sessions start with this; MQTT clients may not use it.
+pub const INTERNAL_CLIENT_PREFIX: &str = "$edgemq/";
+
 /// A message as routed: shared by every session it is delivered to.
 #[derive(Debug)]
 pub struct Message {
@@ -134,8 +137,10 @@ struct Session {
     disconnected_at: Option<Instant>,
     max_inflight: usize,
     dropped: u64,
-    /// edgemq's own health probe: not subject to the ACL.
+    /// edgemq's own sessions (health probe, bridges): not subject to the ACL.
     trusted: bool,
+    /// Queue bound of an internal session, instead of the broker's `maxQueuedMessages`.
+    max_queued: Option<usize>,
 }
 
 impl Session {
@@ -154,6 +159,7 @@ impl Session {
             max_inflight: 20,
             dropped: 0,
             trusted: false,
+            max_queued: None,
         }
     }
 
@@ -436,6 +442,24 @@ impl Router {
         Connected { session_present }
     }
 
+    /// Attaches one of edgemq's own sessions (a bridge's local side): trusted (the ACL
+    /// does not apply), kept until it disconnects, with its own in-flight window and
+    /// queue bound rather than the broker's client limits.
+    pub fn connect_internal(
+        &mut self,
+        client_id: &Arc<str>,
+        conn: ConnLink,
+        window: usize,
+        max_queued: usize,
+    ) {
+        self.connect(client_id, None, true, 0, 1, conn);
+        if let Some(s) = self.sessions.get_mut(client_id) {
+            s.trusted = true;
+            s.max_inflight = window.max(1);
+            s.max_queued = Some(max_queued.max(1));
+        }
+    }
+
     /// Detaches connection `conn_id` from its session; a session with expiry 0 is removed.
     pub fn disconnect(&mut self, client_id: &str, conn_id: u64, expiry_override: Option<u32>) {
         let Some(s) = self.sessions.get_mut(client_id) else {
@@ -626,10 +650,10 @@ impl Router {
     /// Queues a delivery for a session, applying the queue bound. Returns whether it
     /// was queued.
     fn enqueue(&mut self, client_id: &Arc<str>, d: Delivery) -> bool {
-        let max_queued = self.limits.max_queued;
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
+        let max_queued = s.max_queued.unwrap_or(self.limits.max_queued);
         if s.conn.is_none() && d.qos == 0 {
             self.metrics.dropped_offline_qos0.inc();
             return false;
@@ -776,13 +800,10 @@ impl Router {
     /// `/healthz` reports it: an internal session subscribes to a `$edgemq/` topic,
     /// a message with a fresh nonce is published and must come out of its queue.
     pub fn probe(&mut self, nonce: u64) -> bool {
-        let id: Arc<str> = "$edgemq/health".into();
+        let id: Arc<str> = format!("{INTERNAL_CLIENT_PREFIX}health").into();
         let topic = "$edgemq/health";
         let link = ConnLink::new(u64::MAX);
-        self.connect(&id, None, true, 0, 1, link);
-        if let Some(s) = self.sessions.get_mut(&id) {
-            s.trusted = true;
-        }
+        self.connect_internal(&id, link, 1, 16);
         self.subscribe(
             &id,
             topic,

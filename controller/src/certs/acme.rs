@@ -349,18 +349,6 @@ async fn cleanup_dns01(
     Err("dns01 solver: not wired yet".into())
 }
 
-/// A key pair of the requested algorithm.
-fn new_key(algorithm: KeyAlgorithm) -> Result<rcgen::KeyPair, CertError> {
-    match algorithm {
-        KeyAlgorithm::Ecdsa => {
-            rcgen::KeyPair::generate().map_err(|e| CertError::Generate(e.to_string()))
-        }
-        KeyAlgorithm::Rsa => Err(CertError::Generate(
-            "RSA keys are not supported yet; use privateKey.algorithm: ECDSA".into(),
-        )),
-    }
-}
-
 /// Issues a certificate: one complete order against the ACME server.
 pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
     let solver = &job.issuer.solver;
@@ -369,7 +357,7 @@ pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
             "an ACME certificate needs at least one DNS name".into(),
         ));
     }
-    let key = new_key(job.algorithm)?;
+    let key = super::new_key(job.algorithm)?;
     let ids: Vec<Identifier> = job
         .dns_names
         .iter()

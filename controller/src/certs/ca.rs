@@ -9,10 +9,9 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{
-    cert_dir, cert_info, common_name, leaf_params, parse_duration, read_stored, subject_names,
-    write_stored, CertError, CertInfo, Secrets,
+    cert_dir, cert_info, common_name, leaf_params, new_key, parse_duration, read_stored,
+    subject_names, write_stored, CertError, CertInfo, Secrets,
 };
-use crate::api::certificate::KeyAlgorithm;
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
 
@@ -20,10 +19,11 @@ use crate::broker::TlsMaterial;
 fn request(cert: &Certificate, ca_pem: &str) -> String {
     let ca = Sha256::digest(ca_pem.trim().as_bytes());
     format!(
-        "ca\nnames={}\ncn={}\nlifetime={}\nca-sha256={}\n",
+        "ca\nnames={}\ncn={}\nlifetime={}\nalgorithm={:?}\nca-sha256={}\n",
         subject_names(cert).join(","),
         common_name(cert),
         super::lifetime(cert).as_secs(),
+        cert.spec.private_key.algorithm,
         ca.iter().map(|b| format!("{b:02x}")).collect::<String>()
     )
 }
@@ -37,11 +37,6 @@ pub fn ensure(
     secrets: &Secrets,
     now: time::OffsetDateTime,
 ) -> Result<(TlsMaterial, CertInfo), CertError> {
-    if cert.spec.private_key.algorithm == KeyAlgorithm::Rsa {
-        return Err(CertError::Generate(
-            "the ca issuer makes ECDSA P-256 keys only; remove privateKey.algorithm: RSA".into(),
-        ));
-    }
     let ca_pem = secrets.text(secret_ref, "tls.crt")?;
     let ca_key_pem = secrets.text(secret_ref, "tls.key")?;
     let dir = cert_dir(state, cert);
@@ -88,7 +83,7 @@ pub fn ensure(
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
-    let key = rcgen::KeyPair::generate().map_err(|e| CertError::Generate(e.to_string()))?;
+    let key = new_key(cert.spec.private_key.algorithm)?;
     let issued = params
         .signed_by(&key, &issuer)
         .map_err(|e| CertError::Generate(e.to_string()))?;
@@ -191,6 +186,25 @@ mod tests {
         assert!(eku.server_auth && eku.client_auth);
         let stored_ca = std::fs::read_to_string(cert_dir(dir.path(), &c).join("ca.crt")).unwrap();
         assert_eq!(stored_ca, ca_pem);
+    }
+
+    #[test]
+    fn an_rsa_key_is_made_when_asked_and_changing_the_algorithm_reissues() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secrets, _) = ca_secret();
+        let mut c = cert(&["mqtt.lan"]);
+        let now = time::OffsetDateTime::now_utc();
+        let (_, ec) = ensure(dir.path(), &c, "lan-ca", &secrets, now).unwrap();
+        c.spec.private_key.algorithm = crate::api::certificate::KeyAlgorithm::Rsa;
+        let (m, rsa) = ensure(dir.path(), &c, "lan-ca", &secrets, now).unwrap();
+        assert_ne!(ec.serial, rsa.serial);
+        let (_, pem) = x509_parser::pem::parse_x509_pem(m.cert_pem.as_bytes()).unwrap();
+        let leaf = pem.parse_x509().unwrap();
+        match leaf.public_key().parsed().unwrap() {
+            x509_parser::public_key::PublicKey::RSA(k) => assert_eq!(k.key_size(), 2048),
+            other => panic!("expected an RSA key, got {other:?}"),
+        }
+        assert!(m.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub use manager::Manager;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::api::certificate::KeyAlgorithm;
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
 
@@ -119,6 +120,28 @@ pub fn lifetime(cert: &Certificate) -> Duration {
         .as_deref()
         .and_then(parse_duration)
         .unwrap_or(Duration::from_secs(90 * 24 * 3600))
+}
+
+/// A new key pair of the requested algorithm: ECDSA P-256, or RSA 2048 (generated
+/// with the `rsa` crate, since ring cannot generate RSA keys; ring signs with it).
+pub fn new_key(algorithm: KeyAlgorithm) -> Result<rcgen::KeyPair, CertError> {
+    let err = |e: &dyn std::fmt::Display| CertError::Generate(e.to_string());
+    match algorithm {
+        KeyAlgorithm::Ecdsa => {
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| err(&e))
+        }
+        KeyAlgorithm::Rsa => {
+            use rsa::pkcs8::EncodePrivateKey;
+            let key =
+                rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(|e| err(&e))?;
+            let der = key.to_pkcs8_der().map_err(|e| err(&e))?;
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+                &rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_bytes()),
+                &rcgen::PKCS_RSA_SHA256,
+            )
+            .map_err(|e| err(&e))
+        }
+    }
 }
 
 /// A random positive 128-bit serial number.
@@ -318,7 +341,8 @@ pub fn ensure(
     }
 }
 
-/// Writes a file readable by the owner only (keys and certificates), atomically.
+/// Writes a file readable by the owner only (keys and certificates), atomically; the
+/// folders it creates are the owner's only too.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
     use std::io::Write;
     let io = |source| CertError::Io {
@@ -326,7 +350,14 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut mkdir = std::fs::DirBuilder::new();
+    mkdir.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        mkdir.mode(0o700);
+    }
+    mkdir.create(dir).map_err(io)?;
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

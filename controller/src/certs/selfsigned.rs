@@ -5,20 +5,20 @@
 use std::path::Path;
 
 use super::{
-    cert_dir, cert_info, common_name, leaf_params, parse_duration, read_stored, subject_names,
-    write_stored, CertError, CertInfo,
+    cert_dir, cert_info, common_name, leaf_params, new_key, parse_duration, read_stored,
+    subject_names, write_stored, CertError, CertInfo,
 };
-use crate::api::certificate::KeyAlgorithm;
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
 
 /// What a stored self-signed pair must match to be reused.
 fn request(cert: &Certificate) -> String {
     format!(
-        "selfSigned\nnames={}\ncn={}\nlifetime={}\n",
+        "selfSigned\nnames={}\ncn={}\nlifetime={}\nalgorithm={:?}\n",
         subject_names(cert).join(","),
         common_name(cert),
-        super::lifetime(cert).as_secs()
+        super::lifetime(cert).as_secs(),
+        cert.spec.private_key.algorithm
     )
 }
 
@@ -29,12 +29,6 @@ pub fn ensure(
     cert: &Certificate,
     now: time::OffsetDateTime,
 ) -> Result<(TlsMaterial, CertInfo), CertError> {
-    if cert.spec.private_key.algorithm == KeyAlgorithm::Rsa {
-        return Err(CertError::Generate(
-            "the selfSigned issuer makes ECDSA P-256 keys only; remove privateKey.algorithm: RSA"
-                .into(),
-        ));
-    }
     let dir = cert_dir(state, cert);
     let renew_before = cert.spec.renew_before.as_deref().and_then(parse_duration);
     let wanted = request(cert);
@@ -48,7 +42,7 @@ pub fn ensure(
         }
     }
     let params = leaf_params(cert, now)?;
-    let key = rcgen::KeyPair::generate().map_err(|e| CertError::Generate(e.to_string()))?;
+    let key = new_key(cert.spec.private_key.algorithm)?;
     let issued = params
         .self_signed(&key)
         .map_err(|e| CertError::Generate(e.to_string()))?;
@@ -111,6 +105,11 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(cert_dir(dir.path(), &c))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
     }
 
     #[test]

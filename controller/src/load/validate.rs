@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::api::certificate::{AcmeIssuer, AwsIotIssuer, CertificateSpec, KeyAlgorithm, KeyOrigin};
+use crate::api::certificate::{AcmeIssuer, AwsIotIssuer, CertificateSpec, KeyOrigin};
 use crate::api::{AclRule, SecretKeyRef};
 use crate::auth::acl::valid_topic_filter;
 use crate::auth::passwd::PasswordHash;
@@ -646,6 +646,18 @@ impl Validator<'_> {
                 if let Some(e) = filter_error(&t.pattern, false) {
                     self.err(br, &tp("pattern"), e);
                 }
+                for (field, prefix) in [
+                    ("localPrefix", &t.local_prefix),
+                    ("remotePrefix", &t.remote_prefix),
+                ] {
+                    if prefix.contains(['+', '#', '\0']) {
+                        self.err(
+                            br,
+                            &tp(field),
+                            format!("{field} `{prefix}` must not contain wildcards (+, #)"),
+                        );
+                    }
+                }
                 self.range(br, &tp("qos"), t.qos.into(), 0, 2);
             }
             let qp = |f| [Seg::Key("spec"), Seg::Key("queue"), Seg::Key(f)];
@@ -816,17 +828,6 @@ impl Validator<'_> {
                 }
                 self.acme(c, acme, spec);
             }
-            if spec.private_key.algorithm == KeyAlgorithm::Rsa && is.aws_iot.is_none() {
-                self.err(
-                    c,
-                    &[
-                        Seg::Key("spec"),
-                        Seg::Key("privateKey"),
-                        Seg::Key("algorithm"),
-                    ],
-                    "RSA keys are not supported yet; use ECDSA (P-256)",
-                );
-            }
             if let Some(aws) = &is.aws_iot {
                 self.aws_iot(c, aws);
             }
@@ -974,13 +975,13 @@ mod tests {
             "certs.yaml:19: Certificate/none: set exactly one of dns01 and http01",
             "certs.yaml:29: Certificate/two-providers: set exactly one DNS provider",
             "certs.yaml:36: Certificate/ip: the acme issuer does not issue certificates for IP addresses",
-            "certs.yaml:37: Certificate/ip: RSA keys are not supported yet",
             "certs.yaml:41: Certificate/ip: bindAddress `not-an-ip` is not an IP address",
             "certs.yaml:42: Certificate/ip: Secret `missing` not found",
         ] {
             assert!(e.contains(want), "missing `{want}` in:\n{e}");
         }
         assert!(!e.contains("Certificate/good"), "{e}");
+        assert!(!e.contains("RSA"), "RSA keys are accepted: {e}");
     }
 
     #[test]
