@@ -2,8 +2,9 @@
 # Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
 # Pebble (an RFC 8555 ACME server) with pebble-challtestsrv, openssl, Paho MQTT
 # (Python), MQTT.js (Node), pytest; for DNS-01: BIND 9 (`named`) and Knot DNS
-# (`knotd`), which take RFC 2136 updates with TSIG, `dig`, and moto_server (the
-# Route 53 API). Safe to run again.
+# (`knotd`), which take RFC 2136 updates with TSIG, and `dig`; moto's server (an AWS
+# API emulator for the Route 53, AWS IoT and Secrets Manager tests; boto3 comes with
+# it). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod aws;
 pub mod bridge;
 pub mod broker;
 pub mod certs;

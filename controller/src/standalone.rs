@@ -23,6 +23,7 @@ use crate::api::SecretKeyRef;
 use crate::bridge::tls::ClientTls;
 use crate::bridge::{BridgeRuntime, ResolvedBridge};
 use crate::broker::{BrokerRuntime, TlsMaterial};
+use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::{self, CertInfo};
 use crate::load::{self, Resources};
 use crate::metrics::Metrics;
@@ -111,6 +112,12 @@ impl<'a> CertResolver<'a> {
             Ok((m, _)) => Ok(m.clone()),
             Err(e) => Err(e.clone()),
         }
+    }
+
+    /// Sets the result of a Certificate obtained elsewhere (AWS IoT, in the background).
+    fn preset(&mut self, namespace: &str, name: &str, r: Result<(TlsMaterial, CertInfo), String>) {
+        self.seen
+            .insert((namespace.to_string(), name.to_string()), r);
     }
 
     /// What status shows for a Certificate: `None` when nothing used it.
@@ -246,9 +253,21 @@ impl Runtime {
             };
         outcome.valid = true;
 
-        // Certificates: issue or reuse every one a listener needs.
+        // Certificates: issue or reuse every one a listener needs. AWS IoT work runs in
+        // the background; what is on disk is used now.
         let now = time::OffsetDateTime::now_utc();
         let mut certs = CertResolver::new(&res, &self.certs, now);
+        let aws_states = self.certs.aws_iot(&res);
+        for ((ns, name), st) in &aws_states {
+            let r = match (&st.issued, &st.error) {
+                (Some(i), _) => Ok((i.material.clone(), i.info.clone())),
+                (None, Some(e)) => Err(e.clone()),
+                (None, None) => {
+                    Err("the AWS IoT certificate is being created in the background".into())
+                }
+            };
+            certs.preset(ns, name, r);
+        }
         let mut broker_results: BTreeMap<String, Result<String, String>> = BTreeMap::new();
         let mut brokers = self.brokers.lock().await;
         for (key, bundle) in &bundles {
@@ -488,11 +507,15 @@ impl Runtime {
         for c in res.certificates() {
             let key = format!("{}/{}", c.meta.namespace, c.meta.name);
             let progress = self.certs.progress(&key);
-            let (ready, reason, message, details) = certificate_status(
-                certs.result(&c.meta.namespace, &c.meta.name),
-                progress.as_ref(),
-                now,
-            );
+            let (ready, reason, message, details) =
+                match aws_states.get(&(c.meta.namespace.clone(), c.meta.name.clone())) {
+                    Some(st) => aws_iot_status(st),
+                    None => certificate_status(
+                        certs.result(&c.meta.namespace, &c.meta.name),
+                        progress.as_ref(),
+                        now,
+                    ),
+                };
             let label = crate::metrics::CertificateLabel {
                 certificate: key.clone(),
             };
@@ -617,6 +640,47 @@ impl Runtime {
         for (_, rt) in std::mem::take(&mut *brokers) {
             rt.shutdown().await;
         }
+    }
+}
+
+/// Ready, reason, message and details of an `awsIot` Certificate.
+fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::Value) {
+    let retry = st
+        .retry_in_seconds
+        .map(|s| format!("; retrying in {s}s"))
+        .unwrap_or_default();
+    match (&st.issued, &st.error) {
+        (Some(i), err) => {
+            let a = i.info.aws_iot.clone().unwrap_or_default();
+            let mut message = format!(
+                "AWS IoT certificate {} attached to thing {} and policy {}; endpoint {}",
+                a.certificate_id, a.thing_name, a.policy_name, a.endpoint
+            );
+            if st.working {
+                message.push_str("; updating in AWS");
+            }
+            if let Some(e) = err {
+                message.push_str(&format!("; last AWS update failed: {e}{retry}"));
+            }
+            (
+                true,
+                "Issued",
+                message,
+                serde_json::to_value(&i.info).unwrap_or_default(),
+            )
+        }
+        (None, Some(e)) => (
+            false,
+            "IssueFailed",
+            format!("{e}{retry}"),
+            serde_json::Value::Null,
+        ),
+        (None, None) => (
+            false,
+            "Issuing",
+            "creating the AWS IoT certificate in the background".into(),
+            serde_json::Value::Null,
+        ),
     }
 }
 
@@ -793,7 +857,14 @@ fn resolve_bridge(
                 .ok_or_else(|| {
                     format!("Certificate {certificate} has no AWS IoT endpoint yet (its awsIot issuer has not run)")
                 })?;
-            (host, *port)
+            // `host`, or `host:port` when the issuer's `dataEndpoint` names a port.
+            match host
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            {
+                Some((h, p)) => (h.to_string(), p),
+                None => (host, *port),
+            }
         }
     };
     let secret = |r: &SecretKeyRef, what: &str| {
@@ -987,6 +1058,7 @@ mod tests {
             serial: "0a".into(),
             renewal_time: certs::rfc3339(now + time::Duration::seconds(renew_in)),
             expires_in_seconds: expire_in,
+            aws_iot: None,
         }
     }
 

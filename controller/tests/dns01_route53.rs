@@ -16,6 +16,7 @@ use peers::{secrets, Moto};
 /// A client of the test's own, to create zones and read what the provider did.
 fn admin(moto: &Moto) -> Client {
     let conf = aws_sdk_route53::Config::builder()
+        .http_client(edgemq::aws::https_client())
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(moto.url())

@@ -49,6 +49,10 @@ pub struct CertificateSpec {
     pub private_key: PrivateKey,
     /// Who signs the certificate. Exactly one issuer.
     pub issuer: Issuer,
+    /// What happens outside edgemq (in AWS IoT) when the Certificate is deleted:
+    /// `Retain` (default) or `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 }
 
 /// Private key settings.
@@ -299,20 +303,102 @@ pub struct ExternalAccountBinding {
     pub key_secret_ref: SecretKeyRef,
 }
 
-/// AWS IoT Core issuer.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+/// AWS IoT Core issuer: a device certificate registered in AWS IoT, attached to a
+/// thing and to a policy. Credentials come from the standard AWS chain (environment,
+/// profile, web identity, ECS task role, instance metadata).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!(has(self.importFrom) && has(self.keyOrigin) && self.keyOrigin == 'AWS')").message("importFrom takes the key from the secret; do not set keyOrigin: AWS"))]
 pub struct AwsIotIssuer {
     /// AWS region. Default: from the AWS configuration chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
     pub region: Option<String>,
     /// IoT thing the certificate is attached to (created when absent).
     #[schemars(length(min = 1, max = 128))]
     pub thing_name: String,
-    /// Name of an existing IoT policy to attach. Default: a least-privilege policy
-    /// generated from the Bridges using this certificate.
+    /// Thing type given to the thing when edgemq creates it; must exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub thing_type_name: Option<String>,
+    /// Static thing group the thing is added to; must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub thing_group_name: Option<String>,
+    /// Name of an existing IoT policy to attach. Default: a least-privilege policy
+    /// generated from the Bridges using this certificate (connect as their client ids,
+    /// publish and receive only on the remote topics they map, subscribe only to the
+    /// filters they map in), named `edgemq-<thingName>-<certificate>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
     pub policy_name: Option<String>,
+    /// Where the private key is made. `Local` (default): on this machine, and AWS IoT
+    /// signs a certificate request, so the key never leaves the machine. `AWS`: AWS IoT
+    /// makes the key and the certificate (`CreateKeysAndCertificate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_origin: Option<KeyOrigin>,
+    /// Also store the issued key and certificate in this AWS Secrets Manager secret (a
+    /// JSON object with `certificatePem`, `privateKey`, `certificateArn`,
+    /// `certificateId`), created or updated on every issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_in_secret: Option<SecretsManagerRef>,
+    /// Use a certificate already registered in AWS IoT (made by Terraform or by hand)
+    /// whose key and certificate are in this Secrets Manager secret, instead of creating
+    /// one. The secret holds JSON with `certificatePem` and `privateKey` (or
+    /// `keyPair.PrivateKey`, as `create-keys-and-certificate` prints), and optionally
+    /// `certificateArn` or `certificateId`. It is attached to the thing and policy;
+    /// it is never rotated, deactivated or deleted by edgemq.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_from: Option<SecretsManagerRef>,
+    /// Where Bridges connect (`host`, or `host:port`) instead of the account's
+    /// discovered `iot:Data-ATS` endpoint: for compatible services and local stand-ins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub data_endpoint: Option<String>,
+    /// AWS API endpoint URL for IoT and Secrets Manager, for compatible services and
+    /// tests. Default: the AWS endpoints of the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(url)]
+    pub endpoint_url: Option<String>,
+}
+
+/// Where an AWS IoT certificate's private key is made.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum KeyOrigin {
+    /// On this machine; AWS IoT signs a certificate request.
+    #[default]
+    Local,
+    /// By AWS IoT (`CreateKeysAndCertificate`); the key crosses the network once.
+    #[serde(rename = "AWS")]
+    Aws,
+}
+
+/// A secret in AWS Secrets Manager.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretsManagerRef {
+    /// Name or ARN of the secret.
+    #[schemars(length(min = 1, max = 2048))]
+    pub secret_id: String,
+}
+
+/// What happens outside edgemq when a Certificate is deleted.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum DeletionPolicy {
+    /// Leave everything in place (default): a Certificate that disappears by mistake (a
+    /// bad checkout, a rename) must not revoke a device's identity, which cannot be
+    /// undone. The local key is kept, so the Certificate comes back as it was.
+    #[default]
+    Retain,
+    /// Remove what edgemq made: for `awsIot`, the certificate is detached from its
+    /// policy and thing, set INACTIVE and deleted; the generated policy is deleted when
+    /// no other certificate uses it, the thing when edgemq created it, and the
+    /// `storeInSecret` secret is scheduled for deletion.
+    Delete,
 }
 
 /// Observed state of a Certificate.
@@ -346,6 +432,28 @@ pub struct CertificateStatus {
     /// When the next attempt starts (RFC 3339), while retrying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<String>,
+    /// What AWS IoT holds for an `awsIot` certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_iot: Option<AwsIotCertificateStatus>,
+}
+
+/// The AWS IoT side of an `awsIot` certificate.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsIotCertificateStatus {
+    /// ARN of the certificate in AWS IoT.
+    pub certificate_arn: String,
+    /// Certificate id in AWS IoT.
+    pub certificate_id: String,
+    /// The thing it is attached to.
+    pub thing_name: String,
+    /// Host of the account's `iot:Data-ATS` endpoint.
+    pub endpoint: String,
+    /// The attached policy.
+    pub policy_name: String,
+    /// The generated policy document (JSON), when edgemq generated the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_document: Option<String>,
 }
 
 impl Certificate {

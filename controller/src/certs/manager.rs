@@ -15,9 +15,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::acme::{self, AcmeJob};
+use super::awsiot_jobs::{AwsIotJobs, AwsIotState};
 use super::{cert_dir, cert_info, read_stored, rfc3339, write_stored, CertInfo, Secrets};
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
+use crate::load::Resources;
 
 /// First retry delay after a failed ACME issuance; it doubles with each failure.
 const FIRST_RETRY: Duration = Duration::from_secs(10);
@@ -62,6 +64,7 @@ pub struct Manager {
     state: PathBuf,
     reload: mpsc::UnboundedSender<()>,
     tasks: Mutex<BTreeMap<String, Task>>,
+    aws: AwsIotJobs,
 }
 
 /// `namespace/name` of a Certificate.
@@ -79,9 +82,18 @@ impl Manager {
     pub fn new(state: &Path, reload: mpsc::UnboundedSender<()>) -> Manager {
         Manager {
             state: state.to_path_buf(),
+            aws: AwsIotJobs::new(state.to_path_buf(), reload.clone()),
             reload,
             tasks: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The state of every `awsIot` Certificate of `res` (the certificate on disk, and
+    /// how the background AWS work goes), starting the AWS work that is due: issuing,
+    /// policy updates from the Bridges, rotation, and the cleanup of Certificates no
+    /// longer in `res` per their deletion policy. Never waits on the network.
+    pub fn aws_iot(&self, res: &Resources) -> BTreeMap<(String, String), AwsIotState> {
+        self.aws.reconcile(res)
     }
 
     /// The current key pair of a Certificate and what status shows about it.

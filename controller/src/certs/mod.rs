@@ -15,6 +15,8 @@
 //! status.
 
 pub mod acme;
+pub mod awsiot;
+pub mod awsiot_jobs;
 pub mod ca;
 pub mod dns01;
 pub mod manager;
@@ -43,6 +45,9 @@ pub struct CertInfo {
     pub renewal_time: String,
     /// Seconds until expiry, at the time it was read.
     pub expires_in_seconds: i64,
+    /// The AWS IoT side of an `awsIot` certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_iot: Option<crate::api::certificate::AwsIotCertificateStatus>,
 }
 
 impl CertInfo {
@@ -231,6 +236,12 @@ pub enum CertError {
     /// Stored or provided material is not a usable certificate.
     #[error("invalid certificate: {0}")]
     Invalid(String),
+    /// Issuance runs in the background and has not finished yet.
+    #[error("{0}")]
+    Pending(String),
+    /// An AWS call failed (operation and AWS error code in the message).
+    #[error("{0}")]
+    Aws(#[from] crate::aws::AwsError),
 }
 
 /// Parses a Go-style duration (`2160h`, `1h30m`, `90s`, `1.5h`).
@@ -293,6 +304,7 @@ pub fn cert_info(
         serial: cert.raw_serial_as_string().replace(':', ""),
         renewal_time: fmt(na - before),
         expires_in_seconds: (na - now).whole_seconds(),
+        aws_iot: None,
     })
 }
 
@@ -322,7 +334,14 @@ pub fn ensure(
             "ACME certificates are issued in the background".into(),
         ))
     } else if issuer.aws_iot.is_some() {
-        Err(CertError::Unsupported("awsIot"))
+        // AWS calls run in the background (standalone: `awsiot_jobs`); here only what
+        // is already on disk.
+        match awsiot::cached(state, cert, &[], now)?.issued {
+            Some(i) => Ok((i.material, i.info)),
+            None => Err(CertError::Pending(
+                "the AWS IoT certificate is being created in the background".into(),
+            )),
+        }
     } else {
         Err(CertError::Invalid("no issuer set".into()))
     }

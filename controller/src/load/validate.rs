@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::api::certificate::{AcmeIssuer, CertificateSpec, Dns01Solver};
+use crate::api::certificate::{AcmeIssuer, AwsIotIssuer, CertificateSpec, Dns01Solver, KeyOrigin};
 use crate::api::{AclRule, SecretKeyRef};
 use crate::auth::acl::valid_topic_filter;
 use crate::auth::passwd::PasswordHash;
@@ -842,19 +842,90 @@ impl Validator<'_> {
                 self.acme(c, acme, spec);
             }
             if let Some(aws) = &is.aws_iot {
-                self.len(
+                self.aws_iot(c, aws);
+            }
+        }
+    }
+
+    fn aws_iot(&mut self, c: &ObjectRef, aws: &AwsIotIssuer) {
+        let p = |f| {
+            [
+                Seg::Key("spec"),
+                Seg::Key("issuer"),
+                Seg::Key("awsIot"),
+                Seg::Key(f),
+            ]
+        };
+        let name_chars = |s: &str, extra: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || extra.contains(ch))
+        };
+        for (field, v, extra) in [
+            ("thingName", Some(&aws.thing_name), ":_-"),
+            ("thingTypeName", aws.thing_type_name.as_ref(), ":_-"),
+            ("thingGroupName", aws.thing_group_name.as_ref(), ":_-"),
+            ("policyName", aws.policy_name.as_ref(), "_+=,.@-"),
+        ] {
+            let Some(v) = v else { continue };
+            self.len(c, &p(field), v, 1, 128);
+            if !v.is_empty() && !name_chars(v, extra) {
+                self.err(
                     c,
-                    &[
-                        Seg::Key("spec"),
-                        Seg::Key("issuer"),
-                        Seg::Key("awsIot"),
-                        Seg::Key("thingName"),
-                    ],
-                    &aws.thing_name,
-                    1,
-                    128,
+                    &p(field),
+                    format!(
+                        "{field} `{v}` may only hold letters, digits and `{extra}`, as AWS IoT requires"
+                    ),
                 );
             }
+        }
+        if let Some(r) = &aws.region {
+            if !name_chars(r, "-") {
+                self.err(
+                    c,
+                    &p("region"),
+                    format!("region `{r}` is not an AWS region such as `eu-west-1`"),
+                );
+            }
+        }
+        if let Some(u) = &aws.endpoint_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                self.err(
+                    c,
+                    &p("endpointUrl"),
+                    format!("endpointUrl `{u}` is not an http(s) URL"),
+                );
+            }
+        }
+        if let Some(e) = &aws.data_endpoint {
+            let host = match e.rsplit_once(':') {
+                Some((h, p)) if p.parse::<u16>().is_ok_and(|p| p > 0) => h,
+                _ => e.as_str(),
+            };
+            if host.is_empty() || host.contains(['/', ' ', ':']) {
+                self.err(
+                    c,
+                    &p("dataEndpoint"),
+                    format!("dataEndpoint `{e}` must be a host or host:port"),
+                );
+            }
+        }
+        for (field, r) in [
+            ("storeInSecret", &aws.store_in_secret),
+            ("importFrom", &aws.import_from),
+        ] {
+            if let Some(r) = r {
+                let mut path = p(field).to_vec();
+                path.push(Seg::Key("secretId"));
+                self.len(c, &path, &r.secret_id, 1, 2048);
+            }
+        }
+        if aws.import_from.is_some() && aws.key_origin == Some(KeyOrigin::Aws) {
+            self.err(
+                c,
+                &p("keyOrigin"),
+                "importFrom takes the key from the secret; do not set keyOrigin: AWS",
+            );
         }
     }
 

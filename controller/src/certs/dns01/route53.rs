@@ -80,7 +80,8 @@ impl Route53 {
     async fn client(&self) -> &Client {
         self.client
             .get_or_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .http_client(crate::aws::https_client());
                 if let Some(r) = &self.region {
                     loader = loader.region(Region::new(r.clone()));
                 }

@@ -1,0 +1,283 @@
+//! Background AWS IoT work for standalone mode, so a reload never waits on the network.
+//!
+//! Each reload calls [`AwsIotJobs::reconcile`] with the loaded resources. For every
+//! `awsIot` Certificate it reads the state directory (no network): the certificate on
+//! disk is handed to Bridges at once. When AWS work is due (first issue, a changed
+//! policy, a rotation, retiring the certificate a rotation replaced) a task runs
+//! `awsiot::ensure` in the background and wakes the standalone loop when done, which
+//! reloads and picks up the result. Failures are retried with a doubling backoff (30 s
+//! to 10 min), at once when the spec or the Bridges change.
+//!
+//! A certificate replaced by a rotation is retired only after the new one has been
+//! handed out by an earlier reload, so the Bridges have switched over first.
+//!
+//! Certificates that disappeared from the folder are cleaned up from their record in
+//! the state directory, per their `deletionPolicy` (`awsiot::delete`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::awsiot::{self, Issued};
+use crate::api::certificate::DeletionPolicy;
+use crate::api::Bridge;
+use crate::aws::policy;
+use crate::load::Resources;
+
+const MIN_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// Longest one background attempt may take before it counts as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What status shows for an `awsIot` Certificate.
+#[derive(Clone, Debug, Default)]
+pub struct AwsIotState {
+    /// The certificate Bridges use now.
+    pub issued: Option<Issued>,
+    /// Background work is running.
+    pub working: bool,
+    /// The last attempt's error (operation and AWS error code), if it failed.
+    pub error: Option<String>,
+    /// Seconds until the next attempt after a failure.
+    pub retry_in_seconds: Option<u64>,
+}
+
+#[derive(Default)]
+struct Job {
+    running: bool,
+    key: String,
+    error: Option<String>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Job {
+    fn may_start(&self, key: &str, now: Instant) -> bool {
+        !self.running && (self.key != key || self.retry_at.is_none_or(|t| now >= t))
+    }
+
+    fn finish(&mut self, result: Result<(), String>) {
+        self.running = false;
+        match result {
+            Ok(()) => {
+                self.error = None;
+                self.failures = 0;
+                self.retry_at = None;
+            }
+            Err(e) => {
+                self.failures += 1;
+                let backoff =
+                    (MIN_BACKOFF * 2u32.saturating_pow(self.failures - 1)).min(MAX_BACKOFF);
+                self.retry_at = Some(Instant::now() + backoff);
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    issue: BTreeMap<(String, String), Job>,
+    delete: BTreeMap<PathBuf, Job>,
+    /// Certificate ids handed out by a reload (Bridges have them).
+    handed_out: BTreeSet<String>,
+}
+
+/// The background AWS IoT work of one standalone runtime.
+#[derive(Clone)]
+pub struct AwsIotJobs {
+    state: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+    wake: mpsc::UnboundedSender<()>,
+}
+
+impl AwsIotJobs {
+    /// Jobs writing into state directory `state`; `wake` asks for a reload when one
+    /// ends.
+    pub fn new(state: PathBuf, wake: mpsc::UnboundedSender<()>) -> AwsIotJobs {
+        AwsIotJobs {
+            state,
+            inner: Arc::default(),
+            wake,
+        }
+    }
+
+    /// The state of every `awsIot` Certificate of `res`, by (namespace, name);
+    /// starts the background work that is due, including the cleanup of Certificates
+    /// no longer in `res`.
+    pub fn reconcile(&self, res: &Resources) -> BTreeMap<(String, String), AwsIotState> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut out = BTreeMap::new();
+        let bridges: Vec<&Bridge> = res.bridges().map(|b| &b.object).collect();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut present = BTreeSet::new();
+        for c in res.certificates() {
+            let cert = &c.object;
+            if cert.spec.issuer.aws_iot.is_none() {
+                continue;
+            }
+            let id = (c.meta.namespace.clone(), c.meta.name.clone());
+            present.insert(id.clone());
+            let using = policy::bridges_using(cert, bridges.iter().copied());
+            let key = serde_json::to_string(&(
+                &cert.spec,
+                policy::grants(cert, &using).client_ids,
+                using.iter().map(|b| &b.spec).collect::<Vec<_>>(),
+            ))
+            .unwrap_or_default();
+            let mut st = AwsIotState::default();
+            let mut start = false;
+            match awsiot::cached(&self.state, cert, &using, now) {
+                Ok(local) => {
+                    let only_retiring = local.issued.as_ref().is_some_and(|i| {
+                        awsiot::read_record(&super::cert_dir(&self.state, cert))
+                            .ok()
+                            .flatten()
+                            .is_some_and(|r| !r.retiring.is_empty())
+                            && i.info
+                                .aws_iot
+                                .as_ref()
+                                .is_some_and(|a| !inner.handed_out.contains(&a.certificate_id))
+                    });
+                    if let Some(a) = local.issued.as_ref().and_then(|i| i.info.aws_iot.as_ref()) {
+                        inner.handed_out.insert(a.certificate_id.clone());
+                    }
+                    // Retiring waits until the new certificate was handed out before.
+                    start = local.needs_aws && !only_retiring;
+                    st.issued = local.issued;
+                }
+                Err(e) => st.error = Some(e.to_string()),
+            }
+            let job = inner.issue.entry(id.clone()).or_default();
+            let at = Instant::now();
+            if start && job.may_start(&key, at) {
+                job.running = true;
+                job.key = key;
+                let jobs = self.clone();
+                let cert = cert.clone();
+                let owned: Vec<Bridge> = using.iter().map(|b| (*b).clone()).collect();
+                tokio::spawn(async move {
+                    let refs: Vec<&Bridge> = owned.iter().collect();
+                    let r = tokio::time::timeout(
+                        ATTEMPT_TIMEOUT,
+                        awsiot::ensure(&jobs.state, &cert, &refs, time::OffsetDateTime::now_utc()),
+                    )
+                    .await;
+                    let r = match r {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!(
+                            "AWS IoT work did not finish within {}s",
+                            ATTEMPT_TIMEOUT.as_secs()
+                        )),
+                    };
+                    if let Err(e) = &r {
+                        tracing::error!(certificate = %id.1, error = %e, "AWS IoT certificate not updated");
+                    }
+                    jobs.lock().issue.entry(id).or_default().finish(r);
+                    let _ = jobs.wake.send(());
+                });
+            }
+            let job = &inner.issue[&(c.meta.namespace.clone(), c.meta.name.clone())];
+            st.working = job.running;
+            if st.error.is_none() {
+                st.error = job.error.clone();
+            }
+            st.retry_in_seconds = job
+                .retry_at
+                .filter(|_| job.error.is_some())
+                .map(|t| t.saturating_duration_since(at).as_secs());
+            out.insert((c.meta.namespace.clone(), c.meta.name.clone()), st);
+        }
+        // A job still running for a removed Certificate is kept until it ends, so the
+        // cleanup below never runs at the same time as an issue.
+        inner.issue.retain(|k, j| present.contains(k) || j.running);
+
+        // Certificates gone from the folder: clean up per their deletion policy.
+        for (dir, record) in awsiot::recorded(&self.state) {
+            let id = (record.namespace.clone(), record.name.clone());
+            let still_aws = res
+                .certificate(&id.0, &id.1)
+                .is_some_and(|c| c.spec.issuer.aws_iot.is_some());
+            let issuing = inner.issue.get(&id).is_some_and(|j| j.running);
+            if still_aws || issuing || record.deletion_policy == DeletionPolicy::Retain {
+                continue;
+            }
+            let job = inner.delete.entry(dir.clone()).or_default();
+            if job.may_start("delete", Instant::now()) {
+                job.running = true;
+                job.key = "delete".into();
+                let jobs = self.clone();
+                tokio::spawn(async move {
+                    let r = tokio::time::timeout(ATTEMPT_TIMEOUT, awsiot::delete(&dir)).await;
+                    let r = match r {
+                        Ok(Ok(d)) => {
+                            tracing::info!(
+                                certificate = %id.1,
+                                actions = d.actions.len(),
+                                "AWS IoT resources of a deleted Certificate removed"
+                            );
+                            Ok(())
+                        }
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("AWS IoT cleanup did not finish in time".into()),
+                    };
+                    if let Err(e) = &r {
+                        tracing::error!(certificate = %id.1, error = %e, "AWS IoT cleanup of a deleted Certificate failed; will retry");
+                    }
+                    let mut inner = jobs.lock();
+                    match r {
+                        Ok(()) => {
+                            inner.delete.remove(&dir);
+                        }
+                        Err(e) => inner.delete.entry(dir).or_default().finish(Err(e)),
+                    }
+                });
+            }
+        }
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_doubling_and_a_changed_spec_retries_at_once() {
+        let mut j = Job {
+            running: true,
+            key: "a".into(),
+            ..Job::default()
+        };
+        assert!(!j.may_start("a", Instant::now()), "never twice at once");
+        j.finish(Err(
+            "AWS IoT CreateThing failed: Throttling: slow down".into()
+        ));
+        let first = j.retry_at.unwrap();
+        assert!(!j.may_start("a", Instant::now()));
+        assert!(
+            j.may_start("b", Instant::now()),
+            "a changed spec retries at once"
+        );
+        assert!(j.may_start("a", first));
+        j.running = true;
+        j.finish(Err("again".into()));
+        let wait = j.retry_at.unwrap() - Instant::now();
+        assert!(wait > MIN_BACKOFF && wait <= MIN_BACKOFF * 2, "{wait:?}");
+        for _ in 0..10 {
+            j.finish(Err("again".into()));
+        }
+        assert!(j.retry_at.unwrap() - Instant::now() <= MAX_BACKOFF);
+        j.finish(Ok(()));
+        assert_eq!((j.failures, j.error.clone(), j.retry_at), (0, None, None));
+        assert!(j.may_start("a", Instant::now()));
+    }
+}
