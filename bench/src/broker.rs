@@ -30,7 +30,17 @@ pub struct Spec {
     pub pin_core: Option<usize>,
     pub mosquitto_nodelay: bool,
     pub startup_timeout: Duration,
+    /// Bridge `bench/#` out to the broker on this loopback port (bridge benchmark).
+    pub bridge_to: Option<u16>,
 }
+
+/// Prefix the bridges put before `bench/...` on the remote side.
+pub const BRIDGE_REMOTE_PREFIX: &str = "home/";
+/// Bounds of the bridge queue, the same on both brokers: edgemq's Bridge
+/// `queue.maxMessages` / `queue.maxBytes`, Mosquitto's `max_queued_messages` /
+/// `max_queued_bytes`.
+pub const BRIDGE_QUEUE_MESSAGES: u64 = 1_000_000;
+pub const BRIDGE_QUEUE_BYTES: u64 = 1 << 30;
 
 /// A running broker, stopped (by its process id) when dropped.
 pub struct Broker {
@@ -86,7 +96,36 @@ fn mosquitto_conf(spec: &Spec, port: u16) -> String {
     let _ = writeln!(s, "log_dest stderr");
     let _ = writeln!(s, "log_type error");
     let _ = writeln!(s, "log_type warning");
+    if let Some(remote) = spec.bridge_to {
+        // The bridge's window is max_inflight_messages and its queue
+        // max_queued_messages / max_queued_bytes (global settings, above).
+        let _ = writeln!(s, "max_queued_bytes {BRIDGE_QUEUE_BYTES}");
+        let _ = writeln!(s, "connection bench-bridge");
+        let _ = writeln!(s, "address 127.0.0.1:{remote}");
+        let _ = writeln!(s, "bridge_protocol_version mqttv311");
+        let _ = writeln!(s, "try_private false");
+        let _ = writeln!(s, "cleansession true");
+        let _ = writeln!(s, "notifications false");
+        let _ = writeln!(s, "start_type automatic");
+        let _ = writeln!(s, "restart_timeout 1");
+        let _ = writeln!(s, "topic bench/# out 1 \"\" {BRIDGE_REMOTE_PREFIX}");
+    }
     s
+}
+
+/// The Bridge document of edgemq's side of the bridge benchmark.
+fn edgemq_bridge_yaml(remote: u16) -> String {
+    format!(
+        "apiVersion: edgemq.io/v1alpha1\n\
+         kind: Bridge\n\
+         metadata: {{name: up}}\n\
+         spec:\n  \
+           brokerRef: bench\n  \
+           remote: {{address: \"127.0.0.1:{remote}\", cleanSession: true}}\n  \
+           topics:\n    \
+             - {{pattern: \"bench/#\", direction: out, qos: 1, remotePrefix: \"{BRIDGE_REMOTE_PREFIX}\"}}\n  \
+           queue: {{maxMessages: {BRIDGE_QUEUE_MESSAGES}, maxBytes: {BRIDGE_QUEUE_BYTES}}}\n"
+    )
 }
 
 fn edgemq_yaml(spec: &Spec, port: u16) -> String {
@@ -124,6 +163,9 @@ impl Broker {
                 fs::create_dir_all(&cfg)?;
                 fs::create_dir_all(&state)?;
                 fs::write(cfg.join("broker.yaml"), edgemq_yaml(spec, port))?;
+                if let Some(remote) = spec.bridge_to {
+                    fs::write(cfg.join("bridge.yaml"), edgemq_bridge_yaml(remote))?;
+                }
                 args.extend([
                     "run".into(),
                     "--config".into(),
@@ -337,13 +379,40 @@ mod tests {
             pin_core: None,
             mosquitto_nodelay: false,
             startup_timeout: Duration::from_secs(1),
+            bridge_to: None,
         };
         let c = mosquitto_conf(&spec, 1234);
         assert!(c.contains("listener 1234 127.0.0.1"));
         assert!(c.contains("max_inflight_messages 17"));
         assert!(c.contains("persistence false"));
+        assert!(!c.contains("\nconnection "));
         let y = edgemq_yaml(&spec, 1234);
         assert!(y.contains("port: 1234"));
         assert!(y.contains("maxInflight: 17"));
+    }
+
+    #[test]
+    fn bridge_configs_forward_bench_topics_to_the_remote_prefix() {
+        let spec = Spec {
+            label: "x".into(),
+            kind: Kind::Mosquitto,
+            program: "mosquitto".into(),
+            window: 256,
+            max_queued: 1_000_000,
+            pin_core: None,
+            mosquitto_nodelay: false,
+            startup_timeout: Duration::from_secs(1),
+            bridge_to: Some(4321),
+        };
+        let c = mosquitto_conf(&spec, 1234);
+        assert!(c.contains("address 127.0.0.1:4321"));
+        assert!(c.contains("topic bench/# out 1 \"\" home/"));
+        assert!(c.contains("bridge_protocol_version mqttv311"));
+        assert!(c.contains("max_inflight_messages 256"));
+        let y = edgemq_bridge_yaml(4321);
+        assert!(y.contains("kind: Bridge"));
+        assert!(y.contains("address: \"127.0.0.1:4321\""));
+        assert!(y.contains("remotePrefix: \"home/\""));
+        assert!(y.contains("maxMessages: 1000000"));
     }
 }
