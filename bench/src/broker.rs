@@ -46,6 +46,8 @@ pub const BRIDGE_QUEUE_BYTES: u64 = 1 << 30;
 pub struct Broker {
     pub label: String,
     pub port: u16,
+    /// edgemq's operations endpoint (/metrics) on loopback; `None` for Mosquitto.
+    pub http_port: Option<u16>,
     child: Child,
     dir: PathBuf,
     log: PathBuf,
@@ -150,6 +152,7 @@ impl Broker {
         let port = free_port()?;
         let log = dir.join("broker.log");
         let mut args: Vec<String> = Vec::new();
+        let mut http_port = None;
         match spec.kind {
             Kind::Mosquitto => {
                 let conf = dir.join("mosquitto.conf");
@@ -166,12 +169,17 @@ impl Broker {
                 if let Some(remote) = spec.bridge_to {
                     fs::write(cfg.join("bridge.yaml"), edgemq_bridge_yaml(remote))?;
                 }
+                // The operations endpoint on a free port too, never the default one.
+                let http = free_port()?;
+                http_port = Some(http);
                 args.extend([
                     "run".into(),
                     "--config".into(),
                     cfg.display().to_string(),
                     "--state".into(),
                     state.display().to_string(),
+                    "--http".into(),
+                    format!("127.0.0.1:{http}"),
                 ]);
             }
         }
@@ -204,6 +212,7 @@ impl Broker {
         let mut b = Broker {
             label: spec.label.clone(),
             port,
+            http_port,
             child,
             dir,
             log,
@@ -271,6 +280,23 @@ impl Broker {
         read_mem(self.pid())
     }
 
+    /// The sum of every sample of the Prometheus metric `name` (all label sets) on
+    /// edgemq's operations endpoint; `None` for Mosquitto or when it cannot be read.
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let port = self.http_port?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        if !body.starts_with("HTTP/1.") || !body.contains(" 200 ") {
+            return None;
+        }
+        Some(sum_metric(&body, name))
+    }
+
     /// Resets the peak-RSS mark (VmHWM) so the next reading is the peak since now.
     /// Returns false where the kernel refuses, in which case VmHWM is the lifetime peak.
     pub fn reset_peak(&self) -> bool {
@@ -284,6 +310,18 @@ impl Drop for Broker {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sums the samples of metric `name` in a Prometheus text exposition.
+fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Opens a connection, sends a minimal MQTT 3.1.1 CONNECT and expects a CONNACK.
@@ -389,6 +427,16 @@ mod tests {
         let y = edgemq_yaml(&spec, 1234);
         assert!(y.contains("port: 1234"));
         assert!(y.contains("maxInflight: 17"));
+    }
+
+    #[test]
+    fn metric_sums_add_every_label_set_and_skip_lookalikes() {
+        let text = "# TYPE edgemq_bridge_dropped counter\n\
+                    edgemq_bridge_dropped_total{bridge=\"default/up\",reason=\"queue_full\"} 17\n\
+                    edgemq_bridge_dropped_total{bridge=\"default/b\"} 3\n\
+                    edgemq_bridge_dropped_total_other 100\n";
+        assert_eq!(sum_metric(text, "edgemq_bridge_dropped_total"), 20.0);
+        assert_eq!(sum_metric(text, "nothing"), 0.0);
     }
 
     #[test]

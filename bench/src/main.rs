@@ -483,11 +483,11 @@ async fn run_bridge(args: Args, sides: &mut [Side], sink: &Broker) -> Result<()>
                 };
                 let base = format!("r{rep}-{}-{}", tag_of(&name), tag_of(&side.spec.label));
                 log(format!("{}: {name} closed-loop", side.spec.label));
-                let c = measure(b, &closed, &format!("{base}-c")).await;
+                let c = measure_bridge(b, &closed, &format!("{base}-c")).await;
                 let f = match &c {
                     Ok(_) => {
                         log(format!("{}: {name} fixed-rate", side.spec.label));
-                        Some(measure(b, &fixed, &format!("{base}-f")).await)
+                        Some(measure_bridge(b, &fixed, &format!("{base}-f")).await)
                     }
                     Err(_) => None,
                 };
@@ -504,6 +504,17 @@ async fn run_bridge(args: Args, sides: &mut [Side], sink: &Broker) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// [`measure`], plus the drops edgemq's bridge counted during the phase.
+async fn measure_bridge(b: &Broker, phase: &Phase, tag: &str) -> Result<Metrics> {
+    const DROPPED: &str = "edgemq_bridge_dropped_total";
+    let before = b.metric_sum(DROPPED);
+    let mut m = measure(b, phase, tag).await?;
+    if let (Some(a), Some(z)) = (before, b.metric_sum(DROPPED)) {
+        m.bridge_dropped = Some((z - a).max(0.0) as u64);
+    }
+    Ok(m)
 }
 
 fn bridge_scenario_name(publishers: usize) -> String {

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub duplicated: u64,
     pub elapsed_s: f64,
     pub hit_deadline: bool,
+    /// Messages the broker's bridge reported dropping during the phase (edgemq's
+    /// `edgemq_bridge_dropped_total`); `None` where not available.
+    pub bridge_dropped: Option<u64>,
 }
 
 impl Metrics {
@@ -50,6 +53,7 @@ impl Metrics {
             duplicated: r.duplicated,
             elapsed_s: r.elapsed.as_secs_f64(),
             hit_deadline: r.hit_deadline,
+            bridge_dropped: None,
         }
     }
 
@@ -81,6 +85,7 @@ impl Metrics {
             duplicated: sum(&|m| m.duplicated),
             elapsed_s: med(&|m| m.elapsed_s),
             hit_deadline: runs.iter().any(|m| m.hit_deadline),
+            bridge_dropped: runs.iter().map(|m| m.bridge_dropped).sum::<Option<u64>>(),
         })
     }
 }
@@ -461,6 +466,18 @@ impl Report {
             };
             t.text_row("", "lost/dup (max)", &loss(&closed), "");
             t.text_row("", "lost/dup (fixed)", &loss(&fixed), "");
+            if bridge {
+                let drops = |v: &[Option<Metrics>]| -> Vec<String> {
+                    v.iter()
+                        .map(|m| match m.as_ref().and_then(|m| m.bridge_dropped) {
+                            Some(d) => d.to_string(),
+                            None => "-".into(),
+                        })
+                        .collect()
+                };
+                t.text_row("", "bridge drops (max)", &drops(&closed), "");
+                t.text_row("", "bridge drops (fixed)", &drops(&fixed), "");
+            }
             t.gap();
         }
     }
@@ -500,7 +517,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "lost = published (acknowledged by the local broker) - unique received at the sink; dup = received - unique; T = phase hit its time bound"
+            "lost = published (acknowledged by the local broker) - unique received at the sink; dup = received - unique; T = phase hit its time bound;\nbridge drops = edgemq_bridge_dropped_total during the phase (edgemq only)"
         );
         for b in &self.brokers {
             for e in &b.errors {
@@ -656,6 +673,8 @@ fn metrics_json(j: &mut Json, m: Option<&Metrics>) {
     j.key("duplicated").num(m.duplicated as f64);
     j.key("elapsed_s").num(m.elapsed_s);
     j.key("hit_time_bound").boolean(m.hit_deadline);
+    j.key("bridge_dropped")
+        .opt(m.bridge_dropped.map(|d| d as f64));
     j.close('}');
 }
 
