@@ -30,12 +30,24 @@ pub struct Spec {
     pub pin_core: Option<usize>,
     pub mosquitto_nodelay: bool,
     pub startup_timeout: Duration,
+    /// Bridge `bench/#` out to the broker on this loopback port (bridge benchmark).
+    pub bridge_to: Option<u16>,
 }
+
+/// Prefix the bridges put before `bench/...` on the remote side.
+pub const BRIDGE_REMOTE_PREFIX: &str = "home/";
+/// Bounds of the bridge queue, the same on both brokers: edgemq's Bridge
+/// `queue.maxMessages` / `queue.maxBytes`, Mosquitto's `max_queued_messages` /
+/// `max_queued_bytes`.
+pub const BRIDGE_QUEUE_MESSAGES: u64 = 1_000_000;
+pub const BRIDGE_QUEUE_BYTES: u64 = 1 << 30;
 
 /// A running broker, stopped (by its process id) when dropped.
 pub struct Broker {
     pub label: String,
     pub port: u16,
+    /// edgemq's operations endpoint (/metrics) on loopback; `None` for Mosquitto.
+    pub http_port: Option<u16>,
     child: Child,
     dir: PathBuf,
     log: PathBuf,
@@ -86,7 +98,36 @@ fn mosquitto_conf(spec: &Spec, port: u16) -> String {
     let _ = writeln!(s, "log_dest stderr");
     let _ = writeln!(s, "log_type error");
     let _ = writeln!(s, "log_type warning");
+    if let Some(remote) = spec.bridge_to {
+        // The bridge's window is max_inflight_messages and its queue
+        // max_queued_messages / max_queued_bytes (global settings, above).
+        let _ = writeln!(s, "max_queued_bytes {BRIDGE_QUEUE_BYTES}");
+        let _ = writeln!(s, "connection bench-bridge");
+        let _ = writeln!(s, "address 127.0.0.1:{remote}");
+        let _ = writeln!(s, "bridge_protocol_version mqttv311");
+        let _ = writeln!(s, "try_private false");
+        let _ = writeln!(s, "cleansession true");
+        let _ = writeln!(s, "notifications false");
+        let _ = writeln!(s, "start_type automatic");
+        let _ = writeln!(s, "restart_timeout 1");
+        let _ = writeln!(s, "topic bench/# out 1 \"\" {BRIDGE_REMOTE_PREFIX}");
+    }
     s
+}
+
+/// The Bridge document of edgemq's side of the bridge benchmark.
+fn edgemq_bridge_yaml(remote: u16) -> String {
+    format!(
+        "apiVersion: edgemq.io/v1alpha1\n\
+         kind: Bridge\n\
+         metadata: {{name: up}}\n\
+         spec:\n  \
+           brokerRef: bench\n  \
+           remote: {{address: \"127.0.0.1:{remote}\", cleanSession: true}}\n  \
+           topics:\n    \
+             - {{pattern: \"bench/#\", direction: out, qos: 1, remotePrefix: \"{BRIDGE_REMOTE_PREFIX}\"}}\n  \
+           queue: {{maxMessages: {BRIDGE_QUEUE_MESSAGES}, maxBytes: {BRIDGE_QUEUE_BYTES}}}\n"
+    )
 }
 
 fn edgemq_yaml(spec: &Spec, port: u16) -> String {
@@ -111,6 +152,7 @@ impl Broker {
         let port = free_port()?;
         let log = dir.join("broker.log");
         let mut args: Vec<String> = Vec::new();
+        let mut http_port = None;
         match spec.kind {
             Kind::Mosquitto => {
                 let conf = dir.join("mosquitto.conf");
@@ -124,12 +166,20 @@ impl Broker {
                 fs::create_dir_all(&cfg)?;
                 fs::create_dir_all(&state)?;
                 fs::write(cfg.join("broker.yaml"), edgemq_yaml(spec, port))?;
+                if let Some(remote) = spec.bridge_to {
+                    fs::write(cfg.join("bridge.yaml"), edgemq_bridge_yaml(remote))?;
+                }
+                // The operations endpoint on a free port too, never the default one.
+                let http = free_port()?;
+                http_port = Some(http);
                 args.extend([
                     "run".into(),
                     "--config".into(),
                     cfg.display().to_string(),
                     "--state".into(),
                     state.display().to_string(),
+                    "--http".into(),
+                    format!("127.0.0.1:{http}"),
                 ]);
             }
         }
@@ -162,6 +212,7 @@ impl Broker {
         let mut b = Broker {
             label: spec.label.clone(),
             port,
+            http_port,
             child,
             dir,
             log,
@@ -229,6 +280,23 @@ impl Broker {
         read_mem(self.pid())
     }
 
+    /// The sum of every sample of the Prometheus metric `name` (all label sets) on
+    /// edgemq's operations endpoint; `None` for Mosquitto or when it cannot be read.
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let port = self.http_port?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        if !body.starts_with("HTTP/1.") || !body.contains(" 200 ") {
+            return None;
+        }
+        Some(sum_metric(&body, name))
+    }
+
     /// Resets the peak-RSS mark (VmHWM) so the next reading is the peak since now.
     /// Returns false where the kernel refuses, in which case VmHWM is the lifetime peak.
     pub fn reset_peak(&self) -> bool {
@@ -242,6 +310,18 @@ impl Drop for Broker {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sums the samples of metric `name` in a Prometheus text exposition.
+fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Opens a connection, sends a minimal MQTT 3.1.1 CONNECT and expects a CONNACK.
@@ -337,13 +417,50 @@ mod tests {
             pin_core: None,
             mosquitto_nodelay: false,
             startup_timeout: Duration::from_secs(1),
+            bridge_to: None,
         };
         let c = mosquitto_conf(&spec, 1234);
         assert!(c.contains("listener 1234 127.0.0.1"));
         assert!(c.contains("max_inflight_messages 17"));
         assert!(c.contains("persistence false"));
+        assert!(!c.contains("\nconnection "));
         let y = edgemq_yaml(&spec, 1234);
         assert!(y.contains("port: 1234"));
         assert!(y.contains("maxInflight: 17"));
+    }
+
+    #[test]
+    fn metric_sums_add_every_label_set_and_skip_lookalikes() {
+        let text = "# TYPE edgemq_bridge_dropped counter\n\
+                    edgemq_bridge_dropped_total{bridge=\"default/up\",reason=\"queue_full\"} 17\n\
+                    edgemq_bridge_dropped_total{bridge=\"default/b\"} 3\n\
+                    edgemq_bridge_dropped_total_other 100\n";
+        assert_eq!(sum_metric(text, "edgemq_bridge_dropped_total"), 20.0);
+        assert_eq!(sum_metric(text, "nothing"), 0.0);
+    }
+
+    #[test]
+    fn bridge_configs_forward_bench_topics_to_the_remote_prefix() {
+        let spec = Spec {
+            label: "x".into(),
+            kind: Kind::Mosquitto,
+            program: "mosquitto".into(),
+            window: 256,
+            max_queued: 1_000_000,
+            pin_core: None,
+            mosquitto_nodelay: false,
+            startup_timeout: Duration::from_secs(1),
+            bridge_to: Some(4321),
+        };
+        let c = mosquitto_conf(&spec, 1234);
+        assert!(c.contains("address 127.0.0.1:4321"));
+        assert!(c.contains("topic bench/# out 1 \"\" home/"));
+        assert!(c.contains("bridge_protocol_version mqttv311"));
+        assert!(c.contains("max_inflight_messages 256"));
+        let y = edgemq_bridge_yaml(4321);
+        assert!(y.contains("kind: Bridge"));
+        assert!(y.contains("address: \"127.0.0.1:4321\""));
+        assert!(y.contains("remotePrefix: \"home/\""));
+        assert!(y.contains("maxMessages: 1000000"));
     }
 }

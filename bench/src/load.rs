@@ -59,7 +59,13 @@ pub enum Mode {
 #[derive(Clone, Debug)]
 pub struct Phase {
     pub name: String,
+    /// Where the publishers connect.
     pub port: u16,
+    /// Where the subscribers connect (the same as `port` except through a bridge).
+    pub sub_port: u16,
+    /// Prefixed to the publishers' topic for the subscription (a bridge's remote
+    /// prefix; empty otherwise).
+    pub sub_prefix: String,
     pub publishers: usize,
     pub subscribers: usize,
     /// 0 or 1.
@@ -181,8 +187,8 @@ pub async fn run_phase(p: &Phase, tag: &str, on_start: StartHook<'_>) -> Result<
     let mut subs = JoinSet::new();
     for s in 0..p.subscribers {
         let id = format!("{tag}-s{s}");
-        let topic = topic.clone();
-        let port = p.port;
+        let topic = format!("{}{topic}", p.sub_prefix);
+        let port = p.sub_port;
         let ready = ready_tx.clone();
         let mut stop = stop_rx.clone();
         let (ut, lr) = (unique_total.clone(), last_rx.clone());
@@ -496,6 +502,63 @@ pub async fn open_idle(port: u16, n: usize, tag: &str, limit: Duration) -> Resul
         i = end;
     }
     Ok(conns)
+}
+
+/// Waits until a bridge forwards: subscribes on the remote broker (port `remote`) to
+/// `{prefix}bench/{tag}`, then publishes one QoS 0 message to `bench/{tag}` on the local
+/// broker every 100 ms until one arrives. Returns how long that took.
+pub async fn wait_bridged(
+    local: u16,
+    remote: u16,
+    prefix: &str,
+    tag: &str,
+    limit: Duration,
+) -> Result<Duration> {
+    let deadline = Instant::now() + limit;
+    let topic = format!("bench/{tag}");
+    let (mut sub, mut srd) = mqtt::connect(remote, &format!("{tag}-s"), deadline)
+        .await
+        .context("connecting to the remote broker")?;
+    sub.write_all(&mqtt::subscribe_packet(&format!("{prefix}{topic}"), 0))
+        .await?;
+    let (mut publ, _) = mqtt::connect(local, &format!("{tag}-p"), deadline)
+        .await
+        .context("connecting to the local broker")?;
+    let started = Instant::now();
+    let mut subscribed = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut buf = Vec::new();
+    loop {
+        while let Some(pk) = srd.next()? {
+            match pk.kind {
+                mqtt::SUBACK => subscribed = true,
+                mqtt::PUBLISH => {
+                    let _ = sub.write_all(&[0xe0, 0]).await;
+                    let _ = publ.write_all(&[0xe0, 0]).await;
+                    return Ok(started.elapsed());
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("no message crossed the bridge within {limit:?}");
+        }
+        tokio::select! {
+            _ = tick.tick() => {
+                if subscribed {
+                    buf.clear();
+                    mqtt::put_publish(&mut buf, &topic, 0, 0, &encode(0, 0, now_nanos()));
+                    publ.write_all(&buf).await.context("publishing to the local broker")?;
+                }
+            }
+            r = srd.fill(&mut sub) => {
+                if !r? {
+                    bail!("the remote broker closed the connection");
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
 }
 
 #[cfg(test)]

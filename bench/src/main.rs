@@ -13,7 +13,7 @@ use clap::Parser;
 
 use broker::{Broker, Kind, Spec};
 use load::{Mode, Phase};
-use report::{BrokerReport, BurstResult, IdleResult, Metrics, Report, ScenarioReport};
+use report::{BridgeSetup, BrokerReport, BurstResult, IdleResult, Metrics, Report, ScenarioReport};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -84,6 +84,27 @@ pub struct Args {
     /// Noise check: the "edgemq" side runs a second Mosquitto instead.
     #[arg(long, hide = true)]
     mosquitto_vs_mosquitto: bool,
+    /// Run the bridge benchmark instead of the broker suite: QoS 1 publishers on a
+    /// local broker (edgemq with a Bridge, or Mosquitto with a `connection` bridge),
+    /// one subscriber on a remote Mosquitto (the sink) behind the bridge.
+    #[arg(long)]
+    bridge: bool,
+    /// Bridge: publisher counts to run, comma separated.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    bridge_publishers: Vec<usize>,
+    /// Bridge: messages per closed-loop run (all publishers together).
+    #[arg(long, default_value_t = 100_000)]
+    bridge_messages: u64,
+    /// Bridge: messages per second (all publishers together) for the latency run.
+    #[arg(long, default_value_t = 2_000)]
+    bridge_rate: u64,
+    /// Bridge: Mosquitto's bridge window (`max_inflight_messages` of the local
+    /// Mosquitto). edgemq's bridge window is fixed at 256.
+    #[arg(long, default_value_t = 256)]
+    bridge_inflight: u16,
+    /// Bridge: the sink's `max_inflight_messages` towards the subscriber.
+    #[arg(long, default_value_t = 1000)]
+    sink_inflight: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -252,6 +273,8 @@ async fn run_burst(b: &Broker, args: &Args, tag: &str) -> Result<BurstResult> {
     let phase = Phase {
         name: "burst".into(),
         port: b.port,
+        sub_port: b.port,
+        sub_prefix: String::new(),
         publishers: pubs,
         subscribers: 1,
         qos: 0,
@@ -278,6 +301,8 @@ fn phases(args: &Args, sc: &Scenario, port: u16) -> (Phase, Phase) {
     let closed = Phase {
         name: format!("{} closed-loop", sc.name),
         port,
+        sub_port: port,
+        sub_prefix: String::new(),
         publishers: sc.publishers,
         subscribers: sc.subscribers,
         qos: sc.qos,
@@ -387,23 +412,183 @@ async fn run(args: Args, sides: &mut [Side]) -> Result<()> {
     Ok(())
 }
 
+/// The bridge benchmark: for each publisher count, each local broker in turn (the
+/// order alternating) gets the closed-loop and the fixed-rate phase; its publishers
+/// publish at QoS 1 on the local broker and one QoS 1 subscriber counts what arrives
+/// on the sink under the bridge's remote prefix.
+async fn run_bridge(args: Args, sides: &mut [Side], sink: &Broker) -> Result<()> {
+    let counts: Vec<usize> = args.bridge_publishers.clone();
+    for side in sides.iter_mut() {
+        side.report.scenarios = counts
+            .iter()
+            .map(|n| ScenarioReport::new(&bridge_scenario_name(*n)))
+            .collect();
+    }
+
+    // Each bridge must forward before anything is measured.
+    for side in sides.iter_mut() {
+        let Some(b) = side.broker.as_ref() else {
+            continue;
+        };
+        let tag = format!("ready-{}", tag_of(&side.spec.label));
+        let limit = Duration::from_secs(args.startup_timeout.max(1));
+        match load::wait_bridged(b.port, sink.port, broker::BRIDGE_REMOTE_PREFIX, &tag, limit).await
+        {
+            Ok(t) => log(format!(
+                "{}: bridge forwards to the sink (first message after {} ms)",
+                side.spec.label,
+                t.as_millis()
+            )),
+            Err(e) => side.fail("bridge startup", e),
+        }
+    }
+
+    let deadline = Duration::from_secs(args.phase_timeout.max(1));
+    let drain = Duration::from_millis(args.drain_ms);
+    for rep in 0..args.repeat.max(1) {
+        for (si, &n) in counts.iter().enumerate() {
+            let mut order: Vec<usize> = (0..sides.len()).collect();
+            if (si + rep) % 2 == 1 {
+                order.reverse();
+            }
+            for &i in &order {
+                let side = &mut sides[i];
+                let Some(b) = side.broker.as_ref() else {
+                    continue;
+                };
+                let name = bridge_scenario_name(n);
+                let closed = Phase {
+                    name: format!("{name} closed-loop"),
+                    port: b.port,
+                    sub_port: sink.port,
+                    sub_prefix: broker::BRIDGE_REMOTE_PREFIX.into(),
+                    publishers: n,
+                    subscribers: 1,
+                    qos: 1,
+                    per_publisher: (args.bridge_messages / n as u64).max(1),
+                    mode: Mode::ClosedLoop,
+                    window: args.window,
+                    deadline,
+                    drain,
+                    record_latency: false,
+                };
+                let per_pub_rate = (args.bridge_rate as f64 / n as f64).max(0.1);
+                let fixed = Phase {
+                    name: format!("{name} fixed-rate"),
+                    per_publisher: ((per_pub_rate * args.rate_secs as f64).round() as u64).max(1),
+                    mode: Mode::FixedRate(per_pub_rate),
+                    deadline: deadline.max(Duration::from_secs(args.rate_secs + 30)),
+                    record_latency: true,
+                    ..closed.clone()
+                };
+                let base = format!("r{rep}-{}-{}", tag_of(&name), tag_of(&side.spec.label));
+                log(format!("{}: {name} closed-loop", side.spec.label));
+                let c = measure_bridge(b, &closed, &format!("{base}-c")).await;
+                let f = match &c {
+                    Ok(_) => {
+                        log(format!("{}: {name} fixed-rate", side.spec.label));
+                        Some(measure_bridge(b, &fixed, &format!("{base}-f")).await)
+                    }
+                    Err(_) => None,
+                };
+                match c {
+                    Ok(m) => side.report.scenarios[si].closed.push(m),
+                    Err(e) => side.fail(&closed.name, e),
+                }
+                match f {
+                    Some(Ok(m)) => side.report.scenarios[si].fixed.push(m),
+                    Some(Err(e)) => side.fail(&fixed.name, e),
+                    None => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`measure`], plus the drops edgemq's bridge counted during the phase.
+async fn measure_bridge(b: &Broker, phase: &Phase, tag: &str) -> Result<Metrics> {
+    const DROPPED: &str = "edgemq_bridge_dropped_total";
+    let before = b.metric_sum(DROPPED);
+    let mut m = measure(b, phase, tag).await?;
+    if let (Some(a), Some(z)) = (before, b.metric_sum(DROPPED)) {
+        m.bridge_dropped = Some((z - a).max(0.0) as u64);
+    }
+    Ok(m)
+}
+
+fn bridge_scenario_name(publishers: usize) -> String {
+    format!("{publishers} pub QoS1")
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     started();
+    // Counted before this process pins itself (which narrows what it sees).
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     if let Some(core) = args.pin_core {
         pin_self_away_from(core);
     }
-    raise_nofile(args.idle_conns as u64 + 4096);
+    if args.bridge {
+        if args.bridge_publishers.iter().any(|&n| n == 0 || n > 10_000) {
+            bail!("--bridge-publishers: counts must be 1..=10000");
+        }
+    } else {
+        raise_nofile(args.idle_conns as u64 + 4096);
+    }
 
-    let common = |label: &str, kind: Kind, program: &str| Spec {
-        label: label.into(),
-        kind,
-        program: program.into(),
-        window: args.window,
-        max_queued: args.max_queued,
-        pin_core: args.pin_core,
-        mosquitto_nodelay: args.mosquitto_nodelay,
-        startup_timeout: Duration::from_secs(args.startup_timeout),
+    // The bridge benchmark's sink: a Mosquitto on another core than the local brokers.
+    let sink = if args.bridge {
+        let spec = Spec {
+            label: "sink".into(),
+            kind: Kind::Mosquitto,
+            program: args.mosquitto.clone(),
+            window: args.sink_inflight,
+            max_queued: broker::BRIDGE_QUEUE_MESSAGES as u32,
+            pin_core: args
+                .pin_core
+                .map(|c| if cores > 1 { (c + 1) % cores } else { c }),
+            mosquitto_nodelay: true,
+            startup_timeout: Duration::from_secs(args.startup_timeout),
+            bridge_to: None,
+        };
+        log(format!("starting the sink ({})", spec.program));
+        let b = Broker::start(&spec)?;
+        log(format!(
+            "sink is up on 127.0.0.1:{} (pid {})",
+            b.port,
+            b.pid()
+        ));
+        Some((spec, b))
+    } else {
+        None
+    };
+
+    let common = |label: &str, kind: Kind, program: &str| match &sink {
+        None => Spec {
+            label: label.into(),
+            kind,
+            program: program.into(),
+            window: args.window,
+            max_queued: args.max_queued,
+            pin_core: args.pin_core,
+            mosquitto_nodelay: args.mosquitto_nodelay,
+            startup_timeout: Duration::from_secs(args.startup_timeout),
+            bridge_to: None,
+        },
+        Some((_, s)) => Spec {
+            label: label.into(),
+            kind,
+            program: program.into(),
+            window: args.bridge_inflight,
+            max_queued: broker::BRIDGE_QUEUE_MESSAGES as u32,
+            pin_core: args.pin_core,
+            mosquitto_nodelay: args.mosquitto_nodelay,
+            startup_timeout: Duration::from_secs(args.startup_timeout),
+            bridge_to: Some(s.port),
+        },
     };
     let first = if args.mosquitto_vs_mosquitto {
         common("mosquitto-b", Kind::Mosquitto, &args.mosquitto)
@@ -442,25 +627,47 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let outcome = rt.block_on(async {
+        let work = async {
+            match &sink {
+                Some((_, s)) => run_bridge(args.clone(), &mut sides, s).await,
+                None => run(args.clone(), &mut sides).await,
+            }
+        };
         tokio::select! {
-            r = run(args.clone(), &mut sides) => r,
+            r = work => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
 
+    let bridge = sink.as_ref().map(|(spec, _)| BridgeSetup {
+        inflight: args.bridge_inflight,
+        sink_inflight: spec.window,
+        sink_core: spec.pin_core,
+        queue_messages: broker::BRIDGE_QUEUE_MESSAGES,
+    });
     let report = Report {
         window: args.window,
         payload: load::PAYLOAD,
         pin_core: args.pin_core,
-        rate: args.rate,
-        messages: args.messages,
+        rate: if args.bridge {
+            args.bridge_rate
+        } else {
+            args.rate
+        },
+        messages: if args.bridge {
+            args.bridge_messages
+        } else {
+            args.messages
+        },
         idle_conns: args.idle_conns,
         burst_messages: args.burst_messages,
         brokers: sides.iter().map(|s| s.report.clone()).collect(),
+        bridge,
     };
-    // Stop the brokers (by pid) before printing.
+    // Stop the brokers (by pid) before printing: the local ones, then the sink.
     drop(sides);
+    drop(sink);
     outcome?;
     if args.json {
         println!("{}", report.to_json());

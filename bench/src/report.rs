@@ -28,6 +28,9 @@ pub struct Metrics {
     pub duplicated: u64,
     pub elapsed_s: f64,
     pub hit_deadline: bool,
+    /// Messages the broker's bridge reported dropping during the phase (edgemq's
+    /// `edgemq_bridge_dropped_total`); `None` where not available.
+    pub bridge_dropped: Option<u64>,
 }
 
 impl Metrics {
@@ -50,6 +53,7 @@ impl Metrics {
             duplicated: r.duplicated,
             elapsed_s: r.elapsed.as_secs_f64(),
             hit_deadline: r.hit_deadline,
+            bridge_dropped: None,
         }
     }
 
@@ -81,6 +85,7 @@ impl Metrics {
             duplicated: sum(&|m| m.duplicated),
             elapsed_s: med(&|m| m.elapsed_s),
             hit_deadline: runs.iter().any(|m| m.hit_deadline),
+            bridge_dropped: runs.iter().map(|m| m.bridge_dropped).sum::<Option<u64>>(),
         })
     }
 }
@@ -151,6 +156,18 @@ impl BrokerReport {
     }
 }
 
+/// How the bridge benchmark was set up (see `--bridge`).
+#[derive(Clone, Debug)]
+pub struct BridgeSetup {
+    /// Mosquitto's bridge window (its `max_inflight_messages`).
+    pub inflight: u16,
+    /// The sink's window towards the subscriber.
+    pub sink_inflight: u16,
+    pub sink_core: Option<usize>,
+    /// Queue bound of both bridges, in messages.
+    pub queue_messages: u64,
+}
+
 pub struct Report {
     pub window: u16,
     pub payload: usize,
@@ -160,6 +177,8 @@ pub struct Report {
     pub idle_conns: usize,
     pub burst_messages: u64,
     pub brokers: Vec<BrokerReport>,
+    /// Set for the bridge benchmark.
+    pub bridge: Option<BridgeSetup>,
 }
 
 /// Aims for edgemq's memory use, printed next to the measurements.
@@ -241,6 +260,9 @@ impl Table {
 
 impl Report {
     pub fn to_table(&self) -> String {
+        if let Some(b) = &self.bridge {
+            return self.to_bridge_table(b);
+        }
         let mut out = String::new();
         let labels: Vec<String> = self.brokers.iter().map(|b| b.label.clone()).collect();
         let _ = writeln!(
@@ -261,70 +283,7 @@ impl Report {
             out.push('\n');
         }
         let mut t = Table::new(labels.clone());
-        let n = self.brokers.first().map(|b| b.scenarios.len()).unwrap_or(0);
-        for si in 0..n {
-            let name = &self.brokers[0].scenarios[si].name;
-            let closed: Vec<Option<Metrics>> = self
-                .brokers
-                .iter()
-                .map(|b| Metrics::combine(&b.scenarios[si].closed))
-                .collect();
-            let fixed: Vec<Option<Metrics>> = self
-                .brokers
-                .iter()
-                .map(|b| Metrics::combine(&b.scenarios[si].fixed))
-                .collect();
-            let pick = |v: &[Option<Metrics>], f: &dyn Fn(&Metrics) -> Option<f64>| {
-                v.iter().map(|m| m.as_ref().and_then(f)).collect::<Vec<_>>()
-            };
-            t.row(
-                name,
-                "msgs/s (max)",
-                &pick(&closed, &|m| Some(m.msgs_per_sec)),
-                0,
-            );
-            t.row("", "CPU ns/msg", &pick(&closed, &|m| m.cpu_ns_per_msg), 0);
-            t.row(
-                "",
-                &format!("p50 us @{}/s", self.rate),
-                &pick(&fixed, &|m| m.p50_us),
-                0,
-            );
-            t.row(
-                "",
-                &format!("p99 us @{}/s", self.rate),
-                &pick(&fixed, &|m| m.p99_us),
-                0,
-            );
-            t.row(
-                "",
-                "peak RSS MB",
-                &pick(&closed, &|m| Some(mb(m.peak_rss_kb))),
-                1,
-            );
-            t.row(
-                "",
-                "RSS MB at end",
-                &pick(&closed, &|m| Some(mb(m.rss_kb))),
-                1,
-            );
-            let loss = |v: &[Option<Metrics>]| -> Vec<String> {
-                v.iter()
-                    .map(|m| match m {
-                        Some(m) => format!(
-                            "{}/{}{}",
-                            m.lost,
-                            m.duplicated,
-                            if m.hit_deadline { " T" } else { "" }
-                        ),
-                        None => "-".into(),
-                    })
-                    .collect()
-            };
-            t.text_row("", "lost/dup (max)", &loss(&closed), "");
-            t.text_row("", "lost/dup (fixed)", &loss(&fixed), "");
-            t.gap();
-        }
+        self.scenario_rows(&mut t, false);
 
         // Memory.
         let idle: Vec<Option<&IdleResult>> = self.brokers.iter().map(|b| b.idle.as_ref()).collect();
@@ -422,6 +381,152 @@ impl Report {
         out
     }
 
+    /// One block of rows per scenario: rate, CPU, latency, memory, losses.
+    fn scenario_rows(&self, t: &mut Table, bridge: bool) {
+        let n = self.brokers.first().map(|b| b.scenarios.len()).unwrap_or(0);
+        for si in 0..n {
+            let name = &self.brokers[0].scenarios[si].name;
+            let closed: Vec<Option<Metrics>> = self
+                .brokers
+                .iter()
+                .map(|b| Metrics::combine(&b.scenarios[si].closed))
+                .collect();
+            let fixed: Vec<Option<Metrics>> = self
+                .brokers
+                .iter()
+                .map(|b| Metrics::combine(&b.scenarios[si].fixed))
+                .collect();
+            let pick = |v: &[Option<Metrics>], f: &dyn Fn(&Metrics) -> Option<f64>| {
+                v.iter().map(|m| m.as_ref().and_then(f)).collect::<Vec<_>>()
+            };
+            t.row(
+                name,
+                if bridge {
+                    "fwd msgs/s (max)"
+                } else {
+                    "msgs/s (max)"
+                },
+                &pick(&closed, &|m| Some(m.msgs_per_sec)),
+                0,
+            );
+            t.row(
+                "",
+                if bridge {
+                    "local CPU ns/msg"
+                } else {
+                    "CPU ns/msg"
+                },
+                &pick(&closed, &|m| m.cpu_ns_per_msg),
+                0,
+            );
+            t.row(
+                "",
+                &format!("p50 us @{}/s", self.rate),
+                &pick(&fixed, &|m| m.p50_us),
+                0,
+            );
+            t.row(
+                "",
+                &format!("p99 us @{}/s", self.rate),
+                &pick(&fixed, &|m| m.p99_us),
+                0,
+            );
+            t.row(
+                "",
+                if bridge {
+                    "local peak RSS MB"
+                } else {
+                    "peak RSS MB"
+                },
+                &pick(&closed, &|m| Some(mb(m.peak_rss_kb))),
+                1,
+            );
+            t.row(
+                "",
+                if bridge {
+                    "local RSS MB at end"
+                } else {
+                    "RSS MB at end"
+                },
+                &pick(&closed, &|m| Some(mb(m.rss_kb))),
+                1,
+            );
+            let loss = |v: &[Option<Metrics>]| -> Vec<String> {
+                v.iter()
+                    .map(|m| match m {
+                        Some(m) => format!(
+                            "{}/{}{}",
+                            m.lost,
+                            m.duplicated,
+                            if m.hit_deadline { " T" } else { "" }
+                        ),
+                        None => "-".into(),
+                    })
+                    .collect()
+            };
+            t.text_row("", "lost/dup (max)", &loss(&closed), "");
+            t.text_row("", "lost/dup (fixed)", &loss(&fixed), "");
+            if bridge {
+                let drops = |v: &[Option<Metrics>]| -> Vec<String> {
+                    v.iter()
+                        .map(|m| match m.as_ref().and_then(|m| m.bridge_dropped) {
+                            Some(d) => d.to_string(),
+                            None => "-".into(),
+                        })
+                        .collect()
+                };
+                t.text_row("", "bridge drops (max)", &drops(&closed), "");
+                t.text_row("", "bridge drops (fixed)", &drops(&fixed), "");
+            }
+            t.gap();
+        }
+    }
+
+    fn to_bridge_table(&self, b: &BridgeSetup) -> String {
+        let mut out = String::new();
+        let labels: Vec<String> = self.brokers.iter().map(|b| b.label.clone()).collect();
+        let _ = writeln!(
+            out,
+            "\nedgemq-bench --bridge: local broker with a bridge -> Mosquitto sink; payload {} B, QoS 1 publishers (window {}) on the local broker, one QoS 1 subscriber on the sink",
+            self.payload, self.window
+        );
+        let _ = writeln!(
+            out,
+            "closed-loop {} messages, fixed rate {} msgs/s; Mosquitto bridge window {} (edgemq's: 256), queue bound {} messages on both; sink window {}; {}",
+            self.messages,
+            self.rate,
+            b.inflight,
+            b.queue_messages,
+            b.sink_inflight,
+            match (self.pin_core, b.sink_core) {
+                (Some(c), Some(s)) => format!("local brokers pinned to core {c}, sink to core {s}"),
+                _ => "brokers not pinned".into(),
+            }
+        );
+        if labels.len() == 2 {
+            let _ = writeln!(out, "ratio = {} / {}\n", labels[0], labels[1]);
+        } else {
+            out.push('\n');
+        }
+        let mut t = Table::new(labels);
+        self.scenario_rows(&mut t, true);
+        out.push_str(&t.out);
+        let _ = writeln!(
+            out,
+            "fwd msgs/s = unique messages at the sink's subscriber / (last receipt - first publish); latency = local publish -> sink delivery;\nlocal CPU and RSS are the local broker's (the one with the bridge)"
+        );
+        let _ = writeln!(
+            out,
+            "lost = published (acknowledged by the local broker) - unique received at the sink; dup = received - unique; T = phase hit its time bound;\nbridge drops = edgemq_bridge_dropped_total during the phase (edgemq only)"
+        );
+        for b in &self.brokers {
+            for e in &b.errors {
+                let _ = writeln!(out, "error ({}): {e}", b.label);
+            }
+        }
+        out
+    }
+
     pub fn to_json(&self) -> String {
         let mut j = Json::default();
         j.open('{');
@@ -436,6 +541,23 @@ impl Report {
         j.key("closed_loop_messages").num(self.messages as f64);
         j.key("idle_conns").num(self.idle_conns as f64);
         j.key("burst_messages").num(self.burst_messages as f64);
+        j.key("bridge");
+        match &self.bridge {
+            None => j.null(),
+            Some(b) => {
+                j.open('{');
+                j.key("mosquitto_bridge_inflight").num(b.inflight as f64);
+                j.key("edgemq_bridge_inflight").num(256.0);
+                j.key("sink_inflight").num(b.sink_inflight as f64);
+                j.key("sink_core");
+                match b.sink_core {
+                    Some(c) => j.num(c as f64),
+                    None => j.null(),
+                };
+                j.key("queue_messages").num(b.queue_messages as f64);
+                j.close('}')
+            }
+        };
         j.key("brokers").open('[');
         for b in &self.brokers {
             j.open('{');
@@ -551,6 +673,8 @@ fn metrics_json(j: &mut Json, m: Option<&Metrics>) {
     j.key("duplicated").num(m.duplicated as f64);
     j.key("elapsed_s").num(m.elapsed_s);
     j.key("hit_time_bound").boolean(m.hit_deadline);
+    j.key("bridge_dropped")
+        .opt(m.bridge_dropped.map(|d| d as f64));
     j.close('}');
 }
 
