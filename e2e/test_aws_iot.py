@@ -250,3 +250,69 @@ def test_a_certificate_made_elsewhere_is_imported_from_secrets_manager(edgemq, m
     support.poll(lambda: moto.inventory()["things"] == [], timeout=60, message="thing deleted")
     assert moto.inventory()["certificates"] == [(reg["certificateId"], "ACTIVE")]
     assert iot.list_attached_policies(target=reg["certificateArn"])["policies"] == []
+
+
+def test_a_bridge_set_up_exactly_as_for_aws_iot_core_connects_to_a_mutual_tls_stand_in(
+        edgemq, moto, mosquitto, tmp_path):
+    """The bridge of examples/bridges/to-aws-iot.yaml (endpoint from the awsIot
+    Certificate, mutual TLS with its pair, ALPN offered) against a local Mosquitto that
+    requires a client certificate and takes its identity as the username, as AWS IoT
+    Core does. moto's own certificates chain to no CA a TLS peer can verify, so the
+    device pair is made by a local CA, registered in moto and imported from Secrets
+    Manager; the endpoint points at the stand-in."""
+    from test_bridges import ca_secret_yaml, make_ca, make_leaf, wait_connected
+    d = tmp_path / "pki"
+    ca = make_ca(d, "standin-ca")
+    server = make_leaf(d, "server", ca, "localhost", server=True)
+    device = make_leaf(d, "device", ca, "home-gw", server=False)
+    acl = d / "acl"
+    acl.write_text("user home-gw\ntopic readwrite home/#\ntopic readwrite commands/#\n")
+    standin = mosquitto([f"cafile {ca[0]}", f"certfile {server[0]}", f"keyfile {server[1]}",
+                         "require_certificate true", "use_identity_as_username true",
+                         "allow_anonymous false", f"acl_file {acl}"], name="standin")
+    iot = moto.client("iot")
+    reg = iot.register_certificate_without_ca(certificatePem=device[0].read_text(), status="ACTIVE")
+    moto.client("secretsmanager").create_secret(Name="standin/home-gw", SecretString=json.dumps({
+        "certificateArn": reg["certificateArn"],
+        "certificatePem": device[0].read_text(),
+        "privateKey": device[1].read_text(),
+    }))
+    port = support.free_port()
+    e = edgemq(env=AWS_ENV, secrets=True)
+    e.write_secret("ca.yaml", ca_secret_yaml("standin-ca", ca[0]))
+    e.write("broker.yaml", support.broker_yaml("home", port,
+                                               "  allowAnonymous: true\n  aclEnabled: false\n"))
+    e.write("cert.yaml", certificate_yaml(moto.url, "Retain").replace(
+        "      keyOrigin: AWS\n",
+        f"      importFrom: {{secretId: standin/home-gw}}\n"
+        f"      dataEndpoint: localhost:{standin.port}\n"))
+    # As for AWS IoT Core; only the roots differ (the stand-in is not signed by Amazon).
+    e.write("bridge.yaml", """apiVersion: edgemq.io/v1alpha1
+kind: Bridge
+metadata: {name: to-aws}
+spec:
+  brokerRef: home
+  remote:
+    awsIotEndpoint: {certificateRef: aws-home}
+    cleanSession: false
+    tls:
+      clientCertificateRef: aws-home
+      caSecretRef: {name: standin-ca, key: ca.crt}
+      alpn: [x-amzn-mqtt-ca]
+  topics:
+    - {pattern: "sensors/#", direction: out, qos: 1, remotePrefix: "home/"}
+    - {pattern: "commands/#", direction: in, qos: 1}
+""")
+    e.start()
+    st = wait_connected(e, "to-aws", 60)["details"]
+    assert st["remote"] == f"localhost:{standin.port}" and st["clientId"] == "home-gw"
+    sink = support.connect(standin.port, client_id="sink", tls={
+        "ca_certs": str(ca[0]), "certfile": str(device[0]), "keyfile": str(device[1])})
+    assert sink.subscribe_wait("home/#", 1) == [1]
+    support.pub(port, "sensors/temp", b"20", qos=1)
+    m = sink.get(10)
+    assert (m.topic, m.payload) == ("home/sensors/temp", b"20")
+    local = support.sub(port, "commands/#", 1)
+    sink.publish_wait("commands/light", b"on", qos=1)
+    assert local.get(10).payload == b"on"
+    sink.disconnect_wait()
