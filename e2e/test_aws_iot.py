@@ -260,16 +260,11 @@ def test_a_bridge_set_up_exactly_as_for_aws_iot_core_connects_to_a_mutual_tls_st
     Core does. moto's own certificates chain to no CA a TLS peer can verify, so the
     device pair is made by a local CA, registered in moto and imported from Secrets
     Manager; the endpoint points at the stand-in."""
-    from test_bridges import ca_secret_yaml, make_ca, make_leaf, wait_connected
+    from test_bridges import ca_secret_yaml, make_leaf, mutual_tls_remote, wait_connected
     d = tmp_path / "pki"
-    ca = make_ca(d, "standin-ca")
-    server = make_leaf(d, "server", ca, "localhost", server=True)
+    ca, standin = mutual_tls_remote(mosquitto, d, "standin-ca", identity="home-gw",
+                                    topics=("home/#", "commands/#"))
     device = make_leaf(d, "device", ca, "home-gw", server=False)
-    acl = d / "acl"
-    acl.write_text("user home-gw\ntopic readwrite home/#\ntopic readwrite commands/#\n")
-    standin = mosquitto([f"cafile {ca[0]}", f"certfile {server[0]}", f"keyfile {server[1]}",
-                         "require_certificate true", "use_identity_as_username true",
-                         "allow_anonymous false", f"acl_file {acl}"], name="standin")
     iot = moto.client("iot")
     reg = iot.register_certificate_without_ca(certificatePem=device[0].read_text(), status="ACTIVE")
     moto.client("secretsmanager").create_secret(Name="standin/home-gw", SecretString=json.dumps({

@@ -141,6 +141,23 @@ def make_leaf(d: Path, name: str, ca: tuple, cn: str, server: bool) -> tuple:
     return crt, key
 
 
+def mutual_tls_remote(mosquitto, d: Path, ca_name: str, identity: str = "home-bridge",
+                      topics=("home/#",)) -> tuple:
+    """A CA and a Mosquitto that, as AWS IoT Core, requires a client certificate signed
+    by it, takes the certificate's CN as the username, and lets only that identity use
+    `topics` (as a least-privilege policy would). Returns (ca pair, started Mosquitto)."""
+    ca = make_ca(d, ca_name)
+    server = make_leaf(d, "server", ca, "localhost", server=True)
+    acl = d / "acl"
+    acl.write_text(f"user {identity}\n" + "".join(f"topic readwrite {t}\n" for t in topics))
+    remote = mosquitto([
+        f"cafile {ca[0]}", f"certfile {server[0]}", f"keyfile {server[1]}",
+        "require_certificate true", "use_identity_as_username true",
+        "allow_anonymous false", f"acl_file {acl}",
+    ], name=f"{ca_name}-remote")
+    return ca, remote
+
+
 def ca_secret_yaml(name: str, crt: Path) -> str:
     body = "\n".join("    " + line for line in crt.read_text().strip().splitlines())
     return f"apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData:\n  ca.crt: |\n{body}\n"
@@ -149,20 +166,10 @@ def ca_secret_yaml(name: str, crt: Path) -> str:
 def test_mutual_tls_like_aws_iot_core_and_a_wrong_certificate_is_reported(
         edgemq, mosquitto, tmp_path):
     d = tmp_path / "pki"
-    ca = make_ca(d, "remote-ca")
-    server = make_leaf(d, "server", ca, "localhost", server=True)
+    ca, remote = mutual_tls_remote(mosquitto, d, "remote-ca")
     client = make_leaf(d, "client", ca, "home-bridge", server=False)
     other_ca = make_ca(d, "other-ca")
     wrong = make_leaf(d, "wrong", other_ca, "home-bridge", server=False)
-    acl = d / "acl"
-    # Only the certificate's identity may use home/#, as an AWS IoT policy would.
-    acl.write_text("user home-bridge\ntopic readwrite home/#\n")
-    remote = mosquitto([
-        f"cafile {ca[0]}", f"certfile {server[0]}", f"keyfile {server[1]}",
-        "require_certificate true", "use_identity_as_username true",
-        "allow_anonymous false", f"acl_file {acl}",
-    ])
-    # A plain listener on the same remote for the test's own subscriber.
     port = free_port()
     e = edgemq(secrets=True)
     e.write_secret("pki.yaml", docs(tls_secret_yaml("bridge-cert", *client),
@@ -422,15 +429,7 @@ def test_changing_one_bridge_leaves_clients_and_other_bridges_alone(edgemq, mosq
 def test_a_client_certificate_from_the_ca_issuer_is_used_and_renewal_reconnects_the_bridge(
         edgemq, mosquitto, tmp_path):
     d = tmp_path / "pki"
-    ca = make_ca(d, "site-ca")
-    server = make_leaf(d, "server", ca, "localhost", server=True)
-    acl = d / "acl"
-    acl.write_text("user home-bridge\ntopic readwrite home/#\n")
-    remote = mosquitto([
-        f"cafile {ca[0]}", f"certfile {server[0]}", f"keyfile {server[1]}",
-        "require_certificate true", "use_identity_as_username true",
-        "allow_anonymous false", f"acl_file {acl}",
-    ])
+    ca, remote = mutual_tls_remote(mosquitto, d, "site-ca")
     port = free_port()
     e = edgemq(secrets=True)
     e.write_secret("ca.yaml", tls_secret_yaml("site-ca", *ca))
