@@ -1,6 +1,5 @@
 //! The Bridge kind: a store-and-forward link from a local Broker to a remote MQTT
-//! broker (AWS IoT Core or another broker). The runtime is built in a later step;
-//! the type is the contract.
+//! broker (AWS IoT Core or another broker). The runtime is in `crate::bridge`.
 
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

@@ -216,9 +216,6 @@ pub fn write_stored(
 /// Why a certificate could not be obtained.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    /// The issuer is part of the API but not implemented yet.
-    #[error("issuer {0} is not supported yet")]
-    Unsupported(&'static str),
     /// Generation failed.
     #[error("could not generate the certificate: {0}")]
     Generate(String),
