@@ -181,6 +181,14 @@ fn nameserver_addr(s: &str) -> bool {
             })
 }
 
+/// The last key of a field path, for messages (`value` when there is none).
+fn field_name<'a>(path: &[Seg<'a>]) -> &'a str {
+    match path.last() {
+        Some(Seg::Key(k)) => k,
+        _ => "value",
+    }
+}
+
 /// A host name or IP address to bind.
 fn bind_address(s: &str) -> bool {
     s.parse::<IpAddr>().is_ok()
@@ -225,15 +233,20 @@ impl Validator<'_> {
 
     fn len(&mut self, obj: &ObjectRef, path: &[Seg<'_>], s: &str, min: usize, max: usize) {
         if s.len() < min || s.len() > max {
-            let field = match path.last() {
-                Some(Seg::Key(k)) => *k,
-                _ => "value",
-            };
+            let field = field_name(path);
             self.err(
                 obj,
                 path,
                 format!("{field} must be {min} to {max} characters long"),
             );
+        }
+    }
+
+    /// An http(s) URL (ACME directories, API endpoints).
+    fn http_url(&mut self, obj: &ObjectRef, path: &[Seg<'_>], s: &str) {
+        if !(s.starts_with("https://") || s.starts_with("http://")) {
+            let field = field_name(path);
+            self.err(obj, path, format!("{field} `{s}` is not an http(s) URL"));
         }
     }
 
@@ -814,18 +827,16 @@ impl Validator<'_> {
                 }
             }
             if let Some(acme) = &is.acme {
-                if !(acme.server.starts_with("https://") || acme.server.starts_with("http://")) {
-                    self.err(
-                        c,
-                        &[
-                            Seg::Key("spec"),
-                            Seg::Key("issuer"),
-                            Seg::Key("acme"),
-                            Seg::Key("server"),
-                        ],
-                        format!("server `{}` is not an http(s) URL", acme.server),
-                    );
-                }
+                self.http_url(
+                    c,
+                    &[
+                        Seg::Key("spec"),
+                        Seg::Key("issuer"),
+                        Seg::Key("acme"),
+                        Seg::Key("server"),
+                    ],
+                    &acme.server,
+                );
                 if let Some(d) = &acme.solver.dns01 {
                     self.dns01_provider(c, d);
                 }
@@ -889,13 +900,7 @@ impl Validator<'_> {
             }
         }
         if let Some(u) = &aws.endpoint_url {
-            if !(u.starts_with("https://") || u.starts_with("http://")) {
-                self.err(
-                    c,
-                    &p("endpointUrl"),
-                    format!("endpointUrl `{u}` is not an http(s) URL"),
-                );
-            }
+            self.http_url(c, &p("endpointUrl"), u);
         }
         if let Some(e) = &aws.data_endpoint {
             let host = match e.rsplit_once(':') {
@@ -945,7 +950,6 @@ impl Validator<'_> {
             .chain(rest.iter().copied())
             .collect()
         };
-        let url = |s: &str| s.starts_with("https://") || s.starts_with("http://");
         if let Some(p) = &d.rfc2136 {
             let r = |f: &'static str| dp(&[Seg::Key("rfc2136"), Seg::Key(f)]);
             if !nameserver_addr(&p.nameserver) {
@@ -994,13 +998,7 @@ impl Validator<'_> {
             let r = |f: &'static str| dp(&[Seg::Key("cloudflare"), Seg::Key(f)]);
             self.secret_key_ref(c, &r("apiTokenSecretRef"), &p.api_token_secret_ref);
             if let Some(u) = &p.api_url {
-                if !url(u) {
-                    self.err(
-                        c,
-                        &r("apiUrl"),
-                        format!("apiUrl `{u}` is not an http(s) URL"),
-                    );
-                }
+                self.http_url(c, &r("apiUrl"), u);
             }
         }
         if let Some(p) = &d.route53 {
@@ -1023,13 +1021,7 @@ impl Validator<'_> {
                 ),
             }
             if let Some(u) = &p.endpoint_url {
-                if !url(u) {
-                    self.err(
-                        c,
-                        &r("endpointUrl"),
-                        format!("endpointUrl `{u}` is not an http(s) URL"),
-                    );
-                }
+                self.http_url(c, &r("endpointUrl"), u);
             }
         }
         if let Some(p) = &d.exec {
