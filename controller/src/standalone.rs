@@ -909,17 +909,9 @@ fn resolve_bridge(
                         .material(ns, name)
                         .map_err(|e| format!("clientCertificateRef: Certificate {name}: {e}"))?,
                 ),
-                Some(TlsSource::Secret(name)) => {
-                    let get = |k: &str| {
-                        res.secret_value(ns, name, k)
-                            .and_then(|v| String::from_utf8(v).ok())
-                            .ok_or_else(|| format!("clientSecretRef: Secret {name} has no key {k}"))
-                    };
-                    Some(TlsMaterial {
-                        cert_pem: get("tls.crt")?,
-                        key_pem: get("tls.key")?,
-                    })
-                }
+                Some(TlsSource::Secret(name)) => Some(
+                    secret_key_pair(res, ns, name).map_err(|e| format!("clientSecretRef: {e}"))?,
+                ),
             };
             Some(ClientTls {
                 roots_pem,
@@ -939,6 +931,19 @@ fn resolve_bridge(
     })
 }
 
+/// The key pair in a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`).
+fn secret_key_pair(res: &Resources, namespace: &str, name: &str) -> Result<TlsMaterial, String> {
+    let get = |k: &str| {
+        res.secret_value(namespace, name, k)
+            .and_then(|v| String::from_utf8(v).ok())
+            .ok_or_else(|| format!("Secret {name} has no key {k}"))
+    };
+    Ok(TlsMaterial {
+        cert_pem: get("tls.crt")?,
+        key_pem: get("tls.key")?,
+    })
+}
+
 /// Resolves the TLS key pair of every TLS listener of a bundle.
 fn resolve_tls(
     bundle: &BrokerBundle,
@@ -949,17 +954,8 @@ fn resolve_tls(
     for l in &bundle.listeners {
         let Some(src) = &l.tls else { continue };
         let material = match src {
-            TlsSource::Secret(name) => {
-                let get = |k: &str| {
-                    res.secret_value(&bundle.namespace, name, k)
-                        .and_then(|v| String::from_utf8(v).ok())
-                        .ok_or_else(|| format!("listener {}: Secret {name} has no key {k}", l.name))
-                };
-                TlsMaterial {
-                    cert_pem: get("tls.crt")?,
-                    key_pem: get("tls.key")?,
-                }
-            }
+            TlsSource::Secret(name) => secret_key_pair(res, &bundle.namespace, name)
+                .map_err(|e| format!("listener {}: {e}", l.name))?,
             TlsSource::Certificate(name) => certs
                 .material(&bundle.namespace, name)
                 .map_err(|e| format!("listener {}: Certificate {name}: {e}", l.name))?,
