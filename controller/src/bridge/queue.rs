@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 
@@ -287,8 +287,10 @@ impl Queue {
         Ok(())
     }
 
-    /// Number of stored rows, read from the table (for tests and checks).
-    pub fn stored_rows(&self) -> Result<u64, QueueError> {
+    /// Number of stored rows, read from the table, to check the counters against.
+    #[cfg(test)]
+    fn stored_rows(&self) -> Result<u64, QueueError> {
+        use redb::ReadableTableMetadata;
         let tx = self.db.begin_read().map_err(|e| self.err(&e))?;
         let table = tx.open_table(MESSAGES).map_err(|e| self.err(&e))?;
         table.len().map_err(|e| self.err(&e))
