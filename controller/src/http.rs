@@ -1,6 +1,7 @@
-//! The operations endpoint: `/healthz` (a real publish/subscribe round trip through
-//! every broker's router), `/readyz`, `/metrics` (Prometheus text) and `/status`
-//! (the status report as JSON).
+//! The operations endpoint: `/healthz` (for brokers, a real publish/subscribe round
+//! trip through every router), `/readyz`, `/metrics` (Prometheus text) and `/status`
+//! (the status report as JSON). Served by `edgemq run`, by the broker pod and by the
+//! controller, each answering through [`Health`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,24 +13,40 @@ use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
 
-use crate::standalone::Runtime;
+/// What a process says about its own health.
+pub trait Health: Send + Sync + 'static {
+    /// What failed a liveness check (empty: alive).
+    fn probe(&self) -> impl std::future::Future<Output = Vec<String>> + Send;
+    /// Why the process is not ready, or `None` when it is.
+    fn not_ready(&self) -> impl std::future::Future<Output = Option<String>> + Send;
+    /// The status report as JSON.
+    fn report(&self) -> impl std::future::Future<Output = serde_json::Value> + Send;
+}
 
 /// What the endpoint serves from.
-#[derive(Clone)]
-pub struct Ops {
-    /// The running brokers and their status.
-    pub runtime: Arc<Runtime>,
+pub struct Ops<H> {
+    /// Health and status.
+    pub runtime: Arc<H>,
     /// Metrics registry.
     pub registry: Arc<Registry>,
 }
 
+impl<H> Clone for Ops<H> {
+    fn clone(&self) -> Self {
+        Ops {
+            runtime: self.runtime.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+}
+
 /// Serves the endpoint on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, ops: Ops) -> std::io::Result<SocketAddr> {
+pub async fn serve<H: Health>(addr: SocketAddr, ops: Ops<H>) -> std::io::Result<SocketAddr> {
     let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
+        .route("/healthz", get(healthz::<H>))
+        .route("/readyz", get(readyz::<H>))
+        .route("/metrics", get(metrics::<H>))
+        .route("/status", get(status::<H>))
         .with_state(ops);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -42,7 +59,7 @@ pub async fn serve(addr: SocketAddr, ops: Ops) -> std::io::Result<SocketAddr> {
     Ok(local)
 }
 
-async fn healthz(State(ops): State<Ops>) -> Response {
+async fn healthz<H: Health>(State(ops): State<Ops<H>>) -> Response {
     let failed = ops.runtime.probe().await;
     if failed.is_empty() {
         (StatusCode::OK, "ok\n").into_response()
@@ -58,14 +75,14 @@ async fn healthz(State(ops): State<Ops>) -> Response {
     }
 }
 
-async fn readyz(State(ops): State<Ops>) -> Response {
+async fn readyz<H: Health>(State(ops): State<Ops<H>>) -> Response {
     match ops.runtime.not_ready().await {
         None => (StatusCode::OK, "ready\n").into_response(),
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
-async fn metrics(State(ops): State<Ops>) -> Response {
+async fn metrics<H: Health>(State(ops): State<Ops<H>>) -> Response {
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &ops.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -80,6 +97,6 @@ async fn metrics(State(ops): State<Ops>) -> Response {
         .into_response()
 }
 
-async fn status(State(ops): State<Ops>) -> Response {
+async fn status<H: Health>(State(ops): State<Ops<H>>) -> Response {
     axum::Json(ops.runtime.report().await).into_response()
 }

@@ -218,9 +218,16 @@ pub struct AclPlan {
 
 impl BrokerBundle {
     /// SHA-256 (hex) of the bundle's canonical JSON: equal bundles, equal hashes.
+    /// `metadata.generation` is left out: it says which edit a status describes, not
+    /// what runs, so a folder and the same objects in a cluster hash alike.
     pub fn hash(&self) -> String {
         use sha2::Digest;
-        let json = serde_json::to_vec(self).unwrap_or_default();
+        let mut config = self.clone();
+        config.generation = None;
+        for b in config.bridges.values_mut() {
+            b.generation = None;
+        }
+        let json = serde_json::to_vec(&config).unwrap_or_default();
         sha2::Sha256::digest(&json)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -304,7 +311,9 @@ pub fn plan(res: &Resources) -> Result<BTreeMap<String, BrokerBundle>, PlanError
     }
 }
 
-fn plan_broker(res: &Resources, b: &Loaded<Broker>) -> Result<BrokerBundle, Vec<PlanError>> {
+/// The bundle of one Broker. The Kubernetes controller plans Brokers one at a time, so
+/// one Broker's mistakes never hold back another's.
+pub fn plan_broker(res: &Resources, b: &Loaded<Broker>) -> Result<BrokerBundle, Vec<PlanError>> {
     let spec = &b.object.spec;
     let broker_key = format!("{}/{}", b.namespace, b.name);
     let mut errors = Vec::new();

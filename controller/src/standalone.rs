@@ -17,18 +17,28 @@ use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, Mutex, RwLock};
+use tokio::sync::{mpsc, RwLock};
 
-use crate::api::SecretKeyRef;
-use crate::bridge::tls::ClientTls;
-use crate::bridge::{BridgeRuntime, ResolvedBridge};
-use crate::broker::{BrokerRuntime, TlsMaterial};
+use crate::broker::TlsMaterial;
 use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::{self, CertInfo};
 use crate::load::{self, Resources};
 use crate::metrics::Metrics;
-use crate::plan::{self, BridgePlan, BrokerBundle, CaSource, RemoteAddress, TlsSource};
-use crate::status::{ready_condition, ConfigStatus, ResourceStatus, StatusReport};
+use crate::plan::{self, BrokerBundle};
+use crate::runtime::{self, Engine, Materials};
+use crate::status::{bridge_condition, ready_condition, ConfigStatus, ResourceStatus, StatusReport};
+
+impl crate::http::Health for Runtime {
+    async fn probe(&self) -> Vec<String> {
+        self.engine.probe().await
+    }
+    async fn not_ready(&self) -> Option<String> {
+        Runtime::not_ready(self).await
+    }
+    async fn report(&self) -> serde_json::Value {
+        serde_json::to_value(Runtime::report(self).await).unwrap_or_default()
+    }
+}
 
 /// Options of `edgemq run`.
 #[derive(Clone, Debug)]
@@ -53,21 +63,6 @@ pub fn load_and_plan(
     let bundles =
         plan::plan(&res).map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     Ok((res, bundles))
-}
-
-/// The values of every Secret of a namespace, for issuers that need them.
-fn secrets_of(res: &Resources, namespace: &str) -> certs::Secrets {
-    let mut out = BTreeMap::new();
-    for s in res.secrets().filter(|s| s.meta.namespace == namespace) {
-        let name = &s.meta.name;
-        for (k, v) in s.object.data.iter().flatten() {
-            out.insert((name.clone(), k.clone()), v.0.clone());
-        }
-        for (k, v) in s.object.string_data.iter().flatten() {
-            out.insert((name.clone(), k.clone()), v.as_bytes().to_vec());
-        }
-    }
-    certs::Secrets(out)
 }
 
 /// Certificates resolved during one reload, by (namespace, name): each is issued or
@@ -99,7 +94,7 @@ impl<'a> CertResolver<'a> {
             let r = match self.res.certificate(namespace, name) {
                 Some(cert) => {
                     self.manager
-                        .material(cert, &secrets_of(self.res, namespace), self.now)
+                        .material(cert, &certs::Secrets(self.res.secret_values(namespace)), self.now)
                 }
                 None => Err(format!("Certificate {name} not found")),
             };
@@ -130,14 +125,38 @@ impl<'a> CertResolver<'a> {
     }
 }
 
+/// The material of a folder: Secret manifests and certificates kept in the state
+/// directory (issued or renewed when due, through [`CertResolver`]).
+struct FolderMaterials<'a, 'r> {
+    res: &'a Resources,
+    certs: &'a mut CertResolver<'r>,
+    state: &'a Path,
+}
+
+impl Materials for FolderMaterials<'_, '_> {
+    fn secret_value(&mut self, namespace: &str, name: &str, key: &str) -> Option<Vec<u8>> {
+        self.res.secret_value(namespace, name, key)
+    }
+    fn certificate(&mut self, namespace: &str, name: &str) -> Result<TlsMaterial, String> {
+        self.certs.material(namespace, name)
+    }
+    fn certificate_ca(&mut self, namespace: &str, name: &str) -> Option<String> {
+        let cert = self.res.certificate(namespace, name)?;
+        std::fs::read_to_string(certs::cert_dir(self.state, cert).join("ca.crt")).ok()
+    }
+    fn certificate_endpoint(&mut self, namespace: &str, name: &str) -> Option<String> {
+        let cert = self.res.certificate(namespace, name)?;
+        std::fs::read_to_string(certs::cert_dir(self.state, cert).join("endpoint")).ok()
+    }
+}
+
 /// Name of the status file in the state directory, read by `edgemq status`.
 pub const STATUS_FILE: &str = "status.json";
 
 /// The brokers of this process and their status.
 pub struct Runtime {
     opts: RunOptions,
-    brokers: Mutex<BTreeMap<String, BrokerRuntime>>,
-    bridges: Mutex<BTreeMap<String, BridgeRuntime>>,
+    engine: Engine,
     report: RwLock<StatusReport>,
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
@@ -174,9 +193,8 @@ impl Runtime {
     ) -> Runtime {
         Runtime {
             certs: certs::Manager::new(&opts.state_dir, reload),
+            engine: Engine::new(&opts.state_dir, metrics.clone()),
             opts,
-            brokers: Mutex::new(BTreeMap::new()),
-            bridges: Mutex::new(BTreeMap::new()),
             report: RwLock::new(StatusReport::default()),
             metrics,
             applied_once: AtomicBool::new(false),
@@ -186,12 +204,7 @@ impl Runtime {
 
     /// Keys of brokers whose publish/subscribe round trip failed (empty: healthy).
     pub async fn probe(&self) -> Vec<String> {
-        let brokers = self.brokers.lock().await;
-        brokers
-            .iter()
-            .filter(|(_, b)| !b.probe())
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.engine.probe().await
     }
 
     /// Why the process is not ready, or `None` when every broker runs its config.
@@ -212,17 +225,16 @@ impl Runtime {
     /// The current status report, with each running broker's live counters.
     pub async fn report(&self) -> StatusReport {
         let mut report = self.report.read().await.clone();
-        let brokers = self.brokers.lock().await;
+        let brokers = self.engine.broker_status().await;
         for r in report.resources.iter_mut().filter(|r| r.kind == "Broker") {
-            if let Some(rt) = brokers.get(&format!("{}/{}", r.namespace, r.name)) {
-                r.details = serde_json::to_value(rt.status()).unwrap_or_default();
+            if let Some(st) = brokers.get(&format!("{}/{}", r.namespace, r.name)) {
+                r.details = serde_json::to_value(st).unwrap_or_default();
             }
         }
-        drop(brokers);
-        let bridges = self.bridges.lock().await;
+        let bridges = self.engine.bridge_status().await;
         for r in report.resources.iter_mut().filter(|r| r.kind == "Bridge") {
-            if let Some(rt) = bridges.get(&format!("{}/{}", r.namespace, r.name)) {
-                let st = rt.status();
+            if let Some(st) = bridges.get(&format!("{}/{}", r.namespace, r.name)) {
+                let st = st.clone();
                 let (ready, reason, message) = bridge_condition(&st);
                 if let Some(c) = r.conditions.iter_mut().find(|c| c.type_ == "Ready") {
                     let status = if ready { "True" } else { "False" };
@@ -268,134 +280,21 @@ impl Runtime {
             };
             certs.preset(ns, name, r);
         }
-        let mut broker_results: BTreeMap<String, Result<String, String>> = BTreeMap::new();
-        let mut brokers = self.brokers.lock().await;
-        for (key, bundle) in &bundles {
-            let tls = match resolve_tls(bundle, &res, &mut certs) {
-                Ok(t) => t,
-                Err(e) => {
-                    outcome.errors.push(format!("Broker/{key}: {e}"));
-                    broker_results.insert(key.clone(), Err(e));
-                    continue;
-                }
+        let desired = {
+            let mut m = FolderMaterials {
+                res: &res,
+                certs: &mut certs,
+                state: &self.opts.state_dir,
             };
-            let result = match brokers.get_mut(key) {
-                Some(rt) => {
-                    if rt.bundle() == bundle && rt.tls_material() == &tls {
-                        Ok(Vec::new())
-                    } else {
-                        rt.apply(bundle.clone(), tls).await
-                    }
-                }
-                None => match BrokerRuntime::start(
-                    bundle.clone(),
-                    tls,
-                    Some(&self.opts.state_dir),
-                    &self.metrics,
-                )
-                .await
-                {
-                    Ok(rt) => {
-                        brokers.insert(key.clone(), rt);
-                        Ok(vec!["started".to_string()])
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            match result {
-                Ok(changes) => {
-                    for c in changes {
-                        tracing::info!(broker = %key, "{c}");
-                        outcome.changes.push(format!("Broker/{key}: {c}"));
-                    }
-                    broker_results.insert(key.clone(), Ok(bundle.hash()));
-                }
-                Err(e) => {
-                    tracing::error!(broker = %key, error = %e, "change not applied; the broker keeps its last good configuration");
-                    outcome.errors.push(format!("Broker/{key}: {e}"));
-                    broker_results.insert(key.clone(), Err(e.to_string()));
-                }
-            }
-        }
-        let removed: Vec<String> = brokers
-            .keys()
-            .filter(|k| !bundles.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in removed {
-            if let Some(rt) = brokers.remove(&key) {
-                rt.shutdown().await;
-                outcome.changes.push(format!("Broker/{key}: removed"));
-            }
-        }
-
-        // Bridges: each one is compared on what it runs (plan plus resolved secrets,
-        // address and TLS material) and restarted only when that changed.
-        let mut bridge_results: BTreeMap<String, Result<(), String>> = BTreeMap::new();
-        let mut bridges = self.bridges.lock().await;
-        let mut wanted = BTreeMap::new();
-        for (bkey, bundle) in &bundles {
-            for plan in bundle.bridges.values() {
-                let key = format!("{}/{}", plan.namespace, plan.name);
-                let Some(broker) = brokers
-                    .get(bkey)
-                    .filter(|_| broker_results.get(bkey).is_some_and(|r| r.is_ok()))
-                else {
-                    bridge_results
-                        .insert(key, Err(format!("Broker {} is not running", bundle.name)));
-                    continue;
-                };
-                match resolve_bridge(plan, &res, &mut certs, &self.opts.state_dir) {
-                    Ok(cfg) => {
-                        wanted.insert(key, (cfg, broker.shared().clone()));
-                    }
-                    Err(e) => {
-                        tracing::error!(bridge = %key, error = %e, "bridge not started");
-                        outcome.errors.push(format!("Bridge/{key}: {e}"));
-                        bridge_results.insert(key, Err(e));
-                    }
-                }
-            }
-        }
-        let keys: Vec<String> = bridges.keys().cloned().collect();
-        for key in keys {
-            let keep = wanted.get(&key).is_some_and(|(cfg, shared)| {
-                bridges[&key].config() == cfg && bridges[&key].serves(shared)
-            });
-            if !keep {
-                if let Some(rt) = bridges.remove(&key) {
-                    rt.stop().await;
-                }
-                let (ns, name) = key.split_once('/').unwrap_or(("default", &key));
-                if res.bridge(ns, name).is_none() {
-                    // The Bridge is gone from the folder: so is its queue.
-                    let path = crate::bridge::queue_path(&self.opts.state_dir, ns, name);
-                    if std::fs::remove_file(&path).is_ok() {
-                        tracing::info!(bridge = %key, "bridge removed with its queue");
-                    }
-                    crate::metrics::BridgeMetrics::forget(&self.metrics, &key);
-                    outcome.changes.push(format!("Bridge/{key}: removed"));
-                }
-            }
-        }
-        for (key, (cfg, shared)) in wanted {
-            if bridges.contains_key(&key) {
-                bridge_results.insert(key, Ok(()));
-                continue;
-            }
-            match BridgeRuntime::start(cfg, shared, &self.opts.state_dir, &self.metrics) {
-                Ok(rt) => {
-                    bridges.insert(key.clone(), rt);
-                    outcome.changes.push(format!("Bridge/{key}: started"));
-                    bridge_results.insert(key, Ok(()));
-                }
-                Err(e) => {
-                    tracing::error!(bridge = %key, error = %e, "bridge not started");
-                    outcome.errors.push(format!("Bridge/{key}: {e}"));
-                    bridge_results.insert(key, Err(e));
-                }
-            }
-        }
+            runtime::resolve_all(&bundles, &mut m)
+        };
+        let applied = self.engine.apply(desired).await;
+        outcome.changes.extend(applied.changes);
+        outcome.errors.extend(applied.errors);
+        let broker_results = applied.brokers;
+        let bridge_results = applied.bridges;
+        let brokers = self.engine.broker_status().await;
+        let bridges = self.engine.bridge_status().await;
 
         // Status of every resource.
         let previous = self.report.read().await.previous();
@@ -405,8 +304,7 @@ impl Runtime {
             let key = format!("{}/{}", b.meta.namespace, b.meta.name);
             let (ready, reason, message, details) =
                 match (broker_results.get(&key), brokers.get(&key)) {
-                    (Some(Ok(_)), Some(rt)) => {
-                        let st = rt.status();
+                    (Some(Ok(_)), Some(st)) => {
                         (
                             true,
                             "Running",
@@ -418,11 +316,11 @@ impl Runtime {
                             serde_json::to_value(st).unwrap_or_default(),
                         )
                     }
-                    (Some(Err(e)), Some(rt)) => (
+                    (Some(Err(e)), Some(st)) => (
                         false,
                         "ApplyFailed",
                         format!("{e}; running the previous configuration"),
-                        serde_json::to_value(rt.status()).unwrap_or_default(),
+                        serde_json::to_value(st).unwrap_or_default(),
                     ),
                     (Some(Err(e)), None) => {
                         (false, "StartFailed", e.clone(), serde_json::Value::Null)
@@ -464,8 +362,7 @@ impl Runtime {
             let key = format!("{}/{}", br.meta.namespace, br.meta.name);
             let (ready, reason, message, details) =
                 match (bridge_results.get(&key), bridges.get(&key)) {
-                    (Some(Ok(())), Some(rt)) => {
-                        let st = rt.status();
+                    (Some(Ok(())), Some(st)) => {
                         let (ready, reason, message) = bridge_condition(&st);
                         (
                             ready,
@@ -547,7 +444,6 @@ impl Runtime {
                 &stamp,
             ));
         }
-        drop(brokers);
         let elapsed = started.elapsed();
         let config = ConfigStatus {
             valid: true,
@@ -631,15 +527,7 @@ impl Runtime {
 
     /// Stops every bridge, then every broker.
     pub async fn shutdown(&self) {
-        let mut bridges = self.bridges.lock().await;
-        for (_, rt) in std::mem::take(&mut *bridges) {
-            rt.stop().await;
-        }
-        drop(bridges);
-        let mut brokers = self.brokers.lock().await;
-        for (_, rt) in std::mem::take(&mut *brokers) {
-            rt.shutdown().await;
-        }
+        self.engine.shutdown().await;
     }
 }
 
@@ -803,166 +691,6 @@ fn status_of(
         conditions: vec![cond],
         details,
     }
-}
-
-/// The Ready condition of a running bridge.
-fn bridge_condition(st: &crate::bridge::BridgeRuntimeStatus) -> (bool, &'static str, String) {
-    if st.connected {
-        (
-            true,
-            "Connected",
-            format!("connected to {}; {} queued", st.remote, st.queue_depth),
-        )
-    } else {
-        match &st.last_error {
-            Some(e) => (
-                false,
-                "Disconnected",
-                format!("{e}; {} message(s) queued, retrying", st.queue_depth),
-            ),
-            None => (false, "Connecting", format!("connecting to {}", st.remote)),
-        }
-    }
-}
-
-/// Resolves what a bridge runs: the address (also from an awsIot Certificate's
-/// endpoint), credentials from Secrets, and TLS material.
-fn resolve_bridge(
-    plan: &BridgePlan,
-    res: &Resources,
-    certs: &mut CertResolver<'_>,
-    state: &Path,
-) -> Result<ResolvedBridge, String> {
-    let ns = plan.namespace.as_str();
-    let (host, port) = match &plan.address {
-        RemoteAddress::HostPort(a) => {
-            let (h, p) = a
-                .rsplit_once(':')
-                .ok_or_else(|| format!("address `{a}` must be host:port"))?;
-            let p: u16 = p.parse().map_err(|_| format!("address `{a}`: bad port"))?;
-            (
-                h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                p,
-            )
-        }
-        RemoteAddress::AwsIotEndpoint { certificate, port } => {
-            let cert = res
-                .certificate(ns, certificate)
-                .ok_or_else(|| format!("Certificate {certificate} not found"))?;
-            let path = certs::cert_dir(state, cert).join("endpoint");
-            let host = std::fs::read_to_string(&path)
-                .map(|s| s.trim().to_string())
-                .ok()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    format!("Certificate {certificate} has no AWS IoT endpoint yet (its awsIot issuer has not run)")
-                })?;
-            // `host`, or `host:port` when the issuer's `dataEndpoint` names a port.
-            match host
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            {
-                Some((h, p)) => (h.to_string(), p),
-                None => (host, *port),
-            }
-        }
-    };
-    let secret = |r: &SecretKeyRef, what: &str| {
-        res.secret_value(ns, &r.name, &r.key)
-            .ok_or_else(|| format!("{what}: Secret {} has no key {}", r.name, r.key))
-            .and_then(|v| {
-                String::from_utf8(v)
-                    .map_err(|_| format!("{what}: Secret {} key {} is not UTF-8", r.name, r.key))
-            })
-    };
-    let username = plan
-        .username
-        .as_ref()
-        .map(|r| secret(r, "username"))
-        .transpose()?;
-    let password = plan
-        .password
-        .as_ref()
-        .map(|r| secret(r, "password"))
-        .transpose()?;
-    let tls = match &plan.tls {
-        None => None,
-        Some(t) => {
-            let roots_pem = match &t.ca {
-                CaSource::System => None,
-                CaSource::Secret(r) => Some(secret(r, "caSecretRef")?),
-                CaSource::Certificate(name) => {
-                    let m = certs
-                        .material(ns, name)
-                        .map_err(|e| format!("caCertificateRef: Certificate {name}: {e}"))?;
-                    let ca = res
-                        .certificate(ns, name)
-                        .map(|c| certs::cert_dir(state, c).join("ca.crt"))
-                        .and_then(|p| std::fs::read_to_string(p).ok());
-                    Some(ca.unwrap_or(m.cert_pem))
-                }
-            };
-            let client = match &t.client {
-                None => None,
-                Some(TlsSource::Certificate(name)) => Some(
-                    certs
-                        .material(ns, name)
-                        .map_err(|e| format!("clientCertificateRef: Certificate {name}: {e}"))?,
-                ),
-                Some(TlsSource::Secret(name)) => Some(
-                    secret_key_pair(res, ns, name).map_err(|e| format!("clientSecretRef: {e}"))?,
-                ),
-            };
-            Some(ClientTls {
-                roots_pem,
-                client,
-                alpn: t.alpn.clone(),
-                server_name: t.server_name.clone().unwrap_or_else(|| host.clone()),
-            })
-        }
-    };
-    Ok(ResolvedBridge {
-        plan: plan.clone(),
-        host,
-        port,
-        username,
-        password,
-        tls,
-    })
-}
-
-/// The key pair in a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`).
-fn secret_key_pair(res: &Resources, namespace: &str, name: &str) -> Result<TlsMaterial, String> {
-    let get = |k: &str| {
-        res.secret_value(namespace, name, k)
-            .and_then(|v| String::from_utf8(v).ok())
-            .ok_or_else(|| format!("Secret {name} has no key {k}"))
-    };
-    Ok(TlsMaterial {
-        cert_pem: get("tls.crt")?,
-        key_pem: get("tls.key")?,
-    })
-}
-
-/// Resolves the TLS key pair of every TLS listener of a bundle.
-fn resolve_tls(
-    bundle: &BrokerBundle,
-    res: &Resources,
-    certs: &mut CertResolver<'_>,
-) -> Result<BTreeMap<String, TlsMaterial>, String> {
-    let mut out = BTreeMap::new();
-    for l in &bundle.listeners {
-        let Some(src) = &l.tls else { continue };
-        let material = match src {
-            TlsSource::Secret(name) => secret_key_pair(res, &bundle.namespace, name)
-                .map_err(|e| format!("listener {}: {e}", l.name))?,
-            TlsSource::Certificate(name) => certs
-                .material(&bundle.namespace, name)
-                .map_err(|e| format!("listener {}: Certificate {name}: {e}", l.name))?,
-        };
-        out.insert(l.name.clone(), material);
-    }
-    Ok(out)
 }
 
 /// `edgemq run`: starts the brokers of the folder, watches it, serves the

@@ -72,6 +72,26 @@ pub fn ready_condition(
     }
 }
 
+/// The Ready condition of a running bridge.
+pub fn bridge_condition(st: &crate::bridge::BridgeRuntimeStatus) -> (bool, &'static str, String) {
+    if st.connected {
+        (
+            true,
+            "Connected",
+            format!("connected to {}; {} queued", st.remote, st.queue_depth),
+        )
+    } else {
+        match &st.last_error {
+            Some(e) => (
+                false,
+                "Disconnected",
+                format!("{e}; {} message(s) queued, retrying", st.queue_depth),
+            ),
+            None => (false, "Connecting", format!("connecting to {}", st.remote)),
+        }
+    }
+}
+
 /// The state of the configuration folder.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

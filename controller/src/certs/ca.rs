@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     cert_dir, cert_info, common_name, leaf_params, new_key, parse_duration, read_stored,
-    subject_names, write_stored, CertError, CertInfo, Secrets,
+    subject_names, write_stored, CertError, CertInfo, Issued, Secrets, Stored,
 };
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
@@ -37,16 +37,39 @@ pub fn ensure(
     secrets: &Secrets,
     now: time::OffsetDateTime,
 ) -> Result<(TlsMaterial, CertInfo), CertError> {
+    let dir = cert_dir(state, cert);
+    let issued = issue(cert, secret_ref, secrets, read_stored(&dir).as_ref(), now)?;
+    if issued.new {
+        write_stored(&dir, &issued.material, &issued.ca_pem, &issued.request)?;
+    }
+    Ok((issued.material, issued.info))
+}
+
+/// The pair `stored` when it answers the current request (same names, same CA) and
+/// is not due for renewal, otherwise one newly signed by the CA of Secret
+/// `secret_ref`. Stores nothing: the caller keeps what is `new`.
+pub fn issue(
+    cert: &Certificate,
+    secret_ref: &str,
+    secrets: &Secrets,
+    stored: Option<&Stored>,
+    now: time::OffsetDateTime,
+) -> Result<Issued, CertError> {
     let ca_pem = secrets.text(secret_ref, "tls.crt")?;
     let ca_key_pem = secrets.text(secret_ref, "tls.key")?;
-    let dir = cert_dir(state, cert);
     let renew_before = cert.spec.renew_before.as_deref().and_then(parse_duration);
     let wanted = request(cert, &ca_pem);
-    if let Some(stored) = read_stored(&dir) {
+    if let Some(stored) = stored {
         if stored.request == wanted {
             if let Ok(info) = cert_info(&stored.material.cert_pem, renew_before, now) {
                 if !info.due(now) {
-                    return Ok((stored.material, info));
+                    return Ok(Issued {
+                        material: stored.material.clone(),
+                        ca_pem,
+                        request: wanted,
+                        info,
+                        new: false,
+                    });
                 }
             }
         }
@@ -91,7 +114,6 @@ pub fn ensure(
         cert_pem: issued.pem(),
         key_pem: key.serialize_pem(),
     };
-    write_stored(&dir, &material, &ca_pem, &wanted)?;
     let info = cert_info(&material.cert_pem, renew_before, now)?;
     tracing::info!(
         certificate = cert.metadata.name.as_deref().unwrap_or(""),
@@ -99,7 +121,13 @@ pub fn ensure(
         not_after = %info.not_after,
         "certificate signed by the private CA of Secret {secret_ref}"
     );
-    Ok((material, info))
+    Ok(Issued {
+        material,
+        ca_pem,
+        request: wanted,
+        info,
+        new: true,
+    })
 }
 
 #[cfg(test)]

@@ -186,6 +186,22 @@ pub struct Stored {
     pub request: String,
 }
 
+/// What an issuer returns: the pair to serve, its CA chain (`ca.crt`), the request
+/// it answers and whether it was issued just now (and so must be stored).
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// Certificate chain and key.
+    pub material: TlsMaterial,
+    /// The issuing CA's certificate (`ca.crt`).
+    pub ca_pem: String,
+    /// What was asked for.
+    pub request: String,
+    /// Validity and renewal time.
+    pub info: CertInfo,
+    /// Issued by this call: store it.
+    pub new: bool,
+}
+
 /// Reads the stored pair of a Certificate directory, if complete.
 pub fn read_stored(dir: &Path) -> Option<Stored> {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{
     cert_dir, cert_info, common_name, leaf_params, new_key, parse_duration, read_stored,
-    subject_names, write_stored, CertError, CertInfo,
+    subject_names, write_stored, CertError, CertInfo, Issued, Stored,
 };
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
@@ -30,13 +30,33 @@ pub fn ensure(
     now: time::OffsetDateTime,
 ) -> Result<(TlsMaterial, CertInfo), CertError> {
     let dir = cert_dir(state, cert);
+    let issued = issue(cert, read_stored(&dir).as_ref(), now)?;
+    if issued.new {
+        write_stored(&dir, &issued.material, &issued.ca_pem, &issued.request)?;
+    }
+    Ok((issued.material, issued.info))
+}
+
+/// The pair `stored` when it answers the current request and is not due for renewal,
+/// otherwise a newly issued one. Stores nothing: the caller keeps what is `new`.
+pub fn issue(
+    cert: &Certificate,
+    stored: Option<&Stored>,
+    now: time::OffsetDateTime,
+) -> Result<Issued, CertError> {
     let renew_before = cert.spec.renew_before.as_deref().and_then(parse_duration);
     let wanted = request(cert);
-    if let Some(stored) = read_stored(&dir) {
+    if let Some(stored) = stored {
         if stored.request == wanted {
             if let Ok(info) = cert_info(&stored.material.cert_pem, renew_before, now) {
                 if !info.due(now) {
-                    return Ok((stored.material, info));
+                    return Ok(Issued {
+                        ca_pem: stored.material.cert_pem.clone(),
+                        material: stored.material.clone(),
+                        request: wanted,
+                        info,
+                        new: false,
+                    });
                 }
             }
         }
@@ -50,7 +70,6 @@ pub fn ensure(
         cert_pem: issued.pem(),
         key_pem: key.serialize_pem(),
     };
-    write_stored(&dir, &material, &material.cert_pem, &wanted)?;
     let info = cert_info(&material.cert_pem, renew_before, now)?;
     tracing::info!(
         certificate = cert.metadata.name.as_deref().unwrap_or(""),
@@ -58,7 +77,13 @@ pub fn ensure(
         not_after = %info.not_after,
         "self-signed certificate issued"
     );
-    Ok((material, info))
+    Ok(Issued {
+        ca_pem: material.cert_pem.clone(),
+        material,
+        request: wanted,
+        info,
+        new: true,
+    })
 }
 
 #[cfg(test)]

@@ -413,6 +413,22 @@ impl Resources {
             .filter(move |b| b.namespace == namespace && b.object.spec.broker_ref == broker)
     }
 
+    /// Every value of every Secret of `namespace`, by (Secret name, key); `stringData`
+    /// wins over `data`, as the Kubernetes API merges them.
+    pub fn secret_values(&self, namespace: &str) -> BTreeMap<(String, String), Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for s in self.secrets().filter(|s| s.meta.namespace == namespace) {
+            let name = &s.meta.name;
+            for (k, v) in s.object.data.iter().flatten() {
+                out.insert((name.clone(), k.clone()), v.0.clone());
+            }
+            for (k, v) in s.object.string_data.iter().flatten() {
+                out.insert((name.clone(), k.clone()), v.as_bytes().to_vec());
+            }
+        }
+        out
+    }
+
     /// The value of one key of a Secret in `namespace`: `stringData` wins over `data`,
     /// as the Kubernetes API merges them. `None` when the Secret or key is missing; a
     /// Secret in another namespace never resolves.
