@@ -101,25 +101,25 @@ cached() {
 }
 
 cmd_build() {
+  local root old pid
+  root="$(dirname "$CACHE")"
+  # Left over from an interrupted build (its builder is gone): remove.
+  for old in "$root"/.build.*; do
+    [ -d "$old" ] || continue
+    pid="$(cat "$old/pid" 2>/dev/null || true)"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || rm -rf "$old"
+  done
   if cached; then
     log "build: cached in $CACHE"
     return
   fi
   for c in go rsync jq gcc dpkg-source; do command -v "$c" >/dev/null || die "$c missing: run '$0 install'"; done
-  local root work src
-  root="$(dirname "$CACHE")"
+  local work src
   mkdir -p "$root"
-  # Left over from an interrupted build (its builder is gone): remove.
-  local old
-  for old in "$root"/.build.*; do
-    [ -d "$old" ] || continue
-    local pid; pid="$(cat "$old/pid" 2>/dev/null || true)"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || rm -rf "$old"
-  done
   work="$(mktemp -d "$root/.build.XXXXXX")"
-  chmod 755 "$work" # apt's download user must be able to write there
   echo $$ > "$work/pid"
-  trap 'rm -rf "$work"' EXIT
+  BUILD_WORK="$work"
+  trap 'rm -rf "$BUILD_WORK"' EXIT
   log "build: Kubernetes $K8S_VERSION in $work"
   (cd "$work" && apt-get source -qq -o APT::Sandbox::User=root --download-only "kubernetes=$K8S_VERSION" >/dev/null) \
     || die "apt-get source failed: is there a deb-src entry? ('$0 install' adds one)"
@@ -529,6 +529,9 @@ cmd_start() {
   write_configs
   setup_network
   local bin="$CACHE/bin" etc="$STATE/etc" pki="$STATE/pki"
+  # The kubelet's in-tree AWS credential provider would ask the EC2 metadata
+  # address for credentials at startup: never leave the machine.
+  export AWS_EC2_METADATA_DISABLED=true
 
   launch etcd etcd --name edgemq --data-dir "$STATE/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
