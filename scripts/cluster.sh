@@ -173,40 +173,47 @@ KUBECTL() { "$CACHE/bin/kubectl" --kubeconfig "$STATE/kubeconfig" "$@"; }
 live_pid() {
   local pid
   pid="$(cat "$STATE/pids/$1.pid" 2>/dev/null || true)"
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$1" || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$STATE" || return 1
+  [ -n "$pid" ] && alive "$pid" || return 1
+  local cmdline
+  cmdline="$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline")" || return 1
+  [[ "$cmdline" == *"$1"* && "$cmdline" == *"$STATE"* ]] || return 1
   echo "$pid"
 }
+
+# Alive and not a zombie (a killed component whose parent is gone waits for init).
+alive() { local st; st="$(awk '{ print $3 }' 2>/dev/null < "/proc/$1/stat")" && [ -n "$st" ] && [ "$st" != Z ]; }
 
 # Stops pids: TERM, then KILL after a deadline.
 stop_pids() {
   [ $# -gt 0 ] || return 0
   kill -TERM "$@" 2>/dev/null || true
-  local deadline=$((SECONDS + 10)) pid alive
+  local deadline=$((SECONDS + 10)) pid any
   while [ $SECONDS -lt $deadline ]; do
-    alive=0
-    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && return 0
-    sleep 0.2
+    any=0
+    for pid in "$@"; do alive "$pid" && any=1; done
+    [ $any -eq 0 ] && return 0
+    sleep 0.1
   done
   kill -KILL "$@" 2>/dev/null || true
 }
 
-stop_component() {
-  local pid
-  if pid="$(live_pid "$1")"; then
-    log "stop: $1 (pid $pid)"
-    stop_pids "$pid"
-  fi
-  rm -f "$STATE/pids/$1.pid"
+# Stops components (named as in COMPONENTS) together, by their recorded pids.
+stop_components() {
+  local c pid pids=() names=() t0=$SECONDS
+  for c in "$@"; do
+    if pid="$(live_pid "$c")"; then pids+=("$pid"); names+=("$c"); fi
+    rm -f "$STATE/pids/$c.pid"
+  done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  stop_pids "${pids[@]}"
+  log "stop: ${names[*]} (pids ${pids[*]}) in $((SECONDS - t0)) s"
 }
 
 # Processes whose command line mentions our containerd (the shims get -address SOCK).
 shim_pids() {
   local d
   for d in /proc/[0-9]*; do
-    tr '\0' ' ' < "$d/cmdline" 2>/dev/null | grep -q "^containerd-shim.*$SOCK\|/containerd-shim[^ ]* .*$SOCK" && echo "${d#/proc/}"
+    tr '\0' ' ' 2>/dev/null < "$d/cmdline" | grep -q "^containerd-shim.*$SOCK\|/containerd-shim[^ ]* .*$SOCK" && echo "${d#/proc/}"
   done
   return 0
 }
@@ -216,9 +223,8 @@ shim_pids() {
 # then mounts under the state dir (overlay rootfs, shm, netns, kubelet volumes),
 # iptables chains, the CNI bridge and the veth pair.
 teardown() {
-  local c r id
-  stop_component kubelet
-  stop_component kube-proxy
+  local r id
+  stop_components kubelet kube-proxy
   for r in "$RUNC_ROOT"/*; do
     [ -d "$r" ] || continue
     for id in $(runc --root "$r" list -q 2>/dev/null); do
@@ -232,7 +238,8 @@ teardown() {
     # shellcheck disable=SC2086
     stop_pids $shims
   fi
-  for c in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_component "$c"; done
+  stop_components containerd kube-scheduler kube-controller-manager kube-apiserver
+  stop_components etcd
   unmount_state
   if [ -x "$CACHE/bin/kube-proxy" ]; then
     "$CACHE/bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
@@ -459,6 +466,8 @@ evictionHard: {memory.available: "50Mi", nodefs.available: "1%", nodefs.inodesFr
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# report the node's status changes (Ready) within 2 s instead of 10 s
+nodeStatusUpdateFrequency: 2s
 volumePluginDir: $STATE/kubelet/volume-plugins
 EOC
 
