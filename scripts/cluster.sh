@@ -61,7 +61,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # --------------------------------------------------------------------------- install
 PACKAGES=(golang-go rsync jq dpkg-dev etcd-server containerd runc containernetworking-plugins
   iptables conntrack iproute2 kubernetes-client golang-github-modern-go-reflect2-dev openssl
-  gcc binutils python3)
+  gcc binutils python3 ca-certificates)
 
 cmd_install() {
   local missing=() p
