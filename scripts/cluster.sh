@@ -4,7 +4,8 @@
 #
 #   scripts/cluster.sh install          apt-get the build tools and runtime (idempotent)
 #   scripts/cluster.sh build            build Kubernetes 1.20 from Debian's source package
-#                                       (cached outside the repository; ~6 min cold)
+#                                       (cached outside the repository; ~6 min cold on
+#                                       2 idle cores, seconds when cached)
 #   scripts/cluster.sh start            start etcd, the control plane, containerd, kubelet
 #                                       and kube-proxy; wait for the Node to be Ready
 #   scripts/cluster.sh stop             stop everything, remove links and iptables chains
@@ -29,10 +30,23 @@
 # - Processes are ended between sessions but links, iptables chains and containerd
 #   state stay: `start` tolerates (cleans or reuses) what a killed run left behind.
 #
+# One cluster per machine at a time: the links, the node address, the pod subnet and
+# the KUBE-* iptables chains are machine-wide (`start` and `stop` remove the chains).
+#
 # Environment:
-#   EDGEMQ_CLUSTER_DIR  state dir (default /tmp/edgemq-cluster): certificates, configs,
-#                       logs, pids, etcd data, containerd root/state, kubeconfig
-#   EDGEMQ_K8S_CACHE    built binaries (default ~/.cache/edgemq/k8s-<version>)
+#   EDGEMQ_CLUSTER_DIR  state dir (default /tmp/edgemq-cluster), wiped by each fresh
+#                       `start` (images must be imported again after it):
+#                         kubeconfig      admin kubeconfig (token in system:masters)
+#                         ports.env       the free ports picked for this run
+#                         pki/            CA, apiserver cert, SA key pair, tokens.csv
+#                         etc/            component kubeconfigs, containerd.toml,
+#                                         kubelet.yaml, kube-proxy.yaml, cni/
+#                         logs/NAME.log   pids/NAME.pid   one per component
+#                         etcd/ containerd/ runc/ kubelet/ cni/   runtime data
+#                         images/         the image tars that were imported
+#   EDGEMQ_K8S_CACHE    built binaries (default ~/.cache/edgemq/k8s-<version>): bin/
+#                       kube-apiserver kube-controller-manager kube-scheduler kubelet
+#                       kube-proxy pause kubectl, VERSION
 #   EDGEMQ_NODE_IP      the node's address on the veth pair (default 10.254.254.1)
 #   EDGEMQ_POD_CIDR     the pod subnet of the CNI bridge (default 10.244.77.0/24)
 set -euo pipefail
