@@ -11,6 +11,7 @@
 #   scripts/cluster.sh stop             stop everything, remove links and iptables chains
 #   scripts/cluster.sh image BIN [TAG]  build a docker-archive image holding BIN and
 #                                       import it into the cluster's containerd
+#   scripts/cluster.sh tag IMAGE NAME   give an imported image a second name
 #   scripts/cluster.sh env              print `export KUBECONFIG=...` (and EDGEMQ_KUBECTL,
 #                                       a kubectl of the cluster's version)
 #   scripts/cluster.sh status           exit 0 when the cluster is up
@@ -602,8 +603,42 @@ cmd_start() {
   wait_until "the default ServiceAccount" 60 KUBECTL get serviceaccount default -n default \
     || die "no default ServiceAccount (see $STATE/logs/kube-controller-manager.log)"
   for c in "${COMPONENTS[@]}"; do live_pid "$c" >/dev/null || die "$c exited (see $STATE/logs/$c.log)"; done
+  storage
   log "start: Node Ready in $((SECONDS - t0)) s; state in $STATE"
   echo "export KUBECONFIG=$STATE/kubeconfig"
+}
+
+# Volumes like k3s' local-path offers, without a provisioner: a default StorageClass
+# binding on first use, and hostPath PersistentVolumes under the state dir, writable by
+# pods' non-root users (hostPath ignores fsGroup).
+STORAGE_VOLUMES=20
+storage() {
+  local dir="$STATE/volumes" i pvs=""
+  for i in $(seq 1 "$STORAGE_VOLUMES"); do
+    mkdir -p "$dir/pv$i"
+    chmod 0777 "$dir/pv$i"
+    pvs+="
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: local-pv$i}
+spec:
+  capacity: {storage: 5Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: local
+  hostPath: {path: $dir/pv$i, type: Directory}"
+  done
+  KUBECTL apply -f - >/dev/null <<EOY || die "could not create the StorageClass and volumes"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+$pvs
+EOY
 }
 
 etcdctl_health() {
@@ -648,6 +683,20 @@ cmd_image() {
   log "image: $tag ($(du -h "$file" | cut -f1), $file) imported"
 }
 
+# A second name for an imported image (a pod-template change without a second import).
+cmd_tag() {
+  local src="${1:-}" dst="${2:-}"
+  [ -n "$src" ] && [ -n "$dst" ] || die "usage: $0 tag IMAGE NEW_NAME"
+  [ -S "$SOCK" ] || die "the cluster's containerd is not running ($SOCK); run '$0 start'"
+  # containerd keeps names in their normalized form: find the one `src` stands for.
+  local full
+  full="$(ctr -a "$SOCK" -n k8s.io images ls -q | awk -v s="$src" '$0 == s || substr($0, length($0) - length(s)) == "/" s { print; exit }')"
+  [ -n "$full" ] || die "image $src not found in the cluster's containerd"
+  local prefix="${full%"$src"}"
+  ctr -a "$SOCK" -n k8s.io images tag --force "$full" "$prefix$dst" >/dev/null
+  log "image: $dst is $src"
+}
+
 cmd_env() {
   echo "export KUBECONFIG=$STATE/kubeconfig"
   # a kubectl of the cluster's version
@@ -666,6 +715,7 @@ main() {
     start) cmd_start ;;
     stop) cmd_stop ;;
     image) shift; cmd_image "$@" ;;
+    tag) shift; cmd_tag "$@" ;;
     env) cmd_env ;;
     status) cmd_status ;;
     *) awk '/^# Why/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 2 ;;

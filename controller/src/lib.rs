@@ -3,18 +3,26 @@
 //! The modules follow the pipeline:
 //!
 //! ```text
-//!  api (types) ──► load (folder → typed resources, validated, file:line errors)
-//!                    │
-//!                    ▼
-//!                  plan (pure: resources → one config bundle per Broker)
-//!                    │
-//!        ┌───────────┼──────────────┬──────────────┐
-//!        ▼           ▼              ▼              ▼
-//!     broker      certs          render        standalone
-//!   (runtime)  (issuers)   (mosquitto files)  (watch + apply loop, http)
+//!  sources:  standalone (a folder, watched)      kubernetes (watchers of the API)
+//!                 │                                   │
+//!                 └──────────► load ◄─────────────────┘   api (types) → index, validate
+//!                               │
+//!                               ▼
+//!                             plan (pure: resources → one config bundle per Broker)
+//!                               │
+//!                 ┌─────────────┼───────────────────────────┐
+//!                 ▼             ▼                           ▼
+//!             runtime       certs, aws                   render
+//!     (Engine: broker +    (issuers: selfSigned, ca,   (mosquitto files)
+//!      bridges, shared by    acme, awsIot)
+//!      `run` and the pod)
+//!                 │
+//!                 ▼
+//!  status sinks: status (status.json, /status)        kubernetes::status (status subresource)
 //! ```
 //!
-//! Dependencies point one way: `plan` knows `api` and `auth`, never a runtime.
+//! Dependencies point one way: `plan` knows `api` and `auth`, never a runtime; the
+//! runtime never knows which source fed it.
 
 pub mod api;
 pub mod auth;
@@ -23,9 +31,11 @@ pub mod bridge;
 pub mod broker;
 pub mod certs;
 pub mod http;
+pub mod kubernetes;
 pub mod load;
 pub mod metrics;
 pub mod plan;
 pub mod render;
+pub mod runtime;
 pub mod standalone;
 pub mod status;

@@ -57,6 +57,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the Kubernetes controller: a pod per Broker, status, certificates.
+    Controller {
+        /// Namespace to watch (repeat for several); default: all namespaces.
+        #[arg(
+            long = "namespace",
+            env = "EDGEMQ_WATCH_NAMESPACES",
+            value_delimiter = ','
+        )]
+        namespaces: Vec<String>,
+        /// Image of broker pods (normally the controller's own image).
+        #[arg(long, env = "EDGEMQ_BROKER_IMAGE")]
+        broker_image: String,
+        /// Pull policy of broker pods (Always, IfNotPresent, Never); default: the cluster's.
+        #[arg(long, env = "EDGEMQ_BROKER_IMAGE_PULL_POLICY")]
+        broker_image_pull_policy: Option<String>,
+        /// Address of the operations endpoint (/healthz /readyz /metrics /status).
+        #[arg(long, env = "EDGEMQ_HTTP", default_value = "0.0.0.0:8080")]
+        http: SocketAddr,
+        /// Act only while holding the Lease (run two replicas safely).
+        #[arg(long, env = "EDGEMQ_LEADER_ELECTION")]
+        leader_election: bool,
+        /// Namespace of the Lease (normally the controller's own).
+        #[arg(long, env = "EDGEMQ_LEASE_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Name of the Lease.
+        #[arg(long, env = "EDGEMQ_LEASE_NAME", default_value = "edgemq-controller")]
+        lease_name: String,
+        /// This replica's identity in the Lease (normally its pod name).
+        #[arg(long, env = "EDGEMQ_IDENTITY")]
+        identity: Option<String>,
+    },
+    /// Run one Broker in its pod, reading its configuration through the Kubernetes API.
+    Broker {
+        /// Namespace of the Broker.
+        #[arg(long, env = "EDGEMQ_NAMESPACE")]
+        namespace: String,
+        /// Name of the Broker.
+        #[arg(long, env = "EDGEMQ_BROKER")]
+        broker: String,
+        /// State directory: retained messages and bridge queues (the pod's volume).
+        #[arg(long, env = "EDGEMQ_STATE", default_value = "/var/lib/edgemq")]
+        state: PathBuf,
+        /// Address of the operations endpoint (/healthz /readyz /metrics /status).
+        #[arg(long, env = "EDGEMQ_HTTP", default_value = "0.0.0.0:9883")]
+        http: SocketAddr,
+    },
     /// Print the CustomResourceDefinitions of every kind.
     Crds,
     /// Manage a Mosquitto-compatible password file (like mosquitto_passwd).
@@ -134,10 +180,66 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Controller {
+            namespaces,
+            broker_image,
+            broker_image_pull_policy,
+            http,
+            leader_election,
+            lease_namespace,
+            lease_name,
+            identity,
+        } => {
+            let identity = identity
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("edgemq-{}", std::process::id()));
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(edgemq::kubernetes::run_controller(
+                edgemq::kubernetes::ControllerOptions {
+                    namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+                    settings: edgemq::kubernetes::desired::Settings {
+                        image: broker_image,
+                        image_pull_policy: broker_image_pull_policy,
+                    },
+                    http,
+                    leader_election,
+                    lease_namespace,
+                    lease_name,
+                    identity,
+                },
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Broker {
+            namespace,
+            broker,
+            state,
+            http,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(edgemq::kubernetes::pod::run_broker(
+                edgemq::kubernetes::pod::BrokerOptions {
+                    namespace,
+                    broker,
+                    state_dir: state,
+                    http,
+                },
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { dir, secrets } => {
             let errors = match edgemq::standalone::load_and_plan(&dir, secrets.as_deref()) {
                 Ok((_, bundles)) => {
                     println!("{}: valid ({} broker(s))", dir.display(), bundles.len());
+                    // The hash a running broker reports (`edgemq status`, and a Broker's
+                    // `status.configHash` on a cluster) once this content is applied.
+                    for (key, bundle) in &bundles {
+                        println!("  Broker {key}: config {}", bundle.hash());
+                    }
                     return Ok(ExitCode::SUCCESS);
                 }
                 Err(errors) => errors,

@@ -1,0 +1,224 @@
+//! Certificates on a cluster: the `selfSigned` and `ca` issuers write their key pair
+//! into the `kubernetes.io/tls` Secret named by `spec.secretName` (with `ca.crt`),
+//! owned by the Certificate, and renew it at the same time standalone mode would.
+//! Broker pods read that Secret through the API and swap the pair under live
+//! listeners.
+//!
+//! The issuers themselves are shared with standalone mode (`certs::selfsigned`,
+//! `certs::ca`); only the store differs: here the Secret, with the request the pair
+//! answers kept in an annotation so a changed spec is issued again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::controller::Context;
+use super::index;
+use super::status::controller_status;
+use super::Error;
+use crate::api::Certificate;
+use crate::broker::TlsMaterial;
+use crate::certs::{self, Issued, Stored};
+use crate::load::Kind;
+
+/// Annotation holding the request a stored pair answers.
+pub const REQUEST_ANNOTATION: &str = "edgemq.io/certificate-request";
+
+/// The pair stored in a Secret, if it has one.
+pub fn stored(secret: &Secret) -> Option<Stored> {
+    let data = secret.data.as_ref()?;
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    Some(Stored {
+        material: TlsMaterial {
+            cert_pem: text("tls.crt")?,
+            key_pem: text("tls.key")?,
+        },
+        request: secret.annotations().get(REQUEST_ANNOTATION)?.clone(),
+    })
+}
+
+/// The Secret holding `issued` for `cert`.
+pub fn secret_for(cert: &Certificate, issued: &Issued) -> Secret {
+    let owner = cert.controller_owner_ref(&());
+    let mut data = BTreeMap::new();
+    data.insert(
+        "tls.crt".to_string(),
+        ByteString(issued.material.cert_pem.clone().into_bytes()),
+    );
+    data.insert(
+        "tls.key".to_string(),
+        ByteString(issued.material.key_pem.clone().into_bytes()),
+    );
+    data.insert(
+        "ca.crt".to_string(),
+        ByteString(issued.ca_pem.clone().into_bytes()),
+    );
+    Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(cert.secret_name()),
+            namespace: cert.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    super::desired::MANAGED_BY.to_string(),
+                ),
+                ("edgemq.io/certificate".to_string(), cert.name_any()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                REQUEST_ANNOTATION.to_string(),
+                issued.request.clone(),
+            )])),
+            owner_references: owner.map(|o| vec![o]),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// Whether `secret` may be written for `cert`: it is new, or already the Certificate's.
+fn ours(secret: &Secret, cert: &Certificate) -> bool {
+    let uid = cert.metadata.uid.as_deref();
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "Certificate" && Some(o.uid.as_str()) == uid)
+        || secret.data.as_ref().is_none_or(|d| d.is_empty())
+}
+
+/// Issues or renews a Certificate's pair and reports it.
+pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _t = ctx.metrics.timer("Certificate");
+    if cert.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = cert.namespace().unwrap_or_else(|| "default".into());
+    let name = cert.name_any();
+    let now = time::OffsetDateTime::now_utc();
+    let res = index::namespace(&ctx.snapshot(), &ns);
+    let errors = index::errors(&res);
+    let own = index::concerning(&errors, &[format!("{}/{name}", Kind::Certificate)].into());
+    let current = serde_json::to_value(cert.as_ref())
+        .ok()
+        .and_then(|v| v.get("status").cloned());
+    let stamp = certs::rfc3339(now);
+    if !own.is_empty() {
+        let message = own
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let status = controller_status(
+            current.as_ref(),
+            cert.meta().generation,
+            (false, "InvalidSpec", message),
+            Default::default(),
+            &stamp,
+        );
+        ctx.write_status(cert.as_ref(), status).await?;
+        return Ok(Action::requeue(Duration::from_secs(600)));
+    }
+    let issuer = &cert.spec.issuer;
+    if issuer.acme.is_some() || issuer.aws_iot.is_some() {
+        let which = if issuer.acme.is_some() {
+            "acme"
+        } else {
+            "awsIot"
+        };
+        let message = format!(
+            "the {which} issuer runs in `edgemq run` only for now; on a cluster, serve a Secret made elsewhere (for example by cert-manager) with a listener's tls.secretRef"
+        );
+        let status = controller_status(
+            current.as_ref(),
+            cert.meta().generation,
+            (false, "IssuerNotSupported", message),
+            Default::default(),
+            &stamp,
+        );
+        ctx.write_status(cert.as_ref(), status).await?;
+        return Ok(Action::requeue(Duration::from_secs(3600)));
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret_name = cert.secret_name();
+    let existing = api.get_opt(&secret_name).await?;
+    if let Some(s) = &existing {
+        if !ours(s, &cert) {
+            let message = format!("Secret {secret_name} exists and does not belong to this Certificate; choose another spec.secretName or delete the Secret");
+            let status = controller_status(
+                current.as_ref(),
+                cert.meta().generation,
+                (false, "SecretConflict", message),
+                Default::default(),
+                &stamp,
+            );
+            ctx.write_status(cert.as_ref(), status).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    }
+    let previous = existing.as_ref().and_then(stored);
+    let result = if issuer.self_signed.is_some() {
+        certs::selfsigned::issue(&cert, previous.as_ref(), now)
+    } else if let Some(ca) = &issuer.ca {
+        let secrets = certs::Secrets(res.secret_values(&ns));
+        certs::ca::issue(&cert, &ca.secret_ref, &secrets, previous.as_ref(), now)
+    } else {
+        Err(certs::CertError::Invalid("no issuer set".into()))
+    };
+    let issued = match result {
+        Ok(i) => i,
+        Err(e) => {
+            let status = controller_status(
+                current.as_ref(),
+                cert.meta().generation,
+                (false, "IssueFailed", e.to_string()),
+                Default::default(),
+                &stamp,
+            );
+            ctx.write_status(cert.as_ref(), status).await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+    };
+    if issued.new {
+        ctx.ensure(&secret_for(&cert, &issued)).await?;
+        tracing::info!(certificate = %format!("{ns}/{name}"), serial = %issued.info.serial, "key pair written to Secret {secret_name}");
+    }
+    let info = &issued.info;
+    let mut extra = serde_json::Map::new();
+    extra.insert("notBefore".into(), json!(info.not_before));
+    extra.insert("notAfter".into(), json!(info.not_after));
+    extra.insert("serial".into(), json!(info.serial));
+    extra.insert("renewalTime".into(), json!(info.renewal_time));
+    let status = controller_status(
+        current.as_ref(),
+        cert.meta().generation,
+        (
+            true,
+            "Issued",
+            format!(
+                "valid until {}; stored in Secret {secret_name}",
+                info.not_after
+            ),
+        ),
+        extra,
+        &stamp,
+    );
+    ctx.write_status(cert.as_ref(), status).await?;
+    // Come back at the renewal time (and at least hourly, to notice a lost Secret).
+    let wait = certs::parse_rfc3339(&info.renewal_time)
+        .map(|t| t - now)
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(Duration::ZERO)
+        .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    Ok(Action::requeue(wait))
+}

@@ -1,0 +1,319 @@
+//! Kubernetes mode: the second front door, feeding the same load → plan path as the
+//! folder, and the second status sink (the status subresource).
+//!
+//! ```text
+//!  edgemq controller (one leader)                 edgemq broker (one pod per Broker)
+//!  ─────────────────────────────                  ──────────────────────────────────
+//!  watch Broker, MqttUser, Bridge,                watch its bundle Secret and the
+//!    Certificate, Secret                            Secrets it names, by name
+//!  index → validate → plan (pure, shared)         resolve → runtime::Engine (shared with
+//!  desired objects (pure) → server-side apply        `edgemq run`): applied live
+//!    bundle Secret, SA, Role, Deployment,         status: configHash, connections,
+//!    Service, PVC                                   each Bridge's link
+//!  status + Events; Certificates into Secrets
+//! ```
+
+pub mod bundle;
+pub mod certificates;
+pub mod controller;
+pub mod desired;
+pub mod index;
+pub mod leader;
+pub mod pod;
+pub mod status;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "edgemq-controller";
+/// The field manager of what a broker pod writes (its part of status).
+pub const POD_FIELD_MANAGER: &str = "edgemq-broker";
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A watch could not start.
+    #[error("watch: {0}")]
+    Watch(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => format!("api_{}", s.code),
+            Error::Kube(_) => "kube".into(),
+            Error::Watch(_) => "watch".into(),
+        }
+    }
+}
+
+/// Labels naming a kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// Broker, MqttUser, Bridge or Certificate.
+    pub kind: String,
+}
+
+/// Labels of a failed reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// What failed (`api_409`, `kube`...).
+    pub error: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+}
+
+/// The controller's metrics.
+pub struct Metrics {
+    /// Reconciles run, by kind.
+    pub reconciles: Family<KindLabel, Counter>,
+    /// Reconcile failures, by error.
+    pub failures: Family<FailureLabels, Counter>,
+    /// Reconcile durations in seconds, by kind.
+    pub durations: Family<KindLabel, Histogram, fn() -> Histogram>,
+    /// Status subresource writes.
+    pub status_writes: Counter,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            reconciles: Family::default(),
+            failures: Family::default(),
+            durations: Family::new_with_constructor(duration_histogram),
+            status_writes: Counter::default(),
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Records one reconcile's duration when dropped.
+pub struct Timer<'a> {
+    metrics: &'a Metrics,
+    kind: &'static str,
+    started: Instant,
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        let label = KindLabel {
+            kind: self.kind.into(),
+        };
+        self.metrics.reconciles.get_or_create(&label).inc();
+        self.metrics
+            .durations
+            .get_or_create(&label)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under `edgemq_controller_`.
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("edgemq_controller");
+        r.register(
+            "reconciles",
+            "Reconciles run, by kind",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_failures",
+            "Failed reconciles, by error",
+            self.failures.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Reconcile durations, by kind",
+            self.durations.clone(),
+        );
+        r.register(
+            "status_writes",
+            "Status subresource writes",
+            self.status_writes.clone(),
+        );
+    }
+
+    /// Starts timing a reconcile of `kind`.
+    pub fn timer(&self, kind: &'static str) -> Timer<'_> {
+        Timer {
+            metrics: self,
+            kind,
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts a failed reconcile.
+    pub fn failure(&self, e: &Error) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                error: e.metric_label(),
+            })
+            .inc();
+    }
+
+    /// Whether the watches are synced.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether the watches are synced.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Options of `edgemq controller`.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Namespaces to watch; empty: all.
+    pub namespaces: Vec<String>,
+    /// Broker pod image and pull policy.
+    pub settings: desired::Settings,
+    /// Operations endpoint.
+    pub http: std::net::SocketAddr,
+    /// Take a Lease before acting, so only one replica acts.
+    pub leader_election: bool,
+    /// Namespace of the Lease.
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity (its pod name).
+    pub identity: String,
+}
+
+/// The controller process's health.
+struct ControllerHealth {
+    metrics: Arc<Metrics>,
+    leader: Arc<AtomicBool>,
+    leader_election: bool,
+}
+
+impl crate::http::Health for ControllerHealth {
+    async fn probe(&self) -> Vec<String> {
+        Vec::new()
+    }
+    async fn not_ready(&self) -> Option<String> {
+        // A standby replica is ready: it is waiting for the Lease, as it should.
+        if self.leader.load(Ordering::Acquire) && !self.metrics.is_ready() {
+            Some("watches not synced yet".into())
+        } else {
+            None
+        }
+    }
+    async fn report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "leader": self.leader.load(Ordering::Acquire),
+            "leaderElection": self.leader_election,
+            "synced": self.metrics.is_ready(),
+        })
+    }
+}
+
+/// `edgemq controller`: waits for the Lease (when leader election is on), then runs
+/// the controllers until SIGTERM; losing the Lease ends the process so a restart
+/// starts clean.
+pub async fn run_controller(opts: ControllerOptions) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}")
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let leader = Arc::new(AtomicBool::new(!opts.leader_election));
+    crate::http::serve(
+        opts.http,
+        crate::http::Ops {
+            runtime: Arc::new(ControllerHealth {
+                metrics: metrics.clone(),
+                leader: leader.clone(),
+                leader_election: opts.leader_election,
+            }),
+            registry: Arc::new(registry),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("operations endpoint {}: {e}", opts.http))?;
+
+    let lease = opts.leader_election.then(|| {
+        leader::Lease::new(
+            client.clone(),
+            &opts.lease_namespace,
+            &opts.lease_name,
+            &opts.identity,
+        )
+    });
+    let lost = match &lease {
+        Some(lease) => {
+            tracing::info!(lease = %format!("{}/{}", opts.lease_namespace, opts.lease_name), identity = %opts.identity, "waiting to lead");
+            let lost = tokio::select! {
+                r = lease.acquire() => r?,
+                _ = shutdown_signal() => return Ok(()),
+            };
+            leader.store(true, Ordering::Release);
+            tracing::info!(identity = %opts.identity, "leading");
+            Some(lost)
+        }
+        None => None,
+    };
+
+    let scopes: Vec<Option<String>> = if opts.namespaces.is_empty() {
+        vec![None]
+    } else {
+        opts.namespaces.iter().cloned().map(Some).collect()
+    };
+    let runs = scopes.into_iter().map(|ns| {
+        controller::run(
+            client.clone(),
+            ns,
+            opts.settings.clone(),
+            opts.identity.clone(),
+            metrics.clone(),
+        )
+    });
+    let all = futures_util::future::join_all(runs);
+    let results = match lost {
+        Some(lost) => tokio::select! {
+            results = all => results,
+            _ = lost => anyhow::bail!("lost the leader Lease; exiting so a restart starts clean"),
+        },
+        None => all.await,
+    };
+    // A clean stop hands the Lease over at once instead of after it expires.
+    if let Some(lease) = &lease {
+        lease.release().await;
+    }
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,359 @@
+"""`edgemq controller` on a real cluster: the same YAML as `edgemq run`, broker pods,
+changes applied live, validation errors in status, rollouts only for pod changes,
+leader election, least-privilege pods, garbage collection.
+
+Each test runs its own controller process (watching only the test's namespace) on this
+machine against the cluster; broker pods run the edgemq image; clients reach them
+through NodePorts on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import socket
+import subprocess
+import time
+
+import pytest
+
+import edgemq_k8s as k
+from edgemq_k8s import support
+
+EXAMPLE = k.REPO / "examples" / "standalone"
+Z2M_HASH = ("$7$101$qKSz0fyQacdTZ9HB$If/JbDtgTExFDBNmWitmhEReV5nR415+Z0sGyz5/w3xtjXLmRig"
+            "ZrJPRATCjNC+TE2hwhkAwJuKCX/NjaVU4kw==")  # secret1
+
+
+@pytest.fixture(scope="module")
+def crds(cluster):
+    k.install_crds(cluster)
+    return cluster
+
+
+@pytest.fixture
+def controller(crds, namespace, tmp_path, request):
+    c = k.Controller(crds, tmp_path, namespace).start()
+    yield c
+    c.stop()
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+        print(f"\n--- controller log ---\n{c.log()[-6000:]}")
+
+
+def validate(tmp_path, namespace):
+    copy = k.namespaced_copy(EXAMPLE, tmp_path / "example", namespace)
+    r = support.run([support.edgemq_bin(), "validate", str(copy)], timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for line in r.stdout.splitlines():
+        if line.strip().startswith(f"Broker {namespace}/home: config "):
+            return line.split("config ")[1].strip()
+    raise AssertionError(f"no config hash in: {r.stdout}")
+
+
+def test_the_standalone_example_runs_as_a_broker_pod(cluster, controller, namespace, tmp_path):
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+    # Reach it from this machine: a NodePort Service (a live change, no restart).
+    cluster.kubectl("patch", "broker", "home", "-n", namespace, "--type", "merge",
+                    "-p", json.dumps({"spec": {"service": {"type": "NodePort"}}}))
+    b = k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    st = b["status"]
+    assert st["readyReplicas"] == 1
+    assert st["observedGeneration"] == b["metadata"]["generation"]
+    # The pod runs what `edgemq run` would run for the same folder.
+    assert st["configHash"] == st["desiredConfigHash"] == validate(tmp_path, namespace)
+    cert = k.wait_ready(cluster, "certificates.edgemq.io", "home-tls", namespace, reason="Issued")
+    assert cert["status"]["serial"]
+    k.wait_ready(cluster, "mqttuser", "homeassistant", namespace, reason="Active")
+    k.wait_ready(cluster, "mqttuser", "zigbee2mqtt", namespace, reason="Active")
+
+    port = k.node_port(cluster, "home", namespace, "lan")
+    sub = k.wait_connect(port, username="homeassistant", password="change-me-please")
+    sub.subscribe_wait("zigbee2mqtt/#", qos=1)
+    z2m = support.connect(port, username="zigbee2mqtt", password="secret1")
+    z2m.publish_wait("zigbee2mqtt/lamp", b"on", qos=1)
+    assert sub.get(timeout=10).payload == b"on"
+    with pytest.raises(support.ConnectRefused) as refused:
+        support.connect(port)
+    assert refused.value.rc == 5, "anonymous clients are refused (not authorized)"
+    with pytest.raises(support.ConnectRefused):
+        support.connect(port, username="homeassistant", password="wrong")
+
+    # TLS through the Certificate the controller issued into a Secret.
+    tls_port = k.node_port(cluster, "home", namespace, "tls")
+    ca = json.loads(cluster.kubectl("get", "secret", "home-tls", "-n", namespace, "-o", "json").stdout)
+    import base64
+    ca_path = tmp_path / "ca.crt"
+    ca_path.write_bytes(base64.b64decode(ca["data"]["ca.crt"]))
+    ctx = ssl.create_default_context(cafile=str(ca_path))
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost") as t:
+            assert t.version()
+
+    table = cluster.kubectl("get", "brokers,mqttusers,bridges,certificates.edgemq.io",
+                            "-n", namespace).stdout
+    assert "home" in table and "True" in table, table
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             "involvedObject.name=home,involvedObject.kind=Broker", "-o", "json").stdout
+    reasons = {e["reason"] for e in json.loads(events)["items"]}
+    assert "Running" in reasons, reasons
+    for c in (sub, z2m):
+        c.disconnect_wait()
+
+
+def _tls_pair(tmp_path, n: int):
+    key, crt = tmp_path / f"k{n}.pem", tmp_path / f"c{n}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    return crt.read_text(), key.read_text()
+
+
+def _served_cert(port: int) -> bytes:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with ctx.wrap_socket(s) as t:
+            return t.getpeercert(binary_form=True)
+
+
+def test_users_passwords_acls_and_tls_pairs_change_live_with_50_clients_connected(
+        cluster, controller, namespace, tmp_path):
+    crt, key = _tls_pair(tmp_path, 0)
+    k.apply(cluster, namespace,
+            k.secret("site-tls", "kubernetes.io/tls", **{"tls.crt": crt, "tls.key": key}),
+            k.broker("site", [{"name": "lan", "port": 1883},
+                              {"name": "tls", "port": 8883, "tls": {"secretRef": "site-tls"}}]),
+            k.user("steady", "site", acl=[{"topic": "#", "access": "readwrite"}], passwordHash=Z2M_HASH),
+            k.secret("acl-user-pw", password="acl-pass"),
+            k.user("acl-user", "site", acl=[{"topic": "t/0", "access": "write"}],
+                   passwordSecretRef={"name": "acl-user-pw", "key": "password"}))
+    k.wait_ready(cluster, "broker", "site", namespace, timeout=240)
+    port = k.node_port(cluster, "site", namespace, "lan")
+    tls_port = k.node_port(cluster, "site", namespace, "tls")
+    steady = [k.wait_connect(port, username="steady", password="secret1") for _ in range(50)]
+    watcher = steady[0]
+    watcher.subscribe_wait("t/#", qos=0)
+    pod = k.pod_of(cluster, "site", namespace)
+    uid = pod["metadata"]["uid"]
+
+    latencies = {"add_user": [], "change_password": [], "change_acl": [], "replace_tls_secret": []}
+
+    def timed(kind, change, effect, what):
+        start = time.monotonic()
+        change()
+        cluster.wait_for(effect, 60, what, interval=0.05)
+        latencies[kind].append(time.monotonic() - start)
+
+    def can_login(user, pw):
+        def check():
+            try:
+                c = support.connect(port, username=user, password=pw, timeout=3)
+            except support.ConnectRefused:
+                return False
+            c.disconnect_wait()
+            return True
+        return check
+
+    for i in range(5):
+        name = f"new-{i}"
+        timed("add_user",
+              lambda: k.apply(cluster, namespace, k.secret(f"{name}-pw", password=f"pw-{i}"),
+                              k.user(name, "site", passwordSecretRef={"name": f"{name}-pw", "key": "password"})),
+              can_login(name, f"pw-{i}"), f"MqttUser {name} can log in")
+    for i in range(5):
+        timed("change_password",
+              lambda: k.apply(cluster, namespace, k.secret("new-0-pw", password=f"changed-{i}")),
+              can_login("new-0", f"changed-{i}"), f"the new password {i} works")
+        assert not can_login("new-0", f"pw-0" if i == 0 else f"changed-{i-1}")(), "the old password is refused"
+    for i in range(1, 6):
+        topic = f"t/{i}"
+
+        def publish_arrives(topic=topic):
+            c = support.connect(port, username="acl-user", password="acl-pass")
+            try:
+                c.publish_wait(topic, b"x", qos=1)
+                msg = watcher.get_or_none(timeout=0.5)
+                while msg is not None and msg.topic != topic:
+                    msg = watcher.get_or_none(timeout=0.5)
+                return msg is not None
+            finally:
+                c.disconnect_wait()
+        timed("change_acl",
+              lambda topic=topic: k.apply(cluster, namespace, k.user(
+                  "acl-user", "site", acl=[{"topic": topic, "access": "write"}],
+                  passwordSecretRef={"name": "acl-user-pw", "key": "password"})),
+              publish_arrives, f"acl-user may publish on {topic}")
+    for i in range(1, 6):
+        crt, key = _tls_pair(tmp_path, i)
+        der = ssl.PEM_cert_to_DER_cert(crt)
+        timed("replace_tls_secret",
+              lambda crt=crt, key=key: k.apply(cluster, namespace, k.secret(
+                  "site-tls", "kubernetes.io/tls", **{"tls.crt": crt, "tls.key": key})),
+              lambda der=der: _served_cert(tls_port) == der, f"TLS pair {i} served")
+
+    disconnected = [c for c in steady if c.disconnected.is_set()]
+    assert not disconnected, f"{len(disconnected)} of 50 unconcerned clients were disconnected"
+    for c in steady[:3]:
+        c.publish_wait("t/steady", b"still here", qos=1)
+    now = k.pod_of(cluster, "site", namespace)
+    assert now["metadata"]["uid"] == uid, "the pod was replaced"
+    assert k.restarts(now) == 0, "the broker container restarted"
+    all_ms = [x * 1000 for v in latencies.values() for x in v]
+    k.record("apply_to_effect", {
+        "changes": len(all_ms),
+        "p50_ms": round(k.percentile(all_ms, 50)),
+        "p99_ms": round(k.percentile(all_ms, 99)),
+        "by_kind_p50_ms": {kind: round(k.percentile([x * 1000 for x in v], 50)) for kind, v in latencies.items()},
+    })
+    for c in steady:
+        c.disconnect_wait()
+
+
+def test_an_invalid_object_is_reported_and_the_last_good_config_keeps_serving(
+        cluster, controller, namespace, tmp_path):
+    k.apply(cluster, namespace,
+            k.broker("home", [{"name": "lan", "port": 1883}]),
+            k.user("alice", "home", acl=[{"topic": "#", "access": "readwrite"}], passwordHash=Z2M_HASH))
+    k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    port = k.node_port(cluster, "home", namespace, "lan")
+    alice = k.wait_connect(port, username="alice", password="secret1")
+
+    # A dangling reference: the object says why, with the words `edgemq validate` uses.
+    k.apply(cluster, namespace, k.user("lost", "nope", passwordHash=Z2M_HASH))
+    lost = k.wait_ready(cluster, "mqttuser", "lost", namespace, status="False", reason="InvalidSpec")
+    message = k.ready(lost)["message"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "all.yaml").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": []}))
+    for i, obj in enumerate(json.loads(cluster.kubectl("get", "brokers,mqttusers", "-n", namespace,
+                                                       "-o", "json").stdout)["items"]):
+        keep = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                "metadata": {"name": obj["metadata"]["name"], "namespace": namespace},
+                "spec": obj["spec"]}
+        (folder / f"{i}.yaml").write_text(json.dumps(keep))
+    (folder / "all.yaml").unlink()
+    r = support.run([support.edgemq_bin(), "validate", str(folder)], timeout=60)
+    assert r.returncode != 0
+    assert any(line.endswith(message) for line in r.stdout.splitlines()), (message, r.stdout)
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                                        "involvedObject.name=lost", "-o", "json").stdout)["items"]
+    assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in events), events
+    # Not this Broker's business: it stays Ready.
+    assert k.ready(k.get(cluster, "broker", "home", namespace))["status"] == "True"
+
+    # A duplicate username blocks the Broker's change; the pod keeps its last good config.
+    k.apply(cluster, namespace, k.user("alice-again", "home", username="alice", passwordHash=Z2M_HASH))
+    k.wait_ready(cluster, "mqttuser", "alice-again", namespace, status="False", reason="InvalidSpec")
+    b = k.wait_ready(cluster, "broker", "home", namespace, status="False", reason="InvalidSpec")
+    assert "already used" in k.ready(b)["message"], k.ready(b)
+    assert not alice.disconnected.is_set()
+    alice.subscribe_wait("check", qos=1)
+    alice.publish_wait("check", b"1", qos=1)
+    assert alice.get(timeout=5).payload == b"1"
+
+    # The fix applies.
+    cluster.kubectl("delete", "mqttuser", "alice-again", "-n", namespace)
+    k.wait_ready(cluster, "broker", "home", namespace, timeout=60)
+    cluster.kubectl("delete", "mqttuser", "lost", "-n", namespace)
+    assert not alice.disconnected.is_set()
+    alice.disconnect_wait()
+
+
+def _versions(cluster, namespace):
+    out = {}
+    for kind in ("brokers.edgemq.io", "mqttusers.edgemq.io", "deployments", "services", "secrets",
+                 "serviceaccounts", "roles", "rolebindings", "replicasets"):
+        items = json.loads(cluster.kubectl("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
+        for o in items:
+            out[f"{kind}/{o['metadata']['name']}"] = o["metadata"]["resourceVersion"]
+    return out
+
+
+def test_an_image_change_rolls_the_pod_once_and_an_idle_controller_writes_nothing(
+        cluster, controller, namespace):
+    k.apply(cluster, namespace,
+            k.broker("home", [{"name": "lan", "port": 1883}]),
+            k.user("alice", "home", passwordHash=Z2M_HASH))
+    k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    before = k.get(cluster, "deployment", "edgemq-home", namespace)
+
+    # Idle: a minute without any change must leave every object as it was.
+    versions = _versions(cluster, namespace)
+    time.sleep(60)
+    assert _versions(cluster, namespace) == versions, "the controller wrote while nothing changed"
+
+    # The same image under a second name is a pod-template change: one rollout.
+    image = cluster.image
+    second = image + "-b" if ":" in image else image + ":b"
+    tag = support.run(["bash", str(k.REPO / "scripts" / "cluster.sh"), "tag", image, second],
+                      timeout=120)
+    assert tag.returncode == 0, tag.stderr
+    cluster.kubectl("patch", "broker", "home", "-n", namespace, "--type", "merge",
+                    "-p", json.dumps({"spec": {"pod": {"image": second}}}))
+    k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    cluster.wait_for(lambda: k.pod_of(cluster, "home", namespace)["spec"]["containers"][0]["image"] == second,
+                     120, "the new pod")
+    after = k.get(cluster, "deployment", "edgemq-home", namespace)
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+    rs = json.loads(cluster.kubectl("get", "replicasets", "-n", namespace, "-l",
+                                    "edgemq.io/broker=home", "-o", "json").stdout)["items"]
+    assert len(rs) == 2, f"exactly one rollout: {[r['metadata']['name'] for r in rs]}"
+
+
+def test_two_controller_replicas_one_acts_and_the_other_takes_over(crds, namespace, tmp_path):
+    cluster = crds
+    extra = ["--leader-election", "--lease-namespace", namespace, "--lease-name", "edgemq-test"]
+    a = k.Controller(cluster, tmp_path, namespace, "a", extra + ["--identity", "replica-a"]).start()
+    cluster.wait_for(lambda: "leading" in a.log(), 60, "replica a leading")
+    b = k.Controller(cluster, tmp_path, namespace, "b", extra + ["--identity", "replica-b"]).start()
+    try:
+        k.apply(cluster, namespace, k.broker("one", [{"name": "lan", "port": 1883}]))
+        k.wait_ready(cluster, "broker", "one", namespace, timeout=240)
+        lease = k.get(cluster, "lease", "edgemq-test", namespace)
+        assert lease["spec"]["holderIdentity"] == "replica-a"
+        assert "leading" not in b.log(), "the standby must not act"
+
+        a.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        cluster.wait_for(lambda: "leading" in b.log(), 60, "replica b taking over")
+        took = time.monotonic() - killed
+        k.apply(cluster, namespace, k.broker("two", [{"name": "lan", "port": 1883}]))
+        k.wait_ready(cluster, "broker", "two", namespace, timeout=240)
+        assert k.get(cluster, "lease", "edgemq-test", namespace)["spec"]["holderIdentity"] == "replica-b"
+        k.record("leader_takeover", {"seconds": round(took, 1), "lease_seconds": 15})
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_broker_pod_reads_only_its_own_secrets_and_deleting_a_broker_removes_its_objects(
+        cluster, controller, namespace):
+    k.apply(cluster, namespace,
+            k.broker("home", [{"name": "lan", "port": 1883}]),
+            k.broker("other", [{"name": "lan", "port": 1883}]))
+    k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    k.wait_ready(cluster, "broker", "other", namespace, timeout=240)
+    sa = f"system:serviceaccount:{namespace}:edgemq-home"
+
+    def can(verb, what):
+        return cluster.kubectl("auth", "can-i", verb, what, "-n", namespace, "--as", sa,
+                               check=False).stdout.strip()
+    assert can("get", "secret/edgemq-home-bundle") == "yes"
+    assert can("get", "secret/edgemq-other-bundle") == "no"
+    assert can("list", "secrets") == "no"
+    assert can("delete", "secret/edgemq-home-bundle") == "no"
+
+    cluster.kubectl("delete", "broker", "other", "-n", namespace)
+
+    def gone():
+        left = []
+        for kind, name in [("deployment", "edgemq-other"), ("service", "edgemq-other"),
+                           ("secret", "edgemq-other-bundle"), ("serviceaccount", "edgemq-other"),
+                           ("role", "edgemq-other"), ("rolebinding", "edgemq-other")]:
+            if k.get(cluster, kind, name, namespace) is not None:
+                left.append(f"{kind}/{name}")
+        return not left
+    cluster.wait_for(gone, 120, "Broker other's objects removed")
+    assert k.get(cluster, "deployment", "edgemq-home", namespace) is not None
