@@ -213,4 +213,31 @@ pub struct BridgeStatus {
     /// Messages waiting in the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<u64>,
+    /// Payload bytes waiting in the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_bytes: Option<u64>,
+    /// When `connected` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// `host:port` the bridge connects to: `spec.remote.address`, or the AWS IoT
+    /// endpoint it resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Why the last connection attempt or the link failed (kept after a reconnect, with
+    /// `lastErrorTime` saying when).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When `lastError` happened (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_time: Option<String>,
+    /// Messages delivered to the remote since the bridge started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_out: Option<u64>,
+    /// Messages received from the remote and published locally since the bridge started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_in: Option<u64>,
+    /// Messages dropped because the queue was full (the oldest go first), since the
+    /// bridge started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
 }

@@ -203,9 +203,21 @@ pub struct BrokerStatus {
     /// Clients connected now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u64>,
-    /// Hash of the config bundle running now.
+    /// Hash of the config bundle the running broker has applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// Hash of the config bundle the controller wrote last; equal to `configHash` once
+    /// the broker has applied it. Kubernetes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_config_hash: Option<String>,
+    /// Pods of the Broker that are ready (0 or 1: a Broker runs one replica).
+    /// Kubernetes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Where clients connect: the Service's `<name>.<namespace>.svc` with its ports, or
+    /// the load balancer's IP address or host name. Kubernetes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl BrokerStatus {

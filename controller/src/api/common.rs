@@ -83,7 +83,11 @@ pub struct Condition {
     /// A CamelCase word saying why the condition has this status.
     pub reason: String,
     /// A human-readable explanation.
+    // The schemars-only `skip_serializing_if` keeps `default: ''` out of the schema (a
+    // Kubernetes 1.20 apiserver refuses a CRD with an empty-string default); serde
+    // still defaults and always writes the field.
     #[serde(default)]
+    #[schemars(skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// When the status last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -49,6 +49,9 @@ pub struct MqttUserStatus {
     /// observedGeneration and conditions.
     #[serde(flatten)]
     pub common: CommonStatus,
+    /// The MQTT username in effect: `spec.username`, else the object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 impl MqttUser {

@@ -29,3 +29,105 @@ pub const CRD_FILES: [&str; 4] = [
     "bridge.yaml",
     "certificate.yaml",
 ];
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Each CRD's `openAPIV3Schema`, with the CRD's name.
+    fn schemas() -> Vec<(String, Value)> {
+        crate::api::crds()
+            .iter()
+            .map(|crd| {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                let v = serde_json::to_value(crd).expect("a CRD is JSON");
+                let schema = v["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+                assert!(schema.is_object(), "{name} has no schema");
+                (name, schema)
+            })
+            .collect()
+    }
+
+    /// Paths of every `default` holding an empty string, at any depth of its value.
+    fn empty_string_defaults(v: &Value, path: &str, in_default: bool, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) if in_default && s.is_empty() => out.push(path.to_owned()),
+            Value::Object(m) => {
+                for (k, child) in m {
+                    let p = format!("{path}.{k}");
+                    empty_string_defaults(child, &p, in_default || k == "default", out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    empty_string_defaults(child, &format!("{path}[{i}]"), in_default, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn no_crd_schema_has_an_empty_string_default() {
+        // A Kubernetes 1.20 apiserver refuses a CRD whose schema holds `default: ''`.
+        let mut found = Vec::new();
+        for (name, schema) in schemas() {
+            empty_string_defaults(&schema, &name, false, &mut found);
+        }
+        assert!(found.is_empty(), "empty-string defaults: {found:?}");
+    }
+
+    /// Structural-schema rules every supported apiserver (1.20 on) enforces: each node
+    /// has a `type` (or is int-or-string / preserves unknown fields), no references and
+    /// no `anyOf`/`oneOf`/`allOf`/`not` (kube's derive inlines and flattens them).
+    fn non_structural(v: &Value, path: &str, out: &mut Vec<String>) {
+        let Some(m) = v.as_object() else {
+            out.push(format!("{path}: not an object"));
+            return;
+        };
+        let flag = |k: &str| m.get(k).and_then(Value::as_bool) == Some(true);
+        if !m.contains_key("type")
+            && !flag("x-kubernetes-int-or-string")
+            && !flag("x-kubernetes-preserve-unknown-fields")
+        {
+            out.push(format!("{path}: no type"));
+        }
+        for k in [
+            "$ref",
+            "$schema",
+            "definitions",
+            "$defs",
+            "anyOf",
+            "oneOf",
+            "allOf",
+            "not",
+        ] {
+            if m.contains_key(k) {
+                out.push(format!("{path}: {k}"));
+            }
+        }
+        if m.contains_key("properties") && m.contains_key("additionalProperties") {
+            out.push(format!("{path}: properties and additionalProperties"));
+        }
+        if let Some(Value::Object(props)) = m.get("properties") {
+            for (k, child) in props {
+                non_structural(child, &format!("{path}.{k}"), out);
+            }
+        }
+        if let Some(items) = m.get("items") {
+            non_structural(items, &format!("{path}[]"), out);
+        }
+        if let Some(ap @ Value::Object(_)) = m.get("additionalProperties") {
+            non_structural(ap, &format!("{path}{{}}"), out);
+        }
+    }
+
+    #[test]
+    fn every_crd_schema_is_structural() {
+        let mut found = Vec::new();
+        for (name, schema) in schemas() {
+            non_structural(&schema, &name, &mut found);
+        }
+        assert!(found.is_empty(), "not structural: {found:?}");
+    }
+}
