@@ -26,7 +26,9 @@ use crate::load::{self, Resources};
 use crate::metrics::Metrics;
 use crate::plan::{self, BrokerBundle};
 use crate::runtime::{self, Engine, Materials};
-use crate::status::{bridge_condition, ready_condition, ConfigStatus, ResourceStatus, StatusReport};
+use crate::status::{
+    bridge_condition, ready_condition, ConfigStatus, ResourceStatus, StatusReport,
+};
 
 impl crate::http::Health for Runtime {
     async fn probe(&self) -> Vec<String> {
@@ -92,10 +94,11 @@ impl<'a> CertResolver<'a> {
         let key = (namespace.to_string(), name.to_string());
         if !self.seen.contains_key(&key) {
             let r = match self.res.certificate(namespace, name) {
-                Some(cert) => {
-                    self.manager
-                        .material(cert, &certs::Secrets(self.res.secret_values(namespace)), self.now)
-                }
+                Some(cert) => self.manager.material(
+                    cert,
+                    &certs::Secrets(self.res.secret_values(namespace)),
+                    self.now,
+                ),
                 None => Err(format!("Certificate {name} not found")),
             };
             if let Err(e) = &r {
@@ -304,18 +307,16 @@ impl Runtime {
             let key = format!("{}/{}", b.meta.namespace, b.meta.name);
             let (ready, reason, message, details) =
                 match (broker_results.get(&key), brokers.get(&key)) {
-                    (Some(Ok(_)), Some(st)) => {
-                        (
-                            true,
-                            "Running",
-                            format!(
-                                "{} listener(s), config {}",
-                                st.listeners.len(),
-                                &st.config_hash[..12]
-                            ),
-                            serde_json::to_value(st).unwrap_or_default(),
-                        )
-                    }
+                    (Some(Ok(_)), Some(st)) => (
+                        true,
+                        "Running",
+                        format!(
+                            "{} listener(s), config {}",
+                            st.listeners.len(),
+                            &st.config_hash[..12]
+                        ),
+                        serde_json::to_value(st).unwrap_or_default(),
+                    ),
                     (Some(Err(e)), Some(st)) => (
                         false,
                         "ApplyFailed",
@@ -363,7 +364,7 @@ impl Runtime {
             let (ready, reason, message, details) =
                 match (bridge_results.get(&key), bridges.get(&key)) {
                     (Some(Ok(())), Some(st)) => {
-                        let (ready, reason, message) = bridge_condition(&st);
+                        let (ready, reason, message) = bridge_condition(st);
                         (
                             ready,
                             reason,

@@ -21,11 +21,13 @@ API = "edgemq.io/v1alpha1"
 
 
 def install_crds(cluster) -> None:
-    # Server-side: no last-applied annotation (the Broker CRD is large), and the same
-    # command works on every supported Kubernetes. --validate=false because a 1.20
-    # kubectl does not know the CEL rules' x-kubernetes-validations field.
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--validate=false",
-                    "-f", str(REPO / "crds"))
+    # `replace`, else `create`: no last-applied annotation (the Broker CRD is large), and
+    # it works on 1.20, whose server-side apply refuses the CEL rules' field and whose
+    # kubectl does not know it (--validate=false). On 1.25+ `kubectl apply
+    # --server-side -f crds/` does the same.
+    for f in sorted((REPO / "crds").glob("*.yaml")):
+        if cluster.kubectl("replace", "--validate=false", "-f", str(f), check=False).returncode:
+            cluster.kubectl("create", "--validate=false", "-f", str(f))
     for kind in ("brokers", "mqttusers", "bridges", "certificates"):
         cluster.wait_for(
             lambda k=kind: "True" in cluster.kubectl(

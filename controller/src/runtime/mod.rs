@@ -254,13 +254,19 @@ impl Engine {
     /// Live status of each running broker, by key.
     pub async fn broker_status(&self) -> BTreeMap<String, RuntimeStatus> {
         let brokers = self.brokers.lock().await;
-        brokers.iter().map(|(k, b)| (k.clone(), b.status())).collect()
+        brokers
+            .iter()
+            .map(|(k, b)| (k.clone(), b.status()))
+            .collect()
     }
 
     /// Live status of each running bridge, by key.
     pub async fn bridge_status(&self) -> BTreeMap<String, BridgeRuntimeStatus> {
         let bridges = self.bridges.lock().await;
-        bridges.iter().map(|(k, b)| (k.clone(), b.status())).collect()
+        bridges
+            .iter()
+            .map(|(k, b)| (k.clone(), b.status()))
+            .collect()
     }
 
     /// Stops every bridge, then every broker.

@@ -54,7 +54,8 @@ fn secret_text(
     let v = m
         .secret_value(namespace, &r.name, &r.key)
         .ok_or_else(|| format!("{what}: Secret {} has no key {}", r.name, r.key))?;
-    String::from_utf8(v).map_err(|_| format!("{what}: Secret {} key {} is not UTF-8", r.name, r.key))
+    String::from_utf8(v)
+        .map_err(|_| format!("{what}: Secret {} key {} is not UTF-8", r.name, r.key))
 }
 
 /// The key pair of every TLS listener of a bundle, by listener name.
