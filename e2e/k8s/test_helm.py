@@ -624,24 +624,23 @@ def test_uninstall_after_deleting_the_edgemq_objects_leaves_only_crds_and_the_da
 
     rel.helm_run("uninstall", rel.name, "-n", rel.ns, "--wait", "--timeout", "120s")
 
-    def release_objects_gone():
-        left = rel.kubectl("get", "all,serviceaccounts,roles,rolebindings,leases,secrets",
-                           "-n", rel.ns, "-o", "name").stdout.split()
-        # the namespace's own default ServiceAccount and its token Secret
-        return [x for x in left if not re.match(r"^(serviceaccount/default|secret/default-token-)", x)] \
-            or True
-    rel.wait_for(release_objects_gone, 60, "the release's objects")
-    left = rel.kubectl("get", "all,serviceaccounts,roles,rolebindings,leases,secrets", "-n", rel.ns,
-                       "-o", "name").stdout.split()
-    left = [x for x in left if not re.match(r"^(serviceaccount/default|secret/default-token-)", x)]
-    assert not left, f"left in the release's namespace: {left}"
+    def left_in(ns: str, kinds: str) -> list:
+        names = rel.kubectl("get", kinds, "-n", ns, "-o", "name").stdout.split()
+        # the namespace's own: default ServiceAccount, its token, the cluster CA ConfigMap
+        return [x for x in names
+                if not re.match(r"^(serviceaccount/default|secret/default-token-|configmap/kube-root-ca.crt)", x)]
+
+    # Pods of the controller may take their grace period to go.
+    kinds = "all,serviceaccounts,roles,rolebindings,leases,secrets,configmaps"
+    try:
+        rel.cluster.wait_for(lambda: not left_in(rel.ns, kinds), 60, "the release's objects to go")
+    except AssertionError:
+        raise AssertionError(f"left in the release's namespace: {left_in(rel.ns, kinds)}") from None
     cluster_wide = rel.kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout
     assert f"{rel.name}-{rel.ns}" not in cluster_wide
 
     # In the example's namespace: the retained data claim, and the Secrets the user made.
-    left = rel.kubectl("get", "all,serviceaccounts,roles,rolebindings,secrets,pvc", "-n", rel.iot,
-                       "-o", "name").stdout.split()
-    left = [x for x in left if not re.match(r"^(serviceaccount/default|secret/default-token-)", x)]
+    left = left_in(rel.iot, "all,serviceaccounts,roles,rolebindings,leases,secrets,pvc")
     expected = {"persistentvolumeclaim/edgemq-home-data", "secret/home-ca", "secret/aws-iot-home",
                 "secret/homeassistant-mqtt", "secret/zigbee2mqtt-mqtt"}
     # the issued certificate's Secret is owned by its Certificate (collected) or kept
