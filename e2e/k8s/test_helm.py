@@ -535,12 +535,12 @@ def test_the_kubernetes_example_serves_mqtt_through_a_node_port(release):
     cert = rel.get("certificates.edgemq.io", "home-tls", rel.iot)
     assert (_condition(cert) or {}).get("status") == "True", cert.get("status")
     _mqtt_round_trip(rel, ca)
+    rel.ca = ca
     # The bridge's remote is unreachable here: reported, and the broker serves anyway.
     bridge = rel.wait_for(lambda: _condition(rel.get("bridges.edgemq.io", "to-aws", rel.iot))
                           and rel.get("bridges.edgemq.io", "to-aws", rel.iot), 60,
                           "the Bridge's Ready condition")
     assert _condition(bridge)["status"] == "False", bridge.get("status")
-    rel.ca = ca
 
 
 def _snapshot(rel) -> dict:
@@ -639,7 +639,9 @@ def test_uninstall_after_deleting_the_edgemq_objects_leaves_only_crds_and_the_da
     cluster_wide = rel.kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout
     assert f"{rel.name}-{rel.ns}" not in cluster_wide
 
-    # In the example's namespace: the retained data claim, and the Secrets the user made.
+    # In the example's namespace: the retained data claim, and the Secrets the user made
+    # (once the broker pod has used its grace period).
+    rel.wait_for(lambda: not rel.items("pods", rel.iot), 60, "the broker pod to go")
     left = left_in(rel.iot, "all,serviceaccounts,roles,rolebindings,leases,secrets,pvc")
     expected = {"persistentvolumeclaim/edgemq-home-data", "secret/home-ca", "secret/aws-iot-home",
                 "secret/homeassistant-mqtt", "secret/zigbee2mqtt-mqtt"}
