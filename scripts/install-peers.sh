@@ -4,7 +4,8 @@
 # (Python), MQTT.js (Node), pytest; for DNS-01: BIND 9 (`named`) and Knot DNS
 # (`knotd`), which take RFC 2136 updates with TSIG, and `dig`; moto's server (an AWS
 # API emulator for the Route 53, AWS IoT and Secrets Manager tests; boto3 comes with
-# it). Safe to run again.
+# it); for the Kubernetes tests, a single-node Kubernetes 1.20 built from Debian's source
+# package (scripts/cluster.sh) and Helm 4 (scripts/install-helm.sh). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,3 +37,8 @@ fi
 python3 -m pip install -q -r e2e/requirements.txt
 command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
 (cd e2e && npm install --silent --no-audit --no-fund)
+# Kubernetes tests: the single-node cluster built from Debian's Kubernetes source package
+# (cached outside the repository: only a fresh machine builds it) and Helm 4.
+bash scripts/cluster.sh install
+bash scripts/cluster.sh build
+bash scripts/install-helm.sh >/dev/null
