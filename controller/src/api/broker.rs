@@ -17,8 +17,11 @@ use super::common::{AclRule, CommonStatus};
     doc = "A secure MQTT broker: listeners, anonymous access, ACL patterns, limits and persistence.",
     status = "BrokerStatus",
     shortname = "mqb",
+    category = "edgemq",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Connections","type":"integer","jsonPath":".status.connections"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","priority":1,"jsonPath":".status.address"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
