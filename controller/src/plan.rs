@@ -547,6 +547,60 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_only_broker_fields_load_from_a_folder_and_leave_the_bundle_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for entry in std::fs::read_dir(standalone_example()).expect("example folder") {
+            let path = entry.expect("entry").path();
+            let to = dir.path().join(path.file_name().expect("file name"));
+            std::fs::copy(&path, to).expect("copy the example");
+        }
+        let broker = dir.path().join("broker.yaml");
+        let yaml = std::fs::read_to_string(&broker).expect("broker.yaml");
+        let persistence = "  persistence: {enabled: true}\n";
+        assert!(yaml.contains(persistence));
+        let k8s = r#"  persistence: {enabled: true, size: 2Gi, storageClassName: local-path}
+  service:
+    type: LoadBalancer
+    externalTrafficPolicy: Local
+    nodePorts: {lan: 31883}
+    annotations: {example.com/lb: "yes"}
+    labels: {team: iot}
+  pod:
+    image: registry.example.com/edgemq:1.0
+    imagePullPolicy: IfNotPresent
+    resources:
+      requests: {cpu: 50m, memory: 64Mi}
+      limits: {memory: 256Mi}
+    nodeSelector: {kubernetes.io/hostname: pi}
+    tolerations: [{key: edge, operator: Exists, effect: NoSchedule}]
+    affinity:
+      nodeAffinity:
+        requiredDuringSchedulingIgnoredDuringExecution:
+          nodeSelectorTerms:
+            - matchExpressions: [{key: kubernetes.io/arch, operator: In, values: [arm64]}]
+    annotations: {example.com/scrape: "true"}
+    labels: {team: iot}
+    priorityClassName: edge-critical
+    terminationGracePeriodSeconds: 60
+"#;
+        std::fs::write(&broker, yaml.replace(persistence, k8s)).expect("write broker.yaml");
+        let res = crate::load::load(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        let spec = &res.brokers().next().expect("the Broker").object.spec;
+        assert_eq!(
+            spec.service.type_,
+            crate::api::broker::ServiceType::LoadBalancer
+        );
+        assert_eq!(spec.service.node_ports["lan"], 31883);
+        assert_eq!(spec.pod.termination_grace_period_seconds, Some(60));
+        assert_eq!(spec.pod.tolerations.len(), 1);
+        let with = plan(&res).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            with["default/home"].hash(),
+            example_bundles()["default/home"].hash()
+        );
+    }
+
+    #[test]
     fn the_same_input_gives_byte_identical_bundles() {
         let a = serde_json::to_vec(&example_bundles()).expect("json");
         let b = serde_json::to_vec(&example_bundles()).expect("json");

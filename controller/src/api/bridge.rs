@@ -17,9 +17,15 @@ use super::common::{CommonStatus, SecretKeyRef};
     doc = "A store-and-forward link from a local Broker to a remote MQTT broker.",
     status = "BridgeStatus",
     shortname = "mqbr",
+    category = "edgemq",
     printcolumn = r#"{"name":"Broker","type":"string","jsonPath":".spec.brokerRef"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.connected"}"#,
-    printcolumn = r#"{"name":"Queued","type":"integer","jsonPath":".status.queueDepth"}"#
+    printcolumn = r#"{"name":"Queued","type":"integer","jsonPath":".status.queueDepth"}"#,
+    printcolumn = r#"{"name":"Dropped","type":"integer","priority":1,"jsonPath":".status.dropped"}"#,
+    printcolumn = r#"{"name":"Remote","type":"string","priority":1,"jsonPath":".status.remote"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BridgeSpec {

@@ -1,6 +1,9 @@
 //! The Broker kind: one MQTT broker with its listeners, anonymous access, ACL patterns,
 //! limits and persistence.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -17,13 +20,17 @@ use super::common::{AclRule, CommonStatus};
     doc = "A secure MQTT broker: listeners, anonymous access, ACL patterns, limits and persistence.",
     status = "BrokerStatus",
     shortname = "mqb",
+    category = "edgemq",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Connections","type":"integer","jsonPath":".status.connections"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","priority":1,"jsonPath":".status.address"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.exists_one(m, m.port == l.port))").message("two listeners use the same port"))]
 #[x_kube(validation = Rule::new("self.listeners.all(l, self.listeners.exists_one(m, m.name == l.name))").message("listener names must be unique"))]
+#[x_kube(validation = Rule::new("!has(self.service) || !has(self.service.nodePorts) || self.service.nodePorts.all(k, self.listeners.exists(l, l.name == k))").message("service.nodePorts names a listener the Broker does not have"))]
 pub struct BrokerSpec {
     /// Network listeners. At least one.
     #[schemars(length(min = 1, max = 32))]
@@ -49,6 +56,16 @@ pub struct BrokerSpec {
     /// Resource limits; each has an edge-sized default.
     #[serde(default)]
     pub limits: Limits,
+    /// The Service in front of the broker pod: its type, node ports, annotations and
+    /// labels. Default: a `ClusterIP` Service exposing every listener.
+    /// Kubernetes only; `edgemq run` ignores it.
+    #[serde(default, skip_serializing_if = "BrokerService::is_default")]
+    pub service: BrokerService,
+    /// The broker pod: image, resources, scheduling, annotations and labels.
+    /// Default: the controller's image, no resource requests, scheduled anywhere.
+    /// Kubernetes only; `edgemq run` ignores it.
+    #[serde(default, skip_serializing_if = "BrokerPod::is_default")]
+    pub pod: BrokerPod,
 }
 
 fn default_true() -> bool {
@@ -112,10 +129,178 @@ pub struct ListenerTls {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Persistence {
-    /// Keep retained messages across restarts (standalone: in the state directory).
-    /// Default: `false`.
+    /// Keep retained messages across restarts (standalone: in the state directory;
+    /// Kubernetes: on a PersistentVolumeClaim). Default: `false`.
     #[serde(default)]
     pub enabled: bool,
+    /// Size requested for the PersistentVolumeClaim, as a Kubernetes quantity (`1Gi`,
+    /// `500Mi`). Default: `1Gi`. Kubernetes only; `edgemq run` ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[kMGTPE]|[eE][+-]?[0-9]+)?$"
+    ))]
+    pub size: Option<String>,
+    /// StorageClass of the PersistentVolumeClaim. Default: the cluster's default
+    /// StorageClass. Kubernetes only; `edgemq run` ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+/// How the broker's Service is exposed, as Kubernetes' Service `type`.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only (default).
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node (see `nodePorts`).
+    NodePort,
+    /// Also through the cluster's load balancer (on k3s: ServiceLB, on the node's address).
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The Service `type` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Whether a `NodePort` or `LoadBalancer` Service keeps the client's source address,
+/// as Kubernetes' Service `externalTrafficPolicy`.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+pub enum ExternalTrafficPolicy {
+    /// Any node forwards to the pod; the client's address is hidden (Kubernetes' default).
+    #[default]
+    Cluster,
+    /// Only the pod's node answers; the client's address is kept.
+    Local,
+}
+
+impl ExternalTrafficPolicy {
+    /// The Service `externalTrafficPolicy` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExternalTrafficPolicy::Cluster => "Cluster",
+            ExternalTrafficPolicy::Local => "Local",
+        }
+    }
+}
+
+/// The Service in front of a Broker's pod. Kubernetes only; `edgemq run` ignores it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BrokerService {
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`.
+    #[serde(rename = "type", default)]
+    pub type_: ServiceType,
+    /// Annotations of the Service, for example for a load balancer's settings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Labels of the Service, added to edgemq's own (which win on conflict).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Node port of each listener, by listener name, for `NodePort` and `LoadBalancer`
+    /// Services. A cluster accepts 30000-32767 unless its apiserver's
+    /// `--service-node-port-range` says otherwise. Default: the cluster picks a free one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "additionalProperties" = {"type": "integer", "format": "int32", "minimum": 1, "maximum": 65535},
+        "maxProperties" = 32
+    ))]
+    pub node_ports: BTreeMap<String, i32>,
+    /// `Cluster` (Kubernetes' default) or `Local` (keeps clients' source addresses), for
+    /// `NodePort` and `LoadBalancer` Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<ExternalTrafficPolicy>,
+}
+
+impl BrokerService {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// When Kubernetes pulls the broker image, as a container's `imagePullPolicy`.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+pub enum ImagePullPolicy {
+    /// On every pod start.
+    Always,
+    /// When the node does not have the image yet.
+    #[default]
+    IfNotPresent,
+    /// Never; the image must be on the node.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The container `imagePullPolicy` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// The broker pod's settings. Kubernetes only; `edgemq run` ignores it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BrokerPod {
+    /// Container image of the broker. Default: the controller's own image (the broker is
+    /// the same binary, `edgemq broker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub image: Option<String>,
+    /// `Always`, `IfNotPresent` or `Never`. Default: Kubernetes' (`Always` for a
+    /// `:latest` or untagged image, else `IfNotPresent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// CPU and memory requests and limits of the broker container. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Schedule only on nodes with these labels. Default: any node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations, to schedule on tainted nodes. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod affinity. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Annotations of the pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Labels of the pod, added to edgemq's own (which win on conflict: the Service and
+    /// the controller select pods by them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// PriorityClass of the pod. Default: the cluster's default priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Seconds the broker has to close connections and flush its stores when the pod
+    /// stops. Default: 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub termination_grace_period_seconds: Option<i64>,
+}
+
+impl BrokerPod {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Limits. The defaults are sized for an edge device.

@@ -17,8 +17,12 @@ use super::common::{CommonStatus, SecretKeyRef};
     doc = "A certificate and private key for TLS listeners and bridge clients, issued and renewed by edgemq.",
     status = "CertificateStatus",
     shortname = "mqcert",
+    category = "edgemq",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"NotAfter","type":"date","jsonPath":".status.notAfter"}"#
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"NotAfter","type":"date","jsonPath":".status.notAfter"}"#,
+    printcolumn = r#"{"name":"Renewal","type":"date","priority":1,"jsonPath":".status.renewalTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CertificateSpec {

@@ -15,8 +15,12 @@ use super::common::{AclRule, CommonStatus, SecretKeyRef};
     doc = "A user of a Broker: its password (hash or Secret) and its topic permissions.",
     status = "MqttUserStatus",
     shortname = "mqu",
+    category = "edgemq",
     printcolumn = r#"{"name":"Broker","type":"string","jsonPath":".spec.brokerRef"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Username","type":"string","priority":1,"jsonPath":".status.username"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("has(self.passwordSecretRef) != has(self.passwordHash)").message("set exactly one of passwordSecretRef and passwordHash"))]

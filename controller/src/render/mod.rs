@@ -130,4 +130,41 @@ mod tests {
         }
         assert!(found.is_empty(), "not structural: {found:?}");
     }
+
+    #[test]
+    fn every_crd_is_in_the_edgemq_category_with_a_short_name() {
+        for crd in crate::api::crds() {
+            let names = &crd.spec.names;
+            assert_eq!(
+                names.categories.as_deref(),
+                Some(&["edgemq".to_owned()][..]),
+                "{}",
+                names.kind
+            );
+            assert!(
+                names.short_names.as_ref().is_some_and(|s| !s.is_empty()),
+                "{} has no short name",
+                names.kind
+            );
+        }
+    }
+
+    #[test]
+    fn every_crd_prints_ready_reason_and_age() {
+        for crd in crate::api::crds() {
+            let cols: Vec<String> = crd.spec.versions[0]
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .map(|c| c.name.clone())
+                .collect();
+            for want in ["Ready", "Reason", "Age"] {
+                assert!(
+                    cols.iter().any(|c| c == want),
+                    "{}: {cols:?}",
+                    crd.spec.names.kind
+                );
+            }
+        }
+    }
 }
