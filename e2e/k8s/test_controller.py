@@ -358,3 +358,39 @@ def test_a_broker_pod_reads_only_its_own_secrets_and_deleting_a_broker_removes_i
         return not left
     cluster.wait_for(gone, 120, "Broker other's objects removed")
     assert k.get(cluster, "deployment", "edgemq-home", namespace) is not None
+
+
+def test_a_bridge_added_with_kubectl_runs_in_the_broker_pod_and_reports_its_link(
+        cluster, controller, namespace, mosquitto):
+    # The pod reaches this machine on the node's own address (which never leaves it).
+    node = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"][0]
+    node_ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    remote_port = support.free_port()
+    remote = mosquitto(["allow_anonymous true", f"listener {remote_port} {node_ip}"])
+    k.apply(cluster, namespace,
+            k.broker("home", [{"name": "lan", "port": 1883}]),
+            k.user("alice", "home", acl=[{"topic": "#", "access": "readwrite"}], passwordHash=Z2M_HASH))
+    k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    port = k.node_port(cluster, "home", namespace, "lan")
+    uid = k.pod_of(cluster, "home", namespace)["metadata"]["uid"]
+    far = support.connect(remote.port)
+    far.subscribe_wait("home/#", qos=1)
+
+    k.apply(cluster, namespace, {
+        "apiVersion": k.API, "kind": "Bridge", "metadata": {"name": "up"},
+        "spec": {"brokerRef": "home", "remote": {"address": f"{node_ip}:{remote_port}"},
+                 "topics": [{"pattern": "sensors/#", "direction": "out", "qos": 1,
+                             "remotePrefix": "home/"}]}})
+    bridge = k.wait_ready(cluster, "bridge", "up", namespace, reason="Connected", timeout=60)
+    assert bridge["status"]["connected"] is True
+    assert bridge["status"]["observedGeneration"] == bridge["metadata"]["generation"]
+    alice = support.connect(port, username="alice", password="secret1")
+    alice.publish_wait("sensors/t", b"21", qos=1)
+    msg = far.get(timeout=10)
+    assert (msg.topic, msg.payload) == ("home/sensors/t", b"21")
+    cluster.wait_for(lambda: (k.get(cluster, "bridge", "up", namespace)["status"].get("forwardedOut") or 0) >= 1,
+                     30, "the pod reporting the forwarded message")
+    now = k.pod_of(cluster, "home", namespace)
+    assert now["metadata"]["uid"] == uid and k.restarts(now) == 0, "a bridge is added live"
+    for c in (alice, far):
+        c.disconnect_wait()

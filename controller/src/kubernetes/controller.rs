@@ -197,8 +197,9 @@ impl Context {
         self.metrics.status_writes.inc();
         if let Some(a) = after {
             if before.as_ref().map(|b| (&b.status, &b.reason)) != Some((&a.status, &a.reason)) {
-                self.event(obj, a.status != "True", &a.reason, a.message.clone())
-                    .await;
+                // Waiting is normal progress; a mistake or a failure is a warning.
+                let warning = a.status != "True" && !PROGRESS_REASONS.contains(&a.reason.as_str());
+                self.event(obj, warning, &a.reason, a.message.clone()).await;
             }
         }
         Ok(())
