@@ -104,7 +104,13 @@ enum Command {
         http: SocketAddr,
     },
     /// Print the CustomResourceDefinitions of every kind.
-    Crds,
+    Crds {
+        /// Leave out the CEL rules (`x-kubernetes-validations`), which Kubernetes 1.20
+        /// to 1.22 refuse under `kubectl apply` and server-side apply. The apiserver then
+        /// checks only the schema; edgemq's own validation still reports the rest.
+        #[arg(long)]
+        without_cel: bool,
+    },
     /// Manage a Mosquitto-compatible password file (like mosquitto_passwd).
     Passwd(edgemq::auth::passwd_cmd::PasswdArgs),
     /// Write the equivalent Mosquitto configuration of a Broker.
@@ -276,8 +282,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
-        Command::Crds => {
-            print!("{}", edgemq::render::crds_yaml());
+        Command::Crds { without_cel } => {
+            print!(
+                "{}",
+                if without_cel {
+                    edgemq::render::crds_yaml_without_cel()
+                } else {
+                    edgemq::render::crds_yaml()
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Passwd(args) => {

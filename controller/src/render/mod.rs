@@ -1,6 +1,7 @@
 //! Rendering: resources and bundles written out in other formats.
 //!
-//! - [`crds_yaml`]: the CustomResourceDefinitions, for `edgemq crds` and the chart.
+//! - [`crds_yaml`]: the CustomResourceDefinitions, for `edgemq crds` and the chart;
+//!   [`crds_yaml_without_cel`] for clusters older than Kubernetes 1.23.
 //! - [`mosquitto`]: a bundle as Mosquitto configuration, for migration and for parity
 //!   tests against a real Mosquitto.
 
@@ -22,6 +23,39 @@ pub fn crds_yaml() -> String {
         .collect()
 }
 
+/// `crd` without its CEL rules (`x-kubernetes-validations`), for Kubernetes 1.20 to
+/// 1.22: their CRD schema type has no such field, so `kubectl apply` (its client-side
+/// validation) and server-side apply refuse the whole CRD. 1.23 and 1.24 accept the field
+/// (enforcing it only behind a feature gate); 1.25 on enforces it. Without the rules,
+/// the apiserver checks only the schema; everything else is left to edgemq's own
+/// validation, as in standalone mode.
+pub fn without_cel(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("x-kubernetes-validations");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    // A CRD is plain data: it converts to JSON and back without loss.
+    let mut v = serde_json::to_value(crd).unwrap_or_default();
+    strip(&mut v);
+    serde_json::from_value(v).unwrap_or_else(|_| crd.clone())
+}
+
+/// [`crds_yaml`] without CEL rules (see [`without_cel`]), for Kubernetes 1.20 to 1.22.
+pub fn crds_yaml_without_cel() -> String {
+    crate::api::crds()
+        .iter()
+        .map(|c| format!("---\n{}", crd_yaml(&without_cel(c))))
+        .collect()
+}
+
 /// The file name under `crds/` of each CRD, in [`crate::api::crds`] order.
 pub const CRD_FILES: [&str; 4] = [
     "broker.yaml",
@@ -33,6 +67,8 @@ pub const CRD_FILES: [&str; 4] = [
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
+
+    use super::{crds_yaml, crds_yaml_without_cel};
 
     /// Each CRD's `openAPIV3Schema`, with the CRD's name.
     fn schemas() -> Vec<(String, Value)> {
@@ -129,6 +165,34 @@ mod tests {
             non_structural(&schema, &name, &mut found);
         }
         assert!(found.is_empty(), "not structural: {found:?}");
+    }
+
+    #[test]
+    fn the_crds_for_old_clusters_differ_only_by_their_cel_rules() {
+        let with = crds_yaml();
+        let without = crds_yaml_without_cel();
+        assert!(with.contains("x-kubernetes-validations"));
+        assert!(!without.contains("x-kubernetes-validations"));
+        assert_eq!(without.matches("---\n").count(), 4);
+        for crd in crate::api::crds() {
+            let mut stripped = serde_json::to_value(super::without_cel(&crd)).expect("json");
+            let mut original = serde_json::to_value(&crd).expect("json");
+            // Through the typed CRD and back, nothing else is lost or changed.
+            fn drop_rules(v: &mut Value) {
+                match v {
+                    Value::Object(m) => {
+                        m.remove("x-kubernetes-validations");
+                        m.values_mut().for_each(drop_rules);
+                    }
+                    Value::Array(a) => a.iter_mut().for_each(drop_rules),
+                    _ => {}
+                }
+            }
+            drop_rules(&mut original);
+            assert!(!stripped.to_string().contains("x-kubernetes-validations"));
+            drop_rules(&mut stripped);
+            assert_eq!(stripped, original, "{}", crd.spec.names.kind);
+        }
     }
 
     #[test]
