@@ -106,7 +106,13 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     let ns = cert.namespace().unwrap_or_else(|| "default".into());
     let name = cert.name_any();
     let now = time::OffsetDateTime::now_utc();
-    let res = index::namespace(&ctx.snapshot(), &ns);
+    ctx.ready().await?;
+    let mut res = index::namespace(&ctx.snapshot(), &ns);
+    // The object that triggered this pass is newer than the store's copy.
+    res.apply(
+        crate::load::Object::Certificate(Box::new((*cert).clone())),
+        None,
+    );
     let errors = index::errors(&res);
     let own = index::concerning(&errors, &[format!("{}/{name}", Kind::Certificate)].into());
     let current = serde_json::to_value(cert.as_ref())

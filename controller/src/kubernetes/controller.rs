@@ -74,6 +74,33 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Waits until every store has its first complete list.
+    async fn ready(&self) -> Result<(), Error> {
+        let e =
+            |kind: &str, e: reflector::store::WriterDropped| Error::Watch(format!("{kind}: {e}"));
+        self.brokers
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("Broker", x))?;
+        self.users
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("MqttUser", x))?;
+        self.bridges
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("Bridge", x))?;
+        self.certificates
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("Certificate", x))?;
+        self.secrets
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("Secret", x))?;
+        Ok(())
+    }
+
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             brokers: self.brokers.state(),
@@ -99,6 +126,11 @@ fn sha(v: &impl Serialize) -> String {
 }
 
 impl Context {
+    /// Waits until every watcher has listed once.
+    pub(super) async fn ready(&self) -> Result<(), Error> {
+        self.stores.ready().await
+    }
+
     /// What the watchers hold now.
     pub(super) fn snapshot(&self) -> Snapshot {
         self.stores.snapshot()
@@ -222,7 +254,13 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
     }
     let ns = namespace_of(b.as_ref());
     let name = b.name_any();
-    let res = index::namespace(&ctx.snapshot(), &ns);
+    ctx.ready().await?;
+    let mut res = index::namespace(&ctx.snapshot(), &ns);
+    // The object that triggered this pass is newer than the store's copy.
+    res.apply(
+        crate::load::Object::Broker(Box::new(index::without_status(&b))),
+        None,
+    );
     let errors = index::errors(&res);
     let parts = index::parts_of(&res, &ns, &name);
     let mine: Vec<String> = index::concerning(&errors, &parts)
@@ -350,7 +388,10 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
     let ns = namespace_of(u.as_ref());
     let name = u.name_any();
     let broker = &u.spec.broker_ref;
-    let res = index::namespace(&ctx.snapshot(), &ns);
+    ctx.ready().await?;
+    let mut res = index::namespace(&ctx.snapshot(), &ns);
+    // The object that triggered this pass is newer than the store's copy.
+    res.apply(crate::load::Object::MqttUser(Box::new((*u).clone())), None);
     let errors = index::errors(&res);
     let own = index::concerning(&errors, &[format!("{}/{name}", Kind::MqttUser)].into());
     let ready = if !own.is_empty() {
@@ -397,6 +438,7 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
             )
         }
     };
+    let waiting = ready.1 == "Pending";
     let current = serde_json::to_value(u.as_ref())
         .ok()
         .and_then(|v| v.get("status").cloned());
@@ -410,7 +452,9 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
         &now_rfc3339(),
     );
     ctx.write_status(u.as_ref(), status).await?;
-    Ok(Action::requeue(Duration::from_secs(600)))
+    // The Broker's status reaches this controller through its own watch: look again
+    // soon while waiting for it.
+    Ok(Action::requeue(Duration::from_secs(if waiting { 5 } else { 600 })))
 }
 
 /// Bridge: only its mistakes; the broker pod that runs it reports the link.
@@ -421,7 +465,10 @@ async fn reconcile_bridge(b: Arc<Bridge>, ctx: Arc<Context>) -> Result<Action, E
     }
     let ns = namespace_of(b.as_ref());
     let name = b.name_any();
-    let res = index::namespace(&ctx.snapshot(), &ns);
+    ctx.ready().await?;
+    let mut res = index::namespace(&ctx.snapshot(), &ns);
+    // The object that triggered this pass is newer than the store's copy.
+    res.apply(crate::load::Object::Bridge(Box::new((*b).clone())), None);
     let errors = index::errors(&res);
     let own = index::concerning(&errors, &[format!("{}/{name}", Kind::Bridge)].into());
     if own.is_empty() {
@@ -450,6 +497,34 @@ fn error_policy<K>(_obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %error, "reconcile failed; retrying");
     ctx.metrics.failure(error);
     Action::requeue(Duration::from_secs(5))
+}
+
+/// A store of `api` and the stream that fills it: an item comes out of the stream only
+/// after the store holds it, so a reconcile it triggers never reads an older copy.
+/// Deleted objects come out too (their Broker must forget them).
+fn reflect<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects();
+    (reader, stream)
 }
 
 /// Starts a reflector for `api` and returns its store.
@@ -501,23 +576,27 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     let ns = namespace.as_deref();
+    let (users, users_changed) = reflect(api_for::<MqttUser>(&client, ns));
+    let (bridges, bridges_changed) = reflect(api_for::<Bridge>(&client, ns));
+    let (certificates, certificates_changed) = reflect(api_for::<Certificate>(&client, ns));
+    let (secrets, secrets_changed) = reflect(api_for::<Secret>(&client, ns));
     let stores = Stores {
         brokers: store_of(api_for::<Broker>(&client, ns)),
-        users: store_of(api_for::<MqttUser>(&client, ns)),
-        bridges: store_of(api_for::<Bridge>(&client, ns)),
-        certificates: store_of(api_for::<Certificate>(&client, ns)),
-        secrets: store_of(api_for::<Secret>(&client, ns)),
+        users,
+        bridges,
+        certificates,
+        secrets,
     };
-    for (kind, ready) in [
-        ("Broker", stores.brokers.wait_until_ready().await),
-        ("MqttUser", stores.users.wait_until_ready().await),
-        ("Bridge", stores.bridges.wait_until_ready().await),
-        ("Certificate", stores.certificates.wait_until_ready().await),
-        ("Secret", stores.secrets.wait_until_ready().await),
-    ] {
-        ready.map_err(|e| Error::Watch(format!("{kind}: {e}")))?;
+    {
+        let stores = stores.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            match stores.ready().await {
+                Ok(()) => metrics.set_ready(true),
+                Err(e) => tracing::error!(error = %e, "watches did not start"),
+            }
+        });
     }
-    metrics.set_ready(true);
     tracing::info!(namespace = ns.unwrap_or("(all)"), "watching; reconciling");
     let recorder = Recorder::new(
         client.clone(),
@@ -554,32 +633,22 @@ pub async fn run(
     )
     .owns(api_for::<Deployment>(&client, ns), managed.clone())
     .owns(api_for::<Service>(&client, ns), managed.clone())
-    .watches(
-        api_for::<MqttUser>(&client, ns),
-        watcher::Config::default(),
-        |u| Some(ObjectRef::<Broker>::new(&u.spec.broker_ref).within(&namespace_of(&u))),
-    )
-    .watches(
-        api_for::<Bridge>(&client, ns),
-        watcher::Config::default(),
-        |b| Some(ObjectRef::<Broker>::new(&b.spec.broker_ref).within(&namespace_of(&b))),
-    )
-    .watches(
-        api_for::<Certificate>(&client, ns),
-        watcher::Config::default(),
-        move |c| brokers_in_2(c.meta().namespace.clone()),
-    )
-    .watches(
-        api_for::<Secret>(&client, ns),
-        watcher::Config::default(),
-        move |s| {
-            // The bundle Secrets are the controller's own output.
-            if s.type_.as_deref() == Some("edgemq.io/bundle") {
-                return Vec::new();
-            }
-            brokers_in_3(s.meta().namespace.clone())
-        },
-    )
+    .watches_stream(users_changed, |u| {
+        Some(ObjectRef::<Broker>::new(&u.spec.broker_ref).within(&namespace_of(&u)))
+    })
+    .watches_stream(bridges_changed, |b| {
+        Some(ObjectRef::<Broker>::new(&b.spec.broker_ref).within(&namespace_of(&b)))
+    })
+    .watches_stream(certificates_changed, move |c| {
+        brokers_in_2(c.meta().namespace.clone())
+    })
+    .watches_stream(secrets_changed, move |s| {
+        // The bundle Secrets are the controller's own output.
+        if s.type_.as_deref() == Some("edgemq.io/bundle") {
+            return Vec::new();
+        }
+        brokers_in_3(s.meta().namespace.clone())
+    })
     .shutdown_on_signal()
     .run(reconcile_broker, error_policy, ctx.clone())
     .for_each(|_| futures_util::future::ready(()));

@@ -32,7 +32,7 @@ fn in_ns<K: kube::Resource>(o: &K, ns: &str) -> bool {
 pub fn namespace(snapshot: &Snapshot, ns: &str) -> Resources {
     let mut res = Resources::default();
     for b in snapshot.brokers.iter().filter(|o| in_ns(o.as_ref(), ns)) {
-        res.apply(Object::Broker(Box::new(without_status_broker(b))), None);
+        res.apply(Object::Broker(Box::new(without_status(b))), None);
     }
     for u in snapshot.users.iter().filter(|o| in_ns(o.as_ref(), ns)) {
         res.apply(Object::MqttUser(Box::new((**u).clone())), None);
@@ -53,7 +53,8 @@ pub fn namespace(snapshot: &Snapshot, ns: &str) -> Resources {
     res
 }
 
-fn without_status_broker(b: &Broker) -> Broker {
+/// A Broker without its status (the plan reads the spec).
+pub fn without_status(b: &Broker) -> Broker {
     let mut b = b.clone();
     b.status = None;
     b
