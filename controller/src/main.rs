@@ -155,6 +155,13 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// The async runtime of the long-running commands.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
@@ -175,9 +182,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             state,
             http,
         } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             rt.block_on(edgemq::standalone::run(edgemq::standalone::RunOptions {
                 config_dir: config,
                 secrets_dir: secrets,
@@ -199,9 +204,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let identity = identity
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| format!("edgemq-{}", std::process::id()));
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             rt.block_on(edgemq::kubernetes::run_controller(
                 edgemq::kubernetes::ControllerOptions {
                     namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
@@ -224,9 +227,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             state,
             http,
         } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             rt.block_on(edgemq::kubernetes::pod::run_broker(
                 edgemq::kubernetes::pod::BrokerOptions {
                     namespace,

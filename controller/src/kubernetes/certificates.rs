@@ -19,7 +19,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::controller::Context;
+use super::controller::{messages, status_of, Context};
 use super::index;
 use super::status::controller_status;
 use super::Error;
@@ -115,16 +115,10 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     );
     let errors = index::errors(&res);
     let own = index::concerning(&errors, &[format!("{}/{name}", Kind::Certificate)].into());
-    let current = serde_json::to_value(cert.as_ref())
-        .ok()
-        .and_then(|v| v.get("status").cloned());
+    let current = status_of(cert.as_ref());
     let stamp = certs::rfc3339(now);
     if !own.is_empty() {
-        let message = own
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("; ");
+        let message = messages(&own);
         let status = controller_status(
             current.as_ref(),
             cert.meta().generation,

@@ -238,6 +238,22 @@ impl Context {
     }
 }
 
+/// The `status` of an object as JSON, if it has one.
+pub(super) fn status_of<K: Serialize>(o: &K) -> Option<Value> {
+    serde_json::to_value(o)
+        .ok()
+        .and_then(|v| v.get("status").cloned())
+}
+
+/// Validation messages joined for a condition.
+pub(super) fn messages(errors: &[&crate::load::LoadError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn namespace_of<K: Resource>(o: &K) -> String {
     o.meta()
         .namespace
@@ -267,9 +283,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
         .iter()
         .map(|e| e.to_string())
         .collect();
-    let current = serde_json::to_value(b.as_ref())
-        .ok()
-        .and_then(|v| v.get("status").cloned());
+    let current = status_of(b.as_ref());
     let running = current
         .as_ref()
         .and_then(|s| s.get("configHash"))
@@ -395,14 +409,7 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
     let errors = index::errors(&res);
     let own = index::concerning(&errors, &[format!("{}/{name}", Kind::MqttUser)].into());
     let ready = if !own.is_empty() {
-        (
-            false,
-            "InvalidSpec",
-            own.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
+        (false, "InvalidSpec", messages(&own))
     } else {
         let parts = index::parts_of(&res, &ns, broker);
         let blocking = index::concerning(&errors, &parts);
@@ -421,11 +428,7 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
                 "BrokerConfigInvalid",
                 format!(
                     "Broker {broker} cannot apply its configuration: {}",
-                    blocking
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    messages(&blocking)
                 ),
             )
         } else if applied {
@@ -439,9 +442,7 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
         }
     };
     let waiting = ready.1 == "Pending";
-    let current = serde_json::to_value(u.as_ref())
-        .ok()
-        .and_then(|v| v.get("status").cloned());
+    let current = status_of(u.as_ref());
     let mut extra = serde_json::Map::new();
     extra.insert("username".into(), json!(u.username()));
     let status = controller_status(
@@ -454,7 +455,11 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
     ctx.write_status(u.as_ref(), status).await?;
     // The Broker's status reaches this controller through its own watch: look again
     // soon while waiting for it.
-    Ok(Action::requeue(Duration::from_secs(if waiting { 5 } else { 600 })))
+    Ok(Action::requeue(Duration::from_secs(if waiting {
+        5
+    } else {
+        600
+    })))
 }
 
 /// Bridge: only its mistakes; the broker pod that runs it reports the link.
@@ -474,14 +479,8 @@ async fn reconcile_bridge(b: Arc<Bridge>, ctx: Arc<Context>) -> Result<Action, E
     if own.is_empty() {
         return Ok(Action::requeue(Duration::from_secs(600)));
     }
-    let current = serde_json::to_value(b.as_ref())
-        .ok()
-        .and_then(|v| v.get("status").cloned());
-    let message = own
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let current = status_of(b.as_ref());
+    let message = messages(&own);
     let status = controller_status(
         current.as_ref(),
         b.meta().generation,
@@ -527,7 +526,7 @@ where
     (reader, stream)
 }
 
-/// Starts a reflector for `api` and returns its store.
+/// Starts a reflector for `api`, kept running in the background; returns its store.
 fn store_of<K>(api: Api<K>) -> Store<K>
 where
     K: Resource<DynamicType = ()>
@@ -538,13 +537,7 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .applied_objects();
+    let (reader, stream) = reflect(api);
     tokio::spawn(async move {
         futures_util::pin_mut!(stream);
         while let Some(r) = stream.next().await {
