@@ -19,7 +19,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::controller::{messages, status_of, Context};
+use super::context::{messages, status_of, Context};
 use super::index;
 use super::status::controller_status;
 use super::Error;

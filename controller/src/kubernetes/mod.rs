@@ -15,6 +15,7 @@
 
 pub mod bundle;
 pub mod certificates;
+pub mod context;
 pub mod controller;
 pub mod desired;
 pub mod index;

@@ -1,0 +1,237 @@
+//! What every reconciler shares: the client, the stores the watchers fill, the Events
+//! recorder, metrics, and the two writes every reconcile makes — server-side apply of an
+//! object (skipped when nothing changed) and a status patch (only when it differs).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::desired::Settings;
+use super::index::Snapshot;
+use super::status::shows;
+use super::{Error, Metrics, FIELD_MANAGER};
+use crate::api::{Bridge, Broker, Certificate, MqttUser};
+use std::sync::Arc;
+
+/// Ready=False reasons that only say work is under way (Events of type Normal).
+const PROGRESS_REASONS: &[&str] = &["PodNotReady", "Applying", "Pending"];
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Image and pull policy of broker pods.
+    pub settings: Settings,
+    /// Events recorder.
+    pub recorder: Recorder,
+    /// Reconcile counters and durations.
+    pub metrics: Arc<Metrics>,
+    pub(super) stores: Stores,
+    /// Per applied object: hash of what was applied and the resourceVersion it gave,
+    /// so an unchanged object is not applied again.
+    pub(super) applied: Mutex<HashMap<String, (String, String)>>,
+}
+
+/// The watched objects.
+#[derive(Clone)]
+pub struct Stores {
+    /// Brokers.
+    pub brokers: Store<Broker>,
+    /// MqttUsers.
+    pub users: Store<MqttUser>,
+    /// Bridges.
+    pub bridges: Store<Bridge>,
+    /// Certificates.
+    pub certificates: Store<Certificate>,
+    /// Secrets.
+    pub secrets: Store<Secret>,
+}
+
+impl Stores {
+    /// Waits until every store has its first complete list.
+    pub(super) async fn ready(&self) -> Result<(), Error> {
+        let e =
+            |kind: &str, e: reflector::store::WriterDropped| Error::Watch(format!("{kind}: {e}"));
+        self.brokers
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("Broker", x))?;
+        self.users
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("MqttUser", x))?;
+        self.bridges
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("Bridge", x))?;
+        self.certificates
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("Certificate", x))?;
+        self.secrets
+            .wait_until_ready()
+            .await
+            .map_err(|x| e("Secret", x))?;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            brokers: self.brokers.state(),
+            users: self.users.state(),
+            bridges: self.bridges.state(),
+            certificates: self.certificates.state(),
+            secrets: self.secrets.state(),
+        }
+    }
+}
+
+pub(super) fn now_rfc3339() -> String {
+    crate::certs::rfc3339(time::OffsetDateTime::now_utc())
+}
+
+fn sha(v: &impl Serialize) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Context {
+    /// Waits until every watcher has listed once.
+    pub(super) async fn ready(&self) -> Result<(), Error> {
+        self.stores.ready().await
+    }
+
+    /// What the watchers hold now.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        self.stores.snapshot()
+    }
+
+    /// Applies `obj` with server-side apply unless the same content was applied before
+    /// and nobody changed the object since. Returns the object as the server has it.
+    pub(super) async fn ensure<K>(&self, obj: &K) -> Result<K, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
+        let key = format!("{}/{ns}/{name}", K::kind(&()));
+        let hash = sha(obj);
+        if let Some(current) = api.get_opt(&name).await? {
+            let rv = current.resource_version().unwrap_or_default();
+            let cached = self.applied.lock().ok().and_then(|m| m.get(&key).cloned());
+            if cached == Some((hash.clone(), rv)) {
+                return Ok(current);
+            }
+        }
+        let out = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(obj),
+            )
+            .await?;
+        if let Ok(mut m) = self.applied.lock() {
+            m.insert(key, (hash, out.resource_version().unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not publish an Event");
+        }
+    }
+
+    /// Writes the controller's status fields of `obj` when they differ from what it
+    /// shows, and an Event when Ready's reason changed.
+    pub(super) async fn write_status<K>(&self, obj: &K, status: Value) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let current = serde_json::to_value(obj)
+            .ok()
+            .and_then(|v| v.get("status").cloned());
+        if shows(current.as_ref(), &status) {
+            return Ok(());
+        }
+        let before = super::status::previous_ready(current.as_ref());
+        let after = super::status::previous_ready(Some(&status));
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
+        let patch = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        self.metrics.status_writes.inc();
+        if let Some(a) = after {
+            if before.as_ref().map(|b| (&b.status, &b.reason)) != Some((&a.status, &a.reason)) {
+                // Waiting is normal progress; a mistake or a failure is a warning.
+                let warning = a.status != "True" && !PROGRESS_REASONS.contains(&a.reason.as_str());
+                self.event(obj, warning, &a.reason, a.message.clone()).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `status` of an object as JSON, if it has one.
+pub(super) fn status_of<K: Serialize>(o: &K) -> Option<Value> {
+    serde_json::to_value(o)
+        .ok()
+        .and_then(|v| v.get("status").cloned())
+}
+
+/// Validation messages joined for a condition.
+pub(super) fn messages(errors: &[&crate::load::LoadError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
