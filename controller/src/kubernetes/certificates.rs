@@ -106,15 +106,18 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     let ns = cert.namespace().unwrap_or_else(|| "default".into());
     let name = cert.name_any();
     let now = time::OffsetDateTime::now_utc();
-    ctx.ready().await?;
-    let mut res = index::namespace(&ctx.snapshot(), &ns);
-    // The object that triggered this pass is newer than the store's copy.
-    res.apply(
-        crate::load::Object::Certificate(Box::new((*cert).clone())),
-        None,
-    );
-    let errors = index::errors(&res);
-    let own = index::concerning(&errors, &[format!("{}/{name}", Kind::Certificate)].into());
+    let view = ctx
+        .view(
+            &ns,
+            Kind::Certificate,
+            &name,
+            cert.resource_version(),
+            crate::load::Object::Certificate(Box::new((*cert).clone())),
+        )
+        .await?;
+    let res = &view.res;
+    let errors = &view.errors;
+    let own = index::concerning(errors, &[format!("{}/{name}", Kind::Certificate)].into());
     let current = status_of(cert.as_ref());
     let stamp = certs::rfc3339(now);
     if !own.is_empty() {

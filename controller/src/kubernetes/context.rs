@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::desired::Settings;
-use super::index::Snapshot;
+use super::index::{self, Snapshot, View};
 use super::status::shows;
 use super::{Error, Metrics, FIELD_MANAGER};
 use crate::api::{Bridge, Broker, Certificate, MqttUser};
@@ -38,6 +38,9 @@ pub struct Context {
     /// Per applied object: hash of what was applied and the resourceVersion it gave,
     /// so an unchanged object is not applied again.
     pub(super) applied: Mutex<HashMap<String, (String, String)>>,
+    /// The last index and validation of each namespace, by fingerprint: reconciles of
+    /// a namespace where nothing changed share one.
+    pub(super) views: Mutex<HashMap<String, (u64, Arc<View>)>>,
 }
 
 /// The watched objects.
@@ -111,6 +114,36 @@ impl Context {
     /// Waits until every watcher has listed once.
     pub(super) async fn ready(&self) -> Result<(), Error> {
         self.stores.ready().await
+    }
+
+    /// The index and validation errors of `ns`, with `fresh` (the object being
+    /// reconciled, `kind` `name` at `version`) in it. Validation runs once per change
+    /// of the namespace, not once per reconcile.
+    pub(super) async fn view(
+        &self,
+        ns: &str,
+        kind: crate::load::Kind,
+        name: &str,
+        version: Option<String>,
+        fresh: crate::load::Object,
+    ) -> Result<Arc<View>, Error> {
+        self.ready().await?;
+        let snap = self.snapshot();
+        if index::stored_version(&snap, kind, ns, name) != version {
+            // The store has not seen this version yet: build it with the fresh copy.
+            return Ok(Arc::new(index::view(&snap, ns, Some(fresh))));
+        }
+        let fp = index::fingerprint(&snap, ns);
+        if let Some((f, v)) = self.views.lock().ok().and_then(|m| m.get(ns).cloned()) {
+            if f == fp {
+                return Ok(v);
+            }
+        }
+        let v = Arc::new(index::view(&snap, ns, None));
+        if let Ok(mut m) = self.views.lock() {
+            m.insert(ns.to_string(), (fp, v.clone()));
+        }
+        Ok(v)
     }
 
     /// What the watchers hold now.

@@ -55,16 +55,19 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
     }
     let ns = namespace_of(b.as_ref());
     let name = b.name_any();
-    ctx.ready().await?;
-    let mut res = index::namespace(&ctx.snapshot(), &ns);
-    // The object that triggered this pass is newer than the store's copy.
-    res.apply(
-        crate::load::Object::Broker(Box::new(index::without_status(&b))),
-        None,
-    );
-    let errors = index::errors(&res);
-    let parts = index::parts_of(&res, &ns, &name);
-    let mine: Vec<String> = index::concerning(&errors, &parts)
+    let view = ctx
+        .view(
+            &ns,
+            Kind::Broker,
+            &name,
+            b.resource_version(),
+            crate::load::Object::Broker(Box::new(index::without_status(&b))),
+        )
+        .await?;
+    let res = &view.res;
+    let errors = &view.errors;
+    let parts = index::parts_of(res, &ns, &name);
+    let mine: Vec<String> = index::concerning(errors, &parts)
         .iter()
         .map(|e| e.to_string())
         .collect();
@@ -75,7 +78,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
         .and_then(|h| h.as_str())
         .map(str::to_string);
     let planned = match (mine.is_empty(), res.broker(&ns, &name)) {
-        (true, Some(l)) => crate::plan::plan_broker(&res, l).map_err(|e| {
+        (true, Some(l)) => crate::plan::plan_broker(res, l).map_err(|e| {
             e.iter()
                 .map(|e| format!("Broker/{name}: {e}"))
                 .collect::<Vec<_>>()
@@ -95,7 +98,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             }
         }
         Ok(bundle) => {
-            let pod_bundle = PodBundle::new(bundle, &res);
+            let pod_bundle = PodBundle::new(bundle, res);
             let hash = pod_bundle.bundle.hash();
             extra.insert("desiredConfigHash".into(), json!(hash));
             let objects = desired::broker_objects(&b, &pod_bundle, &ctx.settings);
@@ -187,23 +190,31 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
     let ns = namespace_of(u.as_ref());
     let name = u.name_any();
     let broker = &u.spec.broker_ref;
-    ctx.ready().await?;
-    let mut res = index::namespace(&ctx.snapshot(), &ns);
-    // The object that triggered this pass is newer than the store's copy.
-    res.apply(crate::load::Object::MqttUser(Box::new((*u).clone())), None);
-    let errors = index::errors(&res);
-    let own = index::concerning(&errors, &[format!("{}/{name}", Kind::MqttUser)].into());
+    let view = ctx
+        .view(
+            &ns,
+            Kind::MqttUser,
+            &name,
+            u.resource_version(),
+            crate::load::Object::MqttUser(Box::new((*u).clone())),
+        )
+        .await?;
+    let res = &view.res;
+    let errors = &view.errors;
+    let own = index::concerning(errors, &[format!("{}/{name}", Kind::MqttUser)].into());
     let ready = if !own.is_empty() {
         (false, "InvalidSpec", messages(&own))
     } else {
-        let parts = index::parts_of(&res, &ns, broker);
-        let blocking = index::concerning(&errors, &parts);
-        let status = ctx
-            .stores
-            .brokers
-            .get(&ObjectRef::new(broker).within(&ns))
-            .and_then(|b| serde_json::to_value(b.as_ref()).ok())
-            .and_then(|v| v.get("status").cloned());
+        let parts = index::parts_of(res, &ns, broker);
+        let blocking = index::concerning(errors, &parts);
+        // Read, not from a store: this pass may be triggered by the Broker's own status
+        // change, which another watch's store may not hold yet.
+        let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &ns);
+        let status = brokers
+            .get_status(broker)
+            .await
+            .ok()
+            .and_then(|b| status_of(&b));
         let applied = status.as_ref().is_some_and(|s| {
             s.get("configHash").is_some() && s.get("configHash") == s.get("desiredConfigHash")
         });
@@ -226,7 +237,6 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
             )
         }
     };
-    let waiting = ready.1 == "Pending";
     let current = status_of(u.as_ref());
     let mut extra = serde_json::Map::new();
     extra.insert("username".into(), json!(u.username()));
@@ -238,13 +248,7 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
         &now_rfc3339(),
     );
     ctx.write_status(u.as_ref(), status).await?;
-    // The Broker's status reaches this controller through its own watch: look again
-    // soon while waiting for it.
-    Ok(Action::requeue(Duration::from_secs(if waiting {
-        5
-    } else {
-        600
-    })))
+    Ok(Action::requeue(Duration::from_secs(600)))
 }
 
 /// Bridge: only its mistakes; the broker pod that runs it reports the link.
@@ -255,12 +259,17 @@ async fn reconcile_bridge(b: Arc<Bridge>, ctx: Arc<Context>) -> Result<Action, E
     }
     let ns = namespace_of(b.as_ref());
     let name = b.name_any();
-    ctx.ready().await?;
-    let mut res = index::namespace(&ctx.snapshot(), &ns);
-    // The object that triggered this pass is newer than the store's copy.
-    res.apply(crate::load::Object::Bridge(Box::new((*b).clone())), None);
-    let errors = index::errors(&res);
-    let own = index::concerning(&errors, &[format!("{}/{name}", Kind::Bridge)].into());
+    let view = ctx
+        .view(
+            &ns,
+            Kind::Bridge,
+            &name,
+            b.resource_version(),
+            crate::load::Object::Bridge(Box::new((*b).clone())),
+        )
+        .await?;
+    let errors = &view.errors;
+    let own = index::concerning(errors, &[format!("{}/{name}", Kind::Bridge)].into());
     if own.is_empty() {
         return Ok(Action::requeue(Duration::from_secs(600)));
     }
@@ -302,12 +311,12 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .touched_objects();
+    // managedFields are of no use here and are most of a stored object's size.
+    let objects = watcher(api, watcher::Config::default().any_semantic())
+        .modify(|o| o.managed_fields_mut().clear());
+    let stream = reflector::reflector(writer, objects)
+        .default_backoff()
+        .touched_objects();
     (reader, stream)
 }
 
@@ -390,6 +399,7 @@ pub async fn run(
         metrics,
         stores: stores.clone(),
         applied: Mutex::new(HashMap::new()),
+        views: Mutex::new(HashMap::new()),
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=edgemq");
 

@@ -120,3 +120,72 @@ pub fn concerning<'a>(errors: &'a [LoadError], parts: &BTreeSet<String>) -> Vec<
         .filter(|e| e.object.as_ref().is_some_and(|o| parts.contains(o)))
         .collect()
 }
+
+/// A namespace's index and its validation errors.
+pub struct View {
+    /// The objects, as the loader's index.
+    pub res: Resources,
+    /// Every validation error of the namespace.
+    pub errors: Vec<LoadError>,
+}
+
+/// The index of `ns`, with `fresh` (the object a reconcile was called for, newer than
+/// the store's copy) in place of the stored one.
+pub fn view(snapshot: &Snapshot, ns: &str, fresh: Option<Object>) -> View {
+    let mut res = namespace(snapshot, ns);
+    if let Some(o) = fresh {
+        res.apply(o, None);
+    }
+    let errors = errors(&res);
+    View { res, errors }
+}
+
+fn mix<K: kube::Resource>(o: &K, tag: u8) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tag.hash(&mut h);
+    o.meta().name.hash(&mut h);
+    o.meta().resource_version.hash(&mut h);
+    o.meta().deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
+}
+
+/// A value that changes whenever an object of `ns` is added, changed or removed (the
+/// key of a cached [`View`]).
+pub fn fingerprint(s: &Snapshot, ns: &str) -> u64 {
+    fn sum<K: kube::Resource>(objs: &[std::sync::Arc<K>], ns: &str, tag: u8) -> (u64, u64) {
+        objs.iter()
+            .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+            .fold((0u64, 0u64), |(acc, n), o| {
+                (acc.wrapping_add(mix(o.as_ref(), tag)), n + 1)
+            })
+    }
+    let parts = [
+        sum(&s.brokers, ns, 1),
+        sum(&s.users, ns, 2),
+        sum(&s.bridges, ns, 3),
+        sum(&s.certificates, ns, 4),
+        sum(&s.secrets, ns, 5),
+    ];
+    parts.iter().fold(0u64, |acc, (h, n)| {
+        acc.rotate_left(7).wrapping_add(*h).wrapping_add(*n)
+    })
+}
+
+/// The resourceVersion of the stored copy of `kind` `ns/name`.
+pub fn stored_version(s: &Snapshot, kind: Kind, ns: &str, name: &str) -> Option<String> {
+    fn find<K: kube::Resource>(objs: &[std::sync::Arc<K>], ns: &str, name: &str) -> Option<String> {
+        objs.iter()
+            .find(|o| {
+                o.meta().namespace.as_deref() == Some(ns) && o.meta().name.as_deref() == Some(name)
+            })
+            .and_then(|o| o.meta().resource_version.clone())
+    }
+    match kind {
+        Kind::Broker => find(&s.brokers, ns, name),
+        Kind::MqttUser => find(&s.users, ns, name),
+        Kind::Bridge => find(&s.bridges, ns, name),
+        Kind::Certificate => find(&s.certificates, ns, name),
+        Kind::Secret => find(&s.secrets, ns, name),
+    }
+}
