@@ -454,7 +454,11 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
     ctx.write_status(u.as_ref(), status).await?;
     // The Broker's status reaches this controller through its own watch: look again
     // soon while waiting for it.
-    Ok(Action::requeue(Duration::from_secs(if waiting { 5 } else { 600 })))
+    Ok(Action::requeue(Duration::from_secs(if waiting {
+        5
+    } else {
+        600
+    })))
 }
 
 /// Bridge: only its mistakes; the broker pod that runs it reports the link.
