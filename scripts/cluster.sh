@@ -611,7 +611,7 @@ cmd_start() {
 # Volumes like k3s' local-path offers, without a provisioner: a default StorageClass
 # binding on first use, and hostPath PersistentVolumes under the state dir, writable by
 # pods' non-root users (hostPath ignores fsGroup).
-STORAGE_VOLUMES=20
+STORAGE_VOLUMES=40
 storage() {
   local dir="$STATE/volumes" i pvs=""
   for i in $(seq 1 "$STORAGE_VOLUMES"); do

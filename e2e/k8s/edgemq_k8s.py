@@ -144,6 +144,19 @@ def pod_of(cluster, broker_name: str, namespace: str) -> dict:
     return pods[0]
 
 
+def broker_logs(cluster, broker_name: str, namespace: str, tail: int = 60) -> str:
+    """The last lines of every pod of a Broker (also one being deleted), for a failure
+    report."""
+    r = cluster.kubectl("get", "pods", "-n", namespace, "-l", f"edgemq.io/broker={broker_name}",
+                        "-o", "json", check=False)
+    out = []
+    for p in json.loads(r.stdout or '{"items": []}')["items"]:
+        name = p["metadata"]["name"]
+        logs = cluster.kubectl("logs", "-n", namespace, name, f"--tail={tail}", check=False)
+        out.append(f"--- pod {name} ---\n{logs.stdout}{logs.stderr}")
+    return "\n".join(out)
+
+
 def restarts(pod: dict) -> int:
     return sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
 

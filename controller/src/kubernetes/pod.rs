@@ -11,6 +11,11 @@
 //!                                                     └─► status: Broker configHash,
 //!                                                         connections; each Bridge
 //! ```
+//!
+//! An apply that failed is tried again with backoff (5 s doubling to 60 s) even when
+//! nothing changes: a pod that replaces a deleted one starts while the old pod may still
+//! hold the volume's stores (retained messages, bridge queues), which then cannot be
+//! opened for a moment.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -110,6 +115,41 @@ struct State {
     applied: Option<String>,
     /// Why the current bundle is not running, if it is not.
     apply_error: Option<String>,
+    /// When to try again after an apply that failed in part.
+    retry: Retry,
+    /// Bridges of the bundle that are not running, and why (by `namespace/name`).
+    bridge_errors: BTreeMap<String, String>,
+}
+
+/// When an apply that failed (in whole or in part) is tried again.
+#[derive(Debug, Default)]
+struct Retry {
+    at: Option<std::time::Instant>,
+    delay: Duration,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_secs(5);
+    const MAX: Duration = Duration::from_secs(60);
+
+    /// Records the outcome of an apply at `now`.
+    fn after(&mut self, failed: bool, now: std::time::Instant) {
+        if failed {
+            self.delay = if self.delay.is_zero() {
+                Self::FIRST
+            } else {
+                (self.delay * 2).min(Self::MAX)
+            };
+            self.at = Some(now + self.delay);
+        } else {
+            *self = Retry::default();
+        }
+    }
+
+    /// Whether a retry is due at `now`.
+    fn due(&self, now: std::time::Instant) -> bool {
+        self.at.is_some_and(|t| now >= t)
+    }
 }
 
 struct Pod {
@@ -258,6 +298,13 @@ impl Pod {
         let started = std::time::Instant::now();
         let applied = self.engine.apply(desired).await;
         let mut s = self.state.write().await;
+        s.retry
+            .after(!applied.errors.is_empty(), std::time::Instant::now());
+        s.bridge_errors = applied
+            .bridges
+            .iter()
+            .filter_map(|(k, r)| r.as_ref().err().map(|e| (k.clone(), e.clone())))
+            .collect();
         match applied.brokers.get(&key) {
             Some(Ok(_)) => {
                 if s.applied.as_deref() != Some(hash.as_str()) || !applied.changes.is_empty() {
@@ -276,9 +323,9 @@ impl Pod {
 
     /// Writes the pod's part of the Broker's and Bridges' status when it changed.
     async fn report(&self, last: &mut Option<Value>) {
-        let (applied, bundle) = {
+        let (applied, bundle, bridge_errors) = {
             let s = self.state.read().await;
-            (s.applied.clone(), s.bundle.clone())
+            (s.applied.clone(), s.bundle.clone(), s.bridge_errors.clone())
         };
         let brokers = self.engine.broker_status().await;
         let connections = brokers
@@ -309,9 +356,11 @@ impl Pod {
         let statuses = self.engine.bridge_status().await;
         let api: Api<Bridge> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         for (key, plan) in &bundle.bundle.bridges {
-            let Some(st) = statuses.get(&format!("{}/{}", plan.namespace, key)) else {
+            let full = format!("{}/{}", plan.namespace, key);
+            let (st, error) = (statuses.get(&full), bridge_errors.get(&full));
+            if st.is_none() && error.is_none() {
                 continue;
-            };
+            }
             let current = match api.get_status(key).await {
                 Ok(b) => serde_json::to_value(&b)
                     .ok()
@@ -321,7 +370,11 @@ impl Pod {
                     continue;
                 }
             };
-            let wanted = bridge_status(st, plan.generation, current.as_ref());
+            let wanted = match (st, error) {
+                (Some(st), _) => bridge_status(st, plan.generation, current.as_ref()),
+                (None, Some(e)) => bridge_error_status(e, plan.generation, current.as_ref()),
+                (None, None) => continue,
+            };
             if shows(current.as_ref(), &wanted) {
                 continue;
             }
@@ -372,6 +425,26 @@ pub fn bridge_status(
         if let Some(x) = val {
             v[k] = json!(x);
         }
+    }
+    v
+}
+
+/// The status of a Bridge this pod cannot run (its queue cannot be opened, its TLS
+/// material is unusable), with the reason `edgemq run` gives.
+pub fn bridge_error_status(error: &str, generation: Option<i64>, current: Option<&Value>) -> Value {
+    let previous = super::status::previous_ready(current);
+    let now = crate::certs::rfc3339(time::OffsetDateTime::now_utc());
+    let cond = ready_condition(
+        false,
+        "ConfigError",
+        error,
+        generation,
+        previous.as_ref(),
+        &now,
+    );
+    let mut v = json!({"conditions": [cond], "connected": false});
+    if let Some(g) = generation {
+        v["observedGeneration"] = json!(g);
     }
     v
 }
@@ -442,7 +515,13 @@ pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
                 pod.apply().await;
                 pod.report(&mut last_report).await;
             }
-            _ = tick.tick() => pod.report(&mut last_report).await,
+            _ = tick.tick() => {
+                if pod.state.read().await.retry.due(std::time::Instant::now()) {
+                    tracing::info!("trying the configuration again");
+                    pod.apply().await;
+                }
+                pod.report(&mut last_report).await;
+            }
             _ = &mut shutdown => break,
         }
     }
@@ -452,4 +531,47 @@ pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
     }
     pod.engine.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_failed_apply_is_retried_with_backoff_and_success_stops_retrying() {
+        let t0 = Instant::now();
+        let mut r = Retry::default();
+        assert!(!r.due(t0), "nothing to retry before anything failed");
+        r.after(true, t0);
+        assert!(!r.due(t0 + Duration::from_secs(4)));
+        assert!(r.due(t0 + Duration::from_secs(5)));
+        let mut delays = vec![];
+        for _ in 0..6 {
+            r.after(true, t0);
+            delays.push(r.delay.as_secs());
+        }
+        assert_eq!(delays, [10, 20, 40, 60, 60, 60]);
+        r.after(false, t0);
+        assert!(!r.due(t0 + Duration::from_secs(3600)));
+        r.after(true, t0);
+        assert_eq!(r.delay, Duration::from_secs(5), "backoff starts over");
+    }
+
+    #[test]
+    fn a_bridge_that_cannot_start_says_why_and_keeps_its_transition_time() {
+        let first = bridge_error_status("Database already open", Some(2), None);
+        let cond = &first["conditions"][0];
+        assert_eq!(cond["status"], "False");
+        assert_eq!(cond["reason"], "ConfigError");
+        assert_eq!(cond["message"], "Database already open");
+        assert_eq!(first["connected"], false);
+        assert_eq!(first["observedGeneration"], 2);
+        let again = bridge_error_status("Database already open", Some(2), Some(&first));
+        assert_eq!(
+            again["conditions"][0]["lastTransitionTime"],
+            cond["lastTransitionTime"]
+        );
+        assert!(super::super::status::shows(Some(&first), &again));
+    }
 }
