@@ -27,5 +27,6 @@ pub mod load;
 pub mod metrics;
 pub mod plan;
 pub mod render;
+pub mod runtime;
 pub mod standalone;
 pub mod status;
