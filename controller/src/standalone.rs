@@ -363,7 +363,7 @@ impl Runtime {
             let (ready, reason, message, details) =
                 match (bridge_results.get(&key), bridges.get(&key)) {
                     (Some(Ok(())), Some(st)) => {
-                        let (ready, reason, message) = bridge_condition(&st);
+                        let (ready, reason, message) = bridge_condition(st);
                         (
                             ready,
                             reason,
