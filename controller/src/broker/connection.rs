@@ -59,6 +59,8 @@ struct Client {
     /// retain-as-published, as Mosquitto treats a bridge, so its own messages are not
     /// echoed back and retained flags cross unchanged.
     bridge: bool,
+    /// A refused publish was logged for this connection already.
+    denial_logged: std::sync::atomic::AtomicBool,
     will: Option<(LastWill, Option<LastWillProperties>)>,
 }
 
@@ -210,6 +212,7 @@ pub async fn serve(
         username,
         version,
         bridge: head.bridge,
+        denial_logged: Default::default(),
         will: will.map(|w| (w, will_props)),
     };
     // Boxed: a channel allocates its slots up front, and an unboxed `Packet` would
@@ -411,7 +414,13 @@ async fn handle(
             };
             if !allowed {
                 shared.metrics.acl_denials.inc();
-                tracing::debug!(client_id = %client.id, topic, "publish denied by the ACL");
+                if !client.denial_logged.swap(true, Ordering::Relaxed) {
+                    tracing::info!(client_id = %client.id, username = client.username.as_deref().unwrap_or(""), topic,
+                        reason = %super::router::denial_reason(client.username.as_deref(), Op::Write),
+                        "publish refused by the ACL (logged once per connection; later refusals are counted in edgemq_acl_denials_total)");
+                } else {
+                    tracing::debug!(client_id = %client.id, topic, "publish denied by the ACL");
+                }
             }
             match qos {
                 1 => {

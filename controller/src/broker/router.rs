@@ -141,6 +141,8 @@ struct Session {
     trusted: bool,
     /// Queue bound of an internal session, instead of the broker's `maxQueuedMessages`.
     max_queued: Option<usize>,
+    /// A message the ACL kept from this session was logged already.
+    denial_logged: bool,
 }
 
 impl Session {
@@ -160,6 +162,7 @@ impl Session {
             dropped: 0,
             trusted: false,
             max_queued: None,
+            denial_logged: false,
         }
     }
 
@@ -174,6 +177,22 @@ impl Session {
             }
         }
         None
+    }
+}
+
+/// Why the ACL refused `op` to a client, for the once-per-client log line.
+pub fn denial_reason(username: Option<&str>, op: Op) -> String {
+    let what = match op {
+        Op::Read => "read",
+        Op::Write => "write",
+    };
+    match username {
+        None => format!(
+            "anonymous client: no anonymousAcl rule (or aclPatterns rule) lets it {what} this topic"
+        ),
+        Some(u) => {
+            format!("no ACL rule of user `{u}` (or aclPatterns rule) lets it {what} this topic")
+        }
     }
 }
 
@@ -552,7 +571,7 @@ impl Router {
                         .check(s.username.as_deref(), client_id, m.topic_str(), Op::Read)
                 };
                 if !allowed {
-                    self.metrics.acl_denials.inc();
+                    self.read_denied(client_id, m.topic_str());
                     continue;
                 }
                 let qos = m.qos.min(opts.qos);
@@ -607,7 +626,7 @@ impl Router {
                     .acl
                     .check(s.username.as_deref(), &client, topic, Op::Read)
             {
-                self.metrics.acl_denials.inc();
+                self.read_denied(&client, topic);
                 continue;
             }
             let qos = msg.qos.min(opts.qos);
@@ -645,6 +664,20 @@ impl Router {
                 "retained message not kept: maxRetainedMessages reached");
         }
         self.metrics.retained.set(self.retained.len() as i64);
+    }
+
+    /// Counts a message the ACL keeps from `client_id`; the first one per session is
+    /// logged with the reason, so a client that receives nothing can be explained.
+    fn read_denied(&mut self, client_id: &str, topic: &str) {
+        self.metrics.acl_denials.inc();
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        if !std::mem::replace(&mut s.denial_logged, true) {
+            tracing::info!(broker = %self.name, client_id = %client_id, username = s.username.as_deref().unwrap_or(""), topic,
+                reason = %denial_reason(s.username.as_deref(), Op::Read),
+                "message not delivered: the ACL does not let this client read it (logged once per session; later ones are counted in edgemq_acl_denials_total)");
+        }
     }
 
     /// Queues a delivery for a session, applying the queue bound. Returns whether it
