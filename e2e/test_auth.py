@@ -86,6 +86,21 @@ def test_the_known_answer_hash_logs_in(edgemq):
     c.disconnect_wait()
 
 
+# The Home Assistant Mosquitto add-on's documentation: `pw -p "foo"` (mosquitto-go-auth).
+HA_ADDON_HASH = ("PBKDF2$sha512$100000$qsU7xQ8YCV/9nRuBBJVTxA==$jqw94Ej3aEr97UofY6rClmVCRkTdD"
+                 "iubQW0A6ZYmUI+pZjW9Hax+2w2FeYB3y5ut1SliB7+HAwIl2iONLKkohw==")
+
+
+def test_a_mosquitto_go_auth_pbkdf2_hash_from_the_home_assistant_addon_logs_in(edgemq):
+    port = start_edgemq(edgemq, [("ha", HA_ADDON_HASH)])
+    # 100,000 PBKDF2 rounds take seconds in an unoptimised build: a generous CONNACK wait.
+    c = support.connect(port, "ha", "foo", timeout=30)
+    c.publish_wait("auth/x", b"1", qos=1)
+    c.disconnect_wait()
+    ok, code = support.try_connect(port, username="ha", password="bar", timeout=30)
+    assert (ok, code) == (False, 135), code  # code 5 as Mosquitto; paho shows it as 0x87
+
+
 def test_a_hash_made_by_edgemq_passwd_works_in_mosquitto(mosquitto, tmp_path):
     pwfile = tmp_path / "edgemq-passwd"
     r = support.run([support.edgemq_bin(), "passwd", "-c", "-b", pwfile, "carol", "pa:ss wörd"])

@@ -143,7 +143,16 @@ pub async fn serve(
         .map(|u| Arc::from(u.as_str()));
     let authenticated = match (&username, &password) {
         (None, _) => auth.allow_anonymous,
-        (Some(u), Some(p)) => auth.users.get(&**u).is_some_and(|h| h.verify(p)),
+        // Off the async workers: a PBKDF2 or argon2 check can take tens of milliseconds.
+        (Some(u), Some(p)) => match auth.users.get(&**u).cloned() {
+            Some(h) => {
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || h.verify(&p))
+                    .await
+                    .unwrap_or(false)
+            }
+            None => false,
+        },
         (Some(_), None) => false,
     };
     if !authenticated {
