@@ -136,7 +136,9 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Messages queued for one client beyond the in-flight window (Mosquitto's
     /// `max_queued_messages`); past it new messages for that client are dropped and
-    /// counted. Default: 1000.
+    /// counted. Retained messages sent on SUBSCRIBE do not count against it (they are
+    /// paced by the in-flight window). Default: 8192, what the Home Assistant Mosquitto
+    /// add-on sets for the burst of state messages at Home Assistant's start-up.
     #[serde(default = "default_max_queued")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_queued_messages: u32,
@@ -167,7 +169,7 @@ fn default_max_inflight() -> u16 {
     20
 }
 fn default_max_queued() -> u32 {
-    1000
+    8192
 }
 fn default_session_expiry() -> u32 {
     86400

@@ -126,6 +126,11 @@ struct Session {
     username: Option<Arc<str>>,
     subscriptions: HashMap<String, SubOptions>,
     queue: VecDeque<Delivery>,
+    /// Retained messages owed after a SUBSCRIBE: sent before `queue`, paced by the
+    /// in-flight window like it, but not bounded by `maxQueuedMessages` (a new
+    /// subscriber to `homeassistant/#` is owed every retained discovery message), only
+    /// by `maxRetainedMessages`.
+    retained_backlog: VecDeque<Delivery>,
     inflight: BTreeMap<u16, Inflight>,
     /// In-flight packets to send again (DUP) after a reconnect.
     resend: VecDeque<u16>,
@@ -151,6 +156,7 @@ impl Session {
             username,
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
+            retained_backlog: VecDeque::new(),
             inflight: BTreeMap::new(),
             resend: VecDeque::new(),
             incoming_qos2: HashSet::new(),
@@ -164,6 +170,11 @@ impl Session {
             max_queued: None,
             denial_logged: false,
         }
+    }
+
+    /// Something is waiting to be sent (beyond retransmissions).
+    fn has_pending(&self) -> bool {
+        !self.queue.is_empty() || !self.retained_backlog.is_empty()
     }
 
     fn alloc_pkid(&mut self) -> Option<u16> {
@@ -212,7 +223,7 @@ pub struct RouterLimits {
 impl Default for RouterLimits {
     fn default() -> Self {
         RouterLimits {
-            max_queued: 1000,
+            max_queued: 8192,
             max_inflight: 20,
             max_session_expiry: 86400,
             max_retained: 10000,
@@ -454,7 +465,7 @@ impl Router {
         session.max_inflight = max_inflight;
         session.resend = session.inflight.keys().copied().collect();
         session.conn = Some(conn.clone());
-        if !session.queue.is_empty() || !session.resend.is_empty() {
+        if session.has_pending() || !session.resend.is_empty() {
             conn.wake.notify_one();
         }
         self.update_gauges();
@@ -575,14 +586,24 @@ impl Router {
                     continue;
                 }
                 let qos = m.qos.min(opts.qos);
-                self.enqueue(
-                    client_id,
-                    Delivery {
-                        msg: m,
-                        qos,
-                        retain: true,
-                    },
-                );
+                let max_backlog = self.limits.max_retained.max(1);
+                let Some(s) = self.sessions.get_mut(client_id) else {
+                    break;
+                };
+                if s.retained_backlog.len() >= max_backlog {
+                    // Only a client re-subscribing faster than it reads gets here.
+                    s.dropped += 1;
+                    self.metrics.dropped_queue_full.inc();
+                    continue;
+                }
+                s.retained_backlog.push_back(Delivery {
+                    msg: m,
+                    qos,
+                    retain: true,
+                });
+                if let Some(c) = &s.conn {
+                    c.wake.notify_one();
+                }
             }
         }
         self.update_gauges();
@@ -743,11 +764,19 @@ impl Router {
             }
         }
         while out.len() < batch {
-            let Some(front) = s.queue.front() else { break };
+            // Retained messages owed to a new subscription go first: they are older
+            // than anything queued after the SUBSCRIBE.
+            let backlog = !s.retained_backlog.is_empty();
+            let q = if backlog {
+                &mut s.retained_backlog
+            } else {
+                &mut s.queue
+            };
+            let Some(front) = q.front() else { break };
             if front.qos > 0 && s.inflight.len() >= s.max_inflight {
                 break;
             }
-            let Some(d) = s.queue.pop_front() else { break };
+            let Some(d) = q.pop_front() else { break };
             if d.qos == 0 {
                 out.push(Outgoing::Publish {
                     delivery: d,
@@ -757,7 +786,11 @@ impl Router {
                 continue;
             }
             let Some(pkid) = s.alloc_pkid() else {
-                s.queue.push_front(d);
+                if backlog {
+                    s.retained_backlog.push_front(d);
+                } else {
+                    s.queue.push_front(d);
+                }
                 break;
             };
             s.inflight.insert(pkid, Inflight::Sent(d.clone()));
@@ -805,7 +838,7 @@ impl Router {
         };
         if known {
             s.inflight.remove(&pkid);
-            if !s.queue.is_empty() {
+            if s.has_pending() {
                 if let Some(c) = &s.conn {
                     c.wake.notify_one();
                 }
@@ -877,7 +910,11 @@ impl Router {
             subscriptions: self.sessions.values().map(|s| s.subscriptions.len()).sum(),
             trie_nodes: self.trie.count(),
             retained: self.retained.len(),
-            queued: self.sessions.values().map(|s| s.queue.len()).sum(),
+            queued: self
+                .sessions
+                .values()
+                .map(|s| s.queue.len() + s.retained_backlog.len())
+                .sum(),
         }
     }
 
@@ -1009,6 +1046,49 @@ mod tests {
         );
         r.publish(msg("home/temp", 0, true, ""));
         assert_eq!(r.stats().retained, 0);
+    }
+
+    #[test]
+    fn retained_messages_on_subscribe_are_paced_by_the_window_not_dropped_at_the_queue_bound() {
+        let mut r = router();
+        r.set_limits(RouterLimits {
+            max_queued: 10,
+            ..RouterLimits::default()
+        });
+        for i in 0..3000 {
+            r.publish(msg(
+                &format!("homeassistant/sensor/{i}/config"),
+                1,
+                true,
+                "{}",
+            ));
+        }
+        let id: Arc<str> = "ha".into();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&id, "homeassistant/#", sub(1));
+        // A live message published after the SUBSCRIBE comes after every retained one.
+        r.publish(msg("homeassistant/status", 1, false, "online"));
+        assert_eq!(r.stats().queued, 3001);
+        let mut got = 0;
+        loop {
+            let out = drain(&mut r, "ha", 1);
+            assert!(
+                out.len() <= 20,
+                "the in-flight window paces retained messages"
+            );
+            if out.is_empty() {
+                break;
+            }
+            for o in out {
+                let Outgoing::Publish { delivery, pkid, .. } = o else {
+                    panic!("unexpected {o:?}")
+                };
+                got += 1;
+                assert_eq!(delivery.retain, got <= 3000);
+                assert!(r.puback("ha", pkid));
+            }
+        }
+        assert_eq!((got, r.dropped("ha")), (3001, 0));
     }
 
     #[test]
