@@ -33,6 +33,9 @@ pub enum FrameError {
     /// sent, bridge bit included).
     #[error("unsupported protocol level {0:#04x}")]
     UnsupportedVersion(u8),
+    /// A client's packet broke a rule of the specification.
+    #[error(transparent)]
+    Violation(#[from] super::check::Violation),
 }
 
 /// A decoded incoming packet. PUBLISH carries what rumqttd hides.
@@ -149,6 +152,11 @@ pub fn read_connect(
     max_size: usize,
 ) -> Result<ConnectPacket, FrameError> {
     if head.version == Version::V5 {
+        let header = protocol::v4::check(buf.iter(), max_size).map_err(FrameError::Malformed)?;
+        super::check::check_connect_v5(
+            header.byte1,
+            &buf[header.fixed_header_len..header.frame_length()],
+        )?;
         return match protocol::v5::V5.read_mut(buf, max_size) {
             Ok(Packet::Connect(connect, properties, will, will_properties, login)) => {
                 let (username, password) = match login {
@@ -272,6 +280,26 @@ fn decode_connect_v4(
         username,
         password,
     })
+}
+
+/// Decodes one packet a client sent after its CONNECT, checked against the
+/// specification's rules first ([`super::check`]).
+pub fn read_client(
+    version: Version,
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<Incoming, FrameError> {
+    match protocol::v4::check(buf.iter(), max_size) {
+        Ok(h) => super::check::check(
+            version == Version::V5,
+            h.byte1,
+            &buf[h.fixed_header_len..h.frame_length()],
+        )?,
+        Err(protocol::Error::InsufficientBytes(_)) => return Err(FrameError::Incomplete),
+        Err(protocol::Error::PayloadSizeLimitExceeded(n)) => return Err(FrameError::TooLarge(n)),
+        Err(e) => return Err(FrameError::Malformed(e)),
+    }
+    read(version, buf, max_size)
 }
 
 /// Decodes one packet from the front of `buf`, if a whole frame is there.

@@ -4,8 +4,8 @@
 //! Protocol hygiene lives here: MQTT 3.1 client ids have 1 to 23 characters, a
 //! bridge (protocol level bit 0x80) gets no echo of its own messages, keepalive 0 is
 //! accepted, a PUBLISH to an invalid topic or a second CONNECT closes the connection,
-//! malformed filters are refused in SUBACK, a denied PUBLISH is acknowledged (MQTT 5:
-//! reason 0x87) and dropped.
+//! as does any packet [`super::check`] refuses (MQTT 5: after a DISCONNECT saying why),
+//! a denied PUBLISH is acknowledged (MQTT 5: reason 0x87) and dropped.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -330,13 +330,26 @@ async fn read_loop(
     loop {
         // Handle every complete frame already buffered.
         loop {
-            match codec::read(client.version, buf, max) {
+            match codec::read_client(client.version, buf, max) {
                 Ok(incoming) => {
                     if let Err(end) = Box::pin(handle(incoming, shared, client, ctrl)).await {
                         return end;
                     }
                 }
                 Err(FrameError::Incomplete) => break,
+                Err(FrameError::Violation(v)) => {
+                    // MQTT 5: say why before closing [MQTT-4.13.2-1].
+                    if client.version == Version::V5 {
+                        let reason_code = if v.reason_code() == 0x81 {
+                            DisconnectReasonCode::MalformedPacket
+                        } else {
+                            DisconnectReasonCode::ProtocolError
+                        };
+                        let _ =
+                            send(ctrl, Packet::Disconnect(Disconnect { reason_code }, None)).await;
+                    }
+                    return End::Frame(FrameError::Violation(v));
+                }
                 Err(e) => return End::Frame(e),
             }
         }

@@ -11,6 +11,7 @@
 //! connections a change concerns are closed (a removed or re-passworded user's, the
 //! anonymous ones when anonymous access is withdrawn, those of a removed listener).
 
+pub mod check;
 pub mod codec;
 pub mod connection;
 pub mod listener;
