@@ -150,6 +150,8 @@ pub struct BrokerRuntime {
     tls: BTreeMap<String, TlsMaterial>,
     state_dir: Option<PathBuf>,
     persistence: Option<tokio::task::JoinHandle<()>>,
+    /// Store and task saving persistent sessions, while persistence is on.
+    session_saver: Option<(persist::RetainedStore, tokio::task::JoinHandle<()>)>,
     expiry_task: tokio::task::JoinHandle<()>,
 }
 
@@ -230,6 +232,7 @@ impl BrokerRuntime {
             tls: BTreeMap::new(),
             state_dir: state_dir.map(Path::to_path_buf),
             persistence: None,
+            session_saver: None,
             expiry_task,
         };
         if let Err(e) = rt.apply(bundle, tls).await {
@@ -316,9 +319,11 @@ impl BrokerRuntime {
                     .join("brokers")
                     .join(format!("{}_{}", bundle.namespace, bundle.name))
                     .join("retained.redb");
-                let store = match persist::RetainedStore::open(&path)
-                    .and_then(|s| s.load().map(|m| (s, m)))
-                {
+                let store = match persist::RetainedStore::open(&path).and_then(|s| {
+                    let msgs = s.load()?;
+                    let sessions = s.load_sessions()?;
+                    Ok((s, (msgs, sessions)))
+                }) {
                     Ok(v) => v,
                     Err(e) => {
                         for h in started.values() {
@@ -327,15 +332,19 @@ impl BrokerRuntime {
                         return Err(e.into());
                     }
                 };
-                let (store, msgs) = store;
+                let (store, (msgs, sessions)) = store;
                 let (tx, task) = store.spawn_writer();
                 let mut router = self.shared.router();
                 let n = msgs.len();
                 router.restore_retained(msgs);
+                let (ns, nm) = router.restore_sessions(sessions);
                 router.set_persistence(Some(tx));
+                drop(router);
                 self.persistence = Some(task);
+                let saver = tokio::spawn(save_sessions(self.shared.clone(), store.clone()));
+                self.session_saver = Some((store, saver));
                 changes.push(format!(
-                    "persistence on ({n} retained messages restored from {})",
+                    "persistence on ({n} retained messages, {ns} sessions holding {nm} messages restored from {})",
                     path.display()
                 ));
             } else {
@@ -344,6 +353,9 @@ impl BrokerRuntime {
         } else if !bundle.persistence && self.persistence.is_some() {
             self.shared.router().set_persistence(None);
             self.persistence = None;
+            if let Some((_, task)) = self.session_saver.take() {
+                task.abort();
+            }
             changes.push("persistence off".into());
         }
 
@@ -489,7 +501,65 @@ impl BrokerRuntime {
         if let Some(task) = self.persistence.take() {
             let _ = task.await;
         }
+        if let Some((store, task)) = self.session_saver.take() {
+            task.abort();
+            let _ = task.await;
+            // The last snapshot: nothing a clean stop could keep is lost.
+            let saved = self
+                .shared
+                .router()
+                .snapshot_sessions(std::time::Instant::now());
+            let n = saved.len();
+            match tokio::task::spawn_blocking(move || store.save_sessions(&saved)).await {
+                Ok(Ok(())) => {
+                    self.shared.metrics.session_saves.inc();
+                    tracing::info!(broker = %self.shared.key, sessions = n, "persistent sessions saved");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(broker = %self.shared.key, error = %e, "could not save persistent sessions")
+                }
+                Err(e) => {
+                    tracing::error!(broker = %self.shared.key, error = %e, "session saver failed")
+                }
+            }
+        }
         tracing::info!(broker = %self.shared.key, "broker stopped");
+    }
+}
+
+/// Saves the persistent sessions every [`persist::SESSION_SAVE_INTERVAL`] when one
+/// changed (and while there are any, or were at the last save).
+async fn save_sessions(shared: Arc<Shared>, store: persist::RetainedStore) {
+    let mut tick = tokio::time::interval(persist::SESSION_SAVE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut saved_at, mut had_any) = (None, true);
+    loop {
+        tick.tick().await;
+        let snapshot = {
+            let router = shared.router();
+            let changes = router.changes();
+            if saved_at == Some(changes) {
+                continue;
+            }
+            saved_at = Some(changes);
+            router.snapshot_sessions_counted(std::time::Instant::now())
+        };
+        let (snapshot, messages) = snapshot;
+        if snapshot.is_empty() && !had_any {
+            continue;
+        }
+        had_any = !snapshot.is_empty();
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.save_sessions(&snapshot)).await {
+            Ok(Ok(())) => {
+                shared.metrics.session_saves.inc();
+                shared.metrics.session_saved_messages.set(messages as i64);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(broker = %shared.key, error = %e, "could not save persistent sessions")
+            }
+            Err(e) => tracing::error!(broker = %shared.key, error = %e, "session saver failed"),
+        }
     }
 }
 

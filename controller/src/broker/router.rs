@@ -382,6 +382,9 @@ pub struct Router {
     limits: RouterLimits,
     metrics: BrokerMetrics,
     persist: Option<tokio::sync::mpsc::UnboundedSender<RetainedChange>>,
+    /// Bumped by every call that may change a session, so the session snapshot task
+    /// writes only when something changed.
+    changes: u64,
     name: String,
 }
 
@@ -396,6 +399,7 @@ impl Router {
             limits,
             metrics,
             persist: None,
+            changes: 0,
             name: name.to_string(),
         }
     }
@@ -442,6 +446,7 @@ impl Router {
         receive_max: usize,
         conn: ConnLink,
     ) -> Connected {
+        self.changes = self.changes.wrapping_add(1);
         let expiry = expiry.min(self.limits.max_session_expiry);
         let mut session_present = false;
         if let Some(old) = self.sessions.get_mut(client_id) {
@@ -492,6 +497,7 @@ impl Router {
 
     /// Detaches connection `conn_id` from its session; a session with expiry 0 is removed.
     pub fn disconnect(&mut self, client_id: &str, conn_id: u64, expiry_override: Option<u32>) {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return;
         };
@@ -535,6 +541,9 @@ impl Router {
             self.remove_session(k);
         }
         if !expired.is_empty() {
+            self.changes = self.changes.wrapping_add(1);
+        }
+        if !expired.is_empty() {
             self.update_gauges();
         }
         expired.len()
@@ -558,6 +567,7 @@ impl Router {
     /// Adds or replaces a subscription and queues the retained messages it asks for.
     /// Returns whether it replaced an existing one.
     pub fn subscribe(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOptions) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -612,6 +622,7 @@ impl Router {
 
     /// Removes a subscription. Returns whether it existed.
     pub fn unsubscribe(&mut self, client_id: &Arc<str>, filter: &str) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -704,6 +715,7 @@ impl Router {
     /// Queues a delivery for a session, applying the queue bound. Returns whether it
     /// was queued.
     fn enqueue(&mut self, client_id: &Arc<str>, d: Delivery) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -748,6 +760,9 @@ impl Router {
         };
         if s.conn.as_ref().map(|c| c.id) != Some(conn_id) {
             return;
+        }
+        if s.has_pending() || !s.resend.is_empty() {
+            self.changes = self.changes.wrapping_add(1);
         }
         while out.len() < batch {
             let Some(pkid) = s.resend.pop_front() else {
@@ -810,6 +825,7 @@ impl Router {
     /// PUBREC from the client: the message moves to awaiting PUBCOMP. Returns whether
     /// the packet id was known.
     pub fn pubrec(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -828,6 +844,7 @@ impl Router {
     }
 
     fn complete(&mut self, client_id: &str, pkid: u16, released: bool) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -850,6 +867,7 @@ impl Router {
     /// An incoming QoS 2 PUBLISH: returns true the first time a packet id is seen
     /// (the message must be routed), false for a retransmission.
     pub fn qos2_received(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         self.sessions
             .get_mut(client_id)
             .is_some_and(|s| s.incoming_qos2.insert(pkid))
@@ -857,6 +875,7 @@ impl Router {
 
     /// PUBREL from the client: forgets the packet id. Returns whether it was known.
     pub fn qos2_released(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         self.sessions
             .get_mut(client_id)
             .is_some_and(|s| s.incoming_qos2.remove(&pkid))
@@ -921,6 +940,67 @@ impl Router {
     /// Every retained message (for persistence snapshots).
     pub fn retained_messages(&self) -> Vec<Arc<Message>> {
         self.retained.values().cloned().collect()
+    }
+
+    /// A counter that moves whenever a session may have changed.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Every persistent session (expiry above 0, not edgemq's own), encoded for the
+    /// store: subscriptions, retained backlog and queue, in-flight messages (QoS 1/2
+    /// sent, QoS 2 released), the QoS 2 packet ids received, and the expiry left
+    /// (counted from `now` for a disconnected session).
+    pub fn snapshot_sessions(&self, now: Instant) -> Vec<(String, Vec<u8>)> {
+        self.snapshot_sessions_counted(now).0
+    }
+
+    /// [`Router::snapshot_sessions`], also counting the messages the sessions hold.
+    pub fn snapshot_sessions_counted(&self, now: Instant) -> (Vec<(String, Vec<u8>)>, usize) {
+        let mut out = Vec::new();
+        let mut messages = 0;
+        for (id, s) in &self.sessions {
+            if s.trusted || s.expiry == 0 || id.starts_with(INTERNAL_CLIENT_PREFIX) {
+                continue;
+            }
+            let left = match s.disconnected_at {
+                Some(at) => {
+                    let gone = now.duration_since(at).as_secs();
+                    u64::from(s.expiry).saturating_sub(gone) as u32
+                }
+                None => s.expiry,
+            };
+            if left == 0 {
+                continue;
+            }
+            messages += s.queue.len() + s.retained_backlog.len() + s.inflight.len();
+            out.push((id.to_string(), saved::encode(s, left)));
+        }
+        (out, messages)
+    }
+
+    /// Restores sessions saved by [`Router::snapshot_sessions`] as disconnected ones
+    /// (their expiry counts from now). Returns how many, and how many messages they
+    /// hold. Entries that do not decode are skipped with a warning.
+    pub fn restore_sessions(&mut self, saved: Vec<(String, Vec<u8>)>) -> (usize, usize) {
+        let now = Instant::now();
+        let (mut n, mut msgs) = (0, 0);
+        for (id, bytes) in saved {
+            let Some(mut s) = saved::decode(&bytes) else {
+                tracing::warn!(broker = %self.name, client_id = %id, "a saved session could not be read; it is dropped");
+                continue;
+            };
+            s.disconnected_at = Some(now);
+            let id: Arc<str> = id.into();
+            for (filter, opts) in &s.subscriptions {
+                self.trie.insert(&levels(filter), id.clone(), *opts);
+            }
+            msgs += s.queue.len() + s.retained_backlog.len() + s.inflight.len();
+            self.sessions.insert(id, s);
+            n += 1;
+        }
+        self.update_gauges();
+        (n, msgs)
     }
 
     fn update_gauges(&self) {
@@ -1111,6 +1191,74 @@ mod tests {
     }
 
     #[test]
+    fn persistent_sessions_survive_a_snapshot_and_restore() {
+        let mut r = router();
+        let id: Arc<str> = "p".into();
+        r.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(1));
+        r.subscribe(&id, "t/#", sub(2));
+        r.publish(msg("t/1", 1, false, "inflight"));
+        r.publish(msg("t/2", 2, false, "released"));
+        let out = drain(&mut r, "p", 1);
+        let Outgoing::Publish { pkid: released, .. } = out[1] else {
+            panic!()
+        };
+        assert!(r.pubrec("p", released));
+        assert!(r.qos2_received("p", 9));
+        r.disconnect("p", 1, None);
+        for i in 0..500 {
+            r.publish(msg("t/q", 1, false, &i.to_string()));
+        }
+        let clean: Arc<str> = "clean".into();
+        r.connect(&clean, None, true, 0, 20, ConnLink::new(2));
+        let saved = r.snapshot_sessions(Instant::now());
+        assert_eq!(saved.len(), 1, "clean sessions are not saved");
+
+        let mut r2 = router();
+        assert_eq!(r2.restore_sessions(saved), (1, 502));
+        let c = r2.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(3));
+        assert!(c.session_present);
+        assert!(
+            !r2.qos2_received("p", 9),
+            "a QoS 2 id received before is remembered"
+        );
+        r2.publish(msg("t/live", 0, false, "live"));
+        let mut got = Vec::new();
+        loop {
+            let out = drain(&mut r2, "p", 3);
+            if out.is_empty() {
+                break;
+            }
+            for o in out {
+                match o {
+                    Outgoing::Publish {
+                        delivery,
+                        pkid,
+                        dup,
+                    } => {
+                        got.push((delivery.msg.payload.clone(), dup));
+                        if pkid != 0 {
+                            r2.puback("p", pkid);
+                        }
+                    }
+                    Outgoing::PubRel(p) => {
+                        assert_eq!(p, released);
+                        r2.pubcomp("p", p);
+                    }
+                }
+            }
+        }
+        assert_eq!(got[0], (Bytes::from("inflight"), true));
+        let queued: Vec<_> = got[1..501].iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(
+            queued,
+            (0..500)
+                .map(|i| Bytes::from(i.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(got.len(), 502);
+    }
+
+    #[test]
     fn trie_nodes_and_sessions_are_freed_when_clients_go() {
         let mut r = router();
         for i in 0..100 {
@@ -1136,5 +1284,158 @@ mod tests {
         // The old connection's late disconnect must not remove the new session.
         r.disconnect("dup", 1, None);
         assert_eq!(r.stats().connected, 1);
+    }
+}
+
+/// The stored form of a persistent session (see [`Router::snapshot_sessions`]): a
+/// version byte, then length-prefixed fields in a fixed order.
+mod saved {
+    use super::*;
+
+    const VERSION: u8 = 1;
+
+    fn put_bytes(o: &mut Vec<u8>, b: &[u8]) {
+        o.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        o.extend_from_slice(b);
+    }
+
+    fn put_delivery(o: &mut Vec<u8>, kind: u8, pkid: u16, d: Option<&Delivery>) {
+        o.push(kind);
+        o.extend_from_slice(&pkid.to_be_bytes());
+        if let Some(d) = d {
+            o.push(d.qos);
+            o.push(u8::from(d.retain) | (d.msg.qos << 1));
+            put_bytes(o, &d.msg.topic);
+            put_bytes(o, &d.msg.payload);
+        }
+    }
+
+    pub(super) fn encode(s: &Session, expiry_left: u32) -> Vec<u8> {
+        let mut o = vec![VERSION];
+        match &s.username {
+            Some(u) => {
+                o.push(1);
+                put_bytes(&mut o, u.as_bytes());
+            }
+            None => o.push(0),
+        }
+        o.extend_from_slice(&expiry_left.to_be_bytes());
+        o.extend_from_slice(&(s.max_inflight as u32).to_be_bytes());
+        o.extend_from_slice(&s.next_pkid.to_be_bytes());
+        o.extend_from_slice(&(s.subscriptions.len() as u32).to_be_bytes());
+        for (filter, opts) in &s.subscriptions {
+            put_bytes(&mut o, filter.as_bytes());
+            o.push(opts.qos);
+            o.push(u8::from(opts.no_local) | (u8::from(opts.retain_as_published) << 1));
+            o.push(opts.retain_handling);
+        }
+        let n = s.retained_backlog.len() + s.queue.len() + s.inflight.len();
+        o.extend_from_slice(&(n as u32).to_be_bytes());
+        for (pkid, f) in &s.inflight {
+            match f {
+                Inflight::Sent(d) => put_delivery(&mut o, 1, *pkid, Some(d)),
+                Inflight::Released => put_delivery(&mut o, 2, *pkid, None),
+            }
+        }
+        for d in s.retained_backlog.iter() {
+            put_delivery(&mut o, 3, 0, Some(d));
+        }
+        for d in s.queue.iter() {
+            put_delivery(&mut o, 0, 0, Some(d));
+        }
+        o.extend_from_slice(&(s.incoming_qos2.len() as u32).to_be_bytes());
+        for p in &s.incoming_qos2 {
+            o.extend_from_slice(&p.to_be_bytes());
+        }
+        o
+    }
+
+    struct Rd<'a>(&'a [u8]);
+
+    impl<'a> Rd<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            if self.0.len() < n {
+                return None;
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Some(a)
+        }
+        fn u8(&mut self) -> Option<u8> {
+            Some(self.take(1)?[0])
+        }
+        fn u16(&mut self) -> Option<u16> {
+            Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+        }
+        fn bytes(&mut self) -> Option<&'a [u8]> {
+            let n = self.u32()? as usize;
+            self.take(n)
+        }
+    }
+
+    pub(super) fn decode(b: &[u8]) -> Option<Session> {
+        let mut r = Rd(b);
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let username = match r.u8()? {
+            0 => None,
+            _ => Some(Arc::from(std::str::from_utf8(r.bytes()?).ok()?)),
+        };
+        let mut s = Session::new(username);
+        s.expiry = r.u32()?;
+        s.max_inflight = (r.u32()? as usize).max(1);
+        s.next_pkid = r.u16()?;
+        for _ in 0..r.u32()? {
+            let filter = std::str::from_utf8(r.bytes()?).ok()?.to_string();
+            let (qos, flags, retain_handling) = (r.u8()?, r.u8()?, r.u8()?);
+            s.subscriptions.insert(
+                filter,
+                SubOptions {
+                    qos: qos.min(2),
+                    no_local: flags & 1 != 0,
+                    retain_as_published: flags & 2 != 0,
+                    retain_handling,
+                },
+            );
+        }
+        for _ in 0..r.u32()? {
+            let kind = r.u8()?;
+            let pkid = r.u16()?;
+            if kind == 2 {
+                s.inflight.insert(pkid, Inflight::Released);
+                continue;
+            }
+            let qos = r.u8()?.min(2);
+            let flags = r.u8()?;
+            let topic = r.bytes()?;
+            std::str::from_utf8(topic).ok()?;
+            let d = Delivery {
+                msg: Arc::new(Message {
+                    topic: Bytes::copy_from_slice(topic),
+                    payload: Bytes::copy_from_slice(r.bytes()?),
+                    qos: (flags >> 1).min(2),
+                    retain: flags & 1 != 0,
+                    properties: None,
+                    origin: None,
+                }),
+                qos,
+                retain: flags & 1 != 0,
+            };
+            match kind {
+                1 => {
+                    s.inflight.insert(pkid, Inflight::Sent(d));
+                }
+                3 => s.retained_backlog.push_back(d),
+                _ => s.queue.push_back(d),
+            }
+        }
+        for _ in 0..r.u32()? {
+            s.incoming_qos2.insert(r.u16()?);
+        }
+        Some(s)
     }
 }
