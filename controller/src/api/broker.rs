@@ -157,6 +157,11 @@ pub struct Limits {
     #[serde(default = "default_max_retained")]
     #[schemars(range(min = 0, max = 10000000))]
     pub max_retained_messages: u32,
+    /// Seconds between updates of the `$SYS/broker/…` statistics topics (Mosquitto's
+    /// `sys_interval`); 0 turns them off. Default: 10.
+    #[serde(default = "default_sys_interval")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub sys_interval_seconds: u32,
 }
 
 fn default_max_connections() -> u32 {
@@ -180,6 +185,9 @@ fn default_handshake_timeout() -> u32 {
 fn default_max_retained() -> u32 {
     10000
 }
+fn default_sys_interval() -> u32 {
+    10
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -191,6 +199,7 @@ impl Default for Limits {
             session_expiry_seconds: default_session_expiry(),
             handshake_timeout_seconds: default_handshake_timeout(),
             max_retained_messages: default_max_retained(),
+            sys_interval_seconds: default_sys_interval(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod connection;
 pub mod listener;
 pub mod persist;
 pub mod router;
+pub mod sys;
 pub mod transport;
 
 use std::collections::{BTreeMap, HashMap};
@@ -153,6 +154,7 @@ pub struct BrokerRuntime {
     /// Store and task saving persistent sessions, while persistence is on.
     session_saver: Option<(persist::RetainedStore, tokio::task::JoinHandle<()>)>,
     expiry_task: tokio::task::JoinHandle<()>,
+    sys_task: tokio::task::JoinHandle<()>,
 }
 
 fn router_limits(l: &Limits) -> RouterLimits {
@@ -225,6 +227,7 @@ impl BrokerRuntime {
             open_sockets: AtomicUsize::new(0),
         });
         let expiry_task = tokio::spawn(expire_sessions(shared.clone()));
+        let sys_task = tokio::spawn(sys::run(shared.clone()));
         let mut rt = BrokerRuntime {
             shared,
             listeners: BTreeMap::new(),
@@ -234,6 +237,7 @@ impl BrokerRuntime {
             persistence: None,
             session_saver: None,
             expiry_task,
+            sys_task,
         };
         if let Err(e) = rt.apply(bundle, tls).await {
             rt.shutdown().await;
@@ -494,6 +498,7 @@ impl BrokerRuntime {
             h.stop();
         }
         self.expiry_task.abort();
+        self.sys_task.abort();
         {
             let mut router = self.shared.router();
             router.set_persistence(None);

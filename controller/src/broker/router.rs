@@ -378,6 +378,8 @@ pub struct Router {
     sessions: HashMap<Arc<str>, Session>,
     trie: TrieNode,
     retained: HashMap<Bytes, Arc<Message>>,
+    /// The latest `$SYS` statistics, sent to new `$SYS` subscribers like retained ones.
+    sys_retained: HashMap<Bytes, Arc<Message>>,
     acl: Arc<Acl>,
     limits: RouterLimits,
     metrics: BrokerMetrics,
@@ -395,6 +397,7 @@ impl Router {
             sessions: HashMap::new(),
             trie: TrieNode::default(),
             retained: HashMap::new(),
+            sys_retained: HashMap::new(),
             acl,
             limits,
             metrics,
@@ -582,6 +585,7 @@ impl Router {
             let matching: Vec<Arc<Message>> = self
                 .retained
                 .values()
+                .chain(self.sys_retained.values())
                 .filter(|m| topic_matches(filter, m.topic_str()))
                 .cloned()
                 .collect();
@@ -678,6 +682,12 @@ impl Router {
     }
 
     fn retain(&mut self, msg: &Arc<Message>) {
+        // `$SYS` statistics are edgemq's own: kept apart from the retained store (not
+        // persisted, not counted against maxRetainedMessages or in the metric).
+        if msg.origin.is_none() && msg.topic.starts_with(b"$SYS/") {
+            self.sys_retained.insert(msg.topic.clone(), msg.clone());
+            return;
+        }
         if msg.payload.is_empty() {
             if self.retained.remove(&msg.topic).is_some() {
                 if let Some(p) = &self.persist {

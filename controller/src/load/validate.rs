@@ -520,6 +520,13 @@ impl Validator<'_> {
                 0,
                 10_000_000,
             );
+            self.range(
+                b,
+                &p("sysIntervalSeconds"),
+                lim.sys_interval_seconds.into(),
+                0,
+                86_400,
+            );
         }
     }
 
