@@ -286,3 +286,28 @@ def test_a_client_that_disappears_mid_packet_does_not_hurt_others(port, proto):
         full = support.publish_packet(b"half/topic", b"x" * 1000, qos=1)
         c.send(full[:300])
     still_serving(port, proto)
+
+
+# --------------------------------------------------------------------------- MQTT 5 message expiry
+
+def test_mqtt5_an_expired_message_is_not_delivered_and_the_remaining_interval_is_sent(port, clients):
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.packettypes import PacketTypes
+    cid = support.unique_id("expiry")
+    s = clients(port, protocol=MQTTv5, client_id=cid, clean=False, session_expiry=300)
+    s.subscribe_wait("exp/#", 1)
+    s.disconnect_wait()
+    p = clients(port, protocol=MQTTv5)
+    for payload, expiry in [(b"short", 1), (b"long", 60), (b"none", None)]:
+        props = Properties(PacketTypes.PUBLISH)
+        if expiry is not None:
+            props.MessageExpiryInterval = expiry
+        p.publish_wait("exp/t", payload, qos=1, properties=props)
+    time.sleep(2.1)  # let the 1-second interval run out while the session is offline
+    s = clients(port, protocol=MQTTv5, client_id=cid, clean=False, session_expiry=300)
+    got = [s.get(5), s.get(5)]
+    assert [m.payload for m in got] == [b"long", b"none"]
+    left = getattr(got[0].properties, "MessageExpiryInterval", None)
+    assert left is not None and 1 <= left <= 58, left  # what is left of 60, not 60
+    assert getattr(got[1].properties, "MessageExpiryInterval", None) is None
+    s.expect_none(0.5)

@@ -18,8 +18,9 @@ pub struct BrokerLabel {
 pub struct DropLabels {
     /// `namespace/name` of the Broker.
     pub broker: String,
-    /// `queue_full` (a client's queue hit `maxQueuedMessages`) or `offline_qos0`
-    /// (QoS 0 messages are not queued for disconnected sessions).
+    /// `queue_full` (a client's queue hit `maxQueuedMessages`), `offline_qos0`
+    /// (QoS 0 messages are not queued for disconnected sessions) or `expired` (an MQTT 5
+    /// message expiry interval ran out before it was sent).
     pub reason: String,
 }
 
@@ -246,6 +247,8 @@ pub struct BrokerMetrics {
     pub dropped_queue_full: Counter,
     /// QoS 0 messages not queued for a disconnected session.
     pub dropped_offline_qos0: Counter,
+    /// Messages whose MQTT 5 expiry interval ran out before they were sent.
+    pub dropped_expired: Counter,
     /// See [`Metrics::session_saves`].
     pub session_saves: Counter,
     /// See [`Metrics::session_saved_messages`].
@@ -280,6 +283,7 @@ impl BrokerMetrics {
             acl_denials: m.acl_denials.get_or_create(&l).clone(),
             dropped_queue_full: drop("queue_full"),
             dropped_offline_qos0: drop("offline_qos0"),
+            dropped_expired: drop("expired"),
         }
     }
 

@@ -417,6 +417,9 @@ async fn handle(
                 payload: publish.payload.clone(),
                 qos,
                 retain: publish.retain,
+                expires_at: expiry_deadline(
+                    properties.as_ref().and_then(|p| p.message_expiry_interval),
+                ),
                 properties: properties.map(forwardable),
                 origin: Some(client.id.clone()),
             };
@@ -623,6 +626,10 @@ async fn handle(
     }
 }
 
+fn expiry_deadline(seconds: Option<u32>) -> Option<std::time::Instant> {
+    seconds.map(|s| std::time::Instant::now() + Duration::from_secs(s.into()))
+}
+
 /// MQTT 5 properties forwarded to subscribers (topic alias and subscription ids are
 /// per connection and are not forwarded).
 fn forwardable(mut p: PublishProperties) -> PublishProperties {
@@ -663,6 +670,7 @@ fn publish_will(shared: &Shared, client: &Client) {
         payload: will.message.clone(),
         qos: codec::qos_num(will.qos),
         retain: will.retain,
+        expires_at: expiry_deadline(props.as_ref().and_then(|p| p.message_expiry_interval)),
         properties,
         origin: Some(client.id.clone()),
     });
@@ -740,7 +748,14 @@ async fn write_loop(
                             dup,
                         );
                         shared.metrics.messages_out.inc();
-                        Packet::Publish(p, m.properties.clone())
+                        let mut props = m.properties.clone();
+                        // [MQTT-3.3.2-6]: the expiry interval sent is what is left of it.
+                        if let (Some(p), Some(at)) = (props.as_mut(), m.expires_at) {
+                            let left = at.saturating_duration_since(std::time::Instant::now());
+                            p.message_expiry_interval =
+                                Some(left.as_secs_f64().ceil().max(1.0) as u32);
+                        }
+                        Packet::Publish(p, props)
                     }
                     Outgoing::PubRel(pkid) => Packet::PubRel(
                         PubRel {

@@ -87,6 +87,7 @@ impl RetainedStore {
                 retain: true,
                 properties: None,
                 origin: None,
+                expires_at: None,
             }));
         }
         Ok(out)

@@ -38,9 +38,16 @@ pub struct Message {
     pub properties: Option<PublishProperties>,
     /// Client id of the publisher, for MQTT 5 no-local subscriptions.
     pub origin: Option<Arc<str>>,
+    /// When its MQTT 5 Message Expiry Interval runs out: not delivered after that.
+    pub expires_at: Option<Instant>,
 }
 
 impl Message {
+    /// Whether its message expiry interval has run out at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
     /// The topic as text.
     pub fn topic_str(&self) -> &str {
         std::str::from_utf8(&self.topic).unwrap_or("")
@@ -148,6 +155,8 @@ struct Session {
     max_queued: Option<usize>,
     /// A message the ACL kept from this session was logged already.
     denial_logged: bool,
+    /// Messages whose expiry interval ran out before they could be sent.
+    dropped_expired: u64,
 }
 
 impl Session {
@@ -169,6 +178,7 @@ impl Session {
             trusted: false,
             max_queued: None,
             denial_logged: false,
+            dropped_expired: 0,
         }
     }
 
@@ -586,7 +596,7 @@ impl Router {
                 .retained
                 .values()
                 .chain(self.sys_retained.values())
-                .filter(|m| topic_matches(filter, m.topic_str()))
+                .filter(|m| topic_matches(filter, m.topic_str()) && !m.expired(Instant::now()))
                 .cloned()
                 .collect();
             for m in matching {
@@ -774,6 +784,8 @@ impl Router {
         if s.has_pending() || !s.resend.is_empty() {
             self.changes = self.changes.wrapping_add(1);
         }
+        let now = Instant::now();
+        let mut expired = 0u64;
         while out.len() < batch {
             let Some(pkid) = s.resend.pop_front() else {
                 break;
@@ -802,6 +814,12 @@ impl Router {
                 break;
             }
             let Some(d) = q.pop_front() else { break };
+            // [MQTT-3.3.2-5]: an expired message is not delivered.
+            if d.msg.expired(now) {
+                s.dropped_expired += 1;
+                expired += 1;
+                continue;
+            }
             if d.qos == 0 {
                 out.push(Outgoing::Publish {
                     delivery: d,
@@ -824,6 +842,9 @@ impl Router {
                 pkid,
                 dup: false,
             });
+        }
+        if expired > 0 {
+            self.metrics.dropped_expired.inc_by(expired);
         }
     }
 
@@ -917,6 +938,7 @@ impl Router {
             retain: false,
             properties: None,
             origin: None,
+            expires_at: None,
         });
         let mut out = Vec::new();
         self.next_outgoing(&id, u64::MAX, 16, &mut out);
@@ -1041,6 +1063,7 @@ mod tests {
             retain,
             properties: None,
             origin: None,
+            expires_at: None,
         }
     }
 
@@ -1269,6 +1292,30 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_message_is_not_delivered_live_queued_or_retained() {
+        let mut r = router();
+        let past = Instant::now() - Duration::from_secs(1);
+        let mut gone = msg("t/old", 1, true, "expired");
+        gone.expires_at = Some(past);
+        r.publish(gone);
+        let id: Arc<str> = "s".into();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&id, "t/#", sub(1));
+        let mut late = msg("t/x", 1, false, "late");
+        late.expires_at = Some(past);
+        r.publish(late);
+        let mut fresh = msg("t/x", 1, false, "fresh");
+        fresh.expires_at = Some(Instant::now() + Duration::from_secs(60));
+        r.publish(fresh);
+        let out = drain(&mut r, "s", 1);
+        assert_eq!(out.len(), 1);
+        let Outgoing::Publish { delivery, .. } = &out[0] else {
+            panic!()
+        };
+        assert_eq!(&delivery.msg.payload[..], b"fresh");
+    }
+
+    #[test]
     fn trie_nodes_and_sessions_are_freed_when_clients_go() {
         let mut r = router();
         for i in 0..100 {
@@ -1431,6 +1478,7 @@ mod saved {
                     retain: flags & 1 != 0,
                     properties: None,
                     origin: None,
+                    expires_at: None,
                 }),
                 qos,
                 retain: flags & 1 != 0,

@@ -138,6 +138,7 @@ pub async fn run(shared: Arc<Shared>) {
                 retain: true,
                 properties: None,
                 origin: None,
+                expires_at: None,
             });
         }
     }
