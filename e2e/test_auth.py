@@ -86,6 +86,21 @@ def test_the_known_answer_hash_logs_in(edgemq):
     c.disconnect_wait()
 
 
+# The Home Assistant Mosquitto add-on's documentation: `pw -p "foo"` (mosquitto-go-auth).
+HA_ADDON_HASH = ("PBKDF2$sha512$100000$qsU7xQ8YCV/9nRuBBJVTxA==$jqw94Ej3aEr97UofY6rClmVCRkTdD"
+                 "iubQW0A6ZYmUI+pZjW9Hax+2w2FeYB3y5ut1SliB7+HAwIl2iONLKkohw==")
+
+
+def test_a_mosquitto_go_auth_pbkdf2_hash_from_the_home_assistant_addon_logs_in(edgemq):
+    port = start_edgemq(edgemq, [("ha", HA_ADDON_HASH)])
+    # 100,000 PBKDF2 rounds take seconds in an unoptimised build: a generous CONNACK wait.
+    c = support.connect(port, "ha", "foo", timeout=30)
+    c.publish_wait("auth/x", b"1", qos=1)
+    c.disconnect_wait()
+    ok, code = support.try_connect(port, username="ha", password="bar", timeout=30)
+    assert (ok, code) == (False, 135), code  # code 5 as Mosquitto; paho shows it as 0x87
+
+
 def test_a_hash_made_by_edgemq_passwd_works_in_mosquitto(mosquitto, tmp_path):
     pwfile = tmp_path / "edgemq-passwd"
     r = support.run([support.edgemq_bin(), "passwd", "-c", "-b", pwfile, "carol", "pa:ss wörd"])
@@ -221,3 +236,35 @@ data: {pw: "bm9kZS1yZWQtcHc="}
     port = start_edgemq(edgemq, [user], secrets_dir_docs=[secret])
     assert support.try_connect(port, username="node-red", password="node-red-pw")[0]
     assert support.connack_code(port, "nodered", "node-red-pw") == NOT_AUTHORIZED_311
+
+
+def test_a_refused_publish_and_delivery_are_logged_once_per_client_with_the_reason(edgemq, clients):
+    """allowAnonymous without anonymousAcl: the client connects, its publishes and
+    subscriptions get nothing, and the log says why, once per client."""
+    p = support.free_port()
+    e = edgemq()
+    e.write("broker.yaml", support.docs(
+        support.broker_yaml("anon", p, "  allowAnonymous: true\n"),
+        support.user_yaml("alice", "anon", support.ALICE_HASH, acl=[("t/#", "readwrite")])))
+    e.start()
+    support.wait_port(p)
+    anon = clients(p, client_id="anon-1")
+    anon.subscribe_wait("t/#", 1)
+    for i in range(3):
+        anon.publish_wait("t/x", f"{i}".encode(), qos=1)
+    alice = clients(p, client_id="alice-1", username="alice", password="secret1")
+    for i in range(2):
+        alice.publish_wait("t/y", f"{i}".encode(), qos=1)
+    anon.expect_none(0.5)
+
+    def logged():
+        text = e.log_text()
+        return "publish refused by the ACL" in text and "message not delivered" in text and text
+    text = support.poll(logged, timeout=10, message="the refusals logged")
+    pubs = [l for l in text.splitlines() if "publish refused by the ACL" in l]
+    assert len(pubs) == 1 and "client_id=anon-1" in pubs[0], pubs
+    assert "anonymous client: no anonymousAcl rule" in pubs[0], pubs
+    reads = [l for l in text.splitlines() if "message not delivered" in l]
+    assert len(reads) == 1 and "client_id=anon-1" in reads[0], reads
+    assert "anonymous client: no anonymousAcl rule" in reads[0] and "read" in reads[0], reads
+    assert e.metrics()["edgemq_acl_denials_total"] >= 5  # every refusal is still counted

@@ -6,6 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
+import support
+
 from helpers_b import DISCONNECT, closed_by_peer, metric, raw_connect, read_until, router, rss_kb
 from support import broker_yaml, free_port, poll, publish_packet, subscribe_packet, try_connect
 
@@ -193,3 +197,36 @@ def test_churn_of_topics_and_client_ids_leaves_no_sessions_trie_nodes_or_memory_
         f"RSS did not come back after churn: before {cold} kB, peak {peak[0]} kB, after {after[0]} kB"
     assert after[1] < after[0] + 16 * 1024, \
         f"RSS grows with each churn round: {after[0]} kB then {after[1]} kB"
+
+
+@pytest.mark.parametrize("limits", ["", "  limits: {maxQueuedMessages: 100}\n"],
+                         ids=["default-limits", "queue-bound-100"])
+@pytest.mark.parametrize("sub_qos", [0, 1], ids=["qos0", "qos1"])
+def test_3000_retained_messages_reach_a_new_subscriber_with_default_limits(edgemq, clients, sub_qos,
+                                                                            limits):
+    """Home Assistant's start-up: a new subscriber to homeassistant/# is owed every
+    retained discovery message; they are paced by its in-flight window, not cut at the
+    queue bound (even one of 100)."""
+    port = support.free_port()
+    e = edgemq()
+    e.write("home.yaml", support.broker_yaml(
+        "home", port, "  allowAnonymous: true\n  aclEnabled: false\n" + limits))
+    e.start()
+    support.wait_port(port)
+    n = 3000
+    p = clients(port)
+    infos = [p.c.publish(f"homeassistant/sensor/s{i}/config", f'{{"n": {i}}}', qos=1, retain=True)
+             for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(30)
+    s = clients(port)
+    s.subscribe_wait("homeassistant/#", sub_qos)
+    got = {}
+    while len(got) < n:
+        msg = s.get(30)
+        assert msg.retain
+        got[msg.topic] = msg.payload
+    assert got == {f"homeassistant/sensor/s{i}/config": f'{{"n": {i}}}'.encode() for i in range(n)}
+    s.expect_none(0.5)
+    m = e.metrics()
+    assert m.get("edgemq_messages_dropped_total", 0) == 0, m

@@ -184,3 +184,22 @@ def test_run_refuses_to_start_on_a_bad_folder_and_names_the_mistake(edgemq):
         support.poll(lambda: "broken.yaml" in e.log_text() or "broken.yaml" in e.http_get("/status")[1],
                      10, message="the broken file is named in the log or /status")
         assert e.http_get("/readyz")[0] != 200, "a folder with errors must not become ready"
+
+
+# --------------------------------------------------------------------------- warnings
+
+def test_anonymous_access_that_can_do_nothing_is_a_warning_not_an_error(tmp_path):
+    (tmp_path / "broker.yaml").write_text(support.broker_yaml(
+        "open", 1883, "  allowAnonymous: true\n"))
+    r = validate(tmp_path)
+    assert r.returncode == 0, show(r)
+    warning = [l for l in r.stdout.splitlines() if l.startswith("warning: ")]
+    assert len(warning) == 1, show(r)
+    assert "broker.yaml:" in warning[0] and "Broker/open" in warning[0], show(r)
+    assert "can neither publish nor receive anything" in warning[0], show(r)
+    assert "valid (1 broker(s), 1 warning(s))" in r.stdout, show(r)
+    # With a rule for anonymous clients the warning goes away.
+    (tmp_path / "broker.yaml").write_text(support.broker_yaml(
+        "open", 1883, "  allowAnonymous: true\n  anonymousAcl: [{topic: 'public/#'}]\n"))
+    r = validate(tmp_path)
+    assert r.returncode == 0 and "warning" not in r.stdout.replace("0 warning(s)", ""), show(r)

@@ -240,8 +240,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { dir, secrets } => {
             let errors = match edgemq::standalone::load_and_plan(&dir, secrets.as_deref()) {
-                Ok((_, bundles)) => {
-                    println!("{}: valid ({} broker(s))", dir.display(), bundles.len());
+                Ok((res, bundles)) => {
+                    let warnings = edgemq::load::warnings(&res);
+                    for w in &warnings {
+                        println!("warning: {w}");
+                    }
+                    println!(
+                        "{}: valid ({} broker(s), {} warning(s))",
+                        dir.display(),
+                        bundles.len(),
+                        warnings.len()
+                    );
                     // The hash a running broker reports (`edgemq status`, and a Broker's
                     // `status.configHash` on a cluster) once this content is applied.
                     for (key, bundle) in &bundles {

@@ -18,8 +18,9 @@ pub struct BrokerLabel {
 pub struct DropLabels {
     /// `namespace/name` of the Broker.
     pub broker: String,
-    /// `queue_full` (a client's queue hit `maxQueuedMessages`) or `offline_qos0`
-    /// (QoS 0 messages are not queued for disconnected sessions).
+    /// `queue_full` (a client's queue hit `maxQueuedMessages`), `offline_qos0`
+    /// (QoS 0 messages are not queued for disconnected sessions) or `expired` (an MQTT 5
+    /// message expiry interval ran out before it was sent).
     pub reason: String,
 }
 
@@ -78,6 +79,10 @@ pub struct Metrics {
     pub acl_denials: Family<BrokerLabel, Counter>,
     /// Messages dropped, by reason.
     pub dropped: Family<DropLabels, Counter>,
+    /// Snapshots of the persistent sessions written to the state directory.
+    pub session_saves: Family<BrokerLabel, Counter>,
+    /// Messages held by the persistent sessions in the last snapshot written.
+    pub session_saved_messages: Family<BrokerLabel, Gauge>,
     /// 1 while a bridge is connected to its remote.
     pub bridge_connected: Family<BridgeLabel, Gauge>,
     /// Messages in a bridge's outbound queue.
@@ -175,6 +180,16 @@ impl Metrics {
             self.auth_failures.clone(),
         );
         r.register(
+            "session_saves",
+            "Snapshots of the persistent sessions written to disk (persistence on)",
+            self.session_saves.clone(),
+        );
+        r.register(
+            "session_saved_messages",
+            "Messages held by the persistent sessions in the last snapshot written",
+            self.session_saved_messages.clone(),
+        );
+        r.register(
             "acl_denials",
             "Publishes and deliveries refused by the ACL",
             self.acl_denials.clone(),
@@ -232,6 +247,12 @@ pub struct BrokerMetrics {
     pub dropped_queue_full: Counter,
     /// QoS 0 messages not queued for a disconnected session.
     pub dropped_offline_qos0: Counter,
+    /// Messages whose MQTT 5 expiry interval ran out before they were sent.
+    pub dropped_expired: Counter,
+    /// See [`Metrics::session_saves`].
+    pub session_saves: Counter,
+    /// See [`Metrics::session_saved_messages`].
+    pub session_saved_messages: Gauge,
 }
 
 impl BrokerMetrics {
@@ -249,6 +270,8 @@ impl BrokerMetrics {
                 .clone()
         };
         BrokerMetrics {
+            session_saves: m.session_saves.get_or_create(&l).clone(),
+            session_saved_messages: m.session_saved_messages.get_or_create(&l).clone(),
             connections: m.connections.get_or_create(&l).clone(),
             sessions: m.sessions.get_or_create(&l).clone(),
             retained: m.retained.get_or_create(&l).clone(),
@@ -260,6 +283,7 @@ impl BrokerMetrics {
             acl_denials: m.acl_denials.get_or_create(&l).clone(),
             dropped_queue_full: drop("queue_full"),
             dropped_offline_qos0: drop("offline_qos0"),
+            dropped_expired: drop("expired"),
         }
     }
 

@@ -321,7 +321,9 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Messages queued for one client beyond the in-flight window (Mosquitto's
     /// `max_queued_messages`); past it new messages for that client are dropped and
-    /// counted. Default: 1000.
+    /// counted. Retained messages sent on SUBSCRIBE do not count against it (they are
+    /// paced by the in-flight window). Default: 8192, what the Home Assistant Mosquitto
+    /// add-on sets for the burst of state messages at Home Assistant's start-up.
     #[serde(default = "default_max_queued")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_queued_messages: u32,
@@ -340,6 +342,11 @@ pub struct Limits {
     #[serde(default = "default_max_retained")]
     #[schemars(range(min = 0, max = 10000000))]
     pub max_retained_messages: u32,
+    /// Seconds between updates of the `$SYS/broker/…` statistics topics (Mosquitto's
+    /// `sys_interval`); 0 turns them off. Default: 10.
+    #[serde(default = "default_sys_interval")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub sys_interval_seconds: u32,
 }
 
 fn default_max_connections() -> u32 {
@@ -352,7 +359,7 @@ fn default_max_inflight() -> u16 {
     20
 }
 fn default_max_queued() -> u32 {
-    1000
+    8192
 }
 fn default_session_expiry() -> u32 {
     86400
@@ -362,6 +369,9 @@ fn default_handshake_timeout() -> u32 {
 }
 fn default_max_retained() -> u32 {
     10000
+}
+fn default_sys_interval() -> u32 {
+    10
 }
 
 impl Default for Limits {
@@ -374,6 +384,7 @@ impl Default for Limits {
             session_expiry_seconds: default_session_expiry(),
             handshake_timeout_seconds: default_handshake_timeout(),
             max_retained_messages: default_max_retained(),
+            sys_interval_seconds: default_sys_interval(),
         }
     }
 }

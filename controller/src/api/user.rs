@@ -36,10 +36,11 @@ pub struct MqttUserSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
     /// A Mosquitto-compatible password hash (`$7$...` from `mosquitto_passwd` or
-    /// `edgemq passwd`, `$6$...`, or `$argon2id$...`), so a committed folder holds no
-    /// plain password.
+    /// `edgemq passwd`, `$6$...`, or `$argon2id$...`), or mosquitto-go-auth's
+    /// `PBKDF2$sha512$...` (the Home Assistant Mosquitto add-on's `pw`), so a committed
+    /// folder holds no plain password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^\$(6|7|argon2id)\$"))]
+    #[schemars(regex(pattern = r"^(\$(6|7|argon2id)\$|PBKDF2\$(sha512|sha256)\$)"))]
     pub password_hash: Option<String>,
     /// This user's ACL rules, checked before the Broker's `aclPatterns`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

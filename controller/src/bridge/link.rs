@@ -654,6 +654,7 @@ pub fn local_message(
         retain,
         properties: None,
         origin: Some(origin),
+        expires_at: None,
     }
 }
 

@@ -29,9 +29,13 @@ pub enum FrameError {
     /// The bytes are not valid MQTT.
     #[error("malformed packet: {0}")]
     Malformed(protocol::Error),
-    /// The protocol level is not 4 or 5.
-    #[error("unsupported protocol level {0}")]
+    /// A known protocol name with a level this broker does not speak (the byte as
+    /// sent, bridge bit included).
+    #[error("unsupported protocol level {0:#04x}")]
     UnsupportedVersion(u8),
+    /// A client's packet broke a rule of the specification.
+    #[error(transparent)]
+    Violation(#[from] super::check::Violation),
 }
 
 /// A decoded incoming packet. PUBLISH carries what rumqttd hides.
@@ -52,9 +56,43 @@ pub enum Incoming {
     Other(Packet),
 }
 
-/// Reads the protocol level of a complete CONNECT frame at the start of `buf`.
-/// Returns `Ok(None)` when more bytes are needed.
-pub fn peek_connect_version(buf: &[u8], max_size: usize) -> Result<Option<Version>, FrameError> {
+/// What a CONNECT's variable header says about the protocol: the version its packets
+/// use, the protocol level as sent (3 is MQTT 3.1, `MQIsdp`) and Mosquitto's bridge
+/// bit (0x80 on the level, set by bridges with `try_private`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectHead {
+    /// Packet format after CONNECT (MQTT 3.1 uses 3.1.1's).
+    pub version: Version,
+    /// Protocol level without the bridge bit: 3, 4 or 5.
+    pub level: u8,
+    /// The client is a bridge (level 3 or 4 with bit 0x80).
+    pub bridge: bool,
+}
+
+/// A decoded CONNECT.
+#[derive(Debug)]
+pub struct ConnectPacket {
+    /// Protocol version, level and bridge bit.
+    pub head: ConnectHead,
+    /// Client id, keep alive, clean session / clean start.
+    pub connect: protocol::Connect,
+    /// MQTT 5 properties.
+    pub properties: Option<protocol::ConnectProperties>,
+    /// Will message.
+    pub will: Option<protocol::LastWill>,
+    /// MQTT 5 will properties.
+    pub will_properties: Option<protocol::LastWillProperties>,
+    /// User name, when the user name flag is set.
+    pub username: Option<String>,
+    /// Password (binary data), when the password flag is set.
+    pub password: Option<Bytes>,
+}
+
+/// Reads the protocol head of a complete CONNECT frame at the start of `buf`.
+/// Returns `Ok(None)` when more bytes are needed. An unknown protocol name is
+/// malformed (closed without CONNACK, as MQTT 3.1.1 allows); a known name with a
+/// level this broker does not speak is [`FrameError::UnsupportedVersion`].
+pub fn peek_connect(buf: &[u8], max_size: usize) -> Result<Option<ConnectHead>, FrameError> {
     let header = match protocol::v4::check(buf.iter(), max_size) {
         Ok(h) => h,
         Err(protocol::Error::InsufficientBytes(_)) => return Ok(None),
@@ -66,20 +104,202 @@ pub fn peek_connect_version(buf: &[u8], max_size: usize) -> Result<Option<Versio
             header.byte1 >> 4,
         )));
     }
+    let end = header.frame_length();
     // Variable header: protocol name (u16 length + bytes), then the level.
     let start = header.fixed_header_len;
     let name_len = buf
         .get(start..start + 2)
+        .filter(|_| start + 2 <= end)
         .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
         .ok_or(FrameError::Malformed(protocol::Error::MalformedPacket))?;
-    let level = *buf
-        .get(start + 2 + name_len)
+    let name = buf
+        .get(start + 2..start + 2 + name_len)
+        .filter(|_| start + 2 + name_len < end)
         .ok_or(FrameError::Malformed(protocol::Error::MalformedPacket))?;
-    match level {
-        4 => Ok(Some(Version::V4)),
-        5 => Ok(Some(Version::V5)),
-        other => Err(FrameError::UnsupportedVersion(other)),
+    let raw = buf[start + 2 + name_len];
+    let (level, bridge) = (raw & 0x7f, raw & 0x80 != 0);
+    let head = |version| ConnectHead {
+        version,
+        level,
+        bridge,
+    };
+    match (name, level, bridge) {
+        (b"MQIsdp", 3, _) => Ok(Some(head(Version::V4))),
+        (b"MQTT", 4, _) => Ok(Some(head(Version::V4))),
+        (b"MQTT", 5, false) => Ok(Some(head(Version::V5))),
+        (b"MQIsdp" | b"MQTT", _, _) => Err(FrameError::UnsupportedVersion(raw)),
+        _ => Err(FrameError::Malformed(protocol::Error::InvalidProtocol)),
     }
+}
+
+/// The CONNACK refusing an unsupported protocol level `raw` (as sent, bridge bit
+/// included): MQTT 5's format and reason 0x84 from level 5 up (a client speaking MQTT 5
+/// or newer reads that format), 3.1.1's format and return code 1 below.
+pub fn unsupported_version_connack(raw: u8) -> &'static [u8] {
+    if raw & 0x7f >= 5 {
+        &[0x20, 3, 0, 0x84, 0]
+    } else {
+        &[0x20, 2, 0, 1]
+    }
+}
+
+/// Reads a complete CONNECT from the front of `buf` (check [`peek_connect`] first).
+/// MQTT 3.1 and 3.1.1 are decoded here (rumqttd knows neither `MQIsdp` nor the
+/// bridge bit), MQTT 5 by rumqttd.
+pub fn read_connect(
+    head: ConnectHead,
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<ConnectPacket, FrameError> {
+    if head.version == Version::V5 {
+        let header = protocol::v4::check(buf.iter(), max_size).map_err(FrameError::Malformed)?;
+        super::check::check_connect_v5(
+            header.byte1,
+            &buf[header.fixed_header_len..header.frame_length()],
+        )?;
+        return match protocol::v5::V5.read_mut(buf, max_size) {
+            Ok(Packet::Connect(connect, properties, will, will_properties, login)) => {
+                let (username, password) = match login {
+                    Some(l) => (
+                        (!l.username.is_empty()).then_some(l.username),
+                        (!l.password.is_empty()).then(|| Bytes::from(l.password)),
+                    ),
+                    None => (None, None),
+                };
+                Ok(ConnectPacket {
+                    head,
+                    connect,
+                    properties,
+                    will,
+                    will_properties,
+                    username,
+                    password,
+                })
+            }
+            Ok(_) => Err(FrameError::Malformed(protocol::Error::InvalidPacketType(1))),
+            Err(e) => Err(FrameError::Malformed(e)),
+        };
+    }
+    let header = protocol::v4::check(buf.iter(), max_size).map_err(FrameError::Malformed)?;
+    let frame = buf.split_to(header.frame_length()).freeze();
+    decode_connect_v4(head, header.byte1, frame.slice(header.fixed_header_len..))
+        .map_err(FrameError::Malformed)
+}
+
+fn decode_connect_v4(
+    head: ConnectHead,
+    byte1: u8,
+    mut body: Bytes,
+) -> Result<ConnectPacket, protocol::Error> {
+    use bytes::Buf;
+    use protocol::Error::{IncorrectPacketFormat, MalformedPacket};
+    fn take(body: &mut Bytes, n: usize) -> Result<Bytes, protocol::Error> {
+        if body.len() < n {
+            return Err(MalformedPacket);
+        }
+        Ok(body.split_to(n))
+    }
+    fn field(body: &mut Bytes) -> Result<Bytes, protocol::Error> {
+        let n = take(body, 2)?.get_u16() as usize;
+        take(body, n)
+    }
+    fn text(body: &mut Bytes) -> Result<String, protocol::Error> {
+        let b = field(body)?;
+        let s = std::str::from_utf8(&b).map_err(|_| MalformedPacket)?;
+        if s.contains('\0') {
+            return Err(MalformedPacket);
+        }
+        Ok(s.to_owned())
+    }
+    // [MQTT-2.2.2-2]: CONNECT's fixed-header flags are reserved (0).
+    if byte1 != 0x10 {
+        return Err(IncorrectPacketFormat);
+    }
+    let _name = field(&mut body)?;
+    let _level = take(&mut body, 1)?;
+    let flags = take(&mut body, 1)?[0];
+    let keep_alive = take(&mut body, 2)?.get_u16();
+    // [MQTT-3.1.2-3]: the reserved connect flag is 0.
+    if flags & 0x01 != 0 {
+        return Err(IncorrectPacketFormat);
+    }
+    let will_flag = flags & 0x04 != 0;
+    let will_qos = (flags >> 3) & 0x03;
+    let will_retain = flags & 0x20 != 0;
+    // [MQTT-3.1.2-11], [MQTT-3.1.2-13], [MQTT-3.1.2-15]: no will, no will QoS or retain;
+    // [MQTT-3.1.2-14]: will QoS 3 is malformed.
+    if (!will_flag && (will_qos != 0 || will_retain)) || will_qos == 3 {
+        return Err(IncorrectPacketFormat);
+    }
+    let (user_flag, pass_flag) = (flags & 0x80 != 0, flags & 0x40 != 0);
+    // [MQTT-3.1.2-22]: a password needs a user name.
+    if pass_flag && !user_flag {
+        return Err(IncorrectPacketFormat);
+    }
+    let client_id = text(&mut body)?;
+    let will = if will_flag {
+        let topic = field(&mut body)?;
+        let valid = std::str::from_utf8(&topic)
+            .is_ok_and(|t| !t.contains('\0') && crate::auth::acl::valid_topic_name(t));
+        if !valid {
+            return Err(MalformedPacket);
+        }
+        let message = field(&mut body)?;
+        Some(protocol::LastWill {
+            topic,
+            message,
+            qos: qos_of(will_qos),
+            retain: will_retain,
+        })
+    } else {
+        None
+    };
+    let username = if user_flag {
+        Some(text(&mut body)?)
+    } else {
+        None
+    };
+    let password = if pass_flag {
+        Some(field(&mut body)?)
+    } else {
+        None
+    };
+    if !body.is_empty() {
+        return Err(MalformedPacket);
+    }
+    Ok(ConnectPacket {
+        head,
+        connect: protocol::Connect {
+            keep_alive,
+            client_id,
+            clean_session: flags & 0x02 != 0,
+        },
+        properties: None,
+        will,
+        will_properties: None,
+        username,
+        password,
+    })
+}
+
+/// Decodes one packet a client sent after its CONNECT, checked against the
+/// specification's rules first ([`super::check`]).
+pub fn read_client(
+    version: Version,
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<Incoming, FrameError> {
+    match protocol::v4::check(buf.iter(), max_size) {
+        Ok(h) => super::check::check(
+            version == Version::V5,
+            h.byte1,
+            &buf[h.fixed_header_len..h.frame_length()],
+        )?,
+        Err(protocol::Error::InsufficientBytes(_)) => return Err(FrameError::Incomplete),
+        Err(protocol::Error::PayloadSizeLimitExceeded(n)) => return Err(FrameError::TooLarge(n)),
+        Err(e) => return Err(FrameError::Malformed(e)),
+    }
+    read(version, buf, max_size)
 }
 
 /// Decodes one packet from the front of `buf`, if a whole frame is there.
@@ -321,10 +541,76 @@ mod tests {
         let frame = [
             0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'c',
         ];
+        let head = peek_connect(&frame, 1024).unwrap().unwrap();
         assert_eq!(
-            peek_connect_version(&frame, 1024).unwrap(),
-            Some(Version::V4)
+            (head.version, head.level, head.bridge),
+            (Version::V4, 4, false)
         );
-        assert_eq!(peek_connect_version(&frame[..5], 1024).unwrap(), None);
+        assert_eq!(peek_connect(&frame[..5], 1024).unwrap(), None);
+    }
+
+    fn connect_frame(name: &[u8], level: u8, flags: u8, payload: &[u8]) -> BytesMut {
+        let mut body = vec![0, name.len() as u8];
+        body.extend_from_slice(name);
+        body.extend_from_slice(&[level, flags, 0, 60]);
+        body.extend_from_slice(payload);
+        let mut f = BytesMut::from(&[0x10, body.len() as u8][..]);
+        f.extend_from_slice(&body);
+        f
+    }
+
+    #[test]
+    fn mqtt31_and_the_bridge_bit_are_read_and_other_levels_are_unsupported() {
+        let ok = [
+            (&b"MQIsdp"[..], 3, 3, false),
+            (b"MQIsdp", 0x83, 3, true),
+            (b"MQTT", 0x84, 4, true),
+            (b"MQTT", 5, 5, false),
+        ];
+        for (name, raw, level, bridge) in ok {
+            let f = connect_frame(name, raw, 2, b"\0\x01c");
+            let head = peek_connect(&f, 1024).unwrap().unwrap();
+            assert_eq!((head.level, head.bridge), (level, bridge), "{raw:#x}");
+        }
+        for (name, raw) in [
+            (&b"MQTT"[..], 3),
+            (b"MQTT", 6),
+            (b"MQIsdp", 4),
+            (b"MQTT", 0x85),
+        ] {
+            let f = connect_frame(name, raw, 2, b"\0\x01c");
+            assert!(
+                matches!(peek_connect(&f, 1024), Err(FrameError::UnsupportedVersion(r)) if r == raw),
+                "{raw:#x}"
+            );
+        }
+        assert_eq!(unsupported_version_connack(3), &[0x20, 2, 0, 1]);
+        assert_eq!(unsupported_version_connack(6), &[0x20, 3, 0, 0x84, 0]);
+        let f = connect_frame(b"MQTX", 4, 2, b"\0\x01c");
+        assert!(matches!(
+            peek_connect(&f, 1024),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn an_mqtt31_connect_decodes_with_will_and_credentials() {
+        // will flag, will QoS 1, user name and password.
+        let mut payload = b"\0\x03abc\0\x03w/t\0\x02hi\0\x01u".to_vec();
+        payload.extend_from_slice(b"\0\x02\xff\x00");
+        let mut f = connect_frame(b"MQIsdp", 0x83, 0b1100_1110, &payload);
+        let head = peek_connect(&f, 1024).unwrap().unwrap();
+        let c = read_connect(head, &mut f, 1024).unwrap();
+        assert_eq!(c.connect.client_id, "abc");
+        assert!(c.connect.clean_session);
+        let will = c.will.unwrap();
+        assert_eq!(
+            (&will.topic[..], &will.message[..]),
+            (&b"w/t"[..], &b"hi"[..])
+        );
+        assert_eq!(qos_num(will.qos), 1);
+        assert_eq!(c.username.as_deref(), Some("u"));
+        assert_eq!(c.password.as_deref(), Some(&b"\xff\x00"[..]));
+        assert!(f.is_empty());
     }
 }

@@ -1,9 +1,11 @@
 //! One client connection: CONNECT and authentication, then a reader (packets from
 //! the client) and a writer (acks and deliveries to the client) running side by side.
 //!
-//! Protocol hygiene lives here: keepalive 0 is accepted, a PUBLISH to an invalid
-//! topic or a second CONNECT closes the connection, malformed filters are refused in
-//! SUBACK, a denied PUBLISH is acknowledged (MQTT 5: reason 0x87) and dropped.
+//! Protocol hygiene lives here: MQTT 3.1 client ids have 1 to 23 characters, a
+//! bridge (protocol level bit 0x80) gets no echo of its own messages, keepalive 0 is
+//! accepted, a PUBLISH to an invalid topic or a second CONNECT closes the connection,
+//! as does any packet [`super::check`] refuses (MQTT 5: after a DISCONNECT saying why),
+//! a denied PUBLISH is acknowledged (MQTT 5: reason 0x87) and dropped.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,6 +55,12 @@ struct Client {
     id: Arc<str>,
     username: Option<Arc<str>>,
     version: Version,
+    /// Connected with Mosquitto's bridge bit: its subscriptions are no-local and
+    /// retain-as-published, as Mosquitto treats a bridge, so its own messages are not
+    /// echoed back and retained flags cross unchanged.
+    bridge: bool,
+    /// A refused publish was logged for this connection already.
+    denial_logged: std::sync::atomic::AtomicBool,
     will: Option<(LastWill, Option<LastWillProperties>)>,
 }
 
@@ -70,8 +78,16 @@ pub async fn serve(
     let handshake = Duration::from_secs(limits.handshake_timeout_seconds.into());
     let connect =
         tokio::time::timeout(handshake, read_connect(&mut reader, &mut buf, &shared)).await;
-    let (version, packet) = match connect {
+    let packet = match connect {
         Ok(Ok(v)) => v,
+        Ok(Err(End::Frame(FrameError::UnsupportedVersion(raw)))) => {
+            tracing::info!(%peer, %listener, level = raw, "connection refused: unsupported protocol level");
+            let _ = writer
+                .write_all(codec::unsupported_version_connack(raw))
+                .await;
+            writer.shutdown().await;
+            return;
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, %listener, error = %e, "connection closed before CONNECT");
             return;
@@ -81,13 +97,27 @@ pub async fn serve(
             return;
         }
     };
-    let Packet::Connect(connect, props, will, will_props, login) = packet else {
-        return;
-    };
+    let codec::ConnectPacket {
+        head,
+        connect,
+        properties: props,
+        will,
+        will_properties: will_props,
+        username,
+        password,
+    } = packet;
+    let version = head.version;
 
-    // Client id: an empty one gets a generated id when the session is clean.
+    // Client id: an empty one gets a generated id when the session is clean. MQTT 3.1
+    // allows 1 to 23 characters and no generated id (return code 2).
     let mut assigned = None;
-    let client_id: Arc<str> = if connect.client_id.is_empty() {
+    let client_id: Arc<str> = if head.level == 3
+        && (connect.client_id.is_empty() || connect.client_id.chars().count() > 23)
+    {
+        tracing::info!(%peer, client_id = %connect.client_id, "refused: an MQTT 3.1 client id has 1 to 23 characters");
+        refuse(&mut writer, version, Refusal::ClientId).await;
+        return;
+    } else if connect.client_id.is_empty() {
         if !connect.clean_session {
             refuse(&mut writer, version, Refusal::ClientId).await;
             return;
@@ -108,16 +138,21 @@ pub async fn serve(
 
     // Authentication.
     let auth = shared.auth.load_full();
-    let username: Option<Arc<str>> = login
-        .as_ref()
-        .filter(|l| !l.username.is_empty())
-        .map(|l| Arc::from(l.username.as_str()));
-    let authenticated = match (&username, &login) {
+    let username: Option<Arc<str>> = username
+        .filter(|u| !u.is_empty())
+        .map(|u| Arc::from(u.as_str()));
+    let authenticated = match (&username, &password) {
         (None, _) => auth.allow_anonymous,
-        (Some(u), Some(l)) => auth
-            .users
-            .get(&**u)
-            .is_some_and(|h| h.verify(l.password.as_bytes())),
+        // Off the async workers: a PBKDF2 or argon2 check can take tens of milliseconds.
+        (Some(u), Some(p)) => match auth.users.get(&**u).cloned() {
+            Some(h) => {
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || h.verify(&p))
+                    .await
+                    .unwrap_or(false)
+            }
+            None => false,
+        },
         (Some(_), None) => false,
     };
     if !authenticated {
@@ -179,12 +214,14 @@ pub async fn serve(
     }
     shared.metrics.connections.inc();
     tracing::info!(%peer, %listener, client_id = %client_id, username = username.as_deref().unwrap_or(""),
-        version = ?version, session_present = connected.session_present, "client connected");
+        level = head.level, bridge = head.bridge, session_present = connected.session_present, "client connected");
 
     let client = Client {
         id: client_id.clone(),
         username,
         version,
+        bridge: head.bridge,
+        denial_logged: Default::default(),
         will: will.map(|w| (w, will_props)),
     };
     // Boxed: a channel allocates its slots up front, and an unboxed `Packet` would
@@ -240,14 +277,11 @@ async fn read_connect(
     reader: &mut Reader,
     buf: &mut BytesMut,
     shared: &Shared,
-) -> Result<(Version, Packet), End> {
+) -> Result<codec::ConnectPacket, End> {
     let max = shared.max_packet_size();
     loop {
-        if let Some(version) = codec::peek_connect_version(buf, max)? {
-            return match codec::read(version, buf, max)? {
-                Incoming::Other(p @ Packet::Connect(..)) => Ok((version, p)),
-                _ => Err(End::Protocol("first packet is not CONNECT")),
-            };
+        if let Some(head) = codec::peek_connect(buf, max)? {
+            return Ok(codec::read_connect(head, buf, max)?);
         }
         let n = reader.read_into(buf).await?;
         if n == 0 {
@@ -296,13 +330,26 @@ async fn read_loop(
     loop {
         // Handle every complete frame already buffered.
         loop {
-            match codec::read(client.version, buf, max) {
+            match codec::read_client(client.version, buf, max) {
                 Ok(incoming) => {
                     if let Err(end) = Box::pin(handle(incoming, shared, client, ctrl)).await {
                         return end;
                     }
                 }
                 Err(FrameError::Incomplete) => break,
+                Err(FrameError::Violation(v)) => {
+                    // MQTT 5: say why before closing [MQTT-4.13.2-1].
+                    if client.version == Version::V5 {
+                        let reason_code = if v.reason_code() == 0x81 {
+                            DisconnectReasonCode::MalformedPacket
+                        } else {
+                            DisconnectReasonCode::ProtocolError
+                        };
+                        let _ =
+                            send(ctrl, Packet::Disconnect(Disconnect { reason_code }, None)).await;
+                    }
+                    return End::Frame(FrameError::Violation(v));
+                }
                 Err(e) => return End::Frame(e),
             }
         }
@@ -370,6 +417,9 @@ async fn handle(
                 payload: publish.payload.clone(),
                 qos,
                 retain: publish.retain,
+                expires_at: expiry_deadline(
+                    properties.as_ref().and_then(|p| p.message_expiry_interval),
+                ),
                 properties: properties.map(forwardable),
                 origin: Some(client.id.clone()),
             };
@@ -389,7 +439,13 @@ async fn handle(
             };
             if !allowed {
                 shared.metrics.acl_denials.inc();
-                tracing::debug!(client_id = %client.id, topic, "publish denied by the ACL");
+                if !client.denial_logged.swap(true, Ordering::Relaxed) {
+                    tracing::info!(client_id = %client.id, username = client.username.as_deref().unwrap_or(""), topic,
+                        reason = %super::router::denial_reason(client.username.as_deref(), Op::Write),
+                        "publish refused by the ACL (logged once per connection; later refusals are counted in edgemq_acl_denials_total)");
+                } else {
+                    tracing::debug!(client_id = %client.id, topic, "publish denied by the ACL");
+                }
             }
             match qos {
                 1 => {
@@ -491,9 +547,9 @@ async fn handle(
                             f.path.clone(),
                             SubOptions {
                                 qos,
-                                no_local: v5 && f.nolocal,
+                                no_local: (v5 && f.nolocal) || client.bridge,
                                 // MQTT 3.1.1: live messages are forwarded with retain 0.
-                                retain_as_published: v5 && f.preserve_retain,
+                                retain_as_published: (v5 && f.preserve_retain) || client.bridge,
                                 retain_handling: match f.retain_forward_rule {
                                     RetainForwardRule::OnEverySubscribe => 0,
                                     RetainForwardRule::OnNewSubscribe => 1,
@@ -570,6 +626,10 @@ async fn handle(
     }
 }
 
+fn expiry_deadline(seconds: Option<u32>) -> Option<std::time::Instant> {
+    seconds.map(|s| std::time::Instant::now() + Duration::from_secs(s.into()))
+}
+
 /// MQTT 5 properties forwarded to subscribers (topic alias and subscription ids are
 /// per connection and are not forwarded).
 fn forwardable(mut p: PublishProperties) -> PublishProperties {
@@ -610,6 +670,7 @@ fn publish_will(shared: &Shared, client: &Client) {
         payload: will.message.clone(),
         qos: codec::qos_num(will.qos),
         retain: will.retain,
+        expires_at: expiry_deadline(props.as_ref().and_then(|p| p.message_expiry_interval)),
         properties,
         origin: Some(client.id.clone()),
     });
@@ -687,7 +748,14 @@ async fn write_loop(
                             dup,
                         );
                         shared.metrics.messages_out.inc();
-                        Packet::Publish(p, m.properties.clone())
+                        let mut props = m.properties.clone();
+                        // [MQTT-3.3.2-6]: the expiry interval sent is what is left of it.
+                        if let (Some(p), Some(at)) = (props.as_mut(), m.expires_at) {
+                            let left = at.saturating_duration_since(std::time::Instant::now());
+                            p.message_expiry_interval =
+                                Some(left.as_secs_f64().ceil().max(1.0) as u32);
+                        }
+                        Packet::Publish(p, props)
                     }
                     Outgoing::PubRel(pkid) => Packet::PubRel(
                         PubRel {

@@ -11,11 +11,13 @@
 //! connections a change concerns are closed (a removed or re-passworded user's, the
 //! anonymous ones when anonymous access is withdrawn, those of a removed listener).
 
+pub mod check;
 pub mod codec;
 pub mod connection;
 pub mod listener;
 pub mod persist;
 pub mod router;
+pub mod sys;
 pub mod transport;
 
 use std::collections::{BTreeMap, HashMap};
@@ -149,7 +151,10 @@ pub struct BrokerRuntime {
     tls: BTreeMap<String, TlsMaterial>,
     state_dir: Option<PathBuf>,
     persistence: Option<tokio::task::JoinHandle<()>>,
+    /// Store and task saving persistent sessions, while persistence is on.
+    session_saver: Option<(persist::RetainedStore, tokio::task::JoinHandle<()>)>,
     expiry_task: tokio::task::JoinHandle<()>,
+    sys_task: tokio::task::JoinHandle<()>,
 }
 
 fn router_limits(l: &Limits) -> RouterLimits {
@@ -222,6 +227,7 @@ impl BrokerRuntime {
             open_sockets: AtomicUsize::new(0),
         });
         let expiry_task = tokio::spawn(expire_sessions(shared.clone()));
+        let sys_task = tokio::spawn(sys::run(shared.clone()));
         let mut rt = BrokerRuntime {
             shared,
             listeners: BTreeMap::new(),
@@ -229,7 +235,9 @@ impl BrokerRuntime {
             tls: BTreeMap::new(),
             state_dir: state_dir.map(Path::to_path_buf),
             persistence: None,
+            session_saver: None,
             expiry_task,
+            sys_task,
         };
         if let Err(e) = rt.apply(bundle, tls).await {
             rt.shutdown().await;
@@ -315,9 +323,11 @@ impl BrokerRuntime {
                     .join("brokers")
                     .join(format!("{}_{}", bundle.namespace, bundle.name))
                     .join("retained.redb");
-                let store = match persist::RetainedStore::open(&path)
-                    .and_then(|s| s.load().map(|m| (s, m)))
-                {
+                let store = match persist::RetainedStore::open(&path).and_then(|s| {
+                    let msgs = s.load()?;
+                    let sessions = s.load_sessions()?;
+                    Ok((s, (msgs, sessions)))
+                }) {
                     Ok(v) => v,
                     Err(e) => {
                         for h in started.values() {
@@ -326,15 +336,19 @@ impl BrokerRuntime {
                         return Err(e.into());
                     }
                 };
-                let (store, msgs) = store;
+                let (store, (msgs, sessions)) = store;
                 let (tx, task) = store.spawn_writer();
                 let mut router = self.shared.router();
                 let n = msgs.len();
                 router.restore_retained(msgs);
+                let (ns, nm) = router.restore_sessions(sessions);
                 router.set_persistence(Some(tx));
+                drop(router);
                 self.persistence = Some(task);
+                let saver = tokio::spawn(save_sessions(self.shared.clone(), store.clone()));
+                self.session_saver = Some((store, saver));
                 changes.push(format!(
-                    "persistence on ({n} retained messages restored from {})",
+                    "persistence on ({n} retained messages, {ns} sessions holding {nm} messages restored from {})",
                     path.display()
                 ));
             } else {
@@ -343,6 +357,9 @@ impl BrokerRuntime {
         } else if !bundle.persistence && self.persistence.is_some() {
             self.shared.router().set_persistence(None);
             self.persistence = None;
+            if let Some((_, task)) = self.session_saver.take() {
+                task.abort();
+            }
             changes.push("persistence off".into());
         }
 
@@ -481,6 +498,7 @@ impl BrokerRuntime {
             h.stop();
         }
         self.expiry_task.abort();
+        self.sys_task.abort();
         {
             let mut router = self.shared.router();
             router.set_persistence(None);
@@ -488,7 +506,65 @@ impl BrokerRuntime {
         if let Some(task) = self.persistence.take() {
             let _ = task.await;
         }
+        if let Some((store, task)) = self.session_saver.take() {
+            task.abort();
+            let _ = task.await;
+            // The last snapshot: nothing a clean stop could keep is lost.
+            let saved = self
+                .shared
+                .router()
+                .snapshot_sessions(std::time::Instant::now());
+            let n = saved.len();
+            match tokio::task::spawn_blocking(move || store.save_sessions(&saved)).await {
+                Ok(Ok(())) => {
+                    self.shared.metrics.session_saves.inc();
+                    tracing::info!(broker = %self.shared.key, sessions = n, "persistent sessions saved");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(broker = %self.shared.key, error = %e, "could not save persistent sessions")
+                }
+                Err(e) => {
+                    tracing::error!(broker = %self.shared.key, error = %e, "session saver failed")
+                }
+            }
+        }
         tracing::info!(broker = %self.shared.key, "broker stopped");
+    }
+}
+
+/// Saves the persistent sessions every [`persist::SESSION_SAVE_INTERVAL`] when one
+/// changed (and while there are any, or were at the last save).
+async fn save_sessions(shared: Arc<Shared>, store: persist::RetainedStore) {
+    let mut tick = tokio::time::interval(persist::SESSION_SAVE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut saved_at, mut had_any) = (None, true);
+    loop {
+        tick.tick().await;
+        let snapshot = {
+            let router = shared.router();
+            let changes = router.changes();
+            if saved_at == Some(changes) {
+                continue;
+            }
+            saved_at = Some(changes);
+            router.snapshot_sessions_counted(std::time::Instant::now())
+        };
+        let (snapshot, messages) = snapshot;
+        if snapshot.is_empty() && !had_any {
+            continue;
+        }
+        had_any = !snapshot.is_empty();
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.save_sessions(&snapshot)).await {
+            Ok(Ok(())) => {
+                shared.metrics.session_saves.inc();
+                shared.metrics.session_saved_messages.set(messages as i64);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(broker = %shared.key, error = %e, "could not save persistent sessions")
+            }
+            Err(e) => tracing::error!(broker = %shared.key, error = %e, "session saver failed"),
+        }
     }
 }
 

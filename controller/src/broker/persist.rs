@@ -4,6 +4,11 @@
 //! in batches (one transaction per batch), so a burst of retained publishes costs one
 //! fsync per batch, not one per message. On a clean shutdown the channel closes and
 //! the last batch is committed before the broker stops.
+//!
+//! Persistent sessions (subscriptions, queued and in-flight messages, expiry left) are
+//! kept in the same database as snapshots: the broker writes one every
+//! [`SESSION_SAVE_INTERVAL`] when a session changed, and a last one on shutdown. A
+//! power cut or `kill -9` loses at most the session changes of that interval.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +20,10 @@ use tokio::sync::mpsc;
 use super::router::{Message, RetainedChange};
 
 const RETAINED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retained");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+
+/// How often changed persistent sessions are written: the most a power cut can lose.
+pub const SESSION_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Errors of the retained store.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +35,7 @@ pub struct StoreError {
 }
 
 /// The on-disk retained store of one broker.
+#[derive(Clone)]
 pub struct RetainedStore {
     db: Arc<Database>,
     path: String,
@@ -44,6 +54,7 @@ impl RetainedStore {
         let db = Database::create(path).map_err(|e| err(e.into()))?;
         let tx = db.begin_write().map_err(|e| err(e.into()))?;
         tx.open_table(RETAINED).map_err(|e| err(e.into()))?;
+        tx.open_table(SESSIONS).map_err(|e| err(e.into()))?;
         tx.commit().map_err(|e| err(e.into()))?;
         Ok(RetainedStore {
             db: Arc::new(db),
@@ -76,9 +87,45 @@ impl RetainedStore {
                 retain: true,
                 properties: None,
                 origin: None,
+                expires_at: None,
             }));
         }
         Ok(out)
+    }
+
+    /// Every saved session: client id and its encoded state.
+    pub fn load_sessions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError {
+            path: self.path.clone(),
+            source: e,
+        };
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = tx.open_table(SESSIONS).map_err(|e| err(e.into()))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the saved sessions with `sessions` in one transaction (blocking).
+    pub fn save_sessions(&self, sessions: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError {
+            path: self.path.clone(),
+            source: e,
+        };
+        let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
+        tx.delete_table(SESSIONS).map_err(|e| err(e.into()))?;
+        {
+            let mut table = tx.open_table(SESSIONS).map_err(|e| err(e.into()))?;
+            for (id, v) in sessions {
+                table
+                    .insert(id.as_str(), &v[..])
+                    .map_err(|e| err(e.into()))?;
+            }
+        }
+        tx.commit().map_err(|e| err(e.into()))
     }
 
     /// Starts the writer task; it ends, after committing, when every sender is dropped.

@@ -38,9 +38,16 @@ pub struct Message {
     pub properties: Option<PublishProperties>,
     /// Client id of the publisher, for MQTT 5 no-local subscriptions.
     pub origin: Option<Arc<str>>,
+    /// When its MQTT 5 Message Expiry Interval runs out: not delivered after that.
+    pub expires_at: Option<Instant>,
 }
 
 impl Message {
+    /// Whether its message expiry interval has run out at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
     /// The topic as text.
     pub fn topic_str(&self) -> &str {
         std::str::from_utf8(&self.topic).unwrap_or("")
@@ -126,6 +133,11 @@ struct Session {
     username: Option<Arc<str>>,
     subscriptions: HashMap<String, SubOptions>,
     queue: VecDeque<Delivery>,
+    /// Retained messages owed after a SUBSCRIBE: sent before `queue`, paced by the
+    /// in-flight window like it, but not bounded by `maxQueuedMessages` (a new
+    /// subscriber to `homeassistant/#` is owed every retained discovery message), only
+    /// by `maxRetainedMessages`.
+    retained_backlog: VecDeque<Delivery>,
     inflight: BTreeMap<u16, Inflight>,
     /// In-flight packets to send again (DUP) after a reconnect.
     resend: VecDeque<u16>,
@@ -141,6 +153,10 @@ struct Session {
     trusted: bool,
     /// Queue bound of an internal session, instead of the broker's `maxQueuedMessages`.
     max_queued: Option<usize>,
+    /// A message the ACL kept from this session was logged already.
+    denial_logged: bool,
+    /// Messages whose expiry interval ran out before they could be sent.
+    dropped_expired: u64,
 }
 
 impl Session {
@@ -149,6 +165,7 @@ impl Session {
             username,
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
+            retained_backlog: VecDeque::new(),
             inflight: BTreeMap::new(),
             resend: VecDeque::new(),
             incoming_qos2: HashSet::new(),
@@ -160,7 +177,14 @@ impl Session {
             dropped: 0,
             trusted: false,
             max_queued: None,
+            denial_logged: false,
+            dropped_expired: 0,
         }
+    }
+
+    /// Something is waiting to be sent (beyond retransmissions).
+    fn has_pending(&self) -> bool {
+        !self.queue.is_empty() || !self.retained_backlog.is_empty()
     }
 
     fn alloc_pkid(&mut self) -> Option<u16> {
@@ -174,6 +198,22 @@ impl Session {
             }
         }
         None
+    }
+}
+
+/// Why the ACL refused `op` to a client, for the once-per-client log line.
+pub fn denial_reason(username: Option<&str>, op: Op) -> String {
+    let what = match op {
+        Op::Read => "read",
+        Op::Write => "write",
+    };
+    match username {
+        None => format!(
+            "anonymous client: no anonymousAcl rule (or aclPatterns rule) lets it {what} this topic"
+        ),
+        Some(u) => {
+            format!("no ACL rule of user `{u}` (or aclPatterns rule) lets it {what} this topic")
+        }
     }
 }
 
@@ -193,7 +233,7 @@ pub struct RouterLimits {
 impl Default for RouterLimits {
     fn default() -> Self {
         RouterLimits {
-            max_queued: 1000,
+            max_queued: 8192,
             max_inflight: 20,
             max_session_expiry: 86400,
             max_retained: 10000,
@@ -348,10 +388,15 @@ pub struct Router {
     sessions: HashMap<Arc<str>, Session>,
     trie: TrieNode,
     retained: HashMap<Bytes, Arc<Message>>,
+    /// The latest `$SYS` statistics, sent to new `$SYS` subscribers like retained ones.
+    sys_retained: HashMap<Bytes, Arc<Message>>,
     acl: Arc<Acl>,
     limits: RouterLimits,
     metrics: BrokerMetrics,
     persist: Option<tokio::sync::mpsc::UnboundedSender<RetainedChange>>,
+    /// Bumped by every call that may change a session, so the session snapshot task
+    /// writes only when something changed.
+    changes: u64,
     name: String,
 }
 
@@ -362,10 +407,12 @@ impl Router {
             sessions: HashMap::new(),
             trie: TrieNode::default(),
             retained: HashMap::new(),
+            sys_retained: HashMap::new(),
             acl,
             limits,
             metrics,
             persist: None,
+            changes: 0,
             name: name.to_string(),
         }
     }
@@ -412,6 +459,7 @@ impl Router {
         receive_max: usize,
         conn: ConnLink,
     ) -> Connected {
+        self.changes = self.changes.wrapping_add(1);
         let expiry = expiry.min(self.limits.max_session_expiry);
         let mut session_present = false;
         if let Some(old) = self.sessions.get_mut(client_id) {
@@ -435,7 +483,7 @@ impl Router {
         session.max_inflight = max_inflight;
         session.resend = session.inflight.keys().copied().collect();
         session.conn = Some(conn.clone());
-        if !session.queue.is_empty() || !session.resend.is_empty() {
+        if session.has_pending() || !session.resend.is_empty() {
             conn.wake.notify_one();
         }
         self.update_gauges();
@@ -462,6 +510,7 @@ impl Router {
 
     /// Detaches connection `conn_id` from its session; a session with expiry 0 is removed.
     pub fn disconnect(&mut self, client_id: &str, conn_id: u64, expiry_override: Option<u32>) {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return;
         };
@@ -505,6 +554,9 @@ impl Router {
             self.remove_session(k);
         }
         if !expired.is_empty() {
+            self.changes = self.changes.wrapping_add(1);
+        }
+        if !expired.is_empty() {
             self.update_gauges();
         }
         expired.len()
@@ -528,6 +580,7 @@ impl Router {
     /// Adds or replaces a subscription and queues the retained messages it asks for.
     /// Returns whether it replaced an existing one.
     pub fn subscribe(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOptions) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -542,7 +595,8 @@ impl Router {
             let matching: Vec<Arc<Message>> = self
                 .retained
                 .values()
-                .filter(|m| topic_matches(filter, m.topic_str()))
+                .chain(self.sys_retained.values())
+                .filter(|m| topic_matches(filter, m.topic_str()) && !m.expired(Instant::now()))
                 .cloned()
                 .collect();
             for m in matching {
@@ -552,18 +606,28 @@ impl Router {
                         .check(s.username.as_deref(), client_id, m.topic_str(), Op::Read)
                 };
                 if !allowed {
-                    self.metrics.acl_denials.inc();
+                    self.read_denied(client_id, m.topic_str());
                     continue;
                 }
                 let qos = m.qos.min(opts.qos);
-                self.enqueue(
-                    client_id,
-                    Delivery {
-                        msg: m,
-                        qos,
-                        retain: true,
-                    },
-                );
+                let max_backlog = self.limits.max_retained.max(1);
+                let Some(s) = self.sessions.get_mut(client_id) else {
+                    break;
+                };
+                if s.retained_backlog.len() >= max_backlog {
+                    // Only a client re-subscribing faster than it reads gets here.
+                    s.dropped += 1;
+                    self.metrics.dropped_queue_full.inc();
+                    continue;
+                }
+                s.retained_backlog.push_back(Delivery {
+                    msg: m,
+                    qos,
+                    retain: true,
+                });
+                if let Some(c) = &s.conn {
+                    c.wake.notify_one();
+                }
             }
         }
         self.update_gauges();
@@ -572,6 +636,7 @@ impl Router {
 
     /// Removes a subscription. Returns whether it existed.
     pub fn unsubscribe(&mut self, client_id: &Arc<str>, filter: &str) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -607,7 +672,7 @@ impl Router {
                     .acl
                     .check(s.username.as_deref(), &client, topic, Op::Read)
             {
-                self.metrics.acl_denials.inc();
+                self.read_denied(&client, topic);
                 continue;
             }
             let qos = msg.qos.min(opts.qos);
@@ -627,6 +692,12 @@ impl Router {
     }
 
     fn retain(&mut self, msg: &Arc<Message>) {
+        // `$SYS` statistics are edgemq's own: kept apart from the retained store (not
+        // persisted, not counted against maxRetainedMessages or in the metric).
+        if msg.origin.is_none() && msg.topic.starts_with(b"$SYS/") {
+            self.sys_retained.insert(msg.topic.clone(), msg.clone());
+            return;
+        }
         if msg.payload.is_empty() {
             if self.retained.remove(&msg.topic).is_some() {
                 if let Some(p) = &self.persist {
@@ -647,9 +718,24 @@ impl Router {
         self.metrics.retained.set(self.retained.len() as i64);
     }
 
+    /// Counts a message the ACL keeps from `client_id`; the first one per session is
+    /// logged with the reason, so a client that receives nothing can be explained.
+    fn read_denied(&mut self, client_id: &str, topic: &str) {
+        self.metrics.acl_denials.inc();
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        if !std::mem::replace(&mut s.denial_logged, true) {
+            tracing::info!(broker = %self.name, client_id = %client_id, username = s.username.as_deref().unwrap_or(""), topic,
+                reason = %denial_reason(s.username.as_deref(), Op::Read),
+                "message not delivered: the ACL does not let this client read it (logged once per session; later ones are counted in edgemq_acl_denials_total)");
+        }
+    }
+
     /// Queues a delivery for a session, applying the queue bound. Returns whether it
     /// was queued.
     fn enqueue(&mut self, client_id: &Arc<str>, d: Delivery) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -695,6 +781,11 @@ impl Router {
         if s.conn.as_ref().map(|c| c.id) != Some(conn_id) {
             return;
         }
+        if s.has_pending() || !s.resend.is_empty() {
+            self.changes = self.changes.wrapping_add(1);
+        }
+        let now = Instant::now();
+        let mut expired = 0u64;
         while out.len() < batch {
             let Some(pkid) = s.resend.pop_front() else {
                 break;
@@ -710,11 +801,25 @@ impl Router {
             }
         }
         while out.len() < batch {
-            let Some(front) = s.queue.front() else { break };
+            // Retained messages owed to a new subscription go first: they are older
+            // than anything queued after the SUBSCRIBE.
+            let backlog = !s.retained_backlog.is_empty();
+            let q = if backlog {
+                &mut s.retained_backlog
+            } else {
+                &mut s.queue
+            };
+            let Some(front) = q.front() else { break };
             if front.qos > 0 && s.inflight.len() >= s.max_inflight {
                 break;
             }
-            let Some(d) = s.queue.pop_front() else { break };
+            let Some(d) = q.pop_front() else { break };
+            // [MQTT-3.3.2-5]: an expired message is not delivered.
+            if d.msg.expired(now) {
+                s.dropped_expired += 1;
+                expired += 1;
+                continue;
+            }
             if d.qos == 0 {
                 out.push(Outgoing::Publish {
                     delivery: d,
@@ -724,7 +829,11 @@ impl Router {
                 continue;
             }
             let Some(pkid) = s.alloc_pkid() else {
-                s.queue.push_front(d);
+                if backlog {
+                    s.retained_backlog.push_front(d);
+                } else {
+                    s.queue.push_front(d);
+                }
                 break;
             };
             s.inflight.insert(pkid, Inflight::Sent(d.clone()));
@@ -733,6 +842,9 @@ impl Router {
                 pkid,
                 dup: false,
             });
+        }
+        if expired > 0 {
+            self.metrics.dropped_expired.inc_by(expired);
         }
     }
 
@@ -744,6 +856,7 @@ impl Router {
     /// PUBREC from the client: the message moves to awaiting PUBCOMP. Returns whether
     /// the packet id was known.
     pub fn pubrec(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -762,6 +875,7 @@ impl Router {
     }
 
     fn complete(&mut self, client_id: &str, pkid: u16, released: bool) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         let Some(s) = self.sessions.get_mut(client_id) else {
             return false;
         };
@@ -772,7 +886,7 @@ impl Router {
         };
         if known {
             s.inflight.remove(&pkid);
-            if !s.queue.is_empty() {
+            if s.has_pending() {
                 if let Some(c) = &s.conn {
                     c.wake.notify_one();
                 }
@@ -784,6 +898,7 @@ impl Router {
     /// An incoming QoS 2 PUBLISH: returns true the first time a packet id is seen
     /// (the message must be routed), false for a retransmission.
     pub fn qos2_received(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         self.sessions
             .get_mut(client_id)
             .is_some_and(|s| s.incoming_qos2.insert(pkid))
@@ -791,6 +906,7 @@ impl Router {
 
     /// PUBREL from the client: forgets the packet id. Returns whether it was known.
     pub fn qos2_released(&mut self, client_id: &str, pkid: u16) -> bool {
+        self.changes = self.changes.wrapping_add(1);
         self.sessions
             .get_mut(client_id)
             .is_some_and(|s| s.incoming_qos2.remove(&pkid))
@@ -822,6 +938,7 @@ impl Router {
             retain: false,
             properties: None,
             origin: None,
+            expires_at: None,
         });
         let mut out = Vec::new();
         self.next_outgoing(&id, u64::MAX, 16, &mut out);
@@ -844,13 +961,78 @@ impl Router {
             subscriptions: self.sessions.values().map(|s| s.subscriptions.len()).sum(),
             trie_nodes: self.trie.count(),
             retained: self.retained.len(),
-            queued: self.sessions.values().map(|s| s.queue.len()).sum(),
+            queued: self
+                .sessions
+                .values()
+                .map(|s| s.queue.len() + s.retained_backlog.len())
+                .sum(),
         }
     }
 
     /// Every retained message (for persistence snapshots).
     pub fn retained_messages(&self) -> Vec<Arc<Message>> {
         self.retained.values().cloned().collect()
+    }
+
+    /// A counter that moves whenever a session may have changed.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Every persistent session (expiry above 0, not edgemq's own), encoded for the
+    /// store: subscriptions, retained backlog and queue, in-flight messages (QoS 1/2
+    /// sent, QoS 2 released), the QoS 2 packet ids received, and the expiry left
+    /// (counted from `now` for a disconnected session).
+    pub fn snapshot_sessions(&self, now: Instant) -> Vec<(String, Vec<u8>)> {
+        self.snapshot_sessions_counted(now).0
+    }
+
+    /// [`Router::snapshot_sessions`], also counting the messages the sessions hold.
+    pub fn snapshot_sessions_counted(&self, now: Instant) -> (Vec<(String, Vec<u8>)>, usize) {
+        let mut out = Vec::new();
+        let mut messages = 0;
+        for (id, s) in &self.sessions {
+            if s.trusted || s.expiry == 0 || id.starts_with(INTERNAL_CLIENT_PREFIX) {
+                continue;
+            }
+            let left = match s.disconnected_at {
+                Some(at) => {
+                    let gone = now.duration_since(at).as_secs();
+                    u64::from(s.expiry).saturating_sub(gone) as u32
+                }
+                None => s.expiry,
+            };
+            if left == 0 {
+                continue;
+            }
+            messages += s.queue.len() + s.retained_backlog.len() + s.inflight.len();
+            out.push((id.to_string(), saved::encode(s, left)));
+        }
+        (out, messages)
+    }
+
+    /// Restores sessions saved by [`Router::snapshot_sessions`] as disconnected ones
+    /// (their expiry counts from now). Returns how many, and how many messages they
+    /// hold. Entries that do not decode are skipped with a warning.
+    pub fn restore_sessions(&mut self, saved: Vec<(String, Vec<u8>)>) -> (usize, usize) {
+        let now = Instant::now();
+        let (mut n, mut msgs) = (0, 0);
+        for (id, bytes) in saved {
+            let Some(mut s) = saved::decode(&bytes) else {
+                tracing::warn!(broker = %self.name, client_id = %id, "a saved session could not be read; it is dropped");
+                continue;
+            };
+            s.disconnected_at = Some(now);
+            let id: Arc<str> = id.into();
+            for (filter, opts) in &s.subscriptions {
+                self.trie.insert(&levels(filter), id.clone(), *opts);
+            }
+            msgs += s.queue.len() + s.retained_backlog.len() + s.inflight.len();
+            self.sessions.insert(id, s);
+            n += 1;
+        }
+        self.update_gauges();
+        (n, msgs)
     }
 
     fn update_gauges(&self) {
@@ -881,6 +1063,7 @@ mod tests {
             retain,
             properties: None,
             origin: None,
+            expires_at: None,
         }
     }
 
@@ -979,6 +1162,49 @@ mod tests {
     }
 
     #[test]
+    fn retained_messages_on_subscribe_are_paced_by_the_window_not_dropped_at_the_queue_bound() {
+        let mut r = router();
+        r.set_limits(RouterLimits {
+            max_queued: 10,
+            ..RouterLimits::default()
+        });
+        for i in 0..3000 {
+            r.publish(msg(
+                &format!("homeassistant/sensor/{i}/config"),
+                1,
+                true,
+                "{}",
+            ));
+        }
+        let id: Arc<str> = "ha".into();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&id, "homeassistant/#", sub(1));
+        // A live message published after the SUBSCRIBE comes after every retained one.
+        r.publish(msg("homeassistant/status", 1, false, "online"));
+        assert_eq!(r.stats().queued, 3001);
+        let mut got = 0;
+        loop {
+            let out = drain(&mut r, "ha", 1);
+            assert!(
+                out.len() <= 20,
+                "the in-flight window paces retained messages"
+            );
+            if out.is_empty() {
+                break;
+            }
+            for o in out {
+                let Outgoing::Publish { delivery, pkid, .. } = o else {
+                    panic!("unexpected {o:?}")
+                };
+                got += 1;
+                assert_eq!(delivery.retain, got <= 3000);
+                assert!(r.puback("ha", pkid));
+            }
+        }
+        assert_eq!((got, r.dropped("ha")), (3001, 0));
+    }
+
+    #[test]
     fn a_persistent_session_keeps_qos1_messages_and_resends_inflight_after_reconnect() {
         let mut r = router();
         let id: Arc<str> = "p".into();
@@ -995,6 +1221,98 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(matches!(out[0], Outgoing::Publish { dup: true, .. }));
         assert!(matches!(out[1], Outgoing::Publish { dup: false, .. }));
+    }
+
+    #[test]
+    fn persistent_sessions_survive_a_snapshot_and_restore() {
+        let mut r = router();
+        let id: Arc<str> = "p".into();
+        r.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(1));
+        r.subscribe(&id, "t/#", sub(2));
+        r.publish(msg("t/1", 1, false, "inflight"));
+        r.publish(msg("t/2", 2, false, "released"));
+        let out = drain(&mut r, "p", 1);
+        let Outgoing::Publish { pkid: released, .. } = out[1] else {
+            panic!()
+        };
+        assert!(r.pubrec("p", released));
+        assert!(r.qos2_received("p", 9));
+        r.disconnect("p", 1, None);
+        for i in 0..500 {
+            r.publish(msg("t/q", 1, false, &i.to_string()));
+        }
+        let clean: Arc<str> = "clean".into();
+        r.connect(&clean, None, true, 0, 20, ConnLink::new(2));
+        let saved = r.snapshot_sessions(Instant::now());
+        assert_eq!(saved.len(), 1, "clean sessions are not saved");
+
+        let mut r2 = router();
+        assert_eq!(r2.restore_sessions(saved), (1, 502));
+        let c = r2.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(3));
+        assert!(c.session_present);
+        assert!(
+            !r2.qos2_received("p", 9),
+            "a QoS 2 id received before is remembered"
+        );
+        r2.publish(msg("t/live", 0, false, "live"));
+        let mut got = Vec::new();
+        loop {
+            let out = drain(&mut r2, "p", 3);
+            if out.is_empty() {
+                break;
+            }
+            for o in out {
+                match o {
+                    Outgoing::Publish {
+                        delivery,
+                        pkid,
+                        dup,
+                    } => {
+                        got.push((delivery.msg.payload.clone(), dup));
+                        if pkid != 0 {
+                            r2.puback("p", pkid);
+                        }
+                    }
+                    Outgoing::PubRel(p) => {
+                        assert_eq!(p, released);
+                        r2.pubcomp("p", p);
+                    }
+                }
+            }
+        }
+        assert_eq!(got[0], (Bytes::from("inflight"), true));
+        let queued: Vec<_> = got[1..501].iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(
+            queued,
+            (0..500)
+                .map(|i| Bytes::from(i.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(got.len(), 502);
+    }
+
+    #[test]
+    fn an_expired_message_is_not_delivered_live_queued_or_retained() {
+        let mut r = router();
+        let past = Instant::now() - Duration::from_secs(1);
+        let mut gone = msg("t/old", 1, true, "expired");
+        gone.expires_at = Some(past);
+        r.publish(gone);
+        let id: Arc<str> = "s".into();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&id, "t/#", sub(1));
+        let mut late = msg("t/x", 1, false, "late");
+        late.expires_at = Some(past);
+        r.publish(late);
+        let mut fresh = msg("t/x", 1, false, "fresh");
+        fresh.expires_at = Some(Instant::now() + Duration::from_secs(60));
+        r.publish(fresh);
+        let out = drain(&mut r, "s", 1);
+        assert_eq!(out.len(), 1);
+        let Outgoing::Publish { delivery, .. } = &out[0] else {
+            panic!()
+        };
+        assert_eq!(&delivery.msg.payload[..], b"fresh");
     }
 
     #[test]
@@ -1023,5 +1341,159 @@ mod tests {
         // The old connection's late disconnect must not remove the new session.
         r.disconnect("dup", 1, None);
         assert_eq!(r.stats().connected, 1);
+    }
+}
+
+/// The stored form of a persistent session (see [`Router::snapshot_sessions`]): a
+/// version byte, then length-prefixed fields in a fixed order.
+mod saved {
+    use super::*;
+
+    const VERSION: u8 = 1;
+
+    fn put_bytes(o: &mut Vec<u8>, b: &[u8]) {
+        o.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        o.extend_from_slice(b);
+    }
+
+    fn put_delivery(o: &mut Vec<u8>, kind: u8, pkid: u16, d: Option<&Delivery>) {
+        o.push(kind);
+        o.extend_from_slice(&pkid.to_be_bytes());
+        if let Some(d) = d {
+            o.push(d.qos);
+            o.push(u8::from(d.retain) | (d.msg.qos << 1));
+            put_bytes(o, &d.msg.topic);
+            put_bytes(o, &d.msg.payload);
+        }
+    }
+
+    pub(super) fn encode(s: &Session, expiry_left: u32) -> Vec<u8> {
+        let mut o = vec![VERSION];
+        match &s.username {
+            Some(u) => {
+                o.push(1);
+                put_bytes(&mut o, u.as_bytes());
+            }
+            None => o.push(0),
+        }
+        o.extend_from_slice(&expiry_left.to_be_bytes());
+        o.extend_from_slice(&(s.max_inflight as u32).to_be_bytes());
+        o.extend_from_slice(&s.next_pkid.to_be_bytes());
+        o.extend_from_slice(&(s.subscriptions.len() as u32).to_be_bytes());
+        for (filter, opts) in &s.subscriptions {
+            put_bytes(&mut o, filter.as_bytes());
+            o.push(opts.qos);
+            o.push(u8::from(opts.no_local) | (u8::from(opts.retain_as_published) << 1));
+            o.push(opts.retain_handling);
+        }
+        let n = s.retained_backlog.len() + s.queue.len() + s.inflight.len();
+        o.extend_from_slice(&(n as u32).to_be_bytes());
+        for (pkid, f) in &s.inflight {
+            match f {
+                Inflight::Sent(d) => put_delivery(&mut o, 1, *pkid, Some(d)),
+                Inflight::Released => put_delivery(&mut o, 2, *pkid, None),
+            }
+        }
+        for d in s.retained_backlog.iter() {
+            put_delivery(&mut o, 3, 0, Some(d));
+        }
+        for d in s.queue.iter() {
+            put_delivery(&mut o, 0, 0, Some(d));
+        }
+        o.extend_from_slice(&(s.incoming_qos2.len() as u32).to_be_bytes());
+        for p in &s.incoming_qos2 {
+            o.extend_from_slice(&p.to_be_bytes());
+        }
+        o
+    }
+
+    struct Rd<'a>(&'a [u8]);
+
+    impl<'a> Rd<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            if self.0.len() < n {
+                return None;
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Some(a)
+        }
+        fn u8(&mut self) -> Option<u8> {
+            Some(self.take(1)?[0])
+        }
+        fn u16(&mut self) -> Option<u16> {
+            Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+        }
+        fn bytes(&mut self) -> Option<&'a [u8]> {
+            let n = self.u32()? as usize;
+            self.take(n)
+        }
+    }
+
+    pub(super) fn decode(b: &[u8]) -> Option<Session> {
+        let mut r = Rd(b);
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let username = match r.u8()? {
+            0 => None,
+            _ => Some(Arc::from(std::str::from_utf8(r.bytes()?).ok()?)),
+        };
+        let mut s = Session::new(username);
+        s.expiry = r.u32()?;
+        s.max_inflight = (r.u32()? as usize).max(1);
+        s.next_pkid = r.u16()?;
+        for _ in 0..r.u32()? {
+            let filter = std::str::from_utf8(r.bytes()?).ok()?.to_string();
+            let (qos, flags, retain_handling) = (r.u8()?, r.u8()?, r.u8()?);
+            s.subscriptions.insert(
+                filter,
+                SubOptions {
+                    qos: qos.min(2),
+                    no_local: flags & 1 != 0,
+                    retain_as_published: flags & 2 != 0,
+                    retain_handling,
+                },
+            );
+        }
+        for _ in 0..r.u32()? {
+            let kind = r.u8()?;
+            let pkid = r.u16()?;
+            if kind == 2 {
+                s.inflight.insert(pkid, Inflight::Released);
+                continue;
+            }
+            let qos = r.u8()?.min(2);
+            let flags = r.u8()?;
+            let topic = r.bytes()?;
+            std::str::from_utf8(topic).ok()?;
+            let d = Delivery {
+                msg: Arc::new(Message {
+                    topic: Bytes::copy_from_slice(topic),
+                    payload: Bytes::copy_from_slice(r.bytes()?),
+                    qos: (flags >> 1).min(2),
+                    retain: flags & 1 != 0,
+                    properties: None,
+                    origin: None,
+                    expires_at: None,
+                }),
+                qos,
+                retain: flags & 1 != 0,
+            };
+            match kind {
+                1 => {
+                    s.inflight.insert(pkid, Inflight::Sent(d));
+                }
+                3 => s.retained_backlog.push_back(d),
+                _ => s.queue.push_back(d),
+            }
+        }
+        for _ in 0..r.u32()? {
+            s.incoming_qos2.insert(r.u16()?);
+        }
+        Some(s)
     }
 }

@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::Secret;
 use crate::api::{Bridge, Broker, Certificate, MqttUser};
 
 pub use locate::Seg;
-pub use validate::{filter_error, DEFAULT_NAMESPACE};
+pub use validate::{filter_error, warnings, DEFAULT_NAMESPACE};
 
 /// Reads every `*.yaml` / `*.yml` file below `config_dir` (recursively, in sorted
 /// order, skipping hidden files and folders) and, when given, the Secret manifests

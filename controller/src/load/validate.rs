@@ -33,6 +33,37 @@ pub(crate) fn validate(res: &Resources, broken: &Broken) -> Vec<LoadError> {
     v.errors
 }
 
+/// Settings that load and run but almost certainly do not do what was meant. They do
+/// not stop a folder from loading; `edgemq validate` prints them.
+pub fn warnings(res: &Resources) -> Vec<LoadError> {
+    let mut out = Vec::new();
+    for b in res.brokers() {
+        let spec = &b.object.spec;
+        if spec.allow_anonymous && spec.acl_enabled && !anonymous_can_do_anything(spec) {
+            out.push(b.error_at(
+                &[Seg::Key("spec"), Seg::Key("allowAnonymous")],
+                "anonymous clients may connect but can neither publish nor receive anything: \
+                 aclEnabled is true and no anonymousAcl rule (nor an aclPatterns rule without \
+                 `%u`) grants them a topic; add anonymousAcl rules, or set aclEnabled: false \
+                 to let every client use every topic (Mosquitto without an acl_file)",
+            ));
+        }
+    }
+    out
+}
+
+/// Whether some rule could grant an anonymous client access: one of its own that is
+/// not `deny`, or a pattern without `%u` (patterns with `%u` never match a client
+/// without a username).
+fn anonymous_can_do_anything(spec: &crate::api::BrokerSpec) -> bool {
+    use crate::api::Access;
+    spec.anonymous_acl.iter().any(|r| r.access != Access::Deny)
+        || spec
+            .acl_patterns
+            .iter()
+            .any(|r| r.access != Access::Deny && !r.topic.split('/').any(|l| l == "%u"))
+}
+
 /// Brokers of one folder run on one host: no two may bind the same port on
 /// overlapping addresses.
 pub(crate) fn shared_host_ports(res: &Resources) -> Vec<LoadError> {
@@ -488,6 +519,13 @@ impl Validator<'_> {
                 lim.max_retained_messages.into(),
                 0,
                 10_000_000,
+            );
+            self.range(
+                b,
+                &p("sysIntervalSeconds"),
+                lim.sys_interval_seconds.into(),
+                0,
+                86_400,
             );
         }
     }
@@ -1060,6 +1098,45 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn warnings_of(yaml: &str) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("broker.yaml"), yaml).expect("write");
+        let res = super::super::load(dir.path(), None).expect("a valid folder");
+        warnings(&res)
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn anonymous_access_that_can_do_nothing_is_a_warning() {
+        let broker = |extra: &str| {
+            format!(
+                "apiVersion: edgemq.io/v1alpha1\nkind: Broker\nmetadata: {{name: b}}\n\
+                 spec:\n  listeners: [{{name: m, port: 1883}}]\n{extra}"
+            )
+        };
+        let w = warnings_of(&broker("  allowAnonymous: true\n"));
+        assert!(w.contains("broker.yaml:6"), "{w}");
+        assert!(
+            w.contains("can neither publish nor receive anything"),
+            "{w}"
+        );
+        let deny_only = "  allowAnonymous: true\n  anonymousAcl: [{topic: '#', access: deny}]\n";
+        assert!(!warnings_of(&broker(deny_only)).is_empty());
+        let user_pattern = "  allowAnonymous: true\n  aclPatterns: [{topic: 'u/%u/#'}]\n";
+        assert!(!warnings_of(&broker(user_pattern)).is_empty());
+        for fine in [
+            "",
+            "  allowAnonymous: true\n  aclEnabled: false\n",
+            "  allowAnonymous: true\n  anonymousAcl: [{topic: 'public/#', access: read}]\n",
+            "  allowAnonymous: true\n  aclPatterns: [{topic: 'c/%c/#'}]\n",
+        ] {
+            assert_eq!(warnings_of(&broker(fine)), "", "{fine}");
+        }
+    }
 
     #[test]
     fn acl_filters_follow_mqtt_and_mosquitto_rules() {
