@@ -111,7 +111,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
             &ns,
             Kind::Certificate,
             &name,
-            cert.resource_version(),
+            index::content_version(cert.as_ref()),
             crate::load::Object::Certificate(Box::new((*cert).clone())),
         )
         .await?;

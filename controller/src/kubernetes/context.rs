@@ -117,7 +117,7 @@ impl Context {
     }
 
     /// The index and validation errors of `ns`, with `fresh` (the object being
-    /// reconciled, `kind` `name` at `version`) in it. Validation runs once per change
+    /// reconciled, `kind` `name` at `version`, see [`index::content_version`]) in it. Validation runs once per change
     /// of the namespace, not once per reconcile.
     pub(super) async fn view(
         &self,

@@ -60,7 +60,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             &ns,
             Kind::Broker,
             &name,
-            b.resource_version(),
+            index::content_version(b.as_ref()),
             crate::load::Object::Broker(Box::new(index::without_status(&b))),
         )
         .await?;
@@ -195,7 +195,7 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
             &ns,
             Kind::MqttUser,
             &name,
-            u.resource_version(),
+            index::content_version(u.as_ref()),
             crate::load::Object::MqttUser(Box::new((*u).clone())),
         )
         .await?;
@@ -264,7 +264,7 @@ async fn reconcile_bridge(b: Arc<Bridge>, ctx: Arc<Context>) -> Result<Action, E
             &ns,
             Kind::Bridge,
             &name,
-            b.resource_version(),
+            index::content_version(b.as_ref()),
             crate::load::Object::Bridge(Box::new((*b).clone())),
         )
         .await?;
@@ -341,6 +341,12 @@ where
         }
     });
     reader
+}
+
+/// At most a few reconciles at once: an edge controller shares its node with brokers,
+/// and memory stays bounded however many objects change together.
+fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(4)
 }
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -437,6 +443,7 @@ pub async fn run(
         }
         brokers_in_3(s.meta().namespace.clone())
     })
+    .with_config(controller_config())
     .shutdown_on_signal()
     .run(reconcile_broker, error_policy, ctx.clone())
     .for_each(|_| futures_util::future::ready(()));
@@ -460,11 +467,13 @@ pub async fn run(
                 .collect::<Vec<_>>()
         },
     )
+    .with_config(controller_config())
     .shutdown_on_signal()
     .run(reconcile_user, error_policy, ctx.clone())
     .for_each(|_| futures_util::future::ready(()));
 
     let bridge_ctl = Controller::new(api_for::<Bridge>(&client, ns), watcher::Config::default())
+        .with_config(controller_config())
         .shutdown_on_signal()
         .run(reconcile_bridge, error_policy, ctx.clone())
         .for_each(|_| futures_util::future::ready(()));
@@ -474,6 +483,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .owns(api_for::<Secret>(&client, ns), watcher::Config::default())
+    .with_config(controller_config())
     .shutdown_on_signal()
     .run(super::certificates::reconcile, error_policy, ctx.clone())
     .for_each(|_| futures_util::future::ready(()));

@@ -140,12 +140,23 @@ pub fn view(snapshot: &Snapshot, ns: &str, fresh: Option<Object>) -> View {
     View { res, errors }
 }
 
+/// What identifies an object's content for the index: its `generation` (a custom
+/// resource's spec; status writes do not move it, so they do not invalidate a view),
+/// else its resourceVersion (a Secret).
+pub fn content_version<K: kube::Resource>(o: &K) -> Option<String> {
+    o.meta()
+        .generation
+        .map(|g| format!("g{g}"))
+        .or_else(|| o.meta().resource_version.clone())
+}
+
 fn mix<K: kube::Resource>(o: &K, tag: u8) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     tag.hash(&mut h);
     o.meta().name.hash(&mut h);
-    o.meta().resource_version.hash(&mut h);
+    o.meta().uid.hash(&mut h);
+    content_version(o).hash(&mut h);
     o.meta().deletion_timestamp.is_some().hash(&mut h);
     h.finish()
 }
@@ -172,14 +183,14 @@ pub fn fingerprint(s: &Snapshot, ns: &str) -> u64 {
     })
 }
 
-/// The resourceVersion of the stored copy of `kind` `ns/name`.
+/// The [`content_version`] of the stored copy of `kind` `ns/name`.
 pub fn stored_version(s: &Snapshot, kind: Kind, ns: &str, name: &str) -> Option<String> {
     fn find<K: kube::Resource>(objs: &[std::sync::Arc<K>], ns: &str, name: &str) -> Option<String> {
         objs.iter()
             .find(|o| {
                 o.meta().namespace.as_deref() == Some(ns) && o.meta().name.as_deref() == Some(name)
             })
-            .and_then(|o| o.meta().resource_version.clone())
+            .and_then(|o| content_version(o.as_ref()))
     }
     match kind {
         Kind::Broker => find(&s.brokers, ns, name),
