@@ -161,3 +161,25 @@ def namespace(cluster):
                      60, f"the default ServiceAccount in namespace {name}")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def crds(cluster):
+    """The cluster, with edgemq's CRDs installed."""
+    import edgemq_k8s as k
+    k.install_crds(cluster)
+    return cluster
+
+
+@pytest.fixture
+def controller(crds, namespace, tmp_path, request):
+    """`edgemq controller` on this machine, watching only the test's namespace; its
+    log (and the broker pod's, for a Broker named `home`) is printed when the test fails."""
+    import edgemq_k8s as k
+    c = k.Controller(crds, tmp_path, namespace).start()
+    yield c
+    c.stop()
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+        print(f"\n--- controller log ---\n{c.log()[-6000:]}")
+        print(k.broker_logs(crds, "home", namespace))
+

@@ -24,20 +24,6 @@ from edgemq_k8s import support
 N = 10_000
 
 
-@pytest.fixture(scope="module")
-def crds(cluster):
-    k.install_crds(cluster)
-    return cluster
-
-
-@pytest.fixture
-def controller(crds, namespace, tmp_path, request):
-    c = k.Controller(crds, tmp_path, namespace).start()
-    yield c
-    c.stop()
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        print(f"\n--- controller log ---\n{c.log()[-6000:]}")
-        print(k.broker_logs(crds, "home", namespace))
 
 
 def node_ip(cluster) -> str:

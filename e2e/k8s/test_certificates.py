@@ -28,19 +28,6 @@ CLIENTS = 50
 RENEWALS = 3
 
 
-@pytest.fixture(scope="module")
-def crds(cluster):
-    k.install_crds(cluster)
-    return cluster
-
-
-@pytest.fixture
-def controller(crds, namespace, tmp_path, request):
-    c = k.Controller(crds, tmp_path, namespace).start()
-    yield c
-    c.stop()
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        print(f"\n--- controller log ---\n{c.log()[-6000:]}")
 
 
 def served_der(port: int) -> bytes:

@@ -26,19 +26,6 @@ Z2M_HASH = ("$7$101$qKSz0fyQacdTZ9HB$If/JbDtgTExFDBNmWitmhEReV5nR415+Z0sGyz5/w3x
             "ZrJPRATCjNC+TE2hwhkAwJuKCX/NjaVU4kw==")  # secret1
 
 
-@pytest.fixture(scope="module")
-def crds(cluster):
-    k.install_crds(cluster)
-    return cluster
-
-
-@pytest.fixture
-def controller(crds, namespace, tmp_path, request):
-    c = k.Controller(crds, tmp_path, namespace).start()
-    yield c
-    c.stop()
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        print(f"\n--- controller log ---\n{c.log()[-6000:]}")
 
 
 def validate(tmp_path, namespace):
