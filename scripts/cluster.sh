@@ -536,6 +536,7 @@ cmd_start() {
   local t0=$SECONDS
   if running; then
     log "start: already running in $STATE"
+    storage
     echo "export KUBECONFIG=$STATE/kubeconfig"
     return
   fi
@@ -613,7 +614,14 @@ cmd_start() {
 # pods' non-root users (hostPath ignores fsGroup).
 STORAGE_VOLUMES=40
 storage() {
-  local dir="$STATE/volumes" i pvs=""
+  local dir="$STATE/volumes" i pvs="" pv
+  # A volume whose claim is gone (Released) is wiped and offered again, so a cluster
+  # that stays up across test runs does not run out of volumes.
+  for pv in $(KUBECTL get pv -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}' 2>/dev/null); do
+    case "$pv" in local-pv*) ;; *) continue ;; esac
+    KUBECTL delete pv "$pv" >/dev/null 2>&1 || true
+    rm -rf "${dir:?}/${pv#local-}"
+  done
   for i in $(seq 1 "$STORAGE_VOLUMES"); do
     mkdir -p "$dir/pv$i"
     chmod 0777 "$dir/pv$i"
