@@ -886,3 +886,36 @@ def connack_code(port: int, username=None, password=None, v5: bool = False,
                               password=password)
         except (ConnectionError, OSError):
             return None
+
+
+# --------------------------------------------------------------------------- bursts
+def publish_many(port: int, n: int, topic: str = "sensors/x", connack_timeout: float = 5.0,
+                 publish_timeout: float = 60.0) -> None:
+    """n QoS 1 messages, payloads "0".."n-1", in order, 200 in flight, each acknowledged."""
+    cl = make_client(unique_id("burst"))
+    cl.c.max_inflight_messages_set(200)
+    cl.c.max_queued_messages_set(0)
+    cl.c.connect("127.0.0.1", port)
+    cl.c.loop_start()
+    assert cl.connack.wait(connack_timeout), f"no CONNACK from 127.0.0.1:{port}"
+    infos = [cl.c.publish(topic, str(i).encode(), qos=1) for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(publish_timeout)
+        assert info.is_published()
+    cl.disconnect_wait()
+
+
+def check_in_order(payloads: list, n: int) -> tuple:
+    """(losses, duplicates) of payloads "0".."n-1"; asserts first deliveries come in order."""
+    seen, first = set(), []
+    dups = 0
+    for p in payloads:
+        i = int(p)
+        if i in seen:
+            dups += 1
+            continue
+        seen.add(i)
+        first.append(i)
+    assert first == sorted(first), "messages arrived out of order"
+    return n - len(seen), dups
+

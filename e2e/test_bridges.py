@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from paho.mqtt.client import MQTTv5, MQTTv311
 
-from support import (broker_yaml, connect, docs, free_port, make_client, mosquitto_hash, poll,
-                     pub, require, run, sub, unique_id)
+import support
+from support import (broker_yaml, connect, docs, free_port, mosquitto_hash, poll, pub, require,
+                     run, sub)
 from helpers_b import metric, rss_kb, tls_secret_yaml
 
 OPEN_BROKER = "  allowAnonymous: true\n  aclEnabled: false\n"
@@ -273,36 +274,6 @@ def sink_session(port, collect_now=False):
     return c
 
 
-def publish_many(port, n, topic="sensors/x"):
-    """n QoS 1 messages, payloads "0".."n-1", in order, 200 in flight."""
-    cl = make_client(unique_id("burst"))
-    cl.c.max_inflight_messages_set(200)
-    cl.c.max_queued_messages_set(0)
-    cl.c.connect("127.0.0.1", port)
-    cl.c.loop_start()
-    assert cl.connack.wait(5)
-    infos = [cl.c.publish(topic, str(i).encode(), qos=1) for i in range(n)]
-    for info in infos:
-        info.wait_for_publish(60)
-        assert info.is_published()
-    cl.disconnect_wait()
-
-
-def check_in_order(payloads: list, n: int) -> tuple:
-    """(losses, duplicates); asserts first deliveries come in order."""
-    seen, first = set(), []
-    dups = 0
-    for p in payloads:
-        i = int(p)
-        if i in seen:
-            dups += 1
-            continue
-        seen.add(i)
-        first.append(i)
-    assert first == sorted(first), "messages arrived out of order"
-    return n - len(seen), dups
-
-
 @pytest.mark.parametrize("restart_edgemq", [False, True], ids=["remote-outage", "edgemq-restarted-too"])
 def test_an_outage_loses_nothing_and_keeps_order(edgemq, mosquitto, tmp_path,
                                                  restart_edgemq):
@@ -324,7 +295,7 @@ def test_an_outage_loses_nothing_and_keeps_order(edgemq, mosquitto, tmp_path,
     # `edgemq status` (the status file) follows the link within seconds.
     poll(lambda: "Disconnected" in e.cli("status", "--state", str(e.state_dir)).stdout, 15,
          message="edgemq status shows the bridge down")
-    publish_many(port, n)
+    support.publish_many(port, n)
     st = e.wait_applied(lambda s: (d := bridge_status(e, "up")["details"])["queueDepth"] == n and d,
                         30, f"{n} messages queued")
     assert st["dropped"] == 0
@@ -341,7 +312,7 @@ def test_an_outage_loses_nothing_and_keeps_order(edgemq, mosquitto, tmp_path,
     got += sink.drain()
     sink.disconnect_wait()
     assert all(m.topic == "home/sensors/x" and m.qos == 1 for m in got)
-    losses, dups = check_in_order([m.payload for m in got], n)
+    losses, dups = support.check_in_order([m.payload for m in got], n)
     print(f"\noutage{' + edgemq restart' if restart_edgemq else ''}: {n} sent, "
           f"{len(got)} received, {losses} lost, {dups} duplicates")
     assert losses == 0
@@ -363,7 +334,7 @@ def test_at_the_queue_bound_the_oldest_are_dropped_and_counted(edgemq, mosquitto
                     queue=f"{{maxMessages: {bound}, maxBytes: 1048576}}")))
     e.start()
     rss_before = rss_kb(e.proc.pid)
-    publish_many(port, n)
+    support.publish_many(port, n)
     st = e.wait_applied(lambda s: (d := bridge_status(e, "up")["details"])["dropped"] == n - bound and d,
                         30, "drops counted")
     assert st["queueDepth"] == bound

@@ -45,36 +45,6 @@ def persistent_remote(mosquitto, tmp_path, address: str):
     return m
 
 
-def publish_many(port: int, n: int, topic: str = "sensors/x") -> None:
-    """n QoS 1 messages, payloads "0".."n-1", in order, 200 in flight, each acknowledged."""
-    cl = support.make_client(support.unique_id("burst"))
-    cl.c.max_inflight_messages_set(200)
-    cl.c.max_queued_messages_set(0)
-    cl.c.connect("127.0.0.1", port)
-    cl.c.loop_start()
-    assert cl.connack.wait(10), "no CONNACK from the broker pod"
-    infos = [cl.c.publish(topic, str(i).encode(), qos=1) for i in range(n)]
-    for info in infos:
-        info.wait_for_publish(120)
-        assert info.is_published()
-    cl.disconnect_wait()
-
-
-def check_in_order(payloads: list, n: int) -> tuple:
-    """(losses, duplicates); asserts first deliveries come in order."""
-    seen, first = set(), []
-    dups = 0
-    for p in payloads:
-        i = int(p)
-        if i in seen:
-            dups += 1
-            continue
-        seen.add(i)
-        first.append(i)
-    assert first == sorted(first), "messages arrived out of order"
-    return n - len(seen), dups
-
-
 def local_volume(cluster, namespace: str) -> Optional[Path]:
     """The folder on this machine behind the Broker's volume, when the cluster is this
     machine's own (hostPath PersistentVolumes); None elsewhere."""
@@ -111,7 +81,7 @@ def test_an_outage_of_the_remote_loses_nothing_and_keeps_order(
     remote.stop()
     down = k.wait_ready(cluster, "bridge", "up", namespace, status="False", timeout=60)
     assert down["status"]["connected"] is False
-    publish_many(port, N)
+    support.publish_many(port, N, connack_timeout=10, publish_timeout=120)
     st = cluster.wait_for(lambda: (s := bridge_status(cluster, namespace)).get("queueDepth") == N and s,
                           60, f"the pod reporting {N} messages queued")
     assert st["dropped"] == 0 and st["queueBytes"] > 0
@@ -175,7 +145,7 @@ def test_an_outage_of_the_remote_loses_nothing_and_keeps_order(
     cluster.wait_for(lambda: bridge_status(cluster, namespace).get("queueDepth") == 0, 60,
                      "the pod reporting an empty queue")
     assert all(m.topic == "home/sensors/x" and m.qos == 1 for m in got)
-    losses, dups = check_in_order([m.payload for m in got], N)
+    losses, dups = support.check_in_order([m.payload for m in got], N)
     st = k.wait_ready(cluster, "bridge", "up", namespace, reason="Connected", timeout=60)["status"]
     cluster.wait_for(lambda: bridge_status(cluster, namespace).get("forwardedOut", 0) >= N, 30,
                      "the pod reporting what it forwarded")
