@@ -198,3 +198,16 @@ def record(name: str, data: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(data, indent=2))
     sys.stderr.write(f"\n[measured] {name}: {json.dumps(data)}\n")
+
+
+def served_der(port: int) -> bytes:
+    """The leaf certificate a new TLS handshake on 127.0.0.1:port is given (DER)."""
+    import socket
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with ctx.wrap_socket(s) as t:
+            return t.getpeercert(binary_form=True)
+

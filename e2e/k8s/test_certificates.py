@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import queue
 import ssl
-import socket
 import subprocess
 import threading
 import time
@@ -26,18 +25,6 @@ Z2M_HASH = ("$7$101$qKSz0fyQacdTZ9HB$If/JbDtgTExFDBNmWitmhEReV5nR415+Z0sGyz5/w3x
             "ZrJPRATCjNC+TE2hwhkAwJuKCX/NjaVU4kw==")  # secret1
 CLIENTS = 50
 RENEWALS = 3
-
-
-
-
-def served_der(port: int) -> bytes:
-    """The leaf certificate a new TLS handshake on 127.0.0.1:port is given."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        with ctx.wrap_socket(s) as t:
-            return t.getpeercert(binary_form=True)
 
 
 def leaf_der(pem: str) -> bytes:
@@ -145,7 +132,7 @@ def test_a_short_lived_certificate_is_renewed_under_50_live_tls_clients(
             serial = serial_of(new)
             assert serial not in seen, "a renewal has a new serial"
             seen.add(serial)
-            cluster.wait_for(lambda: served_der(port) == new, 60,
+            cluster.wait_for(lambda: k.served_der(port) == new, 60,
                              f"renewal {n + 1} served to a new handshake", interval=0.02)
             latencies.append(time.monotonic() - rotated_at)
             cluster.wait_for(

@@ -97,15 +97,6 @@ def _tls_pair(tmp_path, n: int):
     return crt.read_text(), key.read_text()
 
 
-def _served_cert(port: int) -> bytes:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        with ctx.wrap_socket(s) as t:
-            return t.getpeercert(binary_form=True)
-
-
 def test_users_passwords_acls_and_tls_pairs_change_live_with_50_clients_connected(
         cluster, controller, namespace, tmp_path):
     crt, key = _tls_pair(tmp_path, 0)
@@ -179,7 +170,7 @@ def test_users_passwords_acls_and_tls_pairs_change_live_with_50_clients_connecte
         timed("replace_tls_secret",
               lambda crt=crt, key=key: k.apply(cluster, namespace, k.secret(
                   "site-tls", "kubernetes.io/tls", **{"tls.crt": crt, "tls.key": key})),
-              lambda der=der: _served_cert(tls_port) == der, f"TLS pair {i} served")
+              lambda der=der: k.served_der(tls_port) == der, f"TLS pair {i} served")
 
     disconnected = [c for c in steady if c.disconnected.is_set()]
     assert not disconnected, f"{len(disconnected)} of 50 unconcerned clients were disconnected"
