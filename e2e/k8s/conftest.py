@@ -5,7 +5,8 @@ Fixtures:
                 image named by EDGEMQ_IMAGE (required then). Otherwise the project's
                 own single-node cluster: `scripts/cluster.sh start` (it builds
                 Kubernetes when not cached), the image built from the edgemq binary
-                ($EDGEMQ_BIN or target/debug/edgemq) and imported as edgemq:dev, and
+                ($EDGEMQ_BIN or target/debug/edgemq) and imported as edgemq:dev (or the
+                tag in $EDGEMQ_IMAGE_TAG, so two checkouts can share the cluster), and
                 `scripts/cluster.sh stop` at the end of the session (also on failure;
                 a cluster that was already running before the session is left running).
     namespace   function: a fresh namespace name, deleted after the test.
@@ -140,11 +141,12 @@ def cluster():
             pytest.fail(f"scripts/cluster.sh start failed:\n{started.stderr[-3000:]}",
                         pytrace=False)
         env = _exports(_script("env", timeout=60).stdout)
-        image = _script("image", binary, DEFAULT_IMAGE, timeout=600)
+        tag = os.environ.get("EDGEMQ_IMAGE_TAG", DEFAULT_IMAGE)
+        image = _script("image", binary, tag, timeout=600)
         if image.returncode != 0:
             pytest.fail(f"scripts/cluster.sh image failed:\n{image.stderr[-3000:]}", pytrace=False)
         # the image exists only in the node's containerd: never pull
-        yield Cluster(env["KUBECONFIG"], DEFAULT_IMAGE, env.get("EDGEMQ_KUBECTL", "kubectl"),
+        yield Cluster(env["KUBECONFIG"], tag, env.get("EDGEMQ_KUBECTL", "kubectl"),
                       "Never")
     finally:
         if not already_running:
