@@ -19,7 +19,10 @@ pub mod awsiot;
 pub mod awsiot_jobs;
 pub mod ca;
 pub mod dns01;
+pub mod http01;
 pub mod manager;
+pub mod renewal;
+pub mod report;
 pub mod selfsigned;
 
 pub use manager::Manager;
