@@ -1305,6 +1305,83 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_subscribe_gets_no_retained_messages_and_its_group_one_copy_per_message() {
+        let mut r = router();
+        r.publish(msg("jobs/old", 1, true, "retained"));
+        for (i, id) in ["a", "b"].into_iter().enumerate() {
+            let id: Arc<str> = id.into();
+            r.connect(&id, None, true, 0, 20, ConnLink::new(i as u64));
+            r.subscribe(&id, "$share/g/jobs/#", sub(1));
+        }
+        assert_eq!(
+            r.stats().queued,
+            0,
+            "no retained message on a shared subscribe"
+        );
+        for i in 0..4 {
+            assert_eq!(r.publish(msg("jobs/new", 1, false, &i.to_string())), 1);
+        }
+        assert_eq!(
+            (drain(&mut r, "a", 0).len(), drain(&mut r, "b", 1).len()),
+            (2, 2)
+        );
+        r.disconnect("a", 0, None);
+        r.publish(msg("jobs/new", 1, false, "after a left"));
+        assert_eq!(drain(&mut r, "b", 1).len(), 1);
+    }
+
+    #[test]
+    fn subscription_identifiers_are_delivered_and_kept_in_a_saved_session() {
+        let mut r = router();
+        let id: Arc<str> = "p".into();
+        r.connect(&id, None, false, 3600, 20, ConnLink::new(1));
+        let with_id = |n| SubOptions {
+            id: Some(n),
+            ..sub(1)
+        };
+        r.subscribe(&id, "t/#", with_id(3));
+        r.subscribe(&id, "t/+", with_id(9));
+        r.disconnect("p", 1, None);
+        let mut r2 = router();
+        r2.restore_sessions(r.snapshot_sessions(Instant::now()));
+        r2.connect(&id, None, false, 3600, 20, ConnLink::new(2));
+        r2.publish(msg("t/x", 1, false, "x"));
+        let out = drain(&mut r2, "p", 2);
+        let [Outgoing::Publish { delivery, .. }] = &out[..] else {
+            panic!("unexpected {out:?}")
+        };
+        let mut ids = delivery.sub_ids.clone();
+        ids.sort();
+        assert_eq!(ids, [3, 9]);
+    }
+
+    #[test]
+    fn a_delayed_will_is_held_and_a_reconnect_within_the_delay_cancels_it() {
+        let mut r = router();
+        let (w, id): (Arc<str>, Arc<str>) = ("watcher".into(), "dev".into());
+        r.connect(&w, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&w, "will/#", sub(1));
+        for conn in [2, 3] {
+            r.connect(&id, None, false, 60, 20, ConnLink::new(conn));
+            r.disconnect("dev", conn, None);
+            r.will(&id, msg("will/dev", 1, false, "gone"), 30, None);
+            assert!(drain(&mut r, "watcher", 1).is_empty(), "held for its delay");
+        }
+        r.connect(&id, None, false, 60, 20, ConnLink::new(4));
+        assert_eq!(
+            r.publish_due_wills(Instant::now() + Duration::from_secs(31)),
+            0
+        );
+        r.disconnect("dev", 4, None);
+        r.will(&id, msg("will/dev", 1, false, "gone"), 30, None);
+        assert_eq!(
+            r.publish_due_wills(Instant::now() + Duration::from_secs(31)),
+            1
+        );
+        assert_eq!(drain(&mut r, "watcher", 1).len(), 1);
+    }
+
+    #[test]
     fn trie_nodes_and_sessions_are_freed_when_clients_go() {
         let mut r = router();
         for i in 0..100 {
