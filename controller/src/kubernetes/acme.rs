@@ -522,44 +522,21 @@ impl Http01Host for PodHost {
             let port = self.solver.port.unwrap_or(80);
             tracing::info!(certificate = %format!("{ns}/{}", self.cert.name_any()), domain = %answer.domain, solver = %name, service = %format!("{ip}:{port}"), "HTTP-01 solver created");
             // Self-check: the CA is told to look only once the Service answers.
-            let url = format!(
-                "http://{}{PATH_PREFIX}{}",
-                join_host_port(&ip, port),
-                answer.token
-            );
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()
-                .map_err(|e| CertError::Acme(e.to_string()))?;
+            let addr = join_host_port(&ip, port);
+            let path = format!("{PATH_PREFIX}{}", answer.token);
             let deadline = tokio::time::Instant::now() + SOLVER_PATIENCE;
             loop {
-                let got = http
-                    .get(&url)
-                    .header("Host", &answer.domain)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| {
-                        if r.status().is_success() {
-                            Ok(r)
-                        } else {
-                            Err(format!("HTTP {}", r.status()))
-                        }
-                    });
-                let text = match got {
-                    Ok(r) => r.text().await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                };
-                match text {
+                match http_get(&addr, &answer.domain, &path).await {
                     Ok(t) if t.trim() == answer.key_authorization => return Ok(()),
-                    Ok(_) => {
+                    Ok(t) => {
                         return Err(CertError::Acme(format!(
-                            "the HTTP-01 solver Service {name} answers with another key authorization"
+                            "the HTTP-01 solver Service {name} answers http://{addr}{path} with `{}`, not the key authorization",
+                            t.chars().take(100).collect::<String>()
                         )))
                     }
                     Err(e) if tokio::time::Instant::now() >= deadline => {
                         return Err(CertError::Acme(format!(
-                            "the HTTP-01 solver {name} did not answer at {url} within {}s: {e} ({})",
+                            "the HTTP-01 solver {name} did not answer at http://{addr}{path} within {}s: {e} ({})",
                             SOLVER_PATIENCE.as_secs(),
                             self.pod_state(&name).await
                         )))
@@ -575,6 +552,35 @@ impl Http01Host for PodHost {
             let names = self.created.lock().map(|c| c.clone()).unwrap_or_default();
             self.delete(Some(&names)).await;
         })
+    }
+}
+
+/// The body of `GET path` at `addr` with `Host: host` (HTTP/1.0, no redirects), or why
+/// not: what the CA's validation request would get from the solver Service.
+async fn http_get(addr: &str, host: &str, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: edgemq\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&out).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(3), exchange)
+        .await
+        .map_err(|_| "no answer within 3s".to_string())??;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| "not an HTTP answer".to_string())?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status == "200" {
+        Ok(body.to_string())
+    } else {
+        Err(format!("HTTP {status}"))
     }
 }
 
