@@ -116,6 +116,13 @@ def test_dns01_through_bind_issues_a_secret_the_pod_serves_and_a_refused_update_
     assert served(port, root) == int(again["status"]["serial"], 16), \
         "the current certificate keeps serving"
     assert bind.txt(f"_acme-challenge.{NAME}") == []
+    # The same metrics as `edgemq run`, from the controller.
+    metrics = controller.metrics()
+    label = f'{{certificate="{namespace}/acme-tls"}}'
+    assert f"edgemq_certificate_expiration_timestamp_seconds{label}" in metrics, metrics
+    failures = next(line for line in metrics.splitlines()
+                    if line.startswith(f"edgemq_certificate_renewal_failures{label}"))
+    assert int(failures.split()[-1]) >= 1, failures
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                              "involvedObject.name=acme-tls", "-o", "json").stdout
     assert "RenewalFailing" in events

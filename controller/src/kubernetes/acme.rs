@@ -136,6 +136,15 @@ pub async fn reconcile(
             .map_err(|e| e.to_string()),
         None => Err(crate::certs::manager::not_issued_yet(&progress, &job)),
     };
+    ctx.metrics.certificate(
+        &format!(
+            "{}/{}",
+            cert.namespace().unwrap_or_default(),
+            cert.name_any()
+        ),
+        result.as_ref().ok().map(|(_, i)| i.not_after.as_str()),
+        progress.failures,
+    );
     let (ready, reason, mut message, details) =
         certs::report::certificate_status(Some(&result), Some(&progress), now);
     if result.is_ok() {

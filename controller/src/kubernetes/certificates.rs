@@ -183,9 +183,15 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     } else {
         Err(certs::CertError::Invalid("no issuer set".into()))
     };
+    let key = format!("{ns}/{name}");
     let issued = match result {
         Ok(i) => i,
         Err(e) => {
+            let serving = previous
+                .as_ref()
+                .and_then(|p| certs::cert_info(&p.material.cert_pem, None, now).ok());
+            ctx.metrics
+                .certificate(&key, serving.as_ref().map(|i| i.not_after.as_str()), 1);
             let status = controller_status(
                 current.as_ref(),
                 cert.meta().generation,
@@ -202,6 +208,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         tracing::info!(certificate = %format!("{ns}/{name}"), serial = %issued.info.serial, "key pair written to Secret {secret_name}");
     }
     let info = &issued.info;
+    ctx.metrics.certificate(&key, Some(&info.not_after), 0);
     let mut extra = serde_json::Map::new();
     extra.insert("notBefore".into(), json!(info.not_before));
     extra.insert("notAfter".into(), json!(info.not_after));

@@ -31,6 +31,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -89,6 +90,11 @@ pub struct Metrics {
     pub durations: Family<KindLabel, Histogram, fn() -> Histogram>,
     /// Status subresource writes.
     pub status_writes: Counter,
+    /// Expiry of each Certificate's current certificate, Unix time in seconds (the
+    /// same metric `edgemq run` exports).
+    pub certificate_expiration: Family<crate::metrics::CertificateLabel, Gauge>,
+    /// Failed issuance or renewal attempts of each Certificate since its last success.
+    pub certificate_renewal_failures: Family<crate::metrics::CertificateLabel, Gauge>,
     ready: AtomicBool,
 }
 
@@ -99,6 +105,8 @@ impl Default for Metrics {
             failures: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
             status_writes: Counter::default(),
+            certificate_expiration: Family::default(),
+            certificate_renewal_failures: Family::default(),
             ready: AtomicBool::new(false),
         }
     }
@@ -127,6 +135,19 @@ impl Drop for Timer<'_> {
 impl Metrics {
     /// Registers every metric under `edgemq_controller_`.
     pub fn register(&self, r: &mut Registry) {
+        // The Certificate metrics carry the names `edgemq run` gives them, so one
+        // dashboard or alert serves both modes.
+        let shared = r.sub_registry_with_prefix("edgemq");
+        shared.register(
+            "certificate_expiration_timestamp_seconds",
+            "Expiry of the certificate a Certificate serves now, Unix time in seconds",
+            self.certificate_expiration.clone(),
+        );
+        shared.register(
+            "certificate_renewal_failures",
+            "Failed issuance or renewal attempts of a Certificate since its last success",
+            self.certificate_renewal_failures.clone(),
+        );
         let r = r.sub_registry_with_prefix("edgemq_controller");
         r.register(
             "reconciles",
@@ -157,6 +178,27 @@ impl Metrics {
             kind,
             started: Instant::now(),
         }
+    }
+
+    /// Records a Certificate's current expiry (`None`: it serves nothing) and its
+    /// failed attempts since the last success.
+    pub fn certificate(&self, key: &str, not_after: Option<&str>, failures: u32) {
+        let label = crate::metrics::CertificateLabel {
+            certificate: key.to_string(),
+        };
+        match not_after.and_then(crate::certs::parse_rfc3339) {
+            Some(t) => {
+                self.certificate_expiration
+                    .get_or_create(&label)
+                    .set(t.unix_timestamp());
+            }
+            None => {
+                self.certificate_expiration.remove(&label);
+            }
+        }
+        self.certificate_renewal_failures
+            .get_or_create(&label)
+            .set(failures as i64);
     }
 
     /// Counts a failed reconcile.
