@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::bridge::{BridgeDirection, MqttVersion};
 use crate::api::broker::{Limits, ListenerProtocol};
-use crate::api::{AclRule, Bridge, Broker, SecretKeyRef};
+use crate::api::{Bridge, Broker, SecretKeyRef};
 use crate::auth::acl::topic_matches;
+/// The ACL part of a plan; defined beside the matcher that reads it, so the two
+/// modules depend one way (plan → auth).
+pub use crate::auth::acl::AclPlan;
 use crate::auth::passwd::{hash_password_with_salt, SALT_LEN};
 use crate::load::{Loaded, Resources};
 
@@ -200,20 +203,6 @@ pub struct UserPlan {
     pub password_hash: String,
     /// The MqttUser object it came from, for status and logs.
     pub source: String,
-}
-
-/// The ACL of a broker, in Mosquitto's terms.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct AclPlan {
-    /// When false, every connected client may publish and receive anywhere.
-    pub enabled: bool,
-    /// Rules for clients without a username (Mosquitto: `topic` lines before any `user`).
-    pub anonymous: Vec<AclRule>,
-    /// Each user's own rules (Mosquitto: `user NAME` blocks).
-    pub users: BTreeMap<String, Vec<AclRule>>,
-    /// Rules for every client, with `%u` and `%c` (Mosquitto: `pattern` lines).
-    pub patterns: Vec<AclRule>,
 }
 
 impl BrokerBundle {

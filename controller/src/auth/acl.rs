@@ -22,8 +22,25 @@
 use std::collections::HashMap;
 use std::str::Split;
 
-use crate::api::Access;
-use crate::plan::AclPlan;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Access, AclRule};
+
+/// The ACL of a broker, in Mosquitto's terms.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AclPlan {
+    /// When false, every connected client may publish and receive anywhere.
+    pub enabled: bool,
+    /// Rules for clients without a username (Mosquitto: `topic` lines before any `user`).
+    pub anonymous: Vec<AclRule>,
+    /// Each user's own rules (Mosquitto: `user NAME` blocks).
+    pub users: BTreeMap<String, Vec<AclRule>>,
+    /// Rules for every client, with `%u` and `%c` (Mosquitto: `pattern` lines).
+    pub patterns: Vec<AclRule>,
+}
 
 /// What a client wants to do on a topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
