@@ -940,6 +940,25 @@ impl Validator<'_> {
         if let Some(u) = &aws.endpoint_url {
             self.http_url(c, &p("endpointUrl"), u);
         }
+        if let Some(name) = &aws.credentials_secret_ref {
+            let path = p("credentialsSecretRef");
+            self.len(c, &path, name, 1, 253);
+            if !self.is_broken(Kind::Secret, &c.namespace, name) {
+                if self.res.secret(&c.namespace, name).is_none() {
+                    self.err(
+                        c,
+                        &path,
+                        format!("Secret `{name}` not found in namespace `{}`", c.namespace),
+                    );
+                } else {
+                    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+                        if self.res.secret_value(&c.namespace, name, key).is_none() {
+                            self.err(c, &path, format!("Secret `{name}` has no key `{key}`"));
+                        }
+                    }
+                }
+            }
+        }
         if let Some(e) = &aws.data_endpoint {
             let host = match e.rsplit_once(':') {
                 Some((h, p)) if p.parse::<u16>().is_ok_and(|p| p > 0) => h,
