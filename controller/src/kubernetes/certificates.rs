@@ -101,7 +101,8 @@ fn ours(secret: &Secret, cert: &Certificate) -> bool {
 pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.timer("Certificate");
     if cert.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        // Only awsIot Certificates with deletionPolicy: Delete hold a finalizer.
+        return super::awsiot::finalize(cert, ctx.clone()).await;
     }
     let ns = cert.namespace().unwrap_or_else(|| "default".into());
     let name = cert.name_any();
@@ -133,6 +134,9 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::requeue(Duration::from_secs(600)));
     }
     let issuer = &cert.spec.issuer;
+    if issuer.aws_iot.is_some() {
+        return super::awsiot::reconcile(cert, ctx.clone()).await;
+    }
     if issuer.acme.is_some() || issuer.aws_iot.is_some() {
         let which = if issuer.acme.is_some() {
             "acme"
