@@ -173,3 +173,40 @@ impl Clients {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn values(pairs: &[(&str, &str)]) -> BTreeMap<(String, String), Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (("keys".to_string(), k.to_string()), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn access_keys_come_from_the_secret_with_an_optional_session_token() {
+        let c = credentials_from(
+            "keys",
+            &values(&[(ACCESS_KEY_ID, "AKID\n"), (SECRET_ACCESS_KEY, "shh")]),
+        )
+        .unwrap();
+        assert_eq!((c.access_key_id(), c.secret_access_key()), ("AKID", "shh"));
+        assert_eq!(c.session_token(), None);
+        let c = credentials_from(
+            "keys",
+            &values(&[
+                (ACCESS_KEY_ID, "AKID"),
+                (SECRET_ACCESS_KEY, "shh"),
+                (SESSION_TOKEN, "tok"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.session_token(), Some("tok"));
+        let e = credentials_from("keys", &values(&[(ACCESS_KEY_ID, "AKID")])).unwrap_err();
+        assert!(e.contains("keys") && e.contains(SECRET_ACCESS_KEY), "{e}");
+        assert!(credentials_from("other", &values(&[(ACCESS_KEY_ID, "A")])).is_err());
+    }
+}

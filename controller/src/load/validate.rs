@@ -1221,6 +1221,40 @@ mod tests {
     }
 
     #[test]
+    fn aws_credentials_secret_must_exist_with_both_keys() {
+        let cert = |name: &str, secret: &str| {
+            format!(
+                "apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {{name: {name}}}\n\
+                 spec:\n  issuer:\n    awsIot:\n      region: eu-west-1\n      thingName: gw\n      \
+                 credentialsSecretRef: {secret}\n"
+            )
+        };
+        let keys = "apiVersion: v1\nkind: Secret\nmetadata: {name: keys}\n\
+                    stringData: {AWS_ACCESS_KEY_ID: a, AWS_SECRET_ACCESS_KEY: s}\n";
+        let half = "apiVersion: v1\nkind: Secret\nmetadata: {name: half}\n\
+                    stringData: {AWS_ACCESS_KEY_ID: a}\n";
+        let e = errors_of(
+            &[
+                cert("good", "keys"),
+                cert("gone", "missing"),
+                cert("partial", "half"),
+                keys.into(),
+                half.into(),
+            ]
+            .join("---\n"),
+        );
+        assert!(
+            e.contains("Certificate/gone: Secret `missing` not found"),
+            "{e}"
+        );
+        assert!(
+            e.contains("Certificate/partial: Secret `half` has no key `AWS_SECRET_ACCESS_KEY`"),
+            "{e}"
+        );
+        assert!(!e.contains("Certificate/good"), "{e}");
+    }
+
+    #[test]
     fn durations_and_addresses() {
         assert!(go_duration("2160h") && go_duration("1h30m") && go_duration("2.5h"));
         assert!(!go_duration("") && !go_duration("90d") && !go_duration("h"));
