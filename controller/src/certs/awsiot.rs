@@ -526,6 +526,12 @@ pub async fn reconcile(
             if !e.not_found() {
                 return Err(e.into());
             }
+            // Recorded before it is made: a process killed while AWS answers leaves a
+            // thing the record names (a cleanup tolerates one that was never made).
+            if !r.thing_created {
+                r.thing_created = true;
+                keep.save_record(&r).await?;
+            }
             c.iot
                 .create_thing()
                 .thing_name(&aws.thing_name)
@@ -533,8 +539,6 @@ pub async fn reconcile(
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("IoT", "CreateThing", e))?;
-            r.thing_created = true;
-            keep.save_record(&r).await?;
             tracing::info!(thing = %aws.thing_name, "AWS IoT thing created");
         }
     }
@@ -626,6 +630,13 @@ pub async fn reconcile(
         }
     }
     if let Some(doc) = &doc {
+        // Recorded before it is made, like the thing; the document is recorded once
+        // it is in place, so an interrupted update is done again.
+        if r.policy_name != name || !r.policy_generated {
+            r.policy_name = name.clone();
+            r.policy_generated = true;
+            keep.save_record(&r).await?;
+        }
         upsert_policy(c, &name, doc).await?;
     }
     c.iot
@@ -662,6 +673,11 @@ pub async fn reconcile(
         if r.stored_in_secret.as_deref() != Some(s.secret_id.as_str())
             || r.stored_certificate_id.as_deref() != Some(current.certificate_id.as_str())
         {
+            if r.stored_in_secret.as_deref() != Some(s.secret_id.as_str()) {
+                r.stored_in_secret = Some(s.secret_id.clone());
+                r.stored_certificate_id = None;
+                keep.save_record(&r).await?;
+            }
             store(c, &s.secret_id, &material, &current, &aws.thing_name).await?;
             r.stored_in_secret = Some(s.secret_id.clone());
             r.stored_certificate_id = Some(current.certificate_id.clone());

@@ -118,6 +118,21 @@ pub fn backoff(failures: u32) -> Duration {
     (MIN_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF)
 }
 
+/// How long to wait before the next attempt announced in `status` (`nextAttempt`,
+/// written with a failure of the same `generation`); `None`: go ahead now. Pure.
+pub fn waiting(
+    status: &Value,
+    generation: Option<i64>,
+    now: time::OffsetDateTime,
+) -> Option<Duration> {
+    status.get("lastFailure")?;
+    if status.get("observedGeneration").and_then(Value::as_i64) != generation {
+        return None;
+    }
+    let at = certs::parse_rfc3339(status.get("nextAttempt")?.as_str()?)?;
+    Duration::try_from(at - now).ok().filter(|d| !d.is_zero())
+}
+
 /// The record and key material kept on the cluster.
 struct ClusterStore<'a> {
     ctx: &'a Context,
@@ -149,6 +164,16 @@ impl ClusterStore<'_> {
         )
         .await
         .map_err(|e| CertError::Invalid(format!("saving the record into status: {e}")))?;
+        self.status = status;
+        Ok(())
+    }
+
+    /// Writes the reported status (Ready and the fields around it) like every other
+    /// reconciler: only when it differs, with an Event when Ready's reason changes.
+    async fn report(&mut self, status: Value) -> Result<(), Error> {
+        let mut shown = self.cert.clone();
+        shown.status = serde_json::from_value(self.status.clone()).ok();
+        self.ctx.write_status(&shown, status.clone()).await?;
         self.status = status;
         Ok(())
     }
@@ -311,9 +336,7 @@ async fn failed(
         extra,
         &certs::rfc3339(now),
     );
-    if let Err(e) = store.patch_status(status).await {
-        tracing::warn!(error = %e, "could not write the failure into status");
-    }
+    store.report(status).await?;
     Ok(Action::requeue(wait))
 }
 
@@ -344,6 +367,15 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         material: None,
         endpoint: None,
     };
+    // After a failure, wait for the attempt status announced (our own status write
+    // wakes this reconcile at once); a changed spec tries again at once.
+    if let Some(wait) = waiting(
+        &store.status,
+        cert.meta().generation,
+        time::OffsetDateTime::now_utc(),
+    ) {
+        return Ok(Action::requeue(wait));
+    }
     let mut record = match record_in(Some(&store.status)) {
         Ok(r) => r,
         Err(e) => return failed(&mut store, "InvalidRecord", e).await,
@@ -378,7 +410,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
 
     // Another thing, region or account: the old certificate is not this one's.
     if let Some(old) = record.clone().filter(|r| !awsiot::same_target(cert, r)) {
-        if old.deletion_policy == DeletionPolicy::Delete {
+        if cert.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Delete {
             tracing::info!(certificate = %name, old_thing = %old.thing_name, "thing or region changed; removing the old AWS IoT certificate");
             let r = async {
                 let c = Clients::new(&old.target, creds.clone())
@@ -461,9 +493,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         extra,
         &certs::rfc3339(now),
     );
-    if let Err(e) = store.patch_status(status).await {
-        return failed(&mut store, "IssueFailed", e.to_string()).await;
-    }
+    store.report(status).await?;
     // Come back at the renewal time (and at least hourly, to notice a lost Secret).
     let wait = certs::parse_rfc3339(&info.renewal_time)
         .map(|t| t - now)
@@ -503,6 +533,13 @@ pub async fn finalize(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Actio
         material: None,
         endpoint: None,
     };
+    if let Some(wait) = waiting(
+        &store.status,
+        cert.meta().generation,
+        time::OffsetDateTime::now_utc(),
+    ) {
+        return Ok(Action::requeue(wait));
+    }
     let delete = cert.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Delete;
     let record = match record_in(Some(&store.status)) {
         Ok(r) => r,
@@ -645,6 +682,31 @@ mod tests {
         assert!(record_in(Some(&json!({RECORD_FIELD: "{"})))
             .unwrap_err()
             .contains(RECORD_FIELD));
+    }
+
+    #[test]
+    fn after_a_failure_the_next_attempt_waits_unless_the_spec_changed() {
+        let now = certs::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+        let failed = json!({
+            "observedGeneration": 2,
+            "lastFailure": "AWS IoT CreateThing failed",
+            "nextAttempt": "2026-01-01T00:00:20Z",
+        });
+        assert_eq!(
+            waiting(&failed, Some(2), now),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            waiting(&failed, Some(3), now),
+            None,
+            "a new spec goes at once"
+        );
+        let later = now + time::Duration::seconds(20);
+        assert_eq!(waiting(&failed, Some(2), later), None);
+        assert_eq!(
+            waiting(&json!({"observedGeneration": 2}), Some(2), now),
+            None
+        );
     }
 
     #[test]
