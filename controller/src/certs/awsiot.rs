@@ -15,9 +15,13 @@
 //! The state directory holds, per Certificate (`certs::cert_dir`): `tls.key` (owner
 //! only), `tls.crt`, `ca.crt` (the Amazon root CAs that sign AWS IoT's ATS endpoints),
 //! `endpoint` (host of the `iot:Data-ATS` endpoint, no port) and `aws.json`, the record
-//! of what edgemq made in AWS. The record is written after every step that created
-//! something, so a failure half-way is picked up by the next attempt without leaving
-//! orphans, and it tells [`delete`] what to clean up once the Certificate is gone.
+//! of what edgemq made in AWS. A thing, a generated policy or a Secrets Manager copy is
+//! recorded before it is made (a cleanup tolerates what was never made), a certificate
+//! as soon as AWS returns it and before its key pair is kept, so a failure half-way is
+//! picked up by the next attempt without leaving orphans, and the record tells
+//! [`delete`] what to clean up once the Certificate is gone. Where the record and the
+//! key pair live is a [`Store`]: [`Dir`] here, the Certificate's status and Secret on a
+//! cluster (`kubernetes::awsiot`).
 //!
 //! Every AWS call is async; a failure names the operation and AWS's error code.
 
