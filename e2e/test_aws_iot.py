@@ -11,61 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 
 import support
 
-REGION = "eu-west-1"
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_CONFIG_FILE": "/nonexistent/edgemq-e2e",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/edgemq-e2e",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-
-
-class Moto:
-    def __init__(self, root):
-        self.port = support.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(root / "moto.log", "ab")
-        self.proc = subprocess.Popen(
-            [support.require("moto_server", "moto[server] (pip)"), "-H", "127.0.0.1",
-             "-p", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        support.wait_port(self.port, timeout=30)
-
-    def client(self, service):
-        try:
-            import boto3  # comes with moto
-        except ImportError:
-            support._missing("boto3 not installed: pip install 'moto[server]'")
-        return boto3.client(service, region_name=REGION, endpoint_url=self.url,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
-
-    def inventory(self):
-        iot = self.client("iot")
-        sm = self.client("secretsmanager")
-        return {
-            "things": sorted(t["thingName"] for t in iot.list_things()["things"]),
-            "certificates": sorted((c["certificateId"], c["status"])
-                                   for c in iot.list_certificates()["certificates"]),
-            "policies": sorted(p["policyName"] for p in iot.list_policies()["policies"]),
-            "secrets": sorted(s["Name"] for s in sm.list_secrets()["SecretList"]),
-        }
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+from helpers_aws import AWS_ENV, REGION, Moto
 
 
 @pytest.fixture

@@ -90,10 +90,13 @@ fn bridge(yaml_topics: &str) -> Bridge {
 }
 
 async fn clients(url: &str) -> Clients {
-    Clients::new(&Target {
-        region: Some("eu-west-1".into()),
-        endpoint_url: Some(url.into()),
-    })
+    Clients::new(
+        &Target {
+            region: Some("eu-west-1".into()),
+            endpoint_url: Some(url.into()),
+        },
+        None,
+    )
     .await
     .unwrap()
 }
@@ -193,7 +196,7 @@ async fn the_whole_lifecycle_with_aws_made_keys() {
     let c = clients(&m.url).await;
 
     // Create: thing, certificate, policy, attachments, endpoint, files.
-    let issued = awsiot::ensure(state.path(), &cert, &bridges, now())
+    let issued = awsiot::ensure(state.path(), &cert, &bridges, None, now())
         .await
         .unwrap();
     let aws = issued.info.aws_iot.clone().unwrap();
@@ -239,7 +242,7 @@ async fn the_whole_lifecycle_with_aws_made_keys() {
     assert_eq!(awsiot::keys_match(&issued.material), Ok(()));
 
     // Unchanged: the same certificate.
-    let again = awsiot::ensure(state.path(), &cert, &bridges, now())
+    let again = awsiot::ensure(state.path(), &cert, &bridges, None, now())
         .await
         .unwrap();
     assert_eq!(again.material, issued.material);
@@ -250,7 +253,7 @@ async fn the_whole_lifecycle_with_aws_made_keys() {
         "    - {pattern: 'sensors/#', direction: out, remotePrefix: home/}\n    - {pattern: 'commands/#', direction: in}\n",
     );
     let bridges2 = policy::bridges_using(&cert, [&b2]);
-    let updated = awsiot::ensure(state.path(), &cert, &bridges2, now())
+    let updated = awsiot::ensure(state.path(), &cert, &bridges2, None, now())
         .await
         .unwrap();
     let doc2 = updated
@@ -276,7 +279,7 @@ async fn the_whole_lifecycle_with_aws_made_keys() {
 
     // Rotation: a new certificate, attached; the old one stays until the next ensure
     // (the bridge switches over in between), then it is gone.
-    let rotated = awsiot::rotate(state.path(), &cert, &bridges2, now())
+    let rotated = awsiot::rotate(state.path(), &cert, &bridges2, None, now())
         .await
         .unwrap();
     let new = rotated.info.aws_iot.clone().unwrap();
@@ -288,7 +291,7 @@ async fn the_whole_lifecycle_with_aws_made_keys() {
         (vec![aws.policy_name.clone()], vec!["home-gw".to_string()])
     );
     assert_eq!(inventory(&c).await.certificates.len(), 2);
-    let after = awsiot::ensure(state.path(), &cert, &bridges2, now())
+    let after = awsiot::ensure(state.path(), &cert, &bridges2, None, now())
         .await
         .unwrap();
     assert_eq!(after.material, rotated.material);
@@ -298,7 +301,7 @@ async fn the_whole_lifecycle_with_aws_made_keys() {
     );
 
     // Deletion: nothing left in AWS, nor in the state directory.
-    let deleted = awsiot::delete(&dir).await.unwrap();
+    let deleted = awsiot::delete(&dir, None).await.unwrap();
     assert!(!deleted.actions.is_empty());
     assert_eq!(
         inventory(&c).await,
@@ -322,7 +325,7 @@ async fn retain_leaves_everything_in_aws() {
         "  deletionPolicy: Retain\n",
     );
     let c = clients(&m.url).await;
-    let issued = awsiot::ensure(state.path(), &cert, &[], now())
+    let issued = awsiot::ensure(state.path(), &cert, &[], None, now())
         .await
         .unwrap();
     let aws = issued.info.aws_iot.unwrap();
@@ -331,7 +334,7 @@ async fn retain_leaves_everything_in_aws() {
     assert_eq!(doc["Statement"].as_array().unwrap().len(), 1);
     let before = inventory(&c).await;
     let dir = cert_dir(state.path(), &cert);
-    let deleted = awsiot::delete(&dir).await.unwrap();
+    let deleted = awsiot::delete(&dir, None).await.unwrap();
     assert!(deleted.actions.is_empty());
     assert_eq!(inventory(&c).await, before);
     assert_eq!(
@@ -348,7 +351,7 @@ async fn a_certificate_for_a_key_other_than_the_local_one_is_refused() {
     // Default key origin: a local key and a CSR. moto signs a key of its own instead.
     let cert = certificate("      thingName: home-gw\n", &m.url, "");
     let c = clients(&m.url).await;
-    let err = awsiot::ensure(state.path(), &cert, &[], now())
+    let err = awsiot::ensure(state.path(), &cert, &[], None, now())
         .await
         .unwrap_err()
         .to_string();
@@ -373,7 +376,7 @@ async fn secrets_manager_store_and_import() {
         &m.url,
         "  deletionPolicy: Delete\n",
     );
-    let issued = awsiot::ensure(state.path(), &cert, &[], now())
+    let issued = awsiot::ensure(state.path(), &cert, &[], None, now())
         .await
         .unwrap();
     let secret = c
@@ -428,7 +431,7 @@ async fn secrets_manager_store_and_import() {
         &m.url,
         "  deletionPolicy: Delete\n",
     );
-    let got = awsiot::ensure(state2.path(), &imp, &[], now())
+    let got = awsiot::ensure(state2.path(), &imp, &[], None, now())
         .await
         .unwrap();
     assert_eq!(got.material.cert_pem, made.certificate_pem().unwrap());
@@ -443,7 +446,7 @@ async fn secrets_manager_store_and_import() {
     );
     // Deleting an imported certificate's Certificate detaches it but leaves it to its
     // maker, active.
-    awsiot::delete(&cert_dir(state2.path(), &imp))
+    awsiot::delete(&cert_dir(state2.path(), &imp), None)
         .await
         .unwrap();
     assert_eq!(attached(&c, arn).await, (vec![], vec![]));
@@ -454,7 +457,7 @@ async fn secrets_manager_store_and_import() {
     assert!(!left.things.contains(&"gw2".to_string()));
 
     // The first one's deletion also schedules its secret for deletion.
-    awsiot::delete(&cert_dir(state.path(), &cert))
+    awsiot::delete(&cert_dir(state.path(), &cert), None)
         .await
         .unwrap();
     let left = inventory(&c).await;
@@ -486,7 +489,7 @@ async fn secrets_manager_store_and_import() {
         &m.url,
         "",
     );
-    let err = awsiot::ensure(state3.path(), &wrong, &[], now())
+    let err = awsiot::ensure(state3.path(), &wrong, &[], None, now())
         .await
         .unwrap_err()
         .to_string();
@@ -502,7 +505,7 @@ async fn aws_errors_name_the_operation_and_code() {
         &m.url,
         "",
     );
-    let err = awsiot::ensure(state.path(), &cert, &[], now())
+    let err = awsiot::ensure(state.path(), &cert, &[], None, now())
         .await
         .unwrap_err()
         .to_string();
@@ -523,13 +526,13 @@ async fn aws_errors_name_the_operation_and_code() {
         &m.url,
         "  deletionPolicy: Delete\n",
     );
-    let issued = awsiot::ensure(state.path(), &named, &[], now())
+    let issued = awsiot::ensure(state.path(), &named, &[], None, now())
         .await
         .unwrap();
     let aws = issued.info.aws_iot.unwrap();
     assert_eq!(aws.policy_document, None);
     assert_eq!(attached(&c, &aws.certificate_arn).await.0, vec!["fleet"]);
-    awsiot::delete(&cert_dir(state.path(), &named))
+    awsiot::delete(&cert_dir(state.path(), &named), None)
         .await
         .unwrap();
     let left = inventory(&c).await;
@@ -546,7 +549,7 @@ async fn a_data_endpoint_replaces_the_discovered_one_and_back() {
         &m.url,
         "",
     );
-    let issued = awsiot::ensure(state.path(), &standin, &[], now())
+    let issued = awsiot::ensure(state.path(), &standin, &[], None, now())
         .await
         .unwrap();
     let dir = cert_dir(state.path(), &standin);
@@ -563,7 +566,7 @@ async fn a_data_endpoint_replaces_the_discovered_one_and_back() {
     );
     let local = awsiot::cached(state.path(), &real, &[], now()).unwrap();
     assert!(local.needs_aws);
-    let again = awsiot::ensure(state.path(), &real, &[], now())
+    let again = awsiot::ensure(state.path(), &real, &[], None, now())
         .await
         .unwrap();
     assert_eq!(again.material, issued.material);
@@ -597,7 +600,7 @@ async fn the_thing_gets_its_type_and_group() {
         &m.url,
         "  deletionPolicy: Delete\n",
     );
-    awsiot::ensure(state.path(), &cert, &[], now())
+    awsiot::ensure(state.path(), &cert, &[], None, now())
         .await
         .unwrap();
     let thing = c
@@ -616,7 +619,7 @@ async fn the_thing_gets_its_type_and_group() {
         .await
         .unwrap();
     assert_eq!(members.things(), ["home-gw".to_string()]);
-    awsiot::delete(&cert_dir(state.path(), &cert))
+    awsiot::delete(&cert_dir(state.path(), &cert), None)
         .await
         .unwrap();
     let left = inventory(&c).await;

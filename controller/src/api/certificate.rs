@@ -370,6 +370,14 @@ pub struct AwsIotIssuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(url)]
     pub endpoint_url: Option<String>,
+    /// Secret (in the Certificate's namespace; standalone: a `Secret` manifest) holding
+    /// the access keys edgemq calls AWS with: `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and optionally `AWS_SESSION_TOKEN`. Default: the
+    /// standard AWS credential chain of the process (environment, profile, web identity,
+    /// container or instance role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret_ref: Option<String>,
 }
 
 /// Where an AWS IoT certificate's private key is made.
@@ -445,6 +453,11 @@ pub struct CertificateStatus {
     /// What AWS IoT holds for an `awsIot` certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_iot: Option<AwsIotCertificateStatus>,
+    /// On a cluster, for an `awsIot` certificate: edgemq's record of everything it made
+    /// in AWS (JSON), saved after each step so a restarted controller resumes and a
+    /// deleted Certificate is cleaned up from it. Written by the controller only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_iot_record: Option<String>,
 }
 
 /// The AWS IoT side of an `awsIot` certificate.

@@ -4,7 +4,18 @@
 
 pub mod policy;
 
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+pub use aws_sdk_iot::config::Credentials;
+
+/// Longest wait for a connection to an AWS API.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one AWS call may take, retries included, so a stalled endpoint never holds
+/// up the work queued behind it.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
 
 /// An AWS call that failed: which service and operation, and AWS's error code.
@@ -80,10 +91,53 @@ pub fn https_client() -> aws_sdk_iot::config::SharedHttpClient {
         .build_https()
 }
 
-/// SDK configuration: credentials from the standard chain (environment, profile, web
-/// identity, ECS task role, instance metadata), HTTPS through rustls with ring.
-pub async fn sdk_config(target: &Target) -> Result<SdkConfig, String> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
+/// Access keys from Secret `secret`, read from `values` (Secret name and key to value,
+/// as `Resources::secret_values` gives them): `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and optionally `AWS_SESSION_TOKEN`.
+pub fn credentials_from(
+    secret: &str,
+    values: &std::collections::BTreeMap<(String, String), Vec<u8>>,
+) -> Result<Credentials, String> {
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match values.get(&(secret.to_string(), k.to_string())) {
+            None => Ok(None),
+            Some(v) => String::from_utf8(v.clone())
+                .map(|s| Some(s.trim().to_string()).filter(|s| !s.is_empty()))
+                .map_err(|_| format!("Secret {secret}: {k} is not UTF-8")),
+        }
+    };
+    let missing = |k: &str| format!("Secret {secret} (credentialsSecretRef) has no {k}");
+    let id = text(ACCESS_KEY_ID)?.ok_or_else(|| missing(ACCESS_KEY_ID))?;
+    let key = text(SECRET_ACCESS_KEY)?.ok_or_else(|| missing(SECRET_ACCESS_KEY))?;
+    let token = text(SESSION_TOKEN)?;
+    Ok(Credentials::new(id, key, token, None, "edgemq-secret"))
+}
+
+/// Key of the access key id in a credentials Secret.
+pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+/// Key of the secret access key in a credentials Secret.
+pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+/// Key of the optional session token in a credentials Secret.
+pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+
+/// SDK configuration: `credentials` when given, else the standard chain (environment,
+/// profile, web identity, ECS task role, instance metadata); HTTPS through rustls with
+/// ring; every call bounded by a timeout.
+pub async fn sdk_config(
+    target: &Target,
+    credentials: Option<Credentials>,
+) -> Result<SdkConfig, String> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
+        );
+    if let Some(c) = credentials {
+        loader = loader.credentials_provider(c);
+    }
     if let Some(r) = &target.region {
         loader = loader.region(Region::new(r.clone()));
     }
@@ -110,12 +164,49 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Clients for `target`.
-    pub async fn new(target: &Target) -> Result<Clients, String> {
-        let config = sdk_config(target).await?;
+    /// Clients for `target`, with `credentials` or those of the standard chain.
+    pub async fn new(target: &Target, credentials: Option<Credentials>) -> Result<Clients, String> {
+        let config = sdk_config(target, credentials).await?;
         Ok(Clients {
             iot: aws_sdk_iot::Client::new(&config),
             secrets: aws_sdk_secretsmanager::Client::new(&config),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn values(pairs: &[(&str, &str)]) -> BTreeMap<(String, String), Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (("keys".to_string(), k.to_string()), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn access_keys_come_from_the_secret_with_an_optional_session_token() {
+        let c = credentials_from(
+            "keys",
+            &values(&[(ACCESS_KEY_ID, "AKID\n"), (SECRET_ACCESS_KEY, "shh")]),
+        )
+        .unwrap();
+        assert_eq!((c.access_key_id(), c.secret_access_key()), ("AKID", "shh"));
+        assert_eq!(c.session_token(), None);
+        let c = credentials_from(
+            "keys",
+            &values(&[
+                (ACCESS_KEY_ID, "AKID"),
+                (SECRET_ACCESS_KEY, "shh"),
+                (SESSION_TOKEN, "tok"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.session_token(), Some("tok"));
+        let e = credentials_from("keys", &values(&[(ACCESS_KEY_ID, "AKID")])).unwrap_err();
+        assert!(e.contains("keys") && e.contains(SECRET_ACCESS_KEY), "{e}");
+        assert!(credentials_from("other", &values(&[(ACCESS_KEY_ID, "A")])).is_err());
     }
 }

@@ -15,12 +15,17 @@
 //! The state directory holds, per Certificate (`certs::cert_dir`): `tls.key` (owner
 //! only), `tls.crt`, `ca.crt` (the Amazon root CAs that sign AWS IoT's ATS endpoints),
 //! `endpoint` (host of the `iot:Data-ATS` endpoint, no port) and `aws.json`, the record
-//! of what edgemq made in AWS. The record is written after every step that created
-//! something, so a failure half-way is picked up by the next attempt without leaving
-//! orphans, and it tells [`delete`] what to clean up once the Certificate is gone.
+//! of what edgemq made in AWS. A thing, a generated policy or a Secrets Manager copy is
+//! recorded before it is made (a cleanup tolerates what was never made), a certificate
+//! as soon as AWS returns it and before its key pair is kept, so a failure half-way is
+//! picked up by the next attempt without leaving orphans, and the record tells
+//! [`delete`] what to clean up once the Certificate is gone. Where the record and the
+//! key pair live is a [`Store`]: [`Dir`] here, the Certificate's status and Secret on a
+//! cluster (`kubernetes::awsiot`).
 //!
 //! Every AWS call is async; a failure names the operation and AWS's error code.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,7 +36,7 @@ use crate::api::certificate::{
     AwsIotCertificateStatus, AwsIotIssuer, DeletionPolicy, KeyAlgorithm, KeyOrigin,
 };
 use crate::api::{Bridge, Certificate};
-use crate::aws::{policy, AwsError, Clients, Target};
+use crate::aws::{policy, AwsError, Clients, Credentials, Target};
 use crate::broker::TlsMaterial;
 
 /// The record of what edgemq made in AWS for a Certificate.
@@ -110,6 +115,10 @@ pub struct Record {
     /// out (the next `ensure`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retiring: Vec<CertRef>,
+    /// Secret holding the access keys used (`credentialsSecretRef`), so a cleanup after
+    /// the Certificate is gone uses them too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 impl Record {
@@ -135,7 +144,8 @@ pub struct Issued {
     pub info: CertInfo,
 }
 
-fn issuer(cert: &Certificate) -> Result<&AwsIotIssuer, CertError> {
+/// The `awsIot` issuer of `cert`.
+pub fn issuer(cert: &Certificate) -> Result<&AwsIotIssuer, CertError> {
     cert.spec
         .issuer
         .aws_iot
@@ -143,7 +153,19 @@ fn issuer(cert: &Certificate) -> Result<&AwsIotIssuer, CertError> {
         .ok_or_else(|| CertError::Invalid("not an awsIot Certificate".into()))
 }
 
-fn target(aws: &AwsIotIssuer) -> Target {
+/// The access keys of Secret `secret` (see `credentialsSecretRef`), from `values`
+/// (Secret name and key to value); `None`: the standard credential chain.
+pub fn credentials(
+    secret: Option<&str>,
+    values: &std::collections::BTreeMap<(String, String), Vec<u8>>,
+) -> Result<Option<Credentials>, CertError> {
+    secret
+        .map(|s| crate::aws::credentials_from(s, values).map_err(CertError::Invalid))
+        .transpose()
+}
+
+/// Region and endpoint URL of an issuer.
+pub fn target(aws: &AwsIotIssuer) -> Target {
     Target {
         region: aws.region.clone(),
         endpoint_url: aws.endpoint_url.clone(),
@@ -172,6 +194,45 @@ pub fn read_record(dir: &Path) -> Result<Option<Record>, CertError> {
 fn write_record(dir: &Path, r: &Record) -> Result<(), CertError> {
     let json = serde_json::to_vec_pretty(r).map_err(|e| CertError::Invalid(e.to_string()))?;
     write_private(&dir.join(RECORD_FILE), &json)
+}
+
+/// Where the issuer keeps its [`Record`] and the key material: the state directory
+/// standalone ([`Dir`]), the Certificate's status and Secret on a cluster.
+///
+/// The issuer saves the record after every AWS step that made or changed something and
+/// before the next step relies on it, and saves a new certificate's record before its
+/// key pair, so a process killed at any point leaves nothing in AWS the record does not
+/// name.
+pub trait Store: Send {
+    /// Keeps `r` durably.
+    fn save_record(&mut self, r: &Record) -> impl Future<Output = Result<(), CertError>> + Send;
+    /// Keeps the key pair of the current certificate (its record is saved already).
+    fn save_material(
+        &mut self,
+        m: &TlsMaterial,
+    ) -> impl Future<Output = Result<(), CertError>> + Send;
+    /// Keeps the endpoint host Bridges connect to, with the Amazon root CAs.
+    fn save_endpoint(
+        &mut self,
+        endpoint: &str,
+    ) -> impl Future<Output = Result<(), CertError>> + Send;
+}
+
+/// A Certificate's state directory (`certs::cert_dir`) as a [`Store`].
+pub struct Dir<'a>(pub &'a Path);
+
+impl Store for Dir<'_> {
+    async fn save_record(&mut self, r: &Record) -> Result<(), CertError> {
+        write_record(self.0, r)
+    }
+    async fn save_material(&mut self, m: &TlsMaterial) -> Result<(), CertError> {
+        write_private(&self.0.join("tls.key"), m.key_pem.as_bytes())?;
+        write_private(&self.0.join("tls.crt"), m.cert_pem.as_bytes())
+    }
+    async fn save_endpoint(&mut self, endpoint: &str) -> Result<(), CertError> {
+        write_private(&self.0.join(ENDPOINT_FILE), endpoint.as_bytes())?;
+        write_private(&self.0.join("ca.crt"), AMAZON_ROOT_CAS.as_bytes())
+    }
 }
 
 fn read_material(dir: &Path) -> Option<TlsMaterial> {
@@ -273,26 +334,49 @@ pub fn cached(
     bridges: &[&Bridge],
     now: time::OffsetDateTime,
 ) -> Result<Local, CertError> {
-    let aws = issuer(cert)?;
+    issuer(cert)?;
     let dir = cert_dir(state, cert);
+    let mut record = read_record(&dir)?;
+    if let Some(r) = record.as_mut().filter(|r| same_target(cert, r)) {
+        let wanted = cert.spec.deletion_policy.unwrap_or_default();
+        if r.deletion_policy != wanted {
+            r.deletion_policy = wanted;
+            write_record(&dir, r)?;
+        }
+    }
+    assess(cert, bridges, record.as_ref(), read_material(&dir), now)
+}
+
+/// Whether record `r` is about the thing, region and endpoint URL `cert` names (else
+/// its certificate belongs to another thing or account and is retired).
+pub fn same_target(cert: &Certificate, r: &Record) -> bool {
+    issuer(cert).is_ok_and(|aws| r.thing_name == aws.thing_name && r.target == target(aws))
+}
+
+/// What the record and the key material held say, without any network call: the
+/// certificate usable now, and whether AWS work is due for the current spec and
+/// Bridges. Pure.
+pub fn assess(
+    cert: &Certificate,
+    bridges: &[&Bridge],
+    record: Option<&Record>,
+    material: Option<TlsMaterial>,
+    now: time::OffsetDateTime,
+) -> Result<Local, CertError> {
+    let aws = issuer(cert)?;
     let nothing = Local {
         issued: None,
         needs_aws: true,
     };
-    let (Some(mut r), Some(m)) = (read_record(&dir)?, read_material(&dir)) else {
+    let (Some(r), Some(m)) = (record, material) else {
         return Ok(nothing);
     };
-    if r.thing_name != aws.thing_name || r.target != target(aws) {
+    if !same_target(cert, r) {
         return Ok(nothing);
     }
     let Some(c) = r.certificate.clone() else {
         return Ok(nothing);
     };
-    let wanted = cert.spec.deletion_policy.unwrap_or_default();
-    if r.deletion_policy != wanted {
-        r.deletion_policy = wanted;
-        write_record(&dir, &r)?;
-    }
     let (name, doc) = wanted_policy(cert, bridges, &c.certificate_arn)?;
     let store = aws.store_in_secret.as_ref().map(|s| s.secret_id.clone());
     let endpoint_ok = match &aws.data_endpoint {
@@ -309,7 +393,7 @@ pub fn cached(
         && (store.is_none()
             || (r.stored_in_secret == store
                 && r.stored_certificate_id.as_deref() == Some(c.certificate_id.as_str())));
-    let (info, due) = info_of(cert, &r, &m, now)?;
+    let (info, due) = info_of(cert, r, &m, now)?;
     Ok(Local {
         issued: Some(Issued { material: m, info }),
         needs_aws: !fresh || due,
@@ -325,6 +409,7 @@ pub async fn ensure(
     state: &Path,
     cert: &Certificate,
     bridges: &[&Bridge],
+    credentials: Option<Credentials>,
     now: time::OffsetDateTime,
 ) -> Result<Issued, CertError> {
     let aws = issuer(cert)?;
@@ -337,7 +422,7 @@ pub async fn ensure(
                 old_thing = %r.thing_name,
                 "thing or region changed; retiring the old AWS IoT certificate"
             );
-            if delete(&dir).await?.policy == DeletionPolicy::Retain {
+            if delete(&dir, credentials.clone()).await?.policy == DeletionPolicy::Retain {
                 std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
             }
         }
@@ -346,12 +431,22 @@ pub async fn ensure(
     if let (Some(issued), false) = (&local.issued, local.needs_aws) {
         return Ok(issued.clone());
     }
-    let clients = Clients::new(&target(aws))
+    let clients = Clients::new(&target(aws), credentials)
         .await
         .map_err(CertError::Generate)?;
     let record = read_record(&dir)?;
     let material = read_material(&dir);
-    reconcile(&clients, &dir, cert, bridges, record, material, now, false).await
+    reconcile(
+        &clients,
+        &mut Dir(&dir),
+        cert,
+        bridges,
+        record,
+        material,
+        now,
+        false,
+    )
+    .await
 }
 
 /// Replaces the certificate now, whatever its renewal time: a new certificate is
@@ -361,6 +456,7 @@ pub async fn rotate(
     state: &Path,
     cert: &Certificate,
     bridges: &[&Bridge],
+    credentials: Option<Credentials>,
     now: time::OffsetDateTime,
 ) -> Result<Issued, CertError> {
     let aws = issuer(cert)?;
@@ -373,16 +469,28 @@ pub async fn rotate(
     let dir = cert_dir(state, cert);
     let record = read_record(&dir)?;
     let material = read_material(&dir);
-    let clients = Clients::new(&target(aws))
+    let clients = Clients::new(&target(aws), credentials)
         .await
         .map_err(CertError::Generate)?;
-    reconcile(&clients, &dir, cert, bridges, record, material, now, true).await
+    reconcile(
+        &clients,
+        &mut Dir(&dir),
+        cert,
+        bridges,
+        record,
+        material,
+        now,
+        true,
+    )
+    .await
 }
 
+/// Makes or updates in AWS what `cert` and `bridges` call for, starting from `record`
+/// and `material` (what `keep` held), saving progress into `keep` as it goes.
 #[allow(clippy::too_many_arguments)]
-async fn reconcile(
+pub async fn reconcile(
     c: &Clients,
-    dir: &Path,
+    keep: &mut impl Store,
     cert: &Certificate,
     bridges: &[&Bridge],
     record: Option<Record>,
@@ -399,12 +507,13 @@ async fn reconcile(
         ..Record::default()
     });
     r.deletion_policy = cert.spec.deletion_policy.unwrap_or_default();
+    r.credentials_secret = aws.credentials_secret_ref.clone();
 
     // Certificates replaced by the last rotation: the Bridges have the new one now.
     while let Some(old) = r.retiring.first().cloned() {
         retire(c, &r, &old).await?;
         r.retiring.remove(0);
-        write_record(dir, &r)?;
+        keep.save_record(&r).await?;
     }
 
     // The thing.
@@ -421,6 +530,12 @@ async fn reconcile(
             if !e.not_found() {
                 return Err(e.into());
             }
+            // Recorded before it is made: a process killed while AWS answers leaves a
+            // thing the record names (a cleanup tolerates one that was never made).
+            if !r.thing_created {
+                r.thing_created = true;
+                keep.save_record(&r).await?;
+            }
             c.iot
                 .create_thing()
                 .thing_name(&aws.thing_name)
@@ -428,8 +543,6 @@ async fn reconcile(
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk("IoT", "CreateThing", e))?;
-            r.thing_created = true;
-            write_record(dir, &r)?;
             tracing::info!(thing = %aws.thing_name, "AWS IoT thing created");
         }
     }
@@ -455,7 +568,7 @@ async fn reconcile(
                 .map_err(|e| AwsError::from_sdk("IoT", "AddThingToThingGroup", e))?;
         }
         r.thing_group_name = aws.thing_group_name.clone();
-        write_record(dir, &r)?;
+        keep.save_record(&r).await?;
     }
 
     // The certificate: keep, import or issue.
@@ -474,15 +587,16 @@ async fn reconcile(
                 Some(secret) => import(c, secret).await?,
                 None => issue(c, cert, aws).await?,
             };
-            write_private(&dir.join("tls.key"), m.key_pem.as_bytes())?;
-            write_private(&dir.join("tls.crt"), m.cert_pem.as_bytes())?;
             if let Some(old) = r.certificate.replace(new.clone()) {
                 if old.certificate_id != new.certificate_id {
                     r.retiring.push(old);
                 }
             }
             r.imported_from = import_id.clone();
-            write_record(dir, &r)?;
+            // The record first: a process killed before the key pair is kept leaves a
+            // certificate the record names (retired by the next attempt), not an orphan.
+            keep.save_record(&r).await?;
+            keep.save_material(&m).await?;
             tracing::info!(
                 certificate = %r.name,
                 certificate_id = %new.certificate_id,
@@ -520,6 +634,13 @@ async fn reconcile(
         }
     }
     if let Some(doc) = &doc {
+        // Recorded before it is made, like the thing; the document is recorded once
+        // it is in place, so an interrupted update is done again.
+        if r.policy_name != name || !r.policy_generated {
+            r.policy_name = name.clone();
+            r.policy_generated = true;
+            keep.save_record(&r).await?;
+        }
         upsert_policy(c, &name, doc).await?;
     }
     c.iot
@@ -532,7 +653,7 @@ async fn reconcile(
     r.policy_name = name;
     r.policy_generated = doc.is_some();
     r.policy_document = doc;
-    write_record(dir, &r)?;
+    keep.save_record(&r).await?;
 
     // The endpoint Bridges connect to.
     if let Some(e) = &aws.data_endpoint {
@@ -548,20 +669,25 @@ async fn reconcile(
         r.endpoint = out.endpoint_address.unwrap_or_default();
     }
     r.endpoint_overridden = aws.data_endpoint.is_some();
-    write_private(&dir.join(ENDPOINT_FILE), r.endpoint.as_bytes())?;
-    write_private(&dir.join("ca.crt"), AMAZON_ROOT_CAS.as_bytes())?;
+    keep.save_record(&r).await?;
+    keep.save_endpoint(&r.endpoint).await?;
 
     // The copy in Secrets Manager.
     if let Some(s) = &aws.store_in_secret {
         if r.stored_in_secret.as_deref() != Some(s.secret_id.as_str())
             || r.stored_certificate_id.as_deref() != Some(current.certificate_id.as_str())
         {
+            if r.stored_in_secret.as_deref() != Some(s.secret_id.as_str()) {
+                r.stored_in_secret = Some(s.secret_id.clone());
+                r.stored_certificate_id = None;
+                keep.save_record(&r).await?;
+            }
             store(c, &s.secret_id, &material, &current, &aws.thing_name).await?;
             r.stored_in_secret = Some(s.secret_id.clone());
             r.stored_certificate_id = Some(current.certificate_id.clone());
         }
     }
-    write_record(dir, &r)?;
+    keep.save_record(&r).await?;
     let (info, _) = info_of(cert, &r, &material, now)?;
     Ok(Issued { material, info })
 }
@@ -1015,8 +1141,8 @@ pub struct Deleted {
 /// detached), the generated policy deleted when nothing else uses it, the thing deleted
 /// when edgemq created it and nothing else is attached, the stored secret scheduled for
 /// deletion (7-day recovery window), and the directory removed.
-pub async fn delete(dir: &Path) -> Result<Deleted, CertError> {
-    let Some(mut r) = read_record(dir)? else {
+pub async fn delete(dir: &Path, credentials: Option<Credentials>) -> Result<Deleted, CertError> {
+    let Some(r) = read_record(dir)? else {
         return Ok(Deleted::default());
     };
     if r.deletion_policy == DeletionPolicy::Retain {
@@ -1025,16 +1151,38 @@ pub async fn delete(dir: &Path) -> Result<Deleted, CertError> {
             policy: DeletionPolicy::Retain,
         });
     }
-    let c = Clients::new(&r.target).await.map_err(CertError::Generate)?;
+    let c = Clients::new(&r.target, credentials)
+        .await
+        .map_err(CertError::Generate)?;
+    let actions = remove_from_aws(&c, &mut Dir(dir), r).await?;
+    std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    Ok(Deleted {
+        actions,
+        policy: DeletionPolicy::Delete,
+    })
+}
+
+/// Removes from AWS what record `r` says edgemq made (whatever its deletion policy;
+/// the caller decides): certificates detached, deactivated and deleted (imported ones
+/// only detached), the generated policy deleted when nothing else uses it, the thing
+/// deleted when edgemq created it and nothing else is attached, the stored secret
+/// scheduled for deletion (7-day recovery window). Steps already done are skipped, and
+/// `keep` is told after each certificate, so an interrupted cleanup resumes. Returns
+/// one line per action taken.
+pub async fn remove_from_aws(
+    c: &Clients,
+    keep: &mut impl Store,
+    mut r: Record,
+) -> Result<Vec<String>, CertError> {
     let mut actions = Vec::new();
     while let Some(old) = r.retiring.first().cloned() {
-        retire(&c, &r, &old).await?;
+        retire(c, &r, &old).await?;
         actions.push(format!("certificate {} retired", old.certificate_id));
         r.retiring.remove(0);
-        write_record(dir, &r)?;
+        keep.save_record(&r).await?;
     }
     if let Some(cur) = r.certificate.clone() {
-        retire(&c, &r, &cur).await?;
+        retire(c, &r, &cur).await?;
         actions.push(if cur.imported {
             format!("imported certificate {} detached", cur.certificate_id)
         } else {
@@ -1044,11 +1192,11 @@ pub async fn delete(dir: &Path) -> Result<Deleted, CertError> {
             )
         });
         r.certificate = None;
-        write_record(dir, &r)?;
+        keep.save_record(&r).await?;
     }
     if r.policy_generated
         && !r.policy_name.is_empty()
-        && delete_policy_if_unused(&c, &r.policy_name).await?
+        && delete_policy_if_unused(c, &r.policy_name).await?
     {
         actions.push(format!("policy {} deleted", r.policy_name));
     }
@@ -1104,14 +1252,10 @@ pub async fn delete(dir: &Path) -> Result<Deleted, CertError> {
             Err(e) => return Err(e.into()),
         }
     }
-    std::fs::remove_dir_all(dir).map_err(io(dir))?;
     for a in &actions {
         tracing::info!(certificate = %r.name, "{a}");
     }
-    Ok(Deleted {
-        actions,
-        policy: DeletionPolicy::Delete,
-    })
+    Ok(actions)
 }
 
 /// The state directories holding an AWS IoT record, with the Certificate each belongs

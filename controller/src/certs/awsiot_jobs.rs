@@ -159,13 +159,32 @@ impl AwsIotJobs {
                 let jobs = self.clone();
                 let cert = cert.clone();
                 let owned: Vec<Bridge> = using.iter().map(|b| (*b).clone()).collect();
+                let credentials = awsiot::credentials(
+                    cert.spec
+                        .issuer
+                        .aws_iot
+                        .as_ref()
+                        .and_then(|a| a.credentials_secret_ref.as_deref()),
+                    &res.secret_values(&c.meta.namespace),
+                );
                 tokio::spawn(async move {
                     let refs: Vec<&Bridge> = owned.iter().collect();
-                    let r = tokio::time::timeout(
-                        ATTEMPT_TIMEOUT,
-                        awsiot::ensure(&jobs.state, &cert, &refs, time::OffsetDateTime::now_utc()),
-                    )
-                    .await;
+                    let r = match credentials {
+                        Ok(credentials) => {
+                            tokio::time::timeout(
+                                ATTEMPT_TIMEOUT,
+                                awsiot::ensure(
+                                    &jobs.state,
+                                    &cert,
+                                    &refs,
+                                    credentials,
+                                    time::OffsetDateTime::now_utc(),
+                                ),
+                            )
+                            .await
+                        }
+                        Err(e) => Ok(Err(e)),
+                    };
                     let r = match r {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(e)) => Err(e.to_string()),
@@ -211,8 +230,18 @@ impl AwsIotJobs {
                 job.running = true;
                 job.key = "delete".into();
                 let jobs = self.clone();
+                // The access keys the record names, while their Secret is still loaded;
+                // else the standard chain.
+                let credentials = awsiot::credentials(
+                    record.credentials_secret.as_deref(),
+                    &res.secret_values(&record.namespace),
+                )
+                .ok()
+                .flatten();
                 tokio::spawn(async move {
-                    let r = tokio::time::timeout(ATTEMPT_TIMEOUT, awsiot::delete(&dir)).await;
+                    let r =
+                        tokio::time::timeout(ATTEMPT_TIMEOUT, awsiot::delete(&dir, credentials))
+                            .await;
                     let r = match r {
                         Ok(Ok(d)) => {
                             tracing::info!(

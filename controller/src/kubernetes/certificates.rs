@@ -109,7 +109,8 @@ fn ours(secret: &Secret, cert: &Certificate) -> bool {
 pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.timer("Certificate");
     if cert.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        // Only awsIot Certificates with deletionPolicy: Delete hold a finalizer.
+        return super::awsiot::finalize(cert, ctx.clone()).await;
     }
     let ns = cert.namespace().unwrap_or_else(|| "default".into());
     let name = cert.name_any();
@@ -140,6 +141,10 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         ctx.write_status(cert.as_ref(), status).await?;
         return Ok(Action::requeue(Duration::from_secs(600)));
     }
+    let issuer = &cert.spec.issuer;
+    if issuer.aws_iot.is_some() {
+        return super::awsiot::reconcile(cert, ctx.clone()).await;
+    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = cert.secret_name();
     let existing = api.get_opt(&secret_name).await?;
@@ -157,22 +162,9 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     }
-    let issuer = &cert.spec.issuer;
     if issuer.acme.is_some() {
         let secrets = certs::Secrets(res.secret_values(&ns));
         return super::acme::reconcile(&cert, &ctx, secrets, existing.as_ref()).await;
-    }
-    if issuer.aws_iot.is_some() {
-        let message = "the awsIot issuer runs in `edgemq run` only for now; on a cluster, serve a Secret made elsewhere with a listener's tls.secretRef".to_string();
-        let status = controller_status(
-            current.as_ref(),
-            cert.meta().generation,
-            (false, "IssuerNotSupported", message),
-            Default::default(),
-            &stamp,
-        );
-        ctx.write_status(cert.as_ref(), status).await?;
-        return Ok(Action::requeue(Duration::from_secs(3600)));
     }
     let previous = existing.as_ref().and_then(stored);
     let result = if issuer.self_signed.is_some() {

@@ -286,6 +286,28 @@ async fn reconcile_bridge(b: Arc<Bridge>, ctx: Arc<Context>) -> Result<Action, E
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
+/// The Certificates a Bridge names: its client certificate and the one whose AWS IoT
+/// endpoint it connects to.
+fn certificates_named_by(b: &Bridge) -> Vec<ObjectRef<Certificate>> {
+    let ns = namespace_of(b);
+    let remote = &b.spec.remote;
+    let mut names: Vec<&str> = remote
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_certificate_ref.as_deref())
+        .into_iter()
+        .collect();
+    if let Some(e) = &remote.aws_iot_endpoint {
+        names.push(e.certificate_ref.as_str());
+    }
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| ObjectRef::new(n).within(&ns))
+        .collect()
+}
+
 fn error_policy<K>(_obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %error, "reconcile failed; retrying");
     ctx.metrics.failure(error);
@@ -485,6 +507,12 @@ pub async fn run(
         watcher::Config::default(),
     )
     .owns(api_for::<Secret>(&client, ns), watcher::Config::default())
+    // A Bridge presenting a Certificate shapes its generated AWS IoT policy.
+    .watches(
+        api_for::<Bridge>(&client, ns),
+        watcher::Config::default(),
+        |b| certificates_named_by(&b),
+    )
     // ACME tasks say when they stored a pair or failed.
     .reconcile_on(futures_util::stream::unfold(
         acme_woken,

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod acme;
+pub mod awsiot;
 pub mod bundle;
 pub mod certificates;
 pub mod context;

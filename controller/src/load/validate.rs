@@ -940,6 +940,25 @@ impl Validator<'_> {
         if let Some(u) = &aws.endpoint_url {
             self.http_url(c, &p("endpointUrl"), u);
         }
+        if let Some(name) = &aws.credentials_secret_ref {
+            let path = p("credentialsSecretRef");
+            self.len(c, &path, name, 1, 253);
+            if !self.is_broken(Kind::Secret, &c.namespace, name) {
+                if self.res.secret(&c.namespace, name).is_none() {
+                    self.err(
+                        c,
+                        &path,
+                        format!("Secret `{name}` not found in namespace `{}`", c.namespace),
+                    );
+                } else {
+                    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+                        if self.res.secret_value(&c.namespace, name, key).is_none() {
+                            self.err(c, &path, format!("Secret `{name}` has no key `{key}`"));
+                        }
+                    }
+                }
+            }
+        }
         if let Some(e) = &aws.data_endpoint {
             let host = match e.rsplit_once(':') {
                 Some((h, p)) if p.parse::<u16>().is_ok_and(|p| p > 0) => h,
@@ -1199,6 +1218,40 @@ mod tests {
         }
         assert!(!e.contains("Certificate/good"), "{e}");
         assert!(!e.contains("RSA"), "RSA keys are accepted: {e}");
+    }
+
+    #[test]
+    fn aws_credentials_secret_must_exist_with_both_keys() {
+        let cert = |name: &str, secret: &str| {
+            format!(
+                "apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {{name: {name}}}\n\
+                 spec:\n  issuer:\n    awsIot:\n      region: eu-west-1\n      thingName: gw\n      \
+                 credentialsSecretRef: {secret}\n"
+            )
+        };
+        let keys = "apiVersion: v1\nkind: Secret\nmetadata: {name: keys}\n\
+                    stringData: {AWS_ACCESS_KEY_ID: a, AWS_SECRET_ACCESS_KEY: s}\n";
+        let half = "apiVersion: v1\nkind: Secret\nmetadata: {name: half}\n\
+                    stringData: {AWS_ACCESS_KEY_ID: a}\n";
+        let e = errors_of(
+            &[
+                cert("good", "keys"),
+                cert("gone", "missing"),
+                cert("partial", "half"),
+                keys.into(),
+                half.into(),
+            ]
+            .join("---\n"),
+        );
+        assert!(
+            e.contains("Certificate/gone: Secret `missing` not found"),
+            "{e}"
+        );
+        assert!(
+            e.contains("Certificate/partial: Secret `half` has no key `AWS_SECRET_ACCESS_KEY`"),
+            "{e}"
+        );
+        assert!(!e.contains("Certificate/good"), "{e}");
     }
 
     #[test]
