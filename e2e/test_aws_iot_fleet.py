@@ -11,6 +11,7 @@ serves; after a restart the claim is not used again.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 from cryptography import x509
@@ -209,3 +210,62 @@ def test_after_a_restart_the_identity_is_kept_and_the_claim_is_not_used_again(
     forwards_with_the_device_identity(e, s, port, b"after-restart")
     assert s.counts() == {"create-from-csr": 1, "create": 0, "provision": 1}
     assert s.claim_connections() == 1
+
+
+# ---------------------------------------------------------------- the administrator's side
+
+def test_fleet_template_renders_the_template_and_policies_of_the_example(tmp_path):
+    out = tmp_path / "aws"
+    r = support.run([support.edgemq_bin(), "aws", "fleet-template",
+                     "--config", support.REPO / "examples" / "fleet",
+                     "--secrets", support.REPO / "examples" / "fleet-secrets",
+                     "--region", "eu-west-1", "--account", "123456789012",
+                     "--thing-name-prefix", "edge-", "-o", out])
+    assert r.returncode == 0, r.stdout + r.stderr
+    template = json.loads((out / "template.json").read_text())
+    claim = json.loads((out / "claim-policy.json").read_text())
+    device_policy = json.loads((out / "device-policy.json").read_text())
+    assert set(template["Parameters"]) == {"SerialNumber", "DeviceName", "Site",
+                                           "AWS::IoT::Certificate::Id"}
+    thing = template["Resources"]["thing"]["Properties"]
+    assert thing["ThingName"] == {"Fn::Join": ["", ["edge-", {"Ref": "SerialNumber"}]]}
+    assert thing["ThingGroups"] == ["edge-fleet"]
+    assert template["Resources"]["policy"]["Properties"]["PolicyName"] == \
+        "edgemq-fleet-edge-fleet"
+    arn = "arn:aws:iot:eu-west-1:123456789012"
+    # The claim may touch nothing but this template's provisioning topics.
+    claim_resources = [res for s in claim["Statement"] for res in s["Resource"]]
+    for res in claim_resources:
+        assert (res == f"{arn}:client/edgemq-provision-*"
+                or "/$aws/certificates/create-from-csr/json" in res
+                or "/$aws/provisioning-templates/edge-fleet/provision/json" in res), res
+    actions = {s["Action"]: s["Resource"] for s in device_policy["Statement"]}
+    assert actions["iot:Connect"] == [f"{arn}:client/${{iot:Connection.Thing.ThingName}}"]
+    assert actions["iot:Publish"] == [f"{arn}:topic/fleet/sensors",
+                                      f"{arn}:topic/fleet/sensors/*"]
+
+
+def test_a_bad_fleet_certificate_is_reported_with_file_line_and_object(tmp_path):
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "cert.yaml").write_text("""apiVersion: edgemq.io/v1alpha1
+kind: Certificate
+metadata: {name: device}
+spec:
+  issuer:
+    awsIot:
+      region: eu-west-1
+      fleetProvisioning:
+        templateName: "edge fleet"
+        claim: {secretRef: missing-claim}
+        parameters:
+          - {name: SerialNumber, valueFrom: {file: serial.txt}}
+""")
+    r = support.run([support.edgemq_bin(), "validate", cfg])
+    assert r.returncode != 0
+    out = r.stdout
+    for want in ("cert.yaml:7:", "Certificate/device", "region does not apply with fleetProvisioning",
+                 "cert.yaml:9:", "templateName `edge fleet`",
+                 "fleetProvisioning needs dataEndpoint",
+                 "missing-claim", "file `serial.txt` must be an absolute path"):
+        assert want in out, f"{want!r} not in:\n{out}"
