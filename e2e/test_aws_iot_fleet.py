@@ -180,6 +180,7 @@ def test_an_unreachable_endpoint_is_retried_while_the_broker_serves(edgemq, stan
     r = e.wait_applied(retrying, timeout=60, message="retry reported")
     assert "not provisioned yet" in r["conditions"][0]["message"]
     assert r["details"]["failures"] >= 1
+    assert e.metrics()["edgemq_certificate_renewal_failures"] >= 1
     # Meanwhile the broker serves local clients.
     local = support.sub(port, "sensors/#", 1)
     support.pub(port, "sensors/x", b"meanwhile", qos=1)
@@ -189,6 +190,9 @@ def test_an_unreachable_endpoint_is_retried_while_the_broker_serves(edgemq, stan
     # The endpoint comes up: the next attempt provisions.
     s.start()
     e.wait_applied(reason_is("Provisioned"), timeout=120, message="provisioned after retry")
+    metrics = e.metrics()
+    assert metrics["edgemq_certificate_renewal_failures"] == 0
+    assert metrics["edgemq_certificate_expiration_timestamp_seconds"] > 0
     wait_connected(e, "to-aws", 60)
     forwards_with_the_device_identity(e, s, port, b"after")
 
