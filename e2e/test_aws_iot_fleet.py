@@ -264,6 +264,13 @@ spec:
         claim: {secretRef: missing-claim}
         parameters:
           - {name: SerialNumber, valueFrom: {file: serial.txt}}
+---
+apiVersion: edgemq.io/v1alpha1
+kind: Certificate
+metadata: {name: gw}
+spec:
+  issuer:
+    awsIot: {region: eu-west-1}
 """)
     r = support.run([support.edgemq_bin(), "validate", cfg])
     assert r.returncode != 0
@@ -271,5 +278,6 @@ spec:
     for want in ("cert.yaml:7:", "Certificate/device", "region does not apply with fleetProvisioning",
                  "cert.yaml:9:", "templateName `edge fleet`",
                  "fleetProvisioning needs dataEndpoint",
-                 "missing-claim", "file `serial.txt` must be an absolute path"):
+                 "missing-claim", "file `serial.txt` must be an absolute path",
+                 "Certificate/gw: set thingName, or fleetProvisioning"):
         assert want in out, f"{want!r} not in:\n{out}"

@@ -915,8 +915,7 @@ impl Validator<'_> {
         for (field, v, extra) in [
             (
                 "thingName",
-                (aws.fleet_provisioning.is_none() || !aws.thing_name.is_empty())
-                    .then_some(&aws.thing_name),
+                Some(&aws.thing_name).filter(|t| !t.is_empty()),
                 ":_-",
             ),
             ("thingTypeName", aws.thing_type_name.as_ref(), ":_-"),
@@ -977,8 +976,14 @@ impl Validator<'_> {
                 "importFrom takes the key from the secret; do not set keyOrigin: AWS",
             );
         }
-        if let Some(fp) = &aws.fleet_provisioning {
-            self.fleet_provisioning(c, aws, fp);
+        match &aws.fleet_provisioning {
+            Some(fp) => self.fleet_provisioning(c, aws, fp),
+            None if aws.thing_name.is_empty() => self.err(
+                c,
+                &p("thingName"),
+                "set thingName, or fleetProvisioning (its template names the thing)",
+            ),
+            None => {}
         }
     }
 
