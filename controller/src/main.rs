@@ -103,6 +103,16 @@ enum Command {
         #[arg(long, env = "EDGEMQ_HTTP", default_value = "0.0.0.0:9883")]
         http: SocketAddr,
     },
+    /// Answer ACME HTTP-01 challenges: the container of the short-lived solver Pod the
+    /// controller starts for an order (`/healthz` answers its probes).
+    AcmeSolver {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8089")]
+        listen: SocketAddr,
+        /// A challenge to answer, `TOKEN=KEY_AUTHORIZATION`; repeat for several.
+        #[arg(long = "answer", required = true, value_parser = edgemq::certs::http01::parse_answer)]
+        answers: Vec<(String, String)>,
+    },
     /// Print the CustomResourceDefinitions of every kind.
     Crds {
         /// Leave out the CEL rules (`x-kubernetes-validations`), which Kubernetes 1.20
@@ -350,6 +360,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(3)
             })
+        }
+        Command::AcmeSolver { listen, answers } => {
+            let rt = runtime()?;
+            rt.block_on(edgemq::certs::http01::serve(
+                listen,
+                answers.into_iter().collect(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Crds { without_cel } => {
             print!(

@@ -249,6 +249,8 @@ pub struct BrokerMetrics {
     pub dropped_offline_qos0: Counter,
     /// Messages whose MQTT 5 expiry interval ran out before they were sent.
     pub dropped_expired: Counter,
+    /// Messages larger than the Maximum Packet Size an MQTT 5 client asked for.
+    pub dropped_too_large: Counter,
     /// See [`Metrics::session_saves`].
     pub session_saves: Counter,
     /// See [`Metrics::session_saved_messages`].
@@ -284,6 +286,7 @@ impl BrokerMetrics {
             dropped_queue_full: drop("queue_full"),
             dropped_offline_qos0: drop("offline_qos0"),
             dropped_expired: drop("expired"),
+            dropped_too_large: drop("packet_too_large"),
         }
     }
 

@@ -167,6 +167,12 @@ pub struct Http01Solver {
     /// Address it binds. Default: every interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind_address: Option<String>,
+    /// Kubernetes mode: also create an Ingress of this class for the solver, for
+    /// clusters where the CA reaches HTTP services through an ingress controller.
+    /// Without it the CA must reach the solver's Service (`port` is the Service's
+    /// port there). Ignored by `edgemq run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
 }
 
 /// DNS-01 solver: one provider, and how to check the record is visible before the CA

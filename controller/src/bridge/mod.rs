@@ -317,6 +317,7 @@ impl BridgeRuntime {
                         no_local: true,
                         retain_as_published: true,
                         retain_handling: 2,
+                        id: None,
                     },
                 );
             }

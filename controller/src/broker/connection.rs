@@ -20,14 +20,21 @@ use rumqttd::protocol::{
 };
 use tokio::sync::mpsc;
 
+use super::alias::{TopicAliases, TOPIC_ALIAS_MAXIMUM};
 use super::codec::{self, FrameError, Incoming, Version};
 use super::router::{CloseReason, ConnLink, Message, Outgoing, SubOptions};
+use super::shared_subs;
 use super::transport::{Reader, Transport, Writer};
 use super::Shared;
 use crate::auth::acl::{valid_topic_filter, valid_topic_name, Op};
 
 /// Largest batch of deliveries encoded per write.
 const WRITE_BATCH: usize = 64;
+
+/// Keep alive given to an MQTT 5 client that asks for none, announced as Server Keep
+/// Alive: Mosquitto's `max_keepalive` default. It is also the largest a client can
+/// ask for, so a client asking for 1 to 65535 seconds keeps its own.
+const MAX_KEEPALIVE: u16 = u16::MAX;
 
 /// Why a connection ended, for logs.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +69,17 @@ struct Client {
     /// A refused publish was logged for this connection already.
     denial_logged: std::sync::atomic::AtomicBool,
     will: Option<(LastWill, Option<LastWillProperties>)>,
+}
+
+/// The keep alive a connection runs with, and the Server Keep Alive to announce when
+/// it differs from what the client asked (MQTT 5 only; MQTT 3.1 and 3.1.1 keep 0 as
+/// none, as Mosquitto does).
+fn keep_alive(version: Version, asked: u16) -> (u16, Option<u16>) {
+    if version == Version::V5 && asked == 0 {
+        (MAX_KEEPALIVE, Some(MAX_KEEPALIVE))
+    } else {
+        (asked, None)
+    }
 }
 
 /// Serves one accepted connection until it ends.
@@ -192,15 +210,27 @@ pub async fn serve(
         )
     };
     let max_packet = shared.max_packet_size();
+    let (keepalive, server_keep_alive) = keep_alive(version, connect.keep_alive);
+    // What edgemq supports, announced exactly: QoS 2 and retain are available (not
+    // limited, so Maximum QoS is absent).
     let connack_props = (version == Version::V5).then(|| ConnAckProperties {
         session_expiry_interval: (granted_expiry != expiry).then_some(granted_expiry),
         receive_max: Some(limits.max_inflight),
+        retain_available: Some(1),
         max_packet_size: Some(max_packet as u32),
         assigned_client_identifier: assigned,
-        shared_subscription_available: Some(0),
-        subscription_identifiers_available: Some(0),
+        topic_alias_max: Some(TOPIC_ALIAS_MAXIMUM),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(1),
+        shared_subscription_available: Some(1),
+        server_keep_alive,
         ..ConnAckProperties::default()
     });
+    // [MQTT-3.1.2-24]: nothing larger than the client's Maximum Packet Size is sent.
+    let client_max_packet = props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .map_or(usize::MAX, |m| m as usize);
     let mut out = BytesMut::new();
     let ack = ConnAck {
         session_present: connected.session_present,
@@ -234,8 +264,8 @@ pub async fn serve(
         version,
         link.clone(),
         ctrl_rx,
+        client_max_packet,
     ));
-    let keepalive = connect.keep_alive;
     let end = read_loop(
         &mut reader,
         &mut buf,
@@ -249,15 +279,19 @@ pub async fn serve(
     .await;
     drop(ctrl_tx);
 
-    // The will is published unless the client said a plain DISCONNECT.
-    if !matches!(end, End::Normal { .. }) {
-        publish_will(&shared, &client);
-    }
     let expiry_override = match end {
         End::Normal { expiry } | End::NormalWithWill { expiry } => expiry,
         _ => None,
     };
-    disconnect(&shared, &client_id, link.id, expiry_override);
+    {
+        let mut router = shared.router();
+        router.disconnect(&client_id, link.id, expiry_override);
+        // The will is published unless the client said a plain DISCONNECT; an MQTT 5
+        // Will Delay Interval holds it (see `will_delay`).
+        if !matches!(end, End::Normal { .. }) {
+            publish_will(&mut router, &shared, &client);
+        }
+    }
     let _ = writer_task.await;
     shared.metrics.connections.dec();
     match end {
@@ -327,12 +361,14 @@ async fn read_loop(
 ) -> End {
     let timeout = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
     let max = shared.max_packet_size();
+    let mut aliases = TopicAliases::default();
     loop {
         // Handle every complete frame already buffered.
         loop {
             match codec::read_client(client.version, buf, max) {
                 Ok(incoming) => {
-                    if let Err(end) = Box::pin(handle(incoming, shared, client, ctrl)).await {
+                    let handled = handle(incoming, shared, client, ctrl, &mut aliases);
+                    if let Err(end) = Box::pin(handled).await {
                         return end;
                     }
                 }
@@ -387,6 +423,7 @@ async fn handle(
     shared: &Arc<Shared>,
     client: &Client,
     ctrl: &mpsc::Sender<Box<Packet>>,
+    aliases: &mut TopicAliases,
 ) -> Result<(), End> {
     let v5 = client.version == Version::V5;
     match incoming {
@@ -397,23 +434,34 @@ async fn handle(
             pkid,
         } => {
             shared.metrics.messages_in.inc();
-            let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            let topic_bytes = if v5 {
+                let alias = properties.as_ref().and_then(|p| p.topic_alias);
+                match aliases.resolve(&publish.topic, alias) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let reason_code = e.reason_code();
+                        send(ctrl, Packet::Disconnect(Disconnect { reason_code }, None)).await?;
+                        return Err(End::Protocol(match e {
+                            super::alias::AliasError::Invalid => "invalid topic alias",
+                            super::alias::AliasError::Unknown => "empty topic, no known alias",
+                        }));
+                    }
+                }
+            } else {
+                publish.topic.clone()
+            };
+            let Ok(topic) = std::str::from_utf8(&topic_bytes) else {
                 return Err(End::Protocol("topic is not UTF-8"));
             };
             if !valid_topic_name(topic) {
                 return Err(End::Protocol("PUBLISH to an invalid topic"));
-            }
-            if properties.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-                return Err(End::Protocol(
-                    "topic aliases are not supported (topic alias maximum is 0)",
-                ));
             }
             let limits = shared.limits.load();
             if publish.payload.len() > limits.max_payload_bytes as usize {
                 return Err(End::Protocol("payload larger than maxPayloadBytes"));
             }
             let msg = Message {
-                topic: publish.topic.clone(),
+                topic: topic_bytes.clone(),
                 payload: publish.payload.clone(),
                 qos,
                 retain: publish.retain,
@@ -525,17 +573,13 @@ async fn handle(
                 )
                 .await
             }
-            Packet::Subscribe(sub, _) => {
+            Packet::Subscribe(sub, sub_props) => {
+                let id = sub_props.and_then(|p| p.id).map(|id| id as u32);
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut accepted = Vec::new();
                 for f in &sub.filters {
-                    let code = if f.path.starts_with("$share/") {
-                        if v5 {
-                            SubscribeReasonCode::SharedSubscriptionsNotSupported
-                        } else {
-                            SubscribeReasonCode::Failure
-                        }
-                    } else if !valid_topic_filter(&f.path) {
+                    let shared_sub = shared_subs::parse(&f.path);
+                    let code = if shared_sub.is_err() || !valid_topic_filter(&f.path) {
                         if v5 {
                             SubscribeReasonCode::TopicFilterInvalid
                         } else {
@@ -555,6 +599,7 @@ async fn handle(
                                     RetainForwardRule::OnNewSubscribe => 1,
                                     RetainForwardRule::Never => 2,
                                 },
+                                id,
                             },
                         ));
                         if v5 {
@@ -638,7 +683,7 @@ fn forwardable(mut p: PublishProperties) -> PublishProperties {
     p
 }
 
-fn publish_will(shared: &Shared, client: &Client) {
+fn publish_will(router: &mut super::router::Router, shared: &Shared, client: &Client) {
     let Some((will, props)) = &client.will else {
         return;
     };
@@ -648,7 +693,6 @@ fn publish_will(shared: &Shared, client: &Client) {
     if !valid_topic_name(topic) {
         return;
     }
-    let mut router = shared.router();
     if !router
         .acl()
         .check(client.username.as_deref(), &client.id, topic, Op::Write)
@@ -665,15 +709,18 @@ fn publish_will(shared: &Shared, client: &Client) {
         user_properties: p.user_properties.clone(),
         ..PublishProperties::default()
     });
-    router.publish(Message {
+    let msg = Message {
         topic: will.topic.clone(),
         payload: will.message.clone(),
         qos: codec::qos_num(will.qos),
         retain: will.retain,
-        expires_at: expiry_deadline(props.as_ref().and_then(|p| p.message_expiry_interval)),
+        expires_at: None,
         properties,
         origin: Some(client.id.clone()),
-    });
+    };
+    let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
+    let delay = props.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
+    router.will(&client.id, msg, delay, expiry);
     tracing::debug!(client_id = %client.id, topic, "will published");
 }
 
@@ -684,6 +731,7 @@ async fn write_loop(
     version: Version,
     link: ConnLink,
     mut ctrl: mpsc::Receiver<Box<Packet>>,
+    max_packet: usize,
 ) {
     // Buffers grow on first use: an idle connection holds none.
     let mut out = BytesMut::new();
@@ -747,7 +795,6 @@ async fn write_loop(
                             delivery.retain,
                             dup,
                         );
-                        shared.metrics.messages_out.inc();
                         let mut props = m.properties.clone();
                         // [MQTT-3.3.2-6]: the expiry interval sent is what is left of it.
                         if let (Some(p), Some(at)) = (props.as_mut(), m.expires_at) {
@@ -755,7 +802,29 @@ async fn write_loop(
                             p.message_expiry_interval =
                                 Some(left.as_secs_f64().ceil().max(1.0) as u32);
                         }
-                        Packet::Publish(p, props)
+                        // [MQTT-3.3.4-3]: the identifiers of every matching subscription.
+                        if !delivery.sub_ids.is_empty() {
+                            props
+                                .get_or_insert_with(PublishProperties::default)
+                                .subscription_identifiers =
+                                delivery.sub_ids.iter().map(|&i| i as usize).collect();
+                        }
+                        let before = out.len();
+                        let written = codec::write(version, Packet::Publish(p, props), &mut out);
+                        if written.is_ok() && out.len() - before > max_packet {
+                            // [MQTT-3.1.2-25]: dropped for this client as if sent.
+                            out.truncate(before);
+                            shared.metrics.dropped_too_large.inc();
+                            if pkid != 0 {
+                                shared.router().drop_inflight(&client_id, pkid);
+                            }
+                            continue;
+                        }
+                        shared.metrics.messages_out.inc();
+                        if written.is_err() {
+                            tracing::warn!(client_id = %client_id, "could not encode a packet");
+                        }
+                        continue;
                     }
                     Outgoing::PubRel(pkid) => Packet::PubRel(
                         PubRel {

@@ -11,14 +11,18 @@
 //! connections a change concerns are closed (a removed or re-passworded user's, the
 //! anonymous ones when anonymous access is withdrawn, those of a removed listener).
 
+pub mod alias;
 pub mod check;
 pub mod codec;
 pub mod connection;
 pub mod listener;
 pub mod persist;
 pub mod router;
+pub mod shared_subs;
 pub mod sys;
 pub mod transport;
+pub mod trie;
+pub mod will_delay;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -572,7 +576,14 @@ async fn expire_sessions(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let n = shared.router().expire_sessions(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let (n, wills) = {
+            let mut router = shared.router();
+            (router.expire_sessions(now), router.publish_due_wills(now))
+        };
+        if wills > 0 {
+            tracing::debug!(broker = %shared.key, wills, "delayed wills published");
+        }
         if n > 0 {
             tracing::debug!(broker = %shared.key, expired = n, "sessions expired");
         }

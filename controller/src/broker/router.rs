@@ -17,8 +17,13 @@ use bytes::Bytes;
 use rumqttd::protocol::PublishProperties;
 use tokio::sync::{watch, Notify};
 
+use super::shared_subs::{self, SharedSubs};
+use super::trie::{Matched, TrieNode};
+use super::will_delay::PendingWills;
 use crate::auth::acl::{topic_matches, Acl, Op};
 use crate::metrics::BrokerMetrics;
+
+mod saved;
 
 /// Client ids of edgemq's own sessions start with this; MQTT clients may not use it.
 pub const INTERNAL_CLIENT_PREFIX: &str = "$edgemq/";
@@ -55,7 +60,7 @@ impl Message {
 }
 
 /// Options of one subscription.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SubOptions {
     /// Maximum QoS granted.
     pub qos: u8,
@@ -66,6 +71,8 @@ pub struct SubOptions {
     /// MQTT 5 retain handling: 0 send retained on subscribe, 1 only for a new
     /// subscription, 2 never.
     pub retain_handling: u8,
+    /// MQTT 5 Subscription Identifier, sent with every message it matches.
+    pub id: Option<u32>,
 }
 
 /// One message waiting for, or in flight to, a session.
@@ -77,6 +84,8 @@ pub struct Delivery {
     pub qos: u8,
     /// Retain flag it is delivered with.
     pub retain: bool,
+    /// MQTT 5 identifiers of the subscriptions it matched.
+    pub sub_ids: Vec<u32>,
 }
 
 /// Why a connection is being closed by the broker.
@@ -273,98 +282,6 @@ pub struct Connected {
     pub session_present: bool,
 }
 
-#[derive(Default, Debug)]
-struct TrieNode {
-    children: HashMap<Box<str>, TrieNode>,
-    subscribers: HashMap<Arc<str>, SubOptions>,
-}
-
-impl TrieNode {
-    fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty()
-    }
-
-    fn insert(&mut self, levels: &[&str], client: Arc<str>, opts: SubOptions) {
-        match levels.split_first() {
-            None => {
-                self.subscribers.insert(client, opts);
-            }
-            Some((first, rest)) => self
-                .children
-                .entry((*first).into())
-                .or_default()
-                .insert(rest, client, opts),
-        }
-    }
-
-    /// Removes a subscriber; prunes nodes left empty. Returns whether it existed.
-    fn remove(&mut self, levels: &[&str], client: &str) -> bool {
-        match levels.split_first() {
-            None => self.subscribers.remove(client).is_some(),
-            Some((first, rest)) => {
-                let Some(child) = self.children.get_mut(*first) else {
-                    return false;
-                };
-                let removed = child.remove(rest, client);
-                if child.is_empty() {
-                    self.children.remove(*first);
-                }
-                removed
-            }
-        }
-    }
-
-    fn collect(
-        &self,
-        levels: &[&str],
-        first: bool,
-        dollar: bool,
-        out: &mut HashMap<Arc<str>, SubOptions>,
-    ) {
-        let wildcard_ok = !(first && dollar);
-        if wildcard_ok {
-            if let Some(hash) = self.children.get("#") {
-                merge(out, &hash.subscribers);
-            }
-        }
-        match levels.split_first() {
-            None => merge(out, &self.subscribers),
-            Some((level, rest)) => {
-                if let Some(child) = self.children.get(*level) {
-                    child.collect(rest, false, dollar, out);
-                }
-                if wildcard_ok {
-                    if let Some(child) = self.children.get("+") {
-                        child.collect(rest, false, dollar, out);
-                    }
-                }
-            }
-        }
-    }
-
-    fn count(&self) -> usize {
-        1 + self.children.values().map(TrieNode::count).sum::<usize>()
-    }
-}
-
-fn merge(out: &mut HashMap<Arc<str>, SubOptions>, subs: &HashMap<Arc<str>, SubOptions>) {
-    for (client, opts) in subs {
-        out.entry(client.clone())
-            .and_modify(|o| {
-                if opts.qos > o.qos {
-                    o.qos = opts.qos;
-                }
-                o.no_local &= opts.no_local;
-                o.retain_as_published |= opts.retain_as_published;
-            })
-            .or_insert(*opts);
-    }
-}
-
-fn levels(s: &str) -> Vec<&str> {
-    s.split('/').collect()
-}
-
 /// Counters a router reports in status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -387,6 +304,9 @@ pub struct RouterStats {
 pub struct Router {
     sessions: HashMap<Arc<str>, Session>,
     trie: TrieNode,
+    shared: SharedSubs,
+    /// Wills held for their MQTT 5 Will Delay Interval.
+    wills: PendingWills,
     retained: HashMap<Bytes, Arc<Message>>,
     /// The latest `$SYS` statistics, sent to new `$SYS` subscribers like retained ones.
     sys_retained: HashMap<Bytes, Arc<Message>>,
@@ -406,6 +326,8 @@ impl Router {
         Router {
             sessions: HashMap::new(),
             trie: TrieNode::default(),
+            shared: SharedSubs::default(),
+            wills: PendingWills::default(),
             retained: HashMap::new(),
             sys_retained: HashMap::new(),
             acl,
@@ -462,6 +384,8 @@ impl Router {
         self.changes = self.changes.wrapping_add(1);
         let expiry = expiry.min(self.limits.max_session_expiry);
         let mut session_present = false;
+        // [MQTT-3.1.3-9]: a new connection within the will delay cancels the will.
+        self.wills.cancel(client_id);
         if let Some(old) = self.sessions.get_mut(client_id) {
             if let Some(prev) = old.conn.take() {
                 prev.kick(CloseReason::SessionTakenOver);
@@ -532,9 +456,60 @@ impl Router {
     fn remove_session(&mut self, client_id: &str) {
         if let Some(s) = self.sessions.remove(client_id) {
             for filter in s.subscriptions.keys() {
-                self.trie.remove(&levels(filter), client_id);
+                self.index_remove(filter, client_id);
             }
         }
+    }
+
+    /// Adds a subscription to the trie, or to its share group for `$share/` filters.
+    fn index_insert(&mut self, filter: &str, client_id: &Arc<str>, opts: SubOptions) {
+        if filter.starts_with(shared_subs::PREFIX) {
+            self.shared.insert(filter, client_id.clone(), opts);
+        } else {
+            self.trie.insert(filter, client_id.clone(), opts);
+        }
+    }
+
+    fn index_remove(&mut self, filter: &str, client_id: &str) {
+        if filter.starts_with(shared_subs::PREFIX) {
+            self.shared.remove(filter, client_id);
+        } else {
+            self.trie.remove(filter, client_id);
+        }
+    }
+
+    /// The will of a connection of `client_id` that has ended (call after
+    /// [`Router::disconnect`]): published now when it has no delay or the session is
+    /// gone, held until the delay or the session's expiry runs out otherwise, and
+    /// dropped when another connection has taken the session over meanwhile.
+    /// `expiry` is the will's Message Expiry Interval.
+    pub fn will(&mut self, client_id: &Arc<str>, will: Message, delay: u32, expiry: Option<u32>) {
+        let now = Instant::now();
+        let session = self.sessions.get(client_id);
+        if delay > 0 && session.is_some_and(|s| s.conn.is_some()) {
+            return;
+        }
+        match session.filter(|s| delay > 0 && s.expiry > 0) {
+            Some(s) => {
+                let due = now + Duration::from_secs(delay.min(s.expiry).into());
+                self.wills.schedule(client_id.clone(), due, will, expiry);
+            }
+            None => {
+                let mut will = will;
+                will.expires_at = expiry.map(|e| now + Duration::from_secs(e.into()));
+                self.publish(will);
+            }
+        }
+    }
+
+    /// Publishes the held wills whose delay has run out. Returns how many.
+    pub fn publish_due_wills(&mut self, now: Instant) -> usize {
+        let due = self.wills.take_due(now);
+        let n = due.len();
+        for w in due {
+            self.publish(w);
+        }
+        n
     }
 
     /// Removes disconnected sessions whose expiry has passed. Returns how many.
@@ -552,6 +527,10 @@ impl Router {
             .collect();
         for k in &expired {
             self.remove_session(k);
+            // The session ended before the will delay: the will goes now.
+            if let Some(w) = self.wills.take(k, now) {
+                self.publish(w);
+            }
         }
         if !expired.is_empty() {
             self.changes = self.changes.wrapping_add(1);
@@ -585,13 +564,14 @@ impl Router {
             return false;
         };
         let existed = s.subscriptions.insert(filter.to_string(), opts).is_some();
-        self.trie.insert(&levels(filter), client_id.clone(), opts);
+        self.index_insert(filter, client_id, opts);
         let send_retained = match opts.retain_handling {
             0 => true,
             1 => !existed,
             _ => false,
         };
-        if send_retained && !filter.starts_with("$share/") {
+        // Mosquitto sends no retained messages on a shared subscribe.
+        if send_retained && !filter.starts_with(shared_subs::PREFIX) {
             let matching: Vec<Arc<Message>> = self
                 .retained
                 .values()
@@ -624,6 +604,7 @@ impl Router {
                     msg: m,
                     qos,
                     retain: true,
+                    sub_ids: opts.id.into_iter().collect(),
                 });
                 if let Some(c) = &s.conn {
                     c.wake.notify_one();
@@ -643,7 +624,7 @@ impl Router {
         if s.subscriptions.remove(filter).is_none() {
             return false;
         }
-        self.trie.remove(&levels(filter), client_id);
+        self.index_remove(filter, client_id);
         true
     }
 
@@ -654,13 +635,14 @@ impl Router {
         if msg.retain {
             self.retain(&msg);
         }
-        let mut matched = HashMap::new();
         let topic = msg.topic_str();
-        let lv = levels(topic);
-        self.trie
-            .collect(&lv, true, topic.starts_with('$'), &mut matched);
+        let matched = self.trie.matches(topic);
+        let shared = self.shared.pick(topic).into_iter().map(|(client, opts)| {
+            let ids = opts.id.into_iter().collect();
+            (client, Matched { opts, ids })
+        });
         let mut delivered = 0;
-        for (client, opts) in matched {
+        for (client, Matched { opts, ids }) in matched.into_iter().chain(shared) {
             if opts.no_local && msg.origin.as_deref() == Some(&*client) {
                 continue;
             }
@@ -683,6 +665,7 @@ impl Router {
                     msg: msg.clone(),
                     qos,
                     retain,
+                    sub_ids: ids,
                 },
             ) {
                 delivered += 1;
@@ -853,6 +836,15 @@ impl Router {
         self.complete(client_id, pkid, false)
     }
 
+    /// Frees the in-flight slot of a message the connection did not send (larger than
+    /// the client's Maximum Packet Size): it counts as delivered [MQTT-3.1.2-25].
+    pub fn drop_inflight(&mut self, client_id: &str, pkid: u16) {
+        self.changes = self.changes.wrapping_add(1);
+        if let Some(s) = self.sessions.get_mut(client_id) {
+            s.inflight.remove(&pkid);
+        }
+    }
+
     /// PUBREC from the client: the message moves to awaiting PUBCOMP. Returns whether
     /// the packet id was known.
     pub fn pubrec(&mut self, client_id: &str, pkid: u16) -> bool {
@@ -925,9 +917,8 @@ impl Router {
             topic,
             SubOptions {
                 qos: 0,
-                no_local: false,
-                retain_as_published: false,
                 retain_handling: 2,
+                ..SubOptions::default()
             },
         );
         let payload = Bytes::from(nonce.to_be_bytes().to_vec());
@@ -959,7 +950,7 @@ impl Router {
             sessions: self.sessions.len(),
             connected: self.sessions.values().filter(|s| s.conn.is_some()).count(),
             subscriptions: self.sessions.values().map(|s| s.subscriptions.len()).sum(),
-            trie_nodes: self.trie.count(),
+            trie_nodes: self.trie.count() + self.shared.trie_nodes() - 1,
             retained: self.retained.len(),
             queued: self
                 .sessions
@@ -1024,8 +1015,8 @@ impl Router {
             };
             s.disconnected_at = Some(now);
             let id: Arc<str> = id.into();
-            for (filter, opts) in &s.subscriptions {
-                self.trie.insert(&levels(filter), id.clone(), *opts);
+            for (filter, opts) in s.subscriptions.clone() {
+                self.index_insert(&filter, &id, opts);
             }
             msgs += s.queue.len() + s.retained_backlog.len() + s.inflight.len();
             self.sessions.insert(id, s);
@@ -1070,9 +1061,7 @@ mod tests {
     fn sub(qos: u8) -> SubOptions {
         SubOptions {
             qos,
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: 0,
+            ..SubOptions::default()
         }
     }
 
@@ -1316,6 +1305,83 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_subscribe_gets_no_retained_messages_and_its_group_one_copy_per_message() {
+        let mut r = router();
+        r.publish(msg("jobs/old", 1, true, "retained"));
+        for (i, id) in ["a", "b"].into_iter().enumerate() {
+            let id: Arc<str> = id.into();
+            r.connect(&id, None, true, 0, 20, ConnLink::new(i as u64));
+            r.subscribe(&id, "$share/g/jobs/#", sub(1));
+        }
+        assert_eq!(
+            r.stats().queued,
+            0,
+            "no retained message on a shared subscribe"
+        );
+        for i in 0..4 {
+            assert_eq!(r.publish(msg("jobs/new", 1, false, &i.to_string())), 1);
+        }
+        assert_eq!(
+            (drain(&mut r, "a", 0).len(), drain(&mut r, "b", 1).len()),
+            (2, 2)
+        );
+        r.disconnect("a", 0, None);
+        r.publish(msg("jobs/new", 1, false, "after a left"));
+        assert_eq!(drain(&mut r, "b", 1).len(), 1);
+    }
+
+    #[test]
+    fn subscription_identifiers_are_delivered_and_kept_in_a_saved_session() {
+        let mut r = router();
+        let id: Arc<str> = "p".into();
+        r.connect(&id, None, false, 3600, 20, ConnLink::new(1));
+        let with_id = |n| SubOptions {
+            id: Some(n),
+            ..sub(1)
+        };
+        r.subscribe(&id, "t/#", with_id(3));
+        r.subscribe(&id, "t/+", with_id(9));
+        r.disconnect("p", 1, None);
+        let mut r2 = router();
+        r2.restore_sessions(r.snapshot_sessions(Instant::now()));
+        r2.connect(&id, None, false, 3600, 20, ConnLink::new(2));
+        r2.publish(msg("t/x", 1, false, "x"));
+        let out = drain(&mut r2, "p", 2);
+        let [Outgoing::Publish { delivery, .. }] = &out[..] else {
+            panic!("unexpected {out:?}")
+        };
+        let mut ids = delivery.sub_ids.clone();
+        ids.sort();
+        assert_eq!(ids, [3, 9]);
+    }
+
+    #[test]
+    fn a_delayed_will_is_held_and_a_reconnect_within_the_delay_cancels_it() {
+        let mut r = router();
+        let (w, id): (Arc<str>, Arc<str>) = ("watcher".into(), "dev".into());
+        r.connect(&w, None, true, 0, 20, ConnLink::new(1));
+        r.subscribe(&w, "will/#", sub(1));
+        for conn in [2, 3] {
+            r.connect(&id, None, false, 60, 20, ConnLink::new(conn));
+            r.disconnect("dev", conn, None);
+            r.will(&id, msg("will/dev", 1, false, "gone"), 30, None);
+            assert!(drain(&mut r, "watcher", 1).is_empty(), "held for its delay");
+        }
+        r.connect(&id, None, false, 60, 20, ConnLink::new(4));
+        assert_eq!(
+            r.publish_due_wills(Instant::now() + Duration::from_secs(31)),
+            0
+        );
+        r.disconnect("dev", 4, None);
+        r.will(&id, msg("will/dev", 1, false, "gone"), 30, None);
+        assert_eq!(
+            r.publish_due_wills(Instant::now() + Duration::from_secs(31)),
+            1
+        );
+        assert_eq!(drain(&mut r, "watcher", 1).len(), 1);
+    }
+
+    #[test]
     fn trie_nodes_and_sessions_are_freed_when_clients_go() {
         let mut r = router();
         for i in 0..100 {
@@ -1341,159 +1407,5 @@ mod tests {
         // The old connection's late disconnect must not remove the new session.
         r.disconnect("dup", 1, None);
         assert_eq!(r.stats().connected, 1);
-    }
-}
-
-/// The stored form of a persistent session (see [`Router::snapshot_sessions`]): a
-/// version byte, then length-prefixed fields in a fixed order.
-mod saved {
-    use super::*;
-
-    const VERSION: u8 = 1;
-
-    fn put_bytes(o: &mut Vec<u8>, b: &[u8]) {
-        o.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        o.extend_from_slice(b);
-    }
-
-    fn put_delivery(o: &mut Vec<u8>, kind: u8, pkid: u16, d: Option<&Delivery>) {
-        o.push(kind);
-        o.extend_from_slice(&pkid.to_be_bytes());
-        if let Some(d) = d {
-            o.push(d.qos);
-            o.push(u8::from(d.retain) | (d.msg.qos << 1));
-            put_bytes(o, &d.msg.topic);
-            put_bytes(o, &d.msg.payload);
-        }
-    }
-
-    pub(super) fn encode(s: &Session, expiry_left: u32) -> Vec<u8> {
-        let mut o = vec![VERSION];
-        match &s.username {
-            Some(u) => {
-                o.push(1);
-                put_bytes(&mut o, u.as_bytes());
-            }
-            None => o.push(0),
-        }
-        o.extend_from_slice(&expiry_left.to_be_bytes());
-        o.extend_from_slice(&(s.max_inflight as u32).to_be_bytes());
-        o.extend_from_slice(&s.next_pkid.to_be_bytes());
-        o.extend_from_slice(&(s.subscriptions.len() as u32).to_be_bytes());
-        for (filter, opts) in &s.subscriptions {
-            put_bytes(&mut o, filter.as_bytes());
-            o.push(opts.qos);
-            o.push(u8::from(opts.no_local) | (u8::from(opts.retain_as_published) << 1));
-            o.push(opts.retain_handling);
-        }
-        let n = s.retained_backlog.len() + s.queue.len() + s.inflight.len();
-        o.extend_from_slice(&(n as u32).to_be_bytes());
-        for (pkid, f) in &s.inflight {
-            match f {
-                Inflight::Sent(d) => put_delivery(&mut o, 1, *pkid, Some(d)),
-                Inflight::Released => put_delivery(&mut o, 2, *pkid, None),
-            }
-        }
-        for d in s.retained_backlog.iter() {
-            put_delivery(&mut o, 3, 0, Some(d));
-        }
-        for d in s.queue.iter() {
-            put_delivery(&mut o, 0, 0, Some(d));
-        }
-        o.extend_from_slice(&(s.incoming_qos2.len() as u32).to_be_bytes());
-        for p in &s.incoming_qos2 {
-            o.extend_from_slice(&p.to_be_bytes());
-        }
-        o
-    }
-
-    struct Rd<'a>(&'a [u8]);
-
-    impl<'a> Rd<'a> {
-        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-            if self.0.len() < n {
-                return None;
-            }
-            let (a, b) = self.0.split_at(n);
-            self.0 = b;
-            Some(a)
-        }
-        fn u8(&mut self) -> Option<u8> {
-            Some(self.take(1)?[0])
-        }
-        fn u16(&mut self) -> Option<u16> {
-            Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
-        }
-        fn u32(&mut self) -> Option<u32> {
-            Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-        }
-        fn bytes(&mut self) -> Option<&'a [u8]> {
-            let n = self.u32()? as usize;
-            self.take(n)
-        }
-    }
-
-    pub(super) fn decode(b: &[u8]) -> Option<Session> {
-        let mut r = Rd(b);
-        if r.u8()? != VERSION {
-            return None;
-        }
-        let username = match r.u8()? {
-            0 => None,
-            _ => Some(Arc::from(std::str::from_utf8(r.bytes()?).ok()?)),
-        };
-        let mut s = Session::new(username);
-        s.expiry = r.u32()?;
-        s.max_inflight = (r.u32()? as usize).max(1);
-        s.next_pkid = r.u16()?;
-        for _ in 0..r.u32()? {
-            let filter = std::str::from_utf8(r.bytes()?).ok()?.to_string();
-            let (qos, flags, retain_handling) = (r.u8()?, r.u8()?, r.u8()?);
-            s.subscriptions.insert(
-                filter,
-                SubOptions {
-                    qos: qos.min(2),
-                    no_local: flags & 1 != 0,
-                    retain_as_published: flags & 2 != 0,
-                    retain_handling,
-                },
-            );
-        }
-        for _ in 0..r.u32()? {
-            let kind = r.u8()?;
-            let pkid = r.u16()?;
-            if kind == 2 {
-                s.inflight.insert(pkid, Inflight::Released);
-                continue;
-            }
-            let qos = r.u8()?.min(2);
-            let flags = r.u8()?;
-            let topic = r.bytes()?;
-            std::str::from_utf8(topic).ok()?;
-            let d = Delivery {
-                msg: Arc::new(Message {
-                    topic: Bytes::copy_from_slice(topic),
-                    payload: Bytes::copy_from_slice(r.bytes()?),
-                    qos: (flags >> 1).min(2),
-                    retain: flags & 1 != 0,
-                    properties: None,
-                    origin: None,
-                    expires_at: None,
-                }),
-                qos,
-                retain: flags & 1 != 0,
-            };
-            match kind {
-                1 => {
-                    s.inflight.insert(pkid, Inflight::Sent(d));
-                }
-                3 => s.retained_backlog.push_back(d),
-                _ => s.queue.push_back(d),
-            }
-        }
-        for _ in 0..r.u32()? {
-            s.incoming_qos2.insert(r.u16()?);
-        }
-        Some(s)
     }
 }

@@ -8,25 +8,26 @@
 //!  ─► wait until ready ─► CSR with a fresh key ─► download the chain
 //! ```
 //!
-//! Issuing is network work that can take minutes: it runs in the background tasks of
-//! the [`Manager`](super::Manager), never inside a reload. The account key stays in
-//! the state directory (`acme/accounts/<id>/account.json`, owner-only) and is reused
-//! for every Certificate of the same server, email and EAB key id.
+//! Issuing is network work that can take minutes: it runs in a background task per
+//! Certificate ([`super::renewal`]), never inside a reload or a reconcile. What lasts
+//! is kept by an [`AcmeStore`]: the issued pair, and the account key, reused for every
+//! Certificate of the same server, email and EAB key id. Standalone mode keeps both in
+//! the state directory (`acme/accounts/<id>/account.json`, owner-only); on a cluster
+//! they are Secrets. HTTP-01 answers are served by the store's [`Http01Host`].
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use futures_util::future::BoxFuture;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
     HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use sha2::{Digest, Sha256};
 
-use super::{write_private, CertError, Secrets};
+use super::http01::{Answer, Http01Host};
+use super::{CertError, Secrets, Stored};
 use crate::api::certificate::{AcmeIssuer, Dns01Solver, Http01Solver, KeyAlgorithm};
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
@@ -44,15 +45,13 @@ pub struct AcmeJob {
     pub algorithm: KeyAlgorithm,
     /// The Secret values the issuer refers to (EAB key, CA bundle, DNS credentials).
     pub secrets: Secrets,
-    /// The state directory (accounts are kept under `acme/accounts/`).
-    pub state: PathBuf,
     /// Renew this long before expiry (default: a third of the lifetime).
     pub renew_before: Option<Duration>,
 }
 
 impl AcmeJob {
     /// The job of an `acme` Certificate, or `None` for other issuers.
-    pub fn of(cert: &Certificate, secrets: Secrets, state: &Path) -> Option<AcmeJob> {
+    pub fn of(cert: &Certificate, secrets: Secrets) -> Option<AcmeJob> {
         let issuer = cert.spec.issuer.acme.clone()?;
         let mut dns_names = cert.spec.dns_names.clone();
         // The common name must be one of the names; put it first when set.
@@ -71,7 +70,6 @@ impl AcmeJob {
             dns_names,
             algorithm: cert.spec.private_key.algorithm,
             secrets,
-            state: state.to_path_buf(),
             renew_before: cert
                 .spec
                 .renew_before
@@ -90,6 +88,29 @@ impl AcmeJob {
             self.algorithm
         )
     }
+}
+
+/// Where an ACME issuer keeps what lasts, and how it answers HTTP-01: the state
+/// directory and this process standalone, Secrets and a solver Pod on a cluster.
+pub trait AcmeStore: Send + Sync {
+    /// The stored pair and the request it answers, if any.
+    fn stored(&self) -> BoxFuture<'_, Option<Stored>>;
+    /// Stores a new pair with its CA chain and the request it answers.
+    fn store<'a>(
+        &'a self,
+        issued: &'a Issued,
+        request: &'a str,
+    ) -> BoxFuture<'a, Result<(), CertError>>;
+    /// The stored credentials (JSON) of account `id` ([`account_id`]).
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<Vec<u8>>>;
+    /// Stores the credentials of account `id`.
+    fn save_account<'a>(
+        &'a self,
+        id: &'a str,
+        json: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), CertError>>;
+    /// A host for the HTTP-01 answers of one order.
+    fn http01(&self, solver: &Http01Solver) -> Box<dyn Http01Host>;
 }
 
 /// The Secret values the issuer refers to (every `{name, key}` reference in its
@@ -224,8 +245,8 @@ impl HttpClient for Patient {
     }
 }
 
-/// Where the account of this server, email and EAB key id is kept.
-fn account_path(job: &AcmeJob) -> PathBuf {
+/// The id of the account of this server, email and EAB key id: 16 hex digits.
+pub fn account_id(job: &AcmeJob) -> String {
     let id = Sha256::digest(
         format!(
             "{}\n{}\n{}",
@@ -239,16 +260,11 @@ fn account_path(job: &AcmeJob) -> PathBuf {
         )
         .as_bytes(),
     );
-    let id: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
-    job.state
-        .join("acme")
-        .join("accounts")
-        .join(id)
-        .join("account.json")
+    id[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Registers a new account (agreeing to the server's terms) and stores its key.
-async fn create_account(job: &AcmeJob) -> Result<Account, CertError> {
+async fn create_account(job: &AcmeJob, store: &dyn AcmeStore) -> Result<Account, CertError> {
     let contact = job.issuer.email.as_ref().map(|e| format!("mailto:{e}"));
     let contact: Vec<&str> = contact.iter().map(|s| s.as_str()).collect();
     let eab = match &job.issuer.external_account_binding {
@@ -281,15 +297,15 @@ async fn create_account(job: &AcmeJob) -> Result<Account, CertError> {
         .await
         .map_err(acme_err(job, "account registration"))?;
     let json = serde_json::to_vec(&credentials).map_err(|e| CertError::Acme(e.to_string()))?;
-    write_private(&account_path(job), &json)?;
+    store.save_account(&account_id(job), &json).await?;
     tracing::info!(certificate = %job.certificate, account = %account.id(), "ACME account registered");
     Ok(account)
 }
 
 /// The stored account, or a new one.
-async fn account(job: &AcmeJob, fresh: bool) -> Result<Account, CertError> {
+async fn account(job: &AcmeJob, store: &dyn AcmeStore, fresh: bool) -> Result<Account, CertError> {
     if !fresh {
-        if let Ok(json) = std::fs::read(account_path(job)) {
+        if let Some(json) = store.account(&account_id(job)).await {
             if let Ok(creds) = serde_json::from_slice::<AccountCredentials>(&json) {
                 return Account::builder_with_http(http_client(job)?)
                     .from_credentials(creds)
@@ -298,95 +314,7 @@ async fn account(job: &AcmeJob, fresh: bool) -> Result<Account, CertError> {
             }
         }
     }
-    create_account(job).await
-}
-
-/// One HTTP-01 challenge server per port at a time: issuances that use it take turns.
-static HTTP01_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Serves `/.well-known/acme-challenge/<token>` while a challenge is pending; stops
-/// when dropped.
-struct Http01Server {
-    tokens: Arc<Mutex<HashMap<String, String>>>,
-    task: tokio::task::JoinHandle<()>,
-    addr: SocketAddr,
-}
-
-impl Http01Server {
-    async fn start(solver: &Http01Solver) -> Result<Http01Server, CertError> {
-        let port = solver.port.unwrap_or(80);
-        let ips: Vec<IpAddr> = match &solver.bind_address {
-            Some(a) => vec![a.parse().map_err(|_| {
-                CertError::Invalid(format!("http01 bindAddress `{a}` is not an IP address"))
-            })?],
-            None => vec![
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            ],
-        };
-        let mut last = None;
-        let mut listener = None;
-        for ip in ips {
-            match tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await {
-                Ok(l) => {
-                    listener = Some(l);
-                    break;
-                }
-                Err(e) => last = Some((ip, e)),
-            }
-        }
-        let listener = match (listener, last) {
-            (Some(l), _) => l,
-            (None, Some((ip, e))) => {
-                return Err(CertError::Acme(format!(
-                    "HTTP-01 challenge server on {}: {e}",
-                    SocketAddr::new(ip, port)
-                )))
-            }
-            (None, None) => unreachable!("at least one address is tried"),
-        };
-        let addr = listener.local_addr().map_err(|e| CertError::Io {
-            path: "HTTP-01 listener".into(),
-            source: e,
-        })?;
-        let tokens: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let served = tokens.clone();
-        let app = axum::Router::new().route(
-            "/.well-known/acme-challenge/{token}",
-            axum::routing::get(
-                move |axum::extract::Path(token): axum::extract::Path<String>| {
-                    let served = served.clone();
-                    async move {
-                        let answer = served.lock().ok().and_then(|t| t.get(&token).cloned());
-                        match answer {
-                            Some(a) => Ok(a),
-                            None => Err(axum::http::StatusCode::NOT_FOUND),
-                        }
-                    }
-                },
-            ),
-        );
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "HTTP-01 challenge server stopped");
-            }
-        });
-        tracing::info!(%addr, "HTTP-01 challenge server listening");
-        Ok(Http01Server { tokens, task, addr })
-    }
-
-    fn answer(&self, token: &str, key_authorization: &str) {
-        if let Ok(mut t) = self.tokens.lock() {
-            t.insert(token.to_string(), key_authorization.to_string());
-        }
-    }
-}
-
-impl Drop for Http01Server {
-    fn drop(&mut self) {
-        self.task.abort();
-        tracing::info!(addr = %self.addr, "HTTP-01 challenge server stopped");
-    }
+    create_account(job, store).await
 }
 
 /// DNS-01: sets the TXT record `_acme-challenge.<domain>` to `value` through the
@@ -418,7 +346,7 @@ async fn cleanup_dns01(
 }
 
 /// Issues a certificate: one complete order against the ACME server.
-pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
+pub async fn issue(job: &AcmeJob, store: &dyn AcmeStore) -> Result<Issued, CertError> {
     let solver = &job.issuer.solver;
     if job.dns_names.is_empty() {
         return Err(CertError::Invalid(
@@ -431,7 +359,7 @@ pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
         .iter()
         .map(|n| Identifier::Dns(n.clone()))
         .collect();
-    let mut acct = account(job, false).await?;
+    let mut acct = account(job, store, false).await?;
     let mut order = match acct.new_order(&NewOrder::new(&ids)).await {
         Err(instant_acme::Error::Api(p))
             if p.r#type
@@ -439,7 +367,7 @@ pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
                 .is_some_and(|t| t.ends_with("accountDoesNotExist")) =>
         {
             tracing::warn!(certificate = %job.certificate, "the ACME server no longer knows the stored account; registering a new one");
-            acct = account(job, true).await?;
+            acct = account(job, store, true).await?;
             acct.new_order(&NewOrder::new(&ids))
                 .await
                 .map_err(acme_err(job, "new order"))?
@@ -448,12 +376,7 @@ pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
     };
 
     // Answer every pending authorization.
-    let _turn;
-    let mut http01 = None;
-    if let Some(h) = &solver.http01 {
-        _turn = HTTP01_TURN.lock().await;
-        http01 = Some(Http01Server::start(h).await?);
-    }
+    let http01 = solver.http01.as_ref().map(|h| store.http01(h));
     let mut dns_records: Vec<(String, String)> = Vec::new();
     let mut result: Result<(), CertError> = Ok(());
     {
@@ -490,8 +413,16 @@ pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
                 break;
             };
             let ka = challenge.key_authorization();
-            if let Some(server) = &http01 {
-                server.answer(&challenge.token, ka.as_str());
+            if let Some(host) = &http01 {
+                let answer = Answer {
+                    domain: domain.clone(),
+                    token: challenge.token.clone(),
+                    key_authorization: ka.as_str().to_string(),
+                };
+                if let Err(e) = host.present(&answer).await {
+                    result = Err(e);
+                    break;
+                }
             } else if let Some(d) = &solver.dns01 {
                 let value = ka.dns_value();
                 if let Err(e) = present_dns01(d, &job.secrets, &domain, &value).await {
@@ -513,7 +444,9 @@ pub async fn issue(job: &AcmeJob) -> Result<Issued, CertError> {
         Ok(()) => finish(&mut order, job, &key).await,
         Err(e) => Err(e),
     };
-    drop(http01);
+    if let Some(host) = &http01 {
+        host.cleanup().await;
+    }
     if let Some(d) = &solver.dns01 {
         for (domain, value) in &dns_records {
             if let Err(e) = cleanup_dns01(d, &job.secrets, domain, value).await {
@@ -635,7 +568,7 @@ mod tests {
         ] {
             all.0.insert((n.into(), k.into()), b"v".to_vec());
         }
-        let job = AcmeJob::of(&cert, all, Path::new("/state")).unwrap();
+        let job = AcmeJob::of(&cert, all).unwrap();
         let kept: Vec<_> = job.secrets.0.keys().cloned().collect();
         assert_eq!(
             kept,

@@ -20,7 +20,10 @@ pub mod awsiot_jobs;
 pub mod ca;
 pub mod dns01;
 pub mod fleet;
+pub mod http01;
 pub mod manager;
+pub mod renewal;
+pub mod report;
 pub mod selfsigned;
 
 pub use manager::Manager;

@@ -49,20 +49,28 @@ pub fn stored(secret: &Secret) -> Option<Stored> {
 
 /// The Secret holding `issued` for `cert`.
 pub fn secret_for(cert: &Certificate, issued: &Issued) -> Secret {
+    tls_secret(cert, &issued.material, &issued.ca_pem, &issued.request)
+}
+
+/// The `kubernetes.io/tls` Secret of `cert` holding `material`, its CA chain and the
+/// request it answers; owned by the Certificate.
+pub fn tls_secret(
+    cert: &Certificate,
+    material: &TlsMaterial,
+    ca_pem: &str,
+    request: &str,
+) -> Secret {
     let owner = cert.controller_owner_ref(&());
     let mut data = BTreeMap::new();
     data.insert(
         "tls.crt".to_string(),
-        ByteString(issued.material.cert_pem.clone().into_bytes()),
+        ByteString(material.cert_pem.clone().into_bytes()),
     );
     data.insert(
         "tls.key".to_string(),
-        ByteString(issued.material.key_pem.clone().into_bytes()),
+        ByteString(material.key_pem.clone().into_bytes()),
     );
-    data.insert(
-        "ca.crt".to_string(),
-        ByteString(issued.ca_pem.clone().into_bytes()),
-    );
+    data.insert("ca.crt".to_string(), ByteString(ca_pem.as_bytes().to_vec()));
     Secret {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some(cert.secret_name()),
@@ -76,7 +84,7 @@ pub fn secret_for(cert: &Certificate, issued: &Issued) -> Secret {
             ])),
             annotations: Some(BTreeMap::from([(
                 REQUEST_ANNOTATION.to_string(),
-                issued.request.clone(),
+                request.to_string(),
             )])),
             owner_references: owner.map(|o| vec![o]),
             ..Default::default()
@@ -132,26 +140,6 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         ctx.write_status(cert.as_ref(), status).await?;
         return Ok(Action::requeue(Duration::from_secs(600)));
     }
-    let issuer = &cert.spec.issuer;
-    if issuer.acme.is_some() || issuer.aws_iot.is_some() {
-        let which = if issuer.acme.is_some() {
-            "acme"
-        } else {
-            "awsIot"
-        };
-        let message = format!(
-            "the {which} issuer runs in `edgemq run` only for now; on a cluster, serve a Secret made elsewhere (for example by cert-manager) with a listener's tls.secretRef"
-        );
-        let status = controller_status(
-            current.as_ref(),
-            cert.meta().generation,
-            (false, "IssuerNotSupported", message),
-            Default::default(),
-            &stamp,
-        );
-        ctx.write_status(cert.as_ref(), status).await?;
-        return Ok(Action::requeue(Duration::from_secs(3600)));
-    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = cert.secret_name();
     let existing = api.get_opt(&secret_name).await?;
@@ -168,6 +156,23 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
             ctx.write_status(cert.as_ref(), status).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
+    }
+    let issuer = &cert.spec.issuer;
+    if issuer.acme.is_some() {
+        let secrets = certs::Secrets(res.secret_values(&ns));
+        return super::acme::reconcile(&cert, &ctx, secrets, existing.as_ref()).await;
+    }
+    if issuer.aws_iot.is_some() {
+        let message = "the awsIot issuer runs in `edgemq run` only for now; on a cluster, serve a Secret made elsewhere with a listener's tls.secretRef".to_string();
+        let status = controller_status(
+            current.as_ref(),
+            cert.meta().generation,
+            (false, "IssuerNotSupported", message),
+            Default::default(),
+            &stamp,
+        );
+        ctx.write_status(cert.as_ref(), status).await?;
+        return Ok(Action::requeue(Duration::from_secs(3600)));
     }
     let previous = existing.as_ref().and_then(stored);
     let result = if issuer.self_signed.is_some() {

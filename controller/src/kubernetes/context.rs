@@ -22,7 +22,7 @@ use crate::api::{Bridge, Broker, Certificate, MqttUser};
 use std::sync::Arc;
 
 /// Ready=False reasons that only say work is under way (Events of type Normal).
-const PROGRESS_REASONS: &[&str] = &["PodNotReady", "Applying", "Pending"];
+const PROGRESS_REASONS: &[&str] = &["PodNotReady", "Applying", "Pending", "Issuing", "Renewing"];
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -41,6 +41,8 @@ pub struct Context {
     /// The last index and validation of each namespace, by fingerprint: reconciles of
     /// a namespace where nothing changed share one.
     pub(super) views: Mutex<HashMap<String, (u64, Arc<View>)>>,
+    /// The background ACME issuers.
+    pub(super) acme: super::acme::Issuers,
 }
 
 /// The watched objects.

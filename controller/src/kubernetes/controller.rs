@@ -398,6 +398,7 @@ pub async fn run(
             instance: Some(identity),
         },
     );
+    let (acme_wake, acme_woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
@@ -406,6 +407,7 @@ pub async fn run(
         stores: stores.clone(),
         applied: Mutex::new(HashMap::new()),
         views: Mutex::new(HashMap::new()),
+        acme: super::acme::Issuers::new(acme_wake),
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=edgemq");
 
@@ -483,6 +485,11 @@ pub async fn run(
         watcher::Config::default(),
     )
     .owns(api_for::<Secret>(&client, ns), watcher::Config::default())
+    // ACME tasks say when they stored a pair or failed.
+    .reconcile_on(futures_util::stream::unfold(
+        acme_woken,
+        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+    ))
     .with_config(controller_config())
     .shutdown_on_signal()
     .run(super::certificates::reconcile, error_policy, ctx.clone())

@@ -13,6 +13,7 @@
 //!  status + Events; Certificates into Secrets
 //! ```
 
+pub mod acme;
 pub mod bundle;
 pub mod certificates;
 pub mod context;

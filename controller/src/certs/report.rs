@@ -1,0 +1,174 @@
+//! What a Certificate's status says, the same in both modes: ready, reason, message
+//! and the details (validity, serial, and how the background issuer is doing).
+
+use super::renewal::Progress;
+use super::CertInfo;
+use crate::broker::TlsMaterial;
+
+/// Ready, reason, message and details of a Certificate's status.
+pub fn certificate_status(
+    result: Option<&Result<(TlsMaterial, CertInfo), String>>,
+    progress: Option<&Progress>,
+    now: time::OffsetDateTime,
+) -> (bool, &'static str, String, serde_json::Value) {
+    let failing = progress.filter(|p| p.failures > 0);
+    let details = |info: Option<&CertInfo>| {
+        let mut v = serde_json::to_value(info).unwrap_or_default();
+        if let (Some(p), serde_json::Value::Object(m)) = (progress, &mut v) {
+            if let Ok(serde_json::Value::Object(pm)) = serde_json::to_value(p) {
+                m.extend(pm);
+            }
+        }
+        if info.is_none() {
+            v = serde_json::to_value(progress).unwrap_or_default();
+        }
+        v
+    };
+    match result {
+        Some(Ok((_, info))) if info.expires_in_seconds <= 0 => (
+            false,
+            "Expired",
+            format!(
+                "expired at {}{}",
+                info.not_after,
+                failing
+                    .and_then(|p| p.last_failure.as_deref())
+                    .map(|f| format!("; renewal failing: {f}"))
+                    .unwrap_or_default()
+            ),
+            details(Some(info)),
+        ),
+        Some(Ok((_, info))) => match failing {
+            Some(p) if info.due(now) => (
+                true,
+                "RenewalFailing",
+                format!(
+                    "renewal failing ({} attempt(s)), the current certificate expires at {} and keeps serving: {}",
+                    p.failures,
+                    info.not_after,
+                    p.last_failure.as_deref().unwrap_or("")
+                ),
+                details(Some(info)),
+            ),
+            Some(p) => (
+                true,
+                "ReissueFailing",
+                format!(
+                    "a new certificate could not be issued, the current one (valid until {}) keeps serving: {}",
+                    info.not_after,
+                    p.last_failure.as_deref().unwrap_or("")
+                ),
+                details(Some(info)),
+            ),
+            None if progress.is_some_and(|p| p.issuing) => (
+                true,
+                "Renewing",
+                format!(
+                    "valid until {}; a new certificate is being requested",
+                    info.not_after
+                ),
+                details(Some(info)),
+            ),
+            None => (
+                true,
+                "Issued",
+                format!("valid until {}", info.not_after),
+                details(Some(info)),
+            ),
+        },
+        Some(Err(e)) => (
+            false,
+            if progress.is_some() && failing.is_none() {
+                "Issuing"
+            } else {
+                "IssueFailed"
+            },
+            e.clone(),
+            details(None),
+        ),
+        None => (
+            false,
+            "NotIssued",
+            "this issuer is not handled by standalone mode yet".to_string(),
+            serde_json::Value::Null,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::rfc3339;
+
+    fn info(now: time::OffsetDateTime, renew_in: i64, expire_in: i64) -> CertInfo {
+        CertInfo {
+            not_before: rfc3339(now - time::Duration::hours(1)),
+            not_after: rfc3339(now + time::Duration::seconds(expire_in)),
+            serial: "0a".into(),
+            renewal_time: rfc3339(now + time::Duration::seconds(renew_in)),
+            expires_in_seconds: expire_in,
+            aws_iot: None,
+        }
+    }
+
+    fn pair(i: CertInfo) -> Result<(TlsMaterial, CertInfo), String> {
+        Ok((
+            TlsMaterial {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+            i,
+        ))
+    }
+
+    fn failing(n: u32) -> Progress {
+        Progress {
+            failures: n,
+            last_failure: Some("ACME: server down".into()),
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn certificate_status_says_where_issuance_stands() {
+        let now = time::OffsetDateTime::now_utc();
+        let reason = |r: &Result<(TlsMaterial, CertInfo), String>, p: Option<Progress>| {
+            let (ready, reason, message, details) = certificate_status(Some(r), p.as_ref(), now);
+            (ready, reason, message, details)
+        };
+        let good = pair(info(now, 3600, 7200));
+        assert_eq!(reason(&good, None).1, "Issued");
+        let issuing = Progress {
+            issuing: true,
+            ..Progress::default()
+        };
+        assert_eq!(reason(&good, Some(issuing.clone())).1, "Renewing");
+        let (ready, r, m, d) = reason(&good, Some(failing(2)));
+        assert!(ready);
+        assert_eq!(r, "ReissueFailing");
+        assert!(m.contains("ACME: server down"), "{m}");
+        assert_eq!(d["failures"], 2);
+        assert_eq!(d["serial"], "0a");
+
+        let due = pair(info(now, -60, 600));
+        let (ready, r, m, _) = reason(&due, Some(failing(3)));
+        assert!(ready, "the current certificate still serves");
+        assert_eq!(r, "RenewalFailing");
+        assert!(
+            m.contains("3 attempt(s)") && m.contains("server down"),
+            "{m}"
+        );
+
+        let expired = pair(info(now, -600, -1));
+        let (ready, r, _, _) = reason(&expired, Some(failing(9)));
+        assert!(!ready);
+        assert_eq!(r, "Expired");
+
+        let none: Result<(TlsMaterial, CertInfo), String> = Err("being issued".into());
+        assert_eq!(reason(&none, Some(issuing)).1, "Issuing");
+        let (ready, r, _, d) = reason(&none, Some(failing(1)));
+        assert!(!ready);
+        assert_eq!(r, "IssueFailed");
+        assert_eq!(d["lastFailure"], "ACME: server down");
+    }
+}
