@@ -152,7 +152,10 @@ def test_rbac_is_namespaced_for_listed_namespaces_and_cluster_wide_only_for_all(
     everything = render(helm)
     cluster_role = next(d for d in everything if d["kind"] == "ClusterRole")
     verbs = {v for r in cluster_role["rules"] for v in r["verbs"]}
-    assert "delete" not in verbs and "*" not in verbs, cluster_role["rules"]
+    assert "*" not in verbs, cluster_role["rules"]
+    # delete only for the ACME HTTP-01 solver objects
+    deletable = {res for r in cluster_role["rules"] if "delete" in r["verbs"] for res in r["resources"]}
+    assert deletable == {"pods", "services", "ingresses"}, cluster_role["rules"]
     assert all("*" not in r["resources"] for r in cluster_role["rules"]), cluster_role["rules"]
 
 

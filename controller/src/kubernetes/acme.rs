@@ -563,9 +563,11 @@ async fn http_get(addr: &str, host: &str, path: &str) -> Result<String, String> 
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: edgemq\r\n\r\n").as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        s.write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: edgemq\r\n\r\n").as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
         Ok::<_, String>(String::from_utf8_lossy(&out).into_owned())
