@@ -71,6 +71,12 @@ def test_the_bridge_examples_are_valid_with_their_secrets_folder():
     assert r.returncode == 0, show(r)
 
 
+def test_the_fleet_example_is_valid_with_its_secrets_folder():
+    folder = support.REPO / "examples" / "fleet"
+    r = validate(folder, "--secrets", support.REPO / "examples" / "fleet-secrets")
+    assert r.returncode == 0, show(r)
+
+
 def test_a_complete_valid_folder_passes_silently_of_errors():
     r = validate(FIX / "good")
     assert r.returncode == 0, show(r)

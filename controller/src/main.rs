@@ -144,6 +144,45 @@ enum Command {
         #[arg(long, env = "EDGEMQ_STATE", default_value = ".edgemq-state")]
         state: PathBuf,
     },
+    /// AWS IoT helpers for administrators.
+    #[command(subcommand)]
+    Aws(AwsCommand),
+}
+
+#[derive(Subcommand)]
+enum AwsCommand {
+    /// Render what an administrator creates once for fleet provisioning by claim, from a
+    /// folder's `fleetProvisioning` Certificate and the Bridges presenting it: the
+    /// provisioning template, the claim policy and the device policy (JSON).
+    FleetTemplate {
+        /// Folder of manifests.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Extra folder of Secret manifests.
+        #[arg(long)]
+        secrets: Option<PathBuf>,
+        /// The Certificate (`name` or `namespace/name`); default: the only
+        /// `fleetProvisioning` one.
+        #[arg(long)]
+        certificate: Option<String>,
+        /// AWS region of the account.
+        #[arg(long)]
+        region: String,
+        /// AWS account id.
+        #[arg(long)]
+        account: String,
+        /// The template parameter that names the thing; default: `SerialNumber` when
+        /// sent, else the first parameter.
+        #[arg(long)]
+        thing_name_parameter: Option<String>,
+        /// Text put before the parameter's value in the thing name (`edge-`).
+        #[arg(long, default_value = "")]
+        thing_name_prefix: String,
+        /// Write template.json, claim-policy.json and device-policy.json here instead of
+        /// printing one JSON object.
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -248,6 +287,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Aws(AwsCommand::FleetTemplate {
+            config,
+            secrets,
+            certificate,
+            region,
+            account,
+            thing_name_parameter,
+            thing_name_prefix,
+            out,
+        }) => fleet_template(
+            &config,
+            secrets.as_deref(),
+            certificate.as_deref(),
+            &format!("arn:aws:iot:{region}:{account}"),
+            &edgemq::aws::fleet_template::ThingNaming {
+                parameter: thing_name_parameter,
+                prefix: thing_name_prefix,
+            },
+            out.as_deref(),
+        ),
         Command::Validate { dir, secrets } => {
             let errors = match edgemq::standalone::load_and_plan(&dir, secrets.as_deref()) {
                 Ok((res, bundles)) => {
@@ -417,4 +476,78 @@ fn render_mosquitto(
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `edgemq aws fleet-template`.
+fn fleet_template(
+    config: &std::path::Path,
+    secrets: Option<&std::path::Path>,
+    certificate: Option<&str>,
+    arn_prefix: &str,
+    naming: &edgemq::aws::fleet_template::ThingNaming,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use edgemq::aws::{fleet_template, policy};
+    let res = match edgemq::load::load(config, secrets) {
+        Ok(r) => r,
+        Err(errors) => {
+            for e in errors.iter() {
+                println!("{e}");
+            }
+            anyhow::bail!("{} is not valid", config.display());
+        }
+    };
+    let fleet: Vec<_> = res
+        .certificates()
+        .filter(|c| edgemq::certs::fleet::is_fleet(&c.object))
+        .collect();
+    let cert = match certificate {
+        Some(want) => {
+            let (ns, name) = want.split_once('/').unwrap_or(("default", want));
+            fleet
+                .iter()
+                .find(|c| c.meta.namespace == ns && c.meta.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no fleetProvisioning Certificate {want}"))?
+        }
+        None => match fleet.as_slice() {
+            [one] => one,
+            [] => anyhow::bail!("no Certificate uses awsIot.fleetProvisioning"),
+            _ => anyhow::bail!(
+                "several fleetProvisioning Certificates; choose one with --certificate"
+            ),
+        },
+    };
+    let bridges = policy::bridges_using(&cert.object, res.bridges().map(|b| &b.object));
+    let r = fleet_template::render(&cert.object, &bridges, arn_prefix, naming)
+        .map_err(|e| anyhow::anyhow!("Certificate {}: {e}", cert.meta.name))?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            for (file, v) in [
+                ("template.json", &r.template),
+                ("claim-policy.json", &r.claim_policy),
+                ("device-policy.json", &r.device_policy),
+            ] {
+                std::fs::write(dir.join(file), pretty(v))?;
+            }
+            println!(
+                "template {} and policies written to {}; name the device policy {}",
+                r.template_name,
+                dir.display(),
+                r.device_policy_name
+            );
+        }
+        None => print!(
+            "{}",
+            pretty(&serde_json::json!({
+                "templateName": r.template_name,
+                "templateBody": r.template,
+                "claimPolicy": r.claim_policy,
+                "devicePolicyName": r.device_policy_name,
+                "devicePolicy": r.device_policy,
+            }))
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }

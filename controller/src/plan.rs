@@ -405,7 +405,9 @@ pub fn plan_broker(res: &Resources, b: &Loaded<Broker>) -> Result<BrokerBundle, 
 
 /// The plan of one Bridge. Defaults: client id `<broker>-<bridge>`, or the thing name
 /// when the client certificate is an AWS IoT one (AWS IoT Core policies usually
-/// allow a thing to connect under its own name only); port 8883 for the AWS IoT
+/// allow a thing to connect under its own name only; for a `fleetProvisioning`
+/// certificate the thing name is known only once provisioned, so the plan leaves the id
+/// empty and the runtime fills it in); port 8883 for the AWS IoT
 /// endpoint, 443 when ALPN is offered (AWS IoT Core's MQTT over 443).
 fn plan_bridge(res: &Resources, br: &Loaded<Bridge>) -> BridgePlan {
     let spec = &br.object.spec;

@@ -151,6 +151,10 @@ impl Materials for FolderMaterials<'_, '_> {
         let cert = self.res.certificate(namespace, name)?;
         std::fs::read_to_string(certs::cert_dir(self.state, cert).join("endpoint")).ok()
     }
+    fn certificate_thing_name(&mut self, namespace: &str, name: &str) -> Option<String> {
+        let cert = self.res.certificate(namespace, name)?;
+        certs::fleet::thing_name(&certs::cert_dir(self.state, cert))
+    }
 }
 
 /// Name of the status file in the state directory, read by `edgemq status`.
@@ -430,10 +434,13 @@ impl Runtime {
                     self.metrics.certificate_expiration.remove(&label);
                 }
             }
+            let aws_failures = aws_states
+                .get(&(c.meta.namespace.clone(), c.meta.name.clone()))
+                .map(|st| st.failures);
             self.metrics
                 .certificate_renewal_failures
                 .get_or_create(&label)
-                .set(progress.map(|p| p.failures as i64).unwrap_or(0));
+                .set(progress.map(|p| p.failures).or(aws_failures).unwrap_or(0) as i64);
             resources.push(status_of(
                 "Certificate",
                 &c.meta,
@@ -538,6 +545,9 @@ fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::
         .retry_in_seconds
         .map(|s| format!("; retrying in {s}s"))
         .unwrap_or_default();
+    if st.fleet {
+        return fleet_status(st, &retry);
+    }
     match (&st.issued, &st.error) {
         (Some(i), err) => {
             let a = i.info.aws_iot.clone().unwrap_or_default();
@@ -568,6 +578,50 @@ fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::
             false,
             "Issuing",
             "creating the AWS IoT certificate in the background".into(),
+            serde_json::Value::Null,
+        ),
+    }
+}
+
+/// Ready, reason, message and details of a `fleetProvisioning` Certificate:
+/// `Provisioned`, `Provisioning` (also while retrying after a network failure) or
+/// `Rejected` (AWS IoT's error code and message).
+fn fleet_status(st: &AwsIotState, retry: &str) -> (bool, &'static str, String, serde_json::Value) {
+    let attempts = |m: String| {
+        let mut v = serde_json::json!({ "failures": st.failures });
+        if let Some(s) = st.retry_in_seconds {
+            v["retryInSeconds"] = s.into();
+        }
+        (m, v)
+    };
+    match (&st.issued, &st.error) {
+        (Some(i), _) => {
+            let a = i.info.aws_iot.clone().unwrap_or_default();
+            (
+                true,
+                "Provisioned",
+                format!(
+                    "provisioned as thing {} with certificate {} (template {}); endpoint {}",
+                    a.thing_name,
+                    a.certificate_id,
+                    a.provisioning_template.unwrap_or_default(),
+                    a.endpoint
+                ),
+                serde_json::to_value(&i.info).unwrap_or_default(),
+            )
+        }
+        (None, Some(e)) if st.rejected => {
+            let (m, v) = attempts(format!("{e}{retry}"));
+            (false, "Rejected", m, v)
+        }
+        (None, Some(e)) => {
+            let (m, v) = attempts(format!("not provisioned yet: {e}{retry}"));
+            (false, "Provisioning", m, v)
+        }
+        (None, None) => (
+            false,
+            "Provisioning",
+            "provisioning the device with the claim certificate".into(),
             serde_json::Value::Null,
         ),
     }

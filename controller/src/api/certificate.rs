@@ -319,12 +319,15 @@ pub struct ExternalAccountBinding {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("!(has(self.importFrom) && has(self.keyOrigin) && self.keyOrigin == 'AWS')").message("importFrom takes the key from the secret; do not set keyOrigin: AWS"))]
+#[x_kube(validation = Rule::new("has(self.thingName) != has(self.fleetProvisioning)").message("set thingName, or fleetProvisioning (its template names the thing)"))]
 pub struct AwsIotIssuer {
     /// AWS region. Default: from the AWS configuration chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub region: Option<String>,
-    /// IoT thing the certificate is attached to (created when absent).
+    /// IoT thing the certificate is attached to (created when absent). Required unless
+    /// `fleetProvisioning` is set, where the provisioning template names the thing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1, max = 128))]
     pub thing_name: String,
     /// Thing type given to the thing when edgemq creates it; must exist.
@@ -378,7 +381,87 @@ pub struct AwsIotIssuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret_ref: Option<String>,
+    /// Fleet provisioning by claim: no AWS credentials on the machine. edgemq connects
+    /// to `dataEndpoint` with the fleet's claim certificate, exchanges it over MQTT for
+    /// the device's own certificate and thing (made by the provisioning template), and
+    /// never uses the claim again once the device has its identity. `dataEndpoint` is
+    /// required; `thingName`, `region`, `endpointUrl`, `importFrom` and `storeInSecret`
+    /// do not apply. `thingTypeName`, `thingGroupName` and `policyName` are only read by
+    /// `edgemq aws fleet-template`, which renders the template and policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_provisioning: Option<FleetProvisioning>,
 }
+
+/// AWS IoT fleet provisioning by claim.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FleetProvisioning {
+    /// Name of the provisioning template in AWS IoT.
+    #[schemars(length(min = 1, max = 36), regex(pattern = r"^[0-9A-Za-z_-]+$"))]
+    pub template_name: String,
+    /// The claim certificate every device of the fleet ships with.
+    pub claim: ClaimCertificate,
+    /// Values of the template's parameters, sent with the request (`SerialNumber`...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<TemplateParameter>,
+    /// PEM CA certificates the data endpoint's certificate is checked against, from a
+    /// Secret key; also written as the device certificate's `ca.crt`. Default: the
+    /// Amazon root CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Where the claim certificate and key are. Set exactly one field.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.certificateRef)").message("set exactly one of secretRef and certificateRef"))]
+pub struct ClaimCertificate {
+    /// `kubernetes.io/tls` Secret holding the claim certificate and key (`tls.crt`,
+    /// `tls.key`, PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_ref: Option<String>,
+    /// Another Certificate whose key pair is the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub certificate_ref: Option<String>,
+}
+
+/// One template parameter. Set exactly one of `value` and `valueFrom`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("set exactly one of value and valueFrom"))]
+pub struct TemplateParameter {
+    /// Parameter name, as the template declares it.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// A literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// A value read from the machine when provisioning starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ParameterSource>,
+}
+
+/// A value read from the machine. Set exactly one field.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.hostname) != has(self.file)").message("set exactly one of hostname and file"))]
+pub struct ParameterSource {
+    /// The machine's host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<HostnameSource>,
+    /// The contents of a file, surrounding whitespace removed (a serial number such as
+    /// `/sys/firmware/devicetree/base/serial-number` or `/etc/machine-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub file: Option<String>,
+}
+
+/// The host name; no settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostnameSource {}
 
 /// Where an AWS IoT certificate's private key is made.
 #[derive(
@@ -477,6 +560,10 @@ pub struct AwsIotCertificateStatus {
     /// The generated policy document (JSON), when edgemq generated the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_document: Option<String>,
+    /// The provisioning template that made the thing and certificate, for
+    /// `fleetProvisioning` (then the ARN and policy are the template's, not shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_template: Option<String>,
 }
 
 impl Certificate {

@@ -2,6 +2,7 @@
 //! credential chain, and errors that name the service, the operation and AWS's error
 //! code. The least-privilege policy generator (`policy`) is pure.
 
+pub mod fleet_template;
 pub mod policy;
 
 use std::time::Duration;

@@ -131,6 +131,7 @@ impl Record {
             endpoint: self.endpoint.clone(),
             policy_name: self.policy_name.clone(),
             policy_document: self.policy_document.clone(),
+            provisioning_template: None,
         }
     }
 }

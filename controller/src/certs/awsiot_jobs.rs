@@ -22,12 +22,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::awsiot::{self, Issued};
+use super::fleet;
 use crate::api::certificate::DeletionPolicy;
 use crate::api::Bridge;
 use crate::aws::policy;
 use crate::load::Resources;
 
 const MIN_BACKOFF: Duration = Duration::from_secs(30);
+/// First retry of a fleet provisioning: AWS IoT answers within seconds, and a device
+/// waiting for its identity should not wait long after the network comes back.
+const FLEET_MIN_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Longest one background attempt may take before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -43,6 +47,12 @@ pub struct AwsIotState {
     pub error: Option<String>,
     /// Seconds until the next attempt after a failure.
     pub retry_in_seconds: Option<u64>,
+    /// Provisioned by claim (`fleetProvisioning`).
+    pub fleet: bool,
+    /// The last attempt was rejected by AWS IoT (not a network failure).
+    pub rejected: bool,
+    /// Failed attempts since the last success.
+    pub failures: u32,
 }
 
 #[derive(Default)]
@@ -52,6 +62,7 @@ struct Job {
     error: Option<String>,
     failures: u32,
     retry_at: Option<Instant>,
+    rejected: bool,
 }
 
 impl Job {
@@ -60,6 +71,10 @@ impl Job {
     }
 
     fn finish(&mut self, result: Result<(), String>) {
+        self.finish_from(result, MIN_BACKOFF)
+    }
+
+    fn finish_from(&mut self, result: Result<(), String>, min_backoff: Duration) {
         self.running = false;
         match result {
             Ok(()) => {
@@ -70,7 +85,7 @@ impl Job {
             Err(e) => {
                 self.failures += 1;
                 let backoff =
-                    (MIN_BACKOFF * 2u32.saturating_pow(self.failures - 1)).min(MAX_BACKOFF);
+                    (min_backoff * 2u32.saturating_pow(self.failures - 1)).min(MAX_BACKOFF);
                 self.retry_at = Some(Instant::now() + backoff);
                 self.error = Some(e);
             }
@@ -121,6 +136,12 @@ impl AwsIotJobs {
             }
             let id = (c.meta.namespace.clone(), c.meta.name.clone());
             present.insert(id.clone());
+            if fleet::is_fleet(cert) {
+                let secrets = super::Secrets(res.secret_values(&c.meta.namespace));
+                let st = self.fleet(&mut inner, id.clone(), cert, secrets, now);
+                out.insert(id, st);
+                continue;
+            }
             let using = policy::bridges_using(cert, bridges.iter().copied());
             let key = serde_json::to_string(&(
                 &cert.spec,
@@ -268,6 +289,87 @@ impl AwsIotJobs {
             }
         }
         out
+    }
+
+    /// The state of a `fleetProvisioning` Certificate; provisioning starts in the
+    /// background while nothing is on disk, and is retried with backoff (5 s doubling
+    /// to 10 min), at once when the spec changes.
+    fn fleet(
+        &self,
+        inner: &mut Inner,
+        id: (String, String),
+        cert: &crate::api::Certificate,
+        secrets: super::Secrets,
+        now: time::OffsetDateTime,
+    ) -> AwsIotState {
+        let mut st = AwsIotState {
+            fleet: true,
+            ..AwsIotState::default()
+        };
+        let start = match fleet::cached(&self.state, cert, now) {
+            Ok(Some(i)) => {
+                st.issued = Some(i);
+                false
+            }
+            Ok(None) => true,
+            Err(e) => {
+                st.error = Some(e.to_string());
+                false
+            }
+        };
+        let key = serde_json::to_string(&cert.spec).unwrap_or_default();
+        let job = inner.issue.entry(id.clone()).or_default();
+        let at = Instant::now();
+        if start && job.may_start(&key, at) {
+            job.running = true;
+            job.key = key;
+            let jobs = self.clone();
+            let cert = cert.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let r = tokio::time::timeout(
+                    ATTEMPT_TIMEOUT,
+                    fleet::ensure(&jobs.state, &cert, &secrets),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(fleet::FleetError::Unreachable(format!(
+                        "provisioning did not finish within {}s",
+                        ATTEMPT_TIMEOUT.as_secs()
+                    )))
+                });
+                let rejected = matches!(r, Err(fleet::FleetError::Rejected { .. }));
+                let r = r.map(|_| ()).map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    tracing::error!(certificate = %id.1, error = %e, "device not provisioned; will retry");
+                }
+                let retry_at = {
+                    let mut inner = jobs.lock();
+                    let job = inner.issue.entry(id).or_default();
+                    job.finish_from(r, FLEET_MIN_BACKOFF);
+                    job.rejected = rejected;
+                    job.retry_at
+                };
+                let _ = jobs.wake.send(());
+                // Reloads come at least once a minute; the retry should not wait for one.
+                if let Some(at) = retry_at {
+                    tokio::time::sleep_until(at.into()).await;
+                    let _ = jobs.wake.send(());
+                }
+            });
+        }
+        let job = &inner.issue[&id];
+        st.working = job.running;
+        st.failures = job.failures;
+        if st.error.is_none() && st.issued.is_none() {
+            st.error = job.error.clone();
+            st.rejected = job.rejected && job.error.is_some();
+        }
+        st.retry_in_seconds = job
+            .retry_at
+            .filter(|_| job.error.is_some() && st.issued.is_none())
+            .map(|t| t.saturating_duration_since(at).as_secs());
+        st
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

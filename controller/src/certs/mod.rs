@@ -19,6 +19,7 @@ pub mod awsiot;
 pub mod awsiot_jobs;
 pub mod ca;
 pub mod dns01;
+pub mod fleet;
 pub mod http01;
 pub mod manager;
 pub mod renewal;
@@ -349,6 +350,13 @@ pub fn ensure(
         Err(CertError::Invalid(
             "ACME certificates are issued in the background".into(),
         ))
+    } else if fleet::is_fleet(cert) {
+        match fleet::cached(state, cert, now)? {
+            Some(i) => Ok((i.material, i.info)),
+            None => Err(CertError::Pending(
+                "the device is being provisioned in the background".into(),
+            )),
+        }
     } else if issuer.aws_iot.is_some() {
         // AWS calls run in the background (standalone: `awsiot_jobs`); here only what
         // is already on disk.

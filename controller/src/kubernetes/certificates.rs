@@ -142,6 +142,22 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::requeue(Duration::from_secs(600)));
     }
     let issuer = &cert.spec.issuer;
+    if issuer
+        .aws_iot
+        .as_ref()
+        .is_some_and(|a| a.fleet_provisioning.is_some())
+    {
+        let message = "fleet provisioning runs in `edgemq run` only for now: on a cluster, provision the device identity with the awsIot issuer (thingName) or serve a Secret made elsewhere with a Bridge's tls.clientSecretRef".to_string();
+        let status = controller_status(
+            current.as_ref(),
+            cert.meta().generation,
+            (false, "IssuerNotSupported", message),
+            Default::default(),
+            &stamp,
+        );
+        ctx.write_status(cert.as_ref(), status).await?;
+        return Ok(Action::await_change());
+    }
     if issuer.aws_iot.is_some() {
         return super::awsiot::reconcile(cert, ctx.clone()).await;
     }

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::api::certificate::{AcmeIssuer, AwsIotIssuer, CertificateSpec, Dns01Solver, KeyOrigin};
+use crate::api::certificate::{
+    AcmeIssuer, AwsIotIssuer, CertificateSpec, Dns01Solver, FleetProvisioning, KeyOrigin,
+};
 use crate::api::{AclRule, SecretKeyRef};
 use crate::auth::acl::valid_topic_filter;
 use crate::auth::passwd::PasswordHash;
@@ -911,7 +913,11 @@ impl Validator<'_> {
                     .all(|ch| ch.is_ascii_alphanumeric() || extra.contains(ch))
         };
         for (field, v, extra) in [
-            ("thingName", Some(&aws.thing_name), ":_-"),
+            (
+                "thingName",
+                Some(&aws.thing_name).filter(|t| !t.is_empty()),
+                ":_-",
+            ),
             ("thingTypeName", aws.thing_type_name.as_ref(), ":_-"),
             ("thingGroupName", aws.thing_group_name.as_ref(), ":_-"),
             ("policyName", aws.policy_name.as_ref(), "_+=,.@-"),
@@ -988,6 +994,136 @@ impl Validator<'_> {
                 &p("keyOrigin"),
                 "importFrom takes the key from the secret; do not set keyOrigin: AWS",
             );
+        }
+        match &aws.fleet_provisioning {
+            Some(fp) => self.fleet_provisioning(c, aws, fp),
+            None if aws.thing_name.is_empty() => self.err(
+                c,
+                &p("thingName"),
+                "set thingName, or fleetProvisioning (its template names the thing)",
+            ),
+            None => {}
+        }
+    }
+
+    /// `awsIot.fleetProvisioning`: what it needs (`dataEndpoint`, one claim, parameters
+    /// with one source each) and the `awsIot` fields that do not apply to it.
+    fn fleet_provisioning(&mut self, c: &ObjectRef, aws: &AwsIotIssuer, fp: &FleetProvisioning) {
+        let base = [Seg::Key("spec"), Seg::Key("issuer"), Seg::Key("awsIot")];
+        let at = |rest: &[Seg<'static>]| -> Vec<Seg<'static>> {
+            base.iter()
+                .copied()
+                .chain(std::iter::once(Seg::Key("fleetProvisioning")))
+                .chain(rest.iter().copied())
+                .collect()
+        };
+        let field = |f: &'static str| -> Vec<Seg<'static>> {
+            base.iter()
+                .copied()
+                .chain(std::iter::once(Seg::Key(f)))
+                .collect()
+        };
+        if !aws.thing_name.is_empty() {
+            self.err(
+                c,
+                &field("thingName"),
+                "set thingName, or fleetProvisioning (its template names the thing), not both",
+            );
+        }
+        if aws.data_endpoint.is_none() {
+            self.err(
+                c,
+                &field("dataEndpoint"),
+                "fleetProvisioning needs dataEndpoint, the account's iot:Data-ATS endpoint (`aws iot describe-endpoint --endpoint-type iot:Data-ATS`)",
+            );
+        }
+        for (name, set) in [
+            ("region", aws.region.is_some()),
+            ("endpointUrl", aws.endpoint_url.is_some()),
+            ("importFrom", aws.import_from.is_some()),
+            ("storeInSecret", aws.store_in_secret.is_some()),
+        ] {
+            if set {
+                self.err(
+                    c,
+                    &field(name),
+                    format!("{name} does not apply with fleetProvisioning (no AWS API is called)"),
+                );
+            }
+        }
+        let t = &fp.template_name;
+        self.len(c, &at(&[Seg::Key("templateName")]), t, 1, 36);
+        if !t
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_-".contains(ch))
+        {
+            self.err(
+                c,
+                &at(&[Seg::Key("templateName")]),
+                format!("templateName `{t}` may only hold letters, digits, `_` and `-`, as AWS IoT requires"),
+            );
+        }
+        match (&fp.claim.secret_ref, &fp.claim.certificate_ref) {
+            (Some(s), None) => {
+                self.tls_secret_ref(c, &at(&[Seg::Key("claim"), Seg::Key("secretRef")]), s)
+            }
+            (None, Some(name)) => {
+                let path = at(&[Seg::Key("claim"), Seg::Key("certificateRef")]);
+                if *name == c.name {
+                    self.err(
+                        c,
+                        &path,
+                        "the claim cannot be the Certificate it provisions",
+                    );
+                } else {
+                    self.certificate_ref(c, &path, name);
+                }
+            }
+            _ => self.err(
+                c,
+                &at(&[Seg::Key("claim")]),
+                "set exactly one of secretRef and certificateRef",
+            ),
+        }
+        if let Some(r) = &fp.ca_secret_ref {
+            self.secret_key_ref(c, &at(&[Seg::Key("caSecretRef")]), r);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, prm) in fp.parameters.iter().enumerate() {
+            let pp = |rest: &[Seg<'static>]| -> Vec<Seg<'static>> {
+                let mut v = at(&[Seg::Key("parameters"), Seg::Index(i)]);
+                v.extend_from_slice(rest);
+                v
+            };
+            self.len(c, &pp(&[Seg::Key("name")]), &prm.name, 1, 128);
+            if !seen.insert(prm.name.as_str()) {
+                self.err(
+                    c,
+                    &pp(&[Seg::Key("name")]),
+                    format!("parameter {} is given twice", prm.name),
+                );
+            }
+            match (&prm.value, &prm.value_from) {
+                (Some(_), None) => {}
+                (None, Some(from)) => match (&from.hostname, &from.file) {
+                    (Some(_), None) => {}
+                    (None, Some(f)) => {
+                        if !f.starts_with('/') {
+                            self.err(
+                                c,
+                                &pp(&[Seg::Key("valueFrom"), Seg::Key("file")]),
+                                format!("file `{f}` must be an absolute path"),
+                            );
+                        }
+                    }
+                    _ => self.err(
+                        c,
+                        &pp(&[Seg::Key("valueFrom")]),
+                        "set exactly one of hostname and file",
+                    ),
+                },
+                _ => self.err(c, &pp(&[]), "set exactly one of value and valueFrom"),
+            }
         }
     }
 

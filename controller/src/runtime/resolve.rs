@@ -25,6 +25,11 @@ pub trait Materials {
     /// The AWS IoT data endpoint (`host` or `host:port`) an `awsIot` Certificate's
     /// issuer recorded, when it has run.
     fn certificate_endpoint(&mut self, namespace: &str, name: &str) -> Option<String>;
+    /// The thing name an `awsIot` `fleetProvisioning` Certificate was provisioned as,
+    /// once it has been.
+    fn certificate_thing_name(&mut self, _namespace: &str, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The key pair in a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`).
@@ -152,8 +157,20 @@ pub fn resolve_bridge(plan: &BridgePlan, m: &mut impl Materials) -> Result<Resol
             })
         }
     };
+    // An empty client id: the thing name of a fleet-provisioned client certificate,
+    // known only once the device is provisioned.
+    let mut plan = plan.clone();
+    if plan.client_id.is_empty() {
+        if let Some(TlsSource::Certificate(name)) =
+            plan.tls.as_ref().and_then(|t| t.client.as_ref())
+        {
+            plan.client_id = m.certificate_thing_name(ns, name).ok_or_else(|| {
+                format!("Certificate {name} has no thing name yet (the device is not provisioned)")
+            })?;
+        }
+    }
     Ok(ResolvedBridge {
-        plan: plan.clone(),
+        plan,
         host,
         port,
         username,
