@@ -30,9 +30,8 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 
 use super::certificates::{stored, tls_secret};
-use super::context::{status_of, Context};
+use super::context::Context;
 use super::desired::{Settings, MANAGED_BY};
-use super::status::controller_status;
 use super::{Error, FIELD_MANAGER};
 use crate::api::certificate::Http01Solver;
 use crate::api::Certificate;
@@ -93,17 +92,13 @@ pub async fn reconcile(
     existing: Option<&Secret>,
 ) -> Result<Action, Error> {
     let now = time::OffsetDateTime::now_utc();
-    let stamp = certs::rfc3339(now);
-    let current = status_of(cert.as_ref());
     if let Some(message) = unsupported(cert) {
-        let status = controller_status(
-            current.as_ref(),
-            cert.meta().generation,
+        ctx.set_ready(
+            cert.as_ref(),
             (false, "IssuerNotSupported", message),
             Default::default(),
-            &stamp,
-        );
-        ctx.write_status(cert.as_ref(), status).await?;
+        )
+        .await?;
         return Ok(Action::await_change());
     }
     let job = AcmeJob::of(cert, secrets).expect("an acme Certificate");
@@ -150,14 +145,12 @@ pub async fn reconcile(
     if result.is_ok() {
         message.push_str(&format!("; stored in Secret {}", cert.secret_name()));
     }
-    let status = controller_status(
-        current.as_ref(),
-        cert.meta().generation,
+    ctx.set_ready(
+        cert.as_ref(),
         (ready, reason, message),
         status_fields(details),
-        &stamp,
-    );
-    ctx.write_status(cert.as_ref(), status).await?;
+    )
+    .await?;
     // The task wakes this reconcile when anything happens; this is a safety net.
     Ok(Action::requeue(Duration::from_secs(600)))
 }

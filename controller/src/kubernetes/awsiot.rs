@@ -30,6 +30,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
+use super::certificates::ours;
 use super::context::{status_of, Context};
 use super::status::controller_status;
 use super::{Error, FIELD_MANAGER};
@@ -221,16 +222,6 @@ pub fn secret_for(cert: &Certificate, m: &TlsMaterial, endpoint: Option<&str>) -
         data.insert(ENDPOINT_KEY.into(), ByteString(e.as_bytes().to_vec()));
     }
     secret
-}
-
-/// Whether `secret` may be written for `cert`: it is new, or already the Certificate's.
-fn ours(secret: &Secret, cert: &Certificate) -> bool {
-    let uid = cert.metadata.uid.as_deref();
-    secret
-        .owner_references()
-        .iter()
-        .any(|o| o.kind == "Certificate" && Some(o.uid.as_str()) == uid)
-        || secret.data.as_ref().is_none_or(|d| d.is_empty())
 }
 
 fn material_of(secret: &Secret) -> Option<TlsMaterial> {

@@ -96,7 +96,7 @@ pub fn tls_secret(
 }
 
 /// Whether `secret` may be written for `cert`: it is new, or already the Certificate's.
-fn ours(secret: &Secret, cert: &Certificate) -> bool {
+pub(super) fn ours(secret: &Secret, cert: &Certificate) -> bool {
     let uid = cert.metadata.uid.as_deref();
     secret
         .owner_references()
@@ -131,14 +131,12 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     let stamp = certs::rfc3339(now);
     if !own.is_empty() {
         let message = messages(&own);
-        let status = controller_status(
-            current.as_ref(),
-            cert.meta().generation,
+        ctx.set_ready(
+            cert.as_ref(),
             (false, "InvalidSpec", message),
             Default::default(),
-            &stamp,
-        );
-        ctx.write_status(cert.as_ref(), status).await?;
+        )
+        .await?;
         return Ok(Action::requeue(Duration::from_secs(600)));
     }
     let issuer = &cert.spec.issuer;
@@ -148,14 +146,12 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         .is_some_and(|a| a.fleet_provisioning.is_some())
     {
         let message = "fleet provisioning runs in `edgemq run` only for now: on a cluster, provision the device identity with the awsIot issuer (thingName) or serve a Secret made elsewhere with a Bridge's tls.clientSecretRef".to_string();
-        let status = controller_status(
-            current.as_ref(),
-            cert.meta().generation,
+        ctx.set_ready(
+            cert.as_ref(),
             (false, "IssuerNotSupported", message),
             Default::default(),
-            &stamp,
-        );
-        ctx.write_status(cert.as_ref(), status).await?;
+        )
+        .await?;
         return Ok(Action::await_change());
     }
     if issuer.aws_iot.is_some() {
@@ -167,14 +163,12 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     if let Some(s) = &existing {
         if !ours(s, &cert) {
             let message = format!("Secret {secret_name} exists and does not belong to this Certificate; choose another spec.secretName or delete the Secret");
-            let status = controller_status(
-                current.as_ref(),
-                cert.meta().generation,
+            ctx.set_ready(
+                cert.as_ref(),
                 (false, "SecretConflict", message),
                 Default::default(),
-                &stamp,
-            );
-            ctx.write_status(cert.as_ref(), status).await?;
+            )
+            .await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     }
@@ -200,14 +194,12 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
                 .and_then(|p| certs::cert_info(&p.material.cert_pem, None, now).ok());
             ctx.metrics
                 .certificate(&key, serving.as_ref().map(|i| i.not_after.as_str()), 1);
-            let status = controller_status(
-                current.as_ref(),
-                cert.meta().generation,
+            ctx.set_ready(
+                cert.as_ref(),
                 (false, "IssueFailed", e.to_string()),
                 Default::default(),
-                &stamp,
-            );
-            ctx.write_status(cert.as_ref(), status).await?;
+            )
+            .await?;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     };

@@ -211,6 +211,31 @@ impl Context {
         }
     }
 
+    /// Writes `obj`'s Ready condition (`ready`, reason, message) and `extra` status
+    /// fields, through [`Context::write_status`].
+    pub(super) async fn set_ready<K>(
+        &self,
+        obj: &K,
+        ready: (bool, &str, String),
+        extra: serde_json::Map<String, Value>,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let status = super::status::controller_status(
+            status_of(obj).as_ref(),
+            obj.meta().generation,
+            ready,
+            extra,
+            &now_rfc3339(),
+        );
+        self.write_status(obj, status).await
+    }
+
     /// Writes the controller's status fields of `obj` when they differ from what it
     /// shows, and an Event when Ready's reason changed.
     pub(super) async fn write_status<K>(&self, obj: &K, status: Value) -> Result<(), Error>
