@@ -603,7 +603,16 @@ pub async fn fill_sessions(
     let (mut sent, mut acked) = (0u64, 0u64);
     let mut pkid: u16 = 0;
     let mut buf = Vec::new();
-    while acked < messages {
+    loop {
+        // Count the PUBACKs read so far before filling the window again.
+        while let Some(pk) = rd.next()? {
+            if pk.kind == mqtt::PUBACK {
+                acked += 1;
+            }
+        }
+        if acked >= messages {
+            break;
+        }
         if Instant::now() >= deadline {
             bail!("filling the sessions: {acked} of {messages} acknowledged within {limit:?}");
         }
@@ -616,14 +625,6 @@ pub async fn fill_sessions(
         }
         if !buf.is_empty() {
             w.write_all(&buf).await?;
-        }
-        while let Some(pk) = rd.next()? {
-            if pk.kind == mqtt::PUBACK {
-                acked += 1;
-            }
-        }
-        if acked >= messages {
-            break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match timeout(left.min(Duration::from_secs(1)), rd.fill(&mut r)).await {
