@@ -79,6 +79,13 @@ pub struct Phase {
     /// Subscribers stop once nothing has arrived for this long after publishing ended.
     pub drain: Duration,
     pub record_latency: bool,
+    /// The pattern of real devices: every PUBLISH and every PUBACK in a write call of
+    /// its own; the publishers' QoS 1 window is `window` (1: each publish waits for
+    /// the PUBACK of the one before).
+    pub one_per_packet: bool,
+    /// Subscribers connect with clean session 0 (a persistent session the broker
+    /// keeps, and with persistence on, saves).
+    pub persistent_subscribers: bool,
 }
 
 /// Called once every client is connected and subscribed, right before publishing.
@@ -193,9 +200,10 @@ pub async fn run_phase(p: &Phase, tag: &str, on_start: StartHook<'_>) -> Result<
         let mut stop = stop_rx.clone();
         let (ut, lr) = (unique_total.clone(), last_rx.clone());
         let mut tally = Tally::new(p.publishers, p.record_latency, latency_cap);
+        let (one_per_packet, clean) = (p.one_per_packet, !p.persistent_subscribers);
         subs.spawn(async move {
             let setup = async {
-                let (mut sock, mut rd) = mqtt::connect(port, &id, deadline).await?;
+                let (mut sock, mut rd) = mqtt::connect_session(port, &id, deadline, clean).await?;
                 sock.write_all(&mqtt::subscribe_packet(&topic, qos)).await?;
                 loop {
                     if let Some(pk) = rd.next()? {
@@ -246,12 +254,19 @@ pub async fn run_phase(p: &Phase, tag: &str, on_start: StartHook<'_>) -> Result<
                         }
                     }
                 }
-                if !acks.is_empty() {
-                    if sock.write_all(&acks).await.is_err() {
+                // A PUBACK is 4 bytes: one write call each, or all of them in one.
+                let chunk = if one_per_packet { 4 } else { acks.len().max(1) };
+                let mut failed = false;
+                for part in acks.chunks(chunk) {
+                    if sock.write_all(part).await.is_err() {
+                        failed = true;
                         break;
                     }
-                    acks.clear();
                 }
+                if failed {
+                    break;
+                }
+                acks.clear();
                 tokio::select! {
                     r = rd.fill(&mut sock) => match r {
                         Ok(true) => {}
@@ -296,9 +311,11 @@ pub async fn run_phase(p: &Phase, tag: &str, on_start: StartHook<'_>) -> Result<
     let mut pubs = JoinSet::new();
     for (i, (sock, rd)) in conns.into_iter().enumerate() {
         let topic = topic.clone();
-        let (n, mode, window) = (p.per_publisher, p.mode, p.window.max(1));
+        let (n, mode) = (p.per_publisher, p.mode);
+        let window = p.window.max(1);
+        let batch = if p.one_per_packet { 1 } else { BATCH };
         pubs.spawn(publisher(
-            i as u32, sock, rd, topic, qos, n, mode, window, deadline,
+            i as u32, sock, rd, topic, qos, n, mode, window, batch, deadline,
         ));
     }
     let mut published = 0u64;
@@ -361,7 +378,8 @@ pub async fn run_phase(p: &Phase, tag: &str, on_start: StartHook<'_>) -> Result<
 const BATCH: u64 = 64;
 
 /// One publisher. Returns how many messages reached the broker: written (QoS 0) or
-/// acknowledged (QoS 1). At QoS 1 at most `window` messages are unacknowledged.
+/// acknowledged (QoS 1). At QoS 1 at most `window` messages are unacknowledged; at
+/// most `batch` messages go in one write call.
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
     id: u32,
@@ -372,6 +390,7 @@ async fn publisher(
     n: u64,
     mode: Mode,
     window: u16,
+    batch: u64,
     deadline: Instant,
 ) -> Result<u64> {
     let (mut r, mut w) = sock.into_split();
@@ -409,12 +428,12 @@ async fn publisher(
     });
 
     let t0 = Instant::now();
-    let mut buf = Vec::with_capacity(BATCH as usize * (PAYLOAD + 64));
+    let mut buf = Vec::with_capacity(batch as usize * (PAYLOAD + 64));
     let mut k = 0u64;
     let mut pkid: u16 = 0;
     while k < n && Instant::now() < deadline {
         // How many may go now.
-        let mut allowed = (n - k).min(BATCH);
+        let mut allowed = (n - k).min(batch);
         if let Mode::FixedRate(rate) = mode {
             let due = t0 + Duration::from_secs_f64(k as f64 / rate);
             if due > Instant::now() {
@@ -504,6 +523,202 @@ pub async fn open_idle(port: u16, n: usize, tag: &str, limit: Duration) -> Resul
     Ok(conns)
 }
 
+/// Client id of persistent session `i` of the restart benchmark.
+fn session_id(tag: &str, i: usize) -> String {
+    format!("{tag}-k{i}")
+}
+
+/// The topic session `i` of the restart benchmark subscribes to.
+fn session_topic(tag: &str, i: usize) -> String {
+    format!("bench/{tag}/{i}")
+}
+
+/// Messages session `i` of `n` gets when `messages` are published round-robin.
+fn session_share(messages: u64, n: usize, i: usize) -> u64 {
+    let n = n as u64;
+    messages / n + u64::from((i as u64) < messages % n)
+}
+
+/// Opens `n` persistent sessions (clean session 0), session `i` subscribed at QoS 1 to
+/// its own topic, and disconnects them again; 64 at a time.
+pub async fn make_sessions(port: u16, n: usize, tag: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut batch = JoinSet::new();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 64).min(n);
+        for k in i..end {
+            let (id, topic) = (session_id(tag, k), session_topic(tag, k));
+            batch.spawn(async move {
+                let (mut sock, mut rd) = mqtt::connect_session(port, &id, deadline, false).await?;
+                sock.write_all(&mqtt::subscribe_packet(&topic, 1)).await?;
+                loop {
+                    if let Some(pk) = rd.next()? {
+                        if pk.kind == mqtt::SUBACK {
+                            if pk.body.get(2).is_some_and(|&rc| rc >= 0x80) {
+                                bail!("subscription refused");
+                            }
+                            break;
+                        }
+                        continue;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match timeout(left, rd.fill(&mut sock)).await {
+                        Err(_) => bail!("timed out waiting for SUBACK"),
+                        Ok(r) => {
+                            if !r? {
+                                bail!("connection closed before SUBACK");
+                            }
+                        }
+                    }
+                }
+                sock.write_all(&[0xe0, 0]).await?;
+                Ok(())
+            });
+        }
+        while let Some(r) = batch.join_next().await {
+            r.context("session task panicked")??;
+        }
+        i = end;
+    }
+    Ok(())
+}
+
+/// Publishes `messages` QoS 1 messages round-robin to the topics of the `n` sessions
+/// through one connection, at most `window` unacknowledged; returns how many the
+/// broker acknowledged.
+pub async fn fill_sessions(
+    port: u16,
+    n: usize,
+    messages: u64,
+    window: u16,
+    tag: &str,
+    limit: Duration,
+) -> Result<u64> {
+    let deadline = Instant::now() + limit;
+    let (sock, mut rd) = mqtt::connect(port, &format!("{tag}-fill"), deadline).await?;
+    let (mut r, mut w) = sock.into_split();
+    let window = u64::from(window.max(1));
+    let topics: Vec<String> = (0..n).map(|i| session_topic(tag, i)).collect();
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let mut pkid: u16 = 0;
+    let mut buf = Vec::new();
+    loop {
+        // Count the PUBACKs read so far before filling the window again.
+        while let Some(pk) = rd.next()? {
+            if pk.kind == mqtt::PUBACK {
+                acked += 1;
+            }
+        }
+        if acked >= messages {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("filling the sessions: {acked} of {messages} acknowledged within {limit:?}");
+        }
+        buf.clear();
+        while sent < messages && sent - acked < window {
+            pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
+            let topic = &topics[(sent % n as u64) as usize];
+            mqtt::put_publish(&mut buf, topic, 1, pkid, &encode(0, sent, now_nanos()));
+            sent += 1;
+        }
+        if !buf.is_empty() {
+            w.write_all(&buf).await?;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left.min(Duration::from_secs(1)), rd.fill(&mut r)).await {
+            Ok(Ok(true)) | Err(_) => {}
+            Ok(Ok(false)) => bail!("the broker closed the connection while filling the sessions"),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    let _ = w.write_all(&[0xe0, 0]).await;
+    Ok(acked)
+}
+
+/// What the sessions got back after a restart.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DrainResult {
+    /// Messages the sessions should get (all that were acknowledged while filling).
+    pub expected: u64,
+    pub received: u64,
+    pub unique: u64,
+    /// From the first reconnect to the last session done.
+    pub elapsed: Duration,
+}
+
+/// Reconnects the `n` sessions (clean session 0), `concurrency` at a time. Each
+/// acknowledges what it gets and leaves once it has its share of `messages`, or after
+/// `quiet` without a new message.
+pub async fn drain_sessions(
+    port: u16,
+    n: usize,
+    messages: u64,
+    tag: &str,
+    concurrency: usize,
+    quiet: Duration,
+    limit: Duration,
+) -> Result<DrainResult> {
+    let deadline = Instant::now() + limit;
+    let start = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    for i in 0..n {
+        let (id, gate) = (session_id(tag, i), gate.clone());
+        let want = session_share(messages, n, i);
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let (mut sock, mut rd) = mqtt::connect_session(port, &id, deadline, false).await?;
+            let mut tally = Tally::new(1, false, 0);
+            let mut acks = Vec::new();
+            while tally.unique < want {
+                while let Some(pk) = rd.next()? {
+                    if pk.kind != mqtt::PUBLISH {
+                        continue;
+                    }
+                    if let Some((pkid, payload)) = mqtt::parse_publish(pk.flags, pk.body) {
+                        // Publisher 0's sequence numbers are global: fold them to
+                        // this session's own.
+                        let folded =
+                            decode(payload).map(|(_, seq, t)| encode(0, seq / n as u64, t));
+                        tally.add(folded.as_deref().unwrap_or(payload), 0);
+                        if (pk.flags >> 1) & 3 == 1 {
+                            mqtt::put_puback(&mut acks, pkid);
+                        }
+                    }
+                }
+                if !acks.is_empty() {
+                    sock.write_all(&acks).await?;
+                    acks.clear();
+                }
+                if tally.unique >= want {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                match timeout(left.min(quiet), rd.fill(&mut sock)).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) | Err(_) => break,
+                    Ok(Err(e)) => return Err(e),
+                }
+            }
+            let _ = sock.write_all(&[0xe0, 0]).await;
+            anyhow::Ok((tally.received, tally.unique))
+        });
+    }
+    let mut res = DrainResult {
+        expected: messages,
+        ..Default::default()
+    };
+    while let Some(r) = tasks.join_next().await {
+        let (received, unique) = r.context("session task panicked")??;
+        res.received += received;
+        res.unique += unique;
+    }
+    res.elapsed = start.elapsed();
+    Ok(res)
+}
+
 /// Waits until a bridge forwards: subscribes on the remote broker (port `remote`) to
 /// `{prefix}bench/{tag}`, then publishes one QoS 0 message to `bench/{tag}` on the local
 /// broker every 100 ms until one arrives. Returns how long that took.
@@ -571,6 +786,15 @@ mod tests {
         assert_eq!(p.len(), PAYLOAD);
         assert_eq!(decode(&p), Some((7, 123_456, 987_654_321)));
         assert_eq!(decode(&p[..10]), None);
+    }
+
+    #[test]
+    fn session_shares_add_up_to_the_messages() {
+        assert_eq!(session_share(100_000, 10_000, 0), 10);
+        let total: u64 = (0..7).map(|i| session_share(23, 7, i)).sum();
+        assert_eq!(total, 23);
+        assert_eq!(session_share(23, 7, 1), 4);
+        assert_eq!(session_share(23, 7, 2), 3);
     }
 
     #[test]

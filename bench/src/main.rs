@@ -13,7 +13,10 @@ use clap::Parser;
 
 use broker::{Broker, Kind, Spec};
 use load::{Mode, Phase};
-use report::{BridgeSetup, BrokerReport, BurstResult, IdleResult, Metrics, Report, ScenarioReport};
+use report::{
+    BridgeSetup, BrokerReport, BurstResult, IdleResult, Metrics, Report, RestartResult,
+    ScenarioReport,
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -78,6 +81,30 @@ pub struct Args {
     /// Set `set_tcp_nodelay true` in the generated mosquitto.conf.
     #[arg(long)]
     mosquitto_nodelay: bool,
+    /// The pattern real devices produce (`mosquitto_pub -l -q 1` into
+    /// `mosquitto_sub -q 1`): one message per write call and one PUBACK per write call
+    /// from the subscribers; at QoS 1 each publisher has at most N messages
+    /// unacknowledged (default 1: each publish waits for the PUBACK of the one
+    /// before). The brokers' window stays `--window`.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1")]
+    one_per_packet: Option<u16>,
+    /// Persistence on in both brokers (Mosquitto `persistence true`, edgemq
+    /// `persistence: {enabled: true}`), and subscribers with persistent sessions
+    /// (clean session 0), so their sessions are what the brokers keep.
+    #[arg(long)]
+    persistence: bool,
+    /// Run the restart benchmark instead of the broker suite (persistence on): open
+    /// `--restart-sessions` persistent sessions, queue `--restart-messages` QoS 1
+    /// messages for them while they are offline, stop the broker with SIGTERM, start
+    /// it again on the same state, and reconnect every session.
+    #[arg(long)]
+    restart: bool,
+    /// Restart: persistent sessions, each with its own QoS 1 subscription.
+    #[arg(long, default_value_t = 10_000)]
+    restart_sessions: usize,
+    /// Restart: QoS 1 messages queued for the sessions (round-robin) before the stop.
+    #[arg(long, default_value_t = 100_000)]
+    restart_messages: u64,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -284,6 +311,8 @@ async fn run_burst(b: &Broker, args: &Args, tag: &str) -> Result<BurstResult> {
         deadline: Duration::from_secs(args.phase_timeout.max(1) * 5),
         drain: Duration::from_millis(args.drain_ms),
         record_latency: false,
+        one_per_packet: false,
+        persistent_subscribers: false,
     };
     let m = measure(b, &phase, tag).await?;
     tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -308,10 +337,12 @@ fn phases(args: &Args, sc: &Scenario, port: u16) -> (Phase, Phase) {
         qos: sc.qos,
         per_publisher: (args.messages / fan).max(1),
         mode: Mode::ClosedLoop,
-        window: args.window,
+        window: args.one_per_packet.unwrap_or(args.window),
         deadline,
         drain,
         record_latency: false,
+        one_per_packet: args.one_per_packet.is_some(),
+        persistent_subscribers: args.persistence,
     };
     let per_pub_rate = (args.rate as f64 / fan as f64).max(0.1);
     let fixed = Phase {
@@ -467,10 +498,12 @@ async fn run_bridge(args: Args, sides: &mut [Side], sink: &Broker) -> Result<()>
                     qos: 1,
                     per_publisher: (args.bridge_messages / n as u64).max(1),
                     mode: Mode::ClosedLoop,
-                    window: args.window,
+                    window: args.one_per_packet.unwrap_or(args.window),
                     deadline,
                     drain,
                     record_latency: false,
+                    one_per_packet: args.one_per_packet.is_some(),
+                    persistent_subscribers: false,
                 };
                 let per_pub_rate = (args.bridge_rate as f64 / n as f64).max(0.1);
                 let fixed = Phase {
@@ -506,6 +539,77 @@ async fn run_bridge(args: Args, sides: &mut [Side], sink: &Broker) -> Result<()>
     Ok(())
 }
 
+/// The restart benchmark, one broker after the other (only one is under load at a
+/// time; the order does not alternate, there is one pass).
+async fn run_restart(args: Args, sides: &mut [Side]) -> Result<()> {
+    for side in sides.iter_mut() {
+        let label = side.spec.label.clone();
+        let Some(b) = side.broker.as_mut() else {
+            continue;
+        };
+        log(format!(
+            "{label}: restart with {} sessions and {} queued messages",
+            args.restart_sessions, args.restart_messages
+        ));
+        match restart_once(&args, b, &tag_of(&format!("rs-{label}"))).await {
+            Ok(r) => side.report.restart = Some(r),
+            Err(e) => side.fail("restart", e),
+        }
+    }
+    Ok(())
+}
+
+async fn restart_once(args: &Args, b: &mut Broker, tag: &str) -> Result<RestartResult> {
+    let n = args.restart_sessions.max(1);
+    let limit = Duration::from_secs(args.phase_timeout.max(1) * 5);
+    load::make_sessions(b.port, n, tag, limit)
+        .await
+        .context("opening the sessions")?;
+    log(format!("{}: {n} sessions made, queueing messages", b.label));
+    let t = Instant::now();
+    let queued = load::fill_sessions(b.port, n, args.restart_messages, args.window, tag, limit)
+        .await
+        .context("queueing messages for the sessions")?;
+    let fill_s = t.elapsed().as_secs_f64();
+    let rss_before_kb = b.mem()?.rss_kb;
+    log(format!("{}: {queued} queued; SIGTERM", b.label));
+    let stop = tokio::task::block_in_place(|| b.terminate(limit))?;
+    let disk_bytes = b.disk_bytes();
+    let start = tokio::task::block_in_place(|| b.restart())?;
+    let start_cpu = b.cpu()?;
+    let rss_after_start_kb = b.mem()?.rss_kb;
+    log(format!(
+        "{}: up again after {} ms; reconnecting the sessions",
+        b.label,
+        start.as_millis()
+    ));
+    let drain = load::drain_sessions(
+        b.port,
+        n,
+        queued,
+        tag,
+        500,
+        Duration::from_millis(args.drain_ms),
+        limit,
+    )
+    .await
+    .context("reconnecting the sessions")?;
+    let end_cpu = b.cpu()?;
+    Ok(RestartResult {
+        sessions: n,
+        queued,
+        fill_s,
+        rss_before_kb,
+        stop_s: stop.as_secs_f64(),
+        disk_bytes,
+        start_s: start.as_secs_f64(),
+        start_cpu_ms: start_cpu.0 as f64 / 1e6,
+        rss_after_start_kb,
+        drain,
+        drain_cpu_ms: end_cpu.0.saturating_sub(start_cpu.0) as f64 / 1e6,
+    })
+}
+
 /// [`measure`], plus the drops edgemq's bridge counted during the phase.
 async fn measure_bridge(b: &Broker, phase: &Phase, tag: &str) -> Result<Metrics> {
     const DROPPED: &str = "edgemq_bridge_dropped_total";
@@ -531,6 +635,9 @@ fn main() -> Result<()> {
     if let Some(core) = args.pin_core {
         pin_self_away_from(core);
     }
+    if args.bridge && args.restart {
+        bail!("--bridge and --restart are separate benchmarks: run them one at a time");
+    }
     if args.bridge {
         if args.bridge_publishers.iter().any(|&n| n == 0 || n > 10_000) {
             bail!("--bridge-publishers: counts must be 1..=10000");
@@ -553,6 +660,7 @@ fn main() -> Result<()> {
             mosquitto_nodelay: true,
             startup_timeout: Duration::from_secs(args.startup_timeout),
             bridge_to: None,
+            persistence: false,
         };
         log(format!("starting the sink ({})", spec.program));
         let b = Broker::start(&spec)?;
@@ -577,6 +685,7 @@ fn main() -> Result<()> {
             mosquitto_nodelay: args.mosquitto_nodelay,
             startup_timeout: Duration::from_secs(args.startup_timeout),
             bridge_to: None,
+            persistence: args.persistence || args.restart,
         },
         Some((_, s)) => Spec {
             label: label.into(),
@@ -588,6 +697,7 @@ fn main() -> Result<()> {
             mosquitto_nodelay: args.mosquitto_nodelay,
             startup_timeout: Duration::from_secs(args.startup_timeout),
             bridge_to: Some(s.port),
+            persistence: args.persistence,
         },
     };
     let first = if args.mosquitto_vs_mosquitto {
@@ -630,6 +740,7 @@ fn main() -> Result<()> {
         let work = async {
             match &sink {
                 Some((_, s)) => run_bridge(args.clone(), &mut sides, s).await,
+                None if args.restart => run_restart(args.clone(), &mut sides).await,
                 None => run(args.clone(), &mut sides).await,
             }
         };
@@ -657,13 +768,18 @@ fn main() -> Result<()> {
         },
         messages: if args.bridge {
             args.bridge_messages
+        } else if args.restart {
+            args.restart_messages
         } else {
             args.messages
         },
         idle_conns: args.idle_conns,
         burst_messages: args.burst_messages,
+        one_per_packet: args.one_per_packet,
+        persistence: args.persistence || args.restart,
         brokers: sides.iter().map(|s| s.report.clone()).collect(),
         bridge,
+        restart: args.restart,
     };
     // Stop the brokers (by pid) before printing: the local ones, then the sink.
     drop(sides);

@@ -35,10 +35,15 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
 
 /// A clean-session CONNECT packet.
 pub fn connect_packet(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    connect_packet_session(client_id, keep_alive, true)
+}
+
+/// A CONNECT packet; `clean` false asks for a persistent session (clean session 0).
+pub fn connect_packet_session(client_id: &str, keep_alive: u16, clean: bool) -> Vec<u8> {
     let mut body = Vec::with_capacity(16 + client_id.len());
     put_str(&mut body, "MQTT");
     body.push(4);
-    body.push(0x02);
+    body.push(if clean { 0x02 } else { 0x00 });
     body.extend_from_slice(&keep_alive.to_be_bytes());
     put_str(&mut body, client_id);
     let mut p = vec![0x10];
@@ -168,8 +173,19 @@ pub fn parse_publish(flags: u8, body: &[u8]) -> Option<(u16, &[u8])> {
     Some((pkid, body.get(off..)?))
 }
 
-/// Connects with TCP_NODELAY, sends CONNECT and waits for a successful CONNACK.
+/// Connects with TCP_NODELAY, sends a clean-session CONNECT and waits for a
+/// successful CONNACK.
 pub async fn connect(port: u16, id: &str, until: Instant) -> Result<(TcpStream, Reader)> {
+    connect_session(port, id, until, true).await
+}
+
+/// [`connect`], with a persistent session when `clean` is false.
+pub async fn connect_session(
+    port: u16,
+    id: &str,
+    until: Instant,
+    clean: bool,
+) -> Result<(TcpStream, Reader)> {
     let left = until.saturating_duration_since(Instant::now());
     tokio::time::timeout(left, async {
         let mut s = TcpStream::connect(("127.0.0.1", port))
@@ -177,7 +193,7 @@ pub async fn connect(port: u16, id: &str, until: Instant) -> Result<(TcpStream, 
             .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
         s.set_nodelay(true)?;
         // Keep-alive 0: phases are bounded, and no PINGREQ traffic disturbs them.
-        s.write_all(&connect_packet(id, 0)).await?;
+        s.write_all(&connect_packet_session(id, 0, clean)).await?;
         let mut r = Reader::default();
         loop {
             if let Some(p) = r.next()? {
@@ -224,5 +240,7 @@ mod tests {
         assert_eq!(p[1] as usize, p.len() - 2);
         assert_eq!(&p[10..12], &300u16.to_be_bytes());
         assert_eq!(&p[12..], &[0, 2, b'a', b'b']);
+        assert_eq!(p[9], 0x02);
+        assert_eq!(connect_packet_session("ab", 300, false)[9], 0x00);
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::broker::MemSample;
-use crate::load::PhaseResult;
+use crate::load::{DrainResult, PhaseResult};
 
 /// Figures of one phase on one broker.
 #[derive(Clone, Debug, Default)]
@@ -135,12 +135,35 @@ pub struct BurstResult {
     pub settled_rss_kb: u64,
 }
 
+/// The restart benchmark's figures for one broker (see `--restart`).
+#[derive(Clone, Debug, Default)]
+pub struct RestartResult {
+    pub sessions: usize,
+    /// Messages the broker acknowledged while the sessions were offline.
+    pub queued: u64,
+    pub fill_s: f64,
+    pub rss_before_kb: u64,
+    /// SIGTERM to exit.
+    pub stop_s: f64,
+    /// The broker's directory (configuration, log, persisted state) once it stopped.
+    pub disk_bytes: u64,
+    /// Start of the process to its first CONNACK.
+    pub start_s: f64,
+    /// CPU time of the restarted process until its first CONNACK.
+    pub start_cpu_ms: f64,
+    pub rss_after_start_kb: u64,
+    pub drain: DrainResult,
+    /// CPU time of the broker while the sessions reconnected and drained.
+    pub drain_cpu_ms: f64,
+}
+
 #[derive(Clone, Debug)]
 pub struct BrokerReport {
     pub label: String,
     pub idle: Option<IdleResult>,
     pub scenarios: Vec<ScenarioReport>,
     pub burst: Option<BurstResult>,
+    pub restart: Option<RestartResult>,
     pub errors: Vec<String>,
 }
 
@@ -151,6 +174,7 @@ impl BrokerReport {
             idle: None,
             scenarios: Vec::new(),
             burst: None,
+            restart: None,
             errors: Vec::new(),
         }
     }
@@ -176,9 +200,15 @@ pub struct Report {
     pub messages: u64,
     pub idle_conns: usize,
     pub burst_messages: u64,
+    /// `--one-per-packet N`: one packet per write call, publisher window N.
+    pub one_per_packet: Option<u16>,
+    /// `--persistence`: both brokers persist, subscribers keep sessions.
+    pub persistence: bool,
     pub brokers: Vec<BrokerReport>,
     /// Set for the bridge benchmark.
     pub bridge: Option<BridgeSetup>,
+    /// The restart benchmark ran instead of the broker suite.
+    pub restart: bool,
 }
 
 /// Aims for edgemq's memory use, printed next to the measurements.
@@ -263,6 +293,9 @@ impl Report {
         if let Some(b) = &self.bridge {
             return self.to_bridge_table(b);
         }
+        if self.restart {
+            return self.to_restart_table();
+        }
         let mut out = String::new();
         let labels: Vec<String> = self.brokers.iter().map(|b| b.label.clone()).collect();
         let _ = writeln!(
@@ -277,6 +310,20 @@ impl Report {
                 None => "brokers not pinned".into(),
             }
         );
+        if let Some(n) = self.one_per_packet {
+            let _ = writeln!(
+                out,
+                "one message per packet: one PUBLISH per write call, at most {n} unacknowledged per publisher{}; subscribers write each PUBACK alone; broker window {}",
+                if n == 1 { " (each waits for its PUBACK)" } else { "" },
+                self.window
+            );
+        }
+        if self.persistence {
+            let _ = writeln!(
+                out,
+                "persistence on in both brokers; subscribers with persistent sessions (clean session 0)"
+            );
+        }
         if labels.len() == 2 {
             let _ = writeln!(out, "ratio = {} / {}\n", labels[0], labels[1]);
         } else {
@@ -527,6 +574,75 @@ impl Report {
         out
     }
 
+    fn to_restart_table(&self) -> String {
+        let mut out = String::new();
+        let labels: Vec<String> = self.brokers.iter().map(|b| b.label.clone()).collect();
+        let r: Vec<Option<&RestartResult>> =
+            self.brokers.iter().map(|b| b.restart.as_ref()).collect();
+        let first = r.iter().flatten().next();
+        let _ = writeln!(
+            out,
+            "\nedgemq-bench --restart: {} persistent sessions (clean session 0, one QoS 1 subscription each), {} QoS 1 messages of {} B queued for them while offline, SIGTERM, start again on the same state; persistence on; {}",
+            first.map_or(0, |r| r.sessions),
+            self.messages,
+            self.payload,
+            match self.pin_core {
+                Some(c) => format!("brokers pinned to core {c}"),
+                None => "brokers not pinned".into(),
+            }
+        );
+        if labels.len() == 2 {
+            let _ = writeln!(out, "ratio = {} / {}\n", labels[0], labels[1]);
+        } else {
+            out.push('\n');
+        }
+        let mut t = Table::new(labels);
+        let v = |f: &dyn Fn(&RestartResult) -> f64| r.iter().map(|x| x.map(f)).collect::<Vec<_>>();
+        t.row("before", "queued (acked)", &v(&|x| x.queued as f64), 0);
+        t.row("", "fill s", &v(&|x| x.fill_s), 2);
+        t.row("", "RSS MB", &v(&|x| mb(x.rss_before_kb)), 1);
+        t.row("stop", "SIGTERM to exit s", &v(&|x| x.stop_s), 2);
+        t.row(
+            "",
+            "on disk MB",
+            &v(&|x| x.disk_bytes as f64 / 1048576.0),
+            1,
+        );
+        t.row("start", "to first CONNACK s", &v(&|x| x.start_s), 2);
+        t.row("", "CPU ms until then", &v(&|x| x.start_cpu_ms), 0);
+        t.row("", "RSS MB", &v(&|x| mb(x.rss_after_start_kb)), 1);
+        t.row(
+            "drain",
+            "all sessions back s",
+            &v(&|x| x.drain.elapsed.as_secs_f64()),
+            2,
+        );
+        t.row("", "CPU ms", &v(&|x| x.drain_cpu_ms), 0);
+        let lost: Vec<String> = r
+            .iter()
+            .map(|x| match x {
+                Some(x) => format!(
+                    "{}/{}",
+                    x.drain.expected.saturating_sub(x.drain.unique),
+                    x.drain.received - x.drain.unique
+                ),
+                None => "-".into(),
+            })
+            .collect();
+        t.text_row("", "lost/dup", &lost, "");
+        out.push_str(&t.out);
+        let _ = writeln!(
+            out,
+            "\nlost = queued (acknowledged before the restart) - unique received after it; dup = received - unique;\ndrain = every session reconnected (clean session 0) and got its share, or went quiet"
+        );
+        for b in &self.brokers {
+            for e in &b.errors {
+                let _ = writeln!(out, "error ({}): {e}", b.label);
+            }
+        }
+        out
+    }
+
     pub fn to_json(&self) -> String {
         let mut j = Json::default();
         j.open('{');
@@ -541,6 +657,9 @@ impl Report {
         j.key("closed_loop_messages").num(self.messages as f64);
         j.key("idle_conns").num(self.idle_conns as f64);
         j.key("burst_messages").num(self.burst_messages as f64);
+        j.key("one_per_packet")
+            .opt(self.one_per_packet.map(f64::from));
+        j.key("persistence").boolean(self.persistence);
         j.key("bridge");
         match &self.bridge {
             None => j.null(),
@@ -595,6 +714,27 @@ impl Report {
                     j.key("metrics");
                     metrics_json(&mut j, Some(&r.metrics));
                     j.key("settled_rss_kb").num(r.settled_rss_kb as f64);
+                    j.close('}')
+                }
+            };
+            j.key("restart");
+            match &b.restart {
+                None => j.null(),
+                Some(r) => {
+                    j.open('{');
+                    j.key("sessions").num(r.sessions as f64);
+                    j.key("queued").num(r.queued as f64);
+                    j.key("fill_s").num(r.fill_s);
+                    j.key("rss_before_kb").num(r.rss_before_kb as f64);
+                    j.key("stop_s").num(r.stop_s);
+                    j.key("disk_bytes").num(r.disk_bytes as f64);
+                    j.key("start_s").num(r.start_s);
+                    j.key("start_cpu_ms").num(r.start_cpu_ms);
+                    j.key("rss_after_start_kb").num(r.rss_after_start_kb as f64);
+                    j.key("drain_s").num(r.drain.elapsed.as_secs_f64());
+                    j.key("drain_cpu_ms").num(r.drain_cpu_ms);
+                    j.key("received").num(r.drain.received as f64);
+                    j.key("unique").num(r.drain.unique as f64);
                     j.close('}')
                 }
             };

@@ -79,3 +79,58 @@ async fn an_anonymous_broker_routes_between_mosquitto_clients() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
     rt.shutdown().await;
 }
+
+/// A listener is bound at once but accepts only when opened, so a client that connects
+/// while the broker is still restoring its state waits in the backlog and is then
+/// served (instead of getting a fresh session that the restored one replaces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_accepts_only_once_opened_and_then_serves_the_waiting_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let bundle = BrokerBundle {
+        namespace: "default".into(),
+        name: "gate".into(),
+        allow_anonymous: true,
+        acl: AclPlan {
+            enabled: false,
+            ..AclPlan::default()
+        },
+        limits: Limits::default(),
+        ..BrokerBundle::default()
+    };
+    let metrics = Metrics::default();
+    let rt = BrokerRuntime::start(bundle, BTreeMap::new(), None, &metrics)
+        .await
+        .unwrap();
+    let port = free_port();
+    let plan = ListenerPlan {
+        name: "mqtt".into(),
+        bind: format!("127.0.0.1:{port}"),
+        protocol: ListenerProtocol::Mqtt,
+        tls: None,
+    };
+    let handle = edgemq::broker::listener::start(plan, None, rt.shared().clone())
+        .await
+        .unwrap();
+
+    // The kernel completes the TCP handshake, but no CONNACK comes before `open`.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let connect = [
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 2, b'g', b'1',
+    ];
+    s.write_all(&connect).await.unwrap();
+    let mut ack = [0u8; 4];
+    let early = tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut ack)).await;
+    assert!(early.is_err(), "answered before the listener was opened");
+
+    handle.open();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut ack))
+        .await
+        .expect("no CONNACK after the listener was opened")
+        .unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    handle.stop();
+    rt.shutdown().await;
+}

@@ -5,6 +5,12 @@
 //! client never blocks new connections. The TLS configuration sits behind an
 //! `ArcSwap`: a replaced certificate is served to new handshakes at once while
 //! established connections carry on.
+//!
+//! A listener is bound first and accepts only once [`ListenerHandle::open`] is
+//! called: the broker opens its listeners after its state (persistent sessions,
+//! retained messages) is in place, so a client reconnecting during a restart waits in
+//! the kernel's backlog instead of getting an empty session that the restored one
+//! then replaces.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -33,16 +39,23 @@ pub struct ListenerHandle {
     /// The TLS configuration served to new handshakes.
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     stop: watch::Sender<bool>,
+    open: watch::Sender<bool>,
 }
 
 impl ListenerHandle {
+    /// Starts accepting connections (those that arrived since the bind were queued).
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
     /// Stops accepting and closes the connections accepted here.
     pub fn stop(&self) {
         self.stop.send_replace(true);
     }
 }
 
-/// Binds a listener and starts its accept loop.
+/// Binds a listener and starts its accept loop, which accepts once the handle is
+/// opened ([`ListenerHandle::open`]).
 pub async fn start(
     plan: ListenerPlan,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -52,6 +65,7 @@ pub async fn start(
     let local_addr = socket.local_addr()?;
     let tls = tls.map(|c| Arc::new(ArcSwap::new(c)));
     let (stop, stop_rx) = watch::channel(false);
+    let (open, open_rx) = watch::channel(false);
     let name: Arc<str> = plan.name.as_str().into();
     tokio::spawn(accept_loop(
         socket,
@@ -60,6 +74,7 @@ pub async fn start(
         shared,
         name.clone(),
         stop_rx,
+        open_rx,
     ));
     tracing::info!(listener = %name, address = %local_addr, protocol = ?plan.protocol, tls = tls.is_some(), "listening");
     Ok(ListenerHandle {
@@ -67,6 +82,7 @@ pub async fn start(
         local_addr,
         tls,
         stop,
+        open,
     })
 }
 
@@ -77,7 +93,17 @@ async fn accept_loop(
     shared: Arc<Shared>,
     name: Arc<str>,
     mut stop: watch::Receiver<bool>,
+    mut open: watch::Receiver<bool>,
 ) {
+    // A dropped handle counts as a stop.
+    let opened = tokio::select! {
+        _ = stop.wait_for(|s| *s) => false,
+        o = open.wait_for(|o| *o) => o.is_ok(),
+    };
+    if !opened {
+        tracing::info!(listener = %name, "listener stopped before it opened");
+        return;
+    }
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,

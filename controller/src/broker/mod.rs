@@ -426,7 +426,9 @@ impl BrokerRuntime {
                 changes.push(format!("listener {name} removed"));
             }
         }
+        // New listeners accept only now, with the restored sessions in place.
         for (name, h) in started {
+            h.open();
             changes.push(format!("listener {name} added on {}", h.local_addr));
             self.listeners.insert(name, h);
         }
@@ -440,6 +442,7 @@ impl BrokerRuntime {
             for _ in 0..50 {
                 match listener::start(l.clone(), cfg.clone(), self.shared.clone()).await {
                     Ok(h) => {
+                        h.open();
                         changes.push(format!("listener {} restarted on {}", l.name, h.local_addr));
                         self.listeners.insert(l.name.clone(), h);
                         last = None;
