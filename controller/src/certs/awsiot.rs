@@ -432,22 +432,7 @@ pub async fn ensure(
     if let (Some(issued), false) = (&local.issued, local.needs_aws) {
         return Ok(issued.clone());
     }
-    let clients = Clients::new(&target(aws), credentials)
-        .await
-        .map_err(CertError::Generate)?;
-    let record = read_record(&dir)?;
-    let material = read_material(&dir);
-    reconcile(
-        &clients,
-        &mut Dir(&dir),
-        cert,
-        bridges,
-        record,
-        material,
-        now,
-        false,
-    )
-    .await
+    in_dir(&dir, aws, cert, bridges, credentials, now, false).await
 }
 
 /// Replaces the certificate now, whatever its renewal time: a new certificate is
@@ -468,20 +453,34 @@ pub async fn rotate(
         ));
     }
     let dir = cert_dir(state, cert);
-    let record = read_record(&dir)?;
-    let material = read_material(&dir);
+    in_dir(&dir, aws, cert, bridges, credentials, now, true).await
+}
+
+/// [`reconcile`] with the record and key pair kept in the Certificate's directory
+/// `dir`; `rotate_now` replaces the certificate whatever its renewal time.
+async fn in_dir(
+    dir: &Path,
+    aws: &AwsIotIssuer,
+    cert: &Certificate,
+    bridges: &[&Bridge],
+    credentials: Option<Credentials>,
+    now: time::OffsetDateTime,
+    rotate_now: bool,
+) -> Result<Issued, CertError> {
+    let record = read_record(dir)?;
+    let material = read_material(dir);
     let clients = Clients::new(&target(aws), credentials)
         .await
         .map_err(CertError::Generate)?;
     reconcile(
         &clients,
-        &mut Dir(&dir),
+        &mut Dir(dir),
         cert,
         bridges,
         record,
         material,
         now,
-        true,
+        rotate_now,
     )
     .await
 }
