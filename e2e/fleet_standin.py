@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from support import free_port
 from test_bridges import make_ca, make_leaf
 
 CREATE_FROM_CSR = "$aws/certificates/create-from-csr/json"
@@ -52,12 +53,16 @@ def provision_topic(template: str) -> str:
 
 class FleetStandin:
     def __init__(self, mosquitto, d: Path, template: str = "edge-fleet",
-                 allowed_serials=("SN-1001",), port=None):
+                 allowed_serials=("SN-1001",), port=None, also_on=None):
+        """`also_on`: an address (such as a cluster node's) to listen on as well, on
+        `self.pod_port`, with the same TLS and ACL, for clients that cannot reach
+        loopback; the server certificate names it."""
         self.template = template
         self.allowed = set(allowed_serials)
         self.d = d
         self.ca = make_ca(d, "standin-ca")
-        self.server = make_leaf(d, "server", self.ca, "localhost", server=True)
+        self.server = make_leaf(d, "server", self.ca, "localhost", server=True,
+                                ips=[also_on] if also_on else [])
         self.claim = make_leaf(d, "claim", self.ca, "claim", server=False)
         self.provisioner = make_leaf(d, "provisioner", self.ca, "provisioner", server=False)
         self.ca_key = serialization.load_pem_private_key(self.ca[1].read_bytes(), None)
@@ -73,11 +78,14 @@ class FleetStandin:
             "user provisioner\n"
             "topic readwrite $aws/#\n"
             "pattern readwrite home/#\n")
-        self.mosquitto = mosquitto([
-            f"cafile {self.ca[0]}", f"certfile {self.server[0]}", f"keyfile {self.server[1]}",
-            "require_certificate true", "use_identity_as_username true",
-            "allow_anonymous false", f"acl_file {acl}",
-        ], name="fleet-standin", port=port, start=False)
+        tls = [f"cafile {self.ca[0]}", f"certfile {self.server[0]}",
+               f"keyfile {self.server[1]}", "require_certificate true",
+               "use_identity_as_username true"]
+        self.pod_port = free_port() if also_on else None
+        second = [f"listener {self.pod_port} {also_on}", *tls] if also_on else []
+        # Listener options apply to the listener above them; the rest to all.
+        self.mosquitto = mosquitto([*tls, *second, "allow_anonymous false", f"acl_file {acl}"],
+                                   name="fleet-standin", port=port, start=False)
         self.port = self.mosquitto.port
         self.lock = threading.Lock()
         self.requests = {"create-from-csr": 0, "create": 0, "provision": 0}

@@ -131,11 +131,13 @@ def make_ca(d: Path, name: str) -> tuple:
     return crt, key
 
 
-def make_leaf(d: Path, name: str, ca: tuple, cn: str, server: bool) -> tuple:
+def make_leaf(d: Path, name: str, ca: tuple, cn: str, server: bool, ips=()) -> tuple:
+    """A leaf signed by `ca`; a server's names are localhost, 127.0.0.1 and `ips`."""
     crt, key, csr, ext = d / f"{name}.crt", d / f"{name}.key", d / f"{name}.csr", d / f"{name}.ext"
     _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", key, "-out", csr, "-subj", f"/CN={cn}")
-    ext.write_text(("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    sans = ",".join(["DNS:localhost", "IP:127.0.0.1", *(f"IP:{ip}" for ip in ips)])
+    ext.write_text((f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"
                     if server else "extendedKeyUsage=clientAuth\n"))
     _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
              "-out", crt, "-days", "2", "-extfile", ext)

@@ -546,7 +546,7 @@ fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::
         .map(|s| format!("; retrying in {s}s"))
         .unwrap_or_default();
     if st.fleet {
-        return fleet_status(st, &retry);
+        return certs::report::fleet_status(st);
     }
     match (&st.issued, &st.error) {
         (Some(i), err) => {
@@ -578,50 +578,6 @@ fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::
             false,
             "Issuing",
             "creating the AWS IoT certificate in the background".into(),
-            serde_json::Value::Null,
-        ),
-    }
-}
-
-/// Ready, reason, message and details of a `fleetProvisioning` Certificate:
-/// `Provisioned`, `Provisioning` (also while retrying after a network failure) or
-/// `Rejected` (AWS IoT's error code and message).
-fn fleet_status(st: &AwsIotState, retry: &str) -> (bool, &'static str, String, serde_json::Value) {
-    let attempts = |m: String| {
-        let mut v = serde_json::json!({ "failures": st.failures });
-        if let Some(s) = st.retry_in_seconds {
-            v["retryInSeconds"] = s.into();
-        }
-        (m, v)
-    };
-    match (&st.issued, &st.error) {
-        (Some(i), _) => {
-            let a = i.info.aws_iot.clone().unwrap_or_default();
-            (
-                true,
-                "Provisioned",
-                format!(
-                    "provisioned as thing {} with certificate {} (template {}); endpoint {}",
-                    a.thing_name,
-                    a.certificate_id,
-                    a.provisioning_template.unwrap_or_default(),
-                    a.endpoint
-                ),
-                serde_json::to_value(&i.info).unwrap_or_default(),
-            )
-        }
-        (None, Some(e)) if st.rejected => {
-            let (m, v) = attempts(format!("{e}{retry}"));
-            (false, "Rejected", m, v)
-        }
-        (None, Some(e)) => {
-            let (m, v) = attempts(format!("not provisioned yet: {e}{retry}"));
-            (false, "Provisioning", m, v)
-        }
-        (None, None) => (
-            false,
-            "Provisioning",
-            "provisioning the device with the claim certificate".into(),
             serde_json::Value::Null,
         ),
     }

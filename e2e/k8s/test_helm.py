@@ -110,7 +110,11 @@ VARIANTS = {
     "two replicas, listed namespaces, everything on": (
         "replicaCount=2", "watchNamespaces={iot,home}", "metrics.serviceMonitor.enabled=true",
         "metrics.service.type=NodePort", "metrics.service.nodePort=30080",
-        "imagePullSecrets[0].name=regcred", "nodeSelector.kubernetes\\.io/arch=arm64"),
+        "imagePullSecrets[0].name=regcred", "nodeSelector.kubernetes\\.io/arch=arm64",
+        "extraVolumes[0].name=serial",
+        "extraVolumes[0].hostPath.path=/sys/firmware/devicetree/base/serial-number",
+        "extraVolumeMounts[0].name=serial", "extraVolumeMounts[0].mountPath=/host/serial",
+        "extraVolumeMounts[0].readOnly=true"),
     "own ServiceAccount and RBAC": ("serviceAccount.create=false", "serviceAccount.name=mine",
                                     "rbac.create=false"),
 }

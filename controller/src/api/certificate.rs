@@ -443,12 +443,14 @@ pub struct TemplateParameter {
     pub value_from: Option<ParameterSource>,
 }
 
-/// A value read from the machine. Set exactly one field.
+/// A value read from the machine. Set exactly one field. On a cluster the controller
+/// provisions, so "the machine" is the controller's: `hostname` is the name of its node
+/// and `file` a file in its container (mounted with the chart's `extraVolumes`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("has(self.hostname) != has(self.file)").message("set exactly one of hostname and file"))]
 pub struct ParameterSource {
-    /// The machine's host name.
+    /// The machine's host name (on a cluster: the controller's node name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<HostnameSource>,
     /// The contents of a file, surrounding whitespace removed (a serial number such as
@@ -547,7 +549,8 @@ pub struct CertificateStatus {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AwsIotCertificateStatus {
-    /// ARN of the certificate in AWS IoT.
+    /// ARN of the certificate in AWS IoT (not shown for `fleetProvisioning`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub certificate_arn: String,
     /// Certificate id in AWS IoT.
     pub certificate_id: String,
@@ -555,7 +558,8 @@ pub struct AwsIotCertificateStatus {
     pub thing_name: String,
     /// Host of the account's `iot:Data-ATS` endpoint.
     pub endpoint: String,
-    /// The attached policy.
+    /// The attached policy (not shown for `fleetProvisioning`: the template's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub policy_name: String,
     /// The generated policy document (JSON), when edgemq generated the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]

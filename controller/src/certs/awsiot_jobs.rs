@@ -31,10 +31,10 @@ use crate::load::Resources;
 const MIN_BACKOFF: Duration = Duration::from_secs(30);
 /// First retry of a fleet provisioning: AWS IoT answers within seconds, and a device
 /// waiting for its identity should not wait long after the network comes back.
-const FLEET_MIN_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const FLEET_MIN_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Longest one background attempt may take before it counts as failed.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What status shows for an `awsIot` Certificate.
 #[derive(Clone, Debug, Default)]
@@ -55,18 +55,21 @@ pub struct AwsIotState {
     pub failures: u32,
 }
 
+/// One Certificate's background attempts: whether one runs, for which spec, the last
+/// error and when the next attempt is due (shared with the controller's fleet
+/// provisioning).
 #[derive(Default)]
-struct Job {
-    running: bool,
-    key: String,
-    error: Option<String>,
-    failures: u32,
-    retry_at: Option<Instant>,
-    rejected: bool,
+pub(crate) struct Job {
+    pub(crate) running: bool,
+    pub(crate) key: String,
+    pub(crate) error: Option<String>,
+    pub(crate) failures: u32,
+    pub(crate) retry_at: Option<Instant>,
+    pub(crate) rejected: bool,
 }
 
 impl Job {
-    fn may_start(&self, key: &str, now: Instant) -> bool {
+    pub(crate) fn may_start(&self, key: &str, now: Instant) -> bool {
         !self.running && (self.key != key || self.retry_at.is_none_or(|t| now >= t))
     }
 
@@ -74,7 +77,7 @@ impl Job {
         self.finish_from(result, MIN_BACKOFF)
     }
 
-    fn finish_from(&mut self, result: Result<(), String>, min_backoff: Duration) {
+    pub(crate) fn finish_from(&mut self, result: Result<(), String>, min_backoff: Duration) {
         self.running = false;
         match result {
             Ok(()) => {

@@ -651,7 +651,32 @@ pub struct Record {
     pub provisioned_at: String,
 }
 
-fn spec(cert: &Certificate) -> Result<&FleetProvisioning, CertError> {
+impl Record {
+    /// The record of `id`, provisioned for `cert` through `req` at `now`.
+    pub fn of(
+        cert: &Certificate,
+        req: &FleetRequest,
+        id: &FleetIdentity,
+        now: time::OffsetDateTime,
+    ) -> Record {
+        Record {
+            namespace: cert
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: cert.metadata.name.clone().unwrap_or_default(),
+            template_name: req.template_name.clone(),
+            thing_name: id.thing_name.clone(),
+            certificate_id: id.certificate_id.clone(),
+            endpoint: req.endpoint.clone(),
+            provisioned_at: super::rfc3339(now),
+        }
+    }
+}
+
+/// The `fleetProvisioning` settings of `cert`.
+pub fn spec(cert: &Certificate) -> Result<&FleetProvisioning, CertError> {
     cert.spec
         .issuer
         .aws_iot
@@ -692,6 +717,17 @@ pub fn cached(
         cert_pem: read("tls.crt")?,
         key_pem: read("tls.key")?,
     };
+    identity(fp, r, material, now).map(Some)
+}
+
+/// A provisioned identity as status shows it: the certificate's validity (never
+/// renewed: that would need the claim again) and the AWS side from its record.
+pub fn identity(
+    fp: &FleetProvisioning,
+    r: Record,
+    material: TlsMaterial,
+    now: time::OffsetDateTime,
+) -> Result<Issued, CertError> {
     let mut info = cert_info(&material.cert_pem, None, now)?;
     info.renewal_time = info.not_after.clone();
     info.aws_iot = Some(AwsIotCertificateStatus {
@@ -707,7 +743,7 @@ pub fn cached(
             r.template_name
         }),
     });
-    Ok(Some(Issued { material, info }))
+    Ok(Issued { material, info })
 }
 
 /// The thing name of a provisioned Certificate's directory.
@@ -715,12 +751,13 @@ pub fn thing_name(dir: &Path) -> Option<String> {
     read_record(dir).map(|r| r.thing_name)
 }
 
-/// The request of a Certificate from its spec, its namespace's Secrets and the state
-/// directory (a claim given as a Certificate is read from there).
+/// The request of a Certificate from its spec and its namespace's Secrets. A claim
+/// given as a Certificate is read with `claim_certificate` (standalone: the state
+/// directory; on a cluster: that Certificate's Secret).
 pub fn request_of(
-    state: &Path,
     cert: &Certificate,
     secrets: &Secrets,
+    claim_certificate: &dyn Fn(&str) -> Result<TlsMaterial, CertError>,
     machine: &impl Machine,
 ) -> Result<FleetRequest, CertError> {
     let fp = spec(cert)?;
@@ -739,19 +776,7 @@ pub fn request_of(
             cert_pem: secrets.text(s, "tls.crt")?,
             key_pem: secrets.text(s, "tls.key")?,
         },
-        (None, Some(c)) => {
-            let ns = cert.metadata.namespace.as_deref().unwrap_or("default");
-            let dir: PathBuf = state.join("certs").join(format!("{ns}_{c}"));
-            let read = |f: &str| {
-                std::fs::read_to_string(dir.join(f)).map_err(|_| {
-                    CertError::Pending(format!("the claim Certificate {c} is not issued yet"))
-                })
-            };
-            TlsMaterial {
-                cert_pem: read("tls.crt")?,
-                key_pem: read("tls.key")?,
-            }
-        }
+        (None, Some(c)) => claim_certificate(c)?,
         (None, None) => return Err(CertError::Invalid("claim sets no certificate".into())),
     };
     let ca_pem = match &fp.ca_secret_ref {
@@ -799,25 +824,26 @@ pub async fn ensure(
     if let Some(i) = cached(state, cert, now).map_err(invalid)? {
         return Ok(i);
     }
-    let req = request_of(state, cert, secrets, &ThisMachine).map_err(invalid)?;
+    let ns = cert.metadata.namespace.as_deref().unwrap_or("default");
+    let claim_dir = |c: &str| {
+        let dir: PathBuf = state.join("certs").join(format!("{ns}_{c}"));
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f)).map_err(|_| {
+                CertError::Pending(format!("the claim Certificate {c} is not issued yet"))
+            })
+        };
+        Ok(TlsMaterial {
+            cert_pem: read("tls.crt")?,
+            key_pem: read("tls.key")?,
+        })
+    };
+    let req = request_of(cert, secrets, &claim_dir, &ThisMachine).map_err(invalid)?;
     let name = cert.metadata.name.clone().unwrap_or_default();
     tracing::info!(certificate = %name, endpoint = %req.endpoint, template = %req.template_name,
         "provisioning the device with the claim certificate");
     let id = provision(&req).await?;
     let dir = cert_dir(state, cert);
-    let record = Record {
-        namespace: cert
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: name.clone(),
-        template_name: req.template_name.clone(),
-        thing_name: id.thing_name.clone(),
-        certificate_id: id.certificate_id.clone(),
-        endpoint: req.endpoint.clone(),
-        provisioned_at: super::rfc3339(now),
-    };
+    let record = Record::of(cert, &req, &id, now);
     let json =
         serde_json::to_vec_pretty(&record).map_err(|e| FleetError::Invalid(e.to_string()))?;
     write_private(&dir.join("tls.key"), id.material.key_pem.as_bytes())

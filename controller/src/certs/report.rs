@@ -1,6 +1,7 @@
 //! What a Certificate's status says, the same in both modes: ready, reason, message
 //! and the details (validity, serial, and how the background issuer is doing).
 
+use super::awsiot_jobs::AwsIotState;
 use super::renewal::Progress;
 use super::CertInfo;
 use crate::broker::TlsMaterial;
@@ -90,6 +91,54 @@ pub fn certificate_status(
             false,
             "NotIssued",
             "this issuer is not handled by standalone mode yet".to_string(),
+            serde_json::Value::Null,
+        ),
+    }
+}
+
+/// Ready, reason, message and details of a `fleetProvisioning` Certificate:
+/// `Provisioned`, `Provisioning` (also while retrying after a network failure) or
+/// `Rejected` (AWS IoT's error code and message).
+pub fn fleet_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::Value) {
+    let retry = st
+        .retry_in_seconds
+        .map(|s| format!("; retrying in {s}s"))
+        .unwrap_or_default();
+    let attempts = |m: String| {
+        let mut v = serde_json::json!({ "failures": st.failures });
+        if let Some(s) = st.retry_in_seconds {
+            v["retryInSeconds"] = s.into();
+        }
+        (m, v)
+    };
+    match (&st.issued, &st.error) {
+        (Some(i), _) => {
+            let a = i.info.aws_iot.clone().unwrap_or_default();
+            (
+                true,
+                "Provisioned",
+                format!(
+                    "provisioned as thing {} with certificate {} (template {}); endpoint {}",
+                    a.thing_name,
+                    a.certificate_id,
+                    a.provisioning_template.unwrap_or_default(),
+                    a.endpoint
+                ),
+                serde_json::to_value(&i.info).unwrap_or_default(),
+            )
+        }
+        (None, Some(e)) if st.rejected => {
+            let (m, v) = attempts(format!("{e}{retry}"));
+            (false, "Rejected", m, v)
+        }
+        (None, Some(e)) => {
+            let (m, v) = attempts(format!("not provisioned yet: {e}{retry}"));
+            (false, "Provisioning", m, v)
+        }
+        (None, None) => (
+            false,
+            "Provisioning",
+            "provisioning the device with the claim certificate".into(),
             serde_json::Value::Null,
         ),
     }

@@ -65,7 +65,7 @@ impl Issuers {
 
 /// Task key: namespace, name and uid, so a Certificate deleted and created again under
 /// the same name gets a task of its own (the old one's Secret is garbage).
-fn task_key(cert: &Certificate) -> String {
+pub(super) fn task_key(cert: &Certificate) -> String {
     format!(
         "{}/{}@{}",
         cert.namespace().unwrap_or_default(),

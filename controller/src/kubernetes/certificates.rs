@@ -1,4 +1,5 @@
-//! Certificates on a cluster: the `selfSigned` and `ca` issuers write their key pair
+//! Certificates on a cluster (`acme`, `awsIot` and its `fleetProvisioning` have modules
+//! of their own): the `selfSigned` and `ca` issuers write their key pair
 //! into the `kubernetes.io/tls` Secret named by `spec.secretName` (with `ca.crt`),
 //! owned by the Certificate, and renew it at the same time standalone mode would.
 //! Broker pods read that Secret through the API and swap the pair under live
@@ -140,21 +141,8 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::requeue(Duration::from_secs(600)));
     }
     let issuer = &cert.spec.issuer;
-    if issuer
-        .aws_iot
-        .as_ref()
-        .is_some_and(|a| a.fleet_provisioning.is_some())
-    {
-        let message = "fleet provisioning runs in `edgemq run` only for now: on a cluster, provision the device identity with the awsIot issuer (thingName) or serve a Secret made elsewhere with a Bridge's tls.clientSecretRef".to_string();
-        ctx.set_ready(
-            cert.as_ref(),
-            (false, "IssuerNotSupported", message),
-            Default::default(),
-        )
-        .await?;
-        return Ok(Action::await_change());
-    }
-    if issuer.aws_iot.is_some() {
+    let fleet = crate::certs::fleet::is_fleet(&cert);
+    if issuer.aws_iot.is_some() && !fleet {
         return super::awsiot::reconcile(cert, ctx.clone()).await;
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -175,6 +163,10 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     if issuer.acme.is_some() {
         let secrets = certs::Secrets(res.secret_values(&ns));
         return super::acme::reconcile(&cert, &ctx, secrets, existing.as_ref()).await;
+    }
+    if fleet {
+        let secrets = certs::Secrets(res.secret_values(&ns));
+        return super::fleet::reconcile(&cert, &ctx, secrets, existing.as_ref()).await;
     }
     let previous = existing.as_ref().and_then(stored);
     let result = if issuer.self_signed.is_some() {

@@ -22,7 +22,14 @@ use crate::api::{Bridge, Broker, Certificate, MqttUser};
 use std::sync::Arc;
 
 /// Ready=False reasons that only say work is under way (Events of type Normal).
-const PROGRESS_REASONS: &[&str] = &["PodNotReady", "Applying", "Pending", "Issuing", "Renewing"];
+const PROGRESS_REASONS: &[&str] = &[
+    "PodNotReady",
+    "Applying",
+    "Pending",
+    "Issuing",
+    "Renewing",
+    "Provisioning",
+];
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -43,6 +50,8 @@ pub struct Context {
     pub(super) views: Mutex<HashMap<String, (u64, Arc<View>)>>,
     /// The background ACME issuers.
     pub(super) acme: super::acme::Issuers,
+    /// The background fleet provisioning tasks.
+    pub(super) fleet: super::fleet::Provisioners,
 }
 
 /// The watched objects.

@@ -420,6 +420,7 @@ pub async fn run(
             instance: Some(identity),
         },
     );
+    // ACME and fleet provisioning tasks wake their Certificate's reconcile through this.
     let (acme_wake, acme_woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -429,6 +430,7 @@ pub async fn run(
         stores: stores.clone(),
         applied: Mutex::new(HashMap::new()),
         views: Mutex::new(HashMap::new()),
+        fleet: super::fleet::Provisioners::new(acme_wake.clone()),
         acme: super::acme::Issuers::new(acme_wake),
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=edgemq");

@@ -20,6 +20,7 @@ pub mod certificates;
 pub mod context;
 pub mod controller;
 pub mod desired;
+pub mod fleet;
 pub mod index;
 pub mod leader;
 pub mod pod;

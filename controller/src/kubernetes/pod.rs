@@ -98,7 +98,10 @@ impl Materials for PodMaterials<'_> {
         self.text(&self.certificate_secret(name), "ca.crt")
     }
     fn certificate_endpoint(&mut self, _namespace: &str, name: &str) -> Option<String> {
-        self.text(&self.certificate_secret(name), "endpoint")
+        self.text(&self.certificate_secret(name), super::awsiot::ENDPOINT_KEY)
+    }
+    fn certificate_thing_name(&mut self, _namespace: &str, name: &str) -> Option<String> {
+        self.text(&self.certificate_secret(name), super::fleet::THING_NAME_KEY)
     }
 }
 
