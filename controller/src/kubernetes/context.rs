@@ -52,6 +52,49 @@ pub struct Context {
     pub(super) acme: super::acme::Issuers,
     /// The background fleet provisioning tasks.
     pub(super) fleet: super::fleet::Provisioners,
+    /// Whether every store has listed once.
+    pub(super) synced: Synced,
+}
+
+/// Whether every store has listed once, for any number of waiters.
+///
+/// A reflector store's `wait_until_ready` keeps the waker of only the last task that
+/// polled it, so several tasks waiting at once (reconciles of four controllers, the
+/// readiness probe) could miss the wake-up and wait for ever: a controller that
+/// restarted next to an idle namespace then never reconciled. One task waits on the
+/// stores here; everyone else waits on this watch channel, which wakes them all.
+#[derive(Clone)]
+pub struct Synced(tokio::sync::watch::Receiver<Option<Result<(), String>>>);
+
+impl Synced {
+    /// Starts the one task that waits for `stores`; `on_ready` runs once they are.
+    pub(super) fn spawn(stores: Stores, on_ready: impl FnOnce() + Send + 'static) -> Synced {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            let r = stores.ready().await.map_err(|e| e.to_string());
+            match &r {
+                Ok(()) => on_ready(),
+                Err(e) => tracing::error!(error = %e, "watches did not start"),
+            }
+            tx.send_replace(Some(r));
+        });
+        Synced(rx)
+    }
+
+    /// Waits until every store has listed once.
+    pub(super) async fn wait(&self) -> Result<(), Error> {
+        let mut rx = self.0.clone();
+        let r = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Watch("the watches stopped".into()))?
+            .clone();
+        match r {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(Error::Watch(e)),
+            None => Err(Error::Watch("the watches stopped".into())),
+        }
+    }
 }
 
 /// The watched objects.
@@ -70,8 +113,9 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Waits until every store has its first complete list.
-    pub(super) async fn ready(&self) -> Result<(), Error> {
+    /// Waits until every store has its first complete list. Only [`Synced`] calls
+    /// this: a store wakes one waiter only.
+    async fn ready(&self) -> Result<(), Error> {
         let e =
             |kind: &str, e: reflector::store::WriterDropped| Error::Watch(format!("{kind}: {e}"));
         self.brokers
@@ -124,7 +168,7 @@ fn sha(v: &impl Serialize) -> String {
 impl Context {
     /// Waits until every watcher has listed once.
     pub(super) async fn ready(&self) -> Result<(), Error> {
-        self.stores.ready().await
+        self.synced.wait().await
     }
 
     /// The index and validation errors of `ns`, with `fresh` (the object being
@@ -303,4 +347,64 @@ pub(super) fn messages(errors: &[&crate::load::LoadError]) -> String {
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher;
+    use std::time::Duration;
+
+    fn listed<K>(mut w: Writer<K>)
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        w.apply_watcher_event(&watcher::Event::Init);
+        w.apply_watcher_event(&watcher::Event::InitDone);
+        // The writer must outlive the test's waits: a dropped writer is an error.
+        std::mem::forget(w);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiter_wakes_once_the_stores_have_listed() {
+        let (brokers, wb) = reflector::store::<Broker>();
+        let (users, wu) = reflector::store::<MqttUser>();
+        let (bridges, wbr) = reflector::store::<Bridge>();
+        let (certificates, wc) = reflector::store::<Certificate>();
+        let (secrets, ws) = reflector::store::<Secret>();
+        let stores = Stores {
+            brokers,
+            users,
+            bridges,
+            certificates,
+            secrets,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let synced = Synced::spawn(stores, move || {
+            let _ = tx.send(());
+        });
+        // Many tasks wait at once, as reconciles of several controllers do.
+        let waiters: Vec<_> = (0..16)
+            .map(|_| {
+                let s = synced.clone();
+                tokio::spawn(async move { s.wait().await.is_ok() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        listed(wb);
+        listed(wu);
+        listed(wbr);
+        listed(wc);
+        listed(ws);
+        for w in waiters {
+            let ok = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("a waiter was never woken")
+                .unwrap();
+            assert!(ok);
+        }
+        rx.await.expect("the readiness callback ran");
+        assert!(synced.wait().await.is_ok(), "later waiters pass at once");
+    }
 }

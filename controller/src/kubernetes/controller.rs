@@ -402,16 +402,10 @@ pub async fn run(
         certificates,
         secrets,
     };
-    {
-        let stores = stores.clone();
+    let synced = {
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            match stores.ready().await {
-                Ok(()) => metrics.set_ready(true),
-                Err(e) => tracing::error!(error = %e, "watches did not start"),
-            }
-        });
-    }
+        super::context::Synced::spawn(stores.clone(), move || metrics.set_ready(true))
+    };
     tracing::info!(namespace = ns.unwrap_or("(all)"), "watching; reconciling");
     let recorder = Recorder::new(
         client.clone(),
@@ -432,6 +426,7 @@ pub async fn run(
         views: Mutex::new(HashMap::new()),
         fleet: super::fleet::Provisioners::new(acme_wake.clone()),
         acme: super::acme::Issuers::new(acme_wake),
+        synced,
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=edgemq");
 
