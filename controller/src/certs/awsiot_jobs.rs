@@ -31,10 +31,10 @@ use crate::load::Resources;
 const MIN_BACKOFF: Duration = Duration::from_secs(30);
 /// First retry of a fleet provisioning: AWS IoT answers within seconds, and a device
 /// waiting for its identity should not wait long after the network comes back.
-pub(crate) const FLEET_MIN_BACKOFF: Duration = Duration::from_secs(5);
+const FLEET_MIN_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Longest one background attempt may take before it counts as failed.
-pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What status shows for an `awsIot` Certificate.
 #[derive(Clone, Debug, Default)]
@@ -77,7 +77,22 @@ impl Job {
         self.finish_from(result, MIN_BACKOFF)
     }
 
-    pub(crate) fn finish_from(&mut self, result: Result<(), String>, min_backoff: Duration) {
+    /// Ends a fleet provisioning attempt: backoff from 5 s, and whether AWS IoT refused
+    /// (rather than could not be reached). Returns when the next attempt is due.
+    pub(crate) fn finish_fleet<T>(
+        &mut self,
+        result: &Result<T, fleet::FleetError>,
+    ) -> Option<Instant> {
+        let r = match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        self.finish_from(r, FLEET_MIN_BACKOFF);
+        self.rejected = matches!(result, Err(fleet::FleetError::Rejected { .. }));
+        self.retry_at
+    }
+
+    fn finish_from(&mut self, result: Result<(), String>, min_backoff: Duration) {
         self.running = false;
         match result {
             Ok(()) => {
@@ -94,6 +109,21 @@ impl Job {
             }
         }
     }
+}
+
+/// Runs one fleet provisioning attempt, which counts as failed (unreachable) once it
+/// takes longer than the attempt timeout.
+pub(crate) async fn fleet_attempt<T>(
+    attempt: impl std::future::Future<Output = Result<T, fleet::FleetError>>,
+) -> Result<T, fleet::FleetError> {
+    tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(fleet::FleetError::Unreachable(format!(
+                "provisioning did not finish within {}s",
+                ATTEMPT_TIMEOUT.as_secs()
+            )))
+        })
 }
 
 #[derive(Default)]
@@ -330,29 +360,11 @@ impl AwsIotJobs {
             let cert = cert.clone();
             let id = id.clone();
             tokio::spawn(async move {
-                let r = tokio::time::timeout(
-                    ATTEMPT_TIMEOUT,
-                    fleet::ensure(&jobs.state, &cert, &secrets),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(fleet::FleetError::Unreachable(format!(
-                        "provisioning did not finish within {}s",
-                        ATTEMPT_TIMEOUT.as_secs()
-                    )))
-                });
-                let rejected = matches!(r, Err(fleet::FleetError::Rejected { .. }));
-                let r = r.map(|_| ()).map_err(|e| e.to_string());
+                let r = fleet_attempt(fleet::ensure(&jobs.state, &cert, &secrets)).await;
                 if let Err(e) = &r {
                     tracing::error!(certificate = %id.1, error = %e, "device not provisioned; will retry");
                 }
-                let retry_at = {
-                    let mut inner = jobs.lock();
-                    let job = inner.issue.entry(id).or_default();
-                    job.finish_from(r, FLEET_MIN_BACKOFF);
-                    job.rejected = rejected;
-                    job.retry_at
-                };
+                let retry_at = jobs.lock().issue.entry(id).or_default().finish_fleet(&r);
                 let _ = jobs.wake.send(());
                 // Reloads come at least once a minute; the retry should not wait for one.
                 if let Some(at) = retry_at {

@@ -168,14 +168,7 @@ fn status_fields(details: Value) -> serde_json::Map<String, Value> {
         "lastFailureTime",
         "nextAttempt",
     ];
-    match details {
-        Value::Object(m) => m
-            .into_iter()
-            .filter(|(k, v)| DECLARED.contains(&k.as_str()) && !v.is_null())
-            .filter(|(k, v)| !(k == "failures" && v == &json!(0)))
-            .collect(),
-        _ => Default::default(),
-    }
+    super::status::declared_fields(&details, DECLARED)
 }
 
 /// Name of the Secret holding ACME account `id` ([`crate::certs::acme::account_id`]).

@@ -26,7 +26,6 @@ use k8s_openapi::ByteString;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::acme::task_key;
@@ -37,7 +36,7 @@ use crate::api::certificate::FleetProvisioning;
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
 use crate::certs::awsiot::Issued;
-use crate::certs::awsiot_jobs::{AwsIotState, Job, ATTEMPT_TIMEOUT, FLEET_MIN_BACKOFF};
+use crate::certs::awsiot_jobs::{fleet_attempt, AwsIotState, Job};
 use crate::certs::fleet::{self, FleetError, FleetIdentity, FleetRequest, Machine, Record};
 use crate::certs::{self, CertError};
 
@@ -288,18 +287,16 @@ fn start(ctx: &Arc<Context>, cert: &Arc<Certificate>, key: &str, req: FleetReque
     let (ctx, cert, key) = (ctx.clone(), cert.clone(), key.to_string());
     tokio::spawn(async move {
         let r = attempt(&ctx, &cert, &key, req).await;
-        let rejected = matches!(r, Err(FleetError::Rejected { .. }));
-        let r = r.map_err(|e| e.to_string());
         if let Err(e) = &r {
             tracing::error!(certificate = %key, error = %e, "device not provisioned; will retry");
         }
-        let retry_at = {
-            let mut inner = ctx.fleet.lock();
-            let job = inner.jobs.entry(key).or_default();
-            job.finish_from(r, FLEET_MIN_BACKOFF);
-            job.rejected = rejected;
-            job.retry_at
-        };
+        let retry_at = ctx
+            .fleet
+            .lock()
+            .jobs
+            .entry(key)
+            .or_default()
+            .finish_fleet(&r);
         let me = ObjectRef::from_obj(cert.as_ref());
         let _ = ctx.fleet.wake.send(me.clone());
         if let Some(at) = retry_at {
@@ -323,14 +320,7 @@ async fn attempt(
         None => {
             tracing::info!(certificate = %key, endpoint = %req.endpoint, template = %req.template_name,
                 "provisioning the device with the claim certificate");
-            let identity = tokio::time::timeout(ATTEMPT_TIMEOUT, fleet::provision(&req))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(FleetError::Unreachable(format!(
-                        "provisioning did not finish within {}s",
-                        ATTEMPT_TIMEOUT.as_secs()
-                    )))
-                })?;
+            let identity = fleet_attempt(fleet::provision(&req)).await?;
             let now = time::OffsetDateTime::now_utc();
             Unsaved {
                 record: Record::of(cert, &req, &identity, now),
@@ -371,23 +361,21 @@ async fn report(cert: &Certificate, ctx: &Context, st: &AwsIotState) -> Result<(
 
 /// The declared status fields of `details` that do not move with the clock.
 fn status_fields(details: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    const DECLARED: &[&str] = &["notBefore", "notAfter", "serial", "renewalTime", "awsIot"];
-    let mut out: serde_json::Map<_, _> = details
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, v)| DECLARED.contains(&k.as_str()) && !v.is_null())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if let Some(f) = details.get("failures").filter(|f| **f != json!(0)) {
-        out.insert("failures".into(), f.clone());
-    }
-    out
+    const DECLARED: &[&str] = &[
+        "notBefore",
+        "notAfter",
+        "serial",
+        "renewalTime",
+        "awsIot",
+        "failures",
+    ];
+    super::status::declared_fields(details, DECLARED)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn cert() -> Certificate {
         let mut c: Certificate = serde_yaml::from_str(

@@ -129,6 +129,20 @@ pub fn shows(current: Option<&Value>, wanted: &Value) -> bool {
     }
 }
 
+/// The fields of an issuer's `details` that a Certificate's status declares (`declared`),
+/// without nulls and without a zero `failures`: what does not move with the clock, so an
+/// unchanged Certificate is not written again.
+pub fn declared_fields(details: &Value, declared: &[&str]) -> serde_json::Map<String, Value> {
+    details
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| declared.contains(&k.as_str()) && !v.is_null())
+        .filter(|(k, v)| !(k.as_str() == "failures" && **v == serde_json::json!(0)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
