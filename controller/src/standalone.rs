@@ -523,7 +523,11 @@ impl Runtime {
         };
         self.publish_report(StatusReport { config, resources })
             .await;
-        self.applied_once.store(true, Ordering::Release);
+        // Ready once the whole folder has applied once; later mistakes only hold back
+        // the objects they concern.
+        if effective.errors.is_empty() {
+            self.applied_once.store(true, Ordering::Release);
+        }
         if !outcome.changes.is_empty() {
             self.metrics.config_reloads.inc();
             tracing::info!(

@@ -98,7 +98,11 @@ pub fn effective(
             if observed.get(Kind::Broker, &k.1, &k.2).is_none() && !named.contains(&&k) {
                 let where_ = unreadable
                     .iter()
-                    .map(|e| e.location.as_ref().map_or_else(|| e.to_string(), |l| l.to_string()))
+                    .map(|e| {
+                        e.location
+                            .as_ref()
+                            .map_or_else(|| e.to_string(), |l| l.to_string())
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
                 let e = LoadError {
@@ -202,7 +206,9 @@ mod tests {
     fn hashed(name: &str, topic: &str) -> String {
         user(
             name,
-            &format!("  passwordHash: \"{HASH}\"\n  acl: [{{topic: \"{topic}\", access: readwrite}}]\n"),
+            &format!(
+                "  passwordHash: \"{HASH}\"\n  acl: [{{topic: \"{topic}\", access: readwrite}}]\n"
+            ),
         )
     }
 
@@ -228,18 +234,33 @@ mod tests {
     fn deleting_a_user_applies_while_another_user_is_invalid() {
         let b = broker(1883);
         let good = reload(
-            &[&b, &hashed("alice", "a/#"), &hashed("bob", "b/#"), &hashed("carol", "c/#")],
+            &[
+                &b,
+                &hashed("alice", "a/#"),
+                &hashed("bob", "b/#"),
+                &hashed("carol", "c/#"),
+            ],
             &Resources::default(),
         );
         assert!(good.errors.is_empty(), "{:?}", good.errors);
         let broken_carol = user("carol", "  passwordHash: \"$7$101$tooshort$abc\"\n");
         let next = reload(&[&b, &hashed("alice", "a/#"), &broken_carol], &good.res);
-        assert_eq!(usernames(&next), ["alice", "carol"], "bob is gone, carol keeps her last good version");
+        assert_eq!(
+            usernames(&next),
+            ["alice", "carol"],
+            "bob is gone, carol keeps her last good version"
+        );
         let h = held(&next, Kind::MqttUser, "carol").expect("carol is held");
         assert!(h.kept);
         let text = h.message();
-        assert!(text.contains("all.yaml:") && text.contains("MqttUser/carol: "), "{text}");
-        assert!(text.ends_with("its last good version stays in effect"), "{text}");
+        assert!(
+            text.contains("all.yaml:") && text.contains("MqttUser/carol: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("its last good version stays in effect"),
+            "{text}"
+        );
         let carol = next.res.user("default", "carol").expect("carol");
         assert_eq!(carol.object.spec.password_hash.as_deref(), Some(HASH));
         assert_eq!(next.held.len(), 1, "nothing else is held: {:?}", next.held);
@@ -248,13 +269,19 @@ mod tests {
     #[test]
     fn an_edit_of_another_user_applies_while_one_is_invalid() {
         let b = broker(1883);
-        let good = reload(&[&b, &hashed("alice", "a/#"), &hashed("carol", "c/#")], &Resources::default());
+        let good = reload(
+            &[&b, &hashed("alice", "a/#"), &hashed("carol", "c/#")],
+            &Resources::default(),
+        );
         let broken_carol = user("carol", "  passwordSecretRef: {name: nowhere, key: pw}\n");
         let next = reload(&[&b, &hashed("alice", "x/#"), &broken_carol], &good.res);
         let bundles = plan::plan(&next.res).expect("plans");
         let acl = &bundles["default/home"].acl.users;
         assert_eq!(acl["alice"][0].topic, "x/#", "alice's edit applies");
-        assert_eq!(acl["carol"][0].topic, "c/#", "carol keeps her last good rules");
+        assert_eq!(
+            acl["carol"][0].topic, "c/#",
+            "carol keeps her last good rules"
+        );
     }
 
     #[test]
@@ -266,17 +293,31 @@ mod tests {
         assert_eq!(usernames(&next), ["alice"]);
         let h = held(&next, Kind::MqttUser, "dave").expect("dave is held");
         assert!(!h.kept);
-        assert!(h.message().contains("Secret `nowhere` not found"), "{}", h.message());
+        assert!(
+            h.message().contains("Secret `nowhere` not found"),
+            "{}",
+            h.message()
+        );
         assert!(h.message().ends_with("left out until fixed"));
     }
 
     #[test]
     fn an_invalid_broker_keeps_its_last_good_version_and_user_deletions_still_apply() {
-        let good = reload(&[&broker(1883), &hashed("alice", "a/#"), &hashed("bob", "b/#")], &Resources::default());
+        let good = reload(
+            &[
+                &broker(1883),
+                &hashed("alice", "a/#"),
+                &hashed("bob", "b/#"),
+            ],
+            &Resources::default(),
+        );
         let next = reload(&[&broker(0), &hashed("alice", "a/#")], &good.res);
         assert_eq!(usernames(&next), ["alice"], "bob's deletion applies");
         let b = next.res.broker("default", "home").expect("the Broker runs");
-        assert_eq!(b.object.spec.listeners[0].port, 1883, "at its last good version");
+        assert_eq!(
+            b.object.spec.listeners[0].port, 1883,
+            "at its last good version"
+        );
         assert!(held(&next, Kind::Broker, "home").is_some_and(|h| h.kept));
     }
 
@@ -285,7 +326,10 @@ mod tests {
         let b = broker(1883);
         let good = reload(&[&b, &hashed("zed", "z/#")], &Resources::default());
         // `aaron` sorts first, so a one-sided check would blame `zed`.
-        let aaron = user("aaron", "  username: zed\n  passwordHash: \"$6$AAAAAAAAAAAAAAAA$x\"\n");
+        let aaron = user(
+            "aaron",
+            "  username: zed\n  passwordHash: \"$6$AAAAAAAAAAAAAAAA$x\"\n",
+        );
         let aaron = aaron.replace("$6$AAAAAAAAAAAAAAAA$x", HASH);
         let next = reload(&[&b, &aaron, &hashed("zed", "z/#")], &good.res);
         let bundles = plan::plan(&next.res).expect("plans");
@@ -297,9 +341,13 @@ mod tests {
     #[test]
     fn a_user_whose_password_secret_is_deleted_is_locked_out_not_kept() {
         let b = broker(1883);
-        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: pw}\nstringData: {carol: pw}\n";
+        let secret =
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: pw}\nstringData: {carol: pw}\n";
         let carol = user("carol", "  passwordSecretRef: {name: pw, key: carol}\n");
-        let good = reload(&[&b, &hashed("alice", "a/#"), &carol, secret], &Resources::default());
+        let good = reload(
+            &[&b, &hashed("alice", "a/#"), &carol, secret],
+            &Resources::default(),
+        );
         assert_eq!(usernames(&good), ["alice", "carol"]);
         let next = reload(&[&b, &hashed("alice", "a/#"), &carol], &good.res);
         assert_eq!(usernames(&next), ["alice"]);
@@ -308,18 +356,35 @@ mod tests {
 
     #[test]
     fn a_document_that_cannot_be_read_keeps_a_missing_broker_but_not_a_missing_user() {
-        let good = reload(&[&broker(1883), &hashed("alice", "a/#"), &hashed("bob", "b/#")], &Resources::default());
+        let good = reload(
+            &[
+                &broker(1883),
+                &hashed("alice", "a/#"),
+                &hashed("bob", "b/#"),
+            ],
+            &Resources::default(),
+        );
         // The Broker's document and bob's are now one unreadable document each.
-        let next = reload(&["kind: [\n", &hashed("alice", "a/#"), "acl: {\n"], &good.res);
+        let next = reload(
+            &["kind: [\n", &hashed("alice", "a/#"), "acl: {\n"],
+            &good.res,
+        );
         assert_eq!(usernames(&next), ["alice"], "bob is not kept");
         let h = held(&next, Kind::Broker, "home").expect("the Broker is held");
-        assert!(h.kept && h.message().contains("cannot be read"), "{}", h.message());
+        assert!(
+            h.kept && h.message().contains("cannot be read"),
+            "{}",
+            h.message()
+        );
     }
 
     #[test]
     fn leaving_an_object_out_leaves_out_what_needs_it() {
         let good = reload(&[&hashed("alice", "a/#")], &Resources::default());
-        assert!(good.res.users().next().is_none(), "no Broker, so alice is out");
+        assert!(
+            good.res.users().next().is_none(),
+            "no Broker, so alice is out"
+        );
         assert!(held(&good, Kind::MqttUser, "alice").is_some_and(|h| !h.kept));
         // A Broker that never checked clean takes its users out with it.
         let next = reload(&[&broker(0), &hashed("alice", "a/#")], &good.res);
@@ -330,24 +395,35 @@ mod tests {
     #[test]
     fn a_recreated_object_does_not_inherit_the_last_good_version_of_the_one_before() {
         let obj = |uid: &str, hash: &str| {
-            let mut u: crate::api::MqttUser = serde_yaml::from_str(&hashed("carol", "c/#")).expect("user");
+            let mut u: crate::api::MqttUser =
+                serde_yaml::from_str(&hashed("carol", "c/#")).expect("user");
             u.metadata.uid = Some(uid.into());
             u.spec.password_hash = Some(hash.into());
             Object::MqttUser(Box::new(u))
         };
         let mut before = Resources::default();
-        before.apply(Object::Broker(Box::new(serde_yaml::from_str(&broker(1883)).expect("broker"))), None);
+        before.apply(
+            Object::Broker(Box::new(
+                serde_yaml::from_str(&broker(1883)).expect("broker"),
+            )),
+            None,
+        );
         before.apply(obj("uid-1", HASH), None);
         let mut now = before.clone();
         now.apply(obj("uid-2", "not a hash"), None);
         let errors = check_namespace(&now);
         let e = effective(&now, &errors, &before, check_namespace);
         assert!(e.res.user("default", "carol").is_none());
-        let same = effective(&now, &errors, &{
-            let mut b = before.clone();
-            b.apply(obj("uid-2", HASH), None);
-            b
-        }, check_namespace);
+        let same = effective(
+            &now,
+            &errors,
+            &{
+                let mut b = before.clone();
+                b.apply(obj("uid-2", HASH), None);
+                b
+            },
+            check_namespace,
+        );
         assert!(same.res.user("default", "carol").is_some());
     }
 }

@@ -52,13 +52,13 @@ impl Loader {
                 Err(e) => {
                     self.io_failed = true;
                     self.errors.push(LoadError {
-                    location: Some(SourceLocation {
-                        file: f.clone(),
-                        line: 1,
-                    }),
-                    object: None,
-                    subject: None,
-                    message: format!("cannot read file: {e}"),
+                        location: Some(SourceLocation {
+                            file: f.clone(),
+                            line: 1,
+                        }),
+                        object: None,
+                        subject: None,
+                        message: format!("cannot read file: {e}"),
                     });
                 }
             }
