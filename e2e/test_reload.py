@@ -1,5 +1,6 @@
 """Live reload of the config folder with 50 Paho clients connected: what changes takes
-effect, nobody is disconnected who should not be, and a bad edit changes nothing."""
+effect, nobody is disconnected who should not be, a bad edit changes nothing of the
+object it breaks, and never holds back another object's change or deletion."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from helpers_b import (can_login, fingerprint_of_file, make_cert, metric, served_fingerprint,
                        served_serial, timed_poll, tls_secret_yaml)
-from support import connect, free_port, poll, port_open, try_connect, unique_id
+from support import (MQTTv5, RawConn, broker_yaml, connect, connect_packet, free_port, poll, port_open,
+                     try_connect, unique_id, user_yaml)
 
 USERS = [f"u{i}" for i in range(10)]
 CLIENTS_PER_USER = 5  # the last one of each user connects over TLS
@@ -318,3 +320,93 @@ def test_a_listener_can_be_added_and_removed_live(edgemq, clients, tmp_path):
     exchange(sub, pub, b"after removal")
     assert not sub.disconnected.is_set() and not pub.disconnected.is_set()
     assert e.status()["config"]["valid"] is True
+
+
+def _revoke_folder(e, port: int, acls: dict, carol_ref: str = "carol") -> None:
+    """broker.yaml, one file per user (alice, bob, carol), and secrets.yaml."""
+    e.write("broker.yaml", broker_yaml("home", port, "  aclEnabled: true"))
+    for name, rules in acls.items():
+        ref = carol_ref if name == "carol" else name
+        e.write(f"{name}.yaml", user_yaml(name, "home", acl=rules, secret_ref=("pw", ref)))
+    e.write("secrets.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {name: pw}\nstringData:\n"
+            "  alice: pw-alice\n  bob: pw-bob\n  carol: pw-carol\n")
+
+
+def _raw_connack(port: int, username: str, password: str, v5: bool):
+    """(whole CONNACK as (type, flags, body), whether the broker then closes)."""
+    with RawConn(port) as c:
+        c.send(connect_packet(unique_id("raw"), v5=v5, username=username, password=password))
+        packet = c.read_packet()
+        return packet, c.closed_by_peer(5)
+
+
+def test_deleting_a_user_locks_it_out_while_another_user_is_invalid(edgemq, clients, tmp_path):
+    port = free_port()
+    e = edgemq()
+    acls = {u: [("home/#", "readwrite")] for u in ("alice", "bob", "carol")}
+    _revoke_folder(e, port, acls)
+    e.start()
+    sub = clients(port, username="alice", password="pw-alice")
+    assert sub.subscribe_wait("home/#", qos=1) == [1]
+    bob = clients(port, username="bob", password="pw-bob")
+    exchange(sub, bob, b"before")
+
+    # Break carol: her password reference now names a key the Secret does not have.
+    e.write("carol.yaml", user_yaml("carol", "home", acl=acls["carol"], secret_ref=("pw", "carol-typo")))
+    carol_line = next(i for i, l in enumerate((e.config_dir / "carol.yaml").read_text().splitlines(), 1)
+                      if "passwordSecretRef" in l)
+
+    def carol_status(st):
+        for r in st["resources"]:
+            if r["kind"] == "MqttUser" and r["name"] == "carol":
+                c = r["conditions"][0]
+                if c["reason"] == "InvalidSpec":
+                    return r
+        return None
+
+    carol = e.wait_applied(carol_status, message="carol's status names her mistake")
+    cond = carol["conditions"][0]
+    assert cond["status"] == "False", cond
+    where = f"carol.yaml:{carol_line}: MqttUser/carol: Secret `pw` has no key `carol-typo`"
+    assert where in cond["message"], cond
+    assert cond["message"].endswith("its last good version stays in effect"), cond
+    st = e.status()
+    assert st["config"]["valid"] is False and any(where in x for x in st["config"]["errors"]), st["config"]
+    # carol keeps her last good version; nobody else is touched.
+    assert try_connect(port, username="carol", password="pw-carol")[0]
+    assert not bob.disconnected.is_set() and not sub.disconnected.is_set()
+
+    # Delete bob while carol is broken: locked out at once, his session closed.
+    e.remove("bob.yaml")
+    poll(lambda: bob.disconnected.is_set(), 15, message="bob's connection closed after his deletion")
+    assert _raw_connack(port, "bob", "pw-bob", v5=False) == ((2, 0, b"\x00\x05"), True)
+    (ptype, flags, body), closed = _raw_connack(port, "bob", "pw-bob", v5=True)
+    assert (ptype, flags, body, closed) == (2, 0, b"\x00\x87\x00", True), body
+    assert try_connect(port, username="bob", password="pw-bob", protocol=MQTTv5) == (False, 0x87)
+    # alice still works, and carol still logs in at her last good version.
+    pub2 = clients(port, username="alice", password="pw-alice")
+    exchange(sub, pub2, b"after bob's deletion")
+    assert try_connect(port, username="carol", password="pw-carol")[0]
+
+    # An edit of alice's rules applies while carol is broken.
+    acls["alice"] = [("home/#", "readwrite"), ("extra/#", "readwrite")]
+    e.write("alice.yaml", user_yaml("alice", "home", acl=acls["alice"], secret_ref=("pw", "alice")))
+
+    def extra_delivered():
+        s = clients(port, username="alice", password="pw-alice")
+        s.subscribe_wait("extra/#", qos=1)
+        s.publish_wait("extra/t", b"x", qos=1)
+        return s.get_or_none(0.5) is not None
+
+    poll(extra_delivered, 15, interval=0.3, message="alice's new rule applies while carol is broken")
+
+    # `edgemq status` names carol's mistake with file:line.
+    r = e.cli("status", "--state", str(e.state_dir))
+    assert r.returncode == 3, r.stdout + r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("MqttUser") and " carol " in l)
+    assert "InvalidSpec" in line and where in line, r.stdout
+
+    # The fix applies.
+    e.write("carol.yaml", user_yaml("carol", "home", acl=acls["carol"], secret_ref=("pw", "carol")))
+    e.wait_applied(lambda st: st["config"]["valid"] is True and not carol_status(st), message="fixed")
+    assert not sub.disconnected.is_set()

@@ -168,6 +168,9 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
     certs: certs::Manager,
+    /// The objects that ran last time, each at its last good version: what an object
+    /// with a mistake falls back to.
+    last_good: std::sync::Mutex<Resources>,
     /// Earliest renewal time of the certificates issued in place (selfSigned, ca);
     /// ACME certificates have their own timers.
     next_renewal: std::sync::Mutex<Option<time::OffsetDateTime>>,
@@ -205,6 +208,7 @@ impl Runtime {
             report: RwLock::new(StatusReport::default()),
             metrics,
             applied_once: AtomicBool::new(false),
+            last_good: std::sync::Mutex::new(Resources::default()),
             next_renewal: std::sync::Mutex::new(None),
         }
     }
@@ -220,10 +224,16 @@ impl Runtime {
             return Some("no valid configuration applied yet".into());
         }
         let report = self.report.read().await;
+        let running = self.engine.broker_status().await;
         let failing: Vec<String> = report
             .resources
             .iter()
             .filter(|r| r.kind == "Broker" && r.ready().is_some_and(|c| c.status != "True"))
+            // A Broker whose edit has a mistake runs its last good version.
+            .filter(|r| {
+                !(r.ready().is_some_and(|c| c.reason == "InvalidSpec")
+                    && running.contains_key(&format!("{}/{}", r.namespace, r.name)))
+            })
             .map(|r| format!("{}/{}", r.namespace, r.name))
             .collect();
         (!failing.is_empty()).then(|| format!("brokers not ready: {}", failing.join(", ")))
@@ -258,25 +268,60 @@ impl Runtime {
         report
     }
 
-    /// Reads the folder and applies it. Invalid content changes nothing that runs.
+    /// Reads the folder and applies it. An object with a mistake keeps its last good
+    /// version (or stays out if it never had one) and its status says why; everything
+    /// else applies, deletions always.
     pub async fn reload(&self) -> ReloadOutcome {
         let started = Instant::now();
         let mut outcome = ReloadOutcome::default();
-        let (res, bundles) =
-            match load_and_plan(&self.opts.config_dir, self.opts.secrets_dir.as_deref()) {
-                Ok(v) => v,
-                Err(errors) => {
-                    outcome.errors = errors;
-                    return self.refuse(outcome).await;
-                }
-            };
-        outcome.valid = true;
+        let folder = load::read_folder(&self.opts.config_dir, self.opts.secrets_dir.as_deref());
+        if folder.unreadable {
+            // Not a mistake in an object: nobody can say what the folder holds.
+            outcome.errors = folder.errors.iter().map(|e| e.to_string()).collect();
+            return self.refuse(outcome).await;
+        }
+        outcome.valid = folder.errors.is_empty();
+        let last_good = self.last_good.lock().map(|l| l.clone()).unwrap_or_default();
+        let effective =
+            load::effective(&folder.res, &folder.errors, &last_good, load::check_folder);
+        let bundles = match plan::plan(&effective.res) {
+            Ok(b) => b,
+            Err(e) => {
+                // The effective set checks clean, so this is not expected; if it happens,
+                // nothing that runs changes.
+                outcome.valid = false;
+                outcome.errors = e.iter().map(|e| e.to_string()).collect();
+                return self.refuse(outcome).await;
+            }
+        };
+        if let Ok(mut l) = self.last_good.lock() {
+            *l = effective.res.clone();
+        }
+        outcome.errors = effective.errors.iter().map(|e| e.to_string()).collect();
+        for e in &outcome.errors {
+            tracing::error!("{e}");
+        }
+        if !outcome.errors.is_empty() {
+            tracing::error!(
+                errors = outcome.errors.len(),
+                held = effective.held.len(),
+                "objects with errors keep their last good version or stay out; everything else applies"
+            );
+        }
+        let held = &effective.held;
+        let res = effective.res.clone();
 
         // Certificates: issue or reuse every one a listener needs. AWS IoT work runs in
         // the background; what is on disk is used now.
         let now = time::OffsetDateTime::now_utc();
         let mut certs = CertResolver::new(&res, &self.certs, now);
-        let aws_states = self.certs.aws_iot(&res);
+        // A Certificate left out for a mistake, or one that may be in a document that
+        // cannot be read, is not deleted from AWS: only a deletion deletes.
+        let unreadable_document = folder.errors.iter().any(|e| e.subject.is_none());
+        let aws_states = self.certs.aws_iot(&res, |(ns, name)| {
+            unreadable_document
+                || held.contains_key(&(load::Kind::Certificate, ns.clone(), name.clone()))
+        });
         for ((ns, name), st) in &aws_states {
             let r = match (&st.issued, &st.error) {
                 (Some(i), _) => Ok((i.material.clone(), i.info.clone())),
@@ -332,6 +377,10 @@ impl Runtime {
                     }
                     _ => (false, "Unknown", String::new(), serde_json::Value::Null),
                 };
+            let (ready, reason, message) = match held.get(&b.meta.key()) {
+                Some(h) => (false, "InvalidSpec", h.message()),
+                None => (ready, reason, message),
+            };
             resources.push(status_of(
                 "Broker", &b.meta, ready, reason, &message, details, &previous, &stamp,
             ));
@@ -351,6 +400,10 @@ impl Runtime {
                     "BrokerNotFound",
                     format!("Broker {broker} not found"),
                 ),
+            };
+            let (ready, reason, message) = match held.get(&u.meta.key()) {
+                Some(h) => (false, "InvalidSpec", h.message()),
+                None => (ready, reason, message),
             };
             resources.push(status_of(
                 "MqttUser",
@@ -379,6 +432,10 @@ impl Runtime {
                     (Some(Err(e)), _) => (false, "ConfigError", e.clone(), serde_json::Value::Null),
                     _ => (false, "Unknown", String::new(), serde_json::Value::Null),
                 };
+            let (ready, reason, message) = match held.get(&br.meta.key()) {
+                Some(h) => (false, "InvalidSpec", h.message()),
+                None => (ready, reason, message),
+            };
             resources.push(status_of(
                 "Bridge", &br.meta, ready, reason, &message, details, &previous, &stamp,
             ));
@@ -441,6 +498,10 @@ impl Runtime {
                 .certificate_renewal_failures
                 .get_or_create(&label)
                 .set(progress.map(|p| p.failures).or(aws_failures).unwrap_or(0) as i64);
+            let (ready, reason, message) = match held.get(&c.meta.key()) {
+                Some(h) => (false, "InvalidSpec", h.message()),
+                None => (ready, reason, message),
+            };
             resources.push(status_of(
                 "Certificate",
                 &c.meta,
@@ -452,16 +513,21 @@ impl Runtime {
                 &stamp,
             ));
         }
+        resources.extend(left_out(held, &previous, &stamp));
         let elapsed = started.elapsed();
         let config = ConfigStatus {
-            valid: true,
+            valid: outcome.errors.is_empty(),
             errors: outcome.errors.clone(),
             applied_at: Some(stamp),
             last_apply_millis: Some(elapsed.as_millis() as u64),
         };
         self.publish_report(StatusReport { config, resources })
             .await;
-        self.applied_once.store(true, Ordering::Release);
+        // Ready once the whole folder has applied once; later mistakes only hold back
+        // the objects they concern.
+        if effective.errors.is_empty() {
+            self.applied_once.store(true, Ordering::Release);
+        }
         if !outcome.changes.is_empty() {
             self.metrics.config_reloads.inc();
             tracing::info!(
@@ -581,6 +647,32 @@ fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::
             serde_json::Value::Null,
         ),
     }
+}
+
+/// The status of every object left out because of its mistakes (it never had a good
+/// version): not in the effective set, so not reported with the others.
+fn left_out(
+    held: &BTreeMap<load::ObjectKey, load::Held>,
+    previous: &BTreeMap<String, crate::api::Condition>,
+    now: &str,
+) -> Vec<ResourceStatus> {
+    held.iter()
+        .filter(|(k, h)| !h.kept && k.0 != load::Kind::Secret)
+        .map(|((kind, ns, name), h)| {
+            let mut obj = load::ObjectRef::new(*kind, ns, name);
+            obj.location = h.errors.iter().find_map(|e| e.location.clone());
+            status_of(
+                kind.as_str(),
+                &obj,
+                false,
+                "InvalidSpec",
+                &h.message(),
+                serde_json::Value::Null,
+                previous,
+                now,
+            )
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]

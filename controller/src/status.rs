@@ -157,7 +157,7 @@ impl StatusReport {
             .collect();
         let mut out = String::new();
         if !self.config.valid {
-            out.push_str("configuration has errors; the last good configuration keeps running:\n");
+            out.push_str("configuration has errors (an object with errors keeps its last good version, or stays out if it never had one):\n");
             for e in &self.config.errors {
                 out.push_str("  ");
                 out.push_str(e);

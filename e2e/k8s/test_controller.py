@@ -202,7 +202,9 @@ def test_an_invalid_object_is_reported_and_the_last_good_config_keeps_serving(
     # A dangling reference: the object says why, with the words `edgemq validate` uses.
     k.apply(cluster, namespace, k.user("lost", "nope", passwordHash=Z2M_HASH))
     lost = k.wait_ready(cluster, "mqttuser", "lost", namespace, status="False", reason="InvalidSpec")
-    message = k.ready(lost)["message"]
+    # The words `edgemq validate` uses, then what runs instead.
+    message, instead = k.ready(lost)["message"].rsplit("; ", 1)
+    assert instead == "left out until fixed", k.ready(lost)
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "all.yaml").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": []}))
@@ -222,11 +224,17 @@ def test_an_invalid_object_is_reported_and_the_last_good_config_keeps_serving(
     # Not this Broker's business: it stays Ready.
     assert k.ready(k.get(cluster, "broker", "home", namespace))["status"] == "True"
 
-    # A duplicate username blocks the Broker's change; the pod keeps its last good config.
+    # A duplicate username: the newcomer stays out, alice keeps her last good version,
+    # and the Broker is not held back (it stays Ready).
     k.apply(cluster, namespace, k.user("alice-again", "home", username="alice", passwordHash=Z2M_HASH))
-    k.wait_ready(cluster, "mqttuser", "alice-again", namespace, status="False", reason="InvalidSpec")
-    b = k.wait_ready(cluster, "broker", "home", namespace, status="False", reason="InvalidSpec")
-    assert "already used" in k.ready(b)["message"], k.ready(b)
+    again = k.ready(k.wait_ready(cluster, "mqttuser", "alice-again", namespace, status="False",
+                                 reason="InvalidSpec"))
+    assert "already used" in again["message"] and again["message"].endswith("left out until fixed"), again
+    held = k.ready(k.wait_ready(cluster, "mqttuser", "alice", namespace, status="False",
+                                reason="InvalidSpec", timeout=60))
+    assert "also claimed" in held["message"], held
+    assert held["message"].endswith("its last good version stays in effect"), held
+    assert k.ready(k.get(cluster, "broker", "home", namespace))["status"] == "True"
     assert not alice.disconnected.is_set()
     alice.subscribe_wait("check", qos=1)
     alice.publish_wait("check", b"1", qos=1)
@@ -235,8 +243,51 @@ def test_an_invalid_object_is_reported_and_the_last_good_config_keeps_serving(
     # The fix applies.
     cluster.kubectl("delete", "mqttuser", "alice-again", "-n", namespace)
     k.wait_ready(cluster, "broker", "home", namespace, timeout=60)
+    k.wait_ready(cluster, "mqttuser", "alice", namespace, reason="Active", timeout=60)
     cluster.kubectl("delete", "mqttuser", "lost", "-n", namespace)
     assert not alice.disconnected.is_set()
+    alice.disconnect_wait()
+
+
+def test_deleting_a_user_locks_it_out_while_another_user_is_invalid(cluster, controller, namespace):
+    rules = [{"topic": "home/#", "access": "readwrite"}]
+    ref = lambda key: {"passwordSecretRef": {"name": "pw", "key": key}}  # noqa: E731
+    k.apply(cluster, namespace,
+            k.secret("pw", alice="pw-alice", bob="pw-bob", carol="pw-carol"),
+            k.broker("home", [{"name": "lan", "port": 1883}]),
+            *[k.user(u, "home", acl=rules, **ref(u)) for u in ("alice", "bob", "carol")])
+    k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    port = k.node_port(cluster, "home", namespace, "lan")
+    alice = k.wait_connect(port, username="alice", password="pw-alice")
+    alice.subscribe_wait("home/#", qos=1)
+    bob = k.wait_connect(port, username="bob", password="pw-bob")
+
+    # Break carol: her password reference names a key the Secret does not have.
+    k.apply(cluster, namespace, k.user("carol", "home", acl=rules, **ref("carol-typo")))
+    carol = k.ready(k.wait_ready(cluster, "mqttuser", "carol", namespace, status="False",
+                                 reason="InvalidSpec", timeout=60))
+    assert "MqttUser/carol: Secret `pw` has no key `carol-typo`" in carol["message"], carol
+    assert carol["message"].endswith("its last good version stays in effect"), carol
+
+    # Delete bob while carol is broken: locked out at once, his session closed.
+    cluster.kubectl("delete", "mqttuser", "bob", "-n", namespace)
+    cluster.wait_for(bob.disconnected.is_set, 60, "bob's session closed after his deletion")
+    assert support.connack_code(port, "bob", "pw-bob") == 5
+    assert support.connack_code(port, "bob", "pw-bob", v5=True) == 0x87
+    # Nobody else is touched: alice exchanges messages, carol runs her last good version,
+    # and the Broker runs the new configuration.
+    assert not alice.disconnected.is_set()
+    alice.publish_wait("home/x", b"after", qos=1)
+    assert alice.get(timeout=10).payload == b"after"
+    assert support.try_connect(port, username="carol", password="pw-carol")[0]
+    k.wait_ready(cluster, "broker", "home", namespace, reason="Running", timeout=60)
+
+    # An object that never checked clean stays out, and says so.
+    k.apply(cluster, namespace, k.user("dave", "home", acl=rules, **ref("dave")))
+    dave = k.ready(k.wait_ready(cluster, "mqttuser", "dave", namespace, status="False",
+                                reason="InvalidSpec", timeout=60))
+    assert dave["message"].endswith("left out until fixed"), dave
+    assert support.connack_code(port, "dave", "") == 5
     alice.disconnect_wait()
 
 

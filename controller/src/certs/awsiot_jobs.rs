@@ -155,8 +155,13 @@ impl AwsIotJobs {
 
     /// The state of every `awsIot` Certificate of `res`, by (namespace, name);
     /// starts the background work that is due, including the cleanup of Certificates
-    /// no longer in `res`.
-    pub fn reconcile(&self, res: &Resources) -> BTreeMap<(String, String), AwsIotState> {
+    /// no longer in `res` — except those `held` says may still exist (declared with a
+    /// mistake): a mistake never deletes anything in AWS.
+    pub fn reconcile(
+        &self,
+        res: &Resources,
+        held: impl Fn(&(String, String)) -> bool,
+    ) -> BTreeMap<(String, String), AwsIotState> {
         let now = time::OffsetDateTime::now_utc();
         let mut out = BTreeMap::new();
         let bridges: Vec<&Bridge> = res.bridges().map(|b| &b.object).collect();
@@ -276,7 +281,8 @@ impl AwsIotJobs {
                 .certificate(&id.0, &id.1)
                 .is_some_and(|c| c.spec.issuer.aws_iot.is_some());
             let issuing = inner.issue.get(&id).is_some_and(|j| j.running);
-            if still_aws || issuing || record.deletion_policy == DeletionPolicy::Retain {
+            if still_aws || issuing || held(&id) || record.deletion_policy == DeletionPolicy::Retain
+            {
                 continue;
             }
             let job = inner.delete.entry(dir.clone()).or_default();

@@ -62,9 +62,14 @@ impl Manager {
     /// The state of every `awsIot` Certificate of `res` (the certificate on disk, and
     /// how the background AWS work goes), starting the AWS work that is due: issuing,
     /// policy updates from the Bridges, rotation, and the cleanup of Certificates no
-    /// longer in `res` per their deletion policy. Never waits on the network.
-    pub fn aws_iot(&self, res: &Resources) -> BTreeMap<(String, String), AwsIotState> {
-        self.aws.reconcile(res)
+    /// longer in `res` per their deletion policy, unless `held` says they may still
+    /// exist (declared with a mistake). Never waits on the network.
+    pub fn aws_iot(
+        &self,
+        res: &Resources,
+        held: impl Fn(&(String, String)) -> bool,
+    ) -> BTreeMap<(String, String), AwsIotState> {
+        self.aws.reconcile(res, held)
     }
 
     /// The current key pair of a Certificate and what status shows about it.

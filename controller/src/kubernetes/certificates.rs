@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::context::{messages, status_of, Context};
+use super::context::{status_of, Context};
 use super::index;
 use super::status::controller_status;
 use super::Error;
@@ -126,12 +126,10 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         )
         .await?;
     let res = &view.res;
-    let errors = &view.errors;
-    let own = index::concerning(errors, &[format!("{}/{name}", Kind::Certificate)].into());
     let current = status_of(cert.as_ref());
     let stamp = certs::rfc3339(now);
-    if !own.is_empty() {
-        let message = messages(&own);
+    if let Some(held) = view.held(Kind::Certificate, &ns, &name) {
+        let message = held.message();
         ctx.set_ready(
             cert.as_ref(),
             (false, "InvalidSpec", message),

@@ -48,6 +48,10 @@ pub struct Context {
     /// The last index and validation of each namespace, by fingerprint: reconciles of
     /// a namespace where nothing changed share one.
     pub(super) views: Mutex<HashMap<String, (u64, Arc<View>)>>,
+    /// Per namespace, the objects that ran last time, each at its last good version:
+    /// what an object with a mistake falls back to. Kept in memory: after a restart an
+    /// object with a mistake stays out until fixed (fail closed).
+    pub(super) last_good: tokio::sync::Mutex<HashMap<String, crate::load::Resources>>,
     /// The background ACME issuers.
     pub(super) acme: super::acme::Issuers,
     /// The background fleet provisioning tasks.
@@ -184,9 +188,15 @@ impl Context {
     ) -> Result<Arc<View>, Error> {
         self.ready().await?;
         let snap = self.snapshot();
+        // One view at a time per controller: each is judged against the last good set
+        // the one before it left.
+        let mut last_good = self.last_good.lock().await;
+        let previous = last_good.get(ns).cloned().unwrap_or_default();
         if index::stored_version(&snap, kind, ns, name) != version {
             // The store has not seen this version yet: build it with the fresh copy.
-            return Ok(Arc::new(index::view(&snap, ns, Some(fresh))));
+            let v = Arc::new(index::view(&snap, ns, Some(fresh), &previous));
+            last_good.insert(ns.to_string(), v.effective.res.clone());
+            return Ok(v);
         }
         let fp = index::fingerprint(&snap, ns);
         if let Some((f, v)) = self.views.lock().ok().and_then(|m| m.get(ns).cloned()) {
@@ -194,7 +204,8 @@ impl Context {
                 return Ok(v);
             }
         }
-        let v = Arc::new(index::view(&snap, ns, None));
+        let v = Arc::new(index::view(&snap, ns, None, &previous));
+        last_good.insert(ns.to_string(), v.effective.res.clone());
         if let Ok(mut m) = self.views.lock() {
             m.insert(ns.to_string(), (fp, v.clone()));
         }
@@ -338,15 +349,6 @@ pub(super) fn status_of<K: Serialize>(o: &K) -> Option<Value> {
     serde_json::to_value(o)
         .ok()
         .and_then(|v| v.get("status").cloned())
-}
-
-/// Validation messages joined for a condition.
-pub(super) fn messages(errors: &[&crate::load::LoadError]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::bundle::PodBundle;
-use super::context::{messages, now_rfc3339, status_of, Context, Stores};
+use super::context::{now_rfc3339, status_of, Context, Stores};
 use super::desired::{self, Settings};
 use super::index;
 use super::status::{broker_ready, controller_status, BrokerState};
@@ -64,27 +64,28 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             crate::load::Object::Broker(Box::new(index::without_status(&b))),
         )
         .await?;
-    let res = &view.res;
-    let errors = &view.errors;
-    let parts = index::parts_of(res, &ns, &name);
-    let mine: Vec<String> = index::concerning(errors, &parts)
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
+    // Each object with a mistake runs at its last good version or stays out; the
+    // rest of the Broker's changes apply, deletions always.
+    let eff = &view.effective.res;
+    let own = view.held(Kind::Broker, &ns, &name);
     let current = status_of(b.as_ref());
     let running = current
         .as_ref()
         .and_then(|s| s.get("configHash"))
         .and_then(|h| h.as_str())
         .map(str::to_string);
-    let planned = match (mine.is_empty(), res.broker(&ns, &name)) {
-        (true, Some(l)) => crate::plan::plan_broker(res, l).map_err(|e| {
-            e.iter()
-                .map(|e| format!("Broker/{name}: {e}"))
-                .collect::<Vec<_>>()
+    let planned = match eff.broker(&ns, &name) {
+        Some(l) => crate::plan::plan_broker(eff, l)
+            .map(|bundle| (bundle, l.object.clone()))
+            .map_err(|e| {
+                e.iter()
+                    .map(|e| format!("Broker/{name}: {e}"))
+                    .collect::<Vec<_>>()
+            }),
+        None => Err(match own {
+            Some(h) => vec![h.message()],
+            None => vec![format!("Broker/{name}: not found")],
         }),
-        (true, None) => Err(vec![format!("Broker/{name}: not found")]),
-        (false, _) => Err(mine),
     };
     let mut extra = serde_json::Map::new();
     let state = match planned {
@@ -97,11 +98,13 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                 running: running.clone(),
             }
         }
-        Ok(bundle) => {
-            let pod_bundle = PodBundle::new(bundle, res);
+        Ok((bundle, effective_broker)) => {
+            let pod_bundle = PodBundle::new(bundle, eff);
             let hash = pod_bundle.bundle.hash();
             extra.insert("desiredConfigHash".into(), json!(hash));
-            let objects = desired::broker_objects(&b, &pod_bundle, &ctx.settings);
+            // The pod follows the Broker's last good version while its edit has a
+            // mistake.
+            let objects = desired::broker_objects(&effective_broker, &pod_bundle, &ctx.settings);
             match apply_broker_objects(&ctx, &objects).await {
                 Err(e) => BrokerState::ApplyFailed(e.to_string()),
                 Ok((deployment, service)) => {
@@ -112,7 +115,12 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                         .unwrap_or(0);
                     extra.insert("readyReplicas".into(), json!(ready));
                     extra.insert("address".into(), json!(address(&service)));
-                    if ready < 1 {
+                    if let Some(h) = own {
+                        BrokerState::InvalidSpec {
+                            errors: vec![h.message()],
+                            running: running.clone(),
+                        }
+                    } else if ready < 1 {
                         BrokerState::PodNotReady
                     } else if running.as_deref() != Some(hash.as_str()) {
                         BrokerState::Applying {
@@ -199,14 +207,19 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
             crate::load::Object::MqttUser(Box::new((*u).clone())),
         )
         .await?;
-    let res = &view.res;
-    let errors = &view.errors;
-    let own = index::concerning(errors, &[format!("{}/{name}", Kind::MqttUser)].into());
-    let ready = if !own.is_empty() {
-        (false, "InvalidSpec", messages(&own))
+    let ready = if let Some(h) = view.held(Kind::MqttUser, &ns, &name) {
+        (false, "InvalidSpec", h.message())
+    } else if view.effective.res.broker(&ns, broker).is_none() {
+        let why = view
+            .held(Kind::Broker, &ns, broker)
+            .map(|h| h.message())
+            .unwrap_or_else(|| format!("Broker {broker} not found"));
+        (
+            false,
+            "BrokerConfigInvalid",
+            format!("Broker {broker} does not run: {why}"),
+        )
     } else {
-        let parts = index::parts_of(res, &ns, broker);
-        let blocking = index::concerning(errors, &parts);
         // Read, not from a store: this pass may be triggered by the Broker's own status
         // change, which another watch's store may not hold yet.
         let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &ns);
@@ -218,16 +231,7 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
         let applied = status.as_ref().is_some_and(|s| {
             s.get("configHash").is_some() && s.get("configHash") == s.get("desiredConfigHash")
         });
-        if !blocking.is_empty() {
-            (
-                false,
-                "BrokerConfigInvalid",
-                format!(
-                    "Broker {broker} cannot apply its configuration: {}",
-                    messages(&blocking)
-                ),
-            )
-        } else if applied {
+        if applied {
             (true, "Active", format!("can log in to Broker {broker}"))
         } else {
             (
@@ -268,13 +272,11 @@ async fn reconcile_bridge(b: Arc<Bridge>, ctx: Arc<Context>) -> Result<Action, E
             crate::load::Object::Bridge(Box::new((*b).clone())),
         )
         .await?;
-    let errors = &view.errors;
-    let own = index::concerning(errors, &[format!("{}/{name}", Kind::Bridge)].into());
-    if own.is_empty() {
+    let Some(held) = view.held(Kind::Bridge, &ns, &name) else {
         return Ok(Action::requeue(Duration::from_secs(600)));
-    }
+    };
     let current = status_of(b.as_ref());
-    let message = messages(&own);
+    let message = held.message();
     let status = controller_status(
         current.as_ref(),
         b.meta().generation,
@@ -424,6 +426,7 @@ pub async fn run(
         stores: stores.clone(),
         applied: Mutex::new(HashMap::new()),
         views: Mutex::new(HashMap::new()),
+        last_good: tokio::sync::Mutex::new(HashMap::new()),
         fleet: super::fleet::Provisioners::new(acme_wake.clone()),
         acme: super::acme::Issuers::new(acme_wake),
         synced,
@@ -470,6 +473,7 @@ pub async fn run(
     .for_each(|_| futures_util::future::ready(()));
 
     let users_store = stores.users.clone();
+    let siblings_store = stores.users.clone();
     let user_ctl = Controller::new(
         api_for::<MqttUser>(&client, ns),
         watcher::Config::default().any_semantic(),
@@ -485,6 +489,28 @@ pub async fn run(
                 .into_iter()
                 .filter(|u| namespace_of(u.as_ref()) == ns && u.spec.broker_ref == name)
                 .map(|u| ObjectRef::from_obj(u.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    )
+    // Two MqttUsers claiming one username are both in conflict: a change of either
+    // (or its deletion) changes the other's status.
+    .watches(
+        api_for::<MqttUser>(&client, ns),
+        watcher::Config::default(),
+        move |u| {
+            let ns = namespace_of(&u);
+            let name = u.name_any();
+            let username = u.username();
+            siblings_store
+                .state()
+                .into_iter()
+                .filter(|o| {
+                    namespace_of(o.as_ref()) == ns
+                        && o.spec.broker_ref == u.spec.broker_ref
+                        && o.username() == username
+                        && o.name_any() != name
+                })
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
                 .collect::<Vec<_>>()
         },
     )

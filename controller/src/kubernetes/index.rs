@@ -2,12 +2,10 @@
 //! same [`Resources`] index the folder loader fills, then validated and planned the
 //! same way. The core never knows where objects came from.
 
-use std::collections::BTreeSet;
-
 use k8s_openapi::api::core::v1::Secret;
 
 use crate::api::{Bridge, Broker, Certificate, MqttUser};
-use crate::load::{Kind, LoadError, Object, Resources};
+use crate::load::{Effective, Held, Kind, LoadError, Object, Resources};
 
 /// Snapshots of every watched kind (any namespace; [`namespace`] picks one).
 #[derive(Clone, Default)]
@@ -62,82 +60,44 @@ pub fn without_status(b: &Broker) -> Broker {
 
 /// Every validation error of the namespace.
 pub fn errors(res: &Resources) -> Vec<LoadError> {
-    match res.validate() {
-        Ok(()) => Vec::new(),
-        Err(e) => e.into_vec(),
-    }
+    crate::load::check_namespace(res)
 }
 
-/// `Kind/name` of every object a Broker's configuration is made of: the Broker, its
-/// MqttUsers and Bridges, and the Certificates its listeners and Bridges use.
-pub fn parts_of(res: &Resources, ns: &str, broker: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::from([format!("{}/{broker}", Kind::Broker)]);
-    for u in res.users_of(ns, broker) {
-        out.insert(format!("{}/{}", Kind::MqttUser, u.name));
-    }
-    let mut certs = BTreeSet::new();
-    if let Some(b) = res.broker(ns, broker) {
-        for l in &b.object.spec.listeners {
-            if let Some(c) = l.tls.as_ref().and_then(|t| t.certificate_ref.clone()) {
-                certs.insert(c);
-            }
-        }
-    }
-    for b in res.bridges_of(ns, broker) {
-        out.insert(format!("{}/{}", Kind::Bridge, b.name));
-        let v = serde_json::to_value(&b.object.spec).unwrap_or_default();
-        collect_certificate_refs(&v, &mut certs);
-    }
-    for c in certs {
-        out.insert(format!("{}/{c}", Kind::Certificate));
-    }
-    out
-}
-
-/// Names in every `certificateRef`-like field (`certificateRef`, `clientCertificateRef`,
-/// `caCertificateRef`, `awsIotEndpoint.certificateRef`) of a spec.
-fn collect_certificate_refs(v: &serde_json::Value, out: &mut BTreeSet<String>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, v) in m {
-                if k.ends_with("ertificateRef") {
-                    if let Some(s) = v.as_str() {
-                        out.insert(s.to_string());
-                    }
-                }
-                collect_certificate_refs(v, out);
-            }
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_certificate_refs(v, out)),
-        _ => {}
-    }
-}
-
-/// The errors among `errors` that concern one of `parts`.
-pub fn concerning<'a>(errors: &'a [LoadError], parts: &BTreeSet<String>) -> Vec<&'a LoadError> {
-    errors
-        .iter()
-        .filter(|e| e.object.as_ref().is_some_and(|o| parts.contains(o)))
-        .collect()
-}
-
-/// A namespace's index and its validation errors.
+/// A namespace's index, its validation errors, and what runs.
 pub struct View {
     /// The objects, as the loader's index.
     pub res: Resources,
     /// Every validation error of the namespace.
     pub errors: Vec<LoadError>,
+    /// What the plan reads: each object with a mistake at its last good version or
+    /// left out (see [`crate::load::effective`]); the namespace's next last good set.
+    pub effective: Effective,
+}
+
+impl View {
+    /// Why `kind` `name` does not run as written, if it does not.
+    pub fn held(&self, kind: Kind, ns: &str, name: &str) -> Option<&Held> {
+        self.effective
+            .held
+            .get(&(kind, ns.to_string(), name.to_string()))
+    }
 }
 
 /// The index of `ns`, with `fresh` (the object a reconcile was called for, newer than
-/// the store's copy) in place of the stored one.
-pub fn view(snapshot: &Snapshot, ns: &str, fresh: Option<Object>) -> View {
+/// the store's copy) in place of the stored one, judged against the namespace's
+/// `last_good` set.
+pub fn view(snapshot: &Snapshot, ns: &str, fresh: Option<Object>, last_good: &Resources) -> View {
     let mut res = namespace(snapshot, ns);
     if let Some(o) = fresh {
         res.apply(o, None);
     }
     let errors = errors(&res);
-    View { res, errors }
+    let effective = crate::load::effective(&res, &errors, last_good, crate::load::check_namespace);
+    View {
+        res,
+        errors,
+        effective,
+    }
 }
 
 /// What identifies an object's content for the index: its `generation` (a custom

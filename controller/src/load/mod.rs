@@ -17,6 +17,7 @@
 //! home/users.yaml:12: MqttUser/alice: spec: unknown field `pasword`, expected one of ...
 //! ```
 
+mod effective;
 mod locate;
 mod parse;
 mod validate;
@@ -30,6 +31,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::api::{Bridge, Broker, Certificate, MqttUser};
 
+pub use effective::{effective, Effective, Held};
 pub use locate::Seg;
 pub use validate::{filter_error, warnings, DEFAULT_NAMESPACE};
 
@@ -39,19 +41,57 @@ pub use validate::{filter_error, warnings, DEFAULT_NAMESPACE};
 ///
 /// Returns every mistake found, each with `file:line` and the object it concerns.
 pub fn load(config_dir: &Path, secrets_dir: Option<&Path>) -> Result<Resources, LoadErrors> {
+    let folder = read_folder(config_dir, secrets_dir);
+    if folder.errors.is_empty() {
+        Ok(folder.res)
+    } else {
+        Err(LoadErrors::new(folder.errors))
+    }
+}
+
+/// A folder as read: every object that could be read, and every mistake.
+#[derive(Clone, Debug, Default)]
+pub struct Folder {
+    /// The objects that were read without a mistake of their own in the file.
+    pub res: Resources,
+    /// Every mistake, sorted by file and line.
+    pub errors: Vec<LoadError>,
+    /// A folder or file could not be read at all (not a mistake in it): nothing can be
+    /// said about what it holds.
+    pub unreadable: bool,
+}
+
+/// Reads and checks a folder as [`load`] does, but keeps what was read when there are
+/// mistakes, so each object can be judged on its own (see [`effective`]).
+pub fn read_folder(config_dir: &Path, secrets_dir: Option<&Path>) -> Folder {
     let mut loader = parse::Loader::default();
     loader.read_root(config_dir, parse::RootKind::Config);
     if let Some(dir) = secrets_dir {
         loader.read_root(dir, parse::RootKind::Secrets);
     }
+    let unreadable = loader.io_failed();
     let (res, mut errors, broken) = loader.finish();
     errors.extend(validate::validate(&res, &broken));
     errors.extend(validate::shared_host_ports(&res));
-    if errors.is_empty() {
-        Ok(res)
-    } else {
-        Err(LoadErrors::new(errors))
+    Folder {
+        res,
+        errors: LoadErrors::new(errors).into_vec(),
+        unreadable,
     }
+}
+
+/// The mistakes of a set of objects from a folder: [`Resources::validate`] plus the
+/// check that Brokers sharing the host do not share a port.
+pub fn check_folder(res: &Resources) -> Vec<LoadError> {
+    let mut errors = validate::validate(res, &Default::default());
+    errors.extend(validate::shared_host_ports(res));
+    errors
+}
+
+/// The mistakes of a set of objects from one namespace of a cluster (each Broker has
+/// a pod of its own, so ports do not clash across Brokers).
+pub fn check_namespace(res: &Resources) -> Vec<LoadError> {
+    validate::validate(res, &Default::default())
 }
 
 /// The kinds the loader reads.
@@ -156,6 +196,11 @@ impl ObjectRef {
         }
     }
 
+    /// Kind, namespace and name: what identifies the object.
+    pub fn key(&self) -> ObjectKey {
+        (self.kind, self.namespace.clone(), self.name.clone())
+    }
+
     /// `Kind/name`, as errors name the object.
     pub fn display_name(&self) -> String {
         format!("{}/{}", self.kind, self.name)
@@ -190,6 +235,7 @@ impl ObjectRef {
         LoadError {
             location: self.field_location(path),
             object: Some(self.display_name()),
+            subject: Some(self.key()),
             message: message.into(),
         }
     }
@@ -251,6 +297,9 @@ impl Object {
 
 /// `(namespace, name)`, the key of every object map.
 pub type Key = (String, String);
+
+/// `(kind, namespace, name)`: one object of any kind.
+pub type ObjectKey = (Kind, String, String);
 
 fn key(ns: &str, name: &str) -> Key {
     (ns.to_string(), name.to_string())
@@ -320,6 +369,57 @@ impl Resources {
             Kind::Certificate => self.certificates.remove(&k).is_some(),
             Kind::Secret => self.secrets.remove(&k).is_some(),
         }
+    }
+
+    /// Copies object `k` (with its origin) from `other` into this index, replacing
+    /// what is here; returns whether `other` had it.
+    pub fn copy_from(&mut self, other: &Resources, k: &ObjectKey) -> bool {
+        fn copy<T: Clone>(
+            to: &mut BTreeMap<Key, Loaded<T>>,
+            from: &BTreeMap<Key, Loaded<T>>,
+            k: Key,
+        ) -> bool {
+            match from.get(&k) {
+                Some(l) => {
+                    to.insert(k, l.clone());
+                    true
+                }
+                None => false,
+            }
+        }
+        let key = key(&k.1, &k.2);
+        match k.0 {
+            Kind::Broker => copy(&mut self.brokers, &other.brokers, key),
+            Kind::MqttUser => copy(&mut self.users, &other.users, key),
+            Kind::Bridge => copy(&mut self.bridges, &other.bridges, key),
+            Kind::Certificate => copy(&mut self.certificates, &other.certificates, key),
+            Kind::Secret => copy(&mut self.secrets, &other.secrets, key),
+        }
+    }
+
+    /// `metadata.uid` of an object, when it has one (objects from the Kubernetes API).
+    pub(crate) fn uid(&self, k: &ObjectKey) -> Option<&str> {
+        let key = key(&k.1, &k.2);
+        match k.0 {
+            Kind::Broker => self.brokers.get(&key)?.object.metadata.uid.as_deref(),
+            Kind::MqttUser => self.users.get(&key)?.object.metadata.uid.as_deref(),
+            Kind::Bridge => self.bridges.get(&key)?.object.metadata.uid.as_deref(),
+            Kind::Certificate => self.certificates.get(&key)?.object.metadata.uid.as_deref(),
+            Kind::Secret => self.secrets.get(&key)?.object.metadata.uid.as_deref(),
+        }
+    }
+
+    /// The key of every object, in kind order.
+    pub fn keys(&self) -> Vec<ObjectKey> {
+        fn ks<T>(kind: Kind, m: &BTreeMap<Key, Loaded<T>>) -> impl Iterator<Item = ObjectKey> + '_ {
+            m.keys().map(move |(ns, n)| (kind, ns.clone(), n.clone()))
+        }
+        ks(Kind::Broker, &self.brokers)
+            .chain(ks(Kind::MqttUser, &self.users))
+            .chain(ks(Kind::Bridge, &self.bridges))
+            .chain(ks(Kind::Certificate, &self.certificates))
+            .chain(ks(Kind::Secret, &self.secrets))
+            .collect()
     }
 
     /// The identity of an object, if present.
@@ -473,6 +573,9 @@ pub struct LoadError {
     pub location: Option<SourceLocation>,
     /// `Kind/name` of the object, when known.
     pub object: Option<String>,
+    /// Kind, namespace and name of the object the mistake belongs to, when it is one
+    /// the loader reads: which object keeps its last good version (see [`effective`]).
+    pub subject: Option<ObjectKey>,
     /// What is wrong.
     pub message: String,
 }

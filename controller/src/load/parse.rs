@@ -27,6 +27,8 @@ pub(crate) struct Loader {
     /// Objects that were declared but could not be read; references to them are not
     /// reported again as dangling.
     broken: BTreeSet<(Kind, String, String)>,
+    /// A folder or file could not be read.
+    io_failed: bool,
 }
 
 impl Loader {
@@ -35,9 +37,11 @@ impl Loader {
         if root.is_file() {
             files.push(root.to_path_buf());
         } else if let Err(e) = collect_files(root, &mut files) {
+            self.io_failed = true;
             self.errors.push(LoadError {
                 location: None,
                 object: None,
+                subject: None,
                 message: format!("{}: cannot read folder: {e}", root.display()),
             });
         }
@@ -45,16 +49,25 @@ impl Loader {
         for f in files {
             match std::fs::read_to_string(&f) {
                 Ok(text) => self.read_file(&f, &text, kind),
-                Err(e) => self.errors.push(LoadError {
-                    location: Some(SourceLocation {
-                        file: f.clone(),
-                        line: 1,
-                    }),
-                    object: None,
-                    message: format!("cannot read file: {e}"),
-                }),
+                Err(e) => {
+                    self.io_failed = true;
+                    self.errors.push(LoadError {
+                        location: Some(SourceLocation {
+                            file: f.clone(),
+                            line: 1,
+                        }),
+                        object: None,
+                        subject: None,
+                        message: format!("cannot read file: {e}"),
+                    });
+                }
             }
         }
+    }
+
+    /// Whether a folder or file could not be read (as opposed to holding mistakes).
+    pub(crate) fn io_failed(&self) -> bool {
+        self.io_failed
     }
 
     pub(crate) fn finish(self) -> (Resources, Vec<LoadError>, BTreeSet<(Kind, String, String)>) {
@@ -87,6 +100,7 @@ impl Loader {
                 self.errors.push(LoadError {
                     location: Some(at(line)),
                     object: None,
+                    subject: None,
                     message: format!("invalid YAML: {}", strip_location(&e)),
                 });
                 return;
@@ -99,6 +113,7 @@ impl Loader {
                 self.errors.push(LoadError {
                     location: Some(at(1)),
                     object: None,
+                    subject: None,
                     message: "a document must be a mapping with apiVersion, kind and metadata"
                         .into(),
                 });
@@ -121,10 +136,15 @@ impl Loader {
             (Some(k), None) => Some(k.clone()),
             _ => None,
         };
+        let subject = match (kind_s.as_deref().and_then(Kind::parse), &name) {
+            (Some(k), Some(n)) if !n.is_empty() => Some((k, namespace.clone(), n.clone())),
+            _ => None,
+        };
         let mut err = |loc: SourceLocation, message: String| {
             self.errors.push(LoadError {
                 location: Some(loc),
                 object: object.clone(),
+                subject: subject.clone(),
                 message,
             })
         };

@@ -70,7 +70,7 @@ fn anonymous_can_do_anything(spec: &crate::api::BrokerSpec) -> bool {
 /// overlapping addresses.
 pub(crate) fn shared_host_ports(res: &Resources) -> Vec<LoadError> {
     // port → (bound address, listener name, its Broker) of every listener seen so far
-    type Bound<'a> = (Option<IpAddr>, String, &'a ObjectRef);
+    type Bound<'a> = (Option<IpAddr>, String, &'a ObjectRef, usize);
     let mut seen: BTreeMap<u16, Vec<Bound<'_>>> = BTreeMap::new();
     let mut errors = Vec::new();
     // In file order, so the clash is reported on the listener that came second.
@@ -82,10 +82,10 @@ pub(crate) fn shared_host_ports(res: &Resources) -> Vec<LoadError> {
         for (i, l) in b.object.spec.listeners.iter().enumerate() {
             let addr = bind_ip(l.bind_address.as_deref());
             let slot = seen.entry(l.port).or_default();
-            let clash = slot.iter().find(|(a, _, other)| {
+            let clash = slot.iter().find(|(a, _, other, _)| {
                 other.namespace != b.namespace || other.name != b.name
             } && (a.is_none() || addr.is_none() || *a == addr));
-            if let Some((_, lname, other)) = clash {
+            if let Some((_, lname, other, j)) = clash {
                 errors.push(b.error_at(
                     &listener_path(i, "port"),
                     format!(
@@ -95,8 +95,20 @@ pub(crate) fn shared_host_ports(res: &Resources) -> Vec<LoadError> {
                         other.origin()
                     ),
                 ));
+                // Both Brokers are in conflict: the one already running keeps its
+                // last good version and a new one stays out.
+                errors.push(other.error_at(
+                    &listener_path(*j, "port"),
+                    format!(
+                        "port {} is also used by listener `{}` of {} ({})",
+                        l.port,
+                        l.name,
+                        b.display_name(),
+                        b.origin()
+                    ),
+                ));
             }
-            slot.push((addr, l.name.clone(), &b.meta));
+            slot.push((addr, l.name.clone(), &b.meta, i));
         }
     }
     errors
@@ -558,7 +570,7 @@ impl Validator<'_> {
                 spec.broker_ref.clone(),
                 username.clone(),
             );
-            if let Some(first) = usernames.get(&k) {
+            if let Some(first) = usernames.get(&k).copied() {
                 let msg = format!(
                     "username `{username}` is already used on Broker `{}` by {} ({})",
                     spec.broker_ref,
@@ -566,6 +578,23 @@ impl Validator<'_> {
                     first.origin()
                 );
                 self.err(u, upath, msg);
+                // Both claimants are in conflict: which one is new cannot be told from
+                // here, and a newcomer must never take over a username that works.
+                if let Some(f) = res.user(&first.namespace, &first.name) {
+                    let fpath = [Seg::Key("spec"), Seg::Key("username")];
+                    let fpath: &[Seg] = if f.object.spec.username.is_some() {
+                        &fpath
+                    } else {
+                        &[Seg::Key("metadata"), Seg::Key("name")]
+                    };
+                    let msg = format!(
+                        "username `{username}` is also claimed on Broker `{}` by {} ({})",
+                        spec.broker_ref,
+                        u.display_name(),
+                        u.origin()
+                    );
+                    self.err(first, fpath, msg);
+                }
             } else {
                 usernames.insert(k, &u.meta);
             }
