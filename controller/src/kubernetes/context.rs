@@ -7,9 +7,9 @@ use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
-use kube::core::PartialObjectMeta;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -438,7 +438,11 @@ where
     let kind = K::kind(&());
     if kind == "Secret" {
         let v = serde_json::to_value(current).unwrap_or_default();
-        let empty = |k: &str| v.get(k).and_then(|d| d.as_object()).is_none_or(|d| d.is_empty());
+        let empty = |k: &str| {
+            v.get(k)
+                .and_then(|d| d.as_object())
+                .is_none_or(|d| d.is_empty())
+        };
         if empty("data") && empty("stringData") {
             return Ok(());
         }

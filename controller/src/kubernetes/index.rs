@@ -92,7 +92,9 @@ fn collect_secret_refs(v: &serde_json::Value, out: &mut BTreeSet<String>) {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
                 if k == "secretRef" || k.ends_with("SecretRef") {
-                    let name = v.as_str().or_else(|| v.get("name").and_then(|n| n.as_str()));
+                    let name = v
+                        .as_str()
+                        .or_else(|| v.get("name").and_then(|n| n.as_str()));
                     if let Some(n) = name.filter(|n| !n.is_empty()) {
                         out.insert(n.to_string());
                     }
@@ -324,7 +326,9 @@ mod tests {
             ]
         );
         assert_eq!(
-            referenced_secrets(&res, "lab").into_iter().collect::<Vec<_>>(),
+            referenced_secrets(&res, "lab")
+                .into_iter()
+                .collect::<Vec<_>>(),
             ["lab-password"]
         );
     }

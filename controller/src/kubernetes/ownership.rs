@@ -35,7 +35,11 @@ pub fn owned_by(existing: &ObjectMeta, owners: &[OwnerReference]) -> bool {
         return true;
     }
     let labels = existing.labels.clone().unwrap_or_default();
-    if labels.get("app.kubernetes.io/managed-by").map(String::as_str) != Some(MANAGED_BY) {
+    if labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        != Some(MANAGED_BY)
+    {
         return false;
     }
     owners
@@ -145,8 +149,8 @@ mod tests {
     #[test]
     fn an_object_nobody_owns_is_refused_and_named() {
         let existing = meta("edgemq-foo", &[("app", "shop")], vec![]);
-        let c = conflict("Service", &existing, &desired_for_broker("foo", "u1"))
-            .expect("a conflict");
+        let c =
+            conflict("Service", &existing, &desired_for_broker("foo", "u1")).expect("a conflict");
         assert_eq!(c.kind, "Service");
         assert_eq!(c.name, "edgemq-foo");
         assert_eq!(
