@@ -96,14 +96,14 @@ pub fn tls_secret(
     }
 }
 
-/// Whether `secret` may be written for `cert`: it is new, or already the Certificate's.
+/// Whether `secret` may be written for `cert`: it is new (empty), or already the
+/// Certificate's ([`super::ownership::owned_by`], the rule every object the
+/// controller writes follows).
 pub(super) fn ours(secret: &Secret, cert: &Certificate) -> bool {
-    let uid = cert.metadata.uid.as_deref();
-    secret
-        .owner_references()
-        .iter()
-        .any(|o| o.kind == "Certificate" && Some(o.uid.as_str()) == uid)
-        || secret.data.as_ref().is_none_or(|d| d.is_empty())
+    let owner: Vec<_> = cert.controller_owner_ref(&()).into_iter().collect();
+    super::ownership::owned_by(&secret.metadata, &owner)
+        || (secret.data.as_ref().is_none_or(|d| d.is_empty())
+            && secret.string_data.as_ref().is_none_or(|d| d.is_empty()))
 }
 
 /// Issues or renews a Certificate's pair and reports it.

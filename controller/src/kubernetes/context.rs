@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::desired::Settings;
 use super::index::{self, Snapshot, View};
+use super::ownership;
 use super::status::shows;
 use super::{Error, Metrics, FIELD_MANAGER};
 use crate::api::{Bridge, Broker, Certificate, MqttUser};
@@ -58,6 +60,9 @@ pub struct Context {
     pub(super) fleet: super::fleet::Provisioners,
     /// Whether every store has listed once.
     pub(super) synced: Synced,
+    /// Values of the Secrets some edgemq object names, read by name, by
+    /// (namespace, name): no other Secret's value is ever held.
+    pub(super) secret_values: Mutex<HashMap<(String, String), Arc<Secret>>>,
 }
 
 /// Whether every store has listed once, for any number of waiters.
@@ -112,8 +117,8 @@ pub struct Stores {
     pub bridges: Store<Bridge>,
     /// Certificates.
     pub certificates: Store<Certificate>,
-    /// Secrets.
-    pub secrets: Store<Secret>,
+    /// Secrets, metadata only (names and versions; values are read by name).
+    pub secrets: Store<PartialObjectMeta<Secret>>,
 }
 
 impl Stores {
@@ -194,7 +199,9 @@ impl Context {
         let previous = last_good.get(ns).cloned().unwrap_or_default();
         if index::stored_version(&snap, kind, ns, name) != version {
             // The store has not seen this version yet: build it with the fresh copy.
-            let v = Arc::new(index::view(&snap, ns, Some(fresh), &previous));
+            let res = index::objects(&snap, ns, Some(fresh));
+            let secrets = self.referenced_secrets(&snap, &res, ns).await?;
+            let v = Arc::new(index::with_secrets(res, &secrets, &previous));
             last_good.insert(ns.to_string(), v.effective.res.clone());
             return Ok(v);
         }
@@ -204,7 +211,9 @@ impl Context {
                 return Ok(v);
             }
         }
-        let v = Arc::new(index::view(&snap, ns, None, &previous));
+        let res = index::objects(&snap, ns, None);
+        let secrets = self.referenced_secrets(&snap, &res, ns).await?;
+        let v = Arc::new(index::with_secrets(res, &secrets, &previous));
         last_good.insert(ns.to_string(), v.effective.res.clone());
         if let Ok(mut m) = self.views.lock() {
             m.insert(ns.to_string(), (fp, v.clone()));
@@ -212,13 +221,80 @@ impl Context {
         Ok(v)
     }
 
+    /// The Secrets of `ns` that the objects in `res` name, each read by name when the
+    /// metadata watch shows a version the cache does not hold; Secrets nobody names
+    /// any more leave the cache.
+    async fn referenced_secrets(
+        &self,
+        snap: &Snapshot,
+        res: &crate::load::Resources,
+        ns: &str,
+    ) -> Result<Vec<Arc<Secret>>, Error> {
+        let names = index::referenced_secrets(res, ns);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let mut out = Vec::new();
+        for name in &names {
+            let key = (ns.to_string(), name.clone());
+            let Some(version) = index::secret_version(snap, ns, name) else {
+                self.forget_secret(&key);
+                continue;
+            };
+            let cached = self
+                .secret_values
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&key).cloned());
+            if let Some(s) = cached.filter(|s| s.resource_version() == Some(version.clone())) {
+                out.push(s);
+                continue;
+            }
+            match api.get_opt(name).await? {
+                Some(mut s) => {
+                    s.managed_fields_mut().clear();
+                    let s = Arc::new(s);
+                    if let Ok(mut m) = self.secret_values.lock() {
+                        m.insert(key, s.clone());
+                    }
+                    out.push(s);
+                }
+                None => self.forget_secret(&key),
+            }
+        }
+        if let Ok(mut m) = self.secret_values.lock() {
+            m.retain(|(n, s), _| n != ns || names.contains(s));
+        }
+        Ok(out)
+    }
+
+    fn forget_secret(&self, key: &(String, String)) {
+        if let Ok(mut m) = self.secret_values.lock() {
+            m.remove(key);
+        }
+    }
+
     /// What the watchers hold now.
     pub(super) fn snapshot(&self) -> Snapshot {
         self.stores.snapshot()
     }
 
+    /// The object `obj` would be written over, as the server has it now.
+    pub(super) async fn observe<K>(&self, obj: &K) -> Result<Option<K>, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
+        Ok(api.get_opt(&name).await?)
+    }
+
     /// Applies `obj` with server-side apply unless the same content was applied before
-    /// and nobody changed the object since. Returns the object as the server has it.
+    /// and nobody changed the object since; refuses to take over an object of that
+    /// name that belongs to someone else ([`Error::Conflict`]). Returns the object as
+    /// the server has it.
     pub(super) async fn ensure<K>(&self, obj: &K) -> Result<K, Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -227,18 +303,34 @@ impl Context {
             + DeserializeOwned
             + std::fmt::Debug,
     {
+        let current = self.observe(obj).await?;
+        self.ensure_over(obj, current).await
+    }
+
+    /// [`Context::ensure`] with `current` already observed.
+    pub(super) async fn ensure_over<K>(&self, obj: &K, current: Option<K>) -> Result<K, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        check_owned(obj, current.as_ref())?;
         let ns = obj.meta().namespace.clone().unwrap_or_default();
         let name = obj.meta().name.clone().unwrap_or_default();
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
         let key = format!("{}/{ns}/{name}", K::kind(&()));
         let hash = sha(obj);
-        if let Some(current) = api.get_opt(&name).await? {
+        if let Some(current) = current {
             let rv = current.resource_version().unwrap_or_default();
             let cached = self.applied.lock().ok().and_then(|m| m.get(&key).cloned());
             if cached == Some((hash.clone(), rv)) {
                 return Ok(current);
             }
         }
+        // `force` takes over fields other managers set on an object that is ours
+        // (check_owned above): someone's `kubectl edit` of a Broker's Service is put back.
         let out = api
             .patch(
                 &name,
@@ -344,6 +436,34 @@ impl Context {
     }
 }
 
+/// Refuses to write `desired` over `current` when `current` belongs to someone else
+/// (see [`ownership`]). An empty Secret counts as new: it was made to be filled (for
+/// example to hold a Certificate's pair under a name chosen in advance).
+pub(super) fn check_owned<K>(desired: &K, current: Option<&K>) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    let Some(current) = current else {
+        return Ok(());
+    };
+    let kind = K::kind(&());
+    if kind == "Secret" {
+        let v = serde_json::to_value(current).unwrap_or_default();
+        let empty = |k: &str| {
+            v.get(k)
+                .and_then(|d| d.as_object())
+                .is_none_or(|d| d.is_empty())
+        };
+        if empty("data") && empty("stringData") {
+            return Ok(());
+        }
+    }
+    match ownership::conflict(&kind, current.meta(), desired.meta()) {
+        Some(c) => Err(Error::Conflict(c)),
+        None => Ok(()),
+    }
+}
+
 /// The `status` of an object as JSON, if it has one.
 pub(super) fn status_of<K: Serialize>(o: &K) -> Option<Value> {
     serde_json::to_value(o)
@@ -374,7 +494,7 @@ mod tests {
         let (users, wu) = reflector::store::<MqttUser>();
         let (bridges, wbr) = reflector::store::<Bridge>();
         let (certificates, wc) = reflector::store::<Certificate>();
-        let (secrets, ws) = reflector::store::<Secret>();
+        let (secrets, ws) = reflector::store::<PartialObjectMeta<Secret>>();
         let stores = Stores {
             brokers,
             users,

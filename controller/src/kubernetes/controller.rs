@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::bundle::PodBundle;
-use super::context::{now_rfc3339, status_of, Context, Stores};
+use super::context::{check_owned, now_rfc3339, status_of, Context, Stores};
 use super::desired::{self, Settings};
 use super::index;
 use super::status::{broker_ready, controller_status, BrokerState};
@@ -106,6 +106,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             // mistake.
             let objects = desired::broker_objects(&effective_broker, &pod_bundle, &ctx.settings);
             match apply_broker_objects(&ctx, &objects).await {
+                Err(Error::Conflict(c)) => BrokerState::NameConflict(c.to_string()),
                 Err(e) => BrokerState::ApplyFailed(e.to_string()),
                 Ok((deployment, service)) => {
                     let ready = deployment
@@ -177,15 +178,37 @@ async fn apply_broker_objects(
     ctx: &Context,
     o: &desired::BrokerObjects,
 ) -> Result<(Deployment, Service), Error> {
-    ctx.ensure::<ServiceAccount>(&o.service_account).await?;
-    ctx.ensure::<Role>(&o.role).await?;
-    ctx.ensure::<RoleBinding>(&o.role_binding).await?;
-    ctx.ensure::<Secret>(&o.bundle).await?;
-    if let Some(v) = &o.volume {
-        ctx.ensure::<PersistentVolumeClaim>(v).await?;
+    // Observe everything first: one object of the name that belongs to someone else
+    // stops the Broker before any of its objects is written.
+    let sa = ctx.observe(&o.service_account).await?;
+    let role = ctx.observe(&o.role).await?;
+    let binding = ctx.observe(&o.role_binding).await?;
+    let bundle = ctx.observe(&o.bundle).await?;
+    let volume = match &o.volume {
+        Some(v) => Some((v, ctx.observe(v).await?)),
+        None => None,
+    };
+    let service = ctx.observe(&o.service).await?;
+    let deployment = ctx.observe(&o.deployment).await?;
+    check_owned(&o.service_account, sa.as_ref())?;
+    check_owned(&o.role, role.as_ref())?;
+    check_owned(&o.role_binding, binding.as_ref())?;
+    check_owned(&o.bundle, bundle.as_ref())?;
+    if let Some((v, current)) = &volume {
+        check_owned(*v, current.as_ref())?;
     }
-    let service = ctx.ensure::<Service>(&o.service).await?;
-    let deployment = ctx.ensure::<Deployment>(&o.deployment).await?;
+    check_owned(&o.service, service.as_ref())?;
+    check_owned(&o.deployment, deployment.as_ref())?;
+
+    ctx.ensure_over(&o.service_account, sa).await?;
+    ctx.ensure_over(&o.role, role).await?;
+    ctx.ensure_over(&o.role_binding, binding).await?;
+    ctx.ensure_over(&o.bundle, bundle).await?;
+    if let Some((v, current)) = volume {
+        ctx.ensure_over(v, current).await?;
+    }
+    let service = ctx.ensure_over(&o.service, service).await?;
+    let deployment = ctx.ensure_over(&o.deployment, deployment).await?;
     Ok((deployment, service))
 }
 
@@ -335,9 +358,13 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    // managedFields are of no use here and are most of a stored object's size.
-    let objects = watcher(api, watcher::Config::default().any_semantic())
-        .modify(|o| o.managed_fields_mut().clear());
+    // managedFields are of no use here and are most of a stored object's size; kubectl's
+    // last-applied annotation is a copy of the object (of a Secret: its values).
+    let objects = watcher(api, watcher::Config::default().any_semantic()).modify(|o| {
+        o.managed_fields_mut().clear();
+        o.annotations_mut()
+            .remove("kubectl.kubernetes.io/last-applied-configuration");
+    });
     let stream = reflector::reflector(writer, objects)
         .default_backoff()
         .touched_objects();
@@ -396,7 +423,9 @@ pub async fn run(
     let (users, users_changed) = reflect(api_for::<MqttUser>(&client, ns));
     let (bridges, bridges_changed) = reflect(api_for::<Bridge>(&client, ns));
     let (certificates, certificates_changed) = reflect(api_for::<Certificate>(&client, ns));
-    let (secrets, secrets_changed) = reflect(api_for::<Secret>(&client, ns));
+    // Secrets by metadata only: which exist and when they change. Values are read by
+    // name, and only of the Secrets some edgemq object names (Context::view).
+    let (secrets, secrets_changed) = reflect(api_for::<PartialObjectMeta<Secret>>(&client, ns));
     let stores = Stores {
         brokers: store_of(api_for::<Broker>(&client, ns)),
         users,
@@ -430,6 +459,7 @@ pub async fn run(
         fleet: super::fleet::Provisioners::new(acme_wake.clone()),
         acme: super::acme::Issuers::new(acme_wake),
         synced,
+        secret_values: Mutex::new(HashMap::new()),
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=edgemq");
 
@@ -462,7 +492,7 @@ pub async fn run(
     })
     .watches_stream(secrets_changed, move |s| {
         // The bundle Secrets are the controller's own output.
-        if s.type_.as_deref() == Some("edgemq.io/bundle") {
+        if s.owner_references().iter().any(|o| o.kind == "Broker") {
             return Vec::new();
         }
         brokers_in_3(s.meta().namespace.clone())
@@ -529,7 +559,12 @@ pub async fn run(
         api_for::<Certificate>(&client, ns),
         watcher::Config::default(),
     )
-    .owns(api_for::<Secret>(&client, ns), watcher::Config::default())
+    // The Certificates' own Secrets, by metadata: a deleted or changed pair is issued
+    // again.
+    .owns(
+        api_for::<PartialObjectMeta<Secret>>(&client, ns),
+        watcher::Config::default(),
+    )
     // A Bridge presenting a Certificate shapes its generated AWS IoT policy.
     .watches(
         api_for::<Bridge>(&client, ns),

@@ -1,8 +1,16 @@
 //! The controller's view of one namespace: the objects its watchers hold, fed into the
 //! same [`Resources`] index the folder loader fills, then validated and planned the
 //! same way. The core never knows where objects came from.
+//!
+//! Secrets are watched by metadata only (names and versions, never values): the index
+//! holds the values of just the Secrets an edgemq object of the namespace names
+//! ([`referenced_secrets`]), which the controller reads by name.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 
 use crate::api::{Bridge, Broker, Certificate, MqttUser};
 use crate::load::{Effective, Held, Kind, LoadError, Object, Resources};
@@ -18,15 +26,16 @@ pub struct Snapshot {
     pub bridges: Vec<std::sync::Arc<Bridge>>,
     /// Certificates.
     pub certificates: Vec<std::sync::Arc<Certificate>>,
-    /// Secrets.
-    pub secrets: Vec<std::sync::Arc<Secret>>,
+    /// Secrets, metadata only: which exist, at which version.
+    pub secrets: Vec<std::sync::Arc<PartialObjectMeta<Secret>>>,
 }
 
 fn in_ns<K: kube::Resource>(o: &K, ns: &str) -> bool {
     o.meta().namespace.as_deref() == Some(ns) && o.meta().deletion_timestamp.is_none()
 }
 
-/// The objects of namespace `ns`, as the loader's index.
+/// The edgemq objects of namespace `ns`, as the loader's index (without Secrets: see
+/// [`with_secrets`]).
 pub fn namespace(snapshot: &Snapshot, ns: &str) -> Resources {
     let mut res = Resources::default();
     for b in snapshot.brokers.iter().filter(|o| in_ns(o.as_ref(), ns)) {
@@ -45,10 +54,82 @@ pub fn namespace(snapshot: &Snapshot, ns: &str) -> Resources {
     {
         res.apply(Object::Certificate(Box::new((**c).clone())), None);
     }
-    for s in snapshot.secrets.iter().filter(|o| in_ns(o.as_ref(), ns)) {
+    res
+}
+
+/// Names of the Secrets of `ns` that its edgemq objects in `res` name: every
+/// `secretRef` and `…SecretRef` field (a name, or `{name, key}`) of every spec, and
+/// every Certificate's Secret (a claim Certificate's pair is read from it). Only these
+/// Secrets' values are read.
+pub fn referenced_secrets(res: &Resources, ns: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut names = Vec::new();
+    let mut walk = |spec: serde_json::Result<serde_json::Value>| {
+        if let Ok(v) = spec {
+            collect_secret_refs(&v, &mut out);
+        }
+    };
+    for b in res.brokers().filter(|o| o.namespace == ns) {
+        walk(serde_json::to_value(&b.object.spec));
+    }
+    for u in res.users().filter(|o| o.namespace == ns) {
+        walk(serde_json::to_value(&u.object.spec));
+    }
+    for b in res.bridges().filter(|o| o.namespace == ns) {
+        walk(serde_json::to_value(&b.object.spec));
+    }
+    for c in res.certificates().filter(|o| o.namespace == ns) {
+        walk(serde_json::to_value(&c.object.spec));
+        names.push(c.object.secret_name());
+    }
+    out.extend(names);
+    out
+}
+
+/// Names in every `secretRef` / `…SecretRef` field of a spec.
+fn collect_secret_refs(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                if k == "secretRef" || k.ends_with("SecretRef") {
+                    let name = v
+                        .as_str()
+                        .or_else(|| v.get("name").and_then(|n| n.as_str()));
+                    if let Some(n) = name.filter(|n| !n.is_empty()) {
+                        out.insert(n.to_string());
+                    }
+                }
+                collect_secret_refs(v, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_secret_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// The resourceVersion of Secret `ns/name` as the metadata watch last saw it; `None`
+/// when it does not exist (or is being deleted).
+pub fn secret_version(snapshot: &Snapshot, ns: &str, name: &str) -> Option<String> {
+    snapshot
+        .secrets
+        .iter()
+        .find(|s| in_ns(s.as_ref(), ns) && s.metadata.name.as_deref() == Some(name))
+        .map(|s| s.metadata.resource_version.clone().unwrap_or_default())
+}
+
+/// `res` with `secrets` (the values of the [`referenced_secrets`]) in it, validated and
+/// judged against the namespace's `last_good` set.
+pub fn with_secrets(mut res: Resources, secrets: &[Arc<Secret>], last_good: &Resources) -> View {
+    for s in secrets {
         res.apply(Object::Secret(Box::new((**s).clone())), None);
     }
-    res
+    let errors = errors(&res);
+    let effective = crate::load::effective(&res, &errors, last_good, crate::load::check_namespace);
+    View {
+        res,
+        errors,
+        effective,
+    }
 }
 
 /// A Broker without its status (the plan reads the spec).
@@ -83,21 +164,15 @@ impl View {
     }
 }
 
-/// The index of `ns`, with `fresh` (the object a reconcile was called for, newer than
-/// the store's copy) in place of the stored one, judged against the namespace's
-/// `last_good` set.
-pub fn view(snapshot: &Snapshot, ns: &str, fresh: Option<Object>, last_good: &Resources) -> View {
+/// The edgemq objects of `ns`, with `fresh` (the object a reconcile was called for,
+/// newer than the store's copy) in place of the stored one; Secrets come next, with
+/// [`with_secrets`].
+pub fn objects(snapshot: &Snapshot, ns: &str, fresh: Option<Object>) -> Resources {
     let mut res = namespace(snapshot, ns);
     if let Some(o) = fresh {
         res.apply(o, None);
     }
-    let errors = errors(&res);
-    let effective = crate::load::effective(&res, &errors, last_good, crate::load::check_namespace);
-    View {
-        res,
-        errors,
-        effective,
-    }
+    res
 }
 
 /// What identifies an object's content for the index: its `generation` (a custom
@@ -158,5 +233,95 @@ pub fn stored_version(s: &Snapshot, kind: Kind, ns: &str, name: &str) -> Option<
         Kind::Bridge => find(&s.bridges, ns, name),
         Kind::Certificate => find(&s.certificates, ns, name),
         Kind::Secret => find(&s.secrets, ns, name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(yaml: &str) -> Object {
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+        match v["kind"].as_str() {
+            Some("Broker") => Object::Broker(Box::new(serde_yaml::from_value(v).unwrap())),
+            Some("MqttUser") => Object::MqttUser(Box::new(serde_yaml::from_value(v).unwrap())),
+            Some("Bridge") => Object::Bridge(Box::new(serde_yaml::from_value(v).unwrap())),
+            Some("Certificate") => {
+                Object::Certificate(Box::new(serde_yaml::from_value(v).unwrap()))
+            }
+            k => panic!("kind {k:?}"),
+        }
+    }
+
+    fn resources(docs: &[&str]) -> Resources {
+        let mut res = Resources::default();
+        for d in docs {
+            res.apply(obj(d), None);
+        }
+        res
+    }
+
+    const HEAD: &str = "apiVersion: edgemq.io/v1alpha1\n";
+
+    #[test]
+    fn only_the_secrets_edgemq_objects_name_are_read() {
+        let broker = format!("{HEAD}kind: Broker\nmetadata: {{name: home, namespace: iot}}\nspec:\n  listeners:\n    - {{name: tls, port: 8883, tls: {{secretRef: server-pair}}}}\n");
+        let user = format!("{HEAD}kind: MqttUser\nmetadata: {{name: ha, namespace: iot}}\nspec:\n  brokerRef: home\n  passwordSecretRef: {{name: ha-password, key: password}}\n");
+        let bridge = format!("{HEAD}kind: Bridge\nmetadata: {{name: up, namespace: iot}}\nspec:\n  brokerRef: home\n  remote:\n    address: example.com:8883\n    usernameSecretRef: {{name: up-user, key: u}}\n    passwordSecretRef: {{name: up-pass, key: p}}\n    tls: {{caSecretRef: {{name: up-ca, key: ca.crt}}, clientSecretRef: up-client}}\n  topics: [{{pattern: '#', direction: out}}]\n");
+        let ca = format!("{HEAD}kind: Certificate\nmetadata: {{name: signed, namespace: iot}}\nspec:\n  secretName: signed-pair\n  dnsNames: [a.example.com]\n  issuer: {{ca: {{secretRef: my-ca}}}}\n");
+        let plain = format!("{HEAD}kind: Certificate\nmetadata: {{name: plain, namespace: iot}}\nspec:\n  dnsNames: [b.example.com]\n  issuer: {{selfSigned: {{}}}}\n");
+        let elsewhere = format!("{HEAD}kind: MqttUser\nmetadata: {{name: other, namespace: lab}}\nspec:\n  brokerRef: home\n  passwordSecretRef: {{name: lab-password, key: password}}\n");
+        let res = resources(&[&broker, &user, &bridge, &ca, &plain, &elsewhere]);
+        let names: Vec<String> = referenced_secrets(&res, "iot").into_iter().collect();
+        assert_eq!(
+            names,
+            [
+                "ha-password",
+                "my-ca",
+                "plain",
+                "server-pair",
+                "signed-pair",
+                "up-ca",
+                "up-client",
+                "up-pass",
+                "up-user"
+            ]
+        );
+        assert_eq!(
+            referenced_secrets(&res, "lab")
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["lab-password"]
+        );
+    }
+
+    #[test]
+    fn acme_solver_credentials_are_read() {
+        let cert = format!("{HEAD}kind: Certificate\nmetadata: {{name: web, namespace: iot}}\nspec:\n  dnsNames: [mqtt.example.com]\n  issuer:\n    acme:\n      server: https://acme.example/dir\n      email: me@example.com\n      solver: {{dns01: {{cloudflare: {{apiTokenSecretRef: {{name: cf, key: token}}}}}}}}\n");
+        let res = resources(&[&cert]);
+        let names: Vec<String> = referenced_secrets(&res, "iot").into_iter().collect();
+        assert_eq!(names, ["cf", "web"]);
+    }
+
+    #[test]
+    fn a_secrets_version_comes_from_the_metadata_watch_of_its_own_namespace() {
+        let meta = |ns: &str, name: &str, rv: &str| {
+            Arc::new(PartialObjectMeta::<Secret> {
+                types: None,
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(ns.into()),
+                    resource_version: Some(rv.into()),
+                    ..Default::default()
+                },
+                _phantom: Default::default(),
+            })
+        };
+        let snap = Snapshot {
+            secrets: vec![meta("iot", "ha", "7"), meta("lab", "ha", "9")],
+            ..Default::default()
+        };
+        assert_eq!(secret_version(&snap, "iot", "ha").as_deref(), Some("7"));
+        assert_eq!(secret_version(&snap, "iot", "missing"), None);
     }
 }

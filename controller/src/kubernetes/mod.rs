@@ -23,6 +23,7 @@ pub mod desired;
 pub mod fleet;
 pub mod index;
 pub mod leader;
+pub mod ownership;
 pub mod pod;
 pub mod status;
 
@@ -51,6 +52,9 @@ pub enum Error {
     /// A watch could not start.
     #[error("watch: {0}")]
     Watch(String),
+    /// An object of the name the controller would write belongs to someone else.
+    #[error(transparent)]
+    Conflict(#[from] ownership::Conflict),
 }
 
 impl Error {
@@ -60,6 +64,7 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) => format!("api_{}", s.code),
             Error::Kube(_) => "kube".into(),
             Error::Watch(_) => "watch".into(),
+            Error::Conflict(_) => "name_conflict".into(),
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum BrokerState {
     },
     /// Writing its objects failed.
     ApplyFailed(String),
+    /// One of its objects' names is taken by an object that is not the Broker's.
+    NameConflict(String),
     /// No pod is ready yet.
     PodNotReady,
     /// The pod runs another configuration than the current one.
@@ -50,6 +52,7 @@ pub fn broker_ready(state: &BrokerState, desired: Option<&str>) -> (bool, &'stat
             ),
         ),
         BrokerState::ApplyFailed(e) => (false, "ApplyFailed", e.clone()),
+        BrokerState::NameConflict(e) => (false, "NameConflict", e.clone()),
         BrokerState::PodNotReady => (
             false,
             "PodNotReady",
