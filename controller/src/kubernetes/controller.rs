@@ -86,6 +86,9 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
         (true, None) => Err(vec![format!("Broker/{name}: not found")]),
         (false, _) => Err(mine),
     };
+    // An image the installer did not allow: nothing is applied, the pod (if any) keeps
+    // running what it runs.
+    let refused = desired::image_refusal(&b, &ctx.settings);
     let mut extra = serde_json::Map::new();
     let state = match planned {
         Err(errors) => {
@@ -96,6 +99,11 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                 errors,
                 running: running.clone(),
             }
+        }
+        Ok(_) if refused.is_some() => {
+            let message = refused.unwrap_or_default();
+            tracing::warn!(broker = %format!("{ns}/{name}"), "{message}");
+            BrokerState::ImageNotAllowed(message)
         }
         Ok(bundle) => {
             let pod_bundle = PodBundle::new(bundle, res);
@@ -139,7 +147,9 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
     );
     ctx.write_status(b.as_ref(), status).await?;
     Ok(match state {
-        BrokerState::Running | BrokerState::InvalidSpec { .. } => {
+        BrokerState::Running
+        | BrokerState::InvalidSpec { .. }
+        | BrokerState::ImageNotAllowed(_) => {
             Action::requeue(Duration::from_secs(600))
         }
         _ => Action::requeue(Duration::from_secs(30)),

@@ -25,6 +25,7 @@ pub mod index;
 pub mod leader;
 pub mod pod;
 pub mod status;
+pub mod trust;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

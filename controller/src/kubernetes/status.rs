@@ -22,6 +22,8 @@ pub enum BrokerState {
     },
     /// Writing its objects failed.
     ApplyFailed(String),
+    /// Its `spec.pod.image` is not one the installer allows; nothing was applied.
+    ImageNotAllowed(String),
     /// No pod is ready yet.
     PodNotReady,
     /// The pod runs another configuration than the current one.
@@ -50,6 +52,7 @@ pub fn broker_ready(state: &BrokerState, desired: Option<&str>) -> (bool, &'stat
             ),
         ),
         BrokerState::ApplyFailed(e) => (false, "ApplyFailed", e.clone()),
+        BrokerState::ImageNotAllowed(e) => (false, super::trust::IMAGE_NOT_ALLOWED, e.clone()),
         BrokerState::PodNotReady => (
             false,
             "PodNotReady",
