@@ -383,7 +383,11 @@ async fn echoing_server(envelope: bool) -> String {
         if envelope {
             failure(StatusCode::BAD_REQUEST, 1000, &format!("you sent {auth}"))
         } else {
-            (StatusCode::BAD_GATEWAY, format!("<html>you sent {auth}</html>")).into_response()
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("<html>you sent {auth}</html>"),
+            )
+                .into_response()
         }
     };
     let app = Router::new().fallback(echo);

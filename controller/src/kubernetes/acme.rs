@@ -87,7 +87,16 @@ pub fn unsupported(cert: &Certificate) -> Option<String> {
 /// Why a Route 53 DNS-01 solver without access keys may not use the controller's own
 /// AWS identity in `cert`'s namespace, if it may not. Pure.
 pub fn ambient_refusal(cert: &Certificate, trust: &Trust) -> Option<String> {
-    let r53 = cert.spec.issuer.acme.as_ref()?.solver.dns01.as_ref()?.route53.as_ref()?;
+    let r53 = cert
+        .spec
+        .issuer
+        .acme
+        .as_ref()?
+        .solver
+        .dns01
+        .as_ref()?
+        .route53
+        .as_ref()?;
     if r53.access_key_id_secret_ref.is_some() || r53.secret_access_key_secret_ref.is_some() {
         return None;
     }
@@ -648,7 +657,10 @@ mod tests {
     fn route53_without_keys_uses_the_controllers_identity_only_where_allowed() {
         let ambient = cert("{dns01: {route53: {hostedZoneId: Z1}}}");
         let e = ambient_refusal(&ambient, &Trust::default()).unwrap();
-        assert!(e.contains("accessKeyIdSecretRef") && e.contains("ambientAwsNamespaces"), "{e}");
+        assert!(
+            e.contains("accessKeyIdSecretRef") && e.contains("ambientAwsNamespaces"),
+            "{e}"
+        );
         let ns = ambient.namespace().unwrap_or_else(|| "default".into());
         let open = Trust {
             ambient_aws_namespaces: vec![ns],

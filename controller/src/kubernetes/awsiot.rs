@@ -650,11 +650,21 @@ mod tests {
         assert!(ambient_refusal(&c, "iot", &Trust::default()).is_some());
         // Its own credentials, or a claim certificate, are never refused.
         let mut own = aws_cert(None);
-        own.spec.issuer.aws_iot.as_mut().unwrap().credentials_secret_ref = Some("keys".into());
+        own.spec
+            .issuer
+            .aws_iot
+            .as_mut()
+            .unwrap()
+            .credentials_secret_ref = Some("keys".into());
         assert_eq!(ambient_refusal(&own, "other", &Trust::default()), None);
         let mut fleet = aws_cert(None);
-        fleet.spec.issuer.aws_iot.as_mut().unwrap().fleet_provisioning =
-            Some(Default::default());
+        fleet
+            .spec
+            .issuer
+            .aws_iot
+            .as_mut()
+            .unwrap()
+            .fleet_provisioning = Some(Default::default());
         assert_eq!(ambient_refusal(&fleet, "other", &Trust::default()), None);
     }
 

@@ -149,9 +149,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
     Ok(match state {
         BrokerState::Running
         | BrokerState::InvalidSpec { .. }
-        | BrokerState::ImageNotAllowed(_) => {
-            Action::requeue(Duration::from_secs(600))
-        }
+        | BrokerState::ImageNotAllowed(_) => Action::requeue(Duration::from_secs(600)),
         _ => Action::requeue(Duration::from_secs(30)),
     })
 }

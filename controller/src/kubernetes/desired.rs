@@ -417,7 +417,10 @@ spec:
         assert_eq!(image_refusal(&own, &settings), None);
         let foreign = broker("  pod: {image: \"busybox:latest\"}\n");
         let e = image_refusal(&foreign, &settings).unwrap();
-        assert!(e.contains("busybox:latest") && e.contains("allowedBrokerImages"), "{e}");
+        assert!(
+            e.contains("busybox:latest") && e.contains("allowedBrokerImages"),
+            "{e}"
+        );
         settings.trust.broker_images = vec!["busybox:latest".into()];
         assert_eq!(image_refusal(&foreign, &settings), None);
     }

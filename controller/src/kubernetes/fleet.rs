@@ -130,7 +130,9 @@ pub fn file_refusal(fp: &FleetProvisioning, trust: &Trust) -> Option<String> {
             return None;
         }
         match trust.fleet_file(path) {
-            Err(FileError::Refused(e)) => Some(format!("parameter {}: {e}; nothing was sent", p.name)),
+            Err(FileError::Refused(e)) => {
+                Some(format!("parameter {}: {e}; nothing was sent", p.name))
+            }
             _ => None,
         }
     })
@@ -539,7 +541,10 @@ spec:
         let fp = fleet::spec(&c).unwrap();
         let e = file_refusal(fp, &Trust::default()).unwrap();
         assert!(e.starts_with("parameter Token: /var/run/secrets/"), "{e}");
-        assert!(e.contains("never read") && e.contains("nothing was sent"), "{e}");
+        assert!(
+            e.contains("never read") && e.contains("nothing was sent"),
+            "{e}"
+        );
         let all = Trust {
             fleet_file_roots: vec!["/".into()],
             ..Trust::default()

@@ -83,10 +83,13 @@ impl Trust {
     /// controller's image, always allowed.
     pub fn image_refusal(&self, image: &str, own: &str) -> Option<String> {
         let allowed = image == own
-            || self.broker_images.iter().any(|a| match a.strip_suffix('*') {
-                Some(prefix) => image.starts_with(prefix),
-                None => a == image,
-            });
+            || self
+                .broker_images
+                .iter()
+                .any(|a| match a.strip_suffix('*') {
+                    Some(prefix) => image.starts_with(prefix),
+                    None => a == image,
+                });
         (!allowed).then(|| {
             format!(
                 "spec.pod.image {image} is not allowed: a broker pod reads the Secrets its Broker names, so it runs the controller's image ({own}) or one the installer lists (chart value allowedBrokerImages); nothing was applied"
@@ -122,7 +125,8 @@ impl Trust {
                 "{path}: this cluster allows no files for fleet parameters; the installer lists the folders that may be read {hint}"
             )));
         }
-        let real = std::fs::canonicalize(written).map_err(|e| Checked::Missing(format!("{path}: {e}")))?;
+        let real =
+            std::fs::canonicalize(written).map_err(|e| Checked::Missing(format!("{path}: {e}")))?;
         if let Some(f) = forbidden(&real) {
             return Err(Refused(format!(
                 "{path}: resolves to {} under {f}, which is never read on a cluster",
@@ -190,7 +194,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("serial");
         std::fs::write(&f, "abc").unwrap();
-        let e = Trust::default().fleet_file(f.to_str().unwrap()).unwrap_err().to_string();
+        let e = Trust::default()
+            .fleet_file(f.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("allows no files"), "{e}");
         assert!(e.contains("fleetFileRoots"), "{e}");
     }
@@ -214,10 +221,17 @@ mod tests {
         assert!(e.contains("outside the folders"), "{e}");
         // `..` out of the root is the same file outside it.
         let dotdot = format!("{}/../other", allowed.display());
-        assert!(t.fleet_file(&dotdot).unwrap_err().to_string().contains("outside"));
+        assert!(t
+            .fleet_file(&dotdot)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
         // A missing file under a root is unreadable, not refused.
         let missing = t.fleet_file(allowed.join("nope").to_str().unwrap());
-        assert!(matches!(missing, Err(FileError::Unreadable(_))), "{missing:?}");
+        assert!(
+            matches!(missing, Err(FileError::Unreadable(_))),
+            "{missing:?}"
+        );
     }
 
     #[test]
@@ -230,7 +244,10 @@ mod tests {
         let e = roots(&[&allowed])
             .fleet_file(allowed.join("serial").to_str().unwrap())
             .unwrap_err();
-        assert!(matches!(&e, FileError::Refused(m) if m.contains("outside the folders")), "{e}");
+        assert!(
+            matches!(&e, FileError::Refused(m) if m.contains("outside the folders")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -243,7 +260,10 @@ mod tests {
             "/etc/../proc/1/environ",
         ] {
             let e = t.fleet_file(p).unwrap_err();
-            assert!(matches!(&e, FileError::Refused(m) if m.contains("never read")), "{p}: {e}");
+            assert!(
+                matches!(&e, FileError::Refused(m) if m.contains("never read")),
+                "{p}: {e}"
+            );
         }
         // A root under a forbidden folder opens nothing, and "/" does not open /proc.
         let e = roots(&[Path::new("/proc")])
@@ -262,7 +282,9 @@ mod tests {
         };
         assert!(t.ambient_aws("iot"));
         assert!(!t.ambient_aws("other"));
-        let e = t.ambient_aws_refusal("other", "credentialsSecretRef").unwrap();
+        let e = t
+            .ambient_aws_refusal("other", "credentialsSecretRef")
+            .unwrap();
         assert!(e.contains("credentials are required"), "{e}");
         assert!(Trust::default().ambient_aws_refusal("iot", "x").is_some());
         let all = Trust {
@@ -276,15 +298,27 @@ mod tests {
     fn broker_images_are_the_controllers_own_or_listed() {
         let own = "registry.local/edgemq:1.0";
         let t = Trust {
-            broker_images: vec!["registry.local/edgemq-debug:2".into(), "mirror.local/edgemq:*".into()],
+            broker_images: vec![
+                "registry.local/edgemq-debug:2".into(),
+                "mirror.local/edgemq:*".into(),
+            ],
             ..Trust::default()
         };
         assert!(t.image_refusal(own, own).is_none());
-        assert!(t.image_refusal("registry.local/edgemq-debug:2", own).is_none());
+        assert!(t
+            .image_refusal("registry.local/edgemq-debug:2", own)
+            .is_none());
         assert!(t.image_refusal("mirror.local/edgemq:1.1", own).is_none());
         let e = t.image_refusal("evil/cat-secrets:latest", own).unwrap();
-        assert!(e.contains("evil/cat-secrets:latest") && e.contains("allowedBrokerImages"), "{e}");
-        assert!(t.image_refusal("registry.local/edgemq-debug:3", own).is_some());
-        assert!(Trust::default().image_refusal("edgemq:other", own).is_some());
+        assert!(
+            e.contains("evil/cat-secrets:latest") && e.contains("allowedBrokerImages"),
+            "{e}"
+        );
+        assert!(t
+            .image_refusal("registry.local/edgemq-debug:3", own)
+            .is_some());
+        assert!(Trust::default()
+            .image_refusal("edgemq:other", own)
+            .is_some());
     }
 }

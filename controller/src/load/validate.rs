@@ -228,7 +228,9 @@ fn plaintext_credentials(r: &crate::api::bridge::BridgeRemote) -> Option<&'stati
 fn loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A name server address: `host:port`, or `[IPv6]:port`.
