@@ -209,3 +209,50 @@ def test_anonymous_access_that_can_do_nothing_is_a_warning_not_an_error(tmp_path
         "open", 1883, "  allowAnonymous: true\n  anonymousAcl: [{topic: 'public/#'}]\n"))
     r = validate(tmp_path)
     assert r.returncode == 0 and "warning" not in r.stdout.replace("0 warning(s)", ""), show(r)
+
+
+# --------------------------------------------------------------------------- credentials
+
+PLAINTEXT_BRIDGE = """\
+apiVersion: edgemq.io/v1alpha1
+kind: Broker
+metadata: {name: home}
+spec:
+  listeners: [{name: lan, port: 1883}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: server-login}
+stringData: {username: site-a, password: s3cret}
+---
+apiVersion: edgemq.io/v1alpha1
+kind: Bridge
+metadata: {name: to-server}
+spec:
+  brokerRef: home
+  remote:
+    address: %s
+    usernameSecretRef: {name: server-login, key: username}
+    passwordSecretRef: {name: server-login, key: password}
+%s  topics:
+    - {pattern: "devices/#", direction: out, qos: 1}
+"""
+
+
+def test_credentials_in_plain_text_to_a_remote_that_is_not_loopback_need_insecure(tmp_path):
+    (tmp_path / "bridge.yaml").write_text(PLAINTEXT_BRIDGE % ("mqtt.example.net:1883", ""))
+    r = validate(tmp_path)
+    assert r.returncode != 0, show(r)
+    errors = [(f, n, rest) for f, n, rest in reported(r) if "Bridge/to-server" in rest]
+    assert [(f, n) for f, n, _ in errors] == [("bridge.yaml", 20)], show(r)
+    rest = errors[0][2]
+    assert "passwordSecretRef would go in plain text to mqtt.example.net:1883" in rest, rest
+    assert "insecurePlaintextCredentials: true" in rest, rest
+
+    # TLS, a loopback remote, or the insecure setting spelled out: valid.
+    for address, extra in [("mqtt.example.net:8883", "    tls: {}\n"),
+                           ("127.0.0.1:1883", ""), ("localhost:1883", ""),
+                           ("mqtt.example.net:1883", "    insecurePlaintextCredentials: true\n")]:
+        (tmp_path / "bridge.yaml").write_text(PLAINTEXT_BRIDGE % (address, extra))
+        r = validate(tmp_path)
+        assert r.returncode == 0, f"{address} {extra!r}\n" + show(r)

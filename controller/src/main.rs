@@ -87,6 +87,30 @@ enum Command {
         /// This replica's identity in the Lease (normally its pod name).
         #[arg(long, env = "EDGEMQ_IDENTITY")]
         identity: Option<String>,
+        /// Folder whose files fleet provisioning parameters may read (`valueFrom.file`;
+        /// repeat or separate with commas). Default: none. Never /var/run/secrets or /proc.
+        #[arg(
+            long = "fleet-file-root",
+            env = "EDGEMQ_FLEET_FILE_ROOTS",
+            value_delimiter = ','
+        )]
+        fleet_file_roots: Vec<PathBuf>,
+        /// Namespace whose Certificates may use the controller's own AWS credentials
+        /// when they name none (repeat or separate with commas; `*`: all). Default: none.
+        #[arg(
+            long = "ambient-aws-namespace",
+            env = "EDGEMQ_AMBIENT_AWS_NAMESPACES",
+            value_delimiter = ','
+        )]
+        ambient_aws_namespaces: Vec<String>,
+        /// Image a Broker may name in spec.pod.image besides the controller's own (an
+        /// exact reference, or a prefix ending in `*`; repeat or separate with commas).
+        #[arg(
+            long = "allowed-broker-image",
+            env = "EDGEMQ_ALLOWED_BROKER_IMAGES",
+            value_delimiter = ','
+        )]
+        allowed_broker_images: Vec<String>,
     },
     /// Run one Broker in its pod, reading its configuration through the Kubernetes API.
     Broker {
@@ -205,6 +229,15 @@ fn init_logs(format: LogFormat) {
 }
 
 /// The async runtime of the long-running commands.
+/// A list from a flag or an environment variable, without empty entries (an empty
+/// variable means none).
+fn nonempty(list: Vec<String>) -> Vec<String> {
+    list.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -249,6 +282,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             lease_namespace,
             lease_name,
             identity,
+            fleet_file_roots,
+            ambient_aws_namespaces,
+            allowed_broker_images,
         } => {
             let identity = identity
                 .or_else(|| std::env::var("HOSTNAME").ok())
@@ -256,10 +292,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let rt = runtime()?;
             rt.block_on(edgemq::kubernetes::run_controller(
                 edgemq::kubernetes::ControllerOptions {
-                    namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+                    namespaces: nonempty(namespaces),
                     settings: edgemq::kubernetes::desired::Settings {
                         image: broker_image,
                         image_pull_policy: broker_image_pull_policy,
+                        trust: edgemq::kubernetes::trust::Trust {
+                            fleet_file_roots: fleet_file_roots
+                                .into_iter()
+                                .filter(|p| !p.as_os_str().is_empty())
+                                .collect(),
+                            ambient_aws_namespaces: nonempty(ambient_aws_namespaces),
+                            broker_images: nonempty(allowed_broker_images),
+                        },
                     },
                     http,
                     leader_election,

@@ -370,3 +370,46 @@ async fn a_refused_record_carries_the_api_error() {
         "cloudflare: adding TXT _acme-challenge.mqtt.example.test: POST /zones/99aa/dns_records: HTTP 400 Bad Request: 9005 Content for the record name is outside the zone."
     );
 }
+
+/// A server that is not Cloudflare, reached because `apiUrl` points at it: it echoes
+/// the Authorization header in an API error, or in a page that is not an envelope.
+async fn echoing_server(envelope: bool) -> String {
+    let echo = move |h: HeaderMap| async move {
+        let auth = h
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if envelope {
+            failure(StatusCode::BAD_REQUEST, 1000, &format!("you sent {auth}"))
+        } else {
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("<html>you sent {auth}</html>"),
+            )
+                .into_response()
+        }
+    };
+    let app = Router::new().fallback(echo);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/client/v4")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_echoing_the_token_never_puts_it_into_the_error() {
+    let d = cloudflare(&echoing_server(true).await, TOKEN, Some(ZONE_ID));
+    let e = d.publish("mqtt.example.test", "v").await.unwrap_err();
+    assert_eq!(
+        e,
+        format!("cloudflare: adding TXT _acme-challenge.mqtt.example.test: POST /zones/{ZONE_ID}/dns_records: HTTP 400 Bad Request: 1000 you sent Bearer [redacted]")
+    );
+    let d = cloudflare(&echoing_server(false).await, TOKEN, Some(ZONE_ID));
+    let e = d.publish("mqtt.example.test", "v").await.unwrap_err();
+    assert!(!e.contains(TOKEN), "{e}");
+    assert!(
+        e.starts_with(&format!("cloudflare: adding TXT _acme-challenge.mqtt.example.test: POST /zones/{ZONE_ID}/dns_records: HTTP 502 Bad Gateway: not a Cloudflare API answer (")),
+        "{e}"
+    );
+}

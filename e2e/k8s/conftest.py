@@ -173,12 +173,22 @@ def crds(cluster):
     return cluster
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "controller_args(f): f(cluster, tmp_path) gives extra flags of the "
+        "`controller` fixture (what the installer allows: --fleet-file-root, "
+        "--ambient-aws-namespace, --allowed-broker-image)")
+
+
 @pytest.fixture
 def controller(crds, namespace, tmp_path, request):
     """`edgemq controller` on this machine, watching only the test's namespace; its
-    log (and the broker pod's, for a Broker named `home`) is printed when the test fails."""
+    log (and the broker pod's, for a Broker named `home`) is printed when the test fails.
+    A `controller_args` marker adds flags."""
     import edgemq_k8s as k
-    c = k.Controller(crds, tmp_path, namespace).start()
+    marker = request.node.get_closest_marker("controller_args")
+    extra = marker.args[0](crds, tmp_path) if marker else []
+    c = k.Controller(crds, tmp_path, namespace, extra=extra).start()
     yield c
     c.stop()
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:

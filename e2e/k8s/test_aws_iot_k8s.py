@@ -155,10 +155,12 @@ def test_the_pair_is_in_the_secret_status_shows_arn_endpoint_policy_and_delete_c
 
 def test_retain_leaves_everything_in_aws_and_adds_no_finalizer(
         crds, namespace, tmp_path, moto, release_finalizers, monkeypatch):
-    # Credentials from the standard chain: the controller's environment.
+    # Credentials from the standard chain: the controller's environment, which the
+    # installer opened to this namespace (chart value ambientAwsNamespaces).
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
-    c = k.Controller(crds, tmp_path, namespace).start()
+    c = k.Controller(crds, tmp_path, namespace,
+                     extra=["--ambient-aws-namespace", namespace]).start()
     try:
         k.apply(crds, namespace, certificate(moto.url, "Retain", credentials=None),
                 bridge([SENSORS]))

@@ -301,6 +301,13 @@ def _versions(cluster, namespace):
     return out
 
 
+def second_image(image: str) -> str:
+    return image + "-b" if ":" in image else image + ":b"
+
+
+# The installer allows the second name of the image (chart value allowedBrokerImages).
+@pytest.mark.controller_args(lambda cluster, _tmp: ["--allowed-broker-image",
+                                                    second_image(cluster.image)])
 def test_an_image_change_rolls_the_pod_once_and_an_idle_controller_writes_nothing(
         cluster, controller, namespace):
     k.apply(cluster, namespace,
@@ -316,7 +323,7 @@ def test_an_image_change_rolls_the_pod_once_and_an_idle_controller_writes_nothin
 
     # The same image under a second name is a pod-template change: one rollout.
     image = cluster.image
-    second = image + "-b" if ":" in image else image + ":b"
+    second = second_image(image)
     tag = support.run(["bash", str(k.REPO / "scripts" / "cluster.sh"), "tag", image, second],
                       timeout=120)
     assert tag.returncode == 0, tag.stderr

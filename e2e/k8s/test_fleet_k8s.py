@@ -85,6 +85,12 @@ def reason(cluster, namespace: str) -> tuple:
     return c.get("reason"), c.get("message", "")
 
 
+# The serial-number file is in the test's folder; the installer allows reading it
+# (chart value fleetFileRoots).
+ALLOW_TMP = pytest.mark.controller_args(lambda _cluster, tmp: ["--fleet-file-root", str(tmp)])
+
+
+@ALLOW_TMP
 def test_a_device_provisions_on_a_cluster_and_its_bridge_in_the_pod_forwards_as_the_thing(
         cluster, crds, namespace, controller, standin, tmp_path):
     serial = tmp_path / "serial-number"
@@ -146,7 +152,8 @@ def test_a_device_provisions_on_a_cluster_and_its_bridge_in_the_pod_forwards_as_
 
     # A restarted controller keeps the identity: no second provisioning.
     controller.stop()
-    second = k.Controller(crds, tmp_path, namespace, name="controller-2").start()
+    second = k.Controller(crds, tmp_path, namespace, name="controller-2",
+                          extra=["--fleet-file-root", str(tmp_path)]).start()
     try:
         # It has reconciled the Certificate once it exports the identity's expiry.
         cluster.wait_for(lambda: expiry_exported(second, namespace), 60,
@@ -166,6 +173,7 @@ def test_a_device_provisions_on_a_cluster_and_its_bridge_in_the_pod_forwards_as_
         local.disconnect_wait()
 
 
+@ALLOW_TMP
 def test_a_refused_serial_number_shows_rejected_on_a_cluster_and_stores_nothing(
         cluster, crds, namespace, controller, standin, tmp_path):
     serial = tmp_path / "serial-number"

@@ -163,6 +163,22 @@ def test_rbac_is_namespaced_for_listed_namespaces_and_cluster_wide_only_for_all(
     assert all("*" not in r["resources"] for r in cluster_role["rules"]), cluster_role["rules"]
 
 
+def test_what_objects_may_reach_is_closed_by_default_and_opened_by_values(helm):
+    def env(*sets):
+        dep = next(d for d in render(helm, *sets) if d["kind"] == "Deployment")
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value") for e in c["env"]}
+    closed = env()
+    for name in ("EDGEMQ_FLEET_FILE_ROOTS", "EDGEMQ_AMBIENT_AWS_NAMESPACES",
+                 "EDGEMQ_ALLOWED_BROKER_IMAGES"):
+        assert closed[name] == "", (name, closed[name])
+    opened = env("fleetFileRoots={/host,/etc/edgemq}", "ambientAwsNamespaces={iot}",
+                 "allowedBrokerImages={registry.local/edgemq:*}")
+    assert opened["EDGEMQ_FLEET_FILE_ROOTS"] == "/host,/etc/edgemq"
+    assert opened["EDGEMQ_AMBIENT_AWS_NAMESPACES"] == "iot"
+    assert opened["EDGEMQ_ALLOWED_BROKER_IMAGES"] == "registry.local/edgemq:*"
+
+
 def test_values_pass_their_own_schema_and_the_chart_files_lint():
     check = tool("check-jsonschema", "check-jsonschema")
     lint = tool("yamllint", "yamllint")
@@ -250,6 +266,8 @@ def test_every_value_is_documented_in_values_yaml_and_the_readme():
     ("image.tagg=v1", "tagg"),
     ("logFormat=xml", "/logFormat"),
     ("watchNamespaces={Not_A_Namespace}", "/watchNamespaces/0"),
+    ("fleetFileRoots={relative/dir}", "/fleetFileRoots/0"),
+    ("ambientAwsNamespaces={Not_A_Namespace}", "/ambientAwsNamespaces/0"),
     ("metrics.service.nodePort=80", "/metrics/service/nodePort"),
     ("resources.limits.gpu=1", "gpu"),
 ])

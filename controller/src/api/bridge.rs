@@ -93,6 +93,12 @@ pub struct BridgeRemote {
     /// TLS towards the remote. Without it the link is plain text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<BridgeTls>,
+    /// Send the username and password of `usernameSecretRef` and `passwordSecretRef`
+    /// without `tls` to a remote that is not loopback (`127.0.0.0/8` or `localhost`),
+    /// where anyone on the path can read them. Refused unless set.
+    /// Default: `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plaintext_credentials: bool,
 }
 
 /// The AWS IoT Core endpoint of the account an `awsIot` Certificate belongs to.

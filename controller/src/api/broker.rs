@@ -259,7 +259,8 @@ impl ImagePullPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BrokerPod {
     /// Container image of the broker. Default: the controller's own image (the broker is
-    /// the same binary, `edgemq broker`).
+    /// the same binary, `edgemq broker`). Another image runs only if the installer lists
+    /// it (chart value `allowedBrokerImages`): the pod reads the Broker's Secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub image: Option<String>,

@@ -261,7 +261,8 @@ pub struct Route53Provider {
     /// AWS region. Default: from the AWS configuration chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// Access key id, from a Secret key. Default: the AWS credential chain.
+    /// Access key id, from a Secret key. Default: the AWS credential chain (on a cluster
+    /// only in the namespaces of the chart value `ambientAwsNamespaces`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_key_id_secret_ref: Option<SecretKeyRef>,
     /// Secret access key, from a Secret key.
@@ -377,7 +378,8 @@ pub struct AwsIotIssuer {
     /// the access keys edgemq calls AWS with: `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY` and optionally `AWS_SESSION_TOKEN`. Default: the
     /// standard AWS credential chain of the process (environment, profile, web identity,
-    /// container or instance role).
+    /// container or instance role) — on a cluster only in the namespaces the installer
+    /// lists (chart value `ambientAwsNamespaces`); elsewhere it is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret_ref: Option<String>,
@@ -445,7 +447,9 @@ pub struct TemplateParameter {
 
 /// A value read from the machine. Set exactly one field. On a cluster the controller
 /// provisions, so "the machine" is the controller's: `hostname` is the name of its node
-/// and `file` a file in its container (mounted with the chart's `extraVolumes`).
+/// and `file` a file in its container (mounted with the chart's `extraVolumes`), read
+/// only under the folders the installer allows (chart value `fleetFileRoots`, default
+/// none) and never under `/var/run/secrets` or `/proc`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("has(self.hostname) != has(self.file)").message("set exactly one of hostname and file"))]

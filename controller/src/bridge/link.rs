@@ -603,8 +603,12 @@ async fn read_loop(
                 Incoming::Other(Packet::Disconnect(d, _)) => {
                     return format!("the remote disconnected the bridge: {:?}", d.reason_code)
                 }
+                // Only the packet's type: its fields come from the remote and end up
+                // in status.
                 Incoming::Other(other) => {
-                    return format!("unexpected packet from the remote: {other:?}")
+                    let kind = format!("{other:?}");
+                    let kind = kind.split(['(', ' ', '{']).next().unwrap_or_default();
+                    return format!("unexpected {kind} packet from the remote");
                 }
             };
             if tx.send(msg).is_err() {

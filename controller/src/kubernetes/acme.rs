@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use super::certificates::{stored, tls_secret};
 use super::context::Context;
 use super::desired::{Settings, MANAGED_BY};
+use super::trust::{Trust, CREDENTIALS_REQUIRED};
 use super::{Error, FIELD_MANAGER};
 use crate::api::certificate::Http01Solver;
 use crate::api::Certificate;
@@ -83,6 +84,28 @@ pub fn unsupported(cert: &Certificate) -> Option<String> {
     })
 }
 
+/// Why a Route 53 DNS-01 solver without access keys may not use the controller's own
+/// AWS identity in `cert`'s namespace, if it may not. Pure.
+pub fn ambient_refusal(cert: &Certificate, trust: &Trust) -> Option<String> {
+    let r53 = cert
+        .spec
+        .issuer
+        .acme
+        .as_ref()?
+        .solver
+        .dns01
+        .as_ref()?
+        .route53
+        .as_ref()?;
+    if r53.access_key_id_secret_ref.is_some() || r53.secret_access_key_secret_ref.is_some() {
+        return None;
+    }
+    trust.ambient_aws_refusal(
+        &cert.namespace().unwrap_or_else(|| "default".into()),
+        "spec.issuer.acme.solver.dns01.route53.accessKeyIdSecretRef and secretAccessKeySecretRef",
+    )
+}
+
 /// Reconciles an `acme` Certificate: makes sure its task runs and reports it.
 /// `existing` is its Secret (already known to be the Certificate's own, or absent).
 pub async fn reconcile(
@@ -96,6 +119,16 @@ pub async fn reconcile(
         ctx.set_ready(
             cert.as_ref(),
             (false, "IssuerNotSupported", message),
+            Default::default(),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(message) = ambient_refusal(cert, &ctx.settings.trust) {
+        ctx.acme.tasks.retain(|k| k != task_key(cert));
+        ctx.set_ready(
+            cert.as_ref(),
+            (false, CREDENTIALS_REQUIRED, message),
             Default::default(),
         )
         .await?;
@@ -616,7 +649,28 @@ mod tests {
         Settings {
             image: "edgemq:1".into(),
             image_pull_policy: Some("Never".into()),
+            trust: Default::default(),
         }
+    }
+
+    #[test]
+    fn route53_without_keys_uses_the_controllers_identity_only_where_allowed() {
+        let ambient = cert("{dns01: {route53: {hostedZoneId: Z1}}}");
+        let e = ambient_refusal(&ambient, &Trust::default()).unwrap();
+        assert!(
+            e.contains("accessKeyIdSecretRef") && e.contains("ambientAwsNamespaces"),
+            "{e}"
+        );
+        let ns = ambient.namespace().unwrap_or_else(|| "default".into());
+        let open = Trust {
+            ambient_aws_namespaces: vec![ns],
+            ..Trust::default()
+        };
+        assert_eq!(ambient_refusal(&ambient, &open), None);
+        let keys = cert("{dns01: {route53: {hostedZoneId: Z1, accessKeyIdSecretRef: {name: k, key: id}, secretAccessKeySecretRef: {name: k, key: secret}}}}");
+        assert_eq!(ambient_refusal(&keys, &Trust::default()), None);
+        let cf = cert("{dns01: {cloudflare: {apiTokenSecretRef: {name: cf, key: token}}}}");
+        assert_eq!(ambient_refusal(&cf, &Trust::default()), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use super::certificates::ours;
 use super::context::{status_of, Context};
 use super::status::controller_status;
+use super::trust::{Trust, CREDENTIALS_REQUIRED};
 use super::{Error, FIELD_MANAGER};
 use crate::api::certificate::DeletionPolicy;
 use crate::api::{Bridge, Certificate};
@@ -331,6 +332,37 @@ async fn failed(
     Ok(Action::requeue(wait))
 }
 
+/// Why `cert` may not call AWS with the controller's own credentials, if it names none
+/// and its namespace is not one the installer opened them to. Fleet provisioning calls
+/// no AWS API (the claim certificate is its credential). Pure.
+pub fn ambient_refusal(cert: &Certificate, ns: &str, trust: &Trust) -> Option<String> {
+    let aws = cert.spec.issuer.aws_iot.as_ref()?;
+    if aws.credentials_secret_ref.is_some() || aws.fleet_provisioning.is_some() {
+        return None;
+    }
+    trust.ambient_aws_refusal(ns, "spec.issuer.awsIot.credentialsSecretRef")
+}
+
+/// Ready=False with reason `CredentialsRequired`, the record kept; nothing is retried
+/// until the Certificate changes.
+async fn refused(store: &mut ClusterStore<'_>, message: String) -> Result<Action, Error> {
+    let cert = store.cert;
+    let mut extra = serde_json::Map::new();
+    if let Some(v) = store.status.get(RECORD_FIELD) {
+        extra.insert(RECORD_FIELD.into(), v.clone());
+    }
+    tracing::warn!(certificate = %cert.name_any(), "{message}");
+    let status = controller_status(
+        Some(&store.status),
+        cert.meta().generation,
+        (false, CREDENTIALS_REQUIRED, message),
+        extra,
+        &certs::rfc3339(time::OffsetDateTime::now_utc()),
+    );
+    store.report(status).await?;
+    Ok(Action::await_change())
+}
+
 /// Issues or updates an `awsIot` Certificate and reports it.
 pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cert.namespace().unwrap_or_else(|| "default".into());
@@ -358,6 +390,11 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         material: None,
         endpoint: None,
     };
+    // The controller's own AWS identity serves only the namespaces the installer lists:
+    // elsewhere nothing is sent to AWS without the Certificate's own credentials.
+    if let Some(message) = ambient_refusal(cert, &ns, &ctx.settings.trust) {
+        return refused(&mut store, message).await;
+    }
     // After a failure, wait for the attempt status announced (our own status write
     // wakes this reconcile at once); a changed spec tries again at once.
     if let Some(wait) = waiting(
@@ -544,6 +581,15 @@ pub async fn finalize(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Actio
                 .as_ref()
                 .and_then(|a| a.credentials_secret_ref.clone())
         });
+        if secret.is_none() {
+            if let Some(m) = ctx
+                .settings
+                .trust
+                .ambient_aws_refusal(&ns, "spec.issuer.awsIot.credentialsSecretRef")
+            {
+                return failed(&mut store, CREDENTIALS_REQUIRED, m).await;
+            }
+        }
         let creds = match credentials(&ctx, &ns, secret.as_deref()).await {
             Ok(c) => c,
             Err(e) => return failed(&mut store, "CleanupFailed", e).await,
@@ -584,6 +630,42 @@ mod tests {
             ..Default::default()
         });
         c
+    }
+
+    #[test]
+    fn the_controllers_aws_identity_serves_only_listed_namespaces() {
+        let trust = Trust {
+            ambient_aws_namespaces: vec!["iot".into()],
+            ..Trust::default()
+        };
+        let c = aws_cert(None);
+        let e = ambient_refusal(&c, "other", &trust).unwrap();
+        assert!(
+            e.contains("spec.issuer.awsIot.credentialsSecretRef")
+                && e.contains("namespace other")
+                && e.contains("ambientAwsNamespaces"),
+            "{e}"
+        );
+        assert_eq!(ambient_refusal(&c, "iot", &trust), None);
+        assert!(ambient_refusal(&c, "iot", &Trust::default()).is_some());
+        // Its own credentials, or a claim certificate, are never refused.
+        let mut own = aws_cert(None);
+        own.spec
+            .issuer
+            .aws_iot
+            .as_mut()
+            .unwrap()
+            .credentials_secret_ref = Some("keys".into());
+        assert_eq!(ambient_refusal(&own, "other", &Trust::default()), None);
+        let mut fleet = aws_cert(None);
+        fleet
+            .spec
+            .issuer
+            .aws_iot
+            .as_mut()
+            .unwrap()
+            .fleet_provisioning = Some(Default::default());
+        assert_eq!(ambient_refusal(&fleet, "other", &Trust::default()), None);
     }
 
     fn with_finalizer(mut c: Certificate) -> Certificate {

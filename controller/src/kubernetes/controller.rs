@@ -105,10 +105,24 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             // The pod follows the Broker's last good version while its edit has a
             // mistake.
             let objects = desired::broker_objects(&effective_broker, &pod_bundle, &ctx.settings);
-            match apply_broker_objects(&ctx, &objects).await {
+            // An image the installer did not allow: the pod (if any) keeps running what
+            // it runs; only the bundle is written, so that user deletions and ACL changes
+            // still reach a running pod (a revocation is never held back).
+            let refused = desired::image_refusal(&effective_broker, &ctx.settings);
+            let applied = match refused {
+                Some(message) => {
+                    tracing::warn!(broker = %format!("{ns}/{name}"), "{message}");
+                    apply_bundle_only(&ctx, &objects)
+                        .await
+                        .map(|()| Err(message))
+                }
+                None => apply_broker_objects(&ctx, &objects).await.map(Ok),
+            };
+            match applied {
+                Ok(Err(message)) => BrokerState::ImageNotAllowed(message),
                 Err(Error::Conflict(c)) => BrokerState::NameConflict(c.to_string()),
                 Err(e) => BrokerState::ApplyFailed(e.to_string()),
-                Ok((deployment, service)) => {
+                Ok(Ok((deployment, service))) => {
                     let ready = deployment
                         .status
                         .as_ref()
@@ -148,9 +162,9 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
     );
     ctx.write_status(b.as_ref(), status).await?;
     Ok(match state {
-        BrokerState::Running | BrokerState::InvalidSpec { .. } => {
-            Action::requeue(Duration::from_secs(600))
-        }
+        BrokerState::Running
+        | BrokerState::InvalidSpec { .. }
+        | BrokerState::ImageNotAllowed(_) => Action::requeue(Duration::from_secs(600)),
         _ => Action::requeue(Duration::from_secs(30)),
     })
 }
@@ -210,6 +224,15 @@ async fn apply_broker_objects(
     let service = ctx.ensure_over(&o.service, service).await?;
     let deployment = ctx.ensure_over(&o.deployment, deployment).await?;
     Ok((deployment, service))
+}
+
+/// Writes only a Broker's bundle Secret (after the same ownership check), for a Broker
+/// whose pod may not be changed.
+async fn apply_bundle_only(ctx: &Context, o: &desired::BrokerObjects) -> Result<(), Error> {
+    let bundle = ctx.observe(&o.bundle).await?;
+    check_owned(&o.bundle, bundle.as_ref())?;
+    ctx.ensure_over(&o.bundle, bundle).await?;
+    Ok(())
 }
 
 /// MqttUser: accepted by its Broker, or why not.

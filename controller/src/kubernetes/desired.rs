@@ -60,6 +60,16 @@ pub struct Settings {
     pub image: String,
     /// Pull policy unless a Broker names its own.
     pub image_pull_policy: Option<String>,
+    /// What the installer lets objects reach beyond their namespace.
+    pub trust: super::trust::Trust,
+}
+
+/// Why `broker`'s pod may not run the image it names, if it may not: a broker pod reads
+/// the Secrets its Broker names, so it runs the controller's image or one the installer
+/// lists.
+pub fn image_refusal(broker: &Broker, settings: &Settings) -> Option<String> {
+    let image = broker.spec.pod.image.as_deref()?;
+    settings.trust.image_refusal(image, &settings.image)
 }
 
 /// Every object of one Broker.
@@ -390,8 +400,29 @@ spec:
         let settings = Settings {
             image: "edgemq:1".into(),
             image_pull_policy: Some("Never".into()),
+            trust: Default::default(),
         };
         broker_objects(b, &PodBundle::new(bundle, &res), &settings)
+    }
+
+    #[test]
+    fn a_broker_runs_the_controllers_image_or_one_the_installer_lists() {
+        let mut settings = Settings {
+            image: "edgemq:1".into(),
+            image_pull_policy: None,
+            trust: Default::default(),
+        };
+        assert_eq!(image_refusal(&broker(""), &settings), None);
+        let own = broker("  pod: {image: \"edgemq:1\"}\n");
+        assert_eq!(image_refusal(&own, &settings), None);
+        let foreign = broker("  pod: {image: \"busybox:latest\"}\n");
+        let e = image_refusal(&foreign, &settings).unwrap();
+        assert!(
+            e.contains("busybox:latest") && e.contains("allowedBrokerImages"),
+            "{e}"
+        );
+        settings.trust.broker_images = vec!["busybox:latest".into()];
+        assert_eq!(image_refusal(&foreign, &settings), None);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use super::acme::task_key;
 use super::certificates::tls_secret;
 use super::context::Context;
+use super::trust::{FileError, Trust, FILE_NOT_ALLOWED};
 use super::Error;
 use crate::api::certificate::FleetProvisioning;
 use crate::api::Certificate;
@@ -85,13 +86,16 @@ impl Provisioners {
 pub struct ClusterMachine {
     /// The controller's node, when known.
     pub node_name: Option<String>,
+    /// The folders the installer lets parameters read.
+    pub trust: Trust,
 }
 
 impl ClusterMachine {
-    /// The controller's own machine, from its environment.
-    pub fn from_env() -> ClusterMachine {
+    /// The controller's own machine, from its environment, under `trust`.
+    pub fn from_env(trust: &Trust) -> ClusterMachine {
         ClusterMachine {
             node_name: std::env::var(NODE_NAME_ENV).ok().filter(|n| !n.is_empty()),
+            trust: trust.clone(),
         }
     }
 }
@@ -103,10 +107,35 @@ impl Machine for ClusterMachine {
         })
     }
     fn read_file(&self, path: &str) -> Result<String, String> {
-        fleet::ThisMachine.read_file(path).map_err(|e| {
+        let hint = |e: String| {
             format!("{e} (the file is read in the controller's container: mount it with the chart's extraVolumes and extraVolumeMounts)")
-        })
+        };
+        let real = match self.trust.fleet_file(path) {
+            Ok(real) => real,
+            Err(FileError::Refused(e)) => return Err(e),
+            Err(FileError::Unreadable(e)) => return Err(hint(e)),
+        };
+        fleet::ThisMachine
+            .read_file(&real.to_string_lossy())
+            .map_err(hint)
     }
+}
+
+/// Why the installer does not let `fp` read its parameter files, if it does not: the
+/// first file outside the allowed folders. Checked before anything is read or sent.
+pub fn file_refusal(fp: &FleetProvisioning, trust: &Trust) -> Option<String> {
+    fp.parameters.iter().find_map(|p| {
+        let path = p.value_from.as_ref()?.file.as_deref()?;
+        if p.value.is_some() {
+            return None;
+        }
+        match trust.fleet_file(path) {
+            Err(FileError::Refused(e)) => {
+                Some(format!("parameter {}: {e}; nothing was sent", p.name))
+            }
+            _ => None,
+        }
+    })
 }
 
 /// The `kubernetes.io/tls` Secret of a provisioned identity: the pair, the endpoint's CA
@@ -207,12 +236,24 @@ pub async fn reconcile(
     }
 
     if st.error.is_none() {
+        if let Some(message) = file_refusal(fp, &ctx.settings.trust) {
+            ctx.fleet.lock().jobs.remove(&key);
+            ctx.metrics.certificate(&metric, None, 1);
+            tracing::warn!(certificate = %key, "{message}");
+            ctx.set_ready(
+                cert.as_ref(),
+                (false, FILE_NOT_ALLOWED, message),
+                Default::default(),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
         let claim_certificate = |name: &str| claim_of(ctx, cert, name, &secrets);
         match fleet::request_of(
             cert,
             &secrets,
             &claim_certificate,
-            &ClusterMachine::from_env(),
+            &ClusterMachine::from_env(&ctx.settings.trust),
         ) {
             Ok(req) => start(ctx, cert, &key, req),
             Err(e) => st.error = Some(e.to_string()),
@@ -461,14 +502,54 @@ spec:
 
     #[test]
     fn on_a_cluster_the_host_name_is_the_node_and_files_are_the_controllers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("serial"), "10000000abcdef\n").unwrap();
         let m = ClusterMachine {
             node_name: Some("pi-kitchen".into()),
+            trust: Trust {
+                fleet_file_roots: vec![dir.path().to_path_buf()],
+                ..Trust::default()
+            },
         };
         assert_eq!(m.hostname().unwrap(), "pi-kitchen");
-        let e = ClusterMachine { node_name: None }.hostname().unwrap_err();
+        let e = ClusterMachine {
+            node_name: None,
+            trust: Trust::default(),
+        }
+        .hostname()
+        .unwrap_err();
         assert!(e.contains(NODE_NAME_ENV), "{e}");
-        let e = m.read_file("/nonexistent/serial").unwrap_err();
+        let serial = dir.path().join("serial");
+        assert_eq!(
+            m.read_file(serial.to_str().unwrap()).unwrap(),
+            "10000000abcdef\n"
+        );
+        let e = m
+            .read_file(dir.path().join("nope").to_str().unwrap())
+            .unwrap_err();
         assert!(e.contains("extraVolumes"), "{e}");
+        let e = m.read_file("/etc/hostname").unwrap_err();
+        assert!(e.contains("outside the folders"), "{e}");
+    }
+
+    #[test]
+    fn a_parameter_file_outside_the_allowed_folders_refuses_the_certificate() {
+        let c: Certificate = serde_yaml::from_str(
+            "apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {name: dev, namespace: iot}\nspec:\n  secretName: dev\n  issuer:\n    awsIot:\n      dataEndpoint: x.example:8883\n      fleetProvisioning:\n        templateName: t\n        claim: {secretRef: claim}\n        parameters:\n          - {name: Serial, value: fixed}\n          - {name: Token, valueFrom: {file: /var/run/secrets/kubernetes.io/serviceaccount/token}}\n",
+        )
+        .unwrap();
+        let fp = fleet::spec(&c).unwrap();
+        let e = file_refusal(fp, &Trust::default()).unwrap();
+        assert!(e.starts_with("parameter Token: /var/run/secrets/"), "{e}");
+        assert!(
+            e.contains("never read") && e.contains("nothing was sent"),
+            "{e}"
+        );
+        let all = Trust {
+            fleet_file_roots: vec!["/".into()],
+            ..Trust::default()
+        };
+        assert!(file_refusal(fp, &all).unwrap().contains("never read"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod leader;
 pub mod ownership;
 pub mod pod;
 pub mod status;
+pub mod trust;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -24,6 +24,9 @@ pub enum BrokerState {
     ApplyFailed(String),
     /// One of its objects' names is taken by an object that is not the Broker's.
     NameConflict(String),
+    /// Its `spec.pod.image` is not one the installer allows; only the bundle was written
+    /// (a running pod keeps its image and still gets user and ACL changes).
+    ImageNotAllowed(String),
     /// No pod is ready yet.
     PodNotReady,
     /// The pod runs another configuration than the current one.
@@ -53,6 +56,7 @@ pub fn broker_ready(state: &BrokerState, desired: Option<&str>) -> (bool, &'stat
         ),
         BrokerState::ApplyFailed(e) => (false, "ApplyFailed", e.clone()),
         BrokerState::NameConflict(e) => (false, "NameConflict", e.clone()),
+        BrokerState::ImageNotAllowed(e) => (false, super::trust::IMAGE_NOT_ALLOWED, e.clone()),
         BrokerState::PodNotReady => (
             false,
             "PodNotReady",

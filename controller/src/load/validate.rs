@@ -216,6 +216,35 @@ fn host_port(s: &str) -> bool {
     }
 }
 
+/// The credential field a Bridge would send in plain text across the network, if it
+/// would: a username or password, no `tls`, a remote address that is not loopback, and
+/// no `insecurePlaintextCredentials`. (The AWS IoT endpoint is always TLS.)
+fn plaintext_credentials(r: &crate::api::bridge::BridgeRemote) -> Option<&'static str> {
+    if r.tls.is_some() || r.insecure_plaintext_credentials {
+        return None;
+    }
+    let host = r.address.as_deref()?.rsplit_once(':')?.0;
+    if loopback(host) {
+        return None;
+    }
+    if r.password_secret_ref.is_some() {
+        Some("passwordSecretRef")
+    } else if r.username_secret_ref.is_some() {
+        Some("usernameSecretRef")
+    } else {
+        None
+    }
+}
+
+/// Whether `host` names this machine's loopback interface.
+fn loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A name server address: `host:port`, or `[IPv6]:port`.
 fn nameserver_addr(s: &str) -> bool {
     host_port(s)
@@ -681,6 +710,16 @@ impl Validator<'_> {
             }
             if let Some(s) = &r.password_secret_ref {
                 self.secret_key_ref(br, &rp("passwordSecretRef"), s);
+            }
+            if let Some(field) = plaintext_credentials(r) {
+                self.err(
+                    br,
+                    &rp(field),
+                    format!(
+                        "{field} would go in plain text to {}: add tls, or set insecurePlaintextCredentials: true to send it unencrypted anyway",
+                        r.address.as_deref().unwrap_or_default()
+                    ),
+                );
             }
             if let Some(tls) = &r.tls {
                 let tp = |f| {
@@ -1319,6 +1358,45 @@ mod tests {
             "  allowAnonymous: true\n  aclPatterns: [{topic: 'c/%c/#'}]\n",
         ] {
             assert_eq!(warnings_of(&broker(fine)), "", "{fine}");
+        }
+    }
+
+    #[test]
+    fn plaintext_bridge_credentials_go_only_to_loopback_unless_spelled_out() {
+        let folder = |remote: &str| {
+            format!(
+                "apiVersion: edgemq.io/v1alpha1\nkind: Broker\nmetadata: {{name: home}}\n\
+                 spec:\n  listeners: [{{name: m, port: 1883}}]\n---\n\
+                 apiVersion: v1\nkind: Secret\nmetadata: {{name: login}}\n\
+                 stringData: {{username: u, password: p}}\n---\n\
+                 apiVersion: edgemq.io/v1alpha1\nkind: Bridge\nmetadata: {{name: up}}\n\
+                 spec:\n  brokerRef: home\n  topics: [{{pattern: '#', direction: out}}]\n\
+                 \x20 remote:\n    passwordSecretRef: {{name: login, key: password}}\n{remote}"
+            )
+        };
+        let errors = |remote: &str| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("home.yaml"), folder(remote)).expect("write");
+            match super::super::load(dir.path(), None) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let e = errors("    address: mqtt.example.net:1883\n");
+        assert!(e.contains("home.yaml:19"), "{e}");
+        assert!(e.contains("Bridge") && e.contains("up"), "{e}");
+        assert!(
+            e.contains("passwordSecretRef would go in plain text to mqtt.example.net:1883"),
+            "{e}"
+        );
+        assert!(e.contains("insecurePlaintextCredentials: true"), "{e}");
+        for fine in [
+            "    address: 127.0.0.1:1883\n",
+            "    address: localhost:1883\n",
+            "    address: mqtt.example.net:8883\n    tls: {}\n",
+            "    address: mqtt.example.net:1883\n    insecurePlaintextCredentials: true\n",
+        ] {
+            assert_eq!(errors(fine), "", "{fine}");
         }
     }
 

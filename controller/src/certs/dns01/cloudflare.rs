@@ -7,7 +7,9 @@
 //!   `DELETE /zones/{id}/dns_records/{record id}` removes the one that was added.
 //!
 //! Every answer is Cloudflare's envelope `{success, errors: [{code, message}], result}`;
-//! a failure carries the HTTP status and Cloudflare's codes and messages.
+//! a failure carries the HTTP status and Cloudflare's codes and messages (never the
+//! token, and no body that is not an envelope: the token goes to whatever `apiUrl`
+//! names, and the answer ends up in status).
 
 use std::time::Duration;
 
@@ -175,6 +177,17 @@ impl Cloudflare {
         ))
     }
 
+    /// An API error message as status may show it: the token never (a server that is
+    /// not Cloudflare may echo it), and at most 200 characters.
+    fn redact(&self, message: &str) -> String {
+        let m = if self.token.is_empty() {
+            message.to_string()
+        } else {
+            message.replace(&self.token, "[redacted]")
+        };
+        m.chars().take(200).collect()
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -203,11 +216,12 @@ impl Cloudflare {
             .map_err(|e| fail(format!("{what}: HTTP {status}: {e}")))?;
         let env: Envelope = match serde_json::from_slice(&bytes) {
             Ok(env) => env,
+            // The body is not copied: whatever `apiUrl` points at answers here, and
+            // status is read by more people than the token's Secret.
             Err(e) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let text: String = text.chars().take(200).collect();
                 return Err(fail(format!(
-                    "{what}: HTTP {status}: not a Cloudflare API answer ({e}): {text}"
+                    "{what}: HTTP {status}: not a Cloudflare API answer ({} bytes; {e})",
+                    bytes.len()
                 )));
             }
         };
@@ -219,7 +233,7 @@ impl Cloudflare {
         let errs: Vec<String> = env
             .errors
             .iter()
-            .map(|e| format!("{} {}", e.code, e.message))
+            .map(|e| format!("{} {}", e.code, self.redact(&e.message)))
             .collect();
         Err(Failure {
             codes: env.errors.iter().map(|e| e.code).collect(),
