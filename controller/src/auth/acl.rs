@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Access, AclRule};
 
+mod subscribe;
+
 /// The ACL of a broker, in Mosquitto's terms.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -45,7 +47,9 @@ pub struct AclPlan {
 /// What a client wants to do on a topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// Receive a message (checked on each delivery, retained messages included).
+    /// Receive a message (checked on each delivery, retained messages included; a
+    /// SUBSCRIBE is granted when some topic of its filter may be read, see
+    /// [`Acl::may_subscribe`]).
     Read,
     /// Publish a message.
     Write,
