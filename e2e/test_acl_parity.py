@@ -39,7 +39,7 @@ TOPICS = [
     "devices/alice/temp", "devices/bob/temp", "devices/alice/secret", "devices/dave/temp",
     "clients/alice-phone/status", "clients/bob-pc/status", "clients/anon-1/status",
     # so that every filter of WILDCARD_FILTERS a client may read has a topic here
-    "clients/dave-1/status", "clients/carol-tab/status", "cmd/dave",
+    "clients/dave-1/status", "clients/carol-tab/status", "cmd/dave", "cmd/bob",
     "public/info", "anonw/log",
     "$ctrl/reboot",
     "other/x",
@@ -68,7 +68,7 @@ ANON_ACL = [("public/#", "read"), ("anonw/#", "write"), ("clients/+/status", "de
 
 # Filters whose SUBACK is compared (besides every topic above, subscribed one by one).
 WILDCARD_FILTERS = ["#", "+/+", "devices/+/temp", "cmd/+", "$ctrl/#", "alice/#",
-                    "clients/+/status", "shared/+", "+/secret/#"]
+                    "clients/+/status", "shared/+"]
 
 # (label, username or None, client id)
 CLIENTS = [

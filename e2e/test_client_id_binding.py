@@ -21,6 +21,9 @@ USERS = {
 }
 
 
+_HASHES: dict = {}
+
+
 def config(port, tmp_path, pattern=None, anonymous=False):
     extra = []
     if pattern is not None:
@@ -29,7 +32,10 @@ def config(port, tmp_path, pattern=None, anonymous=False):
         extra += ["  allowAnonymous: true", '  anonymousAcl: [{topic: "public/#", access: read}]']
     parts = [support.broker_yaml(BROKER, port, "\n".join(extra))]
     for name, acl in USERS.items():
-        parts.append(support.user_yaml(name, BROKER, password_hash=support.edgemq_hash(tmp_path, name, f"{name}-pw"), acl=acl))
+        key = (str(tmp_path), name)  # the same hash on every rewrite: no password change
+        if key not in _HASHES:
+            _HASHES[key] = support.edgemq_hash(tmp_path, name, f"{name}-pw")
+        parts.append(support.user_yaml(name, BROKER, password_hash=_HASHES[key], acl=acl))
     return support.docs(*parts)
 
 
@@ -134,11 +140,11 @@ def test_turning_the_pattern_on_closes_connections_on_another_users_ids(edgemq, 
 def test_a_malformed_pattern_is_refused_with_the_object_and_field(edgemq, tmp_path):
     e = edgemq()
     e.write("broker.yaml", config(support.free_port(), tmp_path, pattern="*-%u"))
-    r = e.cli("validate", "--config", str(e.config_dir))
+    r = e.cli("validate", str(e.config_dir))
     assert r.returncode != 0
     out = r.stdout + r.stderr
-    assert "spec.clientIdPattern" in out and "broker.yaml" in out, out
-    assert "`*` may only be the last character" in out, out
+    assert ('broker.yaml:7: Broker/ids: clientIdPattern "*-%u" is not valid: '
+            '`*` may only be the last character') in out, out
 
 
 def test_render_for_mosquitto_binds_ids_with_use_username_as_clientid(edgemq, mosquitto, tmp_path, clients):

@@ -150,7 +150,11 @@ mod tests {
             ("*-%u", "`*` may only be the last character"),
             ("%u-**", "`*` may only be the last character"),
         ] {
-            assert_eq!(ClientIdPattern::parse(bad).map_err(|e| e.why), Err(why), "{bad}");
+            assert_eq!(
+                ClientIdPattern::parse(bad).map_err(|e| e.why),
+                Err(why),
+                "{bad}"
+            );
         }
     }
 

@@ -68,6 +68,8 @@ struct Client {
     bridge: bool,
     /// A refused publish was logged for this connection already.
     denial_logged: std::sync::atomic::AtomicBool,
+    /// A refused subscription was logged for this connection already.
+    sub_denial_logged: std::sync::atomic::AtomicBool,
     will: Option<(LastWill, Option<LastWillProperties>)>,
 }
 
@@ -268,6 +270,7 @@ pub async fn serve(
         version,
         bridge: head.bridge,
         denial_logged: Default::default(),
+        sub_denial_logged: Default::default(),
         will: will.map(|w| (w, will_props)),
     };
     // Boxed: a channel allocates its slots up front, and an unboxed `Packet` would
@@ -708,7 +711,7 @@ async fn handle(
 /// with the reason.
 fn subscribe_denied(shared: &Shared, client: &Client, filter: &str) {
     shared.metrics.acl_denials.inc();
-    if !client.denial_logged.swap(true, Ordering::Relaxed) {
+    if !client.sub_denial_logged.swap(true, Ordering::Relaxed) {
         tracing::info!(client_id = %client.id, username = client.username.as_deref().unwrap_or(""), filter,
             reason = %super::router::denial_reason(client.username.as_deref(), Op::Read),
             "subscription refused by the ACL: no topic of the filter may be read (logged once per connection; later refusals are counted in edgemq_acl_denials_total)");

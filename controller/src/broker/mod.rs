@@ -64,9 +64,9 @@ impl AuthConfig {
     /// Whether a client with `username` may use `client_id` (always, without a
     /// `clientIdPattern`).
     pub fn client_id_allowed(&self, username: Option<&str>, client_id: &str) -> bool {
-        self.client_ids.as_ref().is_none_or(|p| {
-            p.allows(username, client_id, self.users.keys().map(String::as_str))
-        })
+        self.client_ids
+            .as_ref()
+            .is_none_or(|p| p.allows(username, client_id, self.users.keys().map(String::as_str)))
     }
 }
 

@@ -664,10 +664,14 @@ impl Router {
                 s.trusted || acl.check(s.username.as_deref(), client, topic, Op::Read)
             })
         };
-        let shared = self.shared.pick(topic, may_receive).into_iter().map(|(client, opts)| {
-            let ids = opts.id.into_iter().collect();
-            (client, Matched { opts, ids })
-        });
+        let shared = self
+            .shared
+            .pick(topic, may_receive)
+            .into_iter()
+            .map(|(client, opts)| {
+                let ids = opts.id.into_iter().collect();
+                (client, Matched { opts, ids })
+            });
         let mut delivered = 0;
         for (client, Matched { opts, ids }) in matched.into_iter().chain(shared) {
             if opts.no_local && msg.origin.as_deref() == Some(&*client) {

@@ -165,7 +165,9 @@ mod tests {
         for _ in 0..4 {
             let mut got: Vec<String> = s
                 .pick("t/x", |_| true)
-                .iter().map(|(c, _)| c.to_string()).collect();
+                .iter()
+                .map(|(c, _)| c.to_string())
+                .collect();
             got.sort();
             assert_eq!(got.len(), 2, "one copy per group: {got:?}");
             assert_eq!(got.last().map(String::as_str), Some("c"));

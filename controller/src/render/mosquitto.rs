@@ -261,7 +261,11 @@ mod tests {
         let mut b = example();
         b.client_id_pattern = Some("%u".into());
         let files = render(&b, &paths());
-        assert!(files.conf.contains("\nuse_username_as_clientid true\n"), "{}", files.conf);
+        assert!(
+            files.conf.contains("\nuse_username_as_clientid true\n"),
+            "{}",
+            files.conf
+        );
         assert!(files.not_expressed.is_empty());
     }
 
@@ -270,14 +274,22 @@ mod tests {
         let mut b = example();
         b.client_id_pattern = Some("%u-*".into());
         let files = render(&b, &paths());
-        assert!(!files.conf.contains("\nuse_username_as_clientid true"), "{}", files.conf);
+        assert!(
+            !files.conf.contains("\nuse_username_as_clientid true"),
+            "{}",
+            files.conf
+        );
         assert_eq!(files.not_expressed.len(), 1);
         assert!(files.not_expressed[0].starts_with("clientIdPattern \"%u-*\" cannot be expressed"));
         assert!(files.conf.contains("# NOT EXPRESSED: clientIdPattern"));
         b.client_id_pattern = Some("%u".into());
         b.allow_anonymous = true;
         let files = render(&b, &paths());
-        assert!(!files.conf.contains("\nuse_username_as_clientid true"), "{}", files.conf);
+        assert!(
+            !files.conf.contains("\nuse_username_as_clientid true"),
+            "{}",
+            files.conf
+        );
         assert!(files.not_expressed[0].contains("with allowAnonymous"));
     }
 

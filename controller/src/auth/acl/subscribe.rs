@@ -46,7 +46,11 @@ fn split(filter: &str) -> Vec<L<'_>> {
 }
 
 /// The levels of a rule for this client; `None` when the rule cannot apply to it.
-fn rule_levels<'a>(rule: &'a Rule, username: Option<&'a str>, client_id: &'a str) -> Option<Vec<L<'a>>> {
+fn rule_levels<'a>(
+    rule: &'a Rule,
+    username: Option<&'a str>,
+    client_id: &'a str,
+) -> Option<Vec<L<'a>>> {
     let mut out = Vec::with_capacity(rule.levels.len());
     for level in rule.levels.iter() {
         match level {
@@ -238,7 +242,10 @@ mod tests {
         assert!(bob(&a, "#"));
         assert!(bob(&a, "+/kitchen"));
         assert!(bob(&a, "home"));
-        assert!(bob(&a, "+"), "`home` itself is readable (`home/#` matches it)");
+        assert!(
+            bob(&a, "+"),
+            "`home` itself is readable (`home/#` matches it)"
+        );
         assert!(!bob(&a, "+/+/+/+/x/y") || bob(&a, "home/+/+/+/x/y"));
         assert!(!bob(&a, "garden/+"));
     }
@@ -299,8 +306,7 @@ mod tests {
             enabled: true,
             ..AclPlan::default()
         };
-        plan.users
-            .insert("$bob".into(), vec![rule(Read, "$bob/x")]);
+        plan.users.insert("$bob".into(), vec![rule(Read, "$bob/x")]);
         plan.patterns = vec![rule(Read, "%u/x")];
         let a = Acl::new(&plan);
         assert!(!a.may_subscribe(Some("$bob"), "c", "+/x"));
@@ -333,8 +339,7 @@ mod tests {
             &[(Read, "p/%u/+"), (Deny, "p/+/z")],
         );
         let topics = [
-            "a", "a/b", "a/b/c", "a/x", "a/x/y", "c/d", "c/e", "p/bob/q", "p/bob/z", "p/eve/q",
-            "q",
+            "a", "a/b", "a/b/c", "a/x", "a/x/y", "c/d", "c/e", "p/bob/q", "p/bob/z", "p/eve/q", "q",
         ];
         for t in topics {
             assert_eq!(
@@ -343,7 +348,9 @@ mod tests {
                 "{t}"
             );
         }
-        for filter in ["#", "a/+", "a/b/+", "+/b/#", "c/+", "p/+/z", "p/+/+", "+/+/q"] {
+        for filter in [
+            "#", "a/+", "a/b/+", "+/b/#", "c/+", "p/+/z", "p/+/+", "+/+/q",
+        ] {
             let readable = topics
                 .iter()
                 .any(|t| topic_matches(filter, t) && a.check(Some("bob"), "bob-1", t, Op::Read));
