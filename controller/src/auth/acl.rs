@@ -18,6 +18,10 @@
 //!
 //! `%u` and `%c` replace a whole level, with the value as it is: a username `a/b`
 //! stands for two levels, as with Mosquitto's textual substitution.
+//!
+//! A SUBSCRIBE is granted when some topic of its filter passes this check for reading
+//! ([`Acl::may_subscribe`], in `acl/subscribe.rs`); Mosquitto 2.0's `acl_file` grants
+//! every SUBSCRIBE, edgemq refuses the ones that could never deliver anything.
 
 use std::collections::HashMap;
 use std::str::Split;
