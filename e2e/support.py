@@ -754,6 +754,20 @@ def mosquitto_hash(tmp_path: Path, user: str, password: str) -> str:
 
 # --------------------------------------------------------------------------- raw MQTT bytes
 
+def topic_matches_filter(filter_: str, topic: str) -> bool:
+    """MQTT topic matching (`+` one level, `#` the rest including the parent; a
+    wildcard first level never matches a `$` topic)."""
+    if topic.startswith("$") and filter_[:1] in ("+", "#"):
+        return False
+    f, t = filter_.split("/"), topic.split("/")
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(f) == len(t)
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:

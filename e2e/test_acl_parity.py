@@ -9,6 +9,12 @@ An outcome is whether a message crosses the broker:
         '#' and '$ctrl/#') receive it?
 A client the broker refuses gets "refused" in every cell.
 
+SUBSCRIBE is where the two differ on purpose: Mosquitto 2.0's acl_file grants every
+filter (its default ACL check returns success for subscriptions, "FIXME - implement ACL
+subscription strings"); edgemq refuses a filter none of whose topics the client may
+read. The SUBACK cells check exactly that: Mosquitto grants all, and edgemq refuses
+(0x80) exactly the filters for which Mosquitto delivers none of the topics here.
+
 %u and %c are used only as whole topic levels: Mosquitto 2.0.11 differs from newer
 versions inside a level.
 """
@@ -32,6 +38,8 @@ TOPICS = [
     "cmd/light", "cmd/alice",
     "devices/alice/temp", "devices/bob/temp", "devices/alice/secret", "devices/dave/temp",
     "clients/alice-phone/status", "clients/bob-pc/status", "clients/anon-1/status",
+    # so that every filter of WILDCARD_FILTERS a client may read has a topic here
+    "clients/dave-1/status", "clients/carol-tab/status", "cmd/dave", "cmd/bob",
     "public/info", "anonw/log",
     "$ctrl/reboot",
     "other/x",
@@ -57,6 +65,10 @@ PATTERNS = [
 ]
 
 ANON_ACL = [("public/#", "read"), ("anonw/#", "write"), ("clients/+/status", "deny")]
+
+# Filters whose SUBACK is compared (besides every topic above, subscribed one by one).
+WILDCARD_FILTERS = ["#", "+/+", "devices/+/temp", "cmd/+", "$ctrl/#", "alice/#",
+                    "clients/+/status", "shared/+"]
 
 # (label, username or None, client id)
 CLIENTS = [
@@ -130,6 +142,7 @@ def measure(port: int) -> Outcomes:
     the measurement free of client-side timing effects.
     """
     out = Outcomes()
+    subacks = out.subacks = {}
     obs_sub = _connect(port, "observer", "observer-sub")
     obs_pub = _connect(port, "observer", "observer-pub")
     assert obs_sub is not None and obs_pub is not None, "the observer must be able to log in"
@@ -144,13 +157,14 @@ def measure(port: int) -> Outcomes:
                      message="observer receives its own retained messages")
         obs_sub.drain()
 
-        # read side: each client subscribes to every topic (SUBSCRIBE is never ACL-checked)
+        # read side: each client subscribes to every topic
         for label, user, cid in CLIENTS:
             readers[label] = _connect(port, user, cid)
         for label, cl in readers.items():
             if cl is not None:
                 codes = cl.subscribe_wait([(t, 1) for t in TOPICS])
-                assert all(c == 1 for c in codes), f"{label}: SUBSCRIBE got {codes}"
+                for t, code in zip(TOPICS, codes):
+                    subacks[(label, t)] = code
         _settle(readers.values())
         for label, cl in readers.items():
             got = _payloads(cl)
@@ -195,6 +209,16 @@ def measure(port: int) -> Outcomes:
 
         for t in TOPICS:  # clear the retained messages
             obs_pub.publish_wait(t, b"", qos=1, retain=True)
+
+        # SUBACK of wildcard filters, on fresh connections that read nothing
+        for label, user, cid in CLIENTS:
+            cl = _connect(port, user, cid)
+            if cl is None:
+                continue
+            codes = cl.subscribe_wait([(f, 1) for f in WILDCARD_FILTERS])
+            for f, code in zip(WILDCARD_FILTERS, codes):
+                subacks[(label, f)] = code
+            cl.disconnect_wait()
     finally:
         for cl in readers.values():
             if cl is not None:
@@ -281,3 +305,19 @@ def test_edgemq_and_mosquitto_agree_on_every_acl_cell(edgemq, mosquitto, tmp_pat
     diff = sorted(k for k in got_mosquitto if got_edgemq.get(k) != got_mosquitto[k])
     assert not diff, (f"{len(diff)} cells differ, e.g. {diff[:5]}\n"
                       + format_matrix(got_edgemq, got_mosquitto))
+
+    # SUBACK: Mosquitto grants everything; edgemq refuses what Mosquitto never delivers.
+    assert set(got_mosquitto.subacks.values()) == {1}, got_mosquitto.subacks
+    assert got_edgemq.subacks.keys() == got_mosquitto.subacks.keys()
+    from support import topic_matches_filter as matches
+    wrong = {}
+    for (label, f), code in got_edgemq.subacks.items():
+        readable = any(got_mosquitto[(label, t, kind)] is True
+                       for t in TOPICS if matches(f, t) for kind in ("read", "read-retained"))
+        expected = 1 if readable else 0x80
+        if code != expected:
+            wrong[(label, f)] = (code, expected)
+    assert not wrong, f"edgemq SUBACK (got, expected) where it should follow what Mosquitto delivers: {wrong}"
+    if acl_enabled:
+        assert got_edgemq.subacks[("dave", "alice/data")] == 0x80  # the oracle refuses something
+

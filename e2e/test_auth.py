@@ -239,17 +239,21 @@ data: {pw: "bm9kZS1yZWQtcHc="}
 
 
 def test_a_refused_publish_and_delivery_are_logged_once_per_client_with_the_reason(edgemq, clients):
-    """allowAnonymous without anonymousAcl: the client connects, its publishes and
-    subscriptions get nothing, and the log says why, once per client."""
+    """allowAnonymous with an anonymousAcl that only lets it read t/a: the client
+    connects, its publishes, its subscription to u/# and deliveries outside t/a get
+    nothing, and the log says why, once per client."""
     p = support.free_port()
     e = edgemq()
     e.write("broker.yaml", support.docs(
-        support.broker_yaml("anon", p, "  allowAnonymous: true\n"),
+        support.broker_yaml("anon", p, "  allowAnonymous: true\n"
+                            '  anonymousAcl: [{topic: "t/a", access: read}]\n'),
         support.user_yaml("alice", "anon", support.ALICE_HASH, acl=[("t/#", "readwrite")])))
     e.start()
     support.wait_port(p)
     anon = clients(p, client_id="anon-1")
-    anon.subscribe_wait("t/#", 1)
+    assert anon.subscribe_wait("t/#", 1) == [1], "t/a may be read"
+    for _ in range(2):
+        assert anon.subscribe_wait("u/#", 1) == [0x80], "nothing under u/ may be read"
     for i in range(3):
         anon.publish_wait("t/x", f"{i}".encode(), qos=1)
     alice = clients(p, client_id="alice-1", username="alice", password="secret1")
@@ -267,4 +271,6 @@ def test_a_refused_publish_and_delivery_are_logged_once_per_client_with_the_reas
     reads = [l for l in text.splitlines() if "message not delivered" in l]
     assert len(reads) == 1 and "client_id=anon-1" in reads[0], reads
     assert "anonymous client: no anonymousAcl rule" in reads[0] and "read" in reads[0], reads
-    assert e.metrics()["edgemq_acl_denials_total"] >= 5  # every refusal is still counted
+    subs = [l for l in text.splitlines() if "subscription refused by the ACL" in l]
+    assert len(subs) == 1 and "client_id=anon-1" in subs[0] and 'filter="u/#"' in subs[0], subs
+    assert e.metrics()["edgemq_acl_denials_total"] >= 7  # every refusal is still counted

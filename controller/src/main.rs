@@ -506,6 +506,9 @@ fn render_mosquitto(
         paths.tls.insert(src.clone(), files);
     }
     let files = render(bundle, &paths);
+    for why in &files.not_expressed {
+        eprintln!("warning: {why}");
+    }
     for (name, text) in [
         ("mosquitto.conf", &files.conf),
         ("passwd", &files.passwd),

@@ -176,7 +176,7 @@ impl Metrics {
         );
         r.register(
             "auth_failures",
-            "CONNECTs refused for bad or missing credentials",
+            "CONNECTs refused for bad or missing credentials, or for a client id of another user (clientIdPattern)",
             self.auth_failures.clone(),
         );
         r.register(

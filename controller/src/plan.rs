@@ -40,6 +40,9 @@ pub struct BrokerBundle {
     pub limits: Limits,
     /// Keep retained messages across restarts.
     pub persistence: bool,
+    /// The Broker's `clientIdPattern`: client ids bound to users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_pattern: Option<String>,
     /// Bridges of this broker, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bridges: BTreeMap<String, BridgePlan>,
@@ -396,6 +399,7 @@ pub fn plan_broker(res: &Resources, b: &Loaded<Broker>) -> Result<BrokerBundle, 
         },
         limits: spec.limits.clone(),
         persistence: spec.persistence.as_ref().is_some_and(|p| p.enabled),
+        client_id_pattern: spec.client_id_pattern.clone(),
         bridges: res
             .bridges_of(&b.namespace, &b.name)
             .map(|br| (br.name.clone(), plan_bridge(res, br)))

@@ -50,6 +50,20 @@ pub struct BrokerSpec {
     /// client may publish and subscribe anywhere (Mosquitto without an `acl_file`).
     #[serde(default = "default_true")]
     pub acl_enabled: bool,
+    /// Bind client ids to users, so that one user cannot take over (and end) another
+    /// user's session by connecting with its client id. A pattern holds `%u` (the
+    /// username) once and may end in `*` (any characters), for example `%u` or `%u-*`.
+    /// A client with a username may then use only client ids matching the pattern with
+    /// its own name (when several users' patterns match, the longest username owns the
+    /// id); a client without a username only ids no user owns. Any other CONNECT is
+    /// refused with "client identifier not valid" (MQTT 3.1.1 return code 2, MQTT 5
+    /// 0x85) and the owner's session is left as it was; an empty client id is assigned
+    /// the pattern with `%u` put in (and random hex for `*`). Default: unset, any
+    /// client may use any client id and a new connection takes that session over
+    /// (Mosquitto's behaviour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 256), regex(pattern = r"^[^*%]*%u[^*%]*\*?$"))]
+    pub client_id_pattern: Option<String>,
     /// Retained messages and persistent sessions kept across restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence: Option<Persistence>,

@@ -18,6 +18,10 @@
 //!
 //! `%u` and `%c` replace a whole level, with the value as it is: a username `a/b`
 //! stands for two levels, as with Mosquitto's textual substitution.
+//!
+//! A SUBSCRIBE is granted when some topic of its filter passes this check for reading
+//! ([`Acl::may_subscribe`], in `acl/subscribe.rs`); Mosquitto 2.0's `acl_file` grants
+//! every SUBSCRIBE, edgemq refuses the ones that could never deliver anything.
 
 use std::collections::HashMap;
 use std::str::Split;
@@ -27,6 +31,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Access, AclRule};
+
+mod subscribe;
 
 /// The ACL of a broker, in Mosquitto's terms.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -45,7 +51,9 @@ pub struct AclPlan {
 /// What a client wants to do on a topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// Receive a message (checked on each delivery, retained messages included).
+    /// Receive a message (checked on each delivery, retained messages included; a
+    /// SUBSCRIBE is granted when some topic of its filter may be read, see
+    /// [`Acl::may_subscribe`]).
     Read,
     /// Publish a message.
     Write,

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  password file / MqttUser ──► passwd::PasswordHash ──► CONNECT: verify(password)
-//!  plan::AclPlan ─────────────► acl::Acl ──────────────► PUBLISH (write), delivery (read)
+//!  plan::AclPlan ─────────────► acl::Acl ──────────────► PUBLISH (write), delivery (read),
+//!                                                          SUBSCRIBE (some topic readable)
+//!  Broker clientIdPattern ────► client_id::ClientIdPattern ► CONNECT: whose client id
 //! ```
 //!
 //! Everything here is pure and synchronous, so the plan can use it (to hash and check
@@ -10,6 +12,7 @@
 //! [`passwd_cmd`] is the `edgemq passwd` command, a drop-in for `mosquitto_passwd`.
 
 pub mod acl;
+pub mod client_id;
 pub mod passwd;
 pub mod passwd_cmd;
 

@@ -68,6 +68,8 @@ struct Client {
     bridge: bool,
     /// A refused publish was logged for this connection already.
     denial_logged: std::sync::atomic::AtomicBool,
+    /// A refused subscription was logged for this connection already.
+    sub_denial_logged: std::sync::atomic::AtomicBool,
     will: Option<(LastWill, Option<LastWillProperties>)>,
 }
 
@@ -180,6 +182,22 @@ pub async fn serve(
         refuse(&mut writer, version, Refusal::NotAuthorized).await;
         return;
     }
+    // An empty client id of a user is assigned from the Broker's `clientIdPattern`.
+    let client_id: Arc<str> = match (&assigned, &auth.client_ids, &username) {
+        (Some(_), Some(pattern), Some(u)) => {
+            let id = pattern.assign(u, &format!("{:016x}", rand::random::<u64>()));
+            assigned = Some(id.clone());
+            id.into()
+        }
+        _ => client_id,
+    };
+    if !auth.client_id_allowed(username.as_deref(), &client_id) {
+        shared.metrics.auth_failures.inc();
+        tracing::info!(%peer, %listener, client_id = %client_id, username = username.as_deref().unwrap_or(""),
+            "connection refused: the client id belongs to another user (clientIdPattern)");
+        refuse(&mut writer, version, Refusal::ClientId).await;
+        return;
+    }
     // A username or client id with `+` or `#` is not refused here: as in Mosquitto,
     // the ACL denies it the pattern rules (acl::Acl::check) and its own rules apply.
 
@@ -252,6 +270,7 @@ pub async fn serve(
         version,
         bridge: head.bridge,
         denial_logged: Default::default(),
+        sub_denial_logged: Default::default(),
         will: will.map(|w| (w, will_props)),
     };
     // Boxed: a channel allocates its slots up front, and an unboxed `Packet` would
@@ -577,11 +596,28 @@ async fn handle(
                 let id = sub_props.and_then(|p| p.id).map(|id| id as u32);
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut accepted = Vec::new();
+                let acl = shared.router().acl().clone();
                 for f in &sub.filters {
                     let shared_sub = shared_subs::parse(&f.path);
                     let code = if shared_sub.is_err() || !valid_topic_filter(&f.path) {
                         if v5 {
                             SubscribeReasonCode::TopicFilterInvalid
+                        } else {
+                            SubscribeReasonCode::Failure
+                        }
+                    } else if !acl.may_subscribe(
+                        client.username.as_deref(),
+                        &client.id,
+                        match shared_sub {
+                            Ok(Some((_, filter))) => filter,
+                            _ => &f.path,
+                        },
+                    ) {
+                        // No topic of the filter may be read: refused, as a share group
+                        // must not hand messages to a member that may not receive them.
+                        subscribe_denied(shared, client, &f.path);
+                        if v5 {
+                            SubscribeReasonCode::NotAuthorized
                         } else {
                             SubscribeReasonCode::Failure
                         }
@@ -668,6 +704,19 @@ async fn handle(
             }
             _ => Err(End::Protocol("unexpected packet type from a client")),
         },
+    }
+}
+
+/// Counts a SUBSCRIBE the ACL refused; the first refusal of a connection is logged
+/// with the reason.
+fn subscribe_denied(shared: &Shared, client: &Client, filter: &str) {
+    shared.metrics.acl_denials.inc();
+    if !client.sub_denial_logged.swap(true, Ordering::Relaxed) {
+        tracing::info!(client_id = %client.id, username = client.username.as_deref().unwrap_or(""), filter,
+            reason = %super::router::denial_reason(client.username.as_deref(), Op::Read),
+            "subscription refused by the ACL: no topic of the filter may be read (logged once per connection; later refusals are counted in edgemq_acl_denials_total)");
+    } else {
+        tracing::debug!(client_id = %client.id, filter, "subscription refused by the ACL");
     }
 }
 

@@ -34,6 +34,7 @@ use arc_swap::ArcSwap;
 
 use crate::api::broker::Limits;
 use crate::auth::acl::Acl;
+use crate::auth::client_id::ClientIdPattern;
 use crate::auth::passwd::PasswordHash;
 use crate::metrics::{BrokerMetrics, Metrics};
 use crate::plan::BrokerBundle;
@@ -55,6 +56,18 @@ pub struct AuthConfig {
     pub allow_anonymous: bool,
     /// Password hashes by username.
     pub users: HashMap<String, PasswordHash>,
+    /// The Broker's `clientIdPattern`: which user each client id belongs to.
+    pub client_ids: Option<ClientIdPattern>,
+}
+
+impl AuthConfig {
+    /// Whether a client with `username` may use `client_id` (always, without a
+    /// `clientIdPattern`).
+    pub fn client_id_allowed(&self, username: Option<&str>, client_id: &str) -> bool {
+        self.client_ids
+            .as_ref()
+            .is_none_or(|p| p.allows(username, client_id, self.users.keys().map(String::as_str)))
+    }
 }
 
 /// State shared by the listeners and connections of one broker.
@@ -116,6 +129,9 @@ pub enum ApplyError {
     /// A password hash is malformed.
     #[error("user {0}: malformed password hash")]
     Hash(String),
+    /// The `clientIdPattern` is malformed.
+    #[error(transparent)]
+    ClientIdPattern(#[from] crate::auth::client_id::InvalidPattern),
     /// The retained store could not be opened.
     #[error(transparent)]
     Store(#[from] persist::StoreError),
@@ -177,9 +193,15 @@ fn auth_config(bundle: &BrokerBundle) -> Result<AuthConfig, ApplyError> {
             PasswordHash::parse(&u.password_hash).map_err(|_| ApplyError::Hash(name.clone()))?;
         users.insert(name.clone(), hash);
     }
+    let client_ids = bundle
+        .client_id_pattern
+        .as_deref()
+        .map(ClientIdPattern::parse)
+        .transpose()?;
     Ok(AuthConfig {
         allow_anonymous: bundle.allow_anonymous,
         users,
+        client_ids,
     })
 }
 
@@ -396,6 +418,21 @@ impl BrokerRuntime {
                 .kick_user(None, CloseReason::CredentialsChanged);
             changes.push(format!(
                 "anonymous access withdrawn ({n} connection(s) closed)"
+            ));
+        }
+        // Client ids now bound to another user (a pattern set or changed, a user added
+        // whose name owns them): their connections close, as a changed user's do.
+        if auth.client_ids.is_some()
+            && (auth.client_ids != old_auth.client_ids
+                || !bundle.users.keys().eq(self.bundle.users.keys()))
+        {
+            let n = self.shared.router().kick_where(
+                |username, client_id| !auth.client_id_allowed(username, client_id),
+                CloseReason::CredentialsChanged,
+            );
+            changes.push(format!(
+                "clientIdPattern {} ({n} connection(s) on client ids of another user closed)",
+                bundle.client_id_pattern.as_deref().unwrap_or("")
             ));
         }
         self.shared.auth.store(Arc::new(auth));

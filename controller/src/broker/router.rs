@@ -556,6 +556,27 @@ impl Router {
         n
     }
 
+    /// Kicks every client connection (not edgemq's own) for which `refuse(username,
+    /// client id)` is true. Returns how many.
+    pub fn kick_where(
+        &mut self,
+        refuse: impl Fn(Option<&str>, &str) -> bool,
+        reason: CloseReason,
+    ) -> usize {
+        let mut n = 0;
+        for (id, s) in self.sessions.iter_mut() {
+            if s.trusted || !refuse(s.username.as_deref(), id) {
+                continue;
+            }
+            if let Some(c) = s.conn.take() {
+                c.kick(reason);
+                n += 1;
+                s.disconnected_at = Some(Instant::now());
+            }
+        }
+        n
+    }
+
     /// Adds or replaces a subscription and queues the retained messages it asks for.
     /// Returns whether it replaced an existing one.
     pub fn subscribe(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOptions) -> bool {
@@ -637,10 +658,20 @@ impl Router {
         }
         let topic = msg.topic_str();
         let matched = self.trie.matches(topic);
-        let shared = self.shared.pick(topic).into_iter().map(|(client, opts)| {
-            let ids = opts.id.into_iter().collect();
-            (client, Matched { opts, ids })
-        });
+        let (sessions, acl) = (&self.sessions, &self.acl);
+        let may_receive = |client: &str| {
+            sessions.get(client).is_some_and(|s| {
+                s.trusted || acl.check(s.username.as_deref(), client, topic, Op::Read)
+            })
+        };
+        let shared = self
+            .shared
+            .pick(topic, may_receive)
+            .into_iter()
+            .map(|(client, opts)| {
+                let ids = opts.id.into_iter().collect();
+                (client, Matched { opts, ids })
+            });
         let mut delivered = 0;
         for (client, Matched { opts, ids }) in matched.into_iter().chain(shared) {
             if opts.no_local && msg.origin.as_deref() == Some(&*client) {

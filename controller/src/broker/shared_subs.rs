@@ -100,17 +100,29 @@ impl SharedSubs {
     }
 
     /// The member of each group matching `topic` that gets this message, with the
-    /// options of its subscription; advances each group's turn.
-    pub fn pick(&mut self, topic: &str) -> Vec<(Arc<str>, SubOptions)> {
+    /// options of its subscription; advances each group's turn. A member for which
+    /// `may_receive` is false is passed over (the ACL keeps the message from it), so
+    /// the next one in turn gets the message; when no member may receive it, the member
+    /// whose turn it was is returned, for the caller to count the refusal.
+    pub fn pick(
+        &mut self,
+        topic: &str,
+        mut may_receive: impl FnMut(&str) -> bool,
+    ) -> Vec<(Arc<str>, SubOptions)> {
         let mut out = Vec::new();
         for key in self.trie.matches(topic).into_keys() {
             let Some(g) = self.groups.get_mut(&key) else {
                 continue;
             };
-            if g.members.is_empty() {
+            let n = g.members.len();
+            if n == 0 {
                 continue;
             }
-            let i = g.next % g.members.len();
+            let turn = g.next % n;
+            let i = (0..n)
+                .map(|k| (turn + k) % n)
+                .find(|&i| may_receive(&g.members[i].0))
+                .unwrap_or(turn);
             g.next = i + 1;
             out.push(g.members[i].clone());
         }
@@ -151,7 +163,11 @@ mod tests {
         s.insert("$share/g2/t/+", id("c"), SubOptions::default());
         let mut g1 = Vec::new();
         for _ in 0..4 {
-            let mut got: Vec<String> = s.pick("t/x").iter().map(|(c, _)| c.to_string()).collect();
+            let mut got: Vec<String> = s
+                .pick("t/x", |_| true)
+                .iter()
+                .map(|(c, _)| c.to_string())
+                .collect();
             got.sort();
             assert_eq!(got.len(), 2, "one copy per group: {got:?}");
             assert_eq!(got.last().map(String::as_str), Some("c"));
@@ -161,12 +177,29 @@ mod tests {
     }
 
     #[test]
+    fn members_that_may_not_receive_are_passed_over() {
+        let mut s = SharedSubs::default();
+        for m in ["a", "b", "c"] {
+            s.insert("$share/g/t", id(m), SubOptions::default());
+        }
+        let picked: Vec<String> = (0..6)
+            .map(|_| s.pick("t", |c| c != "b")[0].0.to_string())
+            .collect();
+        assert_eq!(picked, ["a", "c", "a", "c", "a", "c"]);
+        // Nobody may receive: the member in turn is returned (and refused by the caller).
+        let nobody: Vec<String> = (0..3)
+            .map(|_| s.pick("t", |_| false)[0].0.to_string())
+            .collect();
+        assert_eq!(nobody, ["a", "b", "c"]);
+    }
+
+    #[test]
     fn the_last_member_leaving_removes_the_group() {
         let mut s = SharedSubs::default();
         s.insert("$share/g/t", id("a"), SubOptions::default());
         assert!(s.remove("$share/g/t", "a"));
         assert!(!s.remove("$share/g/t", "a"));
-        assert!(s.pick("t").is_empty());
+        assert!(s.pick("t", |_| true).is_empty());
         assert_eq!(s.trie_nodes(), 1);
     }
 }

@@ -525,6 +525,15 @@ impl Validator<'_> {
             }
             self.acl(b, "anonymousAcl", &spec.anonymous_acl, false);
             self.acl(b, "aclPatterns", &spec.acl_patterns, true);
+            if let Some(pattern) = &spec.client_id_pattern {
+                if let Err(e) = crate::auth::client_id::ClientIdPattern::parse(pattern) {
+                    self.err(
+                        b,
+                        &[Seg::Key("spec"), Seg::Key("clientIdPattern")],
+                        e.to_string(),
+                    );
+                }
+            }
             let lim = &spec.limits;
             let p = |f| [Seg::Key("spec"), Seg::Key("limits"), Seg::Key(f)];
             self.range(

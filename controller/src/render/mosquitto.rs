@@ -21,6 +21,9 @@ pub struct MosquittoFiles {
     pub passwd: String,
     /// The ACL file.
     pub acl: String,
+    /// Settings of the Broker that Mosquitto cannot express, one sentence each (also
+    /// written as comments in `mosquitto.conf`).
+    pub not_expressed: Vec<String>,
 }
 
 /// Certificate and key files of one TLS source.
@@ -64,14 +67,39 @@ impl MosquittoPaths {
 
 /// Renders `bundle` as Mosquitto configuration.
 pub fn render(bundle: &BrokerBundle, paths: &MosquittoPaths) -> MosquittoFiles {
+    let mut not_expressed = Vec::new();
     MosquittoFiles {
-        conf: conf(bundle, paths),
+        conf: conf(bundle, paths, &mut not_expressed),
         passwd: passwd(bundle),
         acl: acl(bundle),
+        not_expressed,
     }
 }
 
-fn conf(b: &BrokerBundle, paths: &MosquittoPaths) -> String {
+/// `clientIdPattern` in Mosquitto's terms: `%u` without anonymous access is what
+/// `use_username_as_clientid` gives (every client id is its user's name; Mosquitto puts
+/// the username in place of another id where edgemq refuses it, and refuses anonymous
+/// clients); anything else has no Mosquitto equivalent. Returns whether every
+/// listener gets `use_username_as_clientid true` (a per-listener setting).
+fn client_ids(s: &mut String, b: &BrokerBundle, not_expressed: &mut Vec<String>) -> bool {
+    let Some(pattern) = &b.client_id_pattern else {
+        return false;
+    };
+    if pattern == "%u" && !b.allow_anonymous {
+        s.push_str("# clientIdPattern %u: a client id is its user's name (edgemq refuses another id; Mosquitto uses the username instead)\n");
+        true
+    } else {
+        let why = format!(
+            "clientIdPattern {pattern:?}{} cannot be expressed: Mosquitto binds client ids to users only as `use_username_as_clientid` (pattern \"%u\" without anonymous access); client ids are not bound to users in this configuration",
+            if pattern == "%u" { " with allowAnonymous" } else { "" }
+        );
+        let _ = writeln!(s, "# NOT EXPRESSED: {why}");
+        not_expressed.push(why);
+        false
+    }
+}
+
+fn conf(b: &BrokerBundle, paths: &MosquittoPaths, not_expressed: &mut Vec<String>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -82,6 +110,7 @@ fn conf(b: &BrokerBundle, paths: &MosquittoPaths) -> String {
     );
     s.push_str("per_listener_settings false\n");
     let _ = writeln!(s, "allow_anonymous {}", b.allow_anonymous);
+    let username_as_client_id = client_ids(&mut s, b, not_expressed);
     let _ = writeln!(
         s,
         "password_file {}",
@@ -112,6 +141,9 @@ fn conf(b: &BrokerBundle, paths: &MosquittoPaths) -> String {
         // Mosquitto counts connections per listener, edgemq per broker: the broker-wide
         // bound is the nearest per-listener one that never refuses what edgemq accepts.
         let _ = writeln!(s, "max_connections {}", b.limits.max_connections);
+        if username_as_client_id {
+            s.push_str("use_username_as_clientid true\n");
+        }
         if let Some(src) = &l.tls {
             let f = paths.tls_files(src);
             let _ = writeln!(s, "certfile {}", f.certfile.display());
@@ -222,6 +254,43 @@ mod tests {
         let user = acl.find("user ").expect("a user block");
         let pattern = acl.find("pattern readwrite devices/%u/#").expect("pattern");
         assert!(anon < user && user < pattern, "{acl}");
+    }
+
+    #[test]
+    fn a_username_client_id_pattern_is_use_username_as_clientid() {
+        let mut b = example();
+        b.client_id_pattern = Some("%u".into());
+        let files = render(&b, &paths());
+        assert!(
+            files.conf.contains("\nuse_username_as_clientid true\n"),
+            "{}",
+            files.conf
+        );
+        assert!(files.not_expressed.is_empty());
+    }
+
+    #[test]
+    fn other_client_id_patterns_are_reported_as_not_expressed() {
+        let mut b = example();
+        b.client_id_pattern = Some("%u-*".into());
+        let files = render(&b, &paths());
+        assert!(
+            !files.conf.contains("\nuse_username_as_clientid true"),
+            "{}",
+            files.conf
+        );
+        assert_eq!(files.not_expressed.len(), 1);
+        assert!(files.not_expressed[0].starts_with("clientIdPattern \"%u-*\" cannot be expressed"));
+        assert!(files.conf.contains("# NOT EXPRESSED: clientIdPattern"));
+        b.client_id_pattern = Some("%u".into());
+        b.allow_anonymous = true;
+        let files = render(&b, &paths());
+        assert!(
+            !files.conf.contains("\nuse_username_as_clientid true"),
+            "{}",
+            files.conf
+        );
+        assert!(files.not_expressed[0].contains("with allowAnonymous"));
     }
 
     #[test]
