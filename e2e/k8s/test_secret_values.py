@@ -82,12 +82,14 @@ def test_a_secret_named_before_it_exists_is_picked_up_and_its_changes_apply_live
     k.apply(cluster, namespace,
             k.broker("home", [{"name": "lan", "port": 1883}]),
             k.user("late", "home", passwordSecretRef={"name": "late-pw", "key": "password"}))
-    obj = k.wait_ready(cluster, "broker", "home", namespace, status="False",
+    # A user whose Secret is missing is left out, and says why; the Broker runs.
+    obj = k.wait_ready(cluster, "mqttuser", "late", namespace, status="False",
                        reason="InvalidSpec", timeout=60)
     assert "late-pw" in k.ready(obj)["message"], k.ready(obj)["message"]
 
     _create_secret(cluster, namespace, "late-pw", password="first-pw")
     k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    k.wait_ready(cluster, "mqttuser", "late", namespace, reason="Active", timeout=60)
     port = k.node_port(cluster, "home", namespace, "lan")
     cluster.wait_for(_can_login(port, "late", "first-pw"), 60, "the user logs in with the first password")
 
@@ -99,6 +101,6 @@ def test_a_secret_named_before_it_exists_is_picked_up_and_its_changes_apply_live
     # A key the user names disappears: the controller sees it in the Secret it reads.
     cluster.kubectl("patch", "secret", "late-pw", "-n", namespace, "--type", "json",
                     "-p", '[{"op": "remove", "path": "/data/password"}]')
-    obj = k.wait_ready(cluster, "broker", "home", namespace, status="False",
+    obj = k.wait_ready(cluster, "mqttuser", "late", namespace, status="False",
                        reason="InvalidSpec", timeout=60)
     assert "password" in k.ready(obj)["message"], k.ready(obj)["message"]
