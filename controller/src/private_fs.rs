@@ -159,7 +159,7 @@ mod tests {
         std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
 
-        assert_eq!(prepare_state_dir(&root).unwrap(), 5);
+        assert_eq!(prepare_state_dir(&root).unwrap(), 4);
         assert_eq!(mode(&root), 0o700);
         assert_eq!(mode(&sub), 0o700);
         assert_eq!(mode(&root.join("status.json")), 0o600);

@@ -23,9 +23,9 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{connection, slots};
 use super::transport::{BoxIo, Transport};
 use super::Shared;
+use super::{connection, slots};
 use crate::api::broker::ListenerProtocol;
 use crate::plan::ListenerPlan;
 
@@ -204,7 +204,15 @@ async fn serve_socket(
         }
     };
     let handshake = connection::Handshake { slot, deadline };
-    connection::serve(transport, shared, listener, peer.to_string(), stop, handshake).await;
+    connection::serve(
+        transport,
+        shared,
+        listener,
+        peer.to_string(),
+        stop,
+        handshake,
+    )
+    .await;
 }
 
 /// Answers the WebSocket upgrade with the `mqtt` subprotocol when the client offers

@@ -1322,14 +1322,17 @@ mod tests {
     fn a_persistent_session_keeps_qos1_messages_and_resends_inflight_after_reconnect() {
         let mut r = router();
         let id: Arc<str> = "p".into();
-        r.connect(&id, None, false, 3600, 20, ConnLink::new(1)).unwrap();
+        r.connect(&id, None, false, 3600, 20, ConnLink::new(1))
+            .unwrap();
         r.subscribe(&id, "t", sub(1));
         r.publish(msg("t", 1, false, "one"));
         assert_eq!(drain(&mut r, "p", 1).len(), 1); // in flight, never acked
         r.disconnect("p", 1, None);
         r.publish(msg("t", 1, false, "two"));
         r.publish(msg("t", 0, false, "qos0 is not queued offline"));
-        let c = r.connect(&id, None, false, 3600, 20, ConnLink::new(2)).unwrap();
+        let c = r
+            .connect(&id, None, false, 3600, 20, ConnLink::new(2))
+            .unwrap();
         assert!(c.session_present);
         let out = drain(&mut r, "p", 2);
         assert_eq!(out.len(), 2);
@@ -1341,7 +1344,8 @@ mod tests {
     fn persistent_sessions_survive_a_snapshot_and_restore() {
         let mut r = router();
         let id: Arc<str> = "p".into();
-        r.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(1)).unwrap();
+        r.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(1))
+            .unwrap();
         r.subscribe(&id, "t/#", sub(2));
         r.publish(msg("t/1", 1, false, "inflight"));
         r.publish(msg("t/2", 2, false, "released"));
@@ -1356,13 +1360,16 @@ mod tests {
             r.publish(msg("t/q", 1, false, &i.to_string()));
         }
         let clean: Arc<str> = "clean".into();
-        r.connect(&clean, None, true, 0, 20, ConnLink::new(2)).unwrap();
+        r.connect(&clean, None, true, 0, 20, ConnLink::new(2))
+            .unwrap();
         let saved = r.snapshot_sessions(Instant::now());
         assert_eq!(saved.len(), 1, "clean sessions are not saved");
 
         let mut r2 = router();
         assert_eq!(r2.restore_sessions(saved), (1, 502));
-        let c = r2.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(3)).unwrap();
+        let c = r2
+            .connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(3))
+            .unwrap();
         assert!(c.session_present);
         assert!(
             !r2.qos2_received("p", 9),
@@ -1435,7 +1442,8 @@ mod tests {
         r.publish(msg("jobs/old", 1, true, "retained"));
         for (i, id) in ["a", "b"].into_iter().enumerate() {
             let id: Arc<str> = id.into();
-            r.connect(&id, None, true, 0, 20, ConnLink::new(i as u64)).unwrap();
+            r.connect(&id, None, true, 0, 20, ConnLink::new(i as u64))
+                .unwrap();
             r.subscribe(&id, "$share/g/jobs/#", sub(1));
         }
         assert_eq!(
@@ -1459,7 +1467,8 @@ mod tests {
     fn subscription_identifiers_are_delivered_and_kept_in_a_saved_session() {
         let mut r = router();
         let id: Arc<str> = "p".into();
-        r.connect(&id, None, false, 3600, 20, ConnLink::new(1)).unwrap();
+        r.connect(&id, None, false, 3600, 20, ConnLink::new(1))
+            .unwrap();
         let with_id = |n| SubOptions {
             id: Some(n),
             ..sub(1)
@@ -1469,7 +1478,8 @@ mod tests {
         r.disconnect("p", 1, None);
         let mut r2 = router();
         r2.restore_sessions(r.snapshot_sessions(Instant::now()));
-        r2.connect(&id, None, false, 3600, 20, ConnLink::new(2)).unwrap();
+        r2.connect(&id, None, false, 3600, 20, ConnLink::new(2))
+            .unwrap();
         r2.publish(msg("t/x", 1, false, "x"));
         let out = drain(&mut r2, "p", 2);
         let [Outgoing::Publish { delivery, .. }] = &out[..] else {
@@ -1487,12 +1497,14 @@ mod tests {
         r.connect(&w, None, true, 0, 20, ConnLink::new(1)).unwrap();
         r.subscribe(&w, "will/#", sub(1));
         for conn in [2, 3] {
-            r.connect(&id, None, false, 60, 20, ConnLink::new(conn)).unwrap();
+            r.connect(&id, None, false, 60, 20, ConnLink::new(conn))
+                .unwrap();
             r.disconnect("dev", conn, None);
             r.will(&id, msg("will/dev", 1, false, "gone"), 30, None);
             assert!(drain(&mut r, "watcher", 1).is_empty(), "held for its delay");
         }
-        r.connect(&id, None, false, 60, 20, ConnLink::new(4)).unwrap();
+        r.connect(&id, None, false, 60, 20, ConnLink::new(4))
+            .unwrap();
         assert_eq!(
             r.publish_due_wills(Instant::now() + Duration::from_secs(31)),
             0
@@ -1511,7 +1523,8 @@ mod tests {
         let mut r = router();
         for i in 0..100 {
             let id: Arc<str> = format!("c{i}").into();
-            r.connect(&id, None, false, 1, 20, ConnLink::new(i)).unwrap();
+            r.connect(&id, None, false, 1, 20, ConnLink::new(i))
+                .unwrap();
             r.subscribe(&id, &format!("t/{i}/+"), sub(1));
             r.disconnect(&id, i, None);
         }

@@ -78,10 +78,7 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.shared
-            .slots
-            .connections
-            .fetch_sub(1, Ordering::AcqRel);
+        self.shared.slots.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -524,7 +524,12 @@ impl Validator<'_> {
             );
             for (field, v, min, max) in [
                 ("maxRetainedBytes", lim.max_retained_bytes, 0, 1 << 40),
-                ("maxConnectBytes", lim.max_connect_bytes.into(), 256, 268_435_455),
+                (
+                    "maxConnectBytes",
+                    lim.max_connect_bytes.into(),
+                    256,
+                    268_435_455,
+                ),
                 ("maxHandshakes", lim.max_handshakes.into(), 1, 1_000_000),
                 (
                     "maxHandshakesPerAddress",

@@ -28,8 +28,7 @@ fn sub(qos: u8) -> SubOptions {
 }
 
 #[test]
-fn retained_messages_past_max_retained_bytes_are_not_kept_and_a_replacement_counts_its_own_size(
-) {
+fn retained_messages_past_max_retained_bytes_are_not_kept_and_a_replacement_counts_its_own_size() {
     let mut r = router(RouterLimits {
         max_retained_bytes: 100,
         ..RouterLimits::default()
@@ -72,8 +71,10 @@ fn a_new_persistent_session_past_max_sessions_is_refused_and_nothing_is_kicked()
         ..RouterLimits::default()
     });
     let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
-    r.connect(&a, None, false, 60, 20, ConnLink::new(1)).unwrap();
-    r.connect(&b, None, false, 60, 20, ConnLink::new(2)).unwrap();
+    r.connect(&a, None, false, 60, 20, ConnLink::new(1))
+        .unwrap();
+    r.connect(&b, None, false, 60, 20, ConnLink::new(2))
+        .unwrap();
     assert_eq!(
         r.connect(&c, None, false, 60, 20, ConnLink::new(3))
             .unwrap_err(),
@@ -113,7 +114,8 @@ fn a_queue_past_max_queued_bytes_drops_new_messages_and_frees_bytes_as_it_drains
         ..RouterLimits::default()
     });
     let id: Arc<str> = "slow".into();
-    r.connect(&id, None, false, 60, 1, ConnLink::new(1)).unwrap();
+    r.connect(&id, None, false, 60, 1, ConnLink::new(1))
+        .unwrap();
     r.subscribe(&id, "t", sub(1));
     for _ in 0..5 {
         r.publish(msg("t", false, 299)); // 300 bytes each
