@@ -423,7 +423,7 @@ impl Router {
     ) -> Result<Connected, ConnectRefused> {
         let expiry = expiry.min(self.limits.max_session_expiry);
         let adds_persistent =
-            expiry > 0 && !self.sessions.get(client_id).is_some_and(|s| s.expiry > 0);
+            expiry > 0 && self.sessions.get(client_id).is_none_or(|s| s.expiry == 0);
         if adds_persistent && self.persistent_sessions() >= self.limits.max_sessions {
             self.metrics.refused.sessions.inc();
             return Err(ConnectRefused::MaxSessions(self.limits.max_sessions));

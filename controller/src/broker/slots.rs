@@ -31,11 +31,6 @@ impl Slots {
     fn handshakes(&self) -> std::sync::MutexGuard<'_, Handshakes> {
         self.handshakes.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// Unauthenticated sockets now, in total.
-    pub fn handshaking(&self) -> usize {
-        self.handshakes().total
-    }
 }
 
 /// Why a socket got no slot.
