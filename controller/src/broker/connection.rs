@@ -624,12 +624,20 @@ async fn handle(
                 let id = sub_props.and_then(|p| p.id).map(|id| id as u32);
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut accepted = Vec::new();
-                let fits = shared
-                    .router()
-                    .admit_subscriptions(&client.id, sub.filters.iter().map(|f| f.path.as_str()));
-                for (f, fits) in sub.filters.iter().zip(fits) {
-                    let shared_sub = shared_subs::parse(&f.path);
-                    let code = if shared_sub.is_err() || !valid_topic_filter(&f.path) {
+                let valid: Vec<bool> = sub
+                    .filters
+                    .iter()
+                    .map(|f| shared_subs::parse(&f.path).is_ok() && valid_topic_filter(&f.path))
+                    .collect();
+                let fits = shared.router().admit_subscriptions(
+                    &client.id,
+                    sub.filters
+                        .iter()
+                        .zip(&valid)
+                        .map(|(f, ok)| ok.then_some(f.path.as_str())),
+                );
+                for ((f, valid), fits) in sub.filters.iter().zip(valid).zip(fits) {
+                    let code = if !valid {
                         if v5 {
                             SubscribeReasonCode::TopicFilterInvalid
                         } else {

@@ -471,11 +471,12 @@ impl Router {
 
     /// Which of `filters` client `client_id` may add under `maxSubscriptionsPerClient`:
     /// one it holds already is replaced and always fits; new ones fit while room is
-    /// left. Refusals are counted.
+    /// left; `None` (a filter refused for another reason) takes no room. Refusals are
+    /// counted.
     pub fn admit_subscriptions<'a>(
         &self,
         client_id: &str,
-        filters: impl IntoIterator<Item = &'a str>,
+        filters: impl IntoIterator<Item = Option<&'a str>>,
     ) -> Vec<bool> {
         let Some(s) = self.sessions.get(client_id) else {
             return filters.into_iter().map(|_| true).collect();
@@ -485,6 +486,7 @@ impl Router {
         filters
             .into_iter()
             .map(|f| {
+                let Some(f) = f else { return true };
                 if s.trusted || s.subscriptions.contains_key(f) || added.contains(f) {
                     return true;
                 }

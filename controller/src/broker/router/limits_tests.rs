@@ -98,12 +98,15 @@ fn subscriptions_past_max_subscriptions_are_refused_but_replacing_one_held_is_no
     let id: Arc<str> = "s".into();
     r.connect(&id, None, true, 0, 20, ConnLink::new(1)).unwrap();
     assert_eq!(
-        r.admit_subscriptions("s", ["a", "b", "b", "c"]),
-        [true, true, true, false]
+        r.admit_subscriptions("s", [None, Some("a"), Some("b"), Some("b"), Some("c")]),
+        [true, true, true, true, false]
     );
     r.subscribe(&id, "a", sub(0));
     r.subscribe(&id, "b", sub(0));
-    assert_eq!(r.admit_subscriptions("s", ["c", "a"]), [false, true]);
+    assert_eq!(
+        r.admit_subscriptions("s", [Some("c"), Some("a")]),
+        [false, true]
+    );
     assert_eq!(r.metrics.refused.subscriptions.get(), 2);
 }
 
