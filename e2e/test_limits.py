@@ -3,6 +3,8 @@ oversized payload, too many connections, and churn of topics and client ids."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 import time
 
@@ -10,8 +12,10 @@ import pytest
 
 import support
 
-from helpers_b import DISCONNECT, closed_by_peer, metric, raw_connect, read_until, router, rss_kb
-from support import broker_yaml, free_port, poll, publish_packet, subscribe_packet, try_connect
+from helpers_b import (DISCONNECT, closed_by_peer, make_cert, metric, raw_connect, read_packet,
+                       read_until, router, rss_kb, tls_secret_yaml)
+from support import (broker_yaml, connect_packet, free_port, packet, poll, publish_packet,
+                     subscribe_packet, try_connect)
 
 
 def open_broker(port: int, limits: str) -> str:
@@ -230,3 +234,250 @@ def test_3000_retained_messages_reach_a_new_subscriber_with_default_limits(edgem
     s.expect_none(0.5)
     m = e.metrics()
     assert m.get("edgemq_messages_dropped_total", 0) == 0, m
+
+
+# --------------------------------------------------------------------------- byte, handshake,
+# session and subscription bounds (issue 17, item 9)
+
+REFUSED = 'edgemq_limit_refusals_total{limit="%s"}'
+
+
+def refusals(e, limit: str) -> float:
+    return metric(e.metrics(), REFUSED % limit)
+
+
+def qos1_publish(sock, topic: str, payload: bytes, packet_id: int, retain: bool = False) -> None:
+    """Publishes at QoS 1 on a raw 3.1.1 socket and waits for its PUBACK."""
+    sock.sendall(publish_packet(topic, payload, qos=1, retain=retain, packet_id=packet_id))
+    assert read_until(sock, 4) == packet_id.to_bytes(2, "big")
+
+
+def read_publishes(sock, n: int) -> list:
+    """(topic, payload) of the next n PUBLISH packets (3.1.1, QoS 0 or 1; QoS 1 acked)."""
+    out = []
+    while len(out) < n:
+        first, body = read_packet(sock)
+        if first >> 4 != 3:
+            continue
+        tlen = int.from_bytes(body[:2], "big")
+        topic, rest = body[2:2 + tlen].decode(), body[2 + tlen:]
+        if (first >> 1) & 3:
+            sock.sendall(b"\x40\x02" + rest[:2])
+            rest = rest[2:]
+        out.append((topic, rest))
+    return out
+
+
+def nothing_more(sock, timeout: float = 0.5) -> bool:
+    """True when nothing arrives on the socket for `timeout` seconds and it stays open."""
+    sock.settimeout(timeout)
+    try:
+        sock.recv(1)
+        return False
+    except socket.timeout:
+        return True
+
+
+def test_retained_messages_past_the_default_max_retained_bytes_are_refused_counted_and_not_stored(
+        edgemq, clients):
+    """One user floods retained 1 MiB messages: at the default cap of 64 MiB the rest are
+    delivered live but neither kept in memory nor written to the state directory."""
+    port = free_port()
+    e = edgemq()
+    e.write("home.yaml", broker_yaml("home", port, "  allowAnonymous: true\n  aclEnabled: false\n"
+                                                   "  persistence: {enabled: true}\n"))
+    e.start()
+    live, rc = raw_connect(port, "live", timeout=30)
+    assert rc == 0
+    live.sendall(subscribe_packet("flood/#", 0, packet_id=1))
+    read_until(live, 9)
+    flooder, rc = raw_connect(port, "flooder", timeout=30)
+    assert rc == 0
+    mib = 1024 * 1024
+    for i in range(80):
+        qos1_publish(flooder, f"flood/{i:02d}", bytes([i]) * mib, packet_id=i + 1, retain=True)
+        # Refused or not, it reaches the subscribers connected now.
+        assert read_publishes(live, 1) == [(f"flood/{i:02d}", bytes([i]) * mib)]
+
+    # 64 MiB holds 63 messages of 1 MiB plus their topics.
+    assert refusals(e, "maxRetainedBytes") == 17
+    assert router(e.status(), "home")["retained"] == 63
+    assert "retained message not kept: maxRetainedBytes reached" in e.log_text()
+    late, rc = raw_connect(port, "late", timeout=30)
+    late.sendall(subscribe_packet("flood/#", 0, packet_id=1))
+    read_until(late, 9)
+    kept = dict(read_publishes(late, 63))
+    assert kept == {f"flood/{i:02d}": bytes([i]) * mib for i in range(63)}
+    assert nothing_more(late)
+    e.stop()
+    disk = sum(p.stat().st_size for p in e.state_dir.rglob("*") if p.is_file())
+    print(f"state directory after the flood: {disk} bytes for 63 MiB of retained messages")
+    # What the store holds is what a restart brings back: the 63 kept, no more.
+    e.start()
+    assert router(e.status(), "home")["retained"] == 63
+
+
+def test_a_connect_larger_than_max_connect_bytes_is_closed_before_the_rest_is_read(edgemq):
+    port = free_port()
+    e = edgemq()
+    e.write("home.yaml", open_broker(port, "{handshakeTimeoutSeconds: 120}"))
+    e.start()
+    # A CONNECT header announcing 1 MB, then a trickle: closed from the header alone,
+    # long before the handshake timeout.
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"\x10" + bytes([0xC0, 0x84, 0x3D]) + b"\x00\x04MQTT\x04\x02\x00\x00")
+    poll(lambda: closed_by_peer(s), 10, message="oversized CONNECT closed")
+    assert refusals(e, "maxConnectBytes") == 1
+    assert "CONNECT larger than maxConnectBytes" in e.log_text()
+    # A CONNECT within the default 16 KiB (an 8 KiB token as password) is read whole
+    # and its credentials checked: an unknown user gets return code 5.
+    answered, rc = raw_connect(port, "token-user", username="t", password="x" * 8192)
+    assert rc == 5
+    answered.close()
+
+
+def test_idle_unauthenticated_sockets_from_one_address_cannot_lock_out_a_real_login(edgemq):
+    """60 idle sockets from 127.0.0.2 at maxConnections: 60. Only 16 (the default
+    maxHandshakesPerAddress) are kept waiting, none takes a connection slot, and a
+    client from another address logs in."""
+    port = free_port()
+    e = edgemq()
+    e.write("home.yaml", open_broker(port, "{maxConnections: 60}"))
+    e.start()
+    idle = []
+    for _ in range(60):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.2", 0))
+        s.connect(("127.0.0.1", port))
+        idle.append(s)
+    real, rc = raw_connect(port, "real-login")
+    assert rc == 0, "an authenticated client was locked out by idle sockets"
+    real.close()
+    poll(lambda: refusals(e, "maxHandshakesPerAddress") == 44, 10,
+         message="44 sockets over maxHandshakesPerAddress refused")
+    open_ones = [s for s in idle if not closed_by_peer(s, 0.01)]
+    assert len(open_ones) == 16
+    for s in idle:
+        s.close()
+
+
+def test_max_handshakes_bounds_unauthenticated_sockets_from_all_addresses(edgemq):
+    port = free_port()
+    e = edgemq()
+    e.write("home.yaml", open_broker(port, "{maxHandshakes: 4}"))
+    e.start()
+    idle = []
+    for i in range(4):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((f"127.0.0.{i + 2}", 0))
+        s.connect(("127.0.0.1", port))
+        idle.append(s)
+    # The fifth waits for nobody: closed at once, and counted.
+    poll(lambda: not try_connect(port, client_id="fifth")[0] and
+         refusals(e, "maxHandshakes") >= 1, 10, message="fifth socket refused")
+    assert all(not closed_by_peer(s, 0.01) for s in idle)
+    idle.pop().close()
+    poll(lambda: try_connect(port, client_id="after")[0], 10,
+         message="a handshake slot freed by a closed socket")
+    for s in idle:
+        s.close()
+
+
+def test_the_handshake_timeout_covers_the_tls_handshake_and_the_connect_together(edgemq, tmp_path):
+    """A client that finishes TLS just before the timeout gets no second timeout for
+    its CONNECT: the socket is closed handshakeTimeoutSeconds after the accept."""
+    crt, key = make_cert(tmp_path / "pki", "server", 1)
+    port = free_port()
+    e = edgemq()
+    e.write("tls.yaml", tls_secret_yaml("home-tls", crt, key))
+    e.write("home.yaml", broker_yaml(
+        "home", port, "  allowAnonymous: true\n  aclEnabled: false\n"
+                      "  limits: {handshakeTimeoutSeconds: 3}\n",
+        listeners=f"    - {{name: tls, port: {port}, bindAddress: 127.0.0.1, "
+                  "tls: {secretRef: home-tls}}"))
+    e.start()
+    raw = socket.create_connection(("127.0.0.1", port))
+    accepted = time.monotonic()
+    time.sleep(2)
+    ctx = ssl.create_default_context(cafile=str(crt))
+    tls = ctx.wrap_socket(raw, server_hostname="localhost")
+    # Closed about 1 s later (3 s after the accept), not 3 s after the TLS handshake.
+    tls.settimeout(10)
+    try:
+        assert tls.recv(1) == b""
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    closed_after = time.monotonic() - accepted
+    assert closed_after < 4.5, f"closed {closed_after:.1f} s after the accept"
+    assert refusals(e, "handshakeTimeoutSeconds") == 1
+
+
+def test_a_new_persistent_session_past_max_sessions_is_refused_with_a_reason(edgemq):
+    port = free_port()
+    e = edgemq()
+    e.write("home.yaml", open_broker(port, "{maxSessions: 2}"))
+    e.start()
+    kept = [raw_connect(port, f"p{i}", clean=False) for i in range(2)]
+    assert [rc for _, rc in kept] == [0, 0]
+    # MQTT 3.1.1: CONNACK return code 3 (server unavailable), then the socket closes.
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(connect_packet("p2", clean=False))
+    assert read_packet(s) == (0x20, b"\x00\x03")
+    assert closed_by_peer(s, 5)
+    # MQTT 5, session expiry 60 s: reason 0x97 (quota exceeded).
+    s = socket.create_connection(("127.0.0.1", port))
+    var = b"\x00\x04MQTT\x05\x00\x00\x1e" + b"\x05\x11\x00\x00\x00\x3c"
+    s.sendall(packet(0x10, var + b"\x00\x02p3"))
+    assert read_packet(s) == (0x20, b"\x00\x97\x00")
+    assert refusals(e, "maxSessions") == 2
+    # Clean sessions and the kept sessions themselves still connect.
+    assert raw_connect(port, "clean", clean=True)[1] == 0
+    kept[0][0].close()
+    assert raw_connect(port, "p0", clean=False)[1] == 0
+
+
+def test_subscriptions_past_max_subscriptions_per_client_are_refused_in_the_suback(edgemq):
+    port = free_port()
+    e = edgemq()
+    e.write("home.yaml", open_broker(port, "{maxSubscriptionsPerClient: 2}"))
+    e.start()
+    s, rc = raw_connect(port, "many-subs")
+    assert rc == 0
+    body = b"\x00\x07" + b"".join(b"\x00\x01" + t + b"\x01" for t in (b"a", b"b", b"c"))
+    s.sendall(packet(0x82, body))
+    assert read_packet(s) == (0x90, b"\x00\x07\x01\x01\x80")
+    # Re-subscribing to one held is a replacement, not a new one.
+    s.sendall(subscribe_packet("a", 0, packet_id=8))
+    assert read_packet(s) == (0x90, b"\x00\x08\x00")
+    p, _ = raw_connect(port, "pub")
+    p.sendall(publish_packet("c", b"not for you") + publish_packet("b", b"for you"))
+    assert read_publishes(s, 1) == [("b", b"for you")]
+    assert refusals(e, "maxSubscriptionsPerClient") == 1
+    # MQTT 5: reason 0x97 (quota exceeded).
+    v5 = socket.create_connection(("127.0.0.1", port))
+    v5.sendall(connect_packet("v5-subs", v5=True))
+    read_until(v5, 2)
+    v5.sendall(packet(0x82, b"\x00\x09\x00" + b"".join(b"\x00\x01" + t + b"\x00"
+                                                       for t in (b"a", b"b", b"c"))))
+    assert read_packet(v5) == (0x90, b"\x00\x09\x00\x00\x00\x97")
+
+
+def test_a_client_queue_past_max_queued_bytes_drops_new_messages_and_counts_them(edgemq):
+    port = free_port()
+    e = edgemq()
+    e.write("home.yaml", open_broker(port, "{maxQueuedBytes: 10000}"))
+    e.start()
+    s, rc = raw_connect(port, "away", clean=False)
+    s.sendall(subscribe_packet("q/t", 1, packet_id=1))
+    read_until(s, 9)
+    s.sendall(DISCONNECT)
+    s.close()
+    p, _ = raw_connect(port, "pub")
+    for i in range(20):
+        qos1_publish(p, "q/t", bytes([i]) * 1000, packet_id=i + 1)
+    # 9 messages of 1003 bytes (topic and payload) fit in 10000.
+    assert refusals(e, "maxQueuedBytes") == 11
+    assert metric(e.metrics(), 'edgemq_messages_dropped_total{reason="queue_full"}') == 11
+    back, rc = raw_connect(port, "away", clean=False)
+    assert read_publishes(back, 9) == [("q/t", bytes([i]) * 1000) for i in range(9)]
+    assert nothing_more(back)

@@ -154,7 +154,9 @@ fn edgemq_yaml(spec: &Spec, port: u16) -> String {
            listeners: [{{name: mqtt, port: {port}, bindAddress: 127.0.0.1}}]\n  \
            allowAnonymous: true\n  \
            aclEnabled: false\n  \
-           limits: {{maxInflight: {}, maxQueuedMessages: {}, maxConnections: 100000}}\n{}",
+           limits: {{maxInflight: {}, maxQueuedMessages: {}, maxConnections: 100000, \
+           maxHandshakes: 100000, maxHandshakesPerAddress: 100000, maxSessions: 1000000, \
+           maxQueuedBytes: 1099511627776}}\n{}",
         spec.window,
         spec.max_queued,
         if spec.persistence {

@@ -35,6 +35,7 @@ pub mod kubernetes;
 pub mod load;
 pub mod metrics;
 pub mod plan;
+pub mod private_fs;
 pub mod render;
 pub mod runtime;
 pub mod standalone;

@@ -24,6 +24,19 @@ pub struct DropLabels {
     pub reason: String,
 }
 
+/// Labels of a limit refusal counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `namespace/name` of the Broker.
+    pub broker: String,
+    /// The Broker setting that refused: `maxConnections`, `maxHandshakes`,
+    /// `maxHandshakesPerAddress`, `maxConnectBytes`, `handshakeTimeoutSeconds`,
+    /// `maxPayloadBytes`, `maxSessions`, `maxSubscriptionsPerClient`,
+    /// `maxQueuedMessages`, `maxQueuedBytes`, `maxRetainedMessages` or
+    /// `maxRetainedBytes`.
+    pub limit: String,
+}
+
 /// Labels naming a bridge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BridgeLabel {
@@ -79,6 +92,8 @@ pub struct Metrics {
     pub acl_denials: Family<BrokerLabel, Counter>,
     /// Messages dropped, by reason.
     pub dropped: Family<DropLabels, Counter>,
+    /// Refusals by a limit of the Broker, by the setting that refused.
+    pub limit_refusals: Family<LimitLabels, Counter>,
     /// Snapshots of the persistent sessions written to the state directory.
     pub session_saves: Family<BrokerLabel, Counter>,
     /// Messages held by the persistent sessions in the last snapshot written.
@@ -200,6 +215,11 @@ impl Metrics {
             self.dropped.clone(),
         );
         r.register(
+            "limit_refusals",
+            "Sockets, CONNECTs, subscriptions, queued and retained messages refused by a limit of the Broker, by the setting that refused",
+            self.limit_refusals.clone(),
+        );
+        r.register(
             "config_reloads",
             "Configuration changes applied",
             self.config_reloads.clone(),
@@ -255,6 +275,65 @@ pub struct BrokerMetrics {
     pub session_saves: Counter,
     /// See [`Metrics::session_saved_messages`].
     pub session_saved_messages: Gauge,
+    /// See [`Metrics::limit_refusals`].
+    pub refused: LimitRefusals,
+}
+
+/// One counter per limit, see [`Metrics::limit_refusals`].
+#[derive(Clone)]
+pub struct LimitRefusals {
+    /// A socket found `maxConnections` authenticated clients, at accept or after its
+    /// CONNECT.
+    pub connections: Counter,
+    /// A socket found `maxHandshakes` unauthenticated sockets.
+    pub handshakes: Counter,
+    /// A socket found `maxHandshakesPerAddress` unauthenticated sockets from its address.
+    pub handshakes_per_address: Counter,
+    /// A CONNECT announced more than `maxConnectBytes`.
+    pub connect_bytes: Counter,
+    /// No CONNECT within `handshakeTimeoutSeconds` of the accept.
+    pub handshake_timeout: Counter,
+    /// A packet announced more than `maxPayloadBytes` allows.
+    pub payload_bytes: Counter,
+    /// A new persistent session found `maxSessions`.
+    pub sessions: Counter,
+    /// A subscription found `maxSubscriptionsPerClient`.
+    pub subscriptions: Counter,
+    /// A message found its client's queue at `maxQueuedMessages`.
+    pub queued_messages: Counter,
+    /// A message found its client's queue at `maxQueuedBytes`.
+    pub queued_bytes: Counter,
+    /// A new retained topic found `maxRetainedMessages`.
+    pub retained_messages: Counter,
+    /// A retained message found `maxRetainedBytes`.
+    pub retained_bytes: Counter,
+}
+
+impl LimitRefusals {
+    fn new(m: &Metrics, key: &str) -> LimitRefusals {
+        let c = |limit: &str| {
+            m.limit_refusals
+                .get_or_create(&LimitLabels {
+                    broker: key.to_string(),
+                    limit: limit.to_string(),
+                })
+                .clone()
+        };
+        LimitRefusals {
+            connections: c("maxConnections"),
+            handshakes: c("maxHandshakes"),
+            handshakes_per_address: c("maxHandshakesPerAddress"),
+            connect_bytes: c("maxConnectBytes"),
+            handshake_timeout: c("handshakeTimeoutSeconds"),
+            payload_bytes: c("maxPayloadBytes"),
+            sessions: c("maxSessions"),
+            subscriptions: c("maxSubscriptionsPerClient"),
+            queued_messages: c("maxQueuedMessages"),
+            queued_bytes: c("maxQueuedBytes"),
+            retained_messages: c("maxRetainedMessages"),
+            retained_bytes: c("maxRetainedBytes"),
+        }
+    }
 }
 
 impl BrokerMetrics {
@@ -287,6 +366,7 @@ impl BrokerMetrics {
             dropped_offline_qos0: drop("offline_qos0"),
             dropped_expired: drop("expired"),
             dropped_too_large: drop("packet_too_large"),
+            refused: LimitRefusals::new(m, key),
         }
     }
 

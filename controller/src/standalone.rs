@@ -569,10 +569,7 @@ impl Runtime {
         let path = self.opts.state_dir.join(STATUS_FILE);
         match serde_json::to_vec_pretty(report) {
             Ok(json) => {
-                let tmp = path.with_extension("tmp");
-                if let Err(e) =
-                    std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path))
-                {
+                if let Err(e) = crate::private_fs::write(&path, &json) {
                     tracing::warn!(path = %path.display(), error = %e, "could not write the status file");
                 }
             }
@@ -712,7 +709,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if !opts.config_dir.is_dir() {
         anyhow::bail!("{}: not a directory", opts.config_dir.display());
     }
-    std::fs::create_dir_all(&opts.state_dir)
+    crate::private_fs::prepare_state_dir(&opts.state_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state_dir.display()))?;
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();

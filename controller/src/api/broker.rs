@@ -362,6 +362,53 @@ pub struct Limits {
     #[serde(default = "default_sys_interval")]
     #[schemars(range(min = 0, max = 86400))]
     pub sys_interval_seconds: u32,
+    /// Most bytes (topics and payloads) of retained messages kept, in memory and in the
+    /// state directory; past it a new or larger retained message is not kept (it is
+    /// still delivered to the subscribers connected now; a topic's previous retained
+    /// message stays) and the refusal is counted. Default: 67108864 (64 MiB).
+    #[serde(default = "default_max_retained_bytes")]
+    #[schemars(range(min = 0, max = 1099511627776u64))]
+    pub max_retained_bytes: u64,
+    /// Largest CONNECT packet in bytes (client id, will, username, password and
+    /// properties), checked from its header before the rest is read: a client that
+    /// announces more is closed before it has authenticated, so an unauthenticated
+    /// socket holds at most this much memory. Default: 16384 (16 KiB).
+    #[serde(default = "default_max_connect_bytes")]
+    #[schemars(range(min = 256, max = 268435455))]
+    pub max_connect_bytes: u32,
+    /// Most sockets that have not yet authenticated (TLS or WebSocket handshake and
+    /// CONNECT under way), counted apart from `maxConnections` and never more than it;
+    /// past it new sockets are closed at once. A socket gets a connection slot only once
+    /// its CONNECT is authenticated, so idle sockets cannot lock out real logins.
+    /// Default: 64.
+    #[serde(default = "default_max_handshakes")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_handshakes: u32,
+    /// Most unauthenticated sockets from one IP address at once; past it new sockets
+    /// from that address are closed at once. Clients behind one NAT (or a Kubernetes
+    /// Service that rewrites source addresses) share it. Default: 16.
+    #[serde(default = "default_max_handshakes_per_address")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_handshakes_per_address: u32,
+    /// Most persistent sessions kept (MQTT 3.1.1 clean-session false or an MQTT 5
+    /// session expiry above 0), connected or not; past it a CONNECT asking for a new
+    /// persistent session is refused (MQTT 3.1.1 return code 3, MQTT 5 reason 0x97).
+    /// Default: 10000.
+    #[serde(default = "default_max_sessions")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_sessions: u32,
+    /// Most subscriptions one client holds; past it a SUBSCRIBE filter is refused in the
+    /// SUBACK (0x80; MQTT 5: 0x97 quota exceeded). Default: 10000 (Home Assistant
+    /// subscribes to each entity's topics one by one).
+    #[serde(default = "default_max_subscriptions")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_subscriptions_per_client: u32,
+    /// Most bytes (topics and payloads) queued for one client beyond the in-flight
+    /// window (Mosquitto's `max_queued_bytes`); past it new messages for that client are
+    /// dropped and counted, as at `maxQueuedMessages`. Default: 16777216 (16 MiB).
+    #[serde(default = "default_max_queued_bytes")]
+    #[schemars(range(min = 1024, max = 1099511627776u64))]
+    pub max_queued_bytes: u64,
 }
 
 fn default_max_connections() -> u32 {
@@ -388,6 +435,27 @@ fn default_max_retained() -> u32 {
 fn default_sys_interval() -> u32 {
     10
 }
+fn default_max_retained_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_connect_bytes() -> u32 {
+    16 * 1024
+}
+fn default_max_handshakes() -> u32 {
+    64
+}
+fn default_max_handshakes_per_address() -> u32 {
+    16
+}
+fn default_max_sessions() -> u32 {
+    10000
+}
+fn default_max_subscriptions() -> u32 {
+    10000
+}
+fn default_max_queued_bytes() -> u64 {
+    16 * 1024 * 1024
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -400,6 +468,13 @@ impl Default for Limits {
             handshake_timeout_seconds: default_handshake_timeout(),
             max_retained_messages: default_max_retained(),
             sys_interval_seconds: default_sys_interval(),
+            max_retained_bytes: default_max_retained_bytes(),
+            max_connect_bytes: default_max_connect_bytes(),
+            max_handshakes: default_max_handshakes(),
+            max_handshakes_per_address: default_max_handshakes_per_address(),
+            max_sessions: default_max_sessions(),
+            max_subscriptions_per_client: default_max_subscriptions(),
+            max_queued_bytes: default_max_queued_bytes(),
         }
     }
 }

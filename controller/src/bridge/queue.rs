@@ -113,9 +113,7 @@ impl Queue {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-        }
+        crate::private_fs::create_file(path).map_err(|e| err(&e))?;
         // A small page cache: the queue is read once, in order.
         let db = Database::builder()
             .set_cache_size(4 * 1024 * 1024)

@@ -84,6 +84,15 @@ fn keep_alive(version: Version, asked: u16) -> (u16, Option<u16>) {
     }
 }
 
+/// A socket that has not authenticated yet: its handshake slot, and when its
+/// handshake timeout (counted from the accept) runs out.
+pub struct Handshake {
+    /// Freed when the CONNECT is authenticated or the socket closes.
+    pub slot: super::slots::HandshakeSlot,
+    /// The CONNECT must be read by then.
+    pub deadline: tokio::time::Instant,
+}
+
 /// Serves one accepted connection until it ends.
 pub async fn serve(
     transport: Transport,
@@ -91,13 +100,16 @@ pub async fn serve(
     listener: Arc<str>,
     peer: String,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    handshake: Handshake,
 ) {
     let (mut reader, mut writer) = transport.split();
     let mut buf = BytesMut::new();
     let limits = shared.limits.load_full();
-    let handshake = Duration::from_secs(limits.handshake_timeout_seconds.into());
-    let connect =
-        tokio::time::timeout(handshake, read_connect(&mut reader, &mut buf, &shared)).await;
+    let connect = tokio::time::timeout_at(
+        handshake.deadline,
+        read_connect(&mut reader, &mut buf, &shared),
+    )
+    .await;
     let packet = match connect {
         Ok(Ok(v)) => v,
         Ok(Err(End::Frame(FrameError::UnsupportedVersion(raw)))) => {
@@ -108,11 +120,18 @@ pub async fn serve(
             writer.shutdown().await;
             return;
         }
+        Ok(Err(End::Frame(FrameError::TooLarge(n)))) => {
+            shared.metrics.refused.connect_bytes.inc();
+            tracing::info!(%peer, %listener, size = n, max_connect_bytes = limits.max_connect_bytes,
+                "connection closed: CONNECT larger than maxConnectBytes");
+            return;
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, %listener, error = %e, "connection closed before CONNECT");
             return;
         }
         Err(_) => {
+            shared.metrics.refused.handshake_timeout.inc();
             tracing::debug!(%peer, %listener, "no CONNECT within the handshake timeout");
             return;
         }
@@ -201,6 +220,16 @@ pub async fn serve(
     // A username or client id with `+` or `#` is not refused here: as in Mosquitto,
     // the ACL denies it the pattern rules (acl::Acl::check) and its own rules apply.
 
+    // Authenticated: the handshake slot becomes a connection slot.
+    let _slot = match super::slots::connection(handshake.slot) {
+        Ok(slot) => slot,
+        Err(e) => {
+            tracing::warn!(%peer, %listener, client_id = %client_id, "connection refused: {e}");
+            refuse(&mut writer, version, Refusal::Quota).await;
+            return;
+        }
+    };
+
     let link = ConnLink::new(shared.next_conn_id.fetch_add(1, Ordering::Relaxed));
     let mut close_rx = link.close.subscribe();
     let expiry = match version {
@@ -226,6 +255,14 @@ pub async fn serve(
             receive_max,
             link.clone(),
         )
+    };
+    let connected = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, %listener, client_id = %client_id, "connection refused: {e} (counted in edgemq_limit_refusals_total)");
+            refuse(&mut writer, version, Refusal::Quota).await;
+            return;
+        }
     };
     let max_packet = shared.max_packet_size();
     let (keepalive, server_keep_alive) = keep_alive(version, connect.keep_alive);
@@ -331,7 +368,9 @@ async fn read_connect(
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<codec::ConnectPacket, End> {
-    let max = shared.max_packet_size();
+    // Before authentication only `maxConnectBytes`: a larger CONNECT is refused from
+    // its header, before the rest is read.
+    let max = shared.limits.load().max_connect_bytes as usize;
     loop {
         if let Some(head) = codec::peek_connect(buf, max)? {
             return Ok(codec::read_connect(head, buf, max)?);
@@ -347,6 +386,8 @@ async fn read_connect(
 enum Refusal {
     NotAuthorized,
     ClientId,
+    /// A limit of the broker: MQTT 3.1.1 return code 3, MQTT 5 reason 0x97.
+    Quota,
 }
 
 async fn refuse(writer: &mut Writer, version: Version, why: Refusal) {
@@ -354,6 +395,8 @@ async fn refuse(writer: &mut Writer, version: Version, why: Refusal) {
     let code = match why {
         Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
         Refusal::ClientId => ConnectReturnCode::ClientIdentifierNotValid,
+        Refusal::Quota if version == Version::V5 => ConnectReturnCode::QuotaExceeded,
+        Refusal::Quota => ConnectReturnCode::ServiceUnavailable,
     };
     let mut out = BytesMut::new();
     let props = (version == Version::V5).then(ConnAckProperties::default);
@@ -404,6 +447,10 @@ async fn read_loop(
                             send(ctrl, Packet::Disconnect(Disconnect { reason_code }, None)).await;
                     }
                     return End::Frame(FrameError::Violation(v));
+                }
+                Err(FrameError::TooLarge(n)) => {
+                    shared.metrics.refused.payload_bytes.inc();
+                    return End::Frame(FrameError::TooLarge(n));
                 }
                 Err(e) => return End::Frame(e),
             }
@@ -596,28 +643,51 @@ async fn handle(
                 let id = sub_props.and_then(|p| p.id).map(|id| id as u32);
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 let mut accepted = Vec::new();
+                // Each filter: malformed (None), or whether the ACL lets its user read
+                // some topic of it. Only valid, readable filters ask for room under
+                // maxSubscriptionsPerClient.
                 let acl = shared.router().acl().clone();
-                for f in &sub.filters {
-                    let shared_sub = shared_subs::parse(&f.path);
-                    let code = if shared_sub.is_err() || !valid_topic_filter(&f.path) {
+                let judged: Vec<Option<bool>> = sub
+                    .filters
+                    .iter()
+                    .map(|f| match shared_subs::parse(&f.path) {
+                        Ok(shared_sub) if valid_topic_filter(&f.path) => {
+                            let filter = match shared_sub {
+                                Some((_, filter)) => filter,
+                                None => &f.path,
+                            };
+                            Some(acl.may_subscribe(client.username.as_deref(), &client.id, filter))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let fits = shared.router().admit_subscriptions(
+                    &client.id,
+                    sub.filters
+                        .iter()
+                        .zip(&judged)
+                        .map(|(f, j)| (*j == Some(true)).then_some(f.path.as_str())),
+                );
+                for ((f, judged), fits) in sub.filters.iter().zip(judged).zip(fits) {
+                    let code = if judged.is_none() {
                         if v5 {
                             SubscribeReasonCode::TopicFilterInvalid
                         } else {
                             SubscribeReasonCode::Failure
                         }
-                    } else if !acl.may_subscribe(
-                        client.username.as_deref(),
-                        &client.id,
-                        match shared_sub {
-                            Ok(Some((_, filter))) => filter,
-                            _ => &f.path,
-                        },
-                    ) {
+                    } else if judged == Some(false) {
                         // No topic of the filter may be read: refused, as a share group
                         // must not hand messages to a member that may not receive them.
                         subscribe_denied(shared, client, &f.path);
                         if v5 {
                             SubscribeReasonCode::NotAuthorized
+                        } else {
+                            SubscribeReasonCode::Failure
+                        }
+                    } else if !fits {
+                        // maxSubscriptionsPerClient, counted by the router.
+                        if v5 {
+                            SubscribeReasonCode::QuotaExceeded
                         } else {
                             SubscribeReasonCode::Failure
                         }

@@ -13,7 +13,6 @@
 //! then replaces.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +23,9 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::connection;
 use super::transport::{BoxIo, Transport};
 use super::Shared;
+use super::{connection, slots};
 use crate::api::broker::ListenerProtocol;
 use crate::plan::ListenerPlan;
 
@@ -104,6 +103,8 @@ async fn accept_loop(
         tracing::info!(listener = %name, "listener stopped before it opened");
         return;
     }
+    // Sockets refused for want of a slot: logged at powers of two, all counted.
+    let mut refused = 0u64;
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
@@ -118,25 +119,31 @@ async fn accept_loop(
                 continue;
             }
         };
-        let max = shared.limits.load().max_connections as usize;
-        if shared.open_sockets.fetch_add(1, Ordering::AcqRel) >= max {
-            shared.open_sockets.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(listener = %name, %peer, max_connections = max, "connection refused: maxConnections reached");
-            continue;
-        }
+        let slot = match slots::handshake(&shared, peer.ip()) {
+            Ok(slot) => slot,
+            Err(e) => {
+                refused += 1;
+                if refused.is_power_of_two() || refused % 10_000 == 0 {
+                    tracing::warn!(listener = %name, %peer, refused, "connection refused: {e} (counted in edgemq_limit_refusals_total)");
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let tls = tls.as_ref().map(|t| t.load_full());
         let shared = shared.clone();
         let name = name.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
-            serve_socket(stream, peer, protocol, tls, shared.clone(), name, stop).await;
-            shared.open_sockets.fetch_sub(1, Ordering::AcqRel);
-        });
+        tokio::spawn(serve_socket(
+            stream, peer, protocol, tls, shared, name, stop, slot,
+        ));
     }
     tracing::info!(listener = %name, "listener stopped");
 }
 
+/// Serves one accepted socket. `handshakeTimeoutSeconds` runs from the accept and
+/// covers the TLS or WebSocket handshake and the CONNECT together.
+#[allow(clippy::too_many_arguments)]
 async fn serve_socket(
     stream: TcpStream,
     peer: SocketAddr,
@@ -145,8 +152,10 @@ async fn serve_socket(
     shared: Arc<Shared>,
     listener: Arc<str>,
     mut stop: watch::Receiver<bool>,
+    slot: slots::HandshakeSlot,
 ) {
     let timeout = Duration::from_secs(shared.limits.load().handshake_timeout_seconds.into());
+    let deadline = tokio::time::Instant::now() + timeout;
     let handshake = async {
         let io: BoxIo = match tls {
             Some(config) => {
@@ -178,7 +187,7 @@ async fn serve_socket(
             }
         }
     };
-    let handshake = tokio::time::timeout(timeout, handshake);
+    let handshake = tokio::time::timeout_at(deadline, handshake);
     let transport = match tokio::select! {
         r = handshake => r,
         _ = stop.wait_for(|s| *s) => return,
@@ -189,11 +198,21 @@ async fn serve_socket(
             return;
         }
         Err(_) => {
+            shared.metrics.refused.handshake_timeout.inc();
             tracing::info!(%listener, %peer, "handshake timed out");
             return;
         }
     };
-    connection::serve(transport, shared, listener, peer.to_string(), stop).await;
+    let handshake = connection::Handshake { slot, deadline };
+    connection::serve(
+        transport,
+        shared,
+        listener,
+        peer.to_string(),
+        stop,
+        handshake,
+    )
+    .await;
 }
 
 /// Answers the WebSocket upgrade with the `mqtt` subprotocol when the client offers

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod persist;
 pub mod router;
 pub mod shared_subs;
+pub mod slots;
 pub mod sys;
 pub mod transport;
 pub mod trie;
@@ -26,7 +27,7 @@ pub mod will_delay;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,8 +85,8 @@ pub struct Shared {
     pub metrics: BrokerMetrics,
     /// Source of connection ids.
     pub next_conn_id: AtomicU64,
-    /// Sockets open now (handshaking or connected), bounded by `maxConnections`.
-    pub open_sockets: AtomicUsize,
+    /// Handshake and connection slots (`maxHandshakes`, `maxConnections`).
+    pub slots: slots::Slots,
 }
 
 impl Shared {
@@ -183,6 +184,10 @@ fn router_limits(l: &Limits) -> RouterLimits {
         max_inflight: l.max_inflight.into(),
         max_session_expiry: l.session_expiry_seconds,
         max_retained: l.max_retained_messages as usize,
+        max_retained_bytes: usize::try_from(l.max_retained_bytes).unwrap_or(usize::MAX),
+        max_sessions: l.max_sessions as usize,
+        max_subscriptions: l.max_subscriptions_per_client as usize,
+        max_queued_bytes: usize::try_from(l.max_queued_bytes).unwrap_or(usize::MAX),
     }
 }
 
@@ -250,7 +255,7 @@ impl BrokerRuntime {
             limits: ArcSwap::from_pointee(bundle.limits.clone()),
             metrics: broker_metrics,
             next_conn_id: AtomicU64::new(1),
-            open_sockets: AtomicUsize::new(0),
+            slots: slots::Slots::default(),
         });
         let expiry_task = tokio::spawn(expire_sessions(shared.clone()));
         let sys_task = tokio::spawn(sys::run(shared.clone()));

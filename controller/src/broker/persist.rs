@@ -48,10 +48,13 @@ impl RetainedStore {
             path: path.display().to_string(),
             source: e,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(e.into()))?;
-        }
-        let db = Database::create(path).map_err(|e| err(e.into()))?;
+        crate::private_fs::create_file(path).map_err(|e| err(e.into()))?;
+        // A small page cache: the store is read once at start and then only written;
+        // redb's default (1 GiB) would keep every retained payload twice in memory.
+        let db = Database::builder()
+            .set_cache_size(8 * 1024 * 1024)
+            .create(path)
+            .map_err(|e| err(e.into()))?;
         let tx = db.begin_write().map_err(|e| err(e.into()))?;
         tx.open_table(RETAINED).map_err(|e| err(e.into()))?;
         tx.open_table(SESSIONS).map_err(|e| err(e.into()))?;

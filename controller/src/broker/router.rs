@@ -23,6 +23,8 @@ use super::will_delay::PendingWills;
 use crate::auth::acl::{topic_matches, Acl, Op};
 use crate::metrics::BrokerMetrics;
 
+#[cfg(test)]
+mod limits_tests;
 mod saved;
 
 /// Client ids of edgemq's own sessions start with this; MQTT clients may not use it.
@@ -166,6 +168,8 @@ struct Session {
     denial_logged: bool,
     /// Messages whose expiry interval ran out before they could be sent.
     dropped_expired: u64,
+    /// Bytes (topics and payloads) in `queue`, bounded by `maxQueuedBytes`.
+    queued_bytes: usize,
 }
 
 impl Session {
@@ -188,6 +192,7 @@ impl Session {
             max_queued: None,
             denial_logged: false,
             dropped_expired: 0,
+            queued_bytes: 0,
         }
     }
 
@@ -237,6 +242,27 @@ pub struct RouterLimits {
     pub max_session_expiry: u32,
     /// Most retained messages.
     pub max_retained: usize,
+    /// Most bytes of retained messages (topics and payloads).
+    pub max_retained_bytes: usize,
+    /// Most persistent sessions (expiry above 0).
+    pub max_sessions: usize,
+    /// Most subscriptions of one client.
+    pub max_subscriptions: usize,
+    /// Per-session queue bound in bytes (topics and payloads).
+    pub max_queued_bytes: usize,
+}
+
+/// The bytes a message holds: what `maxQueuedBytes` and `maxRetainedBytes` count.
+fn message_bytes(m: &Message) -> usize {
+    m.topic.len() + m.payload.len()
+}
+
+/// A CONNECT the router refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectRefused {
+    /// It asked for a new persistent session and `maxSessions` are kept.
+    #[error("maxSessions ({0}) persistent sessions are kept")]
+    MaxSessions(usize),
 }
 
 impl Default for RouterLimits {
@@ -246,6 +272,10 @@ impl Default for RouterLimits {
             max_inflight: 20,
             max_session_expiry: 86400,
             max_retained: 10000,
+            max_retained_bytes: 64 << 20,
+            max_sessions: 10000,
+            max_subscriptions: 10000,
+            max_queued_bytes: 16 << 20,
         }
     }
 }
@@ -308,6 +338,10 @@ pub struct Router {
     /// Wills held for their MQTT 5 Will Delay Interval.
     wills: PendingWills,
     retained: HashMap<Bytes, Arc<Message>>,
+    /// Bytes of `retained` (topics and payloads), bounded by `maxRetainedBytes`.
+    retained_bytes: usize,
+    /// A retained message refused by a limit was logged; logged again at powers of two.
+    retained_refused: u64,
     /// The latest `$SYS` statistics, sent to new `$SYS` subscribers like retained ones.
     sys_retained: HashMap<Bytes, Arc<Message>>,
     acl: Arc<Acl>,
@@ -329,6 +363,8 @@ impl Router {
             shared: SharedSubs::default(),
             wills: PendingWills::default(),
             retained: HashMap::new(),
+            retained_bytes: 0,
+            retained_refused: 0,
             sys_retained: HashMap::new(),
             acl,
             limits,
@@ -350,7 +386,10 @@ impl Router {
     /// Loads retained messages (from persistence) without emitting changes.
     pub fn restore_retained(&mut self, msgs: Vec<Arc<Message>>) {
         for m in msgs {
-            self.retained.insert(m.topic.clone(), m);
+            self.retained_bytes += message_bytes(&m);
+            if let Some(old) = self.retained.insert(m.topic.clone(), m) {
+                self.retained_bytes -= message_bytes(&old);
+            }
         }
         self.metrics.retained.set(self.retained.len() as i64);
     }
@@ -372,6 +411,7 @@ impl Router {
 
     /// Attaches a connection to the session `client_id`, creating or resuming it.
     /// An existing connection with the same client id is kicked (session takeover).
+    /// A new persistent session past `maxSessions` is refused, and nothing changes.
     pub fn connect(
         &mut self,
         client_id: &Arc<str>,
@@ -380,9 +420,15 @@ impl Router {
         expiry: u32,
         receive_max: usize,
         conn: ConnLink,
-    ) -> Connected {
-        self.changes = self.changes.wrapping_add(1);
+    ) -> Result<Connected, ConnectRefused> {
         let expiry = expiry.min(self.limits.max_session_expiry);
+        let adds_persistent =
+            expiry > 0 && self.sessions.get(client_id).is_none_or(|s| s.expiry == 0);
+        if adds_persistent && self.persistent_sessions() >= self.limits.max_sessions {
+            self.metrics.refused.sessions.inc();
+            return Err(ConnectRefused::MaxSessions(self.limits.max_sessions));
+        }
+        self.changes = self.changes.wrapping_add(1);
         let mut session_present = false;
         // [MQTT-3.1.3-9]: a new connection within the will delay cancels the will.
         self.wills.cancel(client_id);
@@ -411,7 +457,48 @@ impl Router {
             conn.wake.notify_one();
         }
         self.update_gauges();
-        Connected { session_present }
+        Ok(Connected { session_present })
+    }
+
+    /// Persistent sessions kept (expiry above 0), connected or not; edgemq's own are
+    /// not counted.
+    fn persistent_sessions(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.expiry > 0 && !s.trusted)
+            .count()
+    }
+
+    /// Which of `filters` client `client_id` may add under `maxSubscriptionsPerClient`:
+    /// one it holds already is replaced and always fits; new ones fit while room is
+    /// left; `None` (a filter refused for another reason) takes no room. Refusals are
+    /// counted.
+    pub fn admit_subscriptions<'a>(
+        &self,
+        client_id: &str,
+        filters: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Vec<bool> {
+        let Some(s) = self.sessions.get(client_id) else {
+            return filters.into_iter().map(|_| true).collect();
+        };
+        let mut held = s.subscriptions.len();
+        let mut added = HashSet::new();
+        filters
+            .into_iter()
+            .map(|f| {
+                let Some(f) = f else { return true };
+                if s.trusted || s.subscriptions.contains_key(f) || added.contains(f) {
+                    return true;
+                }
+                if held >= self.limits.max_subscriptions {
+                    self.metrics.refused.subscriptions.inc();
+                    return false;
+                }
+                held += 1;
+                added.insert(f);
+                true
+            })
+            .collect()
     }
 
     /// Attaches one of edgemq's own sessions (a bridge's local side): trusted (the ACL
@@ -424,7 +511,8 @@ impl Router {
         window: usize,
         max_queued: usize,
     ) {
-        self.connect(client_id, None, true, 0, 1, conn);
+        // Expiry 0: never refused by maxSessions.
+        let _ = self.connect(client_id, None, true, 0, 1, conn);
         if let Some(s) = self.sessions.get_mut(client_id) {
             s.trusted = true;
             s.max_inflight = window.max(1);
@@ -713,21 +801,41 @@ impl Router {
             return;
         }
         if msg.payload.is_empty() {
-            if self.retained.remove(&msg.topic).is_some() {
+            if let Some(old) = self.retained.remove(&msg.topic) {
+                self.retained_bytes -= message_bytes(&old);
                 if let Some(p) = &self.persist {
                     let _ = p.send(RetainedChange::Clear(msg.topic.clone()));
                 }
             }
-        } else if self.retained.len() < self.limits.max_retained
-            || self.retained.contains_key(&msg.topic)
-        {
-            self.retained.insert(msg.topic.clone(), msg.clone());
-            if let Some(p) = &self.persist {
-                let _ = p.send(RetainedChange::Set(msg.clone()));
-            }
         } else {
-            tracing::warn!(broker = %self.name, topic = %msg.topic_str(), limit = self.limits.max_retained,
-                "retained message not kept: maxRetainedMessages reached");
+            let old = self.retained.get(&msg.topic).map(|m| message_bytes(m));
+            let bytes = self.retained_bytes - old.unwrap_or(0) + message_bytes(msg);
+            let refused = if old.is_none() && self.retained.len() >= self.limits.max_retained {
+                self.metrics.refused.retained_messages.inc();
+                Some(("maxRetainedMessages", self.limits.max_retained))
+            } else if bytes > self.limits.max_retained_bytes {
+                self.metrics.refused.retained_bytes.inc();
+                Some(("maxRetainedBytes", self.limits.max_retained_bytes))
+            } else {
+                None
+            };
+            match refused {
+                None => {
+                    self.retained_bytes = bytes;
+                    self.retained.insert(msg.topic.clone(), msg.clone());
+                    if let Some(p) = &self.persist {
+                        let _ = p.send(RetainedChange::Set(msg.clone()));
+                    }
+                }
+                Some((setting, limit)) => {
+                    self.retained_refused += 1;
+                    let n = self.retained_refused;
+                    if n.is_power_of_two() || n % 10_000 == 0 {
+                        tracing::warn!(broker = %self.name, topic = %msg.topic_str(), limit, refused = n,
+                            "retained message not kept: {setting} reached (delivered to the subscribers connected now; counted in edgemq_limit_refusals_total)");
+                    }
+                }
+            }
         }
         self.metrics.retained.set(self.retained.len() as i64);
     }
@@ -758,20 +866,34 @@ impl Router {
             self.metrics.dropped_offline_qos0.inc();
             return false;
         }
-        if s.queue.len() >= max_queued {
+        let bytes = message_bytes(&d.msg);
+        let by_count = s.queue.len() >= max_queued;
+        // edgemq's own sessions (bridges) keep their own bounds.
+        let by_bytes = !s.trusted
+            && !s.queue.is_empty()
+            && s.queued_bytes + bytes > self.limits.max_queued_bytes;
+        if by_count || by_bytes {
             s.dropped += 1;
             self.metrics.dropped_queue_full.inc();
+            if by_count {
+                self.metrics.refused.queued_messages.inc();
+            } else {
+                self.metrics.refused.queued_bytes.inc();
+            }
             if s.dropped == 1 || s.dropped.is_power_of_two() || s.dropped % 10_000 == 0 {
                 tracing::warn!(
                     broker = %self.name,
                     client_id = %client_id,
                     dropped = s.dropped,
                     max_queued_messages = max_queued,
+                    max_queued_bytes = self.limits.max_queued_bytes,
+                    queued_bytes = s.queued_bytes,
                     "client queue full: dropping new messages for this client"
                 );
             }
             return false;
         }
+        s.queued_bytes += bytes;
         s.queue.push_back(d);
         if let Some(c) = &s.conn {
             c.wake.notify_one();
@@ -828,6 +950,9 @@ impl Router {
                 break;
             }
             let Some(d) = q.pop_front() else { break };
+            if !backlog {
+                s.queued_bytes -= message_bytes(&d.msg);
+            }
             // [MQTT-3.3.2-5]: an expired message is not delivered.
             if d.msg.expired(now) {
                 s.dropped_expired += 1;
@@ -846,6 +971,7 @@ impl Router {
                 if backlog {
                     s.retained_backlog.push_front(d);
                 } else {
+                    s.queued_bytes += message_bytes(&d.msg);
                     s.queue.push_front(d);
                 }
                 break;
@@ -1045,6 +1171,7 @@ impl Router {
                 continue;
             };
             s.disconnected_at = Some(now);
+            s.queued_bytes = s.queue.iter().map(|d| message_bytes(&d.msg)).sum();
             let id: Arc<str> = id.into();
             for (filter, opts) in s.subscriptions.clone() {
                 self.index_insert(&filter, &id, opts);
@@ -1106,7 +1233,7 @@ mod tests {
     fn a_qos0_publish_reaches_a_qos2_subscriber_at_qos0() {
         let mut r = router();
         let id: Arc<str> = "s".into();
-        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1)).unwrap();
         r.subscribe(&id, "a/#", sub(2));
         assert_eq!(r.publish(msg("a/b", 0, false, "x")), 1);
         match &drain(&mut r, "s", 1)[..] {
@@ -1121,7 +1248,7 @@ mod tests {
     fn a_qos2_publish_reaches_a_qos1_subscriber_at_qos1() {
         let mut r = router();
         let id: Arc<str> = "s".into();
-        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1)).unwrap();
         r.subscribe(&id, "a/+", sub(1));
         r.publish(msg("a/b", 2, false, "x"));
         match &drain(&mut r, "s", 1)[..] {
@@ -1138,7 +1265,7 @@ mod tests {
     fn wildcards_do_not_match_dollar_topics_at_the_first_level() {
         let mut r = router();
         let id: Arc<str> = "s".into();
-        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1)).unwrap();
         r.subscribe(&id, "#", sub(0));
         r.subscribe(&id, "+/x", sub(0));
         assert_eq!(r.publish(msg("$SYS/x", 0, false, "x")), 0);
@@ -1154,7 +1281,7 @@ mod tests {
             ..RouterLimits::default()
         });
         let id: Arc<str> = "slow".into();
-        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1)).unwrap();
         r.subscribe(&id, "t", sub(0));
         for i in 0..10 {
             r.publish(msg("t", 0, false, &i.to_string()));
@@ -1169,7 +1296,7 @@ mod tests {
         r.publish(msg("home/temp", 1, true, "21"));
         r.publish(msg("home/temp", 0, false, ""));
         let id: Arc<str> = "s".into();
-        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1)).unwrap();
         r.subscribe(&id, "home/#", sub(1));
         let out = drain(&mut r, "s", 1);
         assert_eq!(
@@ -1197,7 +1324,7 @@ mod tests {
             ));
         }
         let id: Arc<str> = "ha".into();
-        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1)).unwrap();
         r.subscribe(&id, "homeassistant/#", sub(1));
         // A live message published after the SUBSCRIBE comes after every retained one.
         r.publish(msg("homeassistant/status", 1, false, "online"));
@@ -1228,14 +1355,17 @@ mod tests {
     fn a_persistent_session_keeps_qos1_messages_and_resends_inflight_after_reconnect() {
         let mut r = router();
         let id: Arc<str> = "p".into();
-        r.connect(&id, None, false, 3600, 20, ConnLink::new(1));
+        r.connect(&id, None, false, 3600, 20, ConnLink::new(1))
+            .unwrap();
         r.subscribe(&id, "t", sub(1));
         r.publish(msg("t", 1, false, "one"));
         assert_eq!(drain(&mut r, "p", 1).len(), 1); // in flight, never acked
         r.disconnect("p", 1, None);
         r.publish(msg("t", 1, false, "two"));
         r.publish(msg("t", 0, false, "qos0 is not queued offline"));
-        let c = r.connect(&id, None, false, 3600, 20, ConnLink::new(2));
+        let c = r
+            .connect(&id, None, false, 3600, 20, ConnLink::new(2))
+            .unwrap();
         assert!(c.session_present);
         let out = drain(&mut r, "p", 2);
         assert_eq!(out.len(), 2);
@@ -1247,7 +1377,8 @@ mod tests {
     fn persistent_sessions_survive_a_snapshot_and_restore() {
         let mut r = router();
         let id: Arc<str> = "p".into();
-        r.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(1));
+        r.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(1))
+            .unwrap();
         r.subscribe(&id, "t/#", sub(2));
         r.publish(msg("t/1", 1, false, "inflight"));
         r.publish(msg("t/2", 2, false, "released"));
@@ -1262,13 +1393,16 @@ mod tests {
             r.publish(msg("t/q", 1, false, &i.to_string()));
         }
         let clean: Arc<str> = "clean".into();
-        r.connect(&clean, None, true, 0, 20, ConnLink::new(2));
+        r.connect(&clean, None, true, 0, 20, ConnLink::new(2))
+            .unwrap();
         let saved = r.snapshot_sessions(Instant::now());
         assert_eq!(saved.len(), 1, "clean sessions are not saved");
 
         let mut r2 = router();
         assert_eq!(r2.restore_sessions(saved), (1, 502));
-        let c = r2.connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(3));
+        let c = r2
+            .connect(&id, Some("u".into()), false, 3600, 20, ConnLink::new(3))
+            .unwrap();
         assert!(c.session_present);
         assert!(
             !r2.qos2_received("p", 9),
@@ -1319,7 +1453,7 @@ mod tests {
         gone.expires_at = Some(past);
         r.publish(gone);
         let id: Arc<str> = "s".into();
-        r.connect(&id, None, true, 0, 20, ConnLink::new(1));
+        r.connect(&id, None, true, 0, 20, ConnLink::new(1)).unwrap();
         r.subscribe(&id, "t/#", sub(1));
         let mut late = msg("t/x", 1, false, "late");
         late.expires_at = Some(past);
@@ -1341,7 +1475,8 @@ mod tests {
         r.publish(msg("jobs/old", 1, true, "retained"));
         for (i, id) in ["a", "b"].into_iter().enumerate() {
             let id: Arc<str> = id.into();
-            r.connect(&id, None, true, 0, 20, ConnLink::new(i as u64));
+            r.connect(&id, None, true, 0, 20, ConnLink::new(i as u64))
+                .unwrap();
             r.subscribe(&id, "$share/g/jobs/#", sub(1));
         }
         assert_eq!(
@@ -1365,7 +1500,8 @@ mod tests {
     fn subscription_identifiers_are_delivered_and_kept_in_a_saved_session() {
         let mut r = router();
         let id: Arc<str> = "p".into();
-        r.connect(&id, None, false, 3600, 20, ConnLink::new(1));
+        r.connect(&id, None, false, 3600, 20, ConnLink::new(1))
+            .unwrap();
         let with_id = |n| SubOptions {
             id: Some(n),
             ..sub(1)
@@ -1375,7 +1511,8 @@ mod tests {
         r.disconnect("p", 1, None);
         let mut r2 = router();
         r2.restore_sessions(r.snapshot_sessions(Instant::now()));
-        r2.connect(&id, None, false, 3600, 20, ConnLink::new(2));
+        r2.connect(&id, None, false, 3600, 20, ConnLink::new(2))
+            .unwrap();
         r2.publish(msg("t/x", 1, false, "x"));
         let out = drain(&mut r2, "p", 2);
         let [Outgoing::Publish { delivery, .. }] = &out[..] else {
@@ -1390,15 +1527,17 @@ mod tests {
     fn a_delayed_will_is_held_and_a_reconnect_within_the_delay_cancels_it() {
         let mut r = router();
         let (w, id): (Arc<str>, Arc<str>) = ("watcher".into(), "dev".into());
-        r.connect(&w, None, true, 0, 20, ConnLink::new(1));
+        r.connect(&w, None, true, 0, 20, ConnLink::new(1)).unwrap();
         r.subscribe(&w, "will/#", sub(1));
         for conn in [2, 3] {
-            r.connect(&id, None, false, 60, 20, ConnLink::new(conn));
+            r.connect(&id, None, false, 60, 20, ConnLink::new(conn))
+                .unwrap();
             r.disconnect("dev", conn, None);
             r.will(&id, msg("will/dev", 1, false, "gone"), 30, None);
             assert!(drain(&mut r, "watcher", 1).is_empty(), "held for its delay");
         }
-        r.connect(&id, None, false, 60, 20, ConnLink::new(4));
+        r.connect(&id, None, false, 60, 20, ConnLink::new(4))
+            .unwrap();
         assert_eq!(
             r.publish_due_wills(Instant::now() + Duration::from_secs(31)),
             0
@@ -1417,7 +1556,8 @@ mod tests {
         let mut r = router();
         for i in 0..100 {
             let id: Arc<str> = format!("c{i}").into();
-            r.connect(&id, None, false, 1, 20, ConnLink::new(i));
+            r.connect(&id, None, false, 1, 20, ConnLink::new(i))
+                .unwrap();
             r.subscribe(&id, &format!("t/{i}/+"), sub(1));
             r.disconnect(&id, i, None);
         }
@@ -1432,8 +1572,8 @@ mod tests {
         let mut r = router();
         let id: Arc<str> = "dup".into();
         let first = ConnLink::new(1);
-        r.connect(&id, None, true, 0, 20, first.clone());
-        r.connect(&id, None, true, 0, 20, ConnLink::new(2));
+        r.connect(&id, None, true, 0, 20, first.clone()).unwrap();
+        r.connect(&id, None, true, 0, 20, ConnLink::new(2)).unwrap();
         assert_eq!(*first.close.borrow(), Some(CloseReason::SessionTakenOver));
         // The old connection's late disconnect must not remove the new session.
         r.disconnect("dup", 1, None);

@@ -454,7 +454,7 @@ pub fn bridge_error_status(error: &str, generation: Option<i64>, current: Option
 
 /// `edgemq broker`: runs one Broker from its bundle Secret until SIGTERM.
 pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.state_dir)
+    crate::private_fs::prepare_state_dir(&opts.state_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state_dir.display()))?;
     let client = Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}")

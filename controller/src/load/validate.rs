@@ -572,6 +572,32 @@ impl Validator<'_> {
                 0,
                 10_000_000,
             );
+            for (field, v, min, max) in [
+                ("maxRetainedBytes", lim.max_retained_bytes, 0, 1 << 40),
+                (
+                    "maxConnectBytes",
+                    lim.max_connect_bytes.into(),
+                    256,
+                    268_435_455,
+                ),
+                ("maxHandshakes", lim.max_handshakes.into(), 1, 1_000_000),
+                (
+                    "maxHandshakesPerAddress",
+                    lim.max_handshakes_per_address.into(),
+                    1,
+                    1_000_000,
+                ),
+                ("maxSessions", lim.max_sessions.into(), 1, 10_000_000),
+                (
+                    "maxSubscriptionsPerClient",
+                    lim.max_subscriptions_per_client.into(),
+                    1,
+                    10_000_000,
+                ),
+                ("maxQueuedBytes", lim.max_queued_bytes, 1024, 1 << 40),
+            ] {
+                self.range(b, &p(field), v, min, max);
+            }
             self.range(
                 b,
                 &p("sysIntervalSeconds"),
