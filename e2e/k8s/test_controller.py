@@ -291,6 +291,67 @@ def test_deleting_a_user_locks_it_out_while_another_user_is_invalid(cluster, con
     alice.disconnect_wait()
 
 
+def _raw_connack(port: int, username: str, password: str, v5: bool):
+    """(whole CONNACK as (type, flags, body), whether the broker then closes)."""
+    with support.RawConn(port) as c:
+        c.send(support.connect_packet(support.unique_id("raw"), v5=v5, username=username,
+                                      password=password))
+        packet = c.read_packet()
+        return packet, c.closed_by_peer(5)
+
+
+def test_after_a_controller_restart_deleting_a_user_locks_it_out_while_the_broker_is_invalid(
+        cluster, controller, namespace):
+    rules = [{"topic": "home/#", "access": "readwrite"}]
+    ref = lambda key: {"passwordSecretRef": {"name": "pw", "key": key}}  # noqa: E731
+    k.apply(cluster, namespace,
+            k.secret("pw", alice="pw-alice", bob="pw-bob"),
+            k.broker("home", [{"name": "lan", "port": 1883}]),
+            *[k.user(u, "home", acl=rules, **ref(u)) for u in ("alice", "bob")])
+    k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    port = k.node_port(cluster, "home", namespace, "lan")
+    alice = k.wait_connect(port, username="alice", password="pw-alice")
+    alice.subscribe_wait("home/#", qos=1)
+    bob = k.wait_connect(port, username="bob", password="pw-bob")
+
+    # Break the Broker itself: the API server takes it, validation does not.
+    cluster.kubectl("patch", "broker", "home", "-n", namespace, "--type", "merge", "-p",
+                    json.dumps({"spec": {"listeners": [{"name": "lan", "port": 1883},
+                                                       {"name": "lan2", "port": 1883}]}}))
+    mistake = "Broker/home: port 1883 is already used by listener `lan`"
+    k.wait_ready(cluster, "broker", "home", namespace, status="False", reason="InvalidSpec",
+                 timeout=60)
+
+    # The controller restarts: nothing of the Broker's last good version is in its memory.
+    controller.stop()
+    controller.start()
+
+    # Delete bob: locked out all the same, his session closed.
+    cluster.kubectl("delete", "mqttuser", "bob", "-n", namespace)
+    cluster.wait_for(bob.disconnected.is_set, 90, "bob's session closed after his deletion")
+    assert _raw_connack(port, "bob", "pw-bob", v5=False) == ((2, 0, b"\x00\x05"), True)
+    assert _raw_connack(port, "bob", "pw-bob", v5=True) == ((2, 0, b"\x00\x87\x00"), True)
+    # alice is not touched and says so; the Broker names its mistake and what runs.
+    assert not alice.disconnected.is_set()
+    alice.publish_wait("home/x", b"after", qos=1)
+    assert alice.get(timeout=10).payload == b"after"
+    k.wait_ready(cluster, "mqttuser", "alice", namespace, reason="Active", timeout=60)
+    # The pod runs the bundle without bob, and the Broker says so.
+    def applied():
+        b = k.get(cluster, "broker", "home", namespace)
+        st = b.get("status") or {}
+        return st.get("configHash") and st.get("configHash") == st.get("desiredConfigHash") and b
+    st = cluster.wait_for(applied, 60, "the pod running the bundle without bob")["status"]
+    want = (f"{mistake}; its last good version stays in effect; "
+            f"the pod keeps running configuration {st['configHash'][:12]}")
+    cluster.wait_for(lambda: k.ready(k.get(cluster, "broker", "home", namespace))["message"] == want,
+                     60, "the Broker naming its mistake")
+    broker = k.ready(k.get(cluster, "broker", "home", namespace))
+    assert (broker["status"], broker["reason"], broker["message"]) == ("False", "InvalidSpec", want)
+    assert "recovered the last good version" in controller.log()
+    alice.disconnect_wait()
+
+
 def _versions(cluster, namespace):
     out = {}
     for kind in ("brokers.edgemq.io", "mqttusers.edgemq.io", "deployments", "services", "secrets",

@@ -52,7 +52,8 @@ pub struct Context {
     pub(super) views: Mutex<HashMap<String, (u64, Arc<View>)>>,
     /// Per namespace, the objects that ran last time, each at its last good version:
     /// what an object with a mistake falls back to. Kept in memory: after a restart an
-    /// object with a mistake stays out until fixed (fail closed).
+    /// object with a mistake stays out until fixed (fail closed), except a Broker, whose
+    /// last good version its bundle Secret keeps (see [`super::recover`]).
     pub(super) last_good: tokio::sync::Mutex<HashMap<String, crate::load::Resources>>,
     /// The background ACME issuers.
     pub(super) acme: super::acme::Issuers,
@@ -199,9 +200,7 @@ impl Context {
         let previous = last_good.get(ns).cloned().unwrap_or_default();
         if index::stored_version(&snap, kind, ns, name) != version {
             // The store has not seen this version yet: build it with the fresh copy.
-            let res = index::objects(&snap, ns, Some(fresh));
-            let secrets = self.referenced_secrets(&snap, &res, ns).await?;
-            let v = Arc::new(index::with_secrets(res, &secrets, &previous));
+            let v = Arc::new(self.build(&snap, ns, Some(fresh), previous).await?);
             last_good.insert(ns.to_string(), v.effective.res.clone());
             return Ok(v);
         }
@@ -211,14 +210,56 @@ impl Context {
                 return Ok(v);
             }
         }
-        let res = index::objects(&snap, ns, None);
-        let secrets = self.referenced_secrets(&snap, &res, ns).await?;
-        let v = Arc::new(index::with_secrets(res, &secrets, &previous));
+        let v = Arc::new(self.build(&snap, ns, None, previous).await?);
         last_good.insert(ns.to_string(), v.effective.res.clone());
         if let Ok(mut m) = self.views.lock() {
             m.insert(ns.to_string(), (fp, v.clone()));
         }
         Ok(v)
+    }
+
+    /// The view of `ns` (with `fresh` in it) judged against `previous`, its last good
+    /// set, to which a Broker with a mistake and no last good version in memory (the
+    /// controller restarted) first gets the one its bundle Secret holds (see
+    /// [`super::recover`]).
+    async fn build(
+        &self,
+        snap: &Snapshot,
+        ns: &str,
+        fresh: Option<crate::load::Object>,
+        previous: crate::load::Resources,
+    ) -> Result<View, Error> {
+        let res = index::objects(snap, ns, fresh);
+        let secrets = self.referenced_secrets(snap, &res, ns).await?;
+        let res = index::add_secrets(res, &secrets);
+        let errors = index::errors(&res);
+        let wanted = super::recover::wanted(&res, &errors, &previous);
+        let previous = if wanted.is_empty() {
+            previous
+        } else {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+            let mut bundles = Vec::new();
+            for b in &wanted {
+                let name = super::desired::bundle_secret_name(b);
+                // Not being able to read it leaves the Broker out, as before a restart
+                // could: it must not stop the rest of the namespace.
+                match api.get_opt(&name).await {
+                    Ok(Some(s)) => bundles.push(s),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(secret = %format!("{ns}/{name}"), error = %e, "could not read a bundle Secret")
+                    }
+                }
+            }
+            let seeded = super::recover::seed(&res, &bundles, previous);
+            for b in &wanted {
+                if seeded.broker(ns, b).is_some() {
+                    tracing::info!(broker = %format!("{ns}/{b}"), "recovered the last good version of a Broker with a mistake from its bundle Secret");
+                }
+            }
+            seeded
+        };
+        Ok(index::judge(res, errors, &previous))
     }
 
     /// The Secrets of `ns` that the objects in `res` name, each read by name when the

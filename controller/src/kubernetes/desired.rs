@@ -3,7 +3,8 @@
 //! controller applies them with server-side apply under one field manager.
 //!
 //! ```text
-//!  Broker + PodBundle ──► Secret          edgemq-<name>-bundle  (the bundle, hashed)
+//!  Broker + PodBundle ──► Secret          edgemq-<name>-bundle  (the bundle, hashed, and
+//!                     │                                          the Broker's spec: recover)
 //!                     ├─► ServiceAccount  edgemq-<name>
 //!                     ├─► Role/RoleBinding edgemq-<name>         (its own Secrets, by name)
 //!                     ├─► Deployment      edgemq-<name>          (1 replica, `edgemq broker`)
@@ -152,15 +153,22 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
 
     let mut bundle_meta = meta(&bundle_secret_name(&name), &ns, broker);
     bundle_meta["annotations"] = json!({"edgemq.io/config-hash": hash});
+    let mut data = serde_json::Map::new();
+    data.insert(
+        BUNDLE_KEY.into(),
+        json!(serde_json::to_string(bundle).unwrap_or_default()),
+    );
+    data.insert(HASH_KEY.into(), json!(hash));
+    // The Broker this bundle was planned from: its last good version after a restart.
+    if let Some(b) = super::recover::stored_broker(broker) {
+        data.insert(super::recover::BROKER_KEY.into(), json!(b));
+    }
     let bundle_secret: Secret = typed(json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": bundle_meta,
         "type": "edgemq.io/bundle",
-        "stringData": {
-            BUNDLE_KEY: serde_json::to_string(bundle).unwrap_or_default(),
-            HASH_KEY: hash,
-        },
+        "stringData": data,
     }));
 
     let service_account: ServiceAccount = typed(json!({

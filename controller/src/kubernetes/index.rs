@@ -119,11 +119,23 @@ pub fn secret_version(snapshot: &Snapshot, ns: &str, name: &str) -> Option<Strin
 
 /// `res` with `secrets` (the values of the [`referenced_secrets`]) in it, validated and
 /// judged against the namespace's `last_good` set.
-pub fn with_secrets(mut res: Resources, secrets: &[Arc<Secret>], last_good: &Resources) -> View {
+pub fn with_secrets(res: Resources, secrets: &[Arc<Secret>], last_good: &Resources) -> View {
+    let res = add_secrets(res, secrets);
+    let errors = errors(&res);
+    judge(res, errors, last_good)
+}
+
+/// `res` with `secrets` (the values of the [`referenced_secrets`]) in it.
+pub fn add_secrets(mut res: Resources, secrets: &[Arc<Secret>]) -> Resources {
     for s in secrets {
         res.apply(Object::Secret(Box::new((**s).clone())), None);
     }
-    let errors = errors(&res);
+    res
+}
+
+/// The view of `res`, whose validation errors are `errors`, judged against the
+/// namespace's `last_good` set.
+pub fn judge(res: Resources, errors: Vec<LoadError>, last_good: &Resources) -> View {
     let effective = crate::load::effective(&res, &errors, last_good, crate::load::check_namespace);
     View {
         res,

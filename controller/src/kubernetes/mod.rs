@@ -25,6 +25,7 @@ pub mod index;
 pub mod leader;
 pub mod ownership;
 pub mod pod;
+pub mod recover;
 pub mod status;
 pub mod trust;
 
