@@ -31,6 +31,7 @@ pub mod bridge;
 pub mod broker;
 pub mod certs;
 pub mod http;
+pub mod import;
 pub mod kubernetes;
 pub mod load;
 pub mod metrics;
