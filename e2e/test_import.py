@@ -218,7 +218,7 @@ def test_a_split_mosquitto_install_imports_and_answers_like_the_original(tmp_pat
     e = edgemq(secrets=True)
     r = import_cmd(conf, e.config_dir, e.secrets_dir)
     assert r.returncode == 0, r.stdout + r.stderr
-    # Nothing lost, but what differs is said (the bridge's default client id is set here).
+    # Nothing lost (notes only say what is carried over differently).
     assert "not carried over" not in r.stdout, r.stdout
     # Secrets only in the secrets folder.
     for f in e.config_dir.iterdir():

@@ -11,6 +11,11 @@ use crate::api::bridge::{
 use crate::api::{Bridge, BridgeSpec, SecretKeyRef};
 use crate::import::{ImportError, Loss};
 
+/// A Bridge and the Secrets it reads.
+type Made = (Placed<Bridge>, Vec<Placed<Secret>>);
+/// Every Bridge and every Secret they read.
+type Sections = (Vec<Placed<Bridge>>, Vec<Placed<Secret>>);
+
 /// Whether `key` belongs to the current `connection` section.
 pub fn is_bridge_option(key: &str) -> bool {
     key == "connection"
@@ -76,7 +81,7 @@ impl Bridges {
         input: &Input<'_>,
         losses: &mut Vec<Loss>,
         notes: &mut Vec<Loss>,
-    ) -> Result<(Vec<Placed<Bridge>>, Vec<Placed<Secret>>), ImportError> {
+    ) -> Result<Sections, ImportError> {
         let mut bridges = Vec::new();
         let mut secrets = Vec::new();
         let mut names = Vec::new();
@@ -177,7 +182,7 @@ fn section(
     lines: &[Directive],
     losses: &mut Vec<Loss>,
     notes: &mut Vec<Loss>,
-) -> Result<Option<(Placed<Bridge>, Vec<Placed<Secret>>)>, ImportError> {
+) -> Result<Option<Made>, ImportError> {
     let mut remote = BridgeRemote {
         keep_alive_seconds: 60,
         ..BridgeRemote::default()

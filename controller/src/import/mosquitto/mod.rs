@@ -24,9 +24,9 @@ pub fn import(conf: &Path, broker: &str) -> Result<Imported, ImportError> {
     let directives = conf::read_conf(conf)?;
     let mut files: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
     for (path, by) in map::files_needed(&directives) {
-        if !files.contains_key(&path) {
-            let data = conf::read_file(&path, Some(&by))?;
-            files.insert(path, data);
+        if let std::collections::btree_map::Entry::Vacant(e) = files.entry(path) {
+            let data = conf::read_file(e.key(), Some(&by))?;
+            e.insert(data);
         }
     }
     map::map(&map::Input {
