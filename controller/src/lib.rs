@@ -21,6 +21,9 @@
 //!  status sinks: status (status.json, /status)        kubernetes::status (status subresource)
 //! ```
 //!
+//! `import` is the way in from another broker: Mosquitto's files → api objects as YAML
+//! (the inverse of `render`).
+//!
 //! Dependencies point one way: `plan` knows `api` and `auth`, never a runtime; the
 //! runtime never knows which source fed it.
 
@@ -31,6 +34,7 @@ pub mod bridge;
 pub mod broker;
 pub mod certs;
 pub mod http;
+pub mod import;
 pub mod kubernetes;
 pub mod load;
 pub mod metrics;

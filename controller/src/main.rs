@@ -171,6 +171,34 @@ enum Command {
     /// AWS IoT helpers for administrators.
     #[command(subcommand)]
     Aws(AwsCommand),
+    /// Turn another broker's configuration into an edgemq folder.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// A Mosquitto 2.0 configuration (following include_dir, password_file, acl_file,
+    /// certfile/keyfile and bridge files): a Broker, MqttUsers and Bridges in --out,
+    /// their Secrets (key pairs, bridge logins) in --secrets. Everything that cannot be
+    /// carried over is listed with file:line; then nothing is written unless
+    /// --allow-loss is given.
+    Mosquitto {
+        /// The mosquitto.conf to import.
+        conf: PathBuf,
+        /// Config folder to write (broker.yaml, users.yaml, bridges.yaml).
+        #[arg(long, short = 'o', default_value = "edgemq-config")]
+        out: PathBuf,
+        /// Folder for the Secrets (secrets.yaml, mode 0600); keep it out of git.
+        #[arg(long, default_value = "edgemq-secrets")]
+        secrets: PathBuf,
+        /// Name of the Broker to make.
+        #[arg(long, default_value = "mosquitto")]
+        broker: String,
+        /// Write the import even though some settings cannot be carried over.
+        #[arg(long)]
+        allow_loss: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -424,6 +452,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Import(ImportCommand::Mosquitto {
+            conf,
+            out,
+            secrets,
+            broker,
+            allow_loss,
+        }) => import_mosquitto(&conf, &out, &secrets, &broker, allow_loss),
         Command::Passwd(args) => {
             edgemq::auth::passwd_cmd::run(args)?;
             Ok(ExitCode::SUCCESS)
@@ -523,6 +558,40 @@ fn render_mosquitto(
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `edgemq import mosquitto`.
+fn import_mosquitto(
+    conf: &std::path::Path,
+    out: &std::path::Path,
+    secrets: &std::path::Path,
+    broker: &str,
+    allow_loss: bool,
+) -> anyhow::Result<ExitCode> {
+    use edgemq::import;
+    let imported = import::mosquitto::import(conf, broker)?;
+    for n in &imported.notes {
+        println!("note: {n}");
+    }
+    for l in &imported.losses {
+        println!("not carried over: {l}");
+    }
+    if !imported.losses.is_empty() && !allow_loss {
+        println!(
+            "{} setting(s) cannot be carried over; nothing written (--allow-loss writes the rest)",
+            imported.losses.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    for path in import::write::write(&imported, conf, out, secrets)? {
+        println!("wrote {}", path.display());
+    }
+    println!(
+        "check it with: edgemq validate {} --secrets {}",
+        out.display(),
+        secrets.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `edgemq aws fleet-template`.
