@@ -37,5 +37,6 @@ pub mod metrics;
 pub mod plan;
 pub mod render;
 pub mod runtime;
+pub mod source;
 pub mod standalone;
 pub mod status;

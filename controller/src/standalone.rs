@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::Watcher;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, RwLock};
 
@@ -26,6 +25,7 @@ use crate::load::{self, Resources};
 use crate::metrics::Metrics;
 use crate::plan::{self, BrokerBundle};
 use crate::runtime::{self, Engine, Materials};
+use crate::source::watch::FolderWatch;
 use crate::status::{
     bridge_condition, ready_condition, ConfigStatus, ResourceStatus, StatusReport,
 };
@@ -706,6 +706,25 @@ fn status_of(
     }
 }
 
+/// How often the configuration paths are resolved again (a swap above the folder).
+const PATH_CHECK: Duration = Duration::from_secs(1);
+
+/// Waits until no change arrived for 100 ms (at most 2 s), so a checkout that writes
+/// many files is read once, after its last write.
+async fn settle(rx: &mut mpsc::UnboundedReceiver<()>) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut more = false;
+        while rx.try_recv().is_ok() {
+            more = true;
+        }
+        if !more || tokio::time::Instant::now() >= until {
+            return;
+        }
+    }
+}
+
 /// `edgemq run`: starts the brokers of the folder, watches it, serves the
 /// operations endpoint, and stops cleanly on SIGTERM or Ctrl-C.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -721,18 +740,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let runtime = Arc::new(Runtime::new(opts.clone(), metrics, tx.clone()));
 
-    // Watch before the first load, so no edit falls between the two.
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
-            }
-        }
-    })?;
-    watcher.watch(&opts.config_dir, notify::RecursiveMode::Recursive)?;
-    if let Some(s) = &opts.secrets_dir {
-        watcher.watch(s, notify::RecursiveMode::Recursive)?;
-    }
+    // Watch before the first load, so no edit falls between the two. The watch follows
+    // a path swapped atomically (a symlink or a parent directory replaced).
+    let mut roots = vec![opts.config_dir.clone()];
+    roots.extend(opts.secrets_dir.clone());
+    let mut watch = FolderWatch::new(&roots, tx.clone())?;
 
     let first = runtime.reload().await;
     if !first.valid {
@@ -755,18 +767,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     status_tick.tick().await;
     let mut next_reload = tokio::time::Instant::now() + runtime.next_reload_in();
+    // A swap of a folder above the watched one raises no event there: the paths are
+    // resolved again on this tick.
+    let mut path_check = tokio::time::interval(PATH_CHECK);
+    path_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             Some(()) = rx.recv() => {
-                // Let a burst of writes (a git pull) settle, then apply once.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while rx.try_recv().is_ok() {}
+                // Let a burst of writes (a git checkout) settle, then apply once.
+                settle(&mut rx).await;
+                watch.refresh();
                 let seen = Instant::now();
                 let out = runtime.reload().await;
                 if out.valid && !out.changes.is_empty() {
                     tracing::info!(millis = seen.elapsed().as_millis() as u64, "folder change applied");
                 }
                 next_reload = tokio::time::Instant::now() + runtime.next_reload_in();
+            }
+            _ = path_check.tick() => {
+                if watch.refresh() {
+                    let _ = tx.send(());
+                }
             }
             _ = tokio::time::sleep_until(next_reload) => {
                 runtime.reload().await;
@@ -778,7 +799,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
-    drop(watcher);
+    drop(watch);
     runtime.shutdown().await;
     Ok(())
 }
