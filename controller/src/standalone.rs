@@ -25,6 +25,7 @@ use crate::load::{self, Resources};
 use crate::metrics::Metrics;
 use crate::plan::{self, BrokerBundle};
 use crate::runtime::{self, Engine, Materials};
+use crate::source::follow::{Follower, GitMetrics, GitOptions, GitStatus};
 use crate::source::watch::FolderWatch;
 use crate::status::{
     bridge_condition, ready_condition, ConfigStatus, ResourceStatus, StatusReport,
@@ -53,6 +54,9 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Address of the operations endpoint.
     pub http: SocketAddr,
+    /// Follow a git repository into the state directory (`config_dir` is then its
+    /// checkout of the applied commit).
+    pub git: Option<GitOptions>,
 }
 
 /// Loads a folder and plans its brokers; every error, as `file:line: Kind/name: message`.
@@ -174,6 +178,8 @@ pub struct Runtime {
     /// Earliest renewal time of the certificates issued in place (selfSigned, ca);
     /// ACME certificates have their own timers.
     next_renewal: std::sync::Mutex<Option<time::OffsetDateTime>>,
+    /// The followed repository, with `--git`.
+    git: std::sync::OnceLock<Arc<std::sync::Mutex<GitStatus>>>,
 }
 
 /// Outcome of one reload, for logs and tests.
@@ -210,6 +216,7 @@ impl Runtime {
             applied_once: AtomicBool::new(false),
             last_good: std::sync::Mutex::new(Resources::default()),
             next_renewal: std::sync::Mutex::new(None),
+            git: std::sync::OnceLock::new(),
         }
     }
 
@@ -220,6 +227,9 @@ impl Runtime {
 
     /// Why the process is not ready, or `None` when every broker runs its config.
     pub async fn not_ready(&self) -> Option<String> {
+        if self.git_status().is_some_and(|g| g.applied.is_none()) {
+            return Some("no git revision applied yet".into());
+        }
         if !self.applied_once.load(Ordering::Acquire) {
             return Some("no valid configuration applied yet".into());
         }
@@ -239,9 +249,17 @@ impl Runtime {
         (!failing.is_empty()).then(|| format!("brokers not ready: {}", failing.join(", ")))
     }
 
+    /// The status of the followed repository, with `--git`.
+    fn git_status(&self) -> Option<GitStatus> {
+        self.git
+            .get()
+            .and_then(|g| g.lock().ok().map(|g| g.clone()))
+    }
+
     /// The current status report, with each running broker's live counters.
     pub async fn report(&self) -> StatusReport {
         let mut report = self.report.read().await.clone();
+        report.git = self.git_status();
         let brokers = self.engine.broker_status().await;
         for r in report.resources.iter_mut().filter(|r| r.kind == "Broker") {
             if let Some(st) = brokers.get(&format!("{}/{}", r.namespace, r.name)) {
@@ -521,8 +539,12 @@ impl Runtime {
             applied_at: Some(stamp),
             last_apply_millis: Some(elapsed.as_millis() as u64),
         };
-        self.publish_report(StatusReport { config, resources })
-            .await;
+        self.publish_report(StatusReport {
+            config,
+            resources,
+            git: None,
+        })
+        .await;
         // Ready once the whole folder has applied once; later mistakes only hold back
         // the objects they concern.
         if effective.errors.is_empty() {
@@ -567,7 +589,9 @@ impl Runtime {
 
     fn write_status_file(&self, report: &StatusReport) {
         let path = self.opts.state_dir.join(STATUS_FILE);
-        match serde_json::to_vec_pretty(report) {
+        let mut report = report.clone();
+        report.git = self.git_status();
+        match serde_json::to_vec_pretty(&report) {
             Ok(json) => {
                 let tmp = path.with_extension("tmp");
                 if let Err(e) =
@@ -727,18 +751,36 @@ async fn settle(rx: &mut mpsc::UnboundedReceiver<()>) {
 
 /// `edgemq run`: starts the brokers of the folder, watches it, serves the
 /// operations endpoint, and stops cleanly on SIGTERM or Ctrl-C.
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    if !opts.config_dir.is_dir() {
-        anyhow::bail!("{}: not a directory", opts.config_dir.display());
-    }
+pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.state_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state_dir.display()))?;
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    // Folder edits and certificates issued in the background both ask for a reload.
+    // With --git, the folder is the applied commit's tree in the state directory,
+    // restored without the network.
+    let follower = match &opts.git {
+        Some(g) => {
+            let git_metrics = Arc::new(GitMetrics::default());
+            git_metrics.register(&mut registry);
+            let f = Follower::open(&opts.state_dir, g.clone(), git_metrics).await?;
+            opts.config_dir = f.config_dir();
+            Some(f)
+        }
+        None => None,
+    };
+    if !opts.config_dir.is_dir() {
+        anyhow::bail!("{}: not a directory", opts.config_dir.display());
+    }
+    // Folder edits, new git revisions and certificates issued in the background all
+    // ask for a reload.
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let runtime = Arc::new(Runtime::new(opts.clone(), metrics, tx.clone()));
+    let sync_now = Arc::new(tokio::sync::Notify::new());
+    if let Some(f) = follower {
+        let _ = runtime.git.set(f.status());
+        tokio::spawn(f.run(sync_now.clone(), tx.clone()));
+    }
 
     // Watch before the first load, so no edit falls between the two. The watch follows
     // a path swapped atomically (a symlink or a parent directory replaced).
@@ -761,6 +803,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("operations endpoint {}: {e}", opts.http))?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // SIGHUP: fetch the repository now (with --git).
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // Certificates issued in place are renewed at their renewal time without edits
     // (and status refreshed at least every minute); ACME renewals ask for a reload
     // through `tx` when their new pair is stored.
@@ -794,6 +838,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 next_reload = tokio::time::Instant::now() + runtime.next_reload_in();
             }
             _ = status_tick.tick() => { runtime.refresh_status_file().await; }
+            _ = sighup.recv() => { sync_now.notify_one(); }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }

@@ -14,4 +14,7 @@
 //!  standalone reload (load, validate, plan, apply)
 //! ```
 
+pub mod decide;
+pub mod follow;
+pub mod git;
 pub mod watch;

@@ -149,7 +149,8 @@ impl FolderWatch {
         let Some(now) = now else {
             return Ok(false);
         };
-        self.watcher.watch(&now.canonical, RecursiveMode::Recursive)?;
+        self.watcher
+            .watch(&now.canonical, RecursiveMode::Recursive)?;
         tracing::info!(
             path = %self.roots[i].path.display(),
             target = %now.canonical.display(),
@@ -231,7 +232,10 @@ mod tests {
             if rx.try_recv().is_ok() {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "no event from the new target");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no event from the new target"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
