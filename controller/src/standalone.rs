@@ -180,6 +180,8 @@ pub struct Runtime {
     next_renewal: std::sync::Mutex<Option<time::OffsetDateTime>>,
     /// The followed repository, with `--git`.
     git: std::sync::OnceLock<Arc<std::sync::Mutex<GitStatus>>>,
+    /// The folder the last reload read, symlinks resolved (which git tree runs).
+    loaded_from: std::sync::Mutex<Option<PathBuf>>,
 }
 
 /// Outcome of one reload, for logs and tests.
@@ -217,6 +219,7 @@ impl Runtime {
             last_good: std::sync::Mutex::new(Resources::default()),
             next_renewal: std::sync::Mutex::new(None),
             git: std::sync::OnceLock::new(),
+            loaded_from: std::sync::Mutex::new(None),
         }
     }
 
@@ -227,8 +230,14 @@ impl Runtime {
 
     /// Why the process is not ready, or `None` when every broker runs its config.
     pub async fn not_ready(&self) -> Option<String> {
-        if self.git_status().is_some_and(|g| g.applied.is_none()) {
-            return Some("no git revision applied yet".into());
+        if let Some(g) = self.git_status() {
+            let Some(a) = g.applied else {
+                return Some("no git revision applied yet".into());
+            };
+            let loaded = self.loaded_from.lock().ok().and_then(|l| l.clone());
+            if !loaded.is_some_and(|l| l.components().any(|c| c.as_os_str() == a.commit.as_str())) {
+                return Some(format!("git revision {} not loaded yet", a.commit));
+            }
         }
         if !self.applied_once.load(Ordering::Acquire) {
             return Some("no valid configuration applied yet".into());
@@ -292,6 +301,9 @@ impl Runtime {
     pub async fn reload(&self) -> ReloadOutcome {
         let started = Instant::now();
         let mut outcome = ReloadOutcome::default();
+        if let Ok(mut l) = self.loaded_from.lock() {
+            *l = std::fs::canonicalize(&self.opts.config_dir).ok();
+        }
         let folder = load::read_folder(&self.opts.config_dir, self.opts.secrets_dir.as_deref());
         if folder.unreadable {
             // Not a mistake in an object: nobody can say what the folder holds.

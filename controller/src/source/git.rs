@@ -103,9 +103,19 @@ impl Mirror {
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            // From the first error line on (progress and hints before it say little).
+            let first = lines
+                .iter()
+                .position(|l| l.starts_with("fatal:") || l.starts_with("error:"))
+                .unwrap_or(0);
             return Err(GitError::Failed {
                 command: name,
-                stderr: lines[lines.len().saturating_sub(3)..].join("; "),
+                stderr: lines[first..]
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("; "),
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
