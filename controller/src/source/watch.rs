@@ -216,7 +216,7 @@ mod tests {
         let current = dir.path().join("current");
         swap_symlink(&current, &a);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut w = FolderWatch::new(&[current.clone()], tx).unwrap();
+        let mut w = FolderWatch::new(std::slice::from_ref(&current), tx).unwrap();
         assert!(!w.refresh(), "nothing moved yet");
         swap_symlink(&current, &b);
         assert!(w.refresh(), "the swap is seen by resolving the path again");
@@ -246,7 +246,7 @@ mod tests {
         let conf = dir.path().join("conf");
         std::fs::create_dir(&conf).unwrap();
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut w = FolderWatch::new(&[conf.clone()], tx).unwrap();
+        let mut w = FolderWatch::new(std::slice::from_ref(&conf), tx).unwrap();
         std::fs::rename(&conf, dir.path().join("old")).unwrap();
         std::fs::create_dir(&conf).unwrap();
         assert!(w.refresh(), "same path, another directory");
