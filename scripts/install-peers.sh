@@ -19,6 +19,9 @@ command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || need_apt+=(bind9)
 command -v knotd >/dev/null 2>&1 || [ -x /usr/sbin/knotd ] || need_apt+=(knot)
 command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+# Config from git: the real git command and OpenSSH's ssh-keygen (signing and verifying).
+command -v git >/dev/null 2>&1 || need_apt+=(git)
+command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

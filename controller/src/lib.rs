@@ -42,5 +42,6 @@ pub mod plan;
 pub mod private_fs;
 pub mod render;
 pub mod runtime;
+pub mod source;
 pub mod standalone;
 pub mod status;

@@ -27,9 +27,34 @@ enum LogFormat {
 enum Command {
     /// Run the brokers of a folder of YAML and apply every later edit live.
     Run {
-        /// Folder of manifests (Broker, MqttUser, Bridge, Certificate, Secret).
-        #[arg(long, short = 'c', env = "EDGEMQ_CONFIG")]
-        config: PathBuf,
+        /// Folder of manifests (Broker, MqttUser, Bridge, Certificate, Secret). A symlink
+        /// or a parent folder swapped atomically is followed.
+        #[arg(
+            long,
+            short = 'c',
+            env = "EDGEMQ_CONFIG",
+            required_unless_present = "git",
+            conflicts_with = "git"
+        )]
+        config: Option<PathBuf>,
+        /// Follow this git repository instead of a folder (any URL git fetches). Only
+        /// fast-forwards whose every new commit is signed by an allowed signer apply.
+        #[arg(long, env = "EDGEMQ_GIT", requires = "git_allowed_signers", value_parser = no_option)]
+        git: Option<String>,
+        /// Branch followed.
+        #[arg(long, env = "EDGEMQ_GIT_BRANCH", default_value = "main", requires = "git", value_parser = no_option)]
+        git_branch: String,
+        /// Folder of manifests inside the repository (e.g. one per device).
+        #[arg(long, env = "EDGEMQ_GIT_PATH", default_value = ".", requires = "git")]
+        git_path: PathBuf,
+        /// Time between fetches (`30s`, `5m`, `1h`; plain numbers are seconds); SIGHUP
+        /// fetches at once.
+        #[arg(long, env = "EDGEMQ_GIT_INTERVAL", default_value = "60s", value_parser = parse_interval, requires = "git")]
+        git_interval: std::time::Duration,
+        /// Allowed-signers file (OpenSSH format, as for git's
+        /// gpg.ssh.allowedSignersFile): the keys whose SSH signatures are accepted.
+        #[arg(long, env = "EDGEMQ_GIT_ALLOWED_SIGNERS", requires = "git")]
+        git_allowed_signers: Option<PathBuf>,
         /// Extra folder of Secret manifests, kept out of git.
         #[arg(long, env = "EDGEMQ_SECRETS")]
         secrets: Option<PathBuf>,
@@ -266,6 +291,36 @@ fn nonempty(list: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+/// A value that git could read as an option is refused.
+fn no_option(s: &str) -> Result<String, String> {
+    if s.starts_with('-') || s.is_empty() {
+        Err("must not be empty or start with '-'".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// `30s`, `5m`, `1h`, or plain seconds.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s}: expected e.g. 30s, 5m, 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s}: unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the interval must be at least 1s".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -288,16 +343,44 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             config,
+            git,
+            git_branch,
+            git_path,
+            git_interval,
+            git_allowed_signers,
             secrets,
             state,
             http,
         } => {
+            let git = match (git, git_allowed_signers) {
+                (Some(url), Some(allowed_signers)) => {
+                    if git_path.is_absolute()
+                        || git_path
+                            .components()
+                            .any(|c| matches!(c, std::path::Component::ParentDir))
+                    {
+                        anyhow::bail!(
+                            "--git-path {}: a folder inside the repository (relative, no ..)",
+                            git_path.display()
+                        );
+                    }
+                    Some(edgemq::source::follow::GitOptions {
+                        url,
+                        branch: git_branch,
+                        path: git_path,
+                        interval: git_interval,
+                        allowed_signers,
+                    })
+                }
+                _ => None,
+            };
             let rt = runtime()?;
             rt.block_on(edgemq::standalone::run(edgemq::standalone::RunOptions {
-                config_dir: config,
+                config_dir: config.unwrap_or_default(),
                 secrets_dir: secrets,
                 state_dir: state,
                 http,
+                git,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

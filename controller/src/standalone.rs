@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::Watcher;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, RwLock};
 
@@ -26,6 +25,8 @@ use crate::load::{self, Resources};
 use crate::metrics::Metrics;
 use crate::plan::{self, BrokerBundle};
 use crate::runtime::{self, Engine, Materials};
+use crate::source::follow::{Follower, GitMetrics, GitOptions, GitStatus};
+use crate::source::watch::FolderWatch;
 use crate::status::{
     bridge_condition, ready_condition, ConfigStatus, ResourceStatus, StatusReport,
 };
@@ -53,6 +54,9 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Address of the operations endpoint.
     pub http: SocketAddr,
+    /// Follow a git repository into the state directory (`config_dir` is then its
+    /// checkout of the applied commit).
+    pub git: Option<GitOptions>,
 }
 
 /// Loads a folder and plans its brokers; every error, as `file:line: Kind/name: message`.
@@ -174,6 +178,10 @@ pub struct Runtime {
     /// Earliest renewal time of the certificates issued in place (selfSigned, ca);
     /// ACME certificates have their own timers.
     next_renewal: std::sync::Mutex<Option<time::OffsetDateTime>>,
+    /// The followed repository, with `--git`.
+    git: std::sync::OnceLock<Arc<std::sync::Mutex<GitStatus>>>,
+    /// The folder the last reload read, symlinks resolved (which git tree runs).
+    loaded_from: std::sync::Mutex<Option<PathBuf>>,
 }
 
 /// Outcome of one reload, for logs and tests.
@@ -210,6 +218,8 @@ impl Runtime {
             applied_once: AtomicBool::new(false),
             last_good: std::sync::Mutex::new(Resources::default()),
             next_renewal: std::sync::Mutex::new(None),
+            git: std::sync::OnceLock::new(),
+            loaded_from: std::sync::Mutex::new(None),
         }
     }
 
@@ -220,6 +230,15 @@ impl Runtime {
 
     /// Why the process is not ready, or `None` when every broker runs its config.
     pub async fn not_ready(&self) -> Option<String> {
+        if let Some(g) = self.git_status() {
+            let Some(a) = g.applied else {
+                return Some("no git revision applied yet".into());
+            };
+            let loaded = self.loaded_from.lock().ok().and_then(|l| l.clone());
+            if !loaded.is_some_and(|l| l.components().any(|c| c.as_os_str() == a.commit.as_str())) {
+                return Some(format!("git revision {} not loaded yet", a.commit));
+            }
+        }
         if !self.applied_once.load(Ordering::Acquire) {
             return Some("no valid configuration applied yet".into());
         }
@@ -239,9 +258,17 @@ impl Runtime {
         (!failing.is_empty()).then(|| format!("brokers not ready: {}", failing.join(", ")))
     }
 
+    /// The status of the followed repository, with `--git`.
+    fn git_status(&self) -> Option<GitStatus> {
+        self.git
+            .get()
+            .and_then(|g| g.lock().ok().map(|g| g.clone()))
+    }
+
     /// The current status report, with each running broker's live counters.
     pub async fn report(&self) -> StatusReport {
         let mut report = self.report.read().await.clone();
+        report.git = self.git_status();
         let brokers = self.engine.broker_status().await;
         for r in report.resources.iter_mut().filter(|r| r.kind == "Broker") {
             if let Some(st) = brokers.get(&format!("{}/{}", r.namespace, r.name)) {
@@ -274,6 +301,9 @@ impl Runtime {
     pub async fn reload(&self) -> ReloadOutcome {
         let started = Instant::now();
         let mut outcome = ReloadOutcome::default();
+        if let Ok(mut l) = self.loaded_from.lock() {
+            *l = std::fs::canonicalize(&self.opts.config_dir).ok();
+        }
         let folder = load::read_folder(&self.opts.config_dir, self.opts.secrets_dir.as_deref());
         if folder.unreadable {
             // Not a mistake in an object: nobody can say what the folder holds.
@@ -521,8 +551,12 @@ impl Runtime {
             applied_at: Some(stamp),
             last_apply_millis: Some(elapsed.as_millis() as u64),
         };
-        self.publish_report(StatusReport { config, resources })
-            .await;
+        self.publish_report(StatusReport {
+            config,
+            resources,
+            git: None,
+        })
+        .await;
         // Ready once the whole folder has applied once; later mistakes only hold back
         // the objects they concern.
         if effective.errors.is_empty() {
@@ -567,7 +601,9 @@ impl Runtime {
 
     fn write_status_file(&self, report: &StatusReport) {
         let path = self.opts.state_dir.join(STATUS_FILE);
-        match serde_json::to_vec_pretty(report) {
+        let mut report = report.clone();
+        report.git = self.git_status();
+        match serde_json::to_vec_pretty(&report) {
             Ok(json) => {
                 if let Err(e) = crate::private_fs::write(&path, &json) {
                     tracing::warn!(path = %path.display(), error = %e, "could not write the status file");
@@ -703,33 +739,63 @@ fn status_of(
     }
 }
 
+/// How often the configuration paths are resolved again (a swap above the folder).
+const PATH_CHECK: Duration = Duration::from_secs(1);
+
+/// Waits until no change arrived for 100 ms (at most 2 s), so a checkout that writes
+/// many files is read once, after its last write.
+async fn settle(rx: &mut mpsc::UnboundedReceiver<()>) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut more = false;
+        while rx.try_recv().is_ok() {
+            more = true;
+        }
+        if !more || tokio::time::Instant::now() >= until {
+            return;
+        }
+    }
+}
+
 /// `edgemq run`: starts the brokers of the folder, watches it, serves the
 /// operations endpoint, and stops cleanly on SIGTERM or Ctrl-C.
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    if !opts.config_dir.is_dir() {
-        anyhow::bail!("{}: not a directory", opts.config_dir.display());
-    }
+pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     crate::private_fs::prepare_state_dir(&opts.state_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state_dir.display()))?;
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    // Folder edits and certificates issued in the background both ask for a reload.
+    // With --git, the folder is the applied commit's tree in the state directory,
+    // restored without the network.
+    let follower = match &opts.git {
+        Some(g) => {
+            let git_metrics = Arc::new(GitMetrics::default());
+            git_metrics.register(&mut registry);
+            let f = Follower::open(&opts.state_dir, g.clone(), git_metrics).await?;
+            opts.config_dir = f.config_dir();
+            Some(f)
+        }
+        None => None,
+    };
+    if !opts.config_dir.is_dir() {
+        anyhow::bail!("{}: not a directory", opts.config_dir.display());
+    }
+    // Folder edits, new git revisions and certificates issued in the background all
+    // ask for a reload.
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let runtime = Arc::new(Runtime::new(opts.clone(), metrics, tx.clone()));
-
-    // Watch before the first load, so no edit falls between the two.
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
-            }
-        }
-    })?;
-    watcher.watch(&opts.config_dir, notify::RecursiveMode::Recursive)?;
-    if let Some(s) = &opts.secrets_dir {
-        watcher.watch(s, notify::RecursiveMode::Recursive)?;
+    let sync_now = Arc::new(tokio::sync::Notify::new());
+    if let Some(f) = follower {
+        let _ = runtime.git.set(f.status());
+        tokio::spawn(f.run(sync_now.clone(), tx.clone()));
     }
+
+    // Watch before the first load, so no edit falls between the two. The watch follows
+    // a path swapped atomically (a symlink or a parent directory replaced).
+    let mut roots = vec![opts.config_dir.clone()];
+    roots.extend(opts.secrets_dir.clone());
+    let mut watch = FolderWatch::new(&roots, tx.clone())?;
 
     let first = runtime.reload().await;
     if !first.valid {
@@ -746,18 +812,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("operations endpoint {}: {e}", opts.http))?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // SIGHUP: fetch the repository now (with --git).
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // Certificates issued in place are renewed at their renewal time without edits
     // (and status refreshed at least every minute); ACME renewals ask for a reload
     // through `tx` when their new pair is stored.
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     status_tick.tick().await;
     let mut next_reload = tokio::time::Instant::now() + runtime.next_reload_in();
+    // A swap of a folder above the watched one raises no event there: the paths are
+    // resolved again on this tick.
+    let mut path_check = tokio::time::interval(PATH_CHECK);
+    path_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             Some(()) = rx.recv() => {
-                // Let a burst of writes (a git pull) settle, then apply once.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while rx.try_recv().is_ok() {}
+                // Let a burst of writes (a git checkout) settle, then apply once.
+                settle(&mut rx).await;
+                watch.refresh();
                 let seen = Instant::now();
                 let out = runtime.reload().await;
                 if out.valid && !out.changes.is_empty() {
@@ -765,17 +837,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
                 next_reload = tokio::time::Instant::now() + runtime.next_reload_in();
             }
+            _ = path_check.tick() => {
+                if watch.refresh() {
+                    let _ = tx.send(());
+                }
+            }
             _ = tokio::time::sleep_until(next_reload) => {
                 runtime.reload().await;
                 next_reload = tokio::time::Instant::now() + runtime.next_reload_in();
             }
             _ = status_tick.tick() => { runtime.refresh_status_file().await; }
+            _ = sighup.recv() => { sync_now.notify_one(); }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
     }
     tracing::info!("shutting down");
-    drop(watcher);
+    drop(watch);
     runtime.shutdown().await;
     Ok(())
 }

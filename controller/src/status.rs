@@ -117,6 +117,9 @@ pub struct StatusReport {
     pub config: ConfigStatus,
     /// Every resource, sorted by kind, namespace and name.
     pub resources: Vec<ResourceStatus>,
+    /// The followed repository (`edgemq run --git`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<crate::source::follow::GitStatus>,
 }
 
 impl StatusReport {
@@ -156,6 +159,9 @@ impl StatusReport {
             .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
             .collect();
         let mut out = String::new();
+        if let Some(g) = &self.git {
+            out.push_str(&git_lines(g));
+        }
         if !self.config.valid {
             out.push_str("configuration has errors (an object with errors keeps its last good version, or stays out if it never had one):\n");
             for e in &self.config.errors {
@@ -174,6 +180,33 @@ impl StatusReport {
         }
         out
     }
+}
+
+/// The repository lines of `edgemq status`.
+fn git_lines(g: &crate::source::follow::GitStatus) -> String {
+    let mut out = format!("git: {} branch {} folder {}\n", g.url, g.branch, g.path);
+    match &g.applied {
+        Some(a) => out.push_str(&format!(
+            "  applied:     {} signed by {} (applied {})\n",
+            a.commit, a.signer, a.applied_at
+        )),
+        None => out.push_str("  applied:     nothing yet\n"),
+    }
+    if let Some(h) = &g.remote_head {
+        out.push_str(&format!("  remote head: {h}\n"));
+    }
+    if let Some(t) = &g.last_fetch_at {
+        out.push_str(&format!("  last fetch:  {t}"));
+        match &g.last_fetch_error {
+            Some(e) => out.push_str(&format!(" failed: {e}\n")),
+            None => out.push_str(" ok\n"),
+        }
+    }
+    if let Some(r) = &g.refused {
+        out.push_str(&format!("  refused:     {}\n", r.message));
+    }
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
