@@ -229,9 +229,7 @@ async fn apply_broker_objects(
 /// Writes only a Broker's bundle Secret (after the same ownership check), for a Broker
 /// whose pod may not be changed.
 async fn apply_bundle_only(ctx: &Context, o: &desired::BrokerObjects) -> Result<(), Error> {
-    let bundle = ctx.observe(&o.bundle).await?;
-    check_owned(&o.bundle, bundle.as_ref())?;
-    ctx.ensure_over(&o.bundle, bundle).await?;
+    ctx.ensure(&o.bundle).await?;
     Ok(())
 }
 
