@@ -47,6 +47,23 @@ pub fn owned_by(existing: &ObjectMeta, owners: &[OwnerReference]) -> bool {
         .any(|o| labels.get(&owner_label(&o.kind)) == Some(&o.name))
 }
 
+/// For an object written without an owner reference (a Broker's data claim, which
+/// outlives its Broker): whether `existing` carries edgemq's `managed-by` label and the
+/// same `edgemq.io/*` owner labels `desired` is written with.
+fn same_labelled_owner(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
+    let (Some(have), Some(want)) = (&existing.labels, &desired.labels) else {
+        return false;
+    };
+    if have.get("app.kubernetes.io/managed-by").map(String::as_str) != Some(MANAGED_BY) {
+        return false;
+    }
+    let mut named = want
+        .iter()
+        .filter(|(k, _)| k.starts_with("edgemq.io/"))
+        .peekable();
+    named.peek().is_some() && named.all(|(k, v)| have.get(k) == Some(v))
+}
+
 /// An object the controller would have to take over from someone else.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {name} already exists and does not belong to {owner}{held}; rename the {owner_kind} or remove the {kind}")]
@@ -67,7 +84,7 @@ pub struct Conflict {
 /// does not belong to one of `desired`'s owners.
 pub fn conflict(kind: &str, existing: &ObjectMeta, desired: &ObjectMeta) -> Option<Conflict> {
     let owners = desired.owner_references.as_deref().unwrap_or_default();
-    if owned_by(existing, owners) {
+    if owned_by(existing, owners) || (owners.is_empty() && same_labelled_owner(existing, desired)) {
         return None;
     }
     let (owner_kind, owner) = owners
@@ -232,5 +249,39 @@ mod tests {
     fn an_owner_without_uid_matches_no_reference_without_uid() {
         let existing = meta("x", &[], vec![owner("Broker", "foo", "")]);
         assert!(!owned_by(&existing, &[owner("Broker", "foo", "")]));
+    }
+
+    #[test]
+    fn a_data_claim_without_owner_references_belongs_to_the_broker_its_labels_name() {
+        let desired = meta(
+            "edgemq-home-data",
+            &[
+                ("app.kubernetes.io/managed-by", MANAGED_BY),
+                ("edgemq.io/broker", "home"),
+            ],
+            vec![],
+        );
+        let ours = desired.clone();
+        assert_eq!(conflict("PersistentVolumeClaim", &ours, &desired), None);
+        let other_broker = meta(
+            "edgemq-home-data",
+            &[
+                ("app.kubernetes.io/managed-by", MANAGED_BY),
+                ("edgemq.io/broker", "away"),
+            ],
+            vec![],
+        );
+        assert!(conflict("PersistentVolumeClaim", &other_broker, &desired).is_some());
+        let unlabelled = meta("edgemq-home-data", &[], vec![]);
+        assert!(conflict("PersistentVolumeClaim", &unlabelled, &desired).is_some());
+        let someone_elses = meta(
+            "edgemq-home-data",
+            &[
+                ("app.kubernetes.io/managed-by", "Helm"),
+                ("edgemq.io/broker", "home"),
+            ],
+            vec![],
+        );
+        assert!(conflict("PersistentVolumeClaim", &someone_elses, &desired).is_some());
     }
 }
