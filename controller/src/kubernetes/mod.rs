@@ -29,8 +29,9 @@ pub mod recover;
 pub mod status;
 pub mod trust;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -85,6 +86,17 @@ pub struct FailureLabels {
     pub error: String,
 }
 
+/// Labels of `edgemq_resource_ready`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// Broker, MqttUser, Bridge or Certificate.
+    pub kind: String,
+    /// The object's namespace.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
 }
@@ -104,6 +116,11 @@ pub struct Metrics {
     pub certificate_expiration: Family<crate::metrics::CertificateLabel, Gauge>,
     /// Failed issuance or renewal attempts of each Certificate since its last success.
     pub certificate_renewal_failures: Family<crate::metrics::CertificateLabel, Gauge>,
+    /// 1 while an object's `Ready` condition (as the controller last wrote it) is True,
+    /// 0 while it is False.
+    pub resource_ready: Family<ResourceLabels, Gauge>,
+    /// The series of `resource_ready`, so those of deleted objects can be removed.
+    ready_series: Mutex<HashSet<ResourceLabels>>,
     ready: AtomicBool,
 }
 
@@ -116,6 +133,8 @@ impl Default for Metrics {
             status_writes: Counter::default(),
             certificate_expiration: Family::default(),
             certificate_renewal_failures: Family::default(),
+            resource_ready: Family::default(),
+            ready_series: Mutex::new(HashSet::new()),
             ready: AtomicBool::new(false),
         }
     }
@@ -144,6 +163,7 @@ impl Drop for Timer<'_> {
 impl Metrics {
     /// Registers every metric under `edgemq_controller_`.
     pub fn register(&self, r: &mut Registry) {
+        crate::metrics::register_build_info(r);
         // The Certificate metrics carry the names `edgemq run` gives them, so one
         // dashboard or alert serves both modes.
         let shared = r.sub_registry_with_prefix("edgemq");
@@ -156,6 +176,11 @@ impl Metrics {
             "certificate_renewal_failures",
             "Failed issuance or renewal attempts of a Certificate since its last success",
             self.certificate_renewal_failures.clone(),
+        );
+        shared.register(
+            "resource_ready",
+            "1 while the object's Ready condition is True, 0 while it is False, by kind, namespace and name",
+            self.resource_ready.clone(),
         );
         let r = r.sub_registry_with_prefix("edgemq_controller");
         r.register(
@@ -208,6 +233,35 @@ impl Metrics {
         self.certificate_renewal_failures
             .get_or_create(&label)
             .set(failures as i64);
+    }
+
+    /// Records the `Ready` condition the controller holds for an object.
+    pub fn resource_ready(&self, kind: &str, namespace: &str, name: &str, ready: bool) {
+        let label = ResourceLabels {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.resource_ready
+            .get_or_create(&label)
+            .set(i64::from(ready));
+        self.ready_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(label);
+    }
+
+    /// Removes the `resource_ready` series of objects that no longer exist, so a
+    /// deleted object that was not Ready does not page forever.
+    pub fn forget_deleted(&self, exists: impl Fn(&ResourceLabels) -> bool) {
+        let mut series = self.ready_series.lock().unwrap_or_else(|e| e.into_inner());
+        series.retain(|l| {
+            let keep = exists(l);
+            if !keep {
+                self.resource_ready.remove(l);
+            }
+            keep
+        });
     }
 
     /// Counts a failed reconcile.
