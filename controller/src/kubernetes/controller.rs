@@ -446,8 +446,9 @@ async fn forget_deleted_objects(ctx: Arc<Context>) {
         }
         let s = &ctx.stores;
         ctx.metrics.forget_deleted(|l| {
-            let ns = l.namespace.as_str();
-            let n = l.name.as_str();
+            let Some((ns, n)) = l.object.split_once('/') else {
+                return false;
+            };
             match l.kind.as_str() {
                 "Broker" => s.brokers.get(&ObjectRef::new(n).within(ns)).is_some(),
                 "MqttUser" => s.users.get(&ObjectRef::new(n).within(ns)).is_some(),

@@ -91,10 +91,10 @@ pub struct FailureLabels {
 pub struct ResourceLabels {
     /// Broker, MqttUser, Bridge or Certificate.
     pub kind: String,
-    /// The object's namespace.
-    pub namespace: String,
-    /// The object's name.
-    pub name: String,
+    /// `namespace/name` of the object, like the `broker` and `certificate` labels (a
+    /// label called `namespace` would clash with the one Prometheus gives the
+    /// controller's own target).
+    pub object: String,
 }
 
 fn duration_histogram() -> Histogram {
@@ -179,7 +179,7 @@ impl Metrics {
         );
         shared.register(
             "resource_ready",
-            "1 while the object's Ready condition is True, 0 while it is False, by kind, namespace and name",
+            "1 while the object's Ready condition is True, 0 while it is False, by kind and namespace/name",
             self.resource_ready.clone(),
         );
         let r = r.sub_registry_with_prefix("edgemq_controller");
@@ -239,8 +239,7 @@ impl Metrics {
     pub fn resource_ready(&self, kind: &str, namespace: &str, name: &str, ready: bool) {
         let label = ResourceLabels {
             kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
+            object: format!("{namespace}/{name}"),
         };
         self.resource_ready
             .get_or_create(&label)
