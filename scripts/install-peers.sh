@@ -2,10 +2,11 @@
 # Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
 # Pebble (an RFC 8555 ACME server) with pebble-challtestsrv, openssl, Paho MQTT
 # (Python), MQTT.js (Node), pytest; for DNS-01: BIND 9 (`named`) and Knot DNS
-# (`knotd`), which take RFC 2136 updates with TSIG, and `dig`; Prometheus and promtool; moto's server (an AWS
-# API emulator for the Route 53, AWS IoT and Secrets Manager tests; boto3 comes with
-# it); for the Kubernetes tests, a single-node Kubernetes 1.20 built from Debian's source
-# package (scripts/cluster.sh) and Helm 4 (scripts/install-helm.sh). Safe to run again.
+# (`knotd`), which take RFC 2136 updates with TSIG, and `dig`; Prometheus and
+# promtool (the monitoring rules and a real scrape); moto's server (an AWS API emulator
+# for the Route 53, AWS IoT and Secrets Manager tests; boto3 comes with it); for the
+# Kubernetes tests, a single-node Kubernetes 1.20 built from Debian's source package
+# (scripts/cluster.sh) and Helm 4 (scripts/install-helm.sh). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

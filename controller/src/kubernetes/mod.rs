@@ -423,3 +423,137 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    /// The sample names a registry serves (`name{...} value` lines).
+    fn sample_names(r: &Registry) -> HashSet<String> {
+        let mut text = String::new();
+        encode(&mut text, r).expect("encode");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The controller's registry with one series in every family.
+    fn controller_registry() -> Registry {
+        let m = Metrics::default();
+        drop(m.timer("Broker"));
+        m.failure(&Error::Watch("x".into()));
+        m.status_writes.inc();
+        m.certificate("iot/tls", Some("2030-01-01T00:00:00Z"), 1);
+        m.resource_ready("Broker", "iot", "home", false);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        r
+    }
+
+    /// `edgemq run`'s (and a broker pod's) registry with one broker, bridge,
+    /// certificate and git follower.
+    fn run_registry() -> Registry {
+        let m = crate::metrics::Metrics::default();
+        let _ = crate::metrics::BrokerMetrics::new(&m, "iot/home");
+        let _ = crate::metrics::BridgeMetrics::new(&m, "iot/aws");
+        m.certificate_expiration
+            .get_or_create(&crate::metrics::CertificateLabel {
+                certificate: "iot/tls".into(),
+            })
+            .set(1);
+        m.certificate_renewal_failures
+            .get_or_create(&crate::metrics::CertificateLabel {
+                certificate: "iot/tls".into(),
+            })
+            .set(0);
+        m.config_reloads.inc();
+        m.config_reload_errors.inc();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        crate::source::follow::GitMetrics::default().register(&mut r);
+        r
+    }
+
+    /// Every `edgemq_...` word of a text.
+    fn edgemq_names(text: &str) -> HashSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("edgemq_"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_the_alert_rules_and_dashboard_use_is_exported() {
+        let mut exported = sample_names(&controller_registry());
+        exported.extend(sample_names(&run_registry()));
+        for (file, text) in [
+            (
+                "monitoring/rules.yaml",
+                include_str!("../../../monitoring/rules.yaml"),
+            ),
+            (
+                "monitoring/dashboard.json",
+                include_str!("../../../monitoring/dashboard.json"),
+            ),
+        ] {
+            let used = edgemq_names(text);
+            assert!(used.len() > 5, "{file}: no metric names found");
+            let mut missing: Vec<_> = used.difference(&exported).collect();
+            missing.sort();
+            assert!(
+                missing.is_empty(),
+                "{file} uses metrics no edgemq registry exports: {missing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_controller_exports_its_build_and_each_objects_ready_condition() {
+        let names = sample_names(&controller_registry());
+        for n in [
+            "edgemq_build_info",
+            "edgemq_resource_ready",
+            "edgemq_controller_reconcile_failures_total",
+            "edgemq_controller_reconcile_duration_seconds_bucket",
+            "edgemq_certificate_expiration_timestamp_seconds",
+        ] {
+            assert!(names.contains(n), "{n} not in {names:?}");
+        }
+        let mut text = String::new();
+        encode(&mut text, &controller_registry()).expect("encode");
+        let info = format!(
+            "edgemq_build_info{{version=\"{}\",commit=\"{}\",target=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::metrics::GIT_COMMIT,
+            crate::metrics::TARGET
+        );
+        assert!(text.contains(&info), "{info} not in\n{text}");
+        assert!(
+            text.contains("edgemq_resource_ready{kind=\"Broker\",object=\"iot/home\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_deleted_objects_ready_series_is_forgotten_and_a_live_ones_kept() {
+        let m = Metrics::default();
+        m.resource_ready("Broker", "iot", "gone", false);
+        m.resource_ready("Certificate", "iot", "tls", true);
+        m.resource_ready("Certificate", "iot", "tls", false);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        m.forget_deleted(|l| l.object != "iot/gone");
+        let mut text = String::new();
+        encode(&mut text, &r).expect("encode");
+        let ready: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("edgemq_resource_ready{"))
+            .collect();
+        assert_eq!(
+            ready,
+            vec!["edgemq_resource_ready{kind=\"Certificate\",object=\"iot/tls\"} 0"]
+        );
+    }
+}
