@@ -8,13 +8,13 @@ from pathlib import Path
 from support import require, run
 
 
-def openssl_ca(directory: Path, name: str = "ca", cn: str = "test CA") -> tuple:
-    """A self-signed EC CA with a PKCS#8 key: (crt, key)."""
+def openssl_ca(directory: Path, name: str = "ca", cn: str = "test CA", days: int = 2) -> tuple:
+    """A self-signed EC CA with a PKCS#8 key, valid for `days`: (crt, key)."""
     openssl = require("openssl")
     directory.mkdir(parents=True, exist_ok=True)
     crt, key = directory / f"{name}.crt", directory / f"{name}.key"
     r = run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", f"/CN={cn}",
+             "-nodes", "-keyout", key, "-out", crt, "-days", str(days), "-subj", f"/CN={cn}",
              "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
     assert r.returncode == 0, f"openssl failed: {r.stderr}"

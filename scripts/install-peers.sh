@@ -2,10 +2,11 @@
 # Installs the real peers the tests run against: Mosquitto 2.0 and its clients,
 # Pebble (an RFC 8555 ACME server) with pebble-challtestsrv, openssl, Paho MQTT
 # (Python), MQTT.js (Node), pytest; for DNS-01: BIND 9 (`named`) and Knot DNS
-# (`knotd`), which take RFC 2136 updates with TSIG, and `dig`; moto's server (an AWS
-# API emulator for the Route 53, AWS IoT and Secrets Manager tests; boto3 comes with
-# it); for the Kubernetes tests, a single-node Kubernetes 1.20 built from Debian's source
-# package (scripts/cluster.sh) and Helm 4 (scripts/install-helm.sh). Safe to run again.
+# (`knotd`), which take RFC 2136 updates with TSIG, and `dig`; Prometheus and
+# promtool (the monitoring rules and a real scrape); moto's server (an AWS API emulator
+# for the Route 53, AWS IoT and Secrets Manager tests; boto3 comes with it); for the
+# Kubernetes tests, a single-node Kubernetes 1.20 built from Debian's source package
+# (scripts/cluster.sh) and Helm 4 (scripts/install-helm.sh). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 # Config from git: the real git command and OpenSSH's ssh-keygen (signing and verifying).
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
+# Monitoring: promtool (rule checks and unit tests) and a real Prometheus server.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -35,6 +38,8 @@ if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/nul
 if command -v systemctl >/dev/null 2>&1; then
   systemctl stop named >/dev/null 2>&1 || true
   systemctl stop knot >/dev/null 2>&1 || true
+  # And Prometheus' own on 9090 (with its node exporter): the tests start their own.
+  systemctl stop prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 fi
 
 python3 -m pip install -q -r e2e/requirements.txt

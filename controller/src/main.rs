@@ -162,6 +162,8 @@ enum Command {
         #[arg(long = "answer", required = true, value_parser = edgemq::certs::http01::parse_answer)]
         answers: Vec<(String, String)>,
     },
+    /// Print the version, the git commit built and the target triple.
+    Version,
     /// Print the CustomResourceDefinitions of every kind.
     Crds {
         /// Leave out the CEL rules (`x-kubernetes-validations`), which Kubernetes 1.20
@@ -522,6 +524,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 listen,
                 answers.into_iter().collect(),
             ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version => {
+            println!(
+                "edgemq {}\ncommit: {}\ntarget: {}",
+                edgemq::metrics::VERSION,
+                edgemq::metrics::GIT_COMMIT,
+                edgemq::metrics::TARGET
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds { without_cel } => {

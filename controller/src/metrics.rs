@@ -69,6 +69,42 @@ pub struct CertificateLabel {
     pub certificate: String,
 }
 
+/// What this binary is: its version, the git commit it was built from ("unknown" when
+/// built outside a repository) and its target triple.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// See [`VERSION`].
+pub const GIT_COMMIT: &str = env!("EDGEMQ_GIT_COMMIT");
+/// See [`VERSION`].
+pub const TARGET: &str = env!("EDGEMQ_BUILD_TARGET");
+
+/// Labels of `edgemq_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The release version (`Cargo.toml`).
+    pub version: String,
+    /// The git commit built, or `unknown`.
+    pub commit: String,
+    /// The target triple, e.g. `aarch64-unknown-linux-gnu`.
+    pub target: String,
+}
+
+/// Registers `edgemq_build_info{version,commit,target} 1`, so a dashboard shows which
+/// build each process runs (every edgemq process registry calls this once).
+pub fn register_build_info(registry: &mut Registry) {
+    let info = Family::<BuildLabels, Gauge>::default();
+    info.get_or_create(&BuildLabels {
+        version: VERSION.into(),
+        commit: GIT_COMMIT.into(),
+        target: TARGET.into(),
+    })
+    .set(1);
+    registry.register(
+        "edgemq_build_info",
+        "The running build: version, git commit and target triple; always 1",
+        info,
+    );
+}
+
 /// Every metric edgemq exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -104,6 +140,10 @@ pub struct Metrics {
     pub bridge_queue_messages: Family<BridgeLabel, Gauge>,
     /// Bytes in a bridge's outbound queue.
     pub bridge_queue_bytes: Family<BridgeLabel, Gauge>,
+    /// A bridge's `queue.maxMessages`: the count at which it starts dropping the oldest.
+    pub bridge_queue_max_messages: Family<BridgeLabel, Gauge>,
+    /// A bridge's `queue.maxBytes`.
+    pub bridge_queue_max_bytes: Family<BridgeLabel, Gauge>,
     /// Messages a bridge delivered, by direction.
     pub bridge_messages: Family<BridgeDirectionLabels, Counter>,
     /// Messages a bridge dropped, by reason.
@@ -123,6 +163,7 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric under the `edgemq_` prefix.
     pub fn register(&self, registry: &mut Registry) {
+        register_build_info(registry);
         let r = registry.sub_registry_with_prefix("edgemq");
         r.register(
             "bridge_connected",
@@ -138,6 +179,16 @@ impl Metrics {
             "bridge_queue_bytes",
             "Bytes (topics and payloads) in the bridge's outbound queue",
             self.bridge_queue_bytes.clone(),
+        );
+        r.register(
+            "bridge_queue_max_messages",
+            "The bridge's queue.maxMessages: at this many queued messages the oldest is dropped",
+            self.bridge_queue_max_messages.clone(),
+        );
+        r.register(
+            "bridge_queue_max_bytes",
+            "The bridge's queue.maxBytes: at this many queued bytes the oldest is dropped",
+            self.bridge_queue_max_bytes.clone(),
         );
         r.register(
             "bridge_messages",
@@ -385,6 +436,10 @@ pub struct BridgeMetrics {
     pub queue_messages: Gauge,
     /// See [`Metrics::bridge_queue_bytes`].
     pub queue_bytes: Gauge,
+    /// See [`Metrics::bridge_queue_max_messages`].
+    pub queue_max_messages: Gauge,
+    /// See [`Metrics::bridge_queue_max_bytes`].
+    pub queue_max_bytes: Gauge,
     /// Delivered to the remote.
     pub out: Counter,
     /// Delivered to the local broker.
@@ -413,6 +468,8 @@ impl BridgeMetrics {
             connected: m.bridge_connected.get_or_create(&l).clone(),
             queue_messages: m.bridge_queue_messages.get_or_create(&l).clone(),
             queue_bytes: m.bridge_queue_bytes.get_or_create(&l).clone(),
+            queue_max_messages: m.bridge_queue_max_messages.get_or_create(&l).clone(),
+            queue_max_bytes: m.bridge_queue_max_bytes.get_or_create(&l).clone(),
             out: dir("out"),
             inbound: dir("in"),
             dropped_queue_full: m
@@ -434,6 +491,8 @@ impl BridgeMetrics {
         m.bridge_connected.remove(&l);
         m.bridge_queue_messages.remove(&l);
         m.bridge_queue_bytes.remove(&l);
+        m.bridge_queue_max_messages.remove(&l);
+        m.bridge_queue_max_bytes.remove(&l);
         m.bridge_disconnects.remove(&l);
         for d in ["out", "in"] {
             m.bridge_messages.remove(&BridgeDirectionLabels {

@@ -298,6 +298,15 @@ impl BridgeRuntime {
             metrics: BridgeMetrics::new(metrics, &key),
         });
         bridge.update_queue_gauges();
+        let bound = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        bridge
+            .metrics
+            .queue_max_messages
+            .set(bound(bridge.config.plan.queue_max_messages));
+        bridge
+            .metrics
+            .queue_max_bytes
+            .set(bound(bridge.config.plan.queue_max_bytes));
         bridge.metrics.connected.set(0);
         if !bridge.queue.is_empty() {
             tracing::info!(bridge = %key, queued = bridge.queue.len(), "bridge queue holds messages from before; they are sent first");

@@ -446,13 +446,17 @@ impl Context {
         let current = serde_json::to_value(obj)
             .ok()
             .and_then(|v| v.get("status").cloned());
+        let after = super::status::previous_ready(Some(&status));
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        if let Some(a) = &after {
+            self.metrics
+                .resource_ready(&K::kind(&()), &ns, &name, a.status == "True");
+        }
         if shows(current.as_ref(), &status) {
             return Ok(());
         }
         let before = super::status::previous_ready(current.as_ref());
-        let after = super::status::previous_ready(Some(&status));
-        let ns = obj.meta().namespace.clone().unwrap_or_default();
-        let name = obj.meta().name.clone().unwrap_or_default();
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
         let patch = json!({
             "apiVersion": K::api_version(&()),

@@ -433,6 +433,31 @@ where
 
 /// Runs every controller for `namespace` (all namespaces when `None`) until a
 /// shutdown signal.
+/// Every 30 s, once the watches are synced, drops the Ready series of objects that are
+/// gone (a deletion is not reconciled, so nothing else would).
+async fn forget_deleted_objects(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if !ctx.metrics.is_ready() {
+            continue;
+        }
+        let s = &ctx.stores;
+        ctx.metrics.forget_deleted(|l| {
+            let Some((ns, n)) = l.object.split_once('/') else {
+                return false;
+            };
+            match l.kind.as_str() {
+                "Broker" => s.brokers.get(&ObjectRef::new(n).within(ns)).is_some(),
+                "MqttUser" => s.users.get(&ObjectRef::new(n).within(ns)).is_some(),
+                "Bridge" => s.bridges.get(&ObjectRef::new(n).within(ns)).is_some(),
+                "Certificate" => s.certificates.get(&ObjectRef::new(n).within(ns)).is_some(),
+                _ => true,
+            }
+        });
+    }
+}
+
 pub async fn run(
     client: Client,
     namespace: Option<String>,
@@ -602,8 +627,10 @@ pub async fn run(
     .run(super::certificates::reconcile, error_policy, ctx.clone())
     .for_each(|_| futures_util::future::ready(()));
 
+    let sweeper = tokio::spawn(forget_deleted_objects(ctx.clone()));
     let started = Instant::now();
     tokio::join!(broker_ctl, user_ctl, bridge_ctl, cert_ctl);
+    sweeper.abort();
     tracing::info!(seconds = started.elapsed().as_secs(), "controllers stopped");
     Ok(())
 }

@@ -29,8 +29,9 @@ pub mod recover;
 pub mod status;
 pub mod trust;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -85,6 +86,17 @@ pub struct FailureLabels {
     pub error: String,
 }
 
+/// Labels of `edgemq_resource_ready`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// Broker, MqttUser, Bridge or Certificate.
+    pub kind: String,
+    /// `namespace/name` of the object, like the `broker` and `certificate` labels (a
+    /// label called `namespace` would clash with the one Prometheus gives the
+    /// controller's own target).
+    pub object: String,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
 }
@@ -104,6 +116,11 @@ pub struct Metrics {
     pub certificate_expiration: Family<crate::metrics::CertificateLabel, Gauge>,
     /// Failed issuance or renewal attempts of each Certificate since its last success.
     pub certificate_renewal_failures: Family<crate::metrics::CertificateLabel, Gauge>,
+    /// 1 while an object's `Ready` condition (as the controller last wrote it) is True,
+    /// 0 while it is False.
+    pub resource_ready: Family<ResourceLabels, Gauge>,
+    /// The series of `resource_ready`, so those of deleted objects can be removed.
+    ready_series: Mutex<HashSet<ResourceLabels>>,
     ready: AtomicBool,
 }
 
@@ -116,6 +133,8 @@ impl Default for Metrics {
             status_writes: Counter::default(),
             certificate_expiration: Family::default(),
             certificate_renewal_failures: Family::default(),
+            resource_ready: Family::default(),
+            ready_series: Mutex::new(HashSet::new()),
             ready: AtomicBool::new(false),
         }
     }
@@ -144,6 +163,7 @@ impl Drop for Timer<'_> {
 impl Metrics {
     /// Registers every metric under `edgemq_controller_`.
     pub fn register(&self, r: &mut Registry) {
+        crate::metrics::register_build_info(r);
         // The Certificate metrics carry the names `edgemq run` gives them, so one
         // dashboard or alert serves both modes.
         let shared = r.sub_registry_with_prefix("edgemq");
@@ -156,6 +176,11 @@ impl Metrics {
             "certificate_renewal_failures",
             "Failed issuance or renewal attempts of a Certificate since its last success",
             self.certificate_renewal_failures.clone(),
+        );
+        shared.register(
+            "resource_ready",
+            "1 while the object's Ready condition is True, 0 while it is False, by kind and namespace/name",
+            self.resource_ready.clone(),
         );
         let r = r.sub_registry_with_prefix("edgemq_controller");
         r.register(
@@ -208,6 +233,34 @@ impl Metrics {
         self.certificate_renewal_failures
             .get_or_create(&label)
             .set(failures as i64);
+    }
+
+    /// Records the `Ready` condition the controller holds for an object.
+    pub fn resource_ready(&self, kind: &str, namespace: &str, name: &str, ready: bool) {
+        let label = ResourceLabels {
+            kind: kind.into(),
+            object: format!("{namespace}/{name}"),
+        };
+        self.resource_ready
+            .get_or_create(&label)
+            .set(i64::from(ready));
+        self.ready_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(label);
+    }
+
+    /// Removes the `resource_ready` series of objects that no longer exist, so a
+    /// deleted object that was not Ready does not page forever.
+    pub fn forget_deleted(&self, exists: impl Fn(&ResourceLabels) -> bool) {
+        let mut series = self.ready_series.lock().unwrap_or_else(|e| e.into_inner());
+        series.retain(|l| {
+            let keep = exists(l);
+            if !keep {
+                self.resource_ready.remove(l);
+            }
+            keep
+        });
     }
 
     /// Counts a failed reconcile.
@@ -368,5 +421,139 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    /// The sample names a registry serves (`name{...} value` lines).
+    fn sample_names(r: &Registry) -> HashSet<String> {
+        let mut text = String::new();
+        encode(&mut text, r).expect("encode");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The controller's registry with one series in every family.
+    fn controller_registry() -> Registry {
+        let m = Metrics::default();
+        drop(m.timer("Broker"));
+        m.failure(&Error::Watch("x".into()));
+        m.status_writes.inc();
+        m.certificate("iot/tls", Some("2030-01-01T00:00:00Z"), 1);
+        m.resource_ready("Broker", "iot", "home", false);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        r
+    }
+
+    /// `edgemq run`'s (and a broker pod's) registry with one broker, bridge,
+    /// certificate and git follower.
+    fn run_registry() -> Registry {
+        let m = crate::metrics::Metrics::default();
+        let _ = crate::metrics::BrokerMetrics::new(&m, "iot/home");
+        let _ = crate::metrics::BridgeMetrics::new(&m, "iot/aws");
+        m.certificate_expiration
+            .get_or_create(&crate::metrics::CertificateLabel {
+                certificate: "iot/tls".into(),
+            })
+            .set(1);
+        m.certificate_renewal_failures
+            .get_or_create(&crate::metrics::CertificateLabel {
+                certificate: "iot/tls".into(),
+            })
+            .set(0);
+        m.config_reloads.inc();
+        m.config_reload_errors.inc();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        crate::source::follow::GitMetrics::default().register(&mut r);
+        r
+    }
+
+    /// Every `edgemq_...` word of a text.
+    fn edgemq_names(text: &str) -> HashSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("edgemq_"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_the_alert_rules_and_dashboard_use_is_exported() {
+        let mut exported = sample_names(&controller_registry());
+        exported.extend(sample_names(&run_registry()));
+        for (file, text) in [
+            (
+                "monitoring/rules.yaml",
+                include_str!("../../../monitoring/rules.yaml"),
+            ),
+            (
+                "monitoring/dashboard.json",
+                include_str!("../../../monitoring/dashboard.json"),
+            ),
+        ] {
+            let used = edgemq_names(text);
+            assert!(used.len() > 5, "{file}: no metric names found");
+            let mut missing: Vec<_> = used.difference(&exported).collect();
+            missing.sort();
+            assert!(
+                missing.is_empty(),
+                "{file} uses metrics no edgemq registry exports: {missing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_controller_exports_its_build_and_each_objects_ready_condition() {
+        let names = sample_names(&controller_registry());
+        for n in [
+            "edgemq_build_info",
+            "edgemq_resource_ready",
+            "edgemq_controller_reconcile_failures_total",
+            "edgemq_controller_reconcile_duration_seconds_bucket",
+            "edgemq_certificate_expiration_timestamp_seconds",
+        ] {
+            assert!(names.contains(n), "{n} not in {names:?}");
+        }
+        let mut text = String::new();
+        encode(&mut text, &controller_registry()).expect("encode");
+        let info = format!(
+            "edgemq_build_info{{version=\"{}\",commit=\"{}\",target=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::metrics::GIT_COMMIT,
+            crate::metrics::TARGET
+        );
+        assert!(text.contains(&info), "{info} not in\n{text}");
+        assert!(
+            text.contains("edgemq_resource_ready{kind=\"Broker\",object=\"iot/home\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_deleted_objects_ready_series_is_forgotten_and_a_live_ones_kept() {
+        let m = Metrics::default();
+        m.resource_ready("Broker", "iot", "gone", false);
+        m.resource_ready("Certificate", "iot", "tls", true);
+        m.resource_ready("Certificate", "iot", "tls", false);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        m.forget_deleted(|l| l.object != "iot/gone");
+        let mut text = String::new();
+        encode(&mut text, &r).expect("encode");
+        let ready: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("edgemq_resource_ready{"))
+            .collect();
+        assert_eq!(
+            ready,
+            vec!["edgemq_resource_ready{kind=\"Certificate\",object=\"iot/tls\"} 0"]
+        );
     }
 }
