@@ -44,18 +44,23 @@ TOPICS = ["alice/data", "alice/secret", "shared/news", "cmd/light", "public/info
           "clients/dave-c/status", "other/x"]
 
 
-def prepare(tmp_path: Path, fixture: str, ports: dict) -> Path:
+def prepare(tmp_path: Path, fixture: str, ports: dict, passwords: dict = PASSWORDS,
+            addresses: dict = {}) -> Path:
     """Copy a fixture to tmp_path/etc with real certificates and password file; return
-    the path of its mosquitto.conf."""
+    the path of its mosquitto.conf. `addresses` rewrites remote host:port strings."""
     etc = tmp_path / "etc"
     shutil.copytree(FIXTURES / fixture, etc)
     make_cert(etc / "certs", "server", 1)
+    (etc / "data").mkdir()
     mp = support.require("mosquitto_passwd")
-    for i, (user, pw) in enumerate(PASSWORDS.items()):
+    for i, (user, pw) in enumerate(passwords.items()):
         r = support.run([mp] + (["-c"] if i == 0 else []) + ["-b", etc / "passwd", user, pw])
         assert r.returncode == 0, r.stderr
     for conf in [etc / "mosquitto.conf", *sorted(etc.glob("conf.d/*.conf"))]:
         text = conf.read_text().replace("/etc/mosquitto", str(etc))
+        text = text.replace("persistence_location /data/", f"persistence_location {etc}/data/")
+        for old, new in addresses.items():
+            text = text.replace(old, new)
         for old, new in ports.items():
             text = re.sub(rf"^listener {old}$", f"listener {new} 127.0.0.1", text, flags=re.M)
             text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
@@ -89,11 +94,60 @@ class OriginalMosquitto:
         self.out.close()
 
 
+def render_import(e, tmp_path: Path) -> Path:
+    """`edgemq render --format mosquitto` of an imported folder; the rendered
+    mosquitto.conf."""
+    out = tmp_path / "rendered"
+    r = support.run([support.edgemq_bin(), "render", "--config", e.config_dir, "--secrets",
+                     e.secrets_dir, "--format", "mosquitto", "--out", out])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning" not in r.stderr, r.stderr  # everything expressed
+    (out / "data").mkdir(exist_ok=True)
+    return out / "mosquitto.conf"
+
+
+def three_ways(tmp_path: Path, conf: Path, e, listen: list, ask) -> tuple:
+    """The answers of `ask()` from Mosquitto on the original configuration, edgemq on
+    its import, and Mosquitto on `edgemq render` of the import, in turn on the same
+    ports."""
+    orig = OriginalMosquitto(conf, listen)
+    try:
+        want = ask()
+    finally:
+        orig.stop()
+    e.start()
+    for p in listen:
+        support.wait_port(p)
+    got = ask()
+    e.stop()
+    rendered = render_import(e, tmp_path)
+    back_m = OriginalMosquitto(rendered, listen)
+    try:
+        back = ask()
+    finally:
+        back_m.stop()
+    return want, got, back
+
+
+def hashes(passwd: Path) -> set:
+    return {line.strip() for line in passwd.read_text().splitlines() if ":" in line}
+
+
+def assert_same(want: dict, got: dict, who: str) -> None:
+    for part in want:
+        if part == "acl":
+            diff = sorted(k for k in want["acl"] if got["acl"].get(k) != want["acl"][k])
+            assert not diff, f"{len(diff)} ACL cells differ ({who}, mosquitto): " + ", ".join(
+                f"{k}={got['acl'].get(k)}/{want['acl'][k]}" for k in diff[:10])
+        else:
+            assert got[part] == want[part], f"{part}: {who} {got[part]} != mosquitto {want[part]}"
+
+
 # --------------------------------------------------------------------------- questions
 
-def admissions(port: int) -> dict:
-    return {label: support.try_connect(port, username=u, password=pw, client_id=cid)
-            for label, u, pw, cid in CLIENTS}
+def admissions(port: int, clients=CLIENTS, **kw) -> dict:
+    return {label: support.try_connect(port, username=u, password=pw, client_id=cid, **kw)
+            for label, u, pw, cid in clients}
 
 
 def _settle(clients, quiet: float = 0.7, limit: float = 10.0) -> None:
@@ -107,12 +161,15 @@ def _settle(clients, quiet: float = 0.7, limit: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def acl_matrix(port: int) -> dict:
-    """{(label, topic, 'read'|'write'): delivered?} for the clients that log in."""
+def acl_matrix(port: int, clients=CLIENTS, topics=TOPICS,
+               observer=("observer", "observer-pw")) -> dict:
+    """{(label, topic, 'read'|'write'): delivered?} for the clients that log in;
+    `observer` is a user that may read and write everything."""
     out = {}
-    obs_sub = support.connect(port, username="observer", password="observer-pw",
+    CLIENTS, TOPICS = clients, topics  # noqa: N806 (the matrix of this case)
+    obs_sub = support.connect(port, username=observer[0], password=observer[1],
                               client_id="obs-sub")
-    obs_pub = support.connect(port, username="observer", password="observer-pw",
+    obs_pub = support.connect(port, username=observer[0], password=observer[1],
                               client_id="obs-pub")
     readers = {}
     try:
@@ -234,20 +291,12 @@ def test_a_split_mosquitto_install_imports_and_answers_like_the_original(tmp_pat
     listen = [ports["1883"], ports["8883"], ports["8083"]]
     ca = conf.parent / "certs" / "server.crt"
 
-    orig = OriginalMosquitto(conf, listen)
-    try:
-        want = {"admit": admissions(ports["1883"]), "acl": acl_matrix(ports["1883"]),
+    def ask():
+        return {"admit": admissions(ports["1883"]), "acl": acl_matrix(ports["1883"]),
                 "tls-ws": tls_and_ws(ports, ca),
                 "bridge": bridge_forwarding(ports["1883"], ports["1884"])}
-    finally:
-        orig.stop()
 
-    e.start()
-    for p in listen:
-        support.wait_port(p)
-    got = {"admit": admissions(ports["1883"]), "acl": acl_matrix(ports["1883"]),
-           "tls-ws": tls_and_ws(ports, ca),
-           "bridge": bridge_forwarding(ports["1883"], ports["1884"])}
+    want, got, back = three_ways(tmp_path, conf, e, listen, ask)
 
     # The oracle shows the rules doing something.
     assert want["admit"]["alice"] == (True, 0) and want["admit"]["mallory"][0] is False
@@ -260,12 +309,10 @@ def test_a_split_mosquitto_install_imports_and_answers_like_the_original(tmp_pat
     assert want["tls-ws"]["tls"] == (True, 0) and want["tls-ws"]["ws"] == (True, 0)
     assert want["bridge"]["remote"] == [("site-a/sensors/temp", b"21.5")]
 
-    assert got["admit"] == want["admit"]
-    diff = sorted(k for k in want["acl"] if got["acl"].get(k) != want["acl"][k])
-    assert not diff, f"{len(diff)} ACL cells differ (edgemq, mosquitto): " + ", ".join(
-        f"{k}={got['acl'].get(k)}/{want['acl'][k]}" for k in diff[:10])
-    assert got["tls-ws"] == want["tls-ws"]
-    assert got["bridge"] == want["bridge"]
+    assert_same(want, got, "edgemq")
+    # The round trip: edgemq render of the import is the same configuration again.
+    assert_same(want, back, "render of the import")
+    assert hashes(tmp_path / "rendered" / "passwd") == hashes(conf.parent / "passwd")
 
 
 def test_unsupported_options_are_listed_with_file_and_line_and_nothing_is_written(tmp_path):

@@ -623,6 +623,11 @@ fn render_mosquitto(
         };
         paths.tls.insert(src.clone(), files);
     }
+    paths.bridges = bridge_files(res, bundle, &out, state)?;
+    let private = paths
+        .bridges
+        .values()
+        .any(|b| b.username.is_some() || b.password.is_some());
     let files = render(bundle, &paths);
     for why in &files.not_expressed {
         eprintln!("warning: {why}");
@@ -633,7 +638,7 @@ fn render_mosquitto(
         ("acl", &files.acl),
     ] {
         let path = out.join(name);
-        if name == "mosquitto.conf" {
+        if name == "mosquitto.conf" && !private {
             std::fs::write(&path, text)?;
         } else {
             edgemq::certs::write_private(&path, text.as_bytes())?;
@@ -641,6 +646,85 @@ fn render_mosquitto(
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Logins and TLS files of each Bridge of `bundle` for `render_mosquitto`: Secret
+/// values read, PEM from Secrets written under `out/bridges/NAME/`, issued
+/// Certificates referenced in the state directory.
+fn bridge_files(
+    res: &edgemq::load::Resources,
+    bundle: &edgemq::plan::BrokerBundle,
+    out: &std::path::Path,
+    state: &std::path::Path,
+) -> anyhow::Result<
+    std::collections::BTreeMap<String, edgemq::render::mosquitto_bridges::BridgeFiles>,
+> {
+    use edgemq::plan::{CaSource, TlsSource};
+    use edgemq::render::mosquitto::TlsFiles;
+    use edgemq::render::mosquitto_bridges::BridgeFiles;
+    let ns = &bundle.namespace;
+    let value = |name: &str, key: &str| {
+        res.secret_value(ns, name, key)
+            .ok_or_else(|| anyhow::anyhow!("Secret {name} has no key {key}"))
+    };
+    let text = |v: Vec<u8>| String::from_utf8_lossy(&v).trim_end().to_owned();
+    let cert_dir = |name: &str| -> anyhow::Result<std::path::PathBuf> {
+        let cert = res
+            .certificate(ns, name)
+            .ok_or_else(|| anyhow::anyhow!("Certificate {name} not found"))?;
+        Ok(std::path::absolute(edgemq::certs::cert_dir(state, cert))?)
+    };
+    let mut all = std::collections::BTreeMap::new();
+    for (name, br) in &bundle.bridges {
+        let dir = out.join("bridges").join(name);
+        let mut f = BridgeFiles {
+            username: br
+                .username
+                .as_ref()
+                .map(|r| value(&r.name, &r.key))
+                .transpose()?
+                .map(text),
+            password: br
+                .password
+                .as_ref()
+                .map(|r| value(&r.name, &r.key))
+                .transpose()?
+                .map(text),
+            ..BridgeFiles::default()
+        };
+        if let Some(tls) = &br.tls {
+            f.cafile = match &tls.ca {
+                CaSource::System => None,
+                CaSource::Secret(r) => {
+                    let path = dir.join("ca.crt");
+                    edgemq::certs::write_private(&path, &value(&r.name, &r.key)?)?;
+                    Some(path)
+                }
+                CaSource::Certificate(c) => Some(cert_dir(c)?.join("ca.crt")),
+            };
+            f.client = match &tls.client {
+                None => None,
+                Some(TlsSource::Secret(s)) => {
+                    for key in ["tls.crt", "tls.key"] {
+                        edgemq::certs::write_private(&dir.join(key), &value(s, key)?)?;
+                    }
+                    Some(TlsFiles {
+                        certfile: dir.join("tls.crt"),
+                        keyfile: dir.join("tls.key"),
+                    })
+                }
+                Some(TlsSource::Certificate(c)) => {
+                    let d = cert_dir(c)?;
+                    Some(TlsFiles {
+                        certfile: d.join("tls.crt"),
+                        keyfile: d.join("tls.key"),
+                    })
+                }
+            };
+        }
+        all.insert(name.clone(), f);
+    }
+    Ok(all)
 }
 
 /// `edgemq import mosquitto`.
