@@ -390,3 +390,187 @@ def test_mosquittos_own_examples_import_and_validate(tmp_path):
     assert "name: roger" in users and "topic: foo/bar" in users, users
     v = support.run([support.edgemq_bin(), "validate", out])
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+# ----------------------------------------------------------- configurations people run
+
+def crossings(local: dict, remote: dict, out: list, inward: list, probe_out: tuple,
+              probe_in: tuple = None) -> dict:
+    """What a bridge carries. `local`/`remote`: connect() arguments of a client that may
+    read and write everything on that side. Publishes `out` topics locally and `inward`
+    topics remotely, and returns which (topic, payload) arrived on the other side.
+    `probe_out`/`probe_in` (topic sent, topic expected across) wait for the link."""
+    rw = support.connect(client_id="x-remote-watch", **remote)
+    lw = support.connect(client_id="x-local-watch", **local)
+    rp = support.connect(client_id="x-remote-pub", **remote)
+    try:
+        rw.subscribe_wait([("#", 1)])
+        lw.subscribe_wait([("#", 1)])
+
+        def across(pub, watch, sent, expect):
+            def go():
+                pub.publish_wait(sent, b"probe", qos=1)
+                return any(m.topic == expect for m in watch.drain())
+            return go
+        support.poll(across(lw, rw, *probe_out), 30, interval=0.5,
+                     message=f"the bridge carries {probe_out[0]} out")
+        if probe_in:
+            support.poll(across(rp, lw, *probe_in), 30, interval=0.5,
+                         message=f"the bridge carries {probe_in[0]} in")
+        _settle([rw, lw], quiet=1.0)
+        rw.drain(), lw.drain()
+        for t in out:
+            lw.publish_wait(t, f"L|{t}".encode(), qos=1)
+        for t in inward:
+            rp.publish_wait(t, f"R|{t}".encode(), qos=1)
+        _settle([rw, lw], quiet=1.5)
+        return {"remote got": sorted({(m.topic, m.payload) for m in rw.drain()
+                                      if m.payload.startswith(b"L|")}),
+                "local got": sorted({(m.topic, m.payload) for m in lw.drain()
+                                     if m.payload.startswith(b"R|")})}
+    finally:
+        for c in (rw, lw, rp):
+            c.disconnect_wait()
+
+
+def aws_iot_case(tmp_path, mosquitto, etc_certs):
+    """A stand-in for AWS IoT Core: a Mosquitto whose TLS listener requires a client
+    certificate from its CA and takes the certificate's CN as the username (AWS IoT's
+    thing), plus a plain listener for the test's watcher."""
+    from test_bridges import make_ca, make_leaf
+    pki = tmp_path / "pki"
+    ca = make_ca(pki, "amazon-root")
+    server = make_leaf(pki, "server", ca, "localhost", server=True)
+    client = make_leaf(pki, "thing", ca, "bridgeawsiot", server=False)
+    acl = pki / "acl"
+    acl.write_text("topic readwrite #\nuser bridgeawsiot\ntopic readwrite #\n")
+    tls_port = support.free_port()
+    remote = mosquitto(["allow_anonymous true", f"acl_file {acl}",
+                        f"listener {tls_port} 127.0.0.1", f"cafile {ca[0]}",
+                        f"certfile {server[0]}", f"keyfile {server[1]}",
+                        "require_certificate true", "use_identity_as_username true"],
+                       name="aws-iot")
+    return {"addresses": {"a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com:8883":
+                          f"127.0.0.1:{tls_port}"},
+            "files": {"rootCA.pem": ca[0], "cert.crt": client[0], "private.key": client[1]},
+            "remote": {"port": remote.port}}
+
+
+def second_broker_case(tmp_path, mosquitto, etc_certs):
+    """A central Mosquitto with a TLS listener and a password file."""
+    from test_bridges import make_ca, make_leaf
+    pki = tmp_path / "pki"
+    ca = make_ca(pki, "central-ca")
+    server = make_leaf(pki, "server", ca, "localhost", server=True)
+    pw = pki / "passwd"
+    mp = support.require("mosquitto_passwd")
+    support.run([mp, "-c", "-b", pw, "site-b", "central-pw-2"], check=True)
+    support.run([mp, "-b", pw, "watcher", "watch-pw"], check=True)
+    tls_port = support.free_port()
+    remote = mosquitto(["allow_anonymous false", f"password_file {pw}",
+                        f"listener {tls_port} 127.0.0.1", f"certfile {server[0]}",
+                        f"keyfile {server[1]}"], name="central")
+    return {"addresses": {"central.example.net:8883": f"127.0.0.1:{tls_port}"},
+            "files": {"central-ca.crt": ca[0]},
+            "remote": {"port": remote.port, "username": "watcher", "password": "watch-pw"}}
+
+
+HA_PASSWORDS = {"homeassistant": "ha-pw", "zigbee2mqtt": "z2m-pw", "sensor": "sensor-pw"}
+HA_CLIENTS = [
+    ("homeassistant", "homeassistant", "ha-pw", "ha-c"),
+    ("zigbee2mqtt", "zigbee2mqtt", "z2m-pw", "z2m-c"),
+    ("sensor", "sensor", "sensor-pw", "sensor-c"),
+    ("anon", None, None, "anon-c"),
+    ("sensor-wrong-pw", "sensor", "nope", "s2-c"),
+    ("stranger", "stranger", "x", "stranger-c"),
+]
+HA_TOPICS = ["homeassistant/status", "homeassistant/sensor/t/config", "zigbee2mqtt/bridge/state",
+             "zigbee2mqtt/lamp/set", "sensors/temp", "clients/sensor/x", "clients/zigbee2mqtt/x",
+             "other/x"]
+
+
+@pytest.mark.parametrize("case", ["aws-iot", "second-broker", "home-assistant"])
+def test_configurations_people_run_import_validate_and_round_trip(tmp_path, mosquitto, edgemq,
+                                                                   case):
+    support.require("mosquitto")
+    ports = {"1883": support.free_port(), "1884": support.free_port()}
+    passwords = HA_PASSWORDS if case == "home-assistant" else PASSWORDS
+    extra = {"addresses": {}, "files": {}}
+    if case == "aws-iot":
+        extra = aws_iot_case(tmp_path, mosquitto, None)
+    elif case == "second-broker":
+        extra = second_broker_case(tmp_path, mosquitto, None)
+    conf = prepare(tmp_path, case, ports, passwords, extra["addresses"])
+    for name, src in extra["files"].items():
+        shutil.copy(src, conf.parent / "certs" / name)
+
+    e = edgemq(secrets=True)
+    r = import_cmd(conf, e.config_dir, e.secrets_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "not carried over" not in r.stdout, r.stdout
+    for f in e.config_dir.iterdir():
+        assert "central-pw-2" not in f.read_text() and "PRIVATE KEY" not in f.read_text(), f
+    v = support.run([support.edgemq_bin(), "validate", e.config_dir, "--secrets", e.secrets_dir])
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert "valid (1 broker(s)" in v.stdout
+
+    p = ports["1883"]
+    if case == "aws-iot":
+        listen = [p]
+        remote = extra["remote"]
+
+        def ask():
+            return {"admit": admissions(p, [("anon", None, None, "anon-c")]),
+                    "bridge": crossings({"port": p}, remote,
+                                        ["a/b", "sensors/kitchen/temp", "deep/er/topic"],
+                                        ["cloud/cmd"], ("probe/x", "probe/x"))}
+    elif case == "second-broker":
+        listen = [p]
+        remote = extra["remote"]
+        local = {"port": p, "username": "observer", "password": "observer-pw"}
+
+        def ask():
+            return {"admit": admissions(p),
+                    "bridge": crossings(local, remote,
+                                        ["readings/power", "status/site", "cmd/local", "other/x"],
+                                        ["site-b/cmd/reboot", "status/central", "site-b/readings/z",
+                                         "cmd/unprefixed"],
+                                        ("readings/probe", "site-b/readings/probe"),
+                                        ("site-b/cmd/probe", "cmd/probe"))}
+    else:
+        listen = [p, ports["1884"]]
+
+        def ask():
+            return {"admit": admissions(p, HA_CLIENTS),
+                    "admit-ws": admissions(ports["1884"], HA_CLIENTS, transport="websockets"),
+                    "acl": acl_matrix(p, HA_CLIENTS, HA_TOPICS, ("homeassistant", "ha-pw"))}
+
+    want, got, back = three_ways(tmp_path, conf, e, listen, ask)
+
+    # The oracle shows the configuration doing something.
+    if case == "aws-iot":
+        assert want["bridge"]["remote got"] == [
+            ("a/b", b"L|a/b"), ("deep/er/topic", b"L|deep/er/topic"),
+            ("sensors/kitchen/temp", b"L|sensors/kitchen/temp")]
+        assert want["bridge"]["local got"] == []
+    elif case == "second-broker":
+        assert want["admit"]["anon"][0] is False and want["admit"]["alice"] == (True, 0)
+        assert want["bridge"]["remote got"] == [
+            ("site-b/readings/power", b"L|readings/power"), ("status/site", b"L|status/site")]
+        assert want["bridge"]["local got"] == [
+            ("cmd/reboot", b"R|site-b/cmd/reboot"), ("status/central", b"R|status/central")]
+    else:
+        assert want["admit"]["homeassistant"] == (True, 0) and want["admit"]["anon"][0] is False
+        assert want["admit-ws"]["sensor"] == (True, 0)
+        assert want["admit-ws"]["sensor-wrong-pw"][0] is False
+        assert want["acl"][("sensor", "sensors/temp", "write")] is True
+        assert want["acl"][("sensor", "sensors/temp", "read")] is False
+        assert want["acl"][("zigbee2mqtt", "homeassistant/sensor/t/config", "write")] is True
+        assert want["acl"][("zigbee2mqtt", "homeassistant/sensor/t/config", "read")] is False
+        assert want["acl"][("sensor", "clients/sensor/x", "read")] is True
+        assert want["acl"][("homeassistant", "other/x", "write")] is True
+
+    assert_same(want, got, "edgemq")
+    assert_same(want, back, "render of the import")
+    assert hashes(tmp_path / "rendered" / "passwd") == (
+        hashes(conf.parent / "passwd") if case != "aws-iot" else set())
