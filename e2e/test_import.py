@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import support
 from helpers_b import make_cert
@@ -574,3 +575,55 @@ def test_configurations_people_run_import_validate_and_round_trip(tmp_path, mosq
     assert_same(want, back, "render of the import")
     assert hashes(tmp_path / "rendered" / "passwd") == (
         hashes(conf.parent / "passwd") if case != "aws-iot" else set())
+
+
+def test_certbot_certificates_are_proposed_as_acme_certificates_with_their_names(tmp_path):
+    ports = {p: support.free_port() for p in ("1883", "8883", "8083")}
+    le = tmp_path / "letsencrypt" / "live" / "mqtt.example.org"
+    le.mkdir(parents=True)
+    r = support.run([support.require("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", le / "privkey.pem",
+                     "-out", le / "fullchain.pem", "-days", "2", "-subj", "/CN=mqtt.example.org",
+                     "-addext", "subjectAltName=DNS:mqtt.example.org,DNS:broker.example.org,"
+                     "IP:127.0.0.1"])
+    assert r.returncode == 0, r.stderr
+    conf = prepare(tmp_path, "certbot", ports,
+                   addresses={"/etc/letsencrypt": str(tmp_path / "letsencrypt")})
+
+    # Without the flag: a note, and no proposal.
+    r = import_cmd(conf, tmp_path / "plain", tmp_path / "plain-sec")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("a certbot certificate: edgemq can issue and renew it itself with an `acme` "
+            "Certificate (dnsNames: [mqtt.example.org, broker.example.org])") in r.stdout
+    assert not (tmp_path / "plain" / "proposed-acme-certificates.yaml").exists()
+
+    out, sec = tmp_path / "out", tmp_path / "sec"
+    r = import_cmd(conf, out, sec, "--propose-acme", "ops@example.org")
+    assert r.returncode == 0, r.stdout + r.stderr
+    proposal = out / "proposed-acme-certificates.yaml"
+    text = proposal.read_text()
+    # Inactive: every line a comment, and the folder validates as imported.
+    assert all(line.startswith("#") for line in text.splitlines()), text
+    assert (f"secretRef tls-mqtt-example-org of listener(s) mqtts-{ports['8883']}, "
+            f"wss-{ports['8083']}.") in text, text
+    v = support.run([support.edgemq_bin(), "validate", out, "--secrets", sec])
+    assert v.returncode == 0 and "valid (1 broker(s)" in v.stdout, v.stdout + v.stderr
+
+    # Uncommented as the file says, it is an acme Certificate for the certificate's
+    # names, and the listeners take it in place of the copied files.
+    body = text.split("# ---\n", 1)[1]
+    cert_yaml = "\n".join(line[2:] for line in body.splitlines())
+    cert = yaml.safe_load(cert_yaml)
+    assert cert["kind"] == "Certificate" and cert["metadata"]["name"] == "mqtt-example-org"
+    assert cert["spec"]["dnsNames"] == ["mqtt.example.org", "broker.example.org"]
+    assert cert["spec"]["issuer"]["acme"]["email"] == "ops@example.org"
+    assert cert["spec"]["issuer"]["acme"]["server"] == \
+        "https://acme-v02.api.letsencrypt.org/directory"
+    proposal.write_text(cert_yaml + "\n")
+    broker = out / "broker.yaml"
+    switched = broker.read_text().replace("secretRef: tls-mqtt-example-org",
+                                          "certificateRef: mqtt-example-org")
+    assert switched.count("certificateRef: mqtt-example-org") == 2, switched
+    broker.write_text(switched)
+    v = support.run([support.edgemq_bin(), "validate", out, "--secrets", sec])
+    assert v.returncode == 0 and "valid (1 broker(s)" in v.stdout, v.stdout + v.stderr

@@ -223,6 +223,11 @@ enum ImportCommand {
         /// Write the import even though some settings cannot be carried over.
         #[arg(long)]
         allow_loss: bool,
+        /// Propose each certbot certificate (/etc/letsencrypt/live/NAME/) as an `acme`
+        /// Certificate with the same DNS names and this contact email, as commented
+        /// YAML in proposed-acme-certificates.yaml (inactive until uncommented).
+        #[arg(long, value_name = "EMAIL")]
+        propose_acme: Option<String>,
     },
 }
 
@@ -541,7 +546,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             secrets,
             broker,
             allow_loss,
-        }) => import_mosquitto(&conf, &out, &secrets, &broker, allow_loss),
+            propose_acme,
+        }) => import_mosquitto(
+            &conf,
+            &out,
+            &secrets,
+            &broker,
+            allow_loss,
+            propose_acme.as_deref(),
+        ),
         Command::Passwd(args) => {
             edgemq::auth::passwd_cmd::run(args)?;
             Ok(ExitCode::SUCCESS)
@@ -734,6 +747,7 @@ fn import_mosquitto(
     secrets: &std::path::Path,
     broker: &str,
     allow_loss: bool,
+    propose_acme: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     use edgemq::import;
     let imported = import::mosquitto::import(conf, broker)?;
@@ -750,7 +764,10 @@ fn import_mosquitto(
         );
         return Ok(ExitCode::FAILURE);
     }
-    for path in import::write::write(&imported, conf, out, secrets)? {
+    if propose_acme.is_some() && imported.certbot.is_empty() {
+        println!("note: --propose-acme: no certbot certificate (/etc/letsencrypt/live/NAME/) in the configuration; nothing proposed");
+    }
+    for path in import::write::write(&imported, conf, out, secrets, propose_acme)? {
         println!("wrote {}", path.display());
     }
     println!(
