@@ -225,6 +225,11 @@ enum ImportCommand {
         /// Write the import even though some settings cannot be carried over.
         #[arg(long)]
         allow_loss: bool,
+        /// Propose each certbot certificate (/etc/letsencrypt/live/NAME/) as an `acme`
+        /// Certificate with the same DNS names and this contact email, as commented
+        /// YAML in proposed-acme-certificates.yaml (inactive until uncommented).
+        #[arg(long, value_name = "EMAIL")]
+        propose_acme: Option<String>,
     },
 }
 
@@ -552,7 +557,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             secrets,
             broker,
             allow_loss,
-        }) => import_mosquitto(&conf, &out, &secrets, &broker, allow_loss),
+            propose_acme,
+        }) => import_mosquitto(
+            &conf,
+            &out,
+            &secrets,
+            &broker,
+            allow_loss,
+            propose_acme.as_deref(),
+        ),
         Command::Passwd(args) => {
             edgemq::auth::passwd_cmd::run(args)?;
             Ok(ExitCode::SUCCESS)
@@ -634,6 +647,11 @@ fn render_mosquitto(
         };
         paths.tls.insert(src.clone(), files);
     }
+    paths.bridges = bridge_files(res, bundle, &out, state)?;
+    let private = paths
+        .bridges
+        .values()
+        .any(|b| b.username.is_some() || b.password.is_some());
     let files = render(bundle, &paths);
     for why in &files.not_expressed {
         eprintln!("warning: {why}");
@@ -644,7 +662,7 @@ fn render_mosquitto(
         ("acl", &files.acl),
     ] {
         let path = out.join(name);
-        if name == "mosquitto.conf" {
+        if name == "mosquitto.conf" && !private {
             std::fs::write(&path, text)?;
         } else {
             edgemq::certs::write_private(&path, text.as_bytes())?;
@@ -654,6 +672,85 @@ fn render_mosquitto(
     Ok(())
 }
 
+/// Logins and TLS files of each Bridge of `bundle` for `render_mosquitto`: Secret
+/// values read, PEM from Secrets written under `out/bridges/NAME/`, issued
+/// Certificates referenced in the state directory.
+fn bridge_files(
+    res: &edgemq::load::Resources,
+    bundle: &edgemq::plan::BrokerBundle,
+    out: &std::path::Path,
+    state: &std::path::Path,
+) -> anyhow::Result<
+    std::collections::BTreeMap<String, edgemq::render::mosquitto_bridges::BridgeFiles>,
+> {
+    use edgemq::plan::{CaSource, TlsSource};
+    use edgemq::render::mosquitto::TlsFiles;
+    use edgemq::render::mosquitto_bridges::BridgeFiles;
+    let ns = &bundle.namespace;
+    let value = |name: &str, key: &str| {
+        res.secret_value(ns, name, key)
+            .ok_or_else(|| anyhow::anyhow!("Secret {name} has no key {key}"))
+    };
+    let text = |v: Vec<u8>| String::from_utf8_lossy(&v).trim_end().to_owned();
+    let cert_dir = |name: &str| -> anyhow::Result<std::path::PathBuf> {
+        let cert = res
+            .certificate(ns, name)
+            .ok_or_else(|| anyhow::anyhow!("Certificate {name} not found"))?;
+        Ok(std::path::absolute(edgemq::certs::cert_dir(state, cert))?)
+    };
+    let mut all = std::collections::BTreeMap::new();
+    for (name, br) in &bundle.bridges {
+        let dir = out.join("bridges").join(name);
+        let mut f = BridgeFiles {
+            username: br
+                .username
+                .as_ref()
+                .map(|r| value(&r.name, &r.key))
+                .transpose()?
+                .map(text),
+            password: br
+                .password
+                .as_ref()
+                .map(|r| value(&r.name, &r.key))
+                .transpose()?
+                .map(text),
+            ..BridgeFiles::default()
+        };
+        if let Some(tls) = &br.tls {
+            f.cafile = match &tls.ca {
+                CaSource::System => None,
+                CaSource::Secret(r) => {
+                    let path = dir.join("ca.crt");
+                    edgemq::certs::write_private(&path, &value(&r.name, &r.key)?)?;
+                    Some(path)
+                }
+                CaSource::Certificate(c) => Some(cert_dir(c)?.join("ca.crt")),
+            };
+            f.client = match &tls.client {
+                None => None,
+                Some(TlsSource::Secret(s)) => {
+                    for key in ["tls.crt", "tls.key"] {
+                        edgemq::certs::write_private(&dir.join(key), &value(s, key)?)?;
+                    }
+                    Some(TlsFiles {
+                        certfile: dir.join("tls.crt"),
+                        keyfile: dir.join("tls.key"),
+                    })
+                }
+                Some(TlsSource::Certificate(c)) => {
+                    let d = cert_dir(c)?;
+                    Some(TlsFiles {
+                        certfile: d.join("tls.crt"),
+                        keyfile: d.join("tls.key"),
+                    })
+                }
+            };
+        }
+        all.insert(name.clone(), f);
+    }
+    Ok(all)
+}
+
 /// `edgemq import mosquitto`.
 fn import_mosquitto(
     conf: &std::path::Path,
@@ -661,6 +758,7 @@ fn import_mosquitto(
     secrets: &std::path::Path,
     broker: &str,
     allow_loss: bool,
+    propose_acme: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     use edgemq::import;
     let imported = import::mosquitto::import(conf, broker)?;
@@ -677,7 +775,10 @@ fn import_mosquitto(
         );
         return Ok(ExitCode::FAILURE);
     }
-    for path in import::write::write(&imported, conf, out, secrets)? {
+    if propose_acme.is_some() && imported.certbot.is_empty() {
+        println!("note: --propose-acme: no certbot certificate (/etc/letsencrypt/live/NAME/) in the configuration; nothing proposed");
+    }
+    for path in import::write::write(&imported, conf, out, secrets, propose_acme)? {
         println!("wrote {}", path.display());
     }
     println!(

@@ -28,12 +28,15 @@ fn docs<T: Serialize>(items: &[Placed<T>]) -> Result<String, ImportError> {
     Ok(s)
 }
 
-/// The files of an import: `(path, text, private)`.
+/// The files of an import: `(path, text, private)`. With `propose_acme` (a contact
+/// email), certbot certificates are also proposed as `acme` Certificates, as comments
+/// (see [`super::mosquitto::acme`]).
 pub fn files(
     imported: &Imported,
     source: &Path,
     out: &Path,
     secrets: &Path,
+    propose_acme: Option<&str>,
 ) -> Result<Vec<(PathBuf, String, bool)>, ImportError> {
     let mut head = format!(
         "# Imported from {} by `edgemq import mosquitto`.\n",
@@ -69,6 +72,11 @@ pub fn files(
     if !imported.bridges.is_empty() {
         out_files.push((out.join("bridges.yaml"), docs(&imported.bridges)?, false));
     }
+    if let Some(text) =
+        propose_acme.and_then(|email| super::mosquitto::acme::proposal(imported, email))
+    {
+        out_files.push((out.join(super::mosquitto::acme::PROPOSAL_FILE), text, false));
+    }
     if !imported.secrets.is_empty() {
         out_files.push((
             secrets.join("secrets.yaml"),
@@ -90,6 +98,7 @@ pub fn write(
     source: &Path,
     out: &Path,
     secrets: &Path,
+    propose_acme: Option<&str>,
 ) -> Result<Vec<PathBuf>, ImportError> {
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
     if abs(secrets).starts_with(abs(out)) {
@@ -101,7 +110,7 @@ pub fn write(
             ),
         });
     }
-    let files = files(imported, source, out, secrets)?;
+    let files = files(imported, source, out, secrets, propose_acme)?;
     for (path, _, _) in &files {
         if path.exists() {
             return Err(ImportError::Write {

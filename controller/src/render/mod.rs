@@ -6,6 +6,7 @@
 //!   tests against a real Mosquitto.
 
 pub mod mosquitto;
+pub mod mosquitto_bridges;
 
 /// The YAML of one CRD, as committed under `crds/`.
 pub fn crd_yaml(

@@ -1,5 +1,6 @@
-//! A bundle as Mosquitto 2.0 configuration: `mosquitto.conf`, a password file and an
-//! ACL file with the same meaning.
+//! A bundle as Mosquitto 2.0 configuration: `mosquitto.conf` (with a `connection`
+//! section per Bridge, see [`super::mosquitto_bridges`]), a password file and an ACL
+//! file with the same meaning.
 //!
 //! Used to migrate to and from Mosquitto, and by the parity tests that check edgemq's
 //! ACL and password decisions against a real Mosquitto on the same bundle.
@@ -46,6 +47,8 @@ pub struct MosquittoPaths {
     /// `config_dir/tls/<certificate|secret>-<name>/tls.crt` and `tls.key`, the layout
     /// of a mounted `kubernetes.io/tls` Secret.
     pub tls: BTreeMap<TlsSource, TlsFiles>,
+    /// Logins and TLS files of each Bridge, by name.
+    pub bridges: BTreeMap<String, super::mosquitto_bridges::BridgeFiles>,
 }
 
 impl MosquittoPaths {
@@ -150,6 +153,7 @@ fn conf(b: &BrokerBundle, paths: &MosquittoPaths, not_expressed: &mut Vec<String
             let _ = writeln!(s, "keyfile {}", f.keyfile.display());
         }
     }
+    super::mosquitto_bridges::sections(&mut s, b, &paths.bridges, not_expressed);
     s
 }
 
@@ -229,6 +233,7 @@ mod tests {
                     keyfile: "/etc/mosquitto/certs/home.key".into(),
                 },
             )]),
+            bridges: BTreeMap::new(),
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Imported {
     pub losses: Vec<Loss>,
     /// What was carried over differently, for the user to read.
     pub notes: Vec<Loss>,
+    /// certbot certificates copied into Secrets, for `--propose-acme`.
+    pub certbot: Vec<super::acme::Certbot>,
 }
 
 /// Options whose value is a file the import reads.
@@ -468,6 +470,7 @@ pub fn map(input: &Input<'_>) -> Result<Imported, ImportError> {
     let mut secrets: Vec<Placed<Secret>> = Vec::new();
     let mut tls_secrets: Vec<(PathBuf, PathBuf, String)> = Vec::new();
     let mut max_connections: Option<i64> = None;
+    let mut certbot = Vec::new();
     if local_only {
         out_listeners.push(Listener {
             name: "local".into(),
@@ -515,9 +518,20 @@ pub fn map(input: &Input<'_>) -> Result<Imported, ImportError> {
                         let key = pem(input, k, "PRIVATE KEY-----")?;
                         let base = match certbot_name(&cpath) {
                             Some(domain) => {
+                                let mut dns_names = super::acme::san_dns_names(&crt);
+                                if dns_names.is_empty() {
+                                    dns_names.push(domain.clone());
+                                }
                                 notes.push(loss(c, format!(
-                                    "a certbot certificate: edgemq can issue and renew it itself with an `acme` Certificate (dnsNames: [{domain}]) and the DNS-01 or HTTP-01 solver you choose; until then the files are copied into a Secret and are not renewed"
+                                    "a certbot certificate: edgemq can issue and renew it itself with an `acme` Certificate (dnsNames: [{}]) and the DNS-01 or HTTP-01 solver you choose (--propose-acme EMAIL writes one, commented out); until then the files are copied into a Secret and are not renewed",
+                                    dns_names.join(", ")
                                 )));
+                                certbot.push(super::acme::Certbot {
+                                    name: domain.clone(),
+                                    secret: String::new(),
+                                    dns_names,
+                                    pos: c.pos.clone(),
+                                });
                                 format!("tls-{domain}")
                             }
                             None => format!("tls-{}", l.port),
@@ -527,6 +541,9 @@ pub fn map(input: &Input<'_>) -> Result<Imported, ImportError> {
                             .filter_map(|s| s.object.metadata.name.clone())
                             .collect();
                         let name = object_name(&base, "tls", &mut taken);
+                        if let Some(cb) = certbot.last_mut().filter(|cb| cb.secret.is_empty()) {
+                            cb.secret = name.clone();
+                        }
                         secrets.push(Placed {
                             object: secret(
                                 &name,
@@ -726,6 +743,7 @@ pub fn map(input: &Input<'_>) -> Result<Imported, ImportError> {
         secrets,
         losses,
         notes,
+        certbot,
     })
 }
 

@@ -7,6 +7,7 @@
 //! the configuration names before mapping, so a missing or malformed file stops the
 //! import before anything is written.
 
+pub mod acme;
 pub mod bridge;
 pub mod conf;
 pub mod map;

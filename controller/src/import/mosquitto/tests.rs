@@ -416,7 +416,7 @@ fn the_written_folder_loads_and_validates_and_holds_no_secret() {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let (out, sec) = (dir.path().join("config"), dir.path().join("secrets"));
-    let written = crate::import::write::write(&i, &conf_path(), &out, &sec).expect("write");
+    let written = crate::import::write::write(&i, &conf_path(), &out, &sec, None).expect("write");
     assert_eq!(written.len(), 4);
     for f in ["broker.yaml", "users.yaml", "bridges.yaml"] {
         let text = std::fs::read_to_string(out.join(f)).expect("read");
@@ -441,9 +441,9 @@ fn the_written_folder_loads_and_validates_and_holds_no_secret() {
         Err(e) => panic!("{e}"),
     }
     // A second import into the same folders replaces nothing.
-    let e = crate::import::write::write(&i, &conf_path(), &out, &sec).expect_err("exists");
+    let e = crate::import::write::write(&i, &conf_path(), &out, &sec, None).expect_err("exists");
     assert!(e.to_string().contains("already exists"), "{e}");
-    let e =
-        crate::import::write::write(&i, &conf_path(), &out, &out.join("s")).expect_err("inside");
+    let e = crate::import::write::write(&i, &conf_path(), &out, &out.join("s"), None)
+        .expect_err("inside");
     assert!(e.to_string().contains("must not be inside"), "{e}");
 }
