@@ -41,6 +41,15 @@ impl crate::http::Health for Runtime {
     async fn report(&self) -> serde_json::Value {
         serde_json::to_value(Runtime::report(self).await).unwrap_or_default()
     }
+    fn request_sync(&self) -> bool {
+        match self.sync_now.get() {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Options of `edgemq run`.
@@ -180,6 +189,8 @@ pub struct Runtime {
     next_renewal: std::sync::Mutex<Option<time::OffsetDateTime>>,
     /// The followed repository, with `--git`.
     git: std::sync::OnceLock<Arc<std::sync::Mutex<GitStatus>>>,
+    /// Wakes the follower for a fetch now (`POST /sync`), with `--git`.
+    sync_now: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     /// The folder the last reload read, symlinks resolved (which git tree runs).
     loaded_from: std::sync::Mutex<Option<PathBuf>>,
 }
@@ -219,6 +230,7 @@ impl Runtime {
             last_good: std::sync::Mutex::new(Resources::default()),
             next_renewal: std::sync::Mutex::new(None),
             git: std::sync::OnceLock::new(),
+            sync_now: std::sync::OnceLock::new(),
             loaded_from: std::sync::Mutex::new(None),
         }
     }
@@ -788,6 +800,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     let sync_now = Arc::new(tokio::sync::Notify::new());
     if let Some(f) = follower {
         let _ = runtime.git.set(f.status());
+        let _ = runtime.sync_now.set(sync_now.clone());
         tokio::spawn(f.run(sync_now.clone(), tx.clone()));
     }
 
