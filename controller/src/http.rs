@@ -62,7 +62,7 @@ pub async fn serve<H: Health>(addr: SocketAddr, ops: Ops<H>) -> std::io::Result<
             tracing::error!(error = %e, "operations endpoint failed");
         }
     });
-    tracing::info!(address = %local, "operations endpoint: /healthz /readyz /metrics /status /sync");
+    tracing::info!(address = %local, "operations endpoint: /healthz /readyz /metrics /status");
     Ok(local)
 }
 

@@ -72,7 +72,8 @@ enum Command {
         /// State directory: issued certificates, retained messages, status.
         #[arg(long, env = "EDGEMQ_STATE", default_value = ".edgemq-state")]
         state: PathBuf,
-        /// Address of the operations endpoint (/healthz /readyz /metrics /status).
+        /// Address of the operations endpoint (/healthz /readyz /metrics /status; POST
+        /// /sync with --git). Loopback by default.
         #[arg(long, env = "EDGEMQ_HTTP", default_value = "127.0.0.1:9883")]
         http: SocketAddr,
     },

@@ -311,11 +311,19 @@ impl Runtime {
     /// version (or stays out if it never had one) and its status says why; everything
     /// else applies, deletions always.
     pub async fn reload(&self) -> ReloadOutcome {
+        // Which tree this reload reads, recorded once it has run (readiness of a git
+        // revision means its brokers run, not that reading it began).
+        let from = std::fs::canonicalize(&self.opts.config_dir).ok();
+        let outcome = self.reload_folder().await;
+        if let Ok(mut l) = self.loaded_from.lock() {
+            *l = from;
+        }
+        outcome
+    }
+
+    async fn reload_folder(&self) -> ReloadOutcome {
         let started = Instant::now();
         let mut outcome = ReloadOutcome::default();
-        if let Ok(mut l) = self.loaded_from.lock() {
-            *l = std::fs::canonicalize(&self.opts.config_dir).ok();
-        }
         let folder = load::read_folder(&self.opts.config_dir, self.opts.secrets_dir.as_deref());
         if folder.unreadable {
             // Not a mistake in an object: nobody can say what the folder holds.
