@@ -383,6 +383,15 @@ impl Credentials {
                 std::fs::File::open(f).map_err(|e| format!("{flag} {}: {e}", f.display()))?;
             }
         }
+        if let Some(f) = &self.known_hosts {
+            // ssh reads whitespace in UserKnownHostsFile as a list of files.
+            if f.display().to_string().contains(char::is_whitespace) {
+                return Err(format!(
+                    "--git-known-hosts {}: a path without spaces, please",
+                    f.display()
+                ));
+            }
+        }
         if let Some(f) = &self.http_basic {
             basic_header(f).map(|_| ())?;
         }
@@ -475,6 +484,14 @@ mod tests {
             "{ssh}"
         );
         assert!(ssh.contains(&format!("UserKnownHostsFile='{}/kh'", dir.display())));
+        std::fs::write(dir.join("kh"), "").unwrap();
+        std::fs::write(dir.join("it's key"), "").unwrap();
+        assert_eq!(c.check(), Ok(()));
+        let spaced = Credentials {
+            known_hosts: Some(dir.join("it's key")),
+            ..Default::default()
+        };
+        assert!(spaced.check().unwrap_err().contains("without spaces"));
         // Not an HTTP remote: no password header.
         let env = c.env("ssh://git@git.example.com/f.git").unwrap();
         assert!(env.iter().all(|(k, _)| !k.starts_with("GIT_CONFIG")));
