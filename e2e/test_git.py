@@ -8,6 +8,7 @@ revision, also across a restart without the remote."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -87,11 +88,13 @@ def repo(tmp_path):
     return Repo(tmp_path / "repo")
 
 
-def start(edgemq, repo: Repo, url=None, name="edgemq", wait_ready=True):
+def start(edgemq, repo: Repo, url=None, name="edgemq", wait_ready=True, urls=None,
+          interval="1s", extra=()):
     e = edgemq(name=name)
-    e.command = lambda: [os.environ.get("EDGEMQ_BIN") or e_bin(), "run", "--git", url or repo.url,
-                         "--git-path", "pi-01", "--git-interval", "1s",
-                         "--git-allowed-signers", str(repo.allowed),
+    remotes = [a for u in (urls or [url or repo.url]) for a in ("--git", u)]
+    e.command = lambda: [os.environ.get("EDGEMQ_BIN") or e_bin(), "run", *remotes,
+                         "--git-path", "pi-01", "--git-interval", interval,
+                         "--git-allowed-signers", str(repo.allowed), *extra,
                          "--state", str(e.state_dir), "--http", f"127.0.0.1:{e.http_port}"]
     return e.start(wait_ready=wait_ready)
 
@@ -265,3 +268,116 @@ def test_git_daemon_on_loopback(edgemq, repo, tmp_path):
     finally:
         d.terminate()
         d.wait(timeout=10)
+
+
+def http_call(e, method: str, path: str):
+    """(status, headers, body) of a request to the operations endpoint."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(e.http + path, method=method,
+                                 data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as x:
+        return x.code, dict(x.headers), x.read().decode()
+
+
+def test_post_sync_fetches_at_once(edgemq, repo):
+    port = free_port()
+    first = repo.commit(revision(port, ["u0"]))
+    e = start(edgemq, repo, interval="1h")  # only the fetch at start, then /sync
+    applied(e, first)
+    second = repo.commit(revision(port, ["u0", "u1"]), msg="add u1")
+    time.sleep(1.5)
+    assert git_status(e)["applied"]["commit"] == first  # no poll within the hour
+    fetches = metric(e.metrics(), "edgemq_git_fetches_total")
+    code, headers, body = http_call(e, "POST", "/sync")
+    assert code == 202, body
+    assert headers.get("content-type") == "application/json", headers
+    assert json.loads(body)["sync"] == "requested", body
+    took = timed_poll(lambda: can_login(port, "u1", "pw-u1"), 10,
+                      message="the commit fetched on POST /sync applies", edgemq=e)
+    print(f"POST /sync -> user logs in: {took * 1000:.0f} ms")
+    assert git_status(e)["applied"]["commit"] == second
+    assert metric(e.metrics(), "edgemq_git_fetches_total") == fetches + 1
+    code, headers, body = http_call(e, "GET", "/sync")
+    assert code == 405 and headers.get("allow") == "POST", (code, headers, body)
+
+
+def test_post_sync_without_git_is_not_found(edgemq):
+    port = free_port()
+    e = edgemq()
+    e.write("broker.yaml", broker_yaml("home", port))
+    e.start()
+    code, _, body = http_call(e, "POST", "/sync")
+    assert code == 404, body
+    assert "follows no git repository" in json.loads(body)["error"], body
+
+
+def test_a_dead_remote_falls_back_to_the_next_and_status_names_the_one_that_served(
+        edgemq, repo, tmp_path):
+    port = free_port()
+    good = repo.commit(revision(port, ["u0"]))
+    dead = f"file://{tmp_path}/gone/fleet.git"
+    e = start(edgemq, repo, urls=[dead, repo.url])
+    applied(e, good)
+    assert can_login(port, "u0", "pw-u0")
+    g = git_status(e)
+    assert g["fetchedFrom"] == repo.url and g["remotes"] == [dead, repo.url], g
+    assert g["url"] == dead and "lastFetchError" not in g, g
+    assert len(g["remoteErrors"]) == 1 and g["remoteErrors"][0].startswith(f"{dead}: git fetch:"), g
+    m = e.metrics()
+    assert metric(m, "edgemq_git_remote_failures_total") >= 1
+    assert metric(m, "edgemq_git_fetch_failures_total") == 0
+    out = cli_status(e, f"from {repo.url}")
+    assert f"remote down: {dead}: git fetch:" in out, out
+    # Both down: the fetch fails, both errors named, the applied revision keeps running.
+    shutil.rmtree(repo.bare)
+    err = e.wait_applied(lambda st: st["git"].get("lastFetchError"), message="fetch failure reported")
+    assert f"{dead}: git fetch:" in err and f"{repo.url}: git fetch:" in err, err
+    assert can_login(port, "u0", "pw-u0")
+
+
+def test_https_style_basic_credentials_come_from_a_file_never_argv(edgemq, repo, tmp_path):
+    from git_http import GitHttp
+    port = free_port()
+    password = "tok-" + os.urandom(8).hex()
+    good = repo.commit(revision(port, ["u0"]))
+    server = GitHttp(repo.git, repo.root, "fleet-bot", password)
+    try:
+        cred = tmp_path / "git-credentials"
+        cred.write_text(f"fleet-bot:{password}\n")
+        cred.chmod(0o600)
+        # Without credentials: refused by the server, reported, nothing applied.
+        e = start(edgemq, repo, url=server.url("fleet.git"), name="nocred", wait_ready=False)
+        err = e.wait_applied(lambda st: st["git"].get("lastFetchError"), message="401 reported")
+        assert "could not read Username" in err or "Authentication failed" in err, err
+        assert "applied" not in git_status(e)
+        e.stop()
+        e = start(edgemq, repo, url=server.url("fleet.git"), extra=["--git-credentials", str(cred)])
+        applied(e, good)
+        assert can_login(port, "u0", "pw-u0")
+        assert server.requests and server.requests[-1][2] == server.expected, server.requests[-3:]
+        assert server.leaks == [], server.leaks  # the password was never in any argv
+        assert password not in json.dumps(e.status()) and password not in e.log_text()
+    finally:
+        server.close()
+
+
+def test_credentials_are_checked_at_start(edgemq_bin, repo, tmp_path):
+    cred = tmp_path / "cred"
+    cred.write_text("bot:pw\n")
+    base = [edgemq_bin, "run", "--git-allowed-signers", str(repo.allowed),
+            "--state", str(tmp_path / "st"), "--http", "127.0.0.1:0"]
+    r = run(base + ["--git", "http://git.example.com/fleet.git", "--git-credentials", str(cred)])
+    assert r.returncode != 0
+    assert ("--git http://git.example.com/fleet.git: --git-credentials would cross the network "
+            "in clear over http://; use https://") in r.stderr, r.stderr
+    r = run(base + ["--git", repo.url, "--git-ssh-key", str(tmp_path / "nokey")])
+    assert r.returncode != 0
+    assert f"--git-ssh-key {tmp_path / 'nokey'}: No such file" in r.stderr, r.stderr
+    cred.write_text("just-a-token\n")
+    r = run(base + ["--git", repo.url, "--git-credentials", str(cred)])
+    assert r.returncode != 0
+    assert f"--git-credentials {cred}: expected one line username:password" in r.stderr, r.stderr

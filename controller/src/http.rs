@@ -1,6 +1,7 @@
 //! The operations endpoint: `/healthz` (for brokers, a real publish/subscribe round
-//! trip through every router), `/readyz`, `/metrics` (Prometheus text) and `/status`
-//! (the status report as JSON). Served by `edgemq run`, by the broker pod and by the
+//! trip through every router), `/readyz`, `/metrics` (Prometheus text), `/status`
+//! (the status report as JSON) and `POST /sync` (fetch the followed git repository
+//! now, `edgemq run --git` only). Served by `edgemq run`, by the broker pod and by the
 //! controller, each answering through [`Health`].
 
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use prometheus_client::registry::Registry;
 
@@ -21,6 +22,11 @@ pub trait Health: Send + Sync + 'static {
     fn not_ready(&self) -> impl std::future::Future<Output = Option<String>> + Send;
     /// The status report as JSON.
     fn report(&self) -> impl std::future::Future<Output = serde_json::Value> + Send;
+    /// Asks for a fetch of the followed git repository now (as SIGHUP does); false
+    /// when the process follows none.
+    fn request_sync(&self) -> bool {
+        false
+    }
 }
 
 /// What the endpoint serves from.
@@ -47,6 +53,7 @@ pub async fn serve<H: Health>(addr: SocketAddr, ops: Ops<H>) -> std::io::Result<
         .route("/readyz", get(readyz::<H>))
         .route("/metrics", get(metrics::<H>))
         .route("/status", get(status::<H>))
+        .route("/sync", post(sync::<H>))
         .with_state(ops);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -99,4 +106,27 @@ async fn metrics<H: Health>(State(ops): State<Ops<H>>) -> Response {
 
 async fn status<H: Health>(State(ops): State<Ops<H>>) -> Response {
     axum::Json(ops.runtime.report().await).into_response()
+}
+
+/// `POST /sync`: 202 once a fetch is asked for (it runs in the background; repeated
+/// requests while one is pending make one fetch), 404 without `--git`. GET is 405.
+async fn sync<H: Health>(State(ops): State<Ops<H>>) -> Response {
+    if ops.runtime.request_sync() {
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({
+                "sync": "requested",
+                "message": "the repository is fetched now; see /status (git) for the outcome",
+            })),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": "this process follows no git repository (edgemq run --git)",
+            })),
+        )
+            .into_response()
+    }
 }

@@ -39,8 +39,9 @@ enum Command {
         config: Option<PathBuf>,
         /// Follow this git repository instead of a folder (any URL git fetches). Only
         /// fast-forwards whose every new commit is signed by an allowed signer apply.
+        /// Repeat for fallback remotes, tried in order at each fetch.
         #[arg(long, env = "EDGEMQ_GIT", requires = "git_allowed_signers", value_parser = no_option)]
-        git: Option<String>,
+        git: Vec<String>,
         /// Branch followed.
         #[arg(long, env = "EDGEMQ_GIT_BRANCH", default_value = "main", requires = "git", value_parser = no_option)]
         git_branch: String,
@@ -48,20 +49,31 @@ enum Command {
         #[arg(long, env = "EDGEMQ_GIT_PATH", default_value = ".", requires = "git")]
         git_path: PathBuf,
         /// Time between fetches (`30s`, `5m`, `1h`; plain numbers are seconds); SIGHUP
-        /// fetches at once.
+        /// or `POST /sync` on the operations endpoint fetches at once.
         #[arg(long, env = "EDGEMQ_GIT_INTERVAL", default_value = "60s", value_parser = parse_interval, requires = "git")]
         git_interval: std::time::Duration,
         /// Allowed-signers file (OpenSSH format, as for git's
         /// gpg.ssh.allowedSignersFile): the keys whose SSH signatures are accepted.
         #[arg(long, env = "EDGEMQ_GIT_ALLOWED_SIGNERS", requires = "git")]
         git_allowed_signers: Option<PathBuf>,
+        /// Private key for SSH remotes (used alone: no agent, no other identity).
+        #[arg(long, env = "EDGEMQ_GIT_SSH_KEY", requires = "git")]
+        git_ssh_key: Option<PathBuf>,
+        /// known_hosts file for SSH remotes: the only host keys trusted (always checked).
+        #[arg(long, env = "EDGEMQ_GIT_KNOWN_HOSTS", requires = "git")]
+        git_known_hosts: Option<PathBuf>,
+        /// File with one line `username:password` (or a token as password): HTTP basic
+        /// authentication for HTTP(S) remotes, passed to git through its environment.
+        #[arg(long, env = "EDGEMQ_GIT_CREDENTIALS", requires = "git")]
+        git_credentials: Option<PathBuf>,
         /// Extra folder of Secret manifests, kept out of git.
         #[arg(long, env = "EDGEMQ_SECRETS")]
         secrets: Option<PathBuf>,
         /// State directory: issued certificates, retained messages, status.
         #[arg(long, env = "EDGEMQ_STATE", default_value = ".edgemq-state")]
         state: PathBuf,
-        /// Address of the operations endpoint (/healthz /readyz /metrics /status).
+        /// Address of the operations endpoint (/healthz /readyz /metrics /status; POST
+        /// /sync with --git). Loopback by default.
         #[arg(long, env = "EDGEMQ_HTTP", default_value = "127.0.0.1:9883")]
         http: SocketAddr,
     },
@@ -355,12 +367,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             git_path,
             git_interval,
             git_allowed_signers,
+            git_ssh_key,
+            git_known_hosts,
+            git_credentials,
             secrets,
             state,
             http,
         } => {
-            let git = match (git, git_allowed_signers) {
-                (Some(url), Some(allowed_signers)) => {
+            let git = match (git.is_empty(), git_allowed_signers) {
+                (false, Some(allowed_signers)) => {
                     if git_path.is_absolute()
                         || git_path
                             .components()
@@ -371,12 +386,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                             git_path.display()
                         );
                     }
+                    if git_credentials.is_some() {
+                        if let Some(u) = git
+                            .iter()
+                            .find(|u| edgemq::source::git::is_plain_http_off_host(u))
+                        {
+                            anyhow::bail!(
+                                "--git {}: --git-credentials would cross the network in clear over http://; use https://",
+                                edgemq::source::follow::redact(u)
+                            );
+                        }
+                    }
                     Some(edgemq::source::follow::GitOptions {
-                        url,
+                        urls: git,
                         branch: git_branch,
                         path: git_path,
                         interval: git_interval,
                         allowed_signers,
+                        credentials: edgemq::source::git::Credentials {
+                            ssh_key: git_ssh_key,
+                            known_hosts: git_known_hosts,
+                            http_basic: git_credentials,
+                        },
                     })
                 }
                 _ => None,

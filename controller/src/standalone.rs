@@ -41,6 +41,15 @@ impl crate::http::Health for Runtime {
     async fn report(&self) -> serde_json::Value {
         serde_json::to_value(Runtime::report(self).await).unwrap_or_default()
     }
+    fn request_sync(&self) -> bool {
+        match self.sync_now.get() {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Options of `edgemq run`.
@@ -180,6 +189,8 @@ pub struct Runtime {
     next_renewal: std::sync::Mutex<Option<time::OffsetDateTime>>,
     /// The followed repository, with `--git`.
     git: std::sync::OnceLock<Arc<std::sync::Mutex<GitStatus>>>,
+    /// Wakes the follower for a fetch now (`POST /sync`), with `--git`.
+    sync_now: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     /// The folder the last reload read, symlinks resolved (which git tree runs).
     loaded_from: std::sync::Mutex<Option<PathBuf>>,
 }
@@ -219,6 +230,7 @@ impl Runtime {
             last_good: std::sync::Mutex::new(Resources::default()),
             next_renewal: std::sync::Mutex::new(None),
             git: std::sync::OnceLock::new(),
+            sync_now: std::sync::OnceLock::new(),
             loaded_from: std::sync::Mutex::new(None),
         }
     }
@@ -299,11 +311,19 @@ impl Runtime {
     /// version (or stays out if it never had one) and its status says why; everything
     /// else applies, deletions always.
     pub async fn reload(&self) -> ReloadOutcome {
+        // Which tree this reload reads, recorded once it has run (readiness of a git
+        // revision means its brokers run, not that reading it began).
+        let from = std::fs::canonicalize(&self.opts.config_dir).ok();
+        let outcome = self.reload_folder().await;
+        if let Ok(mut l) = self.loaded_from.lock() {
+            *l = from;
+        }
+        outcome
+    }
+
+    async fn reload_folder(&self) -> ReloadOutcome {
         let started = Instant::now();
         let mut outcome = ReloadOutcome::default();
-        if let Ok(mut l) = self.loaded_from.lock() {
-            *l = std::fs::canonicalize(&self.opts.config_dir).ok();
-        }
         let folder = load::read_folder(&self.opts.config_dir, self.opts.secrets_dir.as_deref());
         if folder.unreadable {
             // Not a mistake in an object: nobody can say what the folder holds.
@@ -788,6 +808,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     let sync_now = Arc::new(tokio::sync::Notify::new());
     if let Some(f) = follower {
         let _ = runtime.git.set(f.status());
+        let _ = runtime.sync_now.set(sync_now.clone());
         tokio::spawn(f.run(sync_now.clone(), tx.clone()));
     }
 

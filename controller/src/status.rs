@@ -193,7 +193,14 @@ fn git_lines(g: &crate::source::follow::GitStatus) -> String {
         None => out.push_str("  applied:     nothing yet\n"),
     }
     if let Some(h) = &g.remote_head {
-        out.push_str(&format!("  remote head: {h}\n"));
+        out.push_str(&format!("  remote head: {h}"));
+        match &g.fetched_from {
+            Some(from) if !g.remotes.is_empty() => out.push_str(&format!(" from {from}\n")),
+            _ => out.push('\n'),
+        }
+    }
+    for e in &g.remote_errors {
+        out.push_str(&format!("  remote down: {e}\n"));
     }
     if let Some(t) = &g.last_fetch_at {
         out.push_str(&format!("  last fetch:  {t}"));

@@ -27,13 +27,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 
 use super::decide::{self, short, Refusal, RefusalReason};
-use super::git::{Mirror, APPLIED_REF};
+use super::git::{Credentials, Mirror, APPLIED_REF};
 
 /// Settings of `edgemq run --git`.
 #[derive(Clone, Debug)]
 pub struct GitOptions {
-    /// The repository (any URL or path git accepts).
-    pub url: String,
+    /// The repository (any URL or path git accepts), then fallbacks: each poll tries
+    /// them in order and takes the branch from the first that answers.
+    pub urls: Vec<String>,
     /// The branch followed.
     pub branch: String,
     /// The folder of manifests inside the repository (`.`: its root).
@@ -42,6 +43,8 @@ pub struct GitOptions {
     pub interval: Duration,
     /// The allowed-signers file (OpenSSH format) every new commit is checked against.
     pub allowed_signers: PathBuf,
+    /// How fetches authenticate (SSH key and known hosts, HTTP basic).
+    pub credentials: Credentials,
 }
 
 /// The applied commit, as recorded in `applied.json`.
@@ -62,8 +65,17 @@ pub struct Applied {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct GitStatus {
-    /// The repository, without any password in its URL.
+    /// The repository (the first remote), without any password in its URL.
     pub url: String,
+    /// Every remote, in the order tried (with fallbacks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<String>,
+    /// The remote that answered the last successful fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_from: Option<String>,
+    /// Remotes that failed in the last poll before one answered (`url: error`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_errors: Vec<String>,
     /// The branch followed.
     pub branch: String,
     /// The folder inside the repository.
@@ -99,8 +111,10 @@ pub struct GitMetrics {
     pub applied_commit_timestamp: Gauge,
     /// Fetches attempted.
     pub fetches: Counter,
-    /// Fetches that failed.
+    /// Fetches that failed (every remote failed).
     pub fetch_failures: Counter,
+    /// Remotes that failed, fallbacks tried after them or not.
+    pub remote_failures: Counter,
     /// Commits refused, by reason (counted once per remote head).
     pub refusals: Family<ReasonLabel, Counter>,
 }
@@ -121,8 +135,13 @@ impl GitMetrics {
         );
         r.register(
             "fetch_failures",
-            "Fetches of the remote that failed",
+            "Fetches that failed on every remote",
             self.fetch_failures.clone(),
+        );
+        r.register(
+            "remote_failures",
+            "Fetches from one remote that failed (a fallback may have answered)",
+            self.remote_failures.clone(),
         );
         r.register(
             "refusals",
@@ -194,6 +213,9 @@ pub enum FollowError {
     /// The allowed-signers file.
     #[error("allowed signers {0}: {1}")]
     Signers(PathBuf, std::io::Error),
+    /// A credentials file.
+    #[error("{0}")]
+    Credentials(String),
 }
 
 impl Follower {
@@ -209,6 +231,7 @@ impl Follower {
         let signers = std::fs::canonicalize(&opts.allowed_signers)
             .map_err(|e| FollowError::Signers(opts.allowed_signers.clone(), e))?;
         std::fs::read(&signers).map_err(|e| FollowError::Signers(signers.clone(), e))?;
+        opts.credentials.check().map_err(FollowError::Credentials)?;
         let mirror = Mirror::new(dir.join("mirror.git"), signers);
         mirror.init().await?;
         let applied: Option<Applied> = std::fs::read(dir.join("applied.json"))
@@ -216,7 +239,12 @@ impl Follower {
             .and_then(|b| serde_json::from_slice(&b).ok());
         let f = Follower {
             status: Arc::new(Mutex::new(GitStatus {
-                url: redact(&opts.url),
+                url: opts.urls.first().map(|u| redact(u)).unwrap_or_default(),
+                remotes: if opts.urls.len() > 1 {
+                    opts.urls.iter().map(|u| redact(u)).collect()
+                } else {
+                    Vec::new()
+                },
                 branch: opts.branch.clone(),
                 path: opts.path.display().to_string(),
                 applied: applied.clone(),
@@ -284,30 +312,54 @@ impl Follower {
         self.status.lock().ok().and_then(|s| s.applied.clone())
     }
 
+    /// Fetches from the first remote that answers: its head and URL, and the errors
+    /// of the remotes tried before it (all errors when none answered).
+    async fn fetch(&self) -> (Option<(String, String)>, Vec<String>) {
+        let mut errors = Vec::new();
+        for url in &self.opts.urls {
+            match self
+                .mirror
+                .fetch(url, &self.opts.branch, &self.opts.credentials)
+                .await
+            {
+                Ok(head) => return (Some((head, redact(url))), errors),
+                Err(e) => {
+                    self.metrics.remote_failures.inc();
+                    let e = e.to_string().replace(url.as_str(), &redact(url));
+                    let e = if self.opts.urls.len() > 1 {
+                        format!("{}: {e}", redact(url))
+                    } else {
+                        e
+                    };
+                    tracing::warn!(error = %e, "git fetch failed");
+                    errors.push(e);
+                }
+            }
+        }
+        (None, errors)
+    }
+
     /// One poll: fetch, decide, switch. True when a new revision was switched to.
     pub async fn sync(&mut self) -> bool {
         self.metrics.fetches.inc();
-        let fetched = self.mirror.fetch(&self.opts.url, &self.opts.branch).await;
+        let (fetched, errors) = self.fetch().await;
         let now = now_rfc3339();
-        let head = match fetched {
-            Ok(h) => h,
-            Err(e) => {
-                self.metrics.fetch_failures.inc();
-                let e = e
-                    .to_string()
-                    .replace(&self.opts.url, &redact(&self.opts.url));
-                tracing::warn!(error = %e, "git fetch failed; the applied revision keeps running");
-                self.update(|s| {
-                    s.last_fetch_at = Some(now);
-                    s.last_fetch_error = Some(e);
-                });
-                return false;
-            }
+        let Some((head, from)) = fetched else {
+            self.metrics.fetch_failures.inc();
+            tracing::warn!("git fetch failed on every remote; the applied revision keeps running");
+            self.update(|s| {
+                s.last_fetch_at = Some(now);
+                s.last_fetch_error = Some(errors.join("; "));
+                s.remote_errors = Vec::new();
+            });
+            return false;
         };
         self.update(|s| {
             s.last_fetch_at = Some(now);
             s.last_fetch_error = None;
             s.remote_head = Some(head.clone());
+            s.fetched_from = Some(from);
+            s.remote_errors = errors;
         });
         if self.decided.as_deref() == Some(head.as_str()) {
             return false;

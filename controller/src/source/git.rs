@@ -13,8 +13,11 @@
 //! outside its own tree).
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use base64::Engine as _;
 
 use super::decide::{NewCommit, Signature};
 
@@ -66,7 +69,7 @@ impl Mirror {
     async fn git(
         &self,
         args: &[&str],
-        env: &[(&str, &Path)],
+        env: &[(&str, &OsStr)],
         timeout: Duration,
     ) -> Result<String, GitError> {
         let mut cmd = tokio::process::Command::new("git");
@@ -143,9 +146,23 @@ impl Mirror {
     }
 
     /// Fetches `branch` of `url` into [`REMOTE_REF`] (forced: a rewound remote is seen,
-    /// and refused by the caller) and returns the commit it points to.
-    pub async fn fetch(&self, url: &str, branch: &str) -> Result<String, GitError> {
+    /// and refused by the caller) and returns the commit it points to. `credentials`
+    /// reach git through its environment only (never argv, never the URL).
+    pub async fn fetch(
+        &self,
+        url: &str,
+        branch: &str,
+        credentials: &Credentials,
+    ) -> Result<String, GitError> {
         let refspec = format!("+refs/heads/{branch}:{REMOTE_REF}");
+        let env = credentials.env(url).map_err(|stderr| GitError::Failed {
+            command: "fetch".into(),
+            stderr,
+        })?;
+        let env: Vec<(&str, &OsStr)> = env
+            .iter()
+            .map(|(k, v)| (*k, OsStr::new(v.as_str())))
+            .collect();
         self.git(
             &[
                 "fetch",
@@ -156,7 +173,7 @@ impl Mirror {
                 url,
                 &refspec,
             ],
-            &[],
+            &env,
             FETCH_TIMEOUT,
         )
         .await?;
@@ -270,12 +287,132 @@ impl Mirror {
                     "-u",
                     commit,
                 ],
-                &[("GIT_INDEX_FILE", &index)],
+                &[("GIT_INDEX_FILE", index.as_os_str())],
                 LOCAL_TIMEOUT,
             )
             .await;
         let _ = std::fs::remove_file(&index);
         r.map(|_| ())
+    }
+}
+
+/// How fetches authenticate: an SSH key and known hosts for SSH remotes, a
+/// `username:password` file for HTTP(S) remotes. Files are read at each fetch (a
+/// rotated password or key is used at the next poll).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// Private key for SSH remotes (`ssh -i`, no other identity, no agent).
+    pub ssh_key: Option<PathBuf>,
+    /// The only known_hosts file SSH trusts (host keys are always checked).
+    pub known_hosts: Option<PathBuf>,
+    /// File holding one line `username:password` (a token in place of the password)
+    /// sent as HTTP basic authentication to HTTP(S) remotes.
+    pub http_basic: Option<PathBuf>,
+}
+
+/// Whether git fetches `url` over HTTP(S).
+pub fn is_http(url: &str) -> bool {
+    let l = url.to_ascii_lowercase();
+    l.starts_with("https://") || l.starts_with("http://")
+}
+
+/// Whether `url` is plain `http://` to a host other than loopback (a password sent
+/// there crosses the network in clear).
+pub fn is_plain_http_off_host(url: &str) -> bool {
+    let l = url.to_ascii_lowercase();
+    let Some(rest) = l.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    !matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
+/// `s` quoted for the shell git runs `GIT_SSH_COMMAND` with.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Credentials {
+    /// Environment for a fetch of `url` (the error names the file that failed).
+    pub fn env(&self, url: &str) -> Result<Vec<(&'static str, String)>, String> {
+        let mut env = Vec::new();
+        if self.ssh_key.is_some() || self.known_hosts.is_some() {
+            let mut cmd = String::from(
+                "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no",
+            );
+            if let Some(k) = &self.ssh_key {
+                cmd.push_str(&format!(
+                    " -o IdentitiesOnly=yes -o IdentityAgent=none -i {}",
+                    sh_quote(&k.display().to_string())
+                ));
+            }
+            if let Some(h) = &self.known_hosts {
+                cmd.push_str(&format!(
+                    " -o GlobalKnownHostsFile=/dev/null -o UserKnownHostsFile={}",
+                    sh_quote(&h.display().to_string())
+                ));
+            }
+            env.push(("GIT_SSH_COMMAND", cmd));
+            env.push(("GIT_SSH_VARIANT", "ssh".to_string()));
+        }
+        if let (Some(file), true) = (&self.http_basic, is_http(url)) {
+            let header = basic_header(file)?;
+            // Through the environment (GIT_CONFIG_*): not in argv, not in the URL.
+            // Redirects are not followed, so the header reaches only this remote.
+            env.push(("GIT_CONFIG_COUNT", "2".into()));
+            env.push(("GIT_CONFIG_KEY_0", "http.extraHeader".into()));
+            env.push(("GIT_CONFIG_VALUE_0", header));
+            env.push(("GIT_CONFIG_KEY_1", "http.followRedirects".into()));
+            env.push(("GIT_CONFIG_VALUE_1", "false".into()));
+        }
+        Ok(env)
+    }
+
+    /// Checks that every file named can be read (at start, for a clear error).
+    pub fn check(&self) -> Result<(), String> {
+        for (flag, f) in [
+            ("--git-ssh-key", &self.ssh_key),
+            ("--git-known-hosts", &self.known_hosts),
+        ] {
+            if let Some(f) = f {
+                std::fs::File::open(f).map_err(|e| format!("{flag} {}: {e}", f.display()))?;
+            }
+        }
+        if let Some(f) = &self.known_hosts {
+            // ssh reads whitespace in UserKnownHostsFile as a list of files.
+            if f.display().to_string().contains(char::is_whitespace) {
+                return Err(format!(
+                    "--git-known-hosts {}: a path without spaces, please",
+                    f.display()
+                ));
+            }
+        }
+        if let Some(f) = &self.http_basic {
+            basic_header(f).map(|_| ())?;
+        }
+        Ok(())
+    }
+}
+
+/// `Authorization: Basic …` from a file of one line `username:password`.
+fn basic_header(file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("--git-credentials {}: {e}", file.display()))?;
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+    match line.and_then(|l| l.split_once(':')) {
+        Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(format!(
+            "Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )),
+        _ => Err(format!(
+            "--git-credentials {}: expected one line username:password (a token in place of the password)",
+            file.display()
+        )),
     }
 }
 
@@ -317,6 +454,56 @@ fn parse_log(out: &str, descendants: &BTreeSet<String>) -> Vec<NewCommit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_reach_git_through_the_environment_only() {
+        let dir = std::env::temp_dir().join(format!("edgemq-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cred");
+        std::fs::write(&file, "\nbot:s3cr:et\n").unwrap();
+        let c = Credentials {
+            ssh_key: Some(dir.join("it's key")),
+            known_hosts: Some(dir.join("kh")),
+            http_basic: Some(file.clone()),
+        };
+        let env = c.env("https://git.example.com/f.git").unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("GIT_CONFIG_VALUE_0").unwrap(),
+            format!(
+                "Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("bot:s3cr:et")
+            )
+        );
+        assert_eq!(get("GIT_CONFIG_VALUE_1").unwrap(), "false");
+        let ssh = get("GIT_SSH_COMMAND").unwrap();
+        assert!(ssh.contains("-o StrictHostKeyChecking=yes"), "{ssh}");
+        assert!(ssh.contains("-o IdentitiesOnly=yes"), "{ssh}");
+        assert!(
+            ssh.contains(&format!("-i '{}/it'\\''s key'", dir.display())),
+            "{ssh}"
+        );
+        assert!(ssh.contains(&format!("UserKnownHostsFile='{}/kh'", dir.display())));
+        std::fs::write(dir.join("kh"), "").unwrap();
+        std::fs::write(dir.join("it's key"), "").unwrap();
+        assert_eq!(c.check(), Ok(()));
+        let spaced = Credentials {
+            known_hosts: Some(dir.join("it's key")),
+            ..Default::default()
+        };
+        assert!(spaced.check().unwrap_err().contains("without spaces"));
+        // Not an HTTP remote: no password header.
+        let env = c.env("ssh://git@git.example.com/f.git").unwrap();
+        assert!(env.iter().all(|(k, _)| !k.starts_with("GIT_CONFIG")));
+        std::fs::write(&file, "token-without-user\n").unwrap();
+        let e = c.env("https://h/f.git").unwrap_err();
+        assert!(e.contains("expected one line username:password"), "{e}");
+        assert!(is_plain_http_off_host("http://git.example.com/f.git"));
+        assert!(!is_plain_http_off_host("http://127.0.0.1:8080/f.git"));
+        assert!(!is_plain_http_off_host("http://u@[::1]:80/f.git"));
+        assert!(!is_plain_http_off_host("https://git.example.com/f.git"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn log_records_become_signature_verdicts() {
