@@ -91,6 +91,9 @@ fn intersect<'a>(a: &[L<'a>], b: &[L<'a>]) -> Option<Vec<L<'a>>> {
     None
 }
 
+/// The longest topic name MQTT can carry (a two-byte length).
+const MAX_TOPIC_BYTES: usize = 65_535;
+
 impl Acl {
     /// Whether a client may subscribe to `filter` (a valid filter, without a
     /// `$share/{group}/` prefix): true when at least one topic the filter matches is
@@ -117,12 +120,16 @@ impl Acl {
                 .max()
                 .unwrap_or(0)
         };
+        // Longest single level, not whole lengths: a witness topic holds one fresh level
+        // per `+`, so a fresh level as long as the whole filter would make a 65 KB
+        // filter of `+` levels ask for gigabytes.
+        let level = |s: &str| s.split('/').map(str::len).max().unwrap_or(0);
         let fresh_len = [
             longest(own),
             longest(Some(&self.patterns)),
-            filter.len(),
-            username.map_or(0, str::len),
-            client_id.len(),
+            level(filter),
+            username.map_or(0, level),
+            level(client_id),
         ]
         .into_iter()
         .max()
@@ -177,6 +184,17 @@ impl Acl {
                 fixed.len()..=fixed.len()
             };
             for len in lengths {
+                // No topic is longer than MQTT allows; longer witnesses prove nothing.
+                let size: usize = (0..len)
+                    .map(|i| match fixed.get(i) {
+                        Some(L::Lit(s)) => s.len(),
+                        _ => fresh_len,
+                    })
+                    .sum::<usize>()
+                    + len.saturating_sub(1);
+                if size > MAX_TOPIC_BYTES {
+                    break;
+                }
                 let witness: Vec<&str> = (0..len)
                     .map(|i| match fixed.get(i) {
                         Some(L::Lit(s)) => s,
@@ -361,5 +379,20 @@ mod tests {
         assert!(!bob(&a, "a/b/+"));
         assert!(!bob(&a, "p/+/z"));
         assert!(!bob(&a, "c/+/x"));
+    }
+
+    #[test]
+    fn a_filter_of_thousands_of_plus_levels_is_judged_without_huge_witnesses() {
+        // A fresh level as long as the whole filter made a 64 KB filter of `+` levels
+        // ask for a witness of gigabytes. Witnesses now stay under the MQTT topic
+        // limit: a deep filter under a readable prefix is still granted ...
+        let acl = acl(&[], &[(Read, "devices/%u/#")]);
+        let deep = format!("devices/bob/{}#", "+/".repeat(1_000));
+        assert!(bob(&acl, &deep));
+        let elsewhere = format!("other/{}#", "+/".repeat(1_000));
+        assert!(!bob(&acl, &elsewhere));
+        // ... and one whose witnesses would pass the limit is refused at once.
+        let huge = format!("devices/bob/{}#", "+/".repeat(32_000));
+        assert!(!bob(&acl, &huge));
     }
 }
