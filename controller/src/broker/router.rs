@@ -530,7 +530,10 @@ impl Router {
             return;
         }
         s.conn = None;
-        if let Some(e) = expiry_override {
+        // A session that was to end with its connection stays that way: MQTT 5 forbids
+        // a DISCONNECT that turns expiry 0 into more ([MQTT-3.14.2-2]), and honouring it
+        // would keep sessions `maxSessions` never counted.
+        if let Some(e) = expiry_override.filter(|_| s.expiry > 0) {
             s.expiry = e.min(self.limits.max_session_expiry);
         }
         if s.expiry == 0 {

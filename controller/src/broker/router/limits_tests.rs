@@ -147,3 +147,25 @@ fn one_message_larger_than_max_queued_bytes_still_reaches_an_empty_queue() {
     assert_eq!(r.publish(msg("t", false, 500)), 1);
     assert_eq!(r.publish(msg("t", false, 10)), 0);
 }
+
+#[test]
+fn a_disconnect_cannot_turn_a_session_that_ends_with_its_connection_into_a_kept_one() {
+    let mut r = router(RouterLimits {
+        max_sessions: 1,
+        ..RouterLimits::default()
+    });
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    // Expiry 0 at CONNECT: not counted under maxSessions ...
+    r.connect(&a, None, false, 0, 20, ConnLink::new(1)).unwrap();
+    // ... so a DISCONNECT asking for an hour must not keep it ([MQTT-3.14.2-2]).
+    r.disconnect("a", 1, Some(3600));
+    assert_eq!(r.stats().sessions, 0);
+    r.connect(&b, None, false, 60, 20, ConnLink::new(2))
+        .unwrap();
+    r.disconnect("b", 2, Some(3600));
+    assert_eq!(
+        r.stats().sessions,
+        1,
+        "a kept session may still lengthen its expiry"
+    );
+}
