@@ -26,10 +26,13 @@ pub struct Directive {
 impl Directive {
     /// The line as written, with the value masked for options holding a secret.
     pub fn display(&self) -> String {
-        if matches!(
+        // Plugin options routinely hold database, Redis or JWT secrets.
+        let secret = matches!(
             self.key.as_str(),
-            "remote_password" | "bridge_psk" | "local_password"
-        ) {
+            "remote_password" | "bridge_psk" | "local_password" | "tls_engine_kpass_sha1"
+        ) || self.key.starts_with("auth_opt_")
+            || self.key.starts_with("plugin_opt_");
+        if secret {
             format!("{} ***", self.key)
         } else if self.rest.is_empty() {
             self.key.clone()
@@ -409,5 +412,23 @@ mod tests {
             let e = parse_acl(text, &f()).expect_err(text).to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn plugin_options_and_passwords_are_masked_where_lines_are_shown() {
+        let d = parse_conf(
+            "auth_opt_pg_password hunter2\nplugin_opt_jwt_secret s3cr3t\nremote_password pw\nauth_plugin /usr/lib/go-auth.so\n",
+            &f(),
+        );
+        let shown: Vec<String> = d.iter().map(Directive::display).collect();
+        assert_eq!(
+            shown,
+            [
+                "auth_opt_pg_password ***",
+                "plugin_opt_jwt_secret ***",
+                "remote_password ***",
+                "auth_plugin /usr/lib/go-auth.so",
+            ]
+        );
     }
 }

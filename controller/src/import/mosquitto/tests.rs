@@ -202,7 +202,7 @@ fn what_edgemq_cannot_say_is_listed_with_its_place() {
     let got = losses(&i);
     for want in [
         format!("{f}:2: `auth_plugin /usr/lib/x.so`: plugins do not exist"),
-        format!("{f}:3: `auth_opt_db x`: plugin options"),
+        format!("{f}:3: `auth_opt_db ***`: plugin options"),
         format!("{f}:4: `user mosquitto`: edgemq runs as the user"),
         format!("{f}:5: `log_dest syslog`: edgemq logs to standard error"),
         format!("{f}:9: `require_certificate true`: client certificate authentication on listeners is not supported yet"),
