@@ -199,10 +199,12 @@ impl Context {
         let mut last_good = self.last_good.lock().await;
         let previous = last_good.get(ns).cloned().unwrap_or_default();
         if index::stored_version(&snap, kind, ns, name) != version {
-            // The store has not seen this version yet: build it with the fresh copy.
-            let v = Arc::new(self.build(&snap, ns, Some(fresh), previous).await?);
-            last_good.insert(ns.to_string(), v.effective.res.clone());
-            return Ok(v);
+            // The store has not seen this version yet: build it with the fresh copy. It
+            // does not advance the last good set: a reconcile's copy may also be older
+            // than the store's, and must not bring back what a newer version revoked.
+            return Ok(Arc::new(
+                self.build(&snap, ns, Some(fresh), previous).await?,
+            ));
         }
         let fp = index::fingerprint(&snap, ns);
         if let Some((f, v)) = self.views.lock().ok().and_then(|m| m.get(ns).cloned()) {
@@ -229,14 +231,19 @@ impl Context {
         fresh: Option<crate::load::Object>,
         previous: crate::load::Resources,
     ) -> Result<View, Error> {
-        let res = index::objects(snap, ns, fresh);
-        let secrets = self.referenced_secrets(snap, &res, ns).await?;
-        let res = index::add_secrets(res, &secrets);
+        let objects = index::objects(snap, ns, fresh);
+        // The Secrets the last good versions name too: an object edited to name a
+        // missing Secret falls back to a version that needs the old one.
+        let secrets = self
+            .referenced_secrets(snap, &[&objects, &previous], ns)
+            .await?;
+        let res = index::add_secrets(objects.clone(), &secrets);
         let errors = index::errors(&res);
         let wanted = super::recover::wanted(&res, &errors, &previous);
-        let previous = if wanted.is_empty() {
-            previous
-        } else {
+        if wanted.is_empty() {
+            return Ok(index::judge(res, errors, &previous));
+        }
+        let previous = {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
             let mut bundles = Vec::new();
             for b in &wanted {
@@ -259,19 +266,28 @@ impl Context {
             }
             seeded
         };
+        // A recovered Broker may name Secrets nothing else does.
+        let secrets = self
+            .referenced_secrets(snap, &[&objects, &previous], ns)
+            .await?;
+        let res = index::add_secrets(objects, &secrets);
+        let errors = index::errors(&res);
         Ok(index::judge(res, errors, &previous))
     }
 
-    /// The Secrets of `ns` that the objects in `res` name, each read by name when the
+    /// The Secrets of `ns` that the objects in `sets` name, each read by name when the
     /// metadata watch shows a version the cache does not hold; Secrets nobody names
     /// any more leave the cache.
     async fn referenced_secrets(
         &self,
         snap: &Snapshot,
-        res: &crate::load::Resources,
+        sets: &[&crate::load::Resources],
         ns: &str,
     ) -> Result<Vec<Arc<Secret>>, Error> {
-        let names = index::referenced_secrets(res, ns);
+        let names: std::collections::BTreeSet<String> = sets
+            .iter()
+            .flat_map(|res| index::referenced_secrets(res, ns))
+            .collect();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let mut out = Vec::new();
         for name in &names {

@@ -226,9 +226,13 @@ async fn apply_broker_objects(
     Ok((deployment, service))
 }
 
-/// Writes only a Broker's bundle Secret (after the same ownership check), for a Broker
-/// whose pod may not be changed.
+/// Writes only a Broker's bundle Secret and its pod's Role (after the same ownership
+/// check), for a Broker whose pod may not be changed.
 async fn apply_bundle_only(ctx: &Context, o: &desired::BrokerObjects) -> Result<(), Error> {
+    // The Role too: a bundle naming a Secret the running pod may not read would stop
+    // it applying any later bundle, deletions included.
+    ctx.ensure(&o.role).await?;
+    ctx.ensure(&o.role_binding).await?;
     ctx.ensure(&o.bundle).await?;
     Ok(())
 }

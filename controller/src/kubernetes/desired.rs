@@ -160,9 +160,12 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
     );
     data.insert(HASH_KEY.into(), json!(hash));
     // The Broker this bundle was planned from: its last good version after a restart.
-    if let Some(b) = super::recover::stored_broker(broker) {
-        data.insert(super::recover::BROKER_KEY.into(), json!(b));
-    }
+    // Always written (empty when it cannot be stored): server-side apply of
+    // `stringData` does not remove a key left out, and an older spec must not stay.
+    data.insert(
+        super::recover::BROKER_KEY.into(),
+        json!(super::recover::stored_broker(broker).unwrap_or_default()),
+    );
     let bundle_secret: Secret = typed(json!({
         "apiVersion": "v1",
         "kind": "Secret",

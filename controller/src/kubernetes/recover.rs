@@ -312,7 +312,15 @@ mod tests {
             .insert("big".into(), "x".repeat(MAX_STORED_BROKER_BYTES));
         assert_eq!(stored_broker(&big), None);
         let secret = bundle_secret(&big, &["alice"]);
-        assert!(!secret.data.expect("data").contains_key(BROKER_KEY));
+        // Written empty, so that an older stored spec does not stay behind.
+        assert_eq!(
+            secret
+                .data
+                .expect("data")
+                .get(BROKER_KEY)
+                .map(|v| v.0.len()),
+            Some(0)
+        );
         // Nor is a Broker that did not come from the API.
         let mut local = good;
         local.metadata.uid = None;
