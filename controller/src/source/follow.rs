@@ -364,7 +364,7 @@ impl Follower {
         if self.decided.as_deref() == Some(head.as_str()) {
             return false;
         }
-        let switched = match self.decide_and_apply(&head).await {
+        let (switched, settled) = match self.decide_and_apply(&head).await {
             Ok(s) => s,
             Err(e) => {
                 // Not a verdict on the commit: tried again at the next poll.
@@ -372,11 +372,17 @@ impl Follower {
                 return false;
             }
         };
-        self.decided = Some(head);
+        // A checkout that failed (a git error, a full disk) is tried again at the next
+        // poll; a verdict on the commits is not.
+        if settled {
+            self.decided = Some(head);
+        }
         switched
     }
 
-    async fn decide_and_apply(&mut self, head: &str) -> Result<bool, FollowError> {
+    /// Whether it switched, and whether the head is settled (applied or refused for
+    /// what its commits are, not for a failed checkout).
+    async fn decide_and_apply(&mut self, head: &str) -> Result<(bool, bool), FollowError> {
         let applied = self.applied().map(|a| a.commit);
         let descends = match &applied {
             Some(a) => self.mirror.descends(a, head).await?,
@@ -390,10 +396,12 @@ impl Follower {
         let decision = decide::decide(applied.as_deref(), head, descends, &new);
         let mut refused = decision.refused;
         let mut switched = false;
+        let mut settled = true;
         if let Some((commit, signer, time)) = decision.apply {
             match self.switch(&commit, &signer, time).await {
                 Ok(()) => switched = true,
                 Err(why) => {
+                    settled = false;
                     refused = Some(Refusal {
                         commit: commit.clone(),
                         reason: RefusalReason::Checkout,
@@ -412,7 +420,7 @@ impl Follower {
             tracing::error!(commit = %r.commit, reason = r.reason.label(), "{}", r.message);
         }
         self.update(|s| s.refused = refused);
-        Ok(switched)
+        Ok((switched, settled))
     }
 
     /// Checks `commit` out into a fresh folder, records it, then swaps `current`.
