@@ -226,9 +226,14 @@ async fn apply_broker_objects(
     Ok((deployment, service))
 }
 
-/// Writes only a Broker's bundle Secret and its pod's Role (after the same ownership
-/// check), for a Broker whose pod may not be changed.
+/// For a Broker whose pod may not be changed: when a pod runs, writes only its bundle
+/// Secret and its Role (after the same ownership check), so that it keeps applying
+/// user and ACL changes; when none runs, nothing.
 async fn apply_bundle_only(ctx: &Context, o: &desired::BrokerObjects) -> Result<(), Error> {
+    // No pod runs: nothing to keep up to date.
+    if ctx.observe(&o.deployment).await?.is_none() {
+        return Ok(());
+    }
     // The Role too: a bundle naming a Secret the running pod may not read would stop
     // it applying any later bundle, deletions included.
     ctx.ensure(&o.role).await?;

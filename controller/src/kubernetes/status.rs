@@ -24,8 +24,9 @@ pub enum BrokerState {
     ApplyFailed(String),
     /// One of its objects' names is taken by an object that is not the Broker's.
     NameConflict(String),
-    /// Its `spec.pod.image` is not one the installer allows; only the bundle was written
-    /// (a running pod keeps its image and still gets user and ACL changes).
+    /// Its `spec.pod.image` is not one the installer allows: the pod is not changed; one
+    /// that runs keeps its image and gets only its bundle and Role (user and ACL
+    /// changes).
     ImageNotAllowed(String),
     /// No pod is ready yet.
     PodNotReady,
