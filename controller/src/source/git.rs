@@ -323,7 +323,9 @@ pub fn is_plain_http_off_host(url: &str) -> bool {
     let Some(rest) = l.strip_prefix("http://") else {
         return false;
     };
-    let authority = rest.split('/').next().unwrap_or_default();
+    // The authority ends at the first `/`, `?` or `#` (RFC 3986): a `?@127.0.0.1`
+    // further on names no host.
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host = authority.rsplit('@').next().unwrap_or_default();
     let host = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
@@ -502,6 +504,12 @@ mod tests {
         assert!(!is_plain_http_off_host("http://127.0.0.1:8080/f.git"));
         assert!(!is_plain_http_off_host("http://u@[::1]:80/f.git"));
         assert!(!is_plain_http_off_host("https://git.example.com/f.git"));
+        assert!(is_plain_http_off_host(
+            "http://git.example.com?@127.0.0.1/f.git"
+        ));
+        assert!(is_plain_http_off_host(
+            "http://git.example.com#@localhost/f.git"
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
