@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from support import connect_packet, poll, require, run
+from support import broker_yaml, connect_packet, docs, poll, require, run, user_yaml
 
 
 # --------------------------------------------------------------------------- raw MQTT 3.1.1
@@ -221,3 +221,15 @@ def can_login(port: int, username: str, password: str, timeout: float = 3.0) -> 
         return rc == 0
     finally:
         s.close()
+
+
+def revision(port: int, users: list) -> dict:
+    """The files of one config revision: Broker `home` on `port` and `users`, each
+    with read/write on `<user>/#` and password `pw-<user>` in Secret `pw`."""
+    pw = "\n".join(f"  {u}: pw-{u}" for u in users)
+    return {
+        "broker.yaml": broker_yaml("home", port, "  allowAnonymous: false"),
+        "users.yaml": docs(*[user_yaml(u, "home", acl=[(f"{u}/#", "readwrite")],
+                                        secret_ref=("pw", u)) for u in users],
+                           f"apiVersion: v1\nkind: Secret\nmetadata: {{name: pw}}\nstringData:\n{pw}\n"),
+    }

@@ -11,21 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers_b import can_login, timed_poll
-from support import broker_yaml, connect, docs, free_port, require, run, user_yaml
+from helpers_b import can_login, revision, timed_poll
+from support import connect, free_port, require, run
 
 USERS = ["u0", "u1", "u2"]
 
 
-def revision(port: int, users: list) -> dict:
-    """The files of one revision: a broker and its users (passwords in a Secret)."""
-    pw = "\n".join(f"  {u}: pw-{u}" for u in users)
-    return {
-        "broker.yaml": broker_yaml("home", port, "  allowAnonymous: false"),
-        "users.yaml": docs(*[user_yaml(u, "home", acl=[(f"{u}/#", "readwrite")],
-                                        secret_ref=("pw", u)) for u in users],
-                           f"apiVersion: v1\nkind: Secret\nmetadata: {{name: pw}}\nstringData:\n{pw}\n"),
-    }
 
 
 def write_tree(folder: Path, files: dict) -> Path:

@@ -18,18 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers_b import can_login, metric, timed_poll
-from support import _LIVE, broker_yaml, poll, connect, docs, free_port, require, run, user_yaml, wait_port
+from helpers_b import can_login, metric, revision, timed_poll
+from support import _LIVE, broker_yaml, poll, connect, free_port, require, run, wait_port
 
 
-def revision(port: int, users: list) -> dict:
-    pw = "\n".join(f"  {u}: pw-{u}" for u in users)
-    return {
-        "broker.yaml": broker_yaml("home", port, "  allowAnonymous: false"),
-        "users.yaml": docs(*[user_yaml(u, "home", acl=[(f"{u}/#", "readwrite")],
-                                        secret_ref=("pw", u)) for u in users],
-                           f"apiVersion: v1\nkind: Secret\nmetadata: {{name: pw}}\nstringData:\n{pw}\n"),
-    }
 
 
 class Repo:

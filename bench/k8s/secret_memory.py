@@ -20,7 +20,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,18 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def sh(*args, input=None, check=True, timeout=300):
-    r = subprocess.run(args, input=input, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode:
-        sys.exit(f"{' '.join(args)}: {r.stdout}{r.stderr}")
-    return r
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from controller_scale import free_port, sh  # noqa: E402 - the same folder
 
 
 def mem_mb(pid):
