@@ -41,6 +41,7 @@
 #                         ports.env       the free ports picked for this run
 #                         pki/            CA, apiserver cert, SA key pair, tokens.csv
 #                         etc/            component kubeconfigs, containerd.toml,
+#                                         containerd/certs.d/HOST/hosts.toml (mirrors),
 #                                         kubelet.yaml, kube-proxy.yaml, cni/
 #                         logs/NAME.log   pids/NAME.pid   one per component
 #                         etcd/ containerd/ runc/ kubelet/ cni/   runtime data
@@ -391,6 +392,10 @@ write_configs() {
   # CAP_SYS_RESOURCE); it then clamps pods' values instead of failing.
   # netns_mounts_under_state_dir: pod network namespaces live under our state dir,
   # so a killed run's are found and unmounted with the rest.
+  # registry.config_path: one hosts.toml per registry (mirrors, plain-HTTP loopback
+  # registries) under etc/containerd/certs.d/HOST/, read at each pull, so a test can
+  # add a mirror to a running cluster.
+  mkdir -p "$etc/containerd/certs.d"
   cat > "$etc/containerd.toml" <<EOC
 version = 2
 root = "$STATE/containerd/root"
@@ -423,6 +428,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         Root = "$RUNC_ROOT"
         SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$etc/containerd/certs.d"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$etc/cni"
