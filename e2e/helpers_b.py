@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from support import broker_yaml, connect_packet, docs, poll, require, run, user_yaml
+from support import broker_yaml, connect_packet, docs, metric, poll, require, run, user_yaml  # noqa: F401 (metric re-exported)
 
 
 # --------------------------------------------------------------------------- raw MQTT 3.1.1
@@ -163,22 +163,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def metric(metrics: dict, key: str) -> float:
-    """A metric by exact key; label order in the exposition is not fixed, so a key with
-    labels also matches a sample whose label set contains those labels."""
-    if key in metrics:
-        return metrics[key]
-    if "{" not in key:
-        return 0.0
-    base, labels = key[:-1].split("{", 1)
-    want = set(labels.split(","))
-    total = 0.0
-    for k, v in metrics.items():
-        if k.startswith(base + "{") and want <= set(k[len(base) + 1:-1].split(",")):
-            total += v
-    return total
 
 
 FILE_LINE = re.compile(r"[\w.-]+\.ya?ml:\d+")

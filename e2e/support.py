@@ -16,6 +16,7 @@ Public API (other test modules rely on it, keep it stable):
     Edgemq(tmp_path, ...)     .write/.remove/.start/.stop/.kill/.status/.metrics/
                               .wait_applied/.log_tail/.http_get
                               .config_dir/.state_dir/.secrets_dir/.http_port
+    metric(metrics, key, default=<fail>) -> float   (a missing series fails)
     Mosquitto(tmp_path, ...)  .start/.stop/.port/.conf_path/.log_tail
     connect(port, ...) -> Client    (paho client with a started loop)
     pub(port, topic, payload, ...)  / sub(port, topic, ...) -> Client
@@ -381,6 +382,33 @@ def parse_metrics(text: str) -> dict:
         elif base not in out:
             out[base] = v
     return out
+
+
+
+_ABSENT = object()
+
+
+def metric(metrics: dict, key: str, default: Any = _ABSENT) -> float:
+    """A metric from Edgemq.metrics(): the sample with exactly this key, else the sum of
+    the samples whose label set contains the key's labels (label order in the exposition
+    is not fixed; a bare name is the sum over all its label sets).
+
+    A series that is not there fails the test (a renamed or vanished metric must not
+    read as 0); pass `default` only where absence is legitimately expected, and say why
+    at the call."""
+    if key in metrics:
+        return metrics[key]
+    base, _, labels = key.partition("{")
+    if labels:
+        want = set(labels[:-1].split(","))
+        found = [v for k, v in metrics.items()
+                 if k.startswith(base + "{") and want <= set(k[len(base) + 1:-1].split(","))]
+        if found:
+            return sum(found)
+    if default is not _ABSENT:
+        return default
+    same = sorted(k for k in metrics if k.split("{", 1)[0] == base)
+    raise AssertionError(f"metric {key} not exported; series of {base}: {same or 'none'}")
 
 
 # --------------------------------------------------------------------------- mosquitto

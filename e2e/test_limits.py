@@ -100,7 +100,11 @@ def test_max_connections_is_enforced_and_frees_up_when_a_client_leaves(edgemq, c
     e.start()
     first = [clients(port, client_id=f"c{i}") for i in range(3)]
     ok, rc = try_connect(port, client_id="fourth")
-    assert not ok, "a fourth connection got in with maxConnections: 3"
+    # Refused at accept, before any CONNACK: counted and logged with the limit's name.
+    assert (ok, rc) == (False, None), "a fourth connection got in with maxConnections: 3"
+    assert refusals(e, "maxConnections") == 1
+    poll(lambda: "connection refused: maxConnections (3) reached" in e.log_text(), 5,
+         message="the refusal logged with the limit")
     assert all(c.is_connected() for c in first)
     first[0].disconnect_wait()
     poll(lambda: try_connect(port, client_id="fourth")[0], 10,
@@ -233,7 +237,7 @@ def test_3000_retained_messages_reach_a_new_subscriber_with_default_limits(edgem
     assert got == {f"homeassistant/sensor/s{i}/config": f'{{"n": {i}}}'.encode() for i in range(n)}
     s.expect_none(0.5)
     m = e.metrics()
-    assert m.get("edgemq_messages_dropped_total", 0) == 0, m
+    assert metric(m, "edgemq_messages_dropped_total") == 0, m
 
 
 # --------------------------------------------------------------------------- byte, handshake,
