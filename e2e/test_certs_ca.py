@@ -10,9 +10,9 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from helpers_b import closed_by_peer, read_until
 from helpers_certs import block, openssl_ca, openssl_server_cert
-from support import connect_packet, docs, free_port, poll, require, run, wait_port
+from support import (closed_by_peer, connect_packet, docs, free_port, poll, read_until, require,
+                     run, wait_port)
 
 SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: pw}\nstringData: {alice: secret1}\n"
 ALICE = ("apiVersion: edgemq.io/v1alpha1\nkind: MqttUser\nmetadata: {name: alice}\n"

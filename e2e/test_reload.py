@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers_b import (can_login, fingerprint_of_file, make_cert, metric, served_fingerprint,
-                       served_serial, timed_poll, tls_secret_yaml)
-from support import (MQTTv5, RawConn, broker_yaml, connect, connect_packet, free_port, poll, port_open,
-                     try_connect, unique_id, user_yaml)
+from helpers_b import (fingerprint_of_file, make_cert, served_fingerprint, served_serial,
+                       tls_secret_yaml)
+from support import (broker_yaml, can_login, connect, free_port, metric, MQTTv5, poll, port_open,
+                     raw_connack, timed_poll, try_connect, unique_id, user_yaml)
 
 NOT_AUTHORIZED = 0x87  # CONNACK "not authorized" as paho reports it (3.1.1 code 5)
 
@@ -336,14 +336,6 @@ def _revoke_folder(e, port: int, acls: dict, carol_ref: str = "carol") -> None:
             "  alice: pw-alice\n  bob: pw-bob\n  carol: pw-carol\n")
 
 
-def _raw_connack(port: int, username: str, password: str, v5: bool):
-    """(whole CONNACK as (type, flags, body), whether the broker then closes)."""
-    with RawConn(port) as c:
-        c.send(connect_packet(unique_id("raw"), v5=v5, username=username, password=password))
-        packet = c.read_packet()
-        return packet, c.closed_by_peer(5)
-
-
 def test_deleting_a_user_locks_it_out_while_another_user_is_invalid(edgemq, clients, tmp_path):
     port = free_port()
     e = edgemq()
@@ -383,8 +375,8 @@ def test_deleting_a_user_locks_it_out_while_another_user_is_invalid(edgemq, clie
     # Delete bob while carol is broken: locked out at once, his session closed.
     e.remove("bob.yaml")
     poll(lambda: bob.disconnected.is_set(), 15, message="bob's connection closed after his deletion")
-    assert _raw_connack(port, "bob", "pw-bob", v5=False) == ((2, 0, b"\x00\x05"), True)
-    (ptype, flags, body), closed = _raw_connack(port, "bob", "pw-bob", v5=True)
+    assert raw_connack(port, username="bob", password="pw-bob", v5=False) == ((2, 0, b"\x00\x05"), True)
+    (ptype, flags, body), closed = raw_connack(port, username="bob", password="pw-bob", v5=True)
     assert (ptype, flags, body, closed) == (2, 0, b"\x00\x87\x00", True), body
     assert try_connect(port, username="bob", password="pw-bob", protocol=MQTTv5) == (False, 0x87)
     # alice still works, and carol still logs in at her last good version.

@@ -14,7 +14,7 @@ import os
 import pytest
 
 import support
-from support import RawConn, packet
+from support import RawConn, mqtt_str as s, packet
 
 TARGET = os.environ.get("EDGEMQ_E2E_TARGET", "edgemq")
 
@@ -35,11 +35,6 @@ def port(tmp_path_factory):
     yield p
     e.stop(expect_clean=False)
     e.kill()
-
-
-def s(text) -> bytes:
-    b = text.encode() if isinstance(text, str) else bytes(text)
-    return len(b).to_bytes(2, "big") + b
 
 
 # (id, MQTT 5?, raw packet sent after a successful CONNECT, v5 reason code)

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from helpers_b import closed_by_peer, fingerprint_of_file, json_of, make_cert, served_fingerprint, tls_secret_yaml
-from support import E2E_DIR, docs, free_port, poll, require, require_node_mqtt, run, wait_port
+from helpers_b import fingerprint_of_file, json_of, make_cert, served_fingerprint, tls_secret_yaml
+from support import (closed_by_peer, docs, E2E_DIR, free_port, poll, require, require_node_mqtt,
+                     run, wait_port)
 
 SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: pw}\nstringData: {alice: secret1}\n"
 ALICE = ("apiVersion: edgemq.io/v1alpha1\nkind: MqttUser\nmetadata: {name: alice}\n"
