@@ -19,7 +19,6 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, RwLock};
 
 use crate::broker::TlsMaterial;
-use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::{self, CertInfo};
 use crate::load::{self, Resources};
 use crate::metrics::Metrics;
@@ -27,9 +26,9 @@ use crate::plan::{self, BrokerBundle};
 use crate::runtime::{self, Engine, Materials};
 use crate::source::follow::{Follower, GitMetrics, GitOptions, GitStatus};
 use crate::source::watch::FolderWatch;
-use crate::status::{
-    bridge_condition, ready_condition, ConfigStatus, ResourceStatus, StatusReport,
-};
+use crate::status::kinds::{self, reason, BrokerState, UserState};
+use crate::status::{self, ready_condition, ConfigStatus, ResourceStatus, StatusReport};
+use serde_json::Value;
 
 impl crate::http::Health for Runtime {
     async fn probe(&self) -> Vec<String> {
@@ -262,7 +261,7 @@ impl Runtime {
             .filter(|r| r.kind == "Broker" && r.ready().is_some_and(|c| c.status != "True"))
             // A Broker whose edit has a mistake runs its last good version.
             .filter(|r| {
-                !(r.ready().is_some_and(|c| c.reason == "InvalidSpec")
+                !(r.ready().is_some_and(|c| c.reason == reason::INVALID_SPEC)
                     && running.contains_key(&format!("{}/{}", r.namespace, r.name)))
             })
             .map(|r| format!("{}/{}", r.namespace, r.name))
@@ -291,7 +290,7 @@ impl Runtime {
         for r in report.resources.iter_mut().filter(|r| r.kind == "Bridge") {
             if let Some(st) = bridges.get(&format!("{}/{}", r.namespace, r.name)) {
                 let st = st.clone();
-                let (ready, reason, message) = bridge_condition(&st);
+                let (ready, reason, message) = kinds::bridge_ready(&st);
                 if let Some(c) = r.conditions.iter_mut().find(|c| c.type_ == "Ready") {
                     let status = if ready { "True" } else { "False" };
                     if c.status != status {
@@ -404,63 +403,47 @@ impl Runtime {
         let mut resources = Vec::new();
         for b in res.brokers() {
             let key = format!("{}/{}", b.meta.namespace, b.meta.name);
-            let (ready, reason, message, details) =
-                match (broker_results.get(&key), brokers.get(&key)) {
-                    (Some(Ok(_)), Some(st)) => (
-                        true,
-                        "Running",
-                        format!(
-                            "{} listener(s), config {}",
-                            st.listeners.len(),
-                            &st.config_hash[..12]
-                        ),
-                        serde_json::to_value(st).unwrap_or_default(),
-                    ),
-                    (Some(Err(e)), Some(st)) => (
-                        false,
-                        "ApplyFailed",
-                        format!("{e}; running the previous configuration"),
-                        serde_json::to_value(st).unwrap_or_default(),
-                    ),
-                    (Some(Err(e)), None) => {
-                        (false, "StartFailed", e.clone(), serde_json::Value::Null)
-                    }
-                    _ => (false, "Unknown", String::new(), serde_json::Value::Null),
-                };
-            let (ready, reason, message) = match held.get(&b.meta.key()) {
-                Some(h) => (false, "InvalidSpec", h.message()),
-                None => (ready, reason, message),
+            let st = brokers.get(&key);
+            let state = match (held.get(&b.meta.key()), broker_results.get(&key), st) {
+                (Some(h), _, _) => BrokerState::InvalidSpec {
+                    errors: vec![h.message()],
+                    running: None,
+                },
+                (None, Some(Ok(_)), Some(st)) => BrokerState::Running {
+                    listeners: Some(st.listeners.len()),
+                },
+                (None, Some(Err(e)), Some(_)) => {
+                    BrokerState::ApplyFailed(format!("{e}; running the previous configuration"))
+                }
+                (None, Some(Err(e)), None) => BrokerState::StartFailed(e.clone()),
+                _ => BrokerState::Pending,
             };
+            let ready = kinds::broker_ready(&state, st.map(|s| s.config_hash.as_str()));
+            let details = st
+                .map(|st| serde_json::to_value(st).unwrap_or_default())
+                .unwrap_or_default();
             resources.push(status_of(
-                "Broker", &b.meta, ready, reason, &message, details, &previous, &stamp,
+                "Broker", &b.meta, ready, details, &previous, &stamp,
             ));
         }
         for u in res.users() {
             let broker = &u.object.spec.broker_ref;
             let key = format!("{}/{}", u.meta.namespace, broker);
-            let (ready, reason, message) = match broker_results.get(&key) {
-                Some(Ok(_)) => (true, "Active", format!("can log in to Broker {broker}")),
-                Some(Err(_)) => (
-                    false,
-                    "BrokerNotReady",
-                    format!("Broker {broker} did not apply its configuration"),
-                ),
-                None => (
-                    false,
-                    "BrokerNotFound",
-                    format!("Broker {broker} not found"),
-                ),
-            };
-            let (ready, reason, message) = match held.get(&u.meta.key()) {
-                Some(h) => (false, "InvalidSpec", h.message()),
-                None => (ready, reason, message),
+            let broker_key = (load::Kind::Broker, u.meta.namespace.clone(), broker.clone());
+            let state = match (held.get(&u.meta.key()), broker_results.get(&key)) {
+                (Some(h), _) => UserState::InvalidSpec(h.message()),
+                (None, Some(Ok(_))) => UserState::Active,
+                (None, Some(Err(_))) => UserState::BrokerNotReady,
+                // A Broker left out for its mistakes is not in the effective set.
+                (None, None) => match held.get(&broker_key) {
+                    Some(h) => UserState::BrokerInvalid(h.message()),
+                    None => UserState::BrokerNotFound,
+                },
             };
             resources.push(status_of(
                 "MqttUser",
                 &u.meta,
-                ready,
-                reason,
-                &message,
+                kinds::user_ready(&state, broker),
                 serde_json::Value::Null,
                 &previous,
                 &stamp,
@@ -468,26 +451,24 @@ impl Runtime {
         }
         for br in res.bridges() {
             let key = format!("{}/{}", br.meta.namespace, br.meta.name);
-            let (ready, reason, message, details) =
-                match (bridge_results.get(&key), bridges.get(&key)) {
-                    (Some(Ok(())), Some(st)) => {
-                        let (ready, reason, message) = bridge_condition(st);
-                        (
-                            ready,
-                            reason,
-                            message,
-                            serde_json::to_value(st).unwrap_or_default(),
-                        )
-                    }
-                    (Some(Err(e)), _) => (false, "ConfigError", e.clone(), serde_json::Value::Null),
-                    _ => (false, "Unknown", String::new(), serde_json::Value::Null),
-                };
-            let (ready, reason, message) = match held.get(&br.meta.key()) {
-                Some(h) => (false, "InvalidSpec", h.message()),
-                None => (ready, reason, message),
+            let (ready, details) = match (
+                held.get(&br.meta.key()),
+                bridge_results.get(&key),
+                bridges.get(&key),
+            ) {
+                (Some(h), _, _) => ((false, reason::INVALID_SPEC, h.message()), Value::Null),
+                (None, Some(Ok(())), Some(st)) => (
+                    kinds::bridge_ready(st),
+                    serde_json::to_value(st).unwrap_or_default(),
+                ),
+                (None, Some(Err(e)), _) => ((false, reason::CONFIG_ERROR, e.clone()), Value::Null),
+                _ => (
+                    (false, reason::PENDING, "not started yet".to_string()),
+                    Value::Null,
+                ),
             };
             resources.push(status_of(
-                "Bridge", &br.meta, ready, reason, &message, details, &previous, &stamp,
+                "Bridge", &br.meta, ready, details, &previous, &stamp,
             ));
         }
         // Every Certificate is kept issued, used by a listener or not (device and
@@ -500,6 +481,12 @@ impl Runtime {
         let next_renewal = res
             .certificates()
             .filter(|c| c.object.spec.issuer.acme.is_none())
+            // A failing one is tried again on the minute tick, not in a loop.
+            .filter(|c| {
+                self.certs
+                    .progress(&format!("{}/{}", c.meta.namespace, c.meta.name))
+                    .is_none_or(|p| p.failures == 0)
+            })
             .filter_map(|c| match certs.result(&c.meta.namespace, &c.meta.name) {
                 Some(Ok((_, info))) => certs::parse_rfc3339(&info.renewal_time),
                 _ => None,
@@ -518,46 +505,33 @@ impl Runtime {
             let progress = self.certs.progress(&key);
             let (ready, reason, message, details) =
                 match aws_states.get(&(c.meta.namespace.clone(), c.meta.name.clone())) {
-                    Some(st) => aws_iot_status(st),
-                    None => certs::report::certificate_status(
+                    Some(st) => status::certificate::aws_iot_status(st),
+                    None => status::certificate::certificate_status(
                         certs.result(&c.meta.namespace, &c.meta.name),
                         progress.as_ref(),
                         now,
                     ),
                 };
-            let label = crate::metrics::CertificateLabel {
-                certificate: key.clone(),
-            };
-            match certs.result(&c.meta.namespace, &c.meta.name) {
-                Some(Ok((_, info))) => {
-                    if let Some(t) = certs::parse_rfc3339(&info.not_after) {
-                        self.metrics
-                            .certificate_expiration
-                            .get_or_create(&label)
-                            .set(t.unix_timestamp());
-                    }
-                }
-                _ => {
-                    self.metrics.certificate_expiration.remove(&label);
-                }
-            }
             let aws_failures = aws_states
                 .get(&(c.meta.namespace.clone(), c.meta.name.clone()))
                 .map(|st| st.failures);
-            self.metrics
-                .certificate_renewal_failures
-                .get_or_create(&label)
-                .set(progress.map(|p| p.failures).or(aws_failures).unwrap_or(0) as i64);
-            let (ready, reason, message) = match held.get(&c.meta.key()) {
-                Some(h) => (false, "InvalidSpec", h.message()),
+            let not_after = match certs.result(&c.meta.namespace, &c.meta.name) {
+                Some(Ok((_, info))) => Some(info.not_after.as_str()),
+                _ => None,
+            };
+            self.metrics.certificates.observe(
+                &key,
+                not_after,
+                progress.map(|p| p.failures).or(aws_failures).unwrap_or(0),
+            );
+            let ready = match held.get(&c.meta.key()) {
+                Some(h) => (false, reason::INVALID_SPEC, h.message()),
                 None => (ready, reason, message),
             };
             resources.push(status_of(
                 "Certificate",
                 &c.meta,
                 ready,
-                reason,
-                &message,
                 details,
                 &previous,
                 &stamp,
@@ -658,50 +632,6 @@ impl Runtime {
     }
 }
 
-/// Ready, reason, message and details of an `awsIot` Certificate.
-fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::Value) {
-    let retry = st
-        .retry_in_seconds
-        .map(|s| format!("; retrying in {s}s"))
-        .unwrap_or_default();
-    if st.fleet {
-        return certs::report::fleet_status(st);
-    }
-    match (&st.issued, &st.error) {
-        (Some(i), err) => {
-            let a = i.info.aws_iot.clone().unwrap_or_default();
-            let mut message = format!(
-                "AWS IoT certificate {} attached to thing {} and policy {}; endpoint {}",
-                a.certificate_id, a.thing_name, a.policy_name, a.endpoint
-            );
-            if st.working {
-                message.push_str("; updating in AWS");
-            }
-            if let Some(e) = err {
-                message.push_str(&format!("; last AWS update failed: {e}{retry}"));
-            }
-            (
-                true,
-                "Issued",
-                message,
-                serde_json::to_value(&i.info).unwrap_or_default(),
-            )
-        }
-        (None, Some(e)) => (
-            false,
-            "IssueFailed",
-            format!("{e}{retry}"),
-            serde_json::Value::Null,
-        ),
-        (None, None) => (
-            false,
-            "Issuing",
-            "creating the AWS IoT certificate in the background".into(),
-            serde_json::Value::Null,
-        ),
-    }
-}
-
 /// The status of every object left out because of its mistakes (it never had a good
 /// version): not in the effective set, so not reported with the others.
 fn left_out(
@@ -717,9 +647,7 @@ fn left_out(
             status_of(
                 kind.as_str(),
                 &obj,
-                false,
-                "InvalidSpec",
-                &h.message(),
+                (false, reason::INVALID_SPEC, h.message()),
                 serde_json::Value::Null,
                 previous,
                 now,
@@ -728,22 +656,20 @@ fn left_out(
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The status file sink's record of one object.
 fn status_of(
     kind: &str,
     obj: &load::ObjectRef,
-    ready: bool,
-    reason: &str,
-    message: &str,
+    ready: kinds::Ready,
     details: serde_json::Value,
     previous: &BTreeMap<String, crate::api::Condition>,
     now: &str,
 ) -> ResourceStatus {
     let key = format!("{kind}/{}/{}", obj.namespace, obj.name);
     let cond = ready_condition(
-        ready,
-        reason,
-        message,
+        ready.0,
+        ready.1,
+        &ready.2,
         obj.generation,
         previous.get(&key),
         now,

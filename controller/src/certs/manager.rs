@@ -36,6 +36,8 @@ pub struct Manager {
     reload: mpsc::UnboundedSender<()>,
     tasks: Tasks,
     aws: AwsIotJobs,
+    /// Failed attempts of the Certificates issued in place (selfSigned, ca), by key.
+    in_place: std::sync::Mutex<BTreeMap<String, Progress>>,
 }
 
 /// `namespace/name` of a Certificate.
@@ -56,6 +58,7 @@ impl Manager {
             aws: AwsIotJobs::new(state.to_path_buf(), reload.clone()),
             reload,
             tasks: Tasks::default(),
+            in_place: Default::default(),
         }
     }
 
@@ -85,7 +88,31 @@ impl Manager {
         now: time::OffsetDateTime,
     ) -> Result<(TlsMaterial, CertInfo), String> {
         let Some(job) = AcmeJob::of(cert, secrets.clone()) else {
-            return super::ensure(&self.state, cert, secrets, now).map_err(|e| e.to_string());
+            let attempt = super::ensure(&self.state, cert, secrets, now).map_err(|e| e.to_string());
+            let issuer = &cert.spec.issuer;
+            if issuer.self_signed.is_none() && issuer.ca.is_none() {
+                return attempt;
+            }
+            let key = key_of(cert);
+            let Ok(mut in_place) = self.in_place.lock() else {
+                return attempt;
+            };
+            let stored = attempt
+                .is_err()
+                .then(|| read_stored(&cert_dir(&self.state, cert)))
+                .flatten();
+            let (result, progress) = super::keep_serving(
+                cert,
+                attempt,
+                stored.as_ref().map(|s| &s.material),
+                in_place.get(&key),
+                now,
+            );
+            match progress {
+                Some(p) => in_place.insert(key, p),
+                None => in_place.remove(&key),
+            };
+            return result;
         };
         let dir = cert_dir(&self.state, cert);
         let store = || -> Arc<dyn AcmeStore> {
@@ -118,12 +145,17 @@ impl Manager {
 
     /// Progress of the background issuer of `namespace/name`, if it has one.
     pub fn progress(&self, key: &str) -> Option<Progress> {
-        self.tasks.progress(key)
+        self.tasks
+            .progress(key)
+            .or_else(|| self.in_place.lock().ok().and_then(|p| p.get(key).cloned()))
     }
 
     /// Stops the background issuers of Certificates that are gone from the config.
     pub fn retain(&self, keys: &[String]) {
         self.tasks.retain(|k| keys.iter().any(|x| x == k));
+        if let Ok(mut p) = self.in_place.lock() {
+            p.retain(|k, _| keys.iter().any(|x| x == k));
+        }
     }
 }
 

@@ -243,7 +243,7 @@ pub async fn reconcile(
             ctx.set_ready(
                 cert.as_ref(),
                 (false, FILE_NOT_ALLOWED, message),
-                Default::default(),
+                crate::api::CertificateStatus::default(),
             )
             .await?;
             return Ok(Action::await_change());
@@ -392,31 +392,21 @@ async fn attempt(
 
 /// Writes the Ready condition and fields of `st`, as standalone mode reports them.
 async fn report(cert: &Certificate, ctx: &Context, st: &AwsIotState) -> Result<(), Error> {
-    let (ready, reason, mut message, details) = certs::report::fleet_status(st);
+    let (ready, reason, mut message, details) = crate::status::certificate::fleet_status(st);
     if ready {
         message.push_str(&format!("; stored in Secret {}", cert.secret_name()));
     }
-    ctx.set_ready(cert, (ready, reason, message), status_fields(&details))
-        .await
-}
-
-/// The declared status fields of `details` that do not move with the clock.
-fn status_fields(details: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    const DECLARED: &[&str] = &[
-        "notBefore",
-        "notAfter",
-        "serial",
-        "renewalTime",
-        "awsIot",
-        "failures",
-    ];
-    super::status::declared_fields(details, DECLARED)
+    ctx.set_ready(
+        cert,
+        (ready, reason, message),
+        crate::status::certificate::fields(&details),
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn cert() -> Certificate {
         let mut c: Certificate = serde_yaml::from_str(
@@ -550,17 +540,5 @@ spec:
             ..Trust::default()
         };
         assert!(file_refusal(fp, &all).unwrap().contains("never read"));
-    }
-
-    #[test]
-    fn status_keeps_the_identity_and_failures_not_the_retry_countdown() {
-        let d = json!({"notAfter": "x", "awsIot": {"thingName": "t"}, "failures": 2,
-                       "retryInSeconds": 17, "expiresInSeconds": 100});
-        let f = status_fields(&d);
-        assert_eq!(
-            f.keys().collect::<Vec<_>>(),
-            ["awsIot", "failures", "notAfter"]
-        );
-        assert!(status_fields(&json!({"failures": 0})).is_empty());
     }
 }
