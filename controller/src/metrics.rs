@@ -189,7 +189,10 @@ impl CertificateMetrics {
         let label = CertificateLabel {
             certificate: key.to_string(),
         };
-        match not_after.and_then(crate::certs::parse_rfc3339) {
+        let parse = |t: &str| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        };
+        match not_after.and_then(parse) {
             Some(t) => {
                 self.expiration
                     .get_or_create(&label)

@@ -27,9 +27,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use sha2::Digest;
-use tokio::sync::mpsc;
 
-use super::certificates::{stored, tls_secret};
+use super::cert_secret::{stored, tls_secret};
 use super::context::Context;
 use super::desired::{Settings, MANAGED_BY};
 use super::trust::{Trust, CREDENTIALS_REQUIRED};
@@ -38,7 +37,6 @@ use crate::api::certificate::Http01Solver;
 use crate::api::{Certificate, CertificateStatus};
 use crate::certs::acme::{AcmeJob, AcmeStore, Issued};
 use crate::certs::http01::{Answer, Http01Host, PATH_PREFIX};
-use crate::certs::renewal::Tasks;
 use crate::certs::{self, cert_info, CertError, Stored};
 
 /// Port the solver container listens on.
@@ -48,21 +46,7 @@ pub const SOLVER_LABEL: &str = "edgemq.io/acme-solver-for";
 /// How long a solver may take to answer its token before the order is given up.
 const SOLVER_PATIENCE: Duration = Duration::from_secs(180);
 
-/// The ACME tasks of the controller, and the channel they wake reconciles with.
-pub struct Issuers {
-    tasks: Tasks,
-    wake: mpsc::UnboundedSender<ObjectRef<Certificate>>,
-}
-
-impl Issuers {
-    /// Issuers that wake reconciles through `wake`.
-    pub fn new(wake: mpsc::UnboundedSender<ObjectRef<Certificate>>) -> Issuers {
-        Issuers {
-            tasks: Tasks::default(),
-            wake,
-        }
-    }
-}
+pub use super::tasks::Issuers;
 
 /// Task key: namespace, name and uid, so a Certificate deleted and created again under
 /// the same name gets a task of its own (the old one's Secret is garbage).
@@ -162,7 +146,7 @@ pub async fn reconcile(
         Some(s) => cert_info(&s.material.cert_pem, job.renew_before, now)
             .map(|info| (s.material, info))
             .map_err(|e| e.to_string()),
-        None => Err(crate::certs::manager::not_issued_yet(&progress, &job)),
+        None => Err(crate::certs::renewal::not_issued_yet(&progress, &job)),
     };
     ctx.metrics.certificate(
         &format!(

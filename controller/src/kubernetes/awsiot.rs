@@ -30,7 +30,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use super::certificates::ours;
+use super::cert_secret::ours;
 use super::context::{status_of, Context};
 use super::trust::{Trust, CREDENTIALS_REQUIRED};
 use super::{Error, FIELD_MANAGER};
@@ -248,7 +248,7 @@ pub fn secret_for(cert: &Certificate, m: &TlsMaterial, endpoint: Option<&str>) -
         info: Default::default(),
         new: true,
     };
-    let mut secret = super::certificates::secret_for(cert, &issued);
+    let mut secret = super::cert_secret::secret_for(cert, &issued);
     if let (Some(data), Some(e)) = (secret.data.as_mut(), endpoint) {
         data.insert(ENDPOINT_KEY.into(), ByteString(e.as_bytes().to_vec()));
     }

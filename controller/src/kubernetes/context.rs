@@ -57,9 +57,9 @@ pub struct Context {
     /// last good version its bundle Secret keeps (see [`super::recover`]).
     pub(super) last_good: tokio::sync::Mutex<HashMap<String, crate::load::Resources>>,
     /// The background ACME issuers.
-    pub(super) acme: super::acme::Issuers,
+    pub(super) acme: super::tasks::Issuers,
     /// The background fleet provisioning tasks.
-    pub(super) fleet: super::fleet::Provisioners,
+    pub(super) fleet: super::tasks::Provisioners,
     /// Whether every store has listed once.
     pub(super) synced: Synced,
     /// Values of the Secrets some edgemq object names, read by name, by

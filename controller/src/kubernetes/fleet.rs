@@ -17,8 +17,7 @@
 //! downward API), `file` a file in the controller's container (the chart's
 //! `extraVolumes` and `extraVolumeMounts` mount host files there).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -26,10 +25,9 @@ use k8s_openapi::ByteString;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
-use tokio::sync::mpsc;
 
 use super::acme::task_key;
-use super::certificates::tls_secret;
+use super::cert_secret::tls_secret;
 use super::context::Context;
 use super::trust::{FileError, Trust, FILE_NOT_ALLOWED};
 use super::Error;
@@ -37,7 +35,7 @@ use crate::api::certificate::FleetProvisioning;
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
 use crate::certs::awsiot::Issued;
-use crate::certs::awsiot_jobs::{fleet_attempt, AwsIotState, Job};
+use crate::certs::awsiot_jobs::{fleet_attempt, AwsIotState};
 use crate::certs::fleet::{self, FleetError, FleetIdentity, FleetRequest, Machine, Record};
 use crate::certs::{self, CertError};
 
@@ -48,39 +46,8 @@ pub const THING_NAME_KEY: &str = "thingName";
 /// Environment variable naming the node the controller runs on.
 pub const NODE_NAME_ENV: &str = "EDGEMQ_NODE_NAME";
 
-/// A provisioned identity whose Secret is not written yet.
-struct Unsaved {
-    record: Record,
-    identity: FleetIdentity,
-    ca_pem: String,
-}
-
-#[derive(Default)]
-struct Inner {
-    jobs: BTreeMap<String, Job>,
-    unsaved: BTreeMap<String, Unsaved>,
-}
-
-/// The fleet provisioning tasks of the controller, and the channel they wake
-/// reconciles with.
-pub struct Provisioners {
-    inner: Mutex<Inner>,
-    wake: mpsc::UnboundedSender<ObjectRef<Certificate>>,
-}
-
-impl Provisioners {
-    /// Provisioners that wake reconciles through `wake`.
-    pub fn new(wake: mpsc::UnboundedSender<ObjectRef<Certificate>>) -> Provisioners {
-        Provisioners {
-            inner: Mutex::default(),
-            wake,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub use super::tasks::Provisioners;
+use super::tasks::Unsaved;
 
 /// What template parameters read from the machine on a cluster.
 pub struct ClusterMachine {

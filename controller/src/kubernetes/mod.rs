@@ -16,6 +16,7 @@
 pub mod acme;
 pub mod awsiot;
 pub mod bundle;
+pub mod cert_secret;
 pub mod certificates;
 pub mod context;
 pub mod controller;
@@ -27,6 +28,7 @@ pub mod ownership;
 pub mod pod;
 pub mod recover;
 pub mod status;
+pub mod tasks;
 pub mod trust;
 
 use std::collections::HashSet;
@@ -382,20 +384,7 @@ pub async fn run_controller(opts: ControllerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
+pub use crate::process::shutdown_signal;
 
 #[cfg(test)]
 mod tests {

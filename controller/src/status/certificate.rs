@@ -324,4 +324,15 @@ mod tests {
             serde_json::json!({"conditions": [], "notAfter": "x", "serial": "0a"})
         );
     }
+
+    #[test]
+    fn a_pair_kept_serving_after_a_failed_attempt_says_reissue_failing() {
+        let now = time::OffsetDateTime::now_utc();
+        let good = pair(info(now, 3600, 7200));
+        let (ready, r, m, d) = certificate_status(Some(&good), Some(&failing(1)), now);
+        assert!(ready, "the current pair still serves");
+        assert_eq!(r, "ReissueFailing");
+        assert!(m.contains("server down"), "{m}");
+        assert_eq!(fields(&d).failures, Some(1));
+    }
 }

@@ -1,5 +1,7 @@
 //! Standalone mode: a folder of YAML runs brokers in this process and every later
-//! edit of the folder is applied live.
+//! edit of the folder is applied live. Beside it: its certificate drivers
+//! ([`certificates`], the state directory) and its status sink (`sink`,
+//! `status.json`); the folder itself is read by `crate::source`.
 //!
 //! ```text
 //!  folder change ──► load + validate ──► plan ──► resolve certificates ──► apply
@@ -27,8 +29,12 @@ use crate::runtime::{self, Engine, Materials};
 use crate::source::follow::{Follower, GitMetrics, GitOptions, GitStatus};
 use crate::source::watch::FolderWatch;
 use crate::status::kinds::{self, reason, BrokerState, UserState};
-use crate::status::{self, ready_condition, ConfigStatus, ResourceStatus, StatusReport};
+use crate::status::{self, ConfigStatus, StatusReport};
+use certificates::Manager;
 use serde_json::Value;
+
+pub mod certificates;
+mod sink;
 
 impl crate::http::Health for Runtime {
     async fn probe(&self) -> Vec<String> {
@@ -82,16 +88,16 @@ pub fn load_and_plan(
 /// Certificates resolved during one reload, by (namespace, name): each is issued or
 /// read once per reload however many listeners and bridges use it. ACME certificates
 /// are never waited for: the stored pair is returned and issuance runs in the
-/// background (see [`certs::Manager`]).
+/// background (see [`Manager`]).
 struct CertResolver<'a> {
     res: &'a Resources,
-    manager: &'a certs::Manager,
+    manager: &'a Manager,
     now: time::OffsetDateTime,
     seen: BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>>,
 }
 
 impl<'a> CertResolver<'a> {
-    fn new(res: &'a Resources, manager: &'a certs::Manager, now: time::OffsetDateTime) -> Self {
+    fn new(res: &'a Resources, manager: &'a Manager, now: time::OffsetDateTime) -> Self {
         CertResolver {
             res,
             manager,
@@ -169,8 +175,7 @@ impl Materials for FolderMaterials<'_, '_> {
     }
 }
 
-/// Name of the status file in the state directory, read by `edgemq status`.
-pub const STATUS_FILE: &str = "status.json";
+pub use sink::STATUS_FILE;
 
 /// The brokers of this process and their status.
 pub struct Runtime {
@@ -179,7 +184,7 @@ pub struct Runtime {
     report: RwLock<StatusReport>,
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
-    certs: certs::Manager,
+    certs: Manager,
     /// The objects that ran last time, each at its last good version: what an object
     /// with a mistake falls back to.
     last_good: std::sync::Mutex<Resources>,
@@ -220,7 +225,7 @@ impl Runtime {
         reload: mpsc::UnboundedSender<()>,
     ) -> Runtime {
         Runtime {
-            certs: certs::Manager::new(&opts.state_dir, reload),
+            certs: Manager::new(&opts.state_dir, reload),
             engine: Engine::new(&opts.state_dir, metrics.clone()),
             opts,
             report: RwLock::new(StatusReport::default()),
@@ -422,7 +427,7 @@ impl Runtime {
             let details = st
                 .map(|st| serde_json::to_value(st).unwrap_or_default())
                 .unwrap_or_default();
-            resources.push(status_of(
+            resources.push(sink::status_of(
                 "Broker", &b.meta, ready, details, &previous, &stamp,
             ));
         }
@@ -440,7 +445,7 @@ impl Runtime {
                     None => UserState::BrokerNotFound,
                 },
             };
-            resources.push(status_of(
+            resources.push(sink::status_of(
                 "MqttUser",
                 &u.meta,
                 kinds::user_ready(&state, broker),
@@ -467,7 +472,7 @@ impl Runtime {
                     Value::Null,
                 ),
             };
-            resources.push(status_of(
+            resources.push(sink::status_of(
                 "Bridge", &br.meta, ready, details, &previous, &stamp,
             ));
         }
@@ -528,7 +533,7 @@ impl Runtime {
                 Some(h) => (false, reason::INVALID_SPEC, h.message()),
                 None => (ready, reason, message),
             };
-            resources.push(status_of(
+            resources.push(sink::status_of(
                 "Certificate",
                 &c.meta,
                 ready,
@@ -537,7 +542,7 @@ impl Runtime {
                 &stamp,
             ));
         }
-        resources.extend(left_out(held, &previous, &stamp));
+        resources.extend(sink::left_out(held, &previous, &stamp));
         let elapsed = started.elapsed();
         let config = ConfigStatus {
             valid: outcome.errors.is_empty(),
@@ -594,17 +599,9 @@ impl Runtime {
     }
 
     fn write_status_file(&self, report: &StatusReport) {
-        let path = self.opts.state_dir.join(STATUS_FILE);
         let mut report = report.clone();
         report.git = self.git_status();
-        match serde_json::to_vec_pretty(&report) {
-            Ok(json) => {
-                if let Err(e) = crate::private_fs::write(&path, &json) {
-                    tracing::warn!(path = %path.display(), error = %e, "could not write the status file");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not encode the status"),
-        }
+        sink::write(&self.opts.state_dir, &report);
     }
 
     async fn publish_report(&self, report: StatusReport) {
@@ -629,59 +626,6 @@ impl Runtime {
     /// Stops every bridge, then every broker.
     pub async fn shutdown(&self) {
         self.engine.shutdown().await;
-    }
-}
-
-/// The status of every object left out because of its mistakes (it never had a good
-/// version): not in the effective set, so not reported with the others.
-fn left_out(
-    held: &BTreeMap<load::ObjectKey, load::Held>,
-    previous: &BTreeMap<String, crate::api::Condition>,
-    now: &str,
-) -> Vec<ResourceStatus> {
-    held.iter()
-        .filter(|(k, h)| !h.kept && k.0 != load::Kind::Secret)
-        .map(|((kind, ns, name), h)| {
-            let mut obj = load::ObjectRef::new(*kind, ns, name);
-            obj.location = h.errors.iter().find_map(|e| e.location.clone());
-            status_of(
-                kind.as_str(),
-                &obj,
-                (false, reason::INVALID_SPEC, h.message()),
-                serde_json::Value::Null,
-                previous,
-                now,
-            )
-        })
-        .collect()
-}
-
-/// The status file sink's record of one object.
-fn status_of(
-    kind: &str,
-    obj: &load::ObjectRef,
-    ready: kinds::Ready,
-    details: serde_json::Value,
-    previous: &BTreeMap<String, crate::api::Condition>,
-    now: &str,
-) -> ResourceStatus {
-    let key = format!("{kind}/{}/{}", obj.namespace, obj.name);
-    let cond = ready_condition(
-        ready.0,
-        ready.1,
-        &ready.2,
-        obj.generation,
-        previous.get(&key),
-        now,
-    );
-    ResourceStatus {
-        kind: kind.into(),
-        namespace: obj.namespace.clone(),
-        name: obj.name.clone(),
-        origin: obj.location.as_ref().map(|l| l.to_string()),
-        observed_generation: obj.generation,
-        conditions: vec![cond],
-        details,
     }
 }
 
