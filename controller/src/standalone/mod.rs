@@ -28,10 +28,9 @@ use crate::plan::{self, BrokerBundle};
 use crate::runtime::{self, Engine, Materials};
 use crate::source::follow::{Follower, GitMetrics, GitOptions, GitStatus};
 use crate::source::watch::FolderWatch;
-use crate::status::kinds::{self, reason, BrokerState, UserState};
+use crate::status::kinds::{self, reason};
 use crate::status::{self, ConfigStatus, StatusReport};
 use certificates::Manager;
-use serde_json::Value;
 
 pub mod certificates;
 mod sink;
@@ -405,77 +404,18 @@ impl Runtime {
         // Status of every resource.
         let previous = self.report.read().await.previous();
         let stamp = now_rfc3339();
-        let mut resources = Vec::new();
-        for b in res.brokers() {
-            let key = format!("{}/{}", b.meta.namespace, b.meta.name);
-            let st = brokers.get(&key);
-            let state = match (held.get(&b.meta.key()), broker_results.get(&key), st) {
-                (Some(h), _, _) => BrokerState::InvalidSpec {
-                    errors: vec![h.message()],
-                    running: None,
-                },
-                (None, Some(Ok(_)), Some(st)) => BrokerState::Running {
-                    listeners: Some(st.listeners.len()),
-                },
-                (None, Some(Err(e)), Some(_)) => {
-                    BrokerState::ApplyFailed(format!("{e}; running the previous configuration"))
-                }
-                (None, Some(Err(e)), None) => BrokerState::StartFailed(e.clone()),
-                _ => BrokerState::Pending,
-            };
-            let ready = kinds::broker_ready(&state, st.map(|s| s.config_hash.as_str()));
-            let details = st
-                .map(|st| serde_json::to_value(st).unwrap_or_default())
-                .unwrap_or_default();
-            resources.push(sink::status_of(
-                "Broker", &b.meta, ready, details, &previous, &stamp,
-            ));
-        }
-        for u in res.users() {
-            let broker = &u.object.spec.broker_ref;
-            let key = format!("{}/{}", u.meta.namespace, broker);
-            let broker_key = (load::Kind::Broker, u.meta.namespace.clone(), broker.clone());
-            let state = match (held.get(&u.meta.key()), broker_results.get(&key)) {
-                (Some(h), _) => UserState::InvalidSpec(h.message()),
-                (None, Some(Ok(_))) => UserState::Active,
-                (None, Some(Err(_))) => UserState::BrokerNotReady,
-                // A Broker left out for its mistakes is not in the effective set.
-                (None, None) => match held.get(&broker_key) {
-                    Some(h) => UserState::BrokerInvalid(h.message()),
-                    None => UserState::BrokerNotFound,
-                },
-            };
-            resources.push(sink::status_of(
-                "MqttUser",
-                &u.meta,
-                kinds::user_ready(&state, broker),
-                serde_json::Value::Null,
-                &previous,
-                &stamp,
-            ));
-        }
-        for br in res.bridges() {
-            let key = format!("{}/{}", br.meta.namespace, br.meta.name);
-            let (ready, details) = match (
-                held.get(&br.meta.key()),
-                bridge_results.get(&key),
-                bridges.get(&key),
-            ) {
-                (Some(h), _, _) => ((false, reason::INVALID_SPEC, h.message()), Value::Null),
-                (None, Some(Ok(())), Some(st)) => (
-                    kinds::bridge_ready(st),
-                    serde_json::to_value(st).unwrap_or_default(),
-                ),
-                (None, Some(Err(e)), _) => ((false, reason::CONFIG_ERROR, e.clone()), Value::Null),
-                _ => (
-                    (false, reason::PENDING, "not started yet".to_string()),
-                    Value::Null,
-                ),
-            };
-            resources.push(sink::status_of(
-                "Bridge", &br.meta, ready, details, &previous, &stamp,
-            ));
-        }
+        let mut resources = sink::runtime_records(
+            &res,
+            held,
+            &sink::Running {
+                broker_results: &broker_results,
+                bridge_results: &bridge_results,
+                brokers: &brokers,
+                bridges: &bridges,
+            },
+            &previous,
+            &stamp,
+        );
         // Every Certificate is kept issued, used by a listener or not (device and
         // bridge client certificates are read from the state directory).
         for c in res.certificates() {
