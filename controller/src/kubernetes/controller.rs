@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  watchers (Broker, MqttUser, Bridge, Certificate, Secret) ──► stores ──► index (one namespace)
+//!     (each store's stream also wakes the controllers that follow that kind)
 //!                                                                  │ validate + plan (pure, shared)
 //!  Broker      ─► desired objects (pure) ─► server-side apply ─► status if changed, Events on flips
 //!  MqttUser    ─► accepted by its Broker, or why not
@@ -372,29 +373,6 @@ where
     (reader, stream)
 }
 
-/// Starts a reflector for `api`, kept running in the background; returns its store.
-fn store_of<K>(api: Api<K>) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, stream) = reflect(api);
-    tokio::spawn(async move {
-        futures_util::pin_mut!(stream);
-        while let Some(r) = stream.next().await {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "watch failed; retrying");
-            }
-        }
-    });
-    reader
-}
-
 /// At most a few reconciles at once: an edge controller shares its node with brokers,
 /// and memory stays bounded however many objects change together.
 fn controller_config() -> kube::runtime::controller::Config {
@@ -452,8 +430,11 @@ pub async fn run(
     // Secrets by metadata only: which exist and when they change. Values are read by
     // name, and only of the Secrets some edgemq object names (Context::view).
     let (secrets, secrets_changed) = reflect(api_for::<PartialObjectMeta<Secret>>(&client, ns));
+    // The Brokers' stream feeds the MqttUser controller (their users' status follows the
+    // Broker's), so the Brokers are not watched a second time for it.
+    let (brokers, brokers_changed) = reflect(api_for::<Broker>(&client, ns));
     let stores = Stores {
-        brokers: store_of(api_for::<Broker>(&client, ns)),
+        brokers,
         users,
         bridges,
         certificates,
@@ -534,20 +515,16 @@ pub async fn run(
         api_for::<MqttUser>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .watches(
-        api_for::<Broker>(&client, ns),
-        watcher::Config::default(),
-        move |b| {
-            let ns = namespace_of(&b);
-            let name = b.name_any();
-            users_store
-                .state()
-                .into_iter()
-                .filter(|u| namespace_of(u.as_ref()) == ns && u.spec.broker_ref == name)
-                .map(|u| ObjectRef::from_obj(u.as_ref()))
-                .collect::<Vec<_>>()
-        },
-    )
+    .watches_stream(brokers_changed, move |b| {
+        let ns = namespace_of(&b);
+        let name = b.name_any();
+        users_store
+            .state()
+            .into_iter()
+            .filter(|u| namespace_of(u.as_ref()) == ns && u.spec.broker_ref == name)
+            .map(|u| ObjectRef::from_obj(u.as_ref()))
+            .collect::<Vec<_>>()
+    })
     // Two MqttUsers claiming one username are both in conflict: a change of either
     // (or its deletion) changes the other's status.
     .watches(
