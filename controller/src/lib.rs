@@ -3,9 +3,11 @@
 //! The modules follow the pipeline:
 //!
 //! ```text
-//!  sources:  standalone (a folder, watched)      kubernetes (watchers of the API)
-//!                 │                                   │
-//!                 └──────────► load ◄─────────────────┘   api (types) → index, validate
+//!  front doors:  standalone/ (a folder, watched;        kubernetes/ (watchers of the API;
+//!                certificates in the state directory;   certificates in Secrets;
+//!                the status file sink)                  the status subresource sink)
+//!                 │                                      │
+//!                 └──────────► load ◄────────────────────┘   api (types) → index, validate
 //!                               │
 //!                               ▼
 //!                             plan (pure: resources → one config bundle per Broker)
@@ -13,12 +15,13 @@
 //!                 ┌─────────────┼───────────────────────────┐
 //!                 ▼             ▼                           ▼
 //!             runtime       certs, aws                   render
-//!     (Engine: broker +    (issuers: selfSigned, ca,   (mosquitto files)
-//!      bridges, shared by    acme, awsIot)
-//!      `run` and the pod)
-//!                 │
-//!                 ▼
-//!  status sinks: status (status.json, /status)        kubernetes::status (status subresource)
+//!     (Engine: broker +    (issuers behind store       (mosquitto files)
+//!      bridges, shared by    traits: selfSigned, ca,
+//!      `run` and the pod)    acme, awsIot; AWS's API
+//!                            and topic contract)
+//!
+//!  status: each kind's Ready words and typed status, pure, written by both sinks
+//!  process: what every long-running command shares (shutdown signals)
 //! ```
 //!
 //! `import` is the way in from another broker: Mosquitto's files → api objects as YAML
@@ -40,6 +43,7 @@ pub mod load;
 pub mod metrics;
 pub mod plan;
 pub mod private_fs;
+pub mod process;
 pub mod render;
 pub mod runtime;
 pub mod source;

@@ -154,10 +154,58 @@ pub struct Metrics {
     pub config_reloads: Counter,
     /// Configuration changes refused (the last good config kept running).
     pub config_reload_errors: Counter,
+    /// Expiry and failed attempts of each Certificate.
+    pub certificates: CertificateMetrics,
+}
+
+/// The Certificate metrics, the same set (and names) in `edgemq run` and the
+/// controller, so one dashboard or alert serves both modes.
+#[derive(Clone, Debug, Default)]
+pub struct CertificateMetrics {
     /// Expiry of each Certificate's current certificate, Unix time in seconds.
-    pub certificate_expiration: Family<CertificateLabel, Gauge>,
+    pub expiration: Family<CertificateLabel, Gauge>,
     /// Failed issuance or renewal attempts of each Certificate since its last success.
-    pub certificate_renewal_failures: Family<CertificateLabel, Gauge>,
+    pub renewal_failures: Family<CertificateLabel, Gauge>,
+}
+
+impl CertificateMetrics {
+    /// Registers both under `r`'s prefix (`edgemq_`).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "certificate_expiration_timestamp_seconds",
+            "Expiry of the certificate a Certificate serves now, Unix time in seconds",
+            self.expiration.clone(),
+        );
+        r.register(
+            "certificate_renewal_failures",
+            "Failed issuance or renewal attempts of a Certificate since its last success",
+            self.renewal_failures.clone(),
+        );
+    }
+
+    /// Records a Certificate's current expiry (`None`: it serves nothing) and its
+    /// failed attempts since the last success.
+    pub fn observe(&self, key: &str, not_after: Option<&str>, failures: u32) {
+        let label = CertificateLabel {
+            certificate: key.to_string(),
+        };
+        let parse = |t: &str| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        };
+        match not_after.and_then(parse) {
+            Some(t) => {
+                self.expiration
+                    .get_or_create(&label)
+                    .set(t.unix_timestamp());
+            }
+            None => {
+                self.expiration.remove(&label);
+            }
+        }
+        self.renewal_failures
+            .get_or_create(&label)
+            .set(failures as i64);
+    }
 }
 
 impl Metrics {
@@ -280,16 +328,7 @@ impl Metrics {
             "Configuration changes refused; the last good config kept running",
             self.config_reload_errors.clone(),
         );
-        r.register(
-            "certificate_expiration_timestamp_seconds",
-            "Expiry of the certificate a Certificate serves now, Unix time in seconds",
-            self.certificate_expiration.clone(),
-        );
-        r.register(
-            "certificate_renewal_failures",
-            "Failed issuance or renewal attempts of a Certificate since its last success",
-            self.certificate_renewal_failures.clone(),
-        );
+        self.certificates.register(r);
     }
 }
 

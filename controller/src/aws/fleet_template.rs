@@ -16,10 +16,10 @@
 
 use serde_json::{json, Value};
 
+use super::fleet_provisioning::Topics;
 use super::policy;
 use crate::api::certificate::FleetProvisioning;
 use crate::api::{Bridge, Certificate};
-use crate::certs::fleet::Topics;
 
 /// Client ids the claim may connect with (the provisioning connection's prefix).
 pub const CLAIM_CLIENT_IDS: &str = "edgemq-provision-*";

@@ -1,7 +1,10 @@
 //! AWS plumbing shared by the AWS IoT issuer: SDK configuration from the standard
 //! credential chain, and errors that name the service, the operation and AWS's error
-//! code. The least-privilege policy generator (`policy`) is pure.
+//! code. The least-privilege policy generator (`policy`) and AWS IoT's fleet
+//! provisioning contract (`fleet_provisioning`: topics and payloads, used by the
+//! issuer in `certs::fleet` and by `fleet_template`) are pure.
 
+pub mod fleet_provisioning;
 pub mod fleet_template;
 pub mod policy;
 

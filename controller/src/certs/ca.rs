@@ -4,13 +4,11 @@
 //! both server and client authentication. The CA certificate is stored as `ca.crt`
 //! next to the pair, for clients and bridges that must trust it.
 
-use std::path::Path;
-
 use sha2::{Digest, Sha256};
 
 use super::{
-    cert_dir, cert_info, common_name, leaf_params, new_key, parse_duration, read_stored,
-    subject_names, write_stored, CertError, CertInfo, Issued, Secrets, Stored,
+    cert_info, common_name, leaf_params, new_key, parse_duration, subject_names, CertError, Issued,
+    Secrets, Stored,
 };
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
@@ -26,23 +24,6 @@ fn request(cert: &Certificate, ca_pem: &str) -> String {
         cert.spec.private_key.algorithm,
         ca.iter().map(|b| format!("{b:02x}")).collect::<String>()
     )
-}
-
-/// Reuses the stored pair while it is good and signed by the current CA, otherwise
-/// signs a new one with the CA of Secret `secret_ref`.
-pub fn ensure(
-    state: &Path,
-    cert: &Certificate,
-    secret_ref: &str,
-    secrets: &Secrets,
-    now: time::OffsetDateTime,
-) -> Result<(TlsMaterial, CertInfo), CertError> {
-    let dir = cert_dir(state, cert);
-    let issued = issue(cert, secret_ref, secrets, read_stored(&dir).as_ref(), now)?;
-    if issued.new {
-        write_stored(&dir, &issued.material, &issued.ca_pem, &issued.request)?;
-    }
-    Ok((issued.material, issued.info))
 }
 
 /// The pair `stored` when it answers the current request (same names, same CA) and
@@ -134,6 +115,21 @@ pub fn issue(
 mod tests {
     use super::*;
     use crate::api::certificate::{CaIssuer, CertificateSpec, Issuer};
+    use crate::broker::TlsMaterial;
+    use crate::certs::{cert_dir, CertInfo};
+
+    /// Issued in place and kept in the state directory, as `edgemq run` does (the
+    /// Certificate names Secret `secret_ref`).
+    fn ensure(
+        state: &std::path::Path,
+        cert: &Certificate,
+        secret_ref: &str,
+        secrets: &Secrets,
+        now: time::OffsetDateTime,
+    ) -> Result<(TlsMaterial, CertInfo), CertError> {
+        assert_eq!(cert.spec.issuer.ca.as_ref().unwrap().secret_ref, secret_ref);
+        crate::certs::ensure(state, cert, secrets, now)
+    }
     use rustls::client::danger::ServerCertVerifier;
 
     fn ca_secret() -> (Secrets, String) {

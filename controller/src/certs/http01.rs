@@ -185,7 +185,7 @@ pub async fn serve(addr: SocketAddr, answers: HashMap<String, String>) -> Result
     let n = answers.len();
     let server = Server::start(&[addr.ip()], addr.port(), Arc::new(Mutex::new(answers))).await?;
     tracing::info!(addr = %server.addr, challenges = n, "answering HTTP-01 challenges");
-    crate::kubernetes::shutdown_signal().await;
+    crate::process::shutdown_signal().await;
     drop(server);
     Ok(())
 }

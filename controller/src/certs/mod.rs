@@ -2,11 +2,12 @@
 //! them by reference. One file per issuer.
 //!
 //! ```text
-//!  reload ──► Manager::material ──► selfSigned / ca: issued in place (fast, local)
-//!                  │                acme: the stored pair, at once; issuance and renewal
-//!                  │                run in a background task per Certificate, retried
-//!                  ▼                with backoff; a new pair triggers a reload
-//!              state dir: certs/<namespace>_<name>/{tls.crt,tls.key,ca.crt}
+//!  standalone::certificates::Manager ─┐           ┌─ kubernetes::certificates
+//!            (state directory)        ▼           ▼        (Secrets)
+//!                      issue_in_place: selfSigned / ca (fast, local)
+//!                      acme: a background task per Certificate (renewal), retried
+//!                      with backoff, behind the AcmeStore trait
+//!                      awsIot, fleet: behind their record stores
 //! ```
 //!
 //! Standalone mode keeps issued material in the state directory
@@ -21,12 +22,8 @@ pub mod ca;
 pub mod dns01;
 pub mod fleet;
 pub mod http01;
-pub mod manager;
 pub mod renewal;
-pub mod report;
 pub mod selfsigned;
-
-pub use manager::Manager;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -342,10 +339,13 @@ pub fn ensure(
     now: time::OffsetDateTime,
 ) -> Result<(TlsMaterial, CertInfo), CertError> {
     let issuer = &cert.spec.issuer;
-    if issuer.self_signed.is_some() {
-        selfsigned::ensure(state, cert, now)
-    } else if let Some(ca) = &issuer.ca {
-        ca::ensure(state, cert, &ca.secret_ref, secrets, now)
+    if issuer.self_signed.is_some() || issuer.ca.is_some() {
+        let dir = cert_dir(state, cert);
+        let issued = issue_in_place(cert, secrets, read_stored(&dir).as_ref(), now)?;
+        if issued.new {
+            write_stored(&dir, &issued.material, &issued.ca_pem, &issued.request)?;
+        }
+        Ok((issued.material, issued.info))
     } else if issuer.acme.is_some() {
         Err(CertError::Invalid(
             "ACME certificates are issued in the background".into(),
@@ -368,6 +368,66 @@ pub fn ensure(
         }
     } else {
         Err(CertError::Invalid("no issuer set".into()))
+    }
+}
+
+/// The issuer dispatch of the Certificates issued in place, used by both modes (each
+/// keeps the result in its own store: the state directory, or the Secret): the pair
+/// `stored` when it still answers the request and is not due, else a new one from the
+/// `selfSigned` or `ca` issuer. `secrets` are the values of the namespace's Secrets.
+pub fn issue_in_place(
+    cert: &Certificate,
+    secrets: &Secrets,
+    stored: Option<&Stored>,
+    now: time::OffsetDateTime,
+) -> Result<Issued, CertError> {
+    let issuer = &cert.spec.issuer;
+    if issuer.self_signed.is_some() {
+        selfsigned::issue(cert, stored, now)
+    } else if let Some(ca) = &issuer.ca {
+        ca::issue(cert, &ca.secret_ref, secrets, stored, now)
+    } else {
+        Err(CertError::Invalid(
+            "only selfSigned and ca certificates are issued in place".into(),
+        ))
+    }
+}
+
+/// What a Certificate issued in place (`selfSigned`, `ca`) serves after an attempt,
+/// and how its attempts stand, the same in both modes: a failed attempt keeps a stored
+/// pair that has not expired serving (as ACME does) and is counted in the returned
+/// progress (`previous` holds the earlier count); a success clears it. Pure.
+pub fn keep_serving(
+    cert: &Certificate,
+    attempt: Result<(TlsMaterial, CertInfo), String>,
+    stored: Option<&TlsMaterial>,
+    previous: Option<&renewal::Progress>,
+    now: time::OffsetDateTime,
+) -> (
+    Result<(TlsMaterial, CertInfo), String>,
+    Option<renewal::Progress>,
+) {
+    let error = match attempt {
+        Ok(ok) => return (Ok(ok), None),
+        Err(e) => e,
+    };
+    let progress = renewal::Progress {
+        issuing: false,
+        failures: previous.map_or(0, |p| p.failures).saturating_add(1),
+        last_failure: Some(error.clone()),
+        last_failure_time: Some(rfc3339(now)),
+        next_attempt: None,
+    };
+    let renew_before = cert.spec.renew_before.as_deref().and_then(parse_duration);
+    let serving = stored.and_then(|m| {
+        cert_info(&m.cert_pem, renew_before, now)
+            .ok()
+            .filter(|i| i.expires_in_seconds > 0)
+            .map(|i| (m.clone(), i))
+    });
+    match serving {
+        Some(s) => (Ok(s), Some(progress)),
+        None => (Err(error), Some(progress)),
     }
 }
 
@@ -415,6 +475,54 @@ mod tests {
         p.not_after = now + time::Duration::seconds(secs);
         let key = rcgen::KeyPair::generate().unwrap();
         (p.self_signed(&key).unwrap().pem(), now)
+    }
+
+    #[test]
+    fn a_failed_attempt_in_place_keeps_a_valid_pair_serving_and_counts() {
+        let cert: Certificate = serde_yaml::from_str(
+            "apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {name: c}\n\
+             spec: {dnsNames: [a.example], issuer: {ca: {secretRef: ca}}}\n",
+        )
+        .unwrap();
+        let (pem, now) = cert_valid_for(90 * 24 * 3600);
+        let stored = TlsMaterial {
+            cert_pem: pem,
+            key_pem: String::new(),
+        };
+        let (r, p) = keep_serving(&cert, Err("CA gone".into()), Some(&stored), None, now);
+        let (m, info) = r.expect("the stored pair keeps serving");
+        assert_eq!(m.cert_pem, stored.cert_pem);
+        let p = p.expect("the failure is counted");
+        assert_eq!(
+            (p.failures, p.last_failure.as_deref()),
+            (1, Some("CA gone"))
+        );
+        assert!(info.expires_in_seconds > 0 && !info.due(now));
+        let (r, p2) = keep_serving(&cert, Err("still".into()), None, Some(&p), now);
+        assert_eq!(r.unwrap_err(), "still");
+        assert_eq!(p2.unwrap().failures, 2, "counted on");
+        let (pem, _) = cert_valid_for(1);
+        let expired = TlsMaterial {
+            cert_pem: pem,
+            key_pem: String::new(),
+        };
+        let later = now + time::Duration::seconds(5);
+        let (r, _) = keep_serving(&cert, Err("x".into()), Some(&expired), None, later);
+        assert!(r.is_err(), "an expired pair does not serve");
+        let (ok, cleared) = keep_serving(
+            &cert,
+            Ok((
+                stored.clone(),
+                cert_info(&stored.cert_pem, None, now).unwrap(),
+            )),
+            None,
+            Some(&p),
+            now,
+        );
+        assert!(
+            ok.is_ok() && cleared.is_none(),
+            "a success clears the count"
+        );
     }
 
     #[test]

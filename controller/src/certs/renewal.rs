@@ -197,3 +197,14 @@ async fn run(
         }
     }
 }
+/// Why an ACME Certificate has no pair yet.
+pub fn not_issued_yet(p: &Progress, job: &AcmeJob) -> String {
+    match &p.last_failure {
+        Some(f) => format!(
+            "not issued yet: {f} (attempt {}, next at {})",
+            p.failures,
+            p.next_attempt.as_deref().unwrap_or_default()
+        ),
+        None => format!("being issued by the ACME server {}", job.issuer.server),
+    }
+}

@@ -2,11 +2,9 @@
 //! for LAN brokers and tests. Reused across restarts from the state directory and
 //! reissued when its SANs change or its renewal time has passed.
 
-use std::path::Path;
-
 use super::{
-    cert_dir, cert_info, common_name, leaf_params, new_key, parse_duration, read_stored,
-    subject_names, write_stored, CertError, CertInfo, Issued, Stored,
+    cert_info, common_name, leaf_params, new_key, parse_duration, subject_names, CertError, Issued,
+    Stored,
 };
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
@@ -20,21 +18,6 @@ fn request(cert: &Certificate) -> String {
         super::lifetime(cert).as_secs(),
         cert.spec.private_key.algorithm
     )
-}
-
-/// Reuses the stored pair when still good, otherwise issues a new one. The
-/// certificate is its own CA, so `ca.crt` is the certificate itself.
-pub fn ensure(
-    state: &Path,
-    cert: &Certificate,
-    now: time::OffsetDateTime,
-) -> Result<(TlsMaterial, CertInfo), CertError> {
-    let dir = cert_dir(state, cert);
-    let issued = issue(cert, read_stored(&dir).as_ref(), now)?;
-    if issued.new {
-        write_stored(&dir, &issued.material, &issued.ca_pem, &issued.request)?;
-    }
-    Ok((issued.material, issued.info))
 }
 
 /// The pair `stored` when it answers the current request and is not due for renewal,
@@ -90,6 +73,16 @@ pub fn issue(
 mod tests {
     use super::*;
     use crate::api::certificate::{CertificateSpec, Issuer, SelfSignedIssuer};
+    use crate::certs::{cert_dir, CertInfo};
+
+    /// Issued in place and kept in the state directory, as `edgemq run` does.
+    fn ensure(
+        state: &std::path::Path,
+        cert: &Certificate,
+        now: time::OffsetDateTime,
+    ) -> Result<(TlsMaterial, CertInfo), CertError> {
+        crate::certs::ensure(state, cert, &Default::default(), now)
+    }
 
     fn cert(dns: &[&str]) -> Certificate {
         let mut c = Certificate::new(

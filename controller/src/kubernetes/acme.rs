@@ -25,20 +25,18 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::Digest;
-use tokio::sync::mpsc;
 
-use super::certificates::{stored, tls_secret};
+use super::cert_secret::{stored, tls_secret};
 use super::context::Context;
 use super::desired::{Settings, MANAGED_BY};
 use super::trust::{Trust, CREDENTIALS_REQUIRED};
 use super::{Error, FIELD_MANAGER};
 use crate::api::certificate::Http01Solver;
-use crate::api::Certificate;
+use crate::api::{Certificate, CertificateStatus};
 use crate::certs::acme::{AcmeJob, AcmeStore, Issued};
 use crate::certs::http01::{Answer, Http01Host, PATH_PREFIX};
-use crate::certs::renewal::Tasks;
 use crate::certs::{self, cert_info, CertError, Stored};
 
 /// Port the solver container listens on.
@@ -48,21 +46,7 @@ pub const SOLVER_LABEL: &str = "edgemq.io/acme-solver-for";
 /// How long a solver may take to answer its token before the order is given up.
 const SOLVER_PATIENCE: Duration = Duration::from_secs(180);
 
-/// The ACME tasks of the controller, and the channel they wake reconciles with.
-pub struct Issuers {
-    tasks: Tasks,
-    wake: mpsc::UnboundedSender<ObjectRef<Certificate>>,
-}
-
-impl Issuers {
-    /// Issuers that wake reconciles through `wake`.
-    pub fn new(wake: mpsc::UnboundedSender<ObjectRef<Certificate>>) -> Issuers {
-        Issuers {
-            tasks: Tasks::default(),
-            wake,
-        }
-    }
-}
+pub use super::tasks::Issuers;
 
 /// Task key: namespace, name and uid, so a Certificate deleted and created again under
 /// the same name gets a task of its own (the old one's Secret is garbage).
@@ -119,7 +103,7 @@ pub async fn reconcile(
         ctx.set_ready(
             cert.as_ref(),
             (false, "IssuerNotSupported", message),
-            Default::default(),
+            CertificateStatus::default(),
         )
         .await?;
         return Ok(Action::await_change());
@@ -129,7 +113,7 @@ pub async fn reconcile(
         ctx.set_ready(
             cert.as_ref(),
             (false, CREDENTIALS_REQUIRED, message),
-            Default::default(),
+            CertificateStatus::default(),
         )
         .await?;
         return Ok(Action::await_change());
@@ -162,7 +146,7 @@ pub async fn reconcile(
         Some(s) => cert_info(&s.material.cert_pem, job.renew_before, now)
             .map(|info| (s.material, info))
             .map_err(|e| e.to_string()),
-        None => Err(crate::certs::manager::not_issued_yet(&progress, &job)),
+        None => Err(crate::certs::renewal::not_issued_yet(&progress, &job)),
     };
     ctx.metrics.certificate(
         &format!(
@@ -174,34 +158,18 @@ pub async fn reconcile(
         progress.failures,
     );
     let (ready, reason, mut message, details) =
-        certs::report::certificate_status(Some(&result), Some(&progress), now);
+        crate::status::certificate::certificate_status(Some(&result), Some(&progress), now);
     if result.is_ok() {
         message.push_str(&format!("; stored in Secret {}", cert.secret_name()));
     }
     ctx.set_ready(
         cert.as_ref(),
         (ready, reason, message),
-        status_fields(details),
+        crate::status::certificate::fields(&details),
     )
     .await?;
     // The task wakes this reconcile when anything happens; this is a safety net.
     Ok(Action::requeue(Duration::from_secs(600)))
-}
-
-/// The fields of the issuer's details that status declares and that do not change
-/// with the clock (so an unchanged Certificate is not written again).
-fn status_fields(details: Value) -> serde_json::Map<String, Value> {
-    const DECLARED: &[&str] = &[
-        "notBefore",
-        "notAfter",
-        "serial",
-        "renewalTime",
-        "failures",
-        "lastFailure",
-        "lastFailureTime",
-        "nextAttempt",
-    ];
-    super::status::declared_fields(&details, DECLARED)
 }
 
 /// Name of the Secret holding ACME account `id` ([`crate::certs::acme::account_id`]).
@@ -733,15 +701,6 @@ mod tests {
         assert_eq!(path.path_type, "Exact");
         let backend = path.backend.service.as_ref().unwrap();
         assert_eq!(backend.port.as_ref().unwrap().number, Some(8080));
-    }
-
-    #[test]
-    fn status_keeps_only_declared_fields_that_do_not_move_with_the_clock() {
-        let f = status_fields(json!({
-            "notAfter": "x", "serial": "0a", "expiresInSeconds": 5, "issuing": true,
-            "failures": 0, "lastFailure": null, "awsIot": null
-        }));
-        assert_eq!(Value::Object(f), json!({"notAfter": "x", "serial": "0a"}));
     }
 
     #[test]

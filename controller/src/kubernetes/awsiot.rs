@@ -30,17 +30,18 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use super::certificates::ours;
+use super::cert_secret::ours;
 use super::context::{status_of, Context};
-use super::status::controller_status;
 use super::trust::{Trust, CREDENTIALS_REQUIRED};
 use super::{Error, FIELD_MANAGER};
 use crate::api::certificate::DeletionPolicy;
-use crate::api::{Bridge, Certificate};
+use crate::api::{Bridge, Certificate, CertificateStatus};
 use crate::aws::{policy, Clients, Credentials};
 use crate::broker::TlsMaterial;
 use crate::certs::awsiot::{self, Record, Store, AMAZON_ROOT_CAS};
+use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::{self, CertError};
+use crate::status::{self, kinds::with_ready};
 
 /// Finalizer of `awsIot` Certificates with `deletionPolicy: Delete`: AWS is cleaned up
 /// before the Certificate goes away.
@@ -172,12 +173,41 @@ impl ClusterStore<'_> {
 
     /// Writes the reported status (Ready and the fields around it) like every other
     /// reconciler: only when it differs, with an Event when Ready's reason changes.
-    async fn report(&mut self, status: Value) -> Result<(), Error> {
+    async fn report(
+        &mut self,
+        ready: (bool, &str, String),
+        fields: CertificateStatus,
+    ) -> Result<(), Error> {
+        let previous = super::status::previous_ready(Some(&self.status));
+        let now = certs::rfc3339(time::OffsetDateTime::now_utc());
+        let status = with_ready(
+            fields,
+            ready,
+            self.cert.meta().generation,
+            previous.as_ref(),
+            &now,
+        );
         let mut shown = self.cert.clone();
         shown.status = serde_json::from_value(self.status.clone()).ok();
-        self.ctx.write_status(&shown, status.clone()).await?;
-        self.status = status;
+        self.ctx.write_status(&shown, &status).await?;
+        self.status = serde_json::to_value(&status).unwrap_or_default();
         Ok(())
+    }
+
+    /// The fields a status keeps across attempts: the record, and what AWS holds.
+    fn kept(&self) -> CertificateStatus {
+        CertificateStatus {
+            aws_iot_record: self
+                .status
+                .get(RECORD_FIELD)
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            aws_iot: self
+                .status
+                .get("awsIot")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            ..Default::default()
+        }
     }
 
     async fn write_secret(&mut self) -> Result<(), CertError> {
@@ -218,7 +248,7 @@ pub fn secret_for(cert: &Certificate, m: &TlsMaterial, endpoint: Option<&str>) -
         info: Default::default(),
         new: true,
     };
-    let mut secret = super::certificates::secret_for(cert, &issued);
+    let mut secret = super::cert_secret::secret_for(cert, &issued);
     if let (Some(data), Some(e)) = (secret.data.as_mut(), endpoint) {
         data.insert(ENDPOINT_KEY.into(), ByteString(e.as_bytes().to_vec()));
     }
@@ -305,30 +335,17 @@ async fn failed(
         + 1;
     let wait = backoff(failures);
     let now = time::OffsetDateTime::now_utc();
-    let mut extra = serde_json::Map::new();
-    for k in [RECORD_FIELD, "awsIot"] {
-        if let Some(v) = store.status.get(k) {
-            extra.insert(k.into(), v.clone());
-        }
-    }
-    extra.insert("failures".into(), json!(failures));
-    extra.insert("lastFailure".into(), json!(message));
-    extra.insert("lastFailureTime".into(), json!(certs::rfc3339(now)));
-    extra.insert(
-        "nextAttempt".into(),
-        json!(certs::rfc3339(
-            now + time::Duration::seconds(wait.as_secs() as i64)
+    let fields = CertificateStatus {
+        failures: Some(failures),
+        last_failure: Some(message.clone()),
+        last_failure_time: Some(certs::rfc3339(now)),
+        next_attempt: Some(certs::rfc3339(
+            now + time::Duration::seconds(wait.as_secs() as i64),
         )),
-    );
+        ..store.kept()
+    };
     tracing::warn!(certificate = %cert.name_any(), reason, error = %message, retry_in_seconds = wait.as_secs(), "AWS IoT certificate not issued");
-    let status = controller_status(
-        Some(&store.status),
-        cert.meta().generation,
-        (false, reason, message),
-        extra,
-        &certs::rfc3339(now),
-    );
-    store.report(status).await?;
+    store.report((false, reason, message), fields).await?;
     Ok(Action::requeue(wait))
 }
 
@@ -347,19 +364,14 @@ pub fn ambient_refusal(cert: &Certificate, ns: &str, trust: &Trust) -> Option<St
 /// until the Certificate changes.
 async fn refused(store: &mut ClusterStore<'_>, message: String) -> Result<Action, Error> {
     let cert = store.cert;
-    let mut extra = serde_json::Map::new();
-    if let Some(v) = store.status.get(RECORD_FIELD) {
-        extra.insert(RECORD_FIELD.into(), v.clone());
-    }
+    let fields = CertificateStatus {
+        aws_iot: None,
+        ..store.kept()
+    };
     tracing::warn!(certificate = %cert.name_any(), "{message}");
-    let status = controller_status(
-        Some(&store.status),
-        cert.meta().generation,
-        (false, CREDENTIALS_REQUIRED, message),
-        extra,
-        &certs::rfc3339(time::OffsetDateTime::now_utc()),
-    );
-    store.report(status).await?;
+    store
+        .report((false, CREDENTIALS_REQUIRED, message), fields)
+        .await?;
     Ok(Action::await_change())
 }
 
@@ -493,35 +505,19 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         return failed(&mut store, "IssueFailed", e.to_string()).await;
     }
 
+    // The same words as `edgemq run` (status::certificate::aws_iot_status).
+    let shown = AwsIotState {
+        issued: Some(issued.clone()),
+        ..Default::default()
+    };
+    let (ready, reason, mut message, details) = status::certificate::aws_iot_status(&shown);
+    message.push_str(&format!("; stored in Secret {secret_name}"));
+    let fields = CertificateStatus {
+        aws_iot_record: store.kept().aws_iot_record,
+        ..status::certificate::fields(&details)
+    };
+    store.report((ready, reason, message), fields).await?;
     let info = &issued.info;
-    let mut extra = serde_json::Map::new();
-    extra.insert("notBefore".into(), json!(info.not_before));
-    extra.insert("notAfter".into(), json!(info.not_after));
-    extra.insert("serial".into(), json!(info.serial));
-    extra.insert("renewalTime".into(), json!(info.renewal_time));
-    if let Some(a) = &info.aws_iot {
-        extra.insert("awsIot".into(), json!(a));
-    }
-    if let Some(r) = store.status.get(RECORD_FIELD) {
-        extra.insert(RECORD_FIELD.into(), r.clone());
-    }
-    let arn = info
-        .aws_iot
-        .as_ref()
-        .map(|a| a.certificate_arn.clone())
-        .unwrap_or_default();
-    let status = controller_status(
-        Some(&store.status),
-        cert.meta().generation,
-        (
-            true,
-            "Issued",
-            format!("AWS IoT certificate {arn}; stored in Secret {secret_name}"),
-        ),
-        extra,
-        &certs::rfc3339(now),
-    );
-    store.report(status).await?;
     // Come back at the renewal time (and at least hourly, to notice a lost Secret).
     let wait = certs::parse_rfc3339(&info.renewal_time)
         .map(|t| t - now)

@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::load::Resources;
 use crate::plan::{BrokerBundle, CaSource, RemoteAddress, TlsSource};
 
+/// Name of a Broker's bundle Secret.
+pub fn bundle_secret_name(broker: &str) -> String {
+    format!("edgemq-{broker}-bundle")
+}
+
 /// Key of the bundle Secret holding the [`PodBundle`] as JSON.
 pub const BUNDLE_KEY: &str = "bundle.json";
 /// Key of the bundle Secret holding the bundle's hash (for people and `kubectl`).

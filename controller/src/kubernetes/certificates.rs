@@ -9,101 +9,33 @@
 //! `certs::ca`); only the store differs: here the Secret, with the request the pair
 //! answers kept in an annotation so a changed spec is issued again.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::ByteString;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use super::context::{status_of, Context};
+use super::context::Context;
 use super::index;
-use super::status::controller_status;
 use super::Error;
-use crate::api::Certificate;
-use crate::broker::TlsMaterial;
-use crate::certs::{self, Issued, Stored};
+use crate::api::{Certificate, CertificateStatus};
+use crate::certs;
 use crate::load::Kind;
+use crate::status::{self, kinds::reason};
 
-/// Annotation holding the request a stored pair answers.
-pub const REQUEST_ANNOTATION: &str = "edgemq.io/certificate-request";
+use super::cert_secret::{ours, secret_for, stored};
 
-/// The pair stored in a Secret, if it has one.
-pub fn stored(secret: &Secret) -> Option<Stored> {
-    let data = secret.data.as_ref()?;
-    let text = |k: &str| {
-        data.get(k)
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-    };
-    Some(Stored {
-        material: TlsMaterial {
-            cert_pem: text("tls.crt")?,
-            key_pem: text("tls.key")?,
-        },
-        request: secret.annotations().get(REQUEST_ANNOTATION)?.clone(),
-    })
-}
-
-/// The Secret holding `issued` for `cert`.
-pub fn secret_for(cert: &Certificate, issued: &Issued) -> Secret {
-    tls_secret(cert, &issued.material, &issued.ca_pem, &issued.request)
-}
-
-/// The `kubernetes.io/tls` Secret of `cert` holding `material`, its CA chain and the
-/// request it answers; owned by the Certificate.
-pub fn tls_secret(
-    cert: &Certificate,
-    material: &TlsMaterial,
-    ca_pem: &str,
-    request: &str,
-) -> Secret {
-    let owner = cert.controller_owner_ref(&());
-    let mut data = BTreeMap::new();
-    data.insert(
-        "tls.crt".to_string(),
-        ByteString(material.cert_pem.clone().into_bytes()),
-    );
-    data.insert(
-        "tls.key".to_string(),
-        ByteString(material.key_pem.clone().into_bytes()),
-    );
-    data.insert("ca.crt".to_string(), ByteString(ca_pem.as_bytes().to_vec()));
-    Secret {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(cert.secret_name()),
-            namespace: cert.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    super::desired::MANAGED_BY.to_string(),
-                ),
-                ("edgemq.io/certificate".to_string(), cert.name_any()),
-            ])),
-            annotations: Some(BTreeMap::from([(
-                REQUEST_ANNOTATION.to_string(),
-                request.to_string(),
-            )])),
-            owner_references: owner.map(|o| vec![o]),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(data),
+/// The failed attempts an in-place Certificate's status counts.
+fn in_place_progress(cert: &Certificate) -> Option<certs::renewal::Progress> {
+    let s = cert.status.as_ref()?;
+    Some(certs::renewal::Progress {
+        failures: s.failures?,
+        last_failure: s.last_failure.clone(),
+        last_failure_time: s.last_failure_time.clone(),
         ..Default::default()
-    }
-}
-
-/// Whether `secret` may be written for `cert`: it is new (empty), or already the
-/// Certificate's ([`super::ownership::owned_by`], the rule every object the
-/// controller writes follows).
-pub(super) fn ours(secret: &Secret, cert: &Certificate) -> bool {
-    let owner: Vec<_> = cert.controller_owner_ref(&()).into_iter().collect();
-    super::ownership::owned_by(&secret.metadata, &owner)
-        || (secret.data.as_ref().is_none_or(|d| d.is_empty())
-            && secret.string_data.as_ref().is_none_or(|d| d.is_empty()))
+    })
 }
 
 /// Issues or renews a Certificate's pair and reports it.
@@ -126,14 +58,12 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         )
         .await?;
     let res = &view.res;
-    let current = status_of(cert.as_ref());
-    let stamp = certs::rfc3339(now);
     if let Some(held) = view.held(Kind::Certificate, &ns, &name) {
         let message = held.message();
         ctx.set_ready(
             cert.as_ref(),
-            (false, "InvalidSpec", message),
-            Default::default(),
+            (false, reason::INVALID_SPEC, message),
+            CertificateStatus::default(),
         )
         .await?;
         return Ok(Action::requeue(Duration::from_secs(600)));
@@ -152,7 +82,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
             ctx.set_ready(
                 cert.as_ref(),
                 (false, "SecretConflict", message),
-                Default::default(),
+                CertificateStatus::default(),
             )
             .await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
@@ -167,58 +97,50 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         return super::fleet::reconcile(&cert, &ctx, secrets, existing.as_ref()).await;
     }
     let previous = existing.as_ref().and_then(stored);
-    let result = if issuer.self_signed.is_some() {
-        certs::selfsigned::issue(&cert, previous.as_ref(), now)
-    } else if let Some(ca) = &issuer.ca {
-        let secrets = certs::Secrets(res.secret_values(&ns));
-        certs::ca::issue(&cert, &ca.secret_ref, &secrets, previous.as_ref(), now)
-    } else {
-        Err(certs::CertError::Invalid("no issuer set".into()))
-    };
-    let key = format!("{ns}/{name}");
-    let issued = match result {
-        Ok(i) => i,
-        Err(e) => {
-            let serving = previous
-                .as_ref()
-                .and_then(|p| certs::cert_info(&p.material.cert_pem, None, now).ok());
-            ctx.metrics
-                .certificate(&key, serving.as_ref().map(|i| i.not_after.as_str()), 1);
-            ctx.set_ready(
-                cert.as_ref(),
-                (false, "IssueFailed", e.to_string()),
-                Default::default(),
-            )
-            .await?;
-            return Ok(Action::requeue(Duration::from_secs(30)));
+    let secrets = certs::Secrets(res.secret_values(&ns));
+    let attempt = match certs::issue_in_place(&cert, &secrets, previous.as_ref(), now) {
+        Ok(issued) => {
+            if issued.new {
+                ctx.ensure(&secret_for(&cert, &issued)).await?;
+                tracing::info!(certificate = %format!("{ns}/{name}"), serial = %issued.info.serial, "key pair written to Secret {secret_name}");
+            }
+            Ok((issued.material, issued.info))
         }
+        Err(e) => Err(e.to_string()),
     };
-    if issued.new {
-        ctx.ensure(&secret_for(&cert, &issued)).await?;
-        tracing::info!(certificate = %format!("{ns}/{name}"), serial = %issued.info.serial, "key pair written to Secret {secret_name}");
-    }
-    let info = &issued.info;
-    ctx.metrics.certificate(&key, Some(&info.not_after), 0);
-    let mut extra = serde_json::Map::new();
-    extra.insert("notBefore".into(), json!(info.not_before));
-    extra.insert("notAfter".into(), json!(info.not_after));
-    extra.insert("serial".into(), json!(info.serial));
-    extra.insert("renewalTime".into(), json!(info.renewal_time));
-    let status = controller_status(
-        current.as_ref(),
-        cert.meta().generation,
-        (
-            true,
-            "Issued",
-            format!(
-                "valid until {}; stored in Secret {secret_name}",
-                info.not_after
-            ),
-        ),
-        extra,
-        &stamp,
+    // A failed attempt keeps the pair in the Secret serving while it is valid, and is
+    // counted in status, as `edgemq run` does.
+    let (result, progress) = certs::keep_serving(
+        &cert,
+        attempt,
+        previous.as_ref().map(|p| &p.material),
+        in_place_progress(&cert).as_ref(),
+        now,
     );
-    ctx.write_status(cert.as_ref(), status).await?;
+    let key = format!("{ns}/{name}");
+    let (ready, reason, mut message, details) =
+        status::certificate::certificate_status(Some(&result), progress.as_ref(), now);
+    let failures = progress.as_ref().map_or(0, |p| p.failures);
+    ctx.metrics.certificate(
+        &key,
+        result.as_ref().ok().map(|(_, i)| i.not_after.as_str()),
+        failures,
+    );
+    if result.is_ok() {
+        message.push_str(&format!("; stored in Secret {secret_name}"));
+    }
+    ctx.set_ready(
+        cert.as_ref(),
+        (ready, reason, message),
+        status::certificate::fields(&details),
+    )
+    .await?;
+    let Ok((_, info)) = &result else {
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    if failures > 0 {
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
     // Come back at the renewal time (and at least hourly, to notice a lost Secret).
     let wait = certs::parse_rfc3339(&info.renewal_time)
         .map(|t| t - now)

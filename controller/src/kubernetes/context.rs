@@ -21,13 +21,14 @@ use super::ownership;
 use super::status::shows;
 use super::{Error, Metrics, FIELD_MANAGER};
 use crate::api::{Bridge, Broker, Certificate, MqttUser};
+use crate::status::kinds::{reason, with_ready, Conditions};
 use std::sync::Arc;
 
 /// Ready=False reasons that only say work is under way (Events of type Normal).
 const PROGRESS_REASONS: &[&str] = &[
-    "PodNotReady",
-    "Applying",
-    "Pending",
+    reason::POD_NOT_READY,
+    reason::APPLYING,
+    reason::PENDING,
     "Issuing",
     "Renewing",
     "Provisioning",
@@ -56,9 +57,9 @@ pub struct Context {
     /// last good version its bundle Secret keeps (see [`super::recover`]).
     pub(super) last_good: tokio::sync::Mutex<HashMap<String, crate::load::Resources>>,
     /// The background ACME issuers.
-    pub(super) acme: super::acme::Issuers,
+    pub(super) acme: super::tasks::Issuers,
     /// The background fleet provisioning tasks.
-    pub(super) fleet: super::fleet::Provisioners,
+    pub(super) fleet: super::tasks::Provisioners,
     /// Whether every store has listed once.
     pub(super) synced: Synced,
     /// Values of the Secrets some edgemq object names, read by name, by
@@ -424,13 +425,13 @@ impl Context {
         }
     }
 
-    /// Writes `obj`'s Ready condition (`ready`, reason, message) and `extra` status
-    /// fields, through [`Context::write_status`].
-    pub(super) async fn set_ready<K>(
+    /// Writes `obj`'s Ready condition (`ready`, reason, message) into its typed status
+    /// `fields`, through [`Context::write_status`].
+    pub(super) async fn set_ready<K, S>(
         &self,
         obj: &K,
         ready: (bool, &str, String),
-        extra: serde_json::Map<String, Value>,
+        fields: S,
     ) -> Result<(), Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -438,27 +439,32 @@ impl Context {
             + Serialize
             + DeserializeOwned
             + std::fmt::Debug,
+        S: Conditions,
     {
-        let status = super::status::controller_status(
-            status_of(obj).as_ref(),
-            obj.meta().generation,
+        let previous = super::status::previous_ready(status_of(obj).as_ref());
+        let status = with_ready(
+            fields,
             ready,
-            extra,
+            obj.meta().generation,
+            previous.as_ref(),
             &now_rfc3339(),
         );
-        self.write_status(obj, status).await
+        self.write_status(obj, &status).await
     }
 
-    /// Writes the controller's status fields of `obj` when they differ from what it
-    /// shows, and an Event when Ready's reason changed.
-    pub(super) async fn write_status<K>(&self, obj: &K, status: Value) -> Result<(), Error>
+    /// The status sink of a cluster, the one way the controller writes status: the
+    /// controller's fields of `obj` (typed, `api::*Status`) when they differ from what
+    /// it shows, and an Event when Ready's reason changed.
+    pub(super) async fn write_status<K, S>(&self, obj: &K, status: &S) -> Result<(), Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
             + Serialize
             + DeserializeOwned
             + std::fmt::Debug,
+        S: Serialize,
     {
+        let status = serde_json::to_value(status).unwrap_or_default();
         let current = serde_json::to_value(obj)
             .ok()
             .and_then(|v| v.get("status").cloned());

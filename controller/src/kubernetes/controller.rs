@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  watchers (Broker, MqttUser, Bridge, Certificate, Secret) ──► stores ──► index (one namespace)
+//!     (each store's stream also wakes the controllers that follow that kind)
 //!                                                                  │ validate + plan (pure, shared)
 //!  Broker      ─► desired objects (pure) ─► server-side apply ─► status if changed, Events on flips
 //!  MqttUser    ─► accepted by its Broker, or why not
@@ -28,16 +29,17 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use super::bundle::PodBundle;
-use super::context::{check_owned, now_rfc3339, status_of, Context, Stores};
+use super::context::{check_owned, Context, Stores};
 use super::desired::{self, Settings};
 use super::index;
-use super::status::{broker_ready, controller_status, BrokerState};
 use super::{Error, Metrics};
-use crate::api::{Bridge, Broker, Certificate, MqttUser};
+use crate::api::{
+    Bridge, BridgeStatus, Broker, BrokerStatus, Certificate, MqttUser, MqttUserStatus,
+};
 use crate::load::Kind;
+use crate::status::kinds::{self, broker_ready, reason, BrokerState, UserState};
 
 fn namespace_of<K: Resource>(o: &K) -> String {
     o.meta()
@@ -68,12 +70,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
     // rest of the Broker's changes apply, deletions always.
     let eff = &view.effective.res;
     let own = view.held(Kind::Broker, &ns, &name);
-    let current = status_of(b.as_ref());
-    let running = current
-        .as_ref()
-        .and_then(|s| s.get("configHash"))
-        .and_then(|h| h.as_str())
-        .map(str::to_string);
+    let running = b.status.as_ref().and_then(|s| s.config_hash.clone());
     let planned = match eff.broker(&ns, &name) {
         Some(l) => crate::plan::plan_broker(eff, l)
             .map(|bundle| (bundle, l.object.clone()))
@@ -87,7 +84,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             None => vec![format!("Broker/{name}: not found")],
         }),
     };
-    let mut extra = serde_json::Map::new();
+    let mut fields = BrokerStatus::default();
     let state = match planned {
         Err(errors) => {
             for e in &errors {
@@ -101,7 +98,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
         Ok((bundle, effective_broker)) => {
             let pod_bundle = PodBundle::new(bundle, eff);
             let hash = pod_bundle.bundle.hash();
-            extra.insert("desiredConfigHash".into(), json!(hash));
+            fields.desired_config_hash = Some(hash.clone());
             // The pod follows the Broker's last good version while its edit has a
             // mistake.
             let objects = desired::broker_objects(&effective_broker, &pod_bundle, &ctx.settings);
@@ -128,8 +125,8 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                         .as_ref()
                         .and_then(|s| s.ready_replicas)
                         .unwrap_or(0);
-                    extra.insert("readyReplicas".into(), json!(ready));
-                    extra.insert("address".into(), json!(address(&service)));
+                    fields.ready_replicas = Some(ready);
+                    fields.address = Some(address(&service));
                     if let Some(h) = own {
                         BrokerState::InvalidSpec {
                             errors: vec![h.message()],
@@ -142,27 +139,16 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                             running: running.clone(),
                         }
                     } else {
-                        BrokerState::Running
+                        BrokerState::Running { listeners: None }
                     }
                 }
             }
         }
     };
-    let desired_hash = extra
-        .get("desiredConfigHash")
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
-    let ready = broker_ready(&state, desired_hash.as_deref());
-    let status = controller_status(
-        current.as_ref(),
-        b.meta().generation,
-        ready,
-        extra,
-        &now_rfc3339(),
-    );
-    ctx.write_status(b.as_ref(), status).await?;
+    let ready = broker_ready(&state, fields.desired_config_hash.as_deref());
+    ctx.set_ready(b.as_ref(), ready, fields).await?;
     Ok(match state {
-        BrokerState::Running
+        BrokerState::Running { .. }
         | BrokerState::InvalidSpec { .. }
         | BrokerState::ImageNotAllowed(_) => Action::requeue(Duration::from_secs(600)),
         _ => Action::requeue(Duration::from_secs(30)),
@@ -260,51 +246,41 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
             crate::load::Object::MqttUser(Box::new((*u).clone())),
         )
         .await?;
-    let ready = if let Some(h) = view.held(Kind::MqttUser, &ns, &name) {
-        (false, "InvalidSpec", h.message())
+    let state = if let Some(h) = view.held(Kind::MqttUser, &ns, &name) {
+        UserState::InvalidSpec(h.message())
     } else if view.effective.res.broker(&ns, broker).is_none() {
-        let why = view
-            .held(Kind::Broker, &ns, broker)
-            .map(|h| h.message())
-            .unwrap_or_else(|| format!("Broker {broker} not found"));
-        (
-            false,
-            "BrokerConfigInvalid",
-            format!("Broker {broker} does not run: {why}"),
-        )
+        match view.held(Kind::Broker, &ns, broker) {
+            Some(h) => UserState::BrokerInvalid(h.message()),
+            None => UserState::BrokerNotFound,
+        }
     } else {
         // Read, not from a store: this pass may be triggered by the Broker's own status
         // change, which another watch's store may not hold yet.
         let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &ns);
-        let status = brokers
-            .get_status(broker)
-            .await
-            .ok()
-            .and_then(|b| status_of(&b));
-        let applied = status.as_ref().is_some_and(|s| {
-            s.get("configHash").is_some() && s.get("configHash") == s.get("desiredConfigHash")
-        });
+        let status = brokers.get_status(broker).await.ok().and_then(|b| b.status);
+        let applied = status
+            .as_ref()
+            .is_some_and(|s| s.config_hash.is_some() && s.config_hash == s.desired_config_hash);
+        let failed = status
+            .as_ref()
+            .and_then(|s| s.common.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| {
+                [reason::APPLY_FAILED, reason::NAME_CONFLICT].contains(&c.reason.as_str())
+            });
         if applied {
-            (true, "Active", format!("can log in to Broker {broker}"))
+            UserState::Active
+        } else if failed {
+            UserState::BrokerNotReady
         } else {
-            (
-                false,
-                "Pending",
-                format!("waiting for Broker {broker} to apply it"),
-            )
+            UserState::Pending
         }
     };
-    let current = status_of(u.as_ref());
-    let mut extra = serde_json::Map::new();
-    extra.insert("username".into(), json!(u.username()));
-    let status = controller_status(
-        current.as_ref(),
-        u.meta().generation,
-        ready,
-        extra,
-        &now_rfc3339(),
-    );
-    ctx.write_status(u.as_ref(), status).await?;
+    let fields = MqttUserStatus {
+        username: Some(u.username()),
+        ..Default::default()
+    };
+    ctx.set_ready(u.as_ref(), kinds::user_ready(&state, broker), fields)
+        .await?;
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
@@ -328,16 +304,12 @@ async fn reconcile_bridge(b: Arc<Bridge>, ctx: Arc<Context>) -> Result<Action, E
     let Some(held) = view.held(Kind::Bridge, &ns, &name) else {
         return Ok(Action::requeue(Duration::from_secs(600)));
     };
-    let current = status_of(b.as_ref());
-    let message = held.message();
-    let status = controller_status(
-        current.as_ref(),
-        b.meta().generation,
-        (false, "InvalidSpec", message),
-        Default::default(),
-        &now_rfc3339(),
-    );
-    ctx.write_status(b.as_ref(), status).await?;
+    ctx.set_ready(
+        b.as_ref(),
+        (false, reason::INVALID_SPEC, held.message()),
+        BridgeStatus::default(),
+    )
+    .await?;
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
@@ -401,29 +373,6 @@ where
     (reader, stream)
 }
 
-/// Starts a reflector for `api`, kept running in the background; returns its store.
-fn store_of<K>(api: Api<K>) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, stream) = reflect(api);
-    tokio::spawn(async move {
-        futures_util::pin_mut!(stream);
-        while let Some(r) = stream.next().await {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "watch failed; retrying");
-            }
-        }
-    });
-    reader
-}
-
 /// At most a few reconciles at once: an edge controller shares its node with brokers,
 /// and memory stays bounded however many objects change together.
 fn controller_config() -> kube::runtime::controller::Config {
@@ -481,8 +430,11 @@ pub async fn run(
     // Secrets by metadata only: which exist and when they change. Values are read by
     // name, and only of the Secrets some edgemq object names (Context::view).
     let (secrets, secrets_changed) = reflect(api_for::<PartialObjectMeta<Secret>>(&client, ns));
+    // The Brokers' stream feeds the MqttUser controller (their users' status follows the
+    // Broker's), so the Brokers are not watched a second time for it.
+    let (brokers, brokers_changed) = reflect(api_for::<Broker>(&client, ns));
     let stores = Stores {
-        brokers: store_of(api_for::<Broker>(&client, ns)),
+        brokers,
         users,
         bridges,
         certificates,
@@ -563,20 +515,16 @@ pub async fn run(
         api_for::<MqttUser>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .watches(
-        api_for::<Broker>(&client, ns),
-        watcher::Config::default(),
-        move |b| {
-            let ns = namespace_of(&b);
-            let name = b.name_any();
-            users_store
-                .state()
-                .into_iter()
-                .filter(|u| namespace_of(u.as_ref()) == ns && u.spec.broker_ref == name)
-                .map(|u| ObjectRef::from_obj(u.as_ref()))
-                .collect::<Vec<_>>()
-        },
-    )
+    .watches_stream(brokers_changed, move |b| {
+        let ns = namespace_of(&b);
+        let name = b.name_any();
+        users_store
+            .state()
+            .into_iter()
+            .filter(|u| namespace_of(u.as_ref()) == ns && u.spec.broker_ref == name)
+            .map(|u| ObjectRef::from_obj(u.as_ref()))
+            .collect::<Vec<_>>()
+    })
     // Two MqttUsers claiming one username are both in conflict: a change of either
     // (or its deletion) changes the other's status.
     .watches(
@@ -610,15 +558,28 @@ pub async fn run(
         .run(reconcile_bridge, error_policy, ctx.clone())
         .for_each(|_| futures_util::future::ready(()));
 
+    let certificates_store = stores.certificates.clone();
     let cert_ctl = Controller::new(
         api_for::<Certificate>(&client, ns),
         watcher::Config::default(),
     )
-    // The Certificates' own Secrets, by metadata: a deleted or changed pair is issued
-    // again.
-    .owns(
+    // Secrets by metadata: a Certificate's own (a deleted or changed pair is issued
+    // again) and those its spec names (a private CA replaced is used at once, as a
+    // folder edit is in `edgemq run`).
+    .watches(
         api_for::<PartialObjectMeta<Secret>>(&client, ns),
         watcher::Config::default(),
+        move |s| {
+            let ns = s.namespace().unwrap_or_default();
+            let name = s.name_any();
+            certificates_store
+                .state()
+                .into_iter()
+                .filter(|c| namespace_of(c.as_ref()) == ns)
+                .filter(|c| index::secrets_of_certificate(c).contains(&name))
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        },
     )
     // A Bridge presenting a Certificate shapes its generated AWS IoT policy.
     .watches(

@@ -44,10 +44,7 @@ pub fn workload_name(broker: &str) -> String {
     format!("edgemq-{broker}")
 }
 
-/// Name of a Broker's bundle Secret.
-pub fn bundle_secret_name(broker: &str) -> String {
-    format!("edgemq-{broker}-bundle")
-}
+pub use super::bundle::bundle_secret_name;
 
 /// Name of a Broker's data PersistentVolumeClaim.
 pub fn volume_name(broker: &str) -> String {

@@ -17,8 +17,7 @@
 //! downward API), `file` a file in the controller's container (the chart's
 //! `extraVolumes` and `extraVolumeMounts` mount host files there).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -26,10 +25,9 @@ use k8s_openapi::ByteString;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
-use tokio::sync::mpsc;
 
 use super::acme::task_key;
-use super::certificates::tls_secret;
+use super::cert_secret::tls_secret;
 use super::context::Context;
 use super::trust::{FileError, Trust, FILE_NOT_ALLOWED};
 use super::Error;
@@ -37,7 +35,7 @@ use crate::api::certificate::FleetProvisioning;
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
 use crate::certs::awsiot::Issued;
-use crate::certs::awsiot_jobs::{fleet_attempt, AwsIotState, Job};
+use crate::certs::awsiot_jobs::{fleet_attempt, AwsIotState};
 use crate::certs::fleet::{self, FleetError, FleetIdentity, FleetRequest, Machine, Record};
 use crate::certs::{self, CertError};
 
@@ -48,39 +46,8 @@ pub const THING_NAME_KEY: &str = "thingName";
 /// Environment variable naming the node the controller runs on.
 pub const NODE_NAME_ENV: &str = "EDGEMQ_NODE_NAME";
 
-/// A provisioned identity whose Secret is not written yet.
-struct Unsaved {
-    record: Record,
-    identity: FleetIdentity,
-    ca_pem: String,
-}
-
-#[derive(Default)]
-struct Inner {
-    jobs: BTreeMap<String, Job>,
-    unsaved: BTreeMap<String, Unsaved>,
-}
-
-/// The fleet provisioning tasks of the controller, and the channel they wake
-/// reconciles with.
-pub struct Provisioners {
-    inner: Mutex<Inner>,
-    wake: mpsc::UnboundedSender<ObjectRef<Certificate>>,
-}
-
-impl Provisioners {
-    /// Provisioners that wake reconciles through `wake`.
-    pub fn new(wake: mpsc::UnboundedSender<ObjectRef<Certificate>>) -> Provisioners {
-        Provisioners {
-            inner: Mutex::default(),
-            wake,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub use super::tasks::Provisioners;
+use super::tasks::Unsaved;
 
 /// What template parameters read from the machine on a cluster.
 pub struct ClusterMachine {
@@ -243,7 +210,7 @@ pub async fn reconcile(
             ctx.set_ready(
                 cert.as_ref(),
                 (false, FILE_NOT_ALLOWED, message),
-                Default::default(),
+                crate::api::CertificateStatus::default(),
             )
             .await?;
             return Ok(Action::await_change());
@@ -392,31 +359,21 @@ async fn attempt(
 
 /// Writes the Ready condition and fields of `st`, as standalone mode reports them.
 async fn report(cert: &Certificate, ctx: &Context, st: &AwsIotState) -> Result<(), Error> {
-    let (ready, reason, mut message, details) = certs::report::fleet_status(st);
+    let (ready, reason, mut message, details) = crate::status::certificate::fleet_status(st);
     if ready {
         message.push_str(&format!("; stored in Secret {}", cert.secret_name()));
     }
-    ctx.set_ready(cert, (ready, reason, message), status_fields(&details))
-        .await
-}
-
-/// The declared status fields of `details` that do not move with the clock.
-fn status_fields(details: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    const DECLARED: &[&str] = &[
-        "notBefore",
-        "notAfter",
-        "serial",
-        "renewalTime",
-        "awsIot",
-        "failures",
-    ];
-    super::status::declared_fields(details, DECLARED)
+    ctx.set_ready(
+        cert,
+        (ready, reason, message),
+        crate::status::certificate::fields(&details),
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn cert() -> Certificate {
         let mut c: Certificate = serde_yaml::from_str(
@@ -550,17 +507,5 @@ spec:
             ..Trust::default()
         };
         assert!(file_refusal(fp, &all).unwrap().contains("never read"));
-    }
-
-    #[test]
-    fn status_keeps_the_identity_and_failures_not_the_retry_countdown() {
-        let d = json!({"notAfter": "x", "awsIot": {"thingName": "t"}, "failures": 2,
-                       "retryInSeconds": 17, "expiresInSeconds": 100});
-        let f = status_fields(&d);
-        assert_eq!(
-            f.keys().collect::<Vec<_>>(),
-            ["awsIot", "failures", "notAfter"]
-        );
-        assert!(status_fields(&json!({"failures": 0})).is_empty());
     }
 }

@@ -86,6 +86,17 @@ pub fn referenced_secrets(res: &Resources, ns: &str) -> BTreeSet<String> {
     out
 }
 
+/// Names of the Secrets a Certificate reads or writes: every `secretRef` / `…SecretRef`
+/// of its spec (a private CA, solver and AWS credentials) and its own Secret.
+pub fn secrets_of_certificate(c: &crate::api::Certificate) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if let Ok(v) = serde_json::to_value(&c.spec) {
+        collect_secret_refs(&v, &mut out);
+    }
+    out.insert(c.secret_name());
+    out
+}
+
 /// Names in every `secretRef` / `…SecretRef` field of a spec.
 fn collect_secret_refs(v: &serde_json::Value, out: &mut BTreeSet<String>) {
     match v {

@@ -16,6 +16,7 @@
 pub mod acme;
 pub mod awsiot;
 pub mod bundle;
+pub mod cert_secret;
 pub mod certificates;
 pub mod context;
 pub mod controller;
@@ -27,6 +28,7 @@ pub mod ownership;
 pub mod pod;
 pub mod recover;
 pub mod status;
+pub mod tasks;
 pub mod trust;
 
 use std::collections::HashSet;
@@ -111,11 +113,9 @@ pub struct Metrics {
     pub durations: Family<KindLabel, Histogram, fn() -> Histogram>,
     /// Status subresource writes.
     pub status_writes: Counter,
-    /// Expiry of each Certificate's current certificate, Unix time in seconds (the
-    /// same metric `edgemq run` exports).
-    pub certificate_expiration: Family<crate::metrics::CertificateLabel, Gauge>,
-    /// Failed issuance or renewal attempts of each Certificate since its last success.
-    pub certificate_renewal_failures: Family<crate::metrics::CertificateLabel, Gauge>,
+    /// Expiry and failed attempts of each Certificate (the same metrics `edgemq run`
+    /// exports).
+    pub certificates: crate::metrics::CertificateMetrics,
     /// 1 while an object's `Ready` condition (as the controller last wrote it) is True,
     /// 0 while it is False.
     pub resource_ready: Family<ResourceLabels, Gauge>,
@@ -131,8 +131,7 @@ impl Default for Metrics {
             failures: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
             status_writes: Counter::default(),
-            certificate_expiration: Family::default(),
-            certificate_renewal_failures: Family::default(),
+            certificates: Default::default(),
             resource_ready: Family::default(),
             ready_series: Mutex::new(HashSet::new()),
             ready: AtomicBool::new(false),
@@ -167,16 +166,7 @@ impl Metrics {
         // The Certificate metrics carry the names `edgemq run` gives them, so one
         // dashboard or alert serves both modes.
         let shared = r.sub_registry_with_prefix("edgemq");
-        shared.register(
-            "certificate_expiration_timestamp_seconds",
-            "Expiry of the certificate a Certificate serves now, Unix time in seconds",
-            self.certificate_expiration.clone(),
-        );
-        shared.register(
-            "certificate_renewal_failures",
-            "Failed issuance or renewal attempts of a Certificate since its last success",
-            self.certificate_renewal_failures.clone(),
-        );
+        self.certificates.register(shared);
         shared.register(
             "resource_ready",
             "1 while the object's Ready condition is True, 0 while it is False, by kind and namespace/name",
@@ -214,25 +204,10 @@ impl Metrics {
         }
     }
 
-    /// Records a Certificate's current expiry (`None`: it serves nothing) and its
-    /// failed attempts since the last success.
+    /// Records a Certificate's current expiry and failed attempts
+    /// ([`crate::metrics::CertificateMetrics::observe`]).
     pub fn certificate(&self, key: &str, not_after: Option<&str>, failures: u32) {
-        let label = crate::metrics::CertificateLabel {
-            certificate: key.to_string(),
-        };
-        match not_after.and_then(crate::certs::parse_rfc3339) {
-            Some(t) => {
-                self.certificate_expiration
-                    .get_or_create(&label)
-                    .set(t.unix_timestamp());
-            }
-            None => {
-                self.certificate_expiration.remove(&label);
-            }
-        }
-        self.certificate_renewal_failures
-            .get_or_create(&label)
-            .set(failures as i64);
+        self.certificates.observe(key, not_after, failures);
     }
 
     /// Records the `Ready` condition the controller holds for an object.
@@ -409,20 +384,7 @@ pub async fn run_controller(opts: ControllerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
+pub use crate::process::shutdown_signal;
 
 #[cfg(test)]
 mod tests {
@@ -458,16 +420,8 @@ mod tests {
         let m = crate::metrics::Metrics::default();
         let _ = crate::metrics::BrokerMetrics::new(&m, "iot/home");
         let _ = crate::metrics::BridgeMetrics::new(&m, "iot/aws");
-        m.certificate_expiration
-            .get_or_create(&crate::metrics::CertificateLabel {
-                certificate: "iot/tls".into(),
-            })
-            .set(1);
-        m.certificate_renewal_failures
-            .get_or_create(&crate::metrics::CertificateLabel {
-                certificate: "iot/tls".into(),
-            })
-            .set(0);
+        m.certificates
+            .observe("iot/tls", Some("2030-01-01T00:00:00Z"), 0);
         m.config_reloads.inc();
         m.config_reload_errors.inc();
         let mut r = Registry::default();

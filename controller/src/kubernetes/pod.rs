@@ -41,7 +41,7 @@ use crate::api::{Bridge, Broker};
 use crate::broker::TlsMaterial;
 use crate::metrics::Metrics;
 use crate::runtime::{self, Engine, Materials};
-use crate::status::{bridge_condition, ready_condition};
+use crate::status::kinds;
 
 /// Options of `edgemq broker`.
 #[derive(Clone, Debug)]
@@ -397,39 +397,16 @@ impl Pod {
     }
 }
 
-/// A Bridge's status as the pod that runs it sees it.
+/// A Bridge's status as the pod that runs it sees it ([`kinds::bridge_status`]).
 pub fn bridge_status(
     st: &crate::bridge::BridgeRuntimeStatus,
     generation: Option<i64>,
     current: Option<&Value>,
 ) -> Value {
-    let (ready, reason, message) = bridge_condition(st);
     let previous = super::status::previous_ready(current);
     let now = crate::certs::rfc3339(time::OffsetDateTime::now_utc());
-    let cond = ready_condition(ready, reason, &message, generation, previous.as_ref(), &now);
-    let mut v = json!({
-        "conditions": [cond],
-        "connected": st.connected,
-        "remote": st.remote,
-        "queueDepth": st.queue_depth,
-        "queueBytes": st.queue_bytes,
-        "forwardedOut": st.forwarded_out,
-        "forwardedIn": st.forwarded_in,
-        "dropped": st.dropped,
-    });
-    if let Some(g) = generation {
-        v["observedGeneration"] = json!(g);
-    }
-    for (k, val) in [
-        ("since", &st.since),
-        ("lastError", &st.last_error),
-        ("lastErrorTime", &st.last_error_time),
-    ] {
-        if let Some(x) = val {
-            v[k] = json!(x);
-        }
-    }
-    v
+    let status = kinds::bridge_status(st, generation, previous.as_ref(), &now);
+    serde_json::to_value(status).unwrap_or_default()
 }
 
 /// The status of a Bridge this pod cannot run (its queue cannot be opened, its TLS
@@ -437,19 +414,8 @@ pub fn bridge_status(
 pub fn bridge_error_status(error: &str, generation: Option<i64>, current: Option<&Value>) -> Value {
     let previous = super::status::previous_ready(current);
     let now = crate::certs::rfc3339(time::OffsetDateTime::now_utc());
-    let cond = ready_condition(
-        false,
-        "ConfigError",
-        error,
-        generation,
-        previous.as_ref(),
-        &now,
-    );
-    let mut v = json!({"conditions": [cond], "connected": false});
-    if let Some(g) = generation {
-        v["observedGeneration"] = json!(g);
-    }
-    v
+    let status = kinds::bridge_error_status(error, generation, previous.as_ref(), &now);
+    serde_json::to_value(status).unwrap_or_default()
 }
 
 /// `edgemq broker`: runs one Broker from its bundle Secret until SIGTERM.

@@ -25,7 +25,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use serde::{Deserialize, Serialize};
 
-use super::desired::bundle_secret_name;
+use super::bundle::bundle_secret_name;
 use crate::api::{Broker, BrokerSpec};
 use crate::load::{LoadError, Object, Resources};
 

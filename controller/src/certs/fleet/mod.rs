@@ -37,10 +37,9 @@ use crate::api::certificate::{
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
 
-mod api;
 mod session;
 
-pub use api::{
+pub use crate::aws::fleet_provisioning::{
     create_request, csr_request, parse_rejection, provision_request, CertificateAccepted,
     FleetError, ProvisionAccepted, Rejection, Step, Topics,
 };

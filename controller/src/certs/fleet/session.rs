@@ -10,12 +10,12 @@ use rumqttd::protocol::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::api::{
+use super::{FleetError, FleetIdentity, FleetRequest};
+use crate::api::certificate::KeyOrigin;
+use crate::aws::fleet_provisioning::{
     create_request, csr_request, parse, parse_rejection, provision_request, CertificateAccepted,
     ProvisionAccepted, Step, Topics,
 };
-use super::{FleetError, FleetIdentity, FleetRequest};
-use crate::api::certificate::KeyOrigin;
 use crate::bridge::tls::{client_config, ClientTls};
 use crate::broker::codec::{self, FrameError, Incoming, Version};
 use crate::broker::transport::BoxIo;

@@ -154,10 +154,7 @@ pub struct ProvisionAccepted {
 }
 
 /// Parses a reply payload of `step`.
-pub(super) fn parse<T: for<'de> Deserialize<'de>>(
-    step: Step,
-    payload: &[u8],
-) -> Result<T, FleetError> {
+pub fn parse<T: for<'de> Deserialize<'de>>(step: Step, payload: &[u8]) -> Result<T, FleetError> {
     serde_json::from_slice(payload)
         .map_err(|e| FleetError::Protocol(format!("{step:?} accepted reply: {e}")))
 }

@@ -1,5 +1,7 @@
 //! Standalone mode: a folder of YAML runs brokers in this process and every later
-//! edit of the folder is applied live.
+//! edit of the folder is applied live. Beside it: its certificate drivers
+//! ([`certificates`], the state directory) and its status sink (`sink`,
+//! `status.json`); the folder itself is read by `crate::source`.
 //!
 //! ```text
 //!  folder change ──► load + validate ──► plan ──► resolve certificates ──► apply
@@ -19,7 +21,6 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, RwLock};
 
 use crate::broker::TlsMaterial;
-use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::{self, CertInfo};
 use crate::load::{self, Resources};
 use crate::metrics::Metrics;
@@ -27,9 +28,12 @@ use crate::plan::{self, BrokerBundle};
 use crate::runtime::{self, Engine, Materials};
 use crate::source::follow::{Follower, GitMetrics, GitOptions, GitStatus};
 use crate::source::watch::FolderWatch;
-use crate::status::{
-    bridge_condition, ready_condition, ConfigStatus, ResourceStatus, StatusReport,
-};
+use crate::status::kinds::{self, reason};
+use crate::status::{self, ConfigStatus, StatusReport};
+use certificates::Manager;
+
+pub mod certificates;
+mod sink;
 
 impl crate::http::Health for Runtime {
     async fn probe(&self) -> Vec<String> {
@@ -83,16 +87,16 @@ pub fn load_and_plan(
 /// Certificates resolved during one reload, by (namespace, name): each is issued or
 /// read once per reload however many listeners and bridges use it. ACME certificates
 /// are never waited for: the stored pair is returned and issuance runs in the
-/// background (see [`certs::Manager`]).
+/// background (see [`Manager`]).
 struct CertResolver<'a> {
     res: &'a Resources,
-    manager: &'a certs::Manager,
+    manager: &'a Manager,
     now: time::OffsetDateTime,
     seen: BTreeMap<(String, String), Result<(TlsMaterial, CertInfo), String>>,
 }
 
 impl<'a> CertResolver<'a> {
-    fn new(res: &'a Resources, manager: &'a certs::Manager, now: time::OffsetDateTime) -> Self {
+    fn new(res: &'a Resources, manager: &'a Manager, now: time::OffsetDateTime) -> Self {
         CertResolver {
             res,
             manager,
@@ -170,8 +174,7 @@ impl Materials for FolderMaterials<'_, '_> {
     }
 }
 
-/// Name of the status file in the state directory, read by `edgemq status`.
-pub const STATUS_FILE: &str = "status.json";
+pub use sink::STATUS_FILE;
 
 /// The brokers of this process and their status.
 pub struct Runtime {
@@ -180,7 +183,7 @@ pub struct Runtime {
     report: RwLock<StatusReport>,
     metrics: Arc<Metrics>,
     applied_once: AtomicBool,
-    certs: certs::Manager,
+    certs: Manager,
     /// The objects that ran last time, each at its last good version: what an object
     /// with a mistake falls back to.
     last_good: std::sync::Mutex<Resources>,
@@ -221,7 +224,7 @@ impl Runtime {
         reload: mpsc::UnboundedSender<()>,
     ) -> Runtime {
         Runtime {
-            certs: certs::Manager::new(&opts.state_dir, reload),
+            certs: Manager::new(&opts.state_dir, reload),
             engine: Engine::new(&opts.state_dir, metrics.clone()),
             opts,
             report: RwLock::new(StatusReport::default()),
@@ -262,7 +265,7 @@ impl Runtime {
             .filter(|r| r.kind == "Broker" && r.ready().is_some_and(|c| c.status != "True"))
             // A Broker whose edit has a mistake runs its last good version.
             .filter(|r| {
-                !(r.ready().is_some_and(|c| c.reason == "InvalidSpec")
+                !(r.ready().is_some_and(|c| c.reason == reason::INVALID_SPEC)
                     && running.contains_key(&format!("{}/{}", r.namespace, r.name)))
             })
             .map(|r| format!("{}/{}", r.namespace, r.name))
@@ -291,7 +294,7 @@ impl Runtime {
         for r in report.resources.iter_mut().filter(|r| r.kind == "Bridge") {
             if let Some(st) = bridges.get(&format!("{}/{}", r.namespace, r.name)) {
                 let st = st.clone();
-                let (ready, reason, message) = bridge_condition(&st);
+                let (ready, reason, message) = kinds::bridge_ready(&st);
                 if let Some(c) = r.conditions.iter_mut().find(|c| c.type_ == "Ready") {
                     let status = if ready { "True" } else { "False" };
                     if c.status != status {
@@ -401,95 +404,18 @@ impl Runtime {
         // Status of every resource.
         let previous = self.report.read().await.previous();
         let stamp = now_rfc3339();
-        let mut resources = Vec::new();
-        for b in res.brokers() {
-            let key = format!("{}/{}", b.meta.namespace, b.meta.name);
-            let (ready, reason, message, details) =
-                match (broker_results.get(&key), brokers.get(&key)) {
-                    (Some(Ok(_)), Some(st)) => (
-                        true,
-                        "Running",
-                        format!(
-                            "{} listener(s), config {}",
-                            st.listeners.len(),
-                            &st.config_hash[..12]
-                        ),
-                        serde_json::to_value(st).unwrap_or_default(),
-                    ),
-                    (Some(Err(e)), Some(st)) => (
-                        false,
-                        "ApplyFailed",
-                        format!("{e}; running the previous configuration"),
-                        serde_json::to_value(st).unwrap_or_default(),
-                    ),
-                    (Some(Err(e)), None) => {
-                        (false, "StartFailed", e.clone(), serde_json::Value::Null)
-                    }
-                    _ => (false, "Unknown", String::new(), serde_json::Value::Null),
-                };
-            let (ready, reason, message) = match held.get(&b.meta.key()) {
-                Some(h) => (false, "InvalidSpec", h.message()),
-                None => (ready, reason, message),
-            };
-            resources.push(status_of(
-                "Broker", &b.meta, ready, reason, &message, details, &previous, &stamp,
-            ));
-        }
-        for u in res.users() {
-            let broker = &u.object.spec.broker_ref;
-            let key = format!("{}/{}", u.meta.namespace, broker);
-            let (ready, reason, message) = match broker_results.get(&key) {
-                Some(Ok(_)) => (true, "Active", format!("can log in to Broker {broker}")),
-                Some(Err(_)) => (
-                    false,
-                    "BrokerNotReady",
-                    format!("Broker {broker} did not apply its configuration"),
-                ),
-                None => (
-                    false,
-                    "BrokerNotFound",
-                    format!("Broker {broker} not found"),
-                ),
-            };
-            let (ready, reason, message) = match held.get(&u.meta.key()) {
-                Some(h) => (false, "InvalidSpec", h.message()),
-                None => (ready, reason, message),
-            };
-            resources.push(status_of(
-                "MqttUser",
-                &u.meta,
-                ready,
-                reason,
-                &message,
-                serde_json::Value::Null,
-                &previous,
-                &stamp,
-            ));
-        }
-        for br in res.bridges() {
-            let key = format!("{}/{}", br.meta.namespace, br.meta.name);
-            let (ready, reason, message, details) =
-                match (bridge_results.get(&key), bridges.get(&key)) {
-                    (Some(Ok(())), Some(st)) => {
-                        let (ready, reason, message) = bridge_condition(st);
-                        (
-                            ready,
-                            reason,
-                            message,
-                            serde_json::to_value(st).unwrap_or_default(),
-                        )
-                    }
-                    (Some(Err(e)), _) => (false, "ConfigError", e.clone(), serde_json::Value::Null),
-                    _ => (false, "Unknown", String::new(), serde_json::Value::Null),
-                };
-            let (ready, reason, message) = match held.get(&br.meta.key()) {
-                Some(h) => (false, "InvalidSpec", h.message()),
-                None => (ready, reason, message),
-            };
-            resources.push(status_of(
-                "Bridge", &br.meta, ready, reason, &message, details, &previous, &stamp,
-            ));
-        }
+        let mut resources = sink::runtime_records(
+            &res,
+            held,
+            &sink::Running {
+                broker_results: &broker_results,
+                bridge_results: &bridge_results,
+                brokers: &brokers,
+                bridges: &bridges,
+            },
+            &previous,
+            &stamp,
+        );
         // Every Certificate is kept issued, used by a listener or not (device and
         // bridge client certificates are read from the state directory).
         for c in res.certificates() {
@@ -500,6 +426,12 @@ impl Runtime {
         let next_renewal = res
             .certificates()
             .filter(|c| c.object.spec.issuer.acme.is_none())
+            // A failing one is tried again on the minute tick, not in a loop.
+            .filter(|c| {
+                self.certs
+                    .progress(&format!("{}/{}", c.meta.namespace, c.meta.name))
+                    .is_none_or(|p| p.failures == 0)
+            })
             .filter_map(|c| match certs.result(&c.meta.namespace, &c.meta.name) {
                 Some(Ok((_, info))) => certs::parse_rfc3339(&info.renewal_time),
                 _ => None,
@@ -518,52 +450,39 @@ impl Runtime {
             let progress = self.certs.progress(&key);
             let (ready, reason, message, details) =
                 match aws_states.get(&(c.meta.namespace.clone(), c.meta.name.clone())) {
-                    Some(st) => aws_iot_status(st),
-                    None => certs::report::certificate_status(
+                    Some(st) => status::certificate::aws_iot_status(st),
+                    None => status::certificate::certificate_status(
                         certs.result(&c.meta.namespace, &c.meta.name),
                         progress.as_ref(),
                         now,
                     ),
                 };
-            let label = crate::metrics::CertificateLabel {
-                certificate: key.clone(),
-            };
-            match certs.result(&c.meta.namespace, &c.meta.name) {
-                Some(Ok((_, info))) => {
-                    if let Some(t) = certs::parse_rfc3339(&info.not_after) {
-                        self.metrics
-                            .certificate_expiration
-                            .get_or_create(&label)
-                            .set(t.unix_timestamp());
-                    }
-                }
-                _ => {
-                    self.metrics.certificate_expiration.remove(&label);
-                }
-            }
             let aws_failures = aws_states
                 .get(&(c.meta.namespace.clone(), c.meta.name.clone()))
                 .map(|st| st.failures);
-            self.metrics
-                .certificate_renewal_failures
-                .get_or_create(&label)
-                .set(progress.map(|p| p.failures).or(aws_failures).unwrap_or(0) as i64);
-            let (ready, reason, message) = match held.get(&c.meta.key()) {
-                Some(h) => (false, "InvalidSpec", h.message()),
+            let not_after = match certs.result(&c.meta.namespace, &c.meta.name) {
+                Some(Ok((_, info))) => Some(info.not_after.as_str()),
+                _ => None,
+            };
+            self.metrics.certificates.observe(
+                &key,
+                not_after,
+                progress.map(|p| p.failures).or(aws_failures).unwrap_or(0),
+            );
+            let ready = match held.get(&c.meta.key()) {
+                Some(h) => (false, reason::INVALID_SPEC, h.message()),
                 None => (ready, reason, message),
             };
-            resources.push(status_of(
+            resources.push(sink::status_of(
                 "Certificate",
                 &c.meta,
                 ready,
-                reason,
-                &message,
                 details,
                 &previous,
                 &stamp,
             ));
         }
-        resources.extend(left_out(held, &previous, &stamp));
+        resources.extend(sink::left_out(held, &previous, &stamp));
         let elapsed = started.elapsed();
         let config = ConfigStatus {
             valid: outcome.errors.is_empty(),
@@ -620,17 +539,9 @@ impl Runtime {
     }
 
     fn write_status_file(&self, report: &StatusReport) {
-        let path = self.opts.state_dir.join(STATUS_FILE);
         let mut report = report.clone();
         report.git = self.git_status();
-        match serde_json::to_vec_pretty(&report) {
-            Ok(json) => {
-                if let Err(e) = crate::private_fs::write(&path, &json) {
-                    tracing::warn!(path = %path.display(), error = %e, "could not write the status file");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not encode the status"),
-        }
+        sink::write(&self.opts.state_dir, &report);
     }
 
     async fn publish_report(&self, report: StatusReport) {
@@ -655,107 +566,6 @@ impl Runtime {
     /// Stops every bridge, then every broker.
     pub async fn shutdown(&self) {
         self.engine.shutdown().await;
-    }
-}
-
-/// Ready, reason, message and details of an `awsIot` Certificate.
-fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::Value) {
-    let retry = st
-        .retry_in_seconds
-        .map(|s| format!("; retrying in {s}s"))
-        .unwrap_or_default();
-    if st.fleet {
-        return certs::report::fleet_status(st);
-    }
-    match (&st.issued, &st.error) {
-        (Some(i), err) => {
-            let a = i.info.aws_iot.clone().unwrap_or_default();
-            let mut message = format!(
-                "AWS IoT certificate {} attached to thing {} and policy {}; endpoint {}",
-                a.certificate_id, a.thing_name, a.policy_name, a.endpoint
-            );
-            if st.working {
-                message.push_str("; updating in AWS");
-            }
-            if let Some(e) = err {
-                message.push_str(&format!("; last AWS update failed: {e}{retry}"));
-            }
-            (
-                true,
-                "Issued",
-                message,
-                serde_json::to_value(&i.info).unwrap_or_default(),
-            )
-        }
-        (None, Some(e)) => (
-            false,
-            "IssueFailed",
-            format!("{e}{retry}"),
-            serde_json::Value::Null,
-        ),
-        (None, None) => (
-            false,
-            "Issuing",
-            "creating the AWS IoT certificate in the background".into(),
-            serde_json::Value::Null,
-        ),
-    }
-}
-
-/// The status of every object left out because of its mistakes (it never had a good
-/// version): not in the effective set, so not reported with the others.
-fn left_out(
-    held: &BTreeMap<load::ObjectKey, load::Held>,
-    previous: &BTreeMap<String, crate::api::Condition>,
-    now: &str,
-) -> Vec<ResourceStatus> {
-    held.iter()
-        .filter(|(k, h)| !h.kept && k.0 != load::Kind::Secret)
-        .map(|((kind, ns, name), h)| {
-            let mut obj = load::ObjectRef::new(*kind, ns, name);
-            obj.location = h.errors.iter().find_map(|e| e.location.clone());
-            status_of(
-                kind.as_str(),
-                &obj,
-                false,
-                "InvalidSpec",
-                &h.message(),
-                serde_json::Value::Null,
-                previous,
-                now,
-            )
-        })
-        .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn status_of(
-    kind: &str,
-    obj: &load::ObjectRef,
-    ready: bool,
-    reason: &str,
-    message: &str,
-    details: serde_json::Value,
-    previous: &BTreeMap<String, crate::api::Condition>,
-    now: &str,
-) -> ResourceStatus {
-    let key = format!("{kind}/{}/{}", obj.namespace, obj.name);
-    let cond = ready_condition(
-        ready,
-        reason,
-        message,
-        obj.generation,
-        previous.get(&key),
-        now,
-    );
-    ResourceStatus {
-        kind: kind.into(),
-        namespace: obj.namespace.clone(),
-        name: obj.name.clone(),
-        origin: obj.location.as_ref().map(|l| l.to_string()),
-        observed_generation: obj.generation,
-        conditions: vec![cond],
-        details,
     }
 }
 

@@ -1,13 +1,13 @@
-//! The certificate manager of standalone mode: what a reload asks for a Certificate's
-//! key pair.
+//! The certificate drivers of standalone mode: what a reload asks for a Certificate's
+//! key pair, kept in the state directory.
 //!
-//! `selfSigned` and `ca` certificates are made in place (local and fast). ACME
-//! certificates never block a reload: the reload gets the stored pair at once, and one
-//! background task per Certificate ([`super::renewal`]) issues it when it is missing,
-//! renews it at its renewal time, and retries failures with backoff while the stored
-//! pair keeps serving. When a new pair is stored the task asks for a reload, which
-//! swaps it under the live listeners. ACME state lives in the state directory
-//! ([`DirStore`]).
+//! `selfSigned` and `ca` certificates are made in place (local and fast, through
+//! [`certs::ensure`]). ACME certificates never block a reload: the reload gets the
+//! stored pair at once, and one background task per Certificate
+//! ([`certs::renewal`]) issues it when it is missing, renews it at its renewal time,
+//! and retries failures with backoff while the stored pair keeps serving. When a new
+//! pair is stored the task asks for a reload, which swaps it under the live listeners.
+//! ACME state lives in the state directory ([`DirStore`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,18 +16,17 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::acme::{AcmeJob, AcmeStore, Issued};
-use super::awsiot_jobs::{AwsIotJobs, AwsIotState};
-use super::http01::{Http01Host, LocalHost};
-pub use super::renewal::Progress;
-use super::renewal::Tasks;
-use super::{
-    cert_dir, cert_info, read_stored, write_private, write_stored, CertError, CertInfo, Secrets,
-    Stored,
-};
 use crate::api::certificate::Http01Solver;
 use crate::api::Certificate;
 use crate::broker::TlsMaterial;
+use crate::certs::acme::{AcmeJob, AcmeStore, Issued};
+use crate::certs::awsiot_jobs::{AwsIotJobs, AwsIotState};
+use crate::certs::http01::{Http01Host, LocalHost};
+use crate::certs::renewal::{not_issued_yet, Progress, Tasks};
+use crate::certs::{
+    self, cert_dir, cert_info, read_stored, write_private, write_stored, CertError, CertInfo,
+    Secrets, Stored,
+};
 use crate::load::Resources;
 
 /// Owns the background issuers of one process.
@@ -36,6 +35,8 @@ pub struct Manager {
     reload: mpsc::UnboundedSender<()>,
     tasks: Tasks,
     aws: AwsIotJobs,
+    /// Failed attempts of the Certificates issued in place (selfSigned, ca), by key.
+    in_place: std::sync::Mutex<BTreeMap<String, Progress>>,
 }
 
 /// `namespace/name` of a Certificate.
@@ -56,6 +57,7 @@ impl Manager {
             aws: AwsIotJobs::new(state.to_path_buf(), reload.clone()),
             reload,
             tasks: Tasks::default(),
+            in_place: Default::default(),
         }
     }
 
@@ -85,7 +87,31 @@ impl Manager {
         now: time::OffsetDateTime,
     ) -> Result<(TlsMaterial, CertInfo), String> {
         let Some(job) = AcmeJob::of(cert, secrets.clone()) else {
-            return super::ensure(&self.state, cert, secrets, now).map_err(|e| e.to_string());
+            let attempt = certs::ensure(&self.state, cert, secrets, now).map_err(|e| e.to_string());
+            let issuer = &cert.spec.issuer;
+            if issuer.self_signed.is_none() && issuer.ca.is_none() {
+                return attempt;
+            }
+            let key = key_of(cert);
+            let Ok(mut in_place) = self.in_place.lock() else {
+                return attempt;
+            };
+            let stored = attempt
+                .is_err()
+                .then(|| read_stored(&cert_dir(&self.state, cert)))
+                .flatten();
+            let (result, progress) = certs::keep_serving(
+                cert,
+                attempt,
+                stored.as_ref().map(|s| &s.material),
+                in_place.get(&key),
+                now,
+            );
+            match progress {
+                Some(p) => in_place.insert(key, p),
+                None => in_place.remove(&key),
+            };
+            return result;
         };
         let dir = cert_dir(&self.state, cert);
         let store = || -> Arc<dyn AcmeStore> {
@@ -118,24 +144,17 @@ impl Manager {
 
     /// Progress of the background issuer of `namespace/name`, if it has one.
     pub fn progress(&self, key: &str) -> Option<Progress> {
-        self.tasks.progress(key)
+        self.tasks
+            .progress(key)
+            .or_else(|| self.in_place.lock().ok().and_then(|p| p.get(key).cloned()))
     }
 
     /// Stops the background issuers of Certificates that are gone from the config.
     pub fn retain(&self, keys: &[String]) {
         self.tasks.retain(|k| keys.iter().any(|x| x == k));
-    }
-}
-
-/// Why an ACME Certificate has no pair yet.
-pub fn not_issued_yet(p: &Progress, job: &AcmeJob) -> String {
-    match &p.last_failure {
-        Some(f) => format!(
-            "not issued yet: {f} (attempt {}, next at {})",
-            p.failures,
-            p.next_attempt.as_deref().unwrap_or_default()
-        ),
-        None => format!("being issued by the ACME server {}", job.issuer.server),
+        if let Ok(mut p) = self.in_place.lock() {
+            p.retain(|k, _| keys.iter().any(|x| x == k));
+        }
     }
 }
 

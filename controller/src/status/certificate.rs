@@ -1,10 +1,43 @@
-//! What a Certificate's status says, the same in both modes: ready, reason, message
-//! and the details (validity, serial, and how the background issuer is doing).
+//! What a Certificate's status says, the same in both modes and for every issuer:
+//! ready, reason, message and the details (validity, serial, and how the background
+//! issuer is doing); [`fields`] makes the typed status of a cluster from the details.
+//!
+//! Reasons: `Issued`, `Renewing`, `Issuing`, `IssueFailed` (nothing to serve yet),
+//! `ReissueFailing` (the old certificate still serves), `RenewalFailing` (past its
+//! renewal time and failing), `Expired`; `fleetProvisioning`: `Provisioned`,
+//! `Provisioning`, `Rejected`. A cluster adds `SecretConflict`, `CredentialsRequired`
+//! and `IssuerNotSupported`.
 
-use super::awsiot_jobs::AwsIotState;
-use super::renewal::Progress;
-use super::CertInfo;
+use crate::api::CertificateStatus;
 use crate::broker::TlsMaterial;
+use crate::certs::awsiot_jobs::AwsIotState;
+use crate::certs::renewal::Progress;
+use crate::certs::CertInfo;
+
+/// The typed status fields in a Certificate's `details` that do not move with the
+/// clock (`expiresInSeconds` does), without a zero `failures`: what a cluster writes,
+/// so an unchanged Certificate is not written again.
+pub fn fields(details: &serde_json::Value) -> CertificateStatus {
+    let text = |k: &str| details.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    CertificateStatus {
+        not_before: text("notBefore"),
+        not_after: text("notAfter"),
+        serial: text("serial"),
+        renewal_time: text("renewalTime"),
+        failures: details
+            .get("failures")
+            .and_then(|v| v.as_u64())
+            .filter(|n| *n > 0)
+            .map(|n| n.min(u32::MAX as u64) as u32),
+        last_failure: text("lastFailure"),
+        last_failure_time: text("lastFailureTime"),
+        next_attempt: text("nextAttempt"),
+        aws_iot: details
+            .get("awsIot")
+            .and_then(|v| serde_json::from_value(v.clone()).ok()),
+        ..Default::default()
+    }
+}
 
 /// Ready, reason, message and details of a Certificate's status.
 pub fn certificate_status(
@@ -144,6 +177,51 @@ pub fn fleet_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json
     }
 }
 
+/// Ready, reason, message and details of an `awsIot` Certificate (not fleet
+/// provisioning) from what the background AWS work reports.
+pub fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::Value) {
+    let retry = st
+        .retry_in_seconds
+        .map(|s| format!("; retrying in {s}s"))
+        .unwrap_or_default();
+    if st.fleet {
+        return fleet_status(st);
+    }
+    match (&st.issued, &st.error) {
+        (Some(i), err) => {
+            let a = i.info.aws_iot.clone().unwrap_or_default();
+            let mut message = format!(
+                "AWS IoT certificate {} attached to thing {} and policy {}; endpoint {}",
+                a.certificate_id, a.thing_name, a.policy_name, a.endpoint
+            );
+            if st.working {
+                message.push_str("; updating in AWS");
+            }
+            if let Some(e) = err {
+                message.push_str(&format!("; last AWS update failed: {e}{retry}"));
+            }
+            (
+                true,
+                "Issued",
+                message,
+                serde_json::to_value(&i.info).unwrap_or_default(),
+            )
+        }
+        (None, Some(e)) => (
+            false,
+            "IssueFailed",
+            format!("{e}{retry}"),
+            serde_json::Value::Null,
+        ),
+        (None, None) => (
+            false,
+            "Issuing",
+            "creating the AWS IoT certificate in the background".into(),
+            serde_json::Value::Null,
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +297,42 @@ mod tests {
         assert!(!ready);
         assert_eq!(r, "IssueFailed");
         assert_eq!(d["lastFailure"], "ACME: server down");
+    }
+
+    #[test]
+    fn a_cluster_keeps_the_identity_and_failures_not_the_countdowns() {
+        let d = serde_json::json!({"notAfter": "x", "failures": 2, "retryInSeconds": 17,
+            "expiresInSeconds": 100, "issuing": false,
+            "awsIot": {"certificateId": "c", "thingName": "t", "endpoint": "e"}});
+        let f = serde_json::to_value(fields(&d)).unwrap();
+        let keys: Vec<&String> = f.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["awsIot", "conditions", "failures", "notAfter"]);
+        assert_eq!(f["awsIot"]["thingName"], "t");
+        assert_eq!(f["failures"], 2);
+        let none = serde_json::to_value(fields(&serde_json::json!({"failures": 0}))).unwrap();
+        assert_eq!(none, serde_json::json!({"conditions": []}));
+    }
+
+    #[test]
+    fn status_keeps_only_declared_fields_that_do_not_move_with_the_clock() {
+        let f = fields(&serde_json::json!({
+            "notAfter": "x", "serial": "0a", "expiresInSeconds": 5, "issuing": true,
+            "failures": 0, "lastFailure": null, "awsIot": null
+        }));
+        assert_eq!(
+            serde_json::to_value(f).unwrap(),
+            serde_json::json!({"conditions": [], "notAfter": "x", "serial": "0a"})
+        );
+    }
+
+    #[test]
+    fn a_pair_kept_serving_after_a_failed_attempt_says_reissue_failing() {
+        let now = time::OffsetDateTime::now_utc();
+        let good = pair(info(now, 3600, 7200));
+        let (ready, r, m, d) = certificate_status(Some(&good), Some(&failing(1)), now);
+        assert!(ready, "the current pair still serves");
+        assert_eq!(r, "ReissueFailing");
+        assert!(m.contains("server down"), "{m}");
+        assert_eq!(fields(&d).failures, Some(1));
     }
 }

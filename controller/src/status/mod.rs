@@ -1,9 +1,15 @@
 //! Status the Kubernetes way (observedGeneration and a `Ready` condition with reason
-//! and message) for every resource, shared by `edgemq status`, the JSON endpoint and
-//! the Kubernetes controller.
+//! and message) for every resource, one model for both modes: [`kinds`] and
+//! [`certificate`] work out each kind's Ready condition and typed `api::*Status`
+//! purely; two sinks write it: the status report here (`status.json`, `/status`,
+//! `edgemq status`) and the status subresource on a cluster
+//! (`kubernetes::context::Context::write_status`).
 //!
 //! Conditions keep their `lastTransitionTime` unless the status flips, so the
 //! report only changes when something really changed.
+
+pub mod certificate;
+pub mod kinds;
 
 use std::collections::BTreeMap;
 
@@ -69,26 +75,6 @@ pub fn ready_condition(
         message: message.into(),
         last_transition_time,
         observed_generation: generation,
-    }
-}
-
-/// The Ready condition of a running bridge.
-pub fn bridge_condition(st: &crate::bridge::BridgeRuntimeStatus) -> (bool, &'static str, String) {
-    if st.connected {
-        (
-            true,
-            "Connected",
-            format!("connected to {}; {} queued", st.remote, st.queue_depth),
-        )
-    } else {
-        match &st.last_error {
-            Some(e) => (
-                false,
-                "Disconnected",
-                format!("{e}; {} message(s) queued, retrying", st.queue_depth),
-            ),
-            None => (false, "Connecting", format!("connecting to {}", st.remote)),
-        }
     }
 }
 
