@@ -159,6 +159,34 @@ pub struct Persistence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
+    /// How a pod-template change (image, resources, a restart) replaces the pod.
+    /// `HandOver` (default): the new pod starts beside the old one on the same node
+    /// and volume, the old pod tells its clients to go, saves and hands the stores
+    /// over, and the new one serves at once (for node-local volumes such as k3s'
+    /// local-path, where both pods can mount the volume). `Recreate`: the old pod
+    /// stops before the new one is created (for volumes one node at a time cannot
+    /// share: the new pod of a hand-over would wait for the volume forever).
+    /// Kubernetes only.
+    #[serde(default, skip_serializing_if = "UpdateStrategy::is_default")]
+    pub update_strategy: UpdateStrategy,
+}
+
+/// How a broker pod with a volume is replaced.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum UpdateStrategy {
+    /// The new pod starts first and takes the stores over from the old one.
+    #[default]
+    HandOver,
+    /// The old pod stops first.
+    Recreate,
+}
+
+impl UpdateStrategy {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// How the broker's Service is exposed, as Kubernetes' Service `type`.

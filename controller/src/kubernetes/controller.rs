@@ -104,6 +104,8 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             extra.insert("desiredConfigHash".into(), json!(hash));
             // The pod follows the Broker's last good version while its edit has a
             // mistake.
+            let mut effective_broker = effective_broker;
+            desired::carry_restart(b.as_ref(), &mut effective_broker);
             let objects = desired::broker_objects(&effective_broker, &pod_bundle, &ctx.settings);
             // An image the installer did not allow: the pod (if any) keeps running what
             // it runs; only the bundle is written, so that user deletions and ACL changes

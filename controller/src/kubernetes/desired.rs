@@ -26,6 +26,7 @@ use kube::Resource;
 use serde_json::json;
 
 use super::bundle::{PodBundle, BUNDLE_KEY, HASH_KEY};
+use crate::api::broker::UpdateStrategy;
 use crate::api::Broker;
 
 /// Label naming the Broker an object belongs to.
@@ -56,6 +57,29 @@ pub fn bundle_secret_name(broker: &str) -> String {
 /// Name of a Broker's data PersistentVolumeClaim.
 pub fn volume_name(broker: &str) -> String {
     format!("edgemq-{broker}-data")
+}
+
+/// Copies a restart asked of the live Broker (its [`RESTARTED_AT`] annotation) onto the
+/// version the pod is made from: annotations do not move the generation that version is
+/// chosen by, and a restart is asked even while the spec has a mistake.
+pub fn carry_restart(live: &Broker, effective: &mut Broker) {
+    let asked = live
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESTARTED_AT));
+    let annotations = effective
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new);
+    match asked {
+        Some(at) => {
+            annotations.insert(RESTARTED_AT.into(), at.clone());
+        }
+        None => {
+            annotations.remove(RESTARTED_AT);
+        }
+    }
 }
 
 /// What the controller was told, for the objects it makes.
@@ -296,10 +320,12 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
     }
     let mut template_labels = labels(&name);
     template_labels.extend(pod.labels.clone());
-    // Two pods must never open one store: with a volume the old pod goes first.
-    let strategy = match persistence {
-        Some(_) => json!({"type": "Recreate"}),
-        None => {
+    // The new pod starts first (surge), unless a volume one node cannot share asks for
+    // the old pod to go first. Two pods never open one store: the stores' locks and the
+    // hand-over see to that (see `super::handover`).
+    let strategy = match persistence.map(|p| p.update_strategy) {
+        Some(UpdateStrategy::Recreate) => json!({"type": "Recreate"}),
+        Some(UpdateStrategy::HandOver) | None => {
             json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
         }
     };
@@ -533,7 +559,11 @@ spec:
             .as_mut()
             .unwrap()
             .insert(RESTARTED_AT.into(), "2026-12-06T05:00:00Z".into());
-        let template = objects(&restarted, &[]).deployment.spec.template;
+        // The controller plans from the Broker's last good version, whose annotations
+        // may be older: the restart is taken from the live object.
+        let mut planned = annotated.clone();
+        carry_restart(&restarted, &mut planned);
+        let template = objects(&planned, &[]).deployment.spec.template;
         let a = template.metadata.unwrap().annotations.unwrap();
         assert_eq!(a[RESTARTED_AT], "2026-12-06T05:00:00Z");
         assert!(!a.contains_key("note"));
@@ -557,13 +587,27 @@ spec:
     }
 
     #[test]
-    fn a_volume_means_recreate_and_no_volume_means_surge_first() {
+    fn a_volume_means_a_hand_over_unless_recreate_is_asked_and_no_volume_means_surge_first() {
         let without = objects(&broker(""), &[]);
         assert!(without.volume.is_none());
         let s = without.deployment.spec.strategy.expect("strategy");
         assert_eq!(s.type_.as_deref(), Some("RollingUpdate"));
 
-        let with = objects(&broker("  persistence: {enabled: true, size: 2Gi}\n"), &[]);
+        let handover = objects(&broker("  persistence: {enabled: true}\n"), &[]);
+        let s = handover.deployment.spec.strategy.expect("strategy");
+        assert_eq!(s.type_.as_deref(), Some("RollingUpdate"));
+        let r = s.rolling_update.expect("rolling update");
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        assert_eq!(
+            (r.max_surge, r.max_unavailable),
+            (Some(IntOrString::Int(1)), Some(IntOrString::Int(0))),
+            "the old pod serves until the new one is ready"
+        );
+
+        let with = objects(
+            &broker("  persistence: {enabled: true, size: 2Gi, updateStrategy: Recreate}\n"),
+            &[],
+        );
         let pvc = with.volume.expect("a claim");
         assert_eq!(pvc.metadata.name.as_deref(), Some("edgemq-home-data"));
         assert!(
