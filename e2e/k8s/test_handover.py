@@ -252,7 +252,10 @@ def run_upgrades(cluster, namespace: str, persistence: bool) -> dict:
             restart_outage = round(prober.outage_since(t0), 2)
         print(f"[upgrade {n}] {patch}: new-connection outage {prober.outage_since(t0):.2f} s, "
               f"rollout {time.monotonic() - t0:.1f} s", flush=True)
-        print("\n".join(line for line in old_log.splitlines() if "client" not in line)[-1500:])
+        new_pod = k.pod_of(cluster, "home", namespace)["metadata"]["name"]
+        new_log = cluster.kubectl("logs", "-n", namespace, new_pod, check=False).stdout
+        print("\n".join(line[:200] for line in new_log.splitlines()
+                        if "client" not in line and "listener" not in line)[-2500:])
 
     for p in pubs:
         p.stop.set()
@@ -305,6 +308,7 @@ def run_upgrades(cluster, namespace: str, persistence: bool) -> dict:
         "queued_kept": len(set(queued)),
         "retained_kept": retained is not None and retained.payload == b"kept",
         "strategy": k.get(cluster, "deployment", "edgemq-home", namespace)["spec"]["strategy"]["type"],
+        "status_strategy": k.get(cluster, "broker", "home", namespace)["status"].get("updateStrategy"),
     }
 
 
@@ -317,6 +321,7 @@ def test_upgrades_with_persistence_lose_nothing_and_keep_sessions(cluster, contr
     assert r["sessions_lost"] == 0, r
     assert r["queued_kept"] == QUEUED, r
     assert r["retained_kept"], r
+    assert (r["strategy"], r["status_strategy"]) == ("RollingUpdate", "HandOver"), r
     assert r["outage_max_s"] < 30, r  # a sanity bound, not the figure (see the record)
 
 
@@ -328,3 +333,4 @@ def test_upgrades_without_persistence_measure_the_outage_and_what_is_lost(cluste
     # Without a volume the sessions, their queues and retained messages live in the pod:
     # the figures say how much goes with it.
     assert r["outage_max_s"] < 30, r
+    assert (r["strategy"], r["status_strategy"]) == ("RollingUpdate", "RollingUpdate"), r

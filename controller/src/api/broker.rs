@@ -553,6 +553,12 @@ pub struct BrokerStatus {
     /// the load balancer's IP address or host name. Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// How a pod-template change replaces the broker pod: `HandOver` (a volume; the new
+    /// pod takes the stores over from the old one), `Recreate` (a volume that
+    /// `persistence.updateStrategy` says two pods cannot share) or `RollingUpdate` (no
+    /// volume: the new pod starts first, sessions are not carried over). Kubernetes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<String>,
 }
 
 impl BrokerStatus {

@@ -82,6 +82,15 @@ pub fn carry_restart(live: &Broker, effective: &mut Broker) {
     }
 }
 
+/// How a pod-template change replaces `broker`'s pod (`status.updateStrategy`).
+pub fn update_strategy(broker: &Broker) -> &'static str {
+    match broker.spec.persistence.as_ref().filter(|p| p.enabled) {
+        Some(p) if p.update_strategy == UpdateStrategy::Recreate => "Recreate",
+        Some(_) => "HandOver",
+        None => "RollingUpdate",
+    }
+}
+
 /// What the controller was told, for the objects it makes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -594,6 +603,11 @@ spec:
         assert_eq!(s.type_.as_deref(), Some("RollingUpdate"));
 
         let handover = objects(&broker("  persistence: {enabled: true}\n"), &[]);
+        assert_eq!(update_strategy(&broker("")), "RollingUpdate");
+        assert_eq!(
+            update_strategy(&broker("  persistence: {enabled: true}\n")),
+            "HandOver"
+        );
         let s = handover.deployment.spec.strategy.expect("strategy");
         assert_eq!(s.type_.as_deref(), Some("RollingUpdate"));
         let r = s.rolling_update.expect("rolling update");

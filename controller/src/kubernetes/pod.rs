@@ -310,7 +310,9 @@ impl Pod {
             s.applied = None;
             s.handed_over_to = Some(to.clone());
             tracing::info!(to = %to, "stores saved and closed; this pod is no longer ready and waits for its end");
-        } else if held {
+        } else if held || requested.is_some() {
+            // Until the stores open here, every 100 ms (a try may also fail on a
+            // listener port the previous try has not released yet).
             if requested.is_none_or(|t| t.elapsed() >= handover::RENEW) {
                 match handover::request(dir, &self.name) {
                     Ok(()) if requested.is_none() => {
