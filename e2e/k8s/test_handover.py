@@ -309,6 +309,9 @@ def run_upgrades(cluster, namespace: str, persistence: bool) -> dict:
         "retained_kept": retained is not None and retained.payload == b"kept",
         "strategy": k.get(cluster, "deployment", "edgemq-home", namespace)["spec"]["strategy"]["type"],
         "status_strategy": k.get(cluster, "broker", "home", namespace)["status"].get("updateStrategy"),
+        "events": sorted({e["message"] for e in json.loads(cluster.kubectl(
+            "get", "events", "-n", namespace, "--field-selector",
+            "involvedObject.kind=Broker,reason=ReplacingPod", "-o", "json").stdout)["items"]}),
     }
 
 
@@ -322,6 +325,7 @@ def test_upgrades_with_persistence_lose_nothing_and_keep_sessions(cluster, contr
     assert r["queued_kept"] == QUEUED, r
     assert r["retained_kept"], r
     assert (r["strategy"], r["status_strategy"]) == ("RollingUpdate", "HandOver"), r
+    assert r["events"] == ["the pod template changed: the broker pod is replaced by HandOver"], r
     assert r["outage_max_s"] < 30, r  # a sanity bound, not the figure (see the record)
 
 

@@ -128,7 +128,19 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                 Ok(Err(message)) => BrokerState::ImageNotAllowed(message),
                 Err(Error::Conflict(c)) => BrokerState::NameConflict(c.to_string()),
                 Err(e) => BrokerState::ApplyFailed(e.to_string()),
-                Ok(Ok((deployment, service))) => {
+                Ok(Ok((deployment, service, replacing))) => {
+                    if replacing {
+                        let how = desired::update_strategy(&effective_broker);
+                        ctx.event(
+                            b.as_ref(),
+                            false,
+                            "ReplacingPod",
+                            format!(
+                                "the pod template changed: the broker pod is replaced by {how}"
+                            ),
+                        )
+                        .await;
+                    }
                     let ready = deployment
                         .status
                         .as_ref()
@@ -194,10 +206,12 @@ fn address(svc: &Service) -> String {
     })
 }
 
+/// Applies every object of a Broker; also says whether the pod template (or the update
+/// strategy) of an existing Deployment changed, so that its pod is being replaced.
 async fn apply_broker_objects(
     ctx: &Context,
     o: &desired::BrokerObjects,
-) -> Result<(Deployment, Service), Error> {
+) -> Result<(Deployment, Service, bool), Error> {
     // Observe everything first: one object of the name that belongs to someone else
     // stops the Broker before any of its objects is written.
     let sa = ctx.observe(&o.service_account).await?;
@@ -228,8 +242,10 @@ async fn apply_broker_objects(
         ctx.ensure_over(v, current).await?;
     }
     let service = ctx.ensure_over(&o.service, service).await?;
+    let before = deployment.as_ref().and_then(|d| d.metadata.generation);
     let deployment = ctx.ensure_over(&o.deployment, deployment).await?;
-    Ok((deployment, service))
+    let replacing = before.is_some_and(|b| deployment.metadata.generation.is_some_and(|a| a > b));
+    Ok((deployment, service, replacing))
 }
 
 /// For a Broker whose pod may not be changed: when a pod runs, writes only its bundle
