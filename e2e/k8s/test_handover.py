@@ -338,3 +338,21 @@ def test_upgrades_without_persistence_measure_the_outage_and_what_is_lost(cluste
     # the figures say how much goes with it.
     assert r["outage_max_s"] < 30, r
     assert (r["strategy"], r["status_strategy"]) == ("RollingUpdate", "RollingUpdate"), r
+
+
+def test_a_volume_two_pods_cannot_share_is_replaced_old_pod_first_and_status_says_so(
+        cluster, controller, namespace):
+    k.apply(cluster, namespace,
+            k.broker("home", [{"name": "lan", "port": 1883}], allowAnonymous=True,
+                     aclEnabled=False,
+                     persistence={"enabled": True, "updateStrategy": "Recreate"}))
+    b = k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    assert b["status"]["updateStrategy"] == "Recreate"
+    d = k.get(cluster, "deployment", "edgemq-home", namespace)
+    assert d["spec"]["strategy"] == {"type": "Recreate"}
+    upgrade(cluster, namespace, {"resources": {"requests": {"cpu": "11m"}}})
+    events = json.loads(cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector",
+        "involvedObject.kind=Broker,reason=ReplacingPod", "-o", "json").stdout)["items"]
+    assert [e["message"] for e in events] == [
+        "the pod template changed: the broker pod is replaced by Recreate"]
