@@ -243,7 +243,9 @@ async fn apply_broker_objects(
     }
     let service = ctx.ensure_over(&o.service, service).await?;
     let before = deployment.as_ref().and_then(|d| d.metadata.generation);
-    let deployment = ctx.ensure_over(&o.deployment, deployment).await?;
+    let mut wanted = o.deployment.clone();
+    desired::first_hand_over(&mut wanted, deployment.as_ref());
+    let deployment = ctx.ensure_over(&wanted, deployment).await?;
     let replacing = before.is_some_and(|b| deployment.metadata.generation.is_some_and(|a| a > b));
     Ok((deployment, service, replacing))
 }

@@ -41,6 +41,10 @@ pub const DATA_DIR: &str = "/var/lib/edgemq";
 /// it), copied into the pod template as `kubectl rollout restart` does for a
 /// Deployment.
 pub const RESTARTED_AT: &str = "edgemq.io/restartedAt";
+/// Pod-template annotation of broker pods that hand their stores over on request
+/// (`super::handover`). A pod without it (an older release) never would: the rollout
+/// that replaces it is `Recreate` ([`first_hand_over`]).
+pub const HANDOVER_ANNOTATION: &str = "edgemq.io/hand-over";
 /// Default size of the data volume.
 pub const DEFAULT_VOLUME_SIZE: &str = "1Gi";
 
@@ -88,6 +92,31 @@ pub fn update_strategy(broker: &Broker) -> &'static str {
         Some(p) if p.update_strategy == UpdateStrategy::Recreate => "Recreate",
         Some(_) => "HandOver",
         None => "RollingUpdate",
+    }
+}
+
+/// Replaces a hand-over by `Recreate` for the one rollout whose old pod (running now,
+/// from an older release) does not hand its stores over: the new pod would wait for
+/// them while the old one, still ready, is never ended.
+pub fn first_hand_over(desired: &mut Deployment, current: Option<&Deployment>) {
+    let speaks = |d: &Deployment| {
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .is_some_and(|a| a.contains_key(HANDOVER_ANNOTATION))
+    };
+    let Some(current) = current else { return };
+    let has_volume = desired
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.persistent_volume_claim.is_some()));
+    if has_volume && !speaks(current) {
+        desired.spec.strategy = Some(typed(json!({"type": "Recreate"})));
     }
 }
 
@@ -317,6 +346,7 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
         pod_spec["priorityClassName"] = json!(p);
     }
     let mut template_annotations = pod.annotations.clone();
+    template_annotations.insert(HANDOVER_ANNOTATION.into(), "v1".into());
     // `kubectl annotate broker NAME edgemq.io/restartedAt=...`: a restart as
     // `kubectl rollout restart` makes one, on the same path as any pod-template change.
     if let Some(at) = broker
@@ -576,6 +606,36 @@ spec:
         let a = template.metadata.unwrap().annotations.unwrap();
         assert_eq!(a[RESTARTED_AT], "2026-12-06T05:00:00Z");
         assert!(!a.contains_key("note"));
+    }
+
+    #[test]
+    fn a_pod_of_a_release_without_hand_over_is_replaced_old_pod_first_once() {
+        let with = objects(&broker("  persistence: {enabled: true}\n"), &[]);
+        let mut old_release = with.deployment.clone();
+        if let Some(a) = old_release
+            .spec
+            .template
+            .metadata
+            .as_mut()
+            .and_then(|m| m.annotations.as_mut())
+        {
+            a.remove(HANDOVER_ANNOTATION);
+        }
+        let strategy = |d: &Deployment| d.spec.strategy.clone().and_then(|s| s.type_);
+        let mut d = with.deployment.clone();
+        first_hand_over(&mut d, Some(&old_release));
+        assert_eq!(strategy(&d).as_deref(), Some("Recreate"));
+        let mut d = with.deployment.clone();
+        first_hand_over(&mut d, Some(&with.deployment));
+        assert_eq!(strategy(&d).as_deref(), Some("RollingUpdate"));
+        let mut d = with.deployment.clone();
+        first_hand_over(&mut d, None);
+        assert_eq!(strategy(&d).as_deref(), Some("RollingUpdate"));
+        // Without a volume there is nothing to hand over: surge-first stays.
+        let without = objects(&broker(""), &[]);
+        let mut d = without.deployment.clone();
+        first_hand_over(&mut d, Some(&old_release));
+        assert_eq!(strategy(&d).as_deref(), Some("RollingUpdate"));
     }
 
     #[test]
