@@ -159,6 +159,34 @@ pub struct Persistence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
+    /// How a pod-template change (image, resources, a restart) replaces the pod.
+    /// `HandOver` (default): the new pod starts beside the old one on the same node
+    /// and volume, the old pod tells its clients to go, saves and hands the stores
+    /// over, and the new one serves at once (for node-local volumes such as k3s'
+    /// local-path, where both pods can mount the volume). `Recreate`: the old pod
+    /// stops before the new one is created (for volumes one node at a time cannot
+    /// share: the new pod of a hand-over would wait for the volume forever).
+    /// Kubernetes only.
+    #[serde(default, skip_serializing_if = "UpdateStrategy::is_default")]
+    pub update_strategy: UpdateStrategy,
+}
+
+/// How a broker pod with a volume is replaced.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum UpdateStrategy {
+    /// The new pod starts first and takes the stores over from the old one.
+    #[default]
+    HandOver,
+    /// The old pod stops first.
+    Recreate,
+}
+
+impl UpdateStrategy {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// How the broker's Service is exposed, as Kubernetes' Service `type`.
@@ -409,6 +437,20 @@ pub struct Limits {
     #[serde(default = "default_max_queued_bytes")]
     #[schemars(range(min = 1024, max = 1099511627776u64))]
     pub max_queued_bytes: u64,
+    /// Clients told to go per second when the broker stops (a pod replaced by an
+    /// upgrade, SIGTERM): it stops accepting, then sends MQTT 5 clients DISCONNECT 0x8B
+    /// (server shutting down) and closes MQTT 3.1.1 connections at this pace, so a
+    /// thousand devices do not reconnect in the same second; then it saves sessions.
+    /// Default: 200 (`maxConnections` 1000 are told within 5 s, inside the pod's grace
+    /// period).
+    // Left out of bundles at its default, so a broker pod of an older release still
+    // reads them.
+    #[serde(
+        default = "default_shutdown_disconnect_rate",
+        skip_serializing_if = "is_default_shutdown_disconnect_rate"
+    )]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub shutdown_disconnect_rate: u32,
 }
 
 fn default_max_connections() -> u32 {
@@ -456,6 +498,12 @@ fn default_max_subscriptions() -> u32 {
 fn default_max_queued_bytes() -> u64 {
     16 * 1024 * 1024
 }
+fn default_shutdown_disconnect_rate() -> u32 {
+    200
+}
+fn is_default_shutdown_disconnect_rate(v: &u32) -> bool {
+    *v == default_shutdown_disconnect_rate()
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -475,6 +523,7 @@ impl Default for Limits {
             max_sessions: default_max_sessions(),
             max_subscriptions_per_client: default_max_subscriptions(),
             max_queued_bytes: default_max_queued_bytes(),
+            shutdown_disconnect_rate: default_shutdown_disconnect_rate(),
         }
     }
 }
@@ -504,6 +553,12 @@ pub struct BrokerStatus {
     /// the load balancer's IP address or host name. Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// How a pod-template change replaces the broker pod: `HandOver` (a volume; the new
+    /// pod takes the stores over from the old one), `Recreate` (a volume that
+    /// `persistence.updateStrategy` says two pods cannot share) or `RollingUpdate` (no
+    /// volume: the new pod starts first, sessions are not carried over). Kubernetes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<String>,
 }
 
 impl BrokerStatus {

@@ -860,7 +860,16 @@ async fn write_loop(
         tokio::select! {
             biased;
             p = ctrl.recv() => {
-                let Some(p) = p else { break };
+                let Some(p) = p else {
+                    // The reader saw the close first and ended: the client is still
+                    // owed the DISCONNECT that says why.
+                    let reason = *close_rx.borrow();
+                    if let Some(reason) = reason {
+                        goodbye(version, reason, &mut writer, &mut out).await;
+                        return;
+                    }
+                    break;
+                };
                 if codec::write(version, *p, &mut out).is_err() {
                     break;
                 }
@@ -871,17 +880,8 @@ async fn write_loop(
                 }
             }
             _ = close_rx.changed() => {
-                let reason = *close_rx.borrow();
-                if version == Version::V5 {
-                    let code = match reason {
-                        Some(CloseReason::SessionTakenOver) => DisconnectReasonCode::SessionTakenOver,
-                        Some(CloseReason::CredentialsChanged) => DisconnectReasonCode::NotAuthorized,
-                        _ => DisconnectReasonCode::ServerShuttingDown,
-                    };
-                    let _ = codec::write(version, Packet::Disconnect(Disconnect { reason_code: code }, None), &mut out);
-                    let _ = writer.write_all(&out).await;
-                }
-                writer.shutdown().await;
+                let reason = (*close_rx.borrow()).unwrap_or(CloseReason::ServerShuttingDown);
+                goodbye(version, reason, &mut writer, &mut out).await;
                 // Keep draining control packets until the reader ends.
                 while ctrl.recv().await.is_some() {}
                 return;
@@ -970,6 +970,22 @@ async fn write_loop(
     // The reader ended or the socket failed: make sure the reader stops too.
     link.kick(CloseReason::ServerShuttingDown);
     while ctrl.recv().await.is_some() {}
+}
+
+/// Sends what is pending, then (MQTT 5) the DISCONNECT saying why the broker closes
+/// the connection, and closes the socket. The DISCONNECT is the reason code alone
+/// (remaining length 1, the property length omitted as [MQTT-3.14.2.2.1] allows).
+async fn goodbye(version: Version, reason: CloseReason, writer: &mut Writer, out: &mut BytesMut) {
+    if version == Version::V5 {
+        let code = match reason {
+            CloseReason::SessionTakenOver => 0x8E,
+            CloseReason::CredentialsChanged => 0x87,
+            CloseReason::ListenerRemoved | CloseReason::ServerShuttingDown => 0x8B,
+        };
+        out.extend_from_slice(&[0xE0, 0x01, code]);
+    }
+    let _ = writer.write_all(out).await;
+    writer.shutdown().await;
 }
 
 async fn flush(writer: &mut Writer, out: &mut BytesMut, shared: &Shared) -> std::io::Result<()> {

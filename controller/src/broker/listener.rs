@@ -47,6 +47,13 @@ impl ListenerHandle {
         self.open.send_replace(true);
     }
 
+    /// Stops accepting (the socket closes, so new connections are refused at once)
+    /// and leaves the connections accepted here running: the first step of a stop
+    /// that tells clients to go ([`super::BrokerRuntime::drain`]).
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
     /// Stops accepting and closes the connections accepted here.
     pub fn stop(&self) {
         self.stop.send_replace(true);
@@ -108,6 +115,7 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
+            _ = open.wait_for(|o| !*o) => break,
             a = socket.accept() => a,
         };
         let (stream, peer) = match accepted {

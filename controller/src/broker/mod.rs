@@ -42,6 +42,10 @@ use crate::plan::BrokerBundle;
 use listener::ListenerHandle;
 use router::{CloseReason, Router, RouterLimits, RouterStats};
 
+/// How long [`BrokerRuntime::drain`] waits, after the last client was told, for the
+/// connections to close before the stop goes on without them.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
 /// PEM key pair served by a TLS listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsMaterial {
@@ -539,6 +543,48 @@ impl BrokerRuntime {
             router: self.shared.router().stats(),
             config_hash: self.bundle.hash(),
         }
+    }
+
+    /// Tells every client to go before a stop: the listeners stop accepting (new
+    /// connections are refused, so a client retrying reaches the broker that takes
+    /// over), then each client connection is closed with DISCONNECT 0x8B (server
+    /// shutting down; MQTT 3.1.1 has no server DISCONNECT, its socket just closes),
+    /// `shutdownDisconnectRate` per second. 0x8B rather than 0x9C/0x9D (use another
+    /// server / server moved): the client should come back to the same address, which
+    /// the Service or the restarted process serves next. Returns how many clients were
+    /// told, after their connections ended or [`DRAIN_WAIT`] passed.
+    pub async fn drain(&self) -> usize {
+        for h in self.listeners.values() {
+            h.close();
+        }
+        let rate = self.shared.limits.load().shutdown_disconnect_rate.max(1);
+        let gap = Duration::from_secs(1) / rate;
+        let mut next = tokio::time::Instant::now();
+        let mut told = 0;
+        // Clients whose CONNECT was being handled as accepting stopped show up in the
+        // next sweep.
+        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+        loop {
+            let links = self.shared.router().client_links();
+            let links: Vec<_> = links
+                .into_iter()
+                .filter(|l| l.close.borrow().is_none())
+                .collect();
+            if links.is_empty() {
+                break;
+            }
+            for link in links {
+                tokio::time::sleep_until(next).await;
+                link.kick(CloseReason::ServerShuttingDown);
+                told += 1;
+                next += gap;
+            }
+        }
+        while self.shared.slots.connected() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(broker = %self.shared.key, clients = told, rate, "clients told to disconnect (server shutting down)");
+        told
     }
 
     /// Stops listeners, closes connections and flushes persistence.

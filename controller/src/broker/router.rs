@@ -634,6 +634,15 @@ impl Router {
         expired.len()
     }
 
+    /// The connections of clients (not edgemq's own sessions), to tell them to go.
+    pub fn client_links(&self) -> Vec<ConnLink> {
+        self.sessions
+            .values()
+            .filter(|s| !s.trusted)
+            .filter_map(|s| s.conn.clone())
+            .collect()
+    }
+
     /// Kicks every connection of `username` (`None`: anonymous clients).
     pub fn kick_user(&mut self, username: Option<&str>, reason: CloseReason) -> usize {
         let mut n = 0;

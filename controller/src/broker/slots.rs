@@ -28,6 +28,11 @@ struct Handshakes {
 }
 
 impl Slots {
+    /// Authenticated connections open now.
+    pub fn connected(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
     fn handshakes(&self) -> std::sync::MutexGuard<'_, Handshakes> {
         self.handshakes.lock().unwrap_or_else(|e| e.into_inner())
     }

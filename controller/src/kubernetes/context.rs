@@ -402,7 +402,7 @@ impl Context {
         Ok(out)
     }
 
-    async fn event<K: Resource<DynamicType = ()>>(
+    pub(super) async fn event<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
         warning: bool,

@@ -101,6 +101,12 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             fields.desired_config_hash = Some(hash.clone());
             // The pod follows the Broker's last good version while its edit has a
             // mistake.
+            let mut effective_broker = effective_broker;
+            desired::carry_restart(b.as_ref(), &mut effective_broker);
+            extra.insert(
+                "updateStrategy".into(),
+                json!(desired::update_strategy(&effective_broker)),
+            );
             let objects = desired::broker_objects(&effective_broker, &pod_bundle, &ctx.settings);
             // An image the installer did not allow: the pod (if any) keeps running what
             // it runs; only the bundle is written, so that user deletions and ACL changes
@@ -119,7 +125,19 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                 Ok(Err(message)) => BrokerState::ImageNotAllowed(message),
                 Err(Error::Conflict(c)) => BrokerState::NameConflict(c.to_string()),
                 Err(e) => BrokerState::ApplyFailed(e.to_string()),
-                Ok(Ok((deployment, service))) => {
+                Ok(Ok((deployment, service, replacing))) => {
+                    if replacing {
+                        let how = desired::update_strategy(&effective_broker);
+                        ctx.event(
+                            b.as_ref(),
+                            false,
+                            "ReplacingPod",
+                            format!(
+                                "the pod template changed: the broker pod is replaced by {how}"
+                            ),
+                        )
+                        .await;
+                    }
                     let ready = deployment
                         .status
                         .as_ref()
@@ -174,10 +192,12 @@ fn address(svc: &Service) -> String {
     })
 }
 
+/// Applies every object of a Broker; also says whether the pod template (or the update
+/// strategy) of an existing Deployment changed, so that its pod is being replaced.
 async fn apply_broker_objects(
     ctx: &Context,
     o: &desired::BrokerObjects,
-) -> Result<(Deployment, Service), Error> {
+) -> Result<(Deployment, Service, bool), Error> {
     // Observe everything first: one object of the name that belongs to someone else
     // stops the Broker before any of its objects is written.
     let sa = ctx.observe(&o.service_account).await?;
@@ -208,8 +228,12 @@ async fn apply_broker_objects(
         ctx.ensure_over(v, current).await?;
     }
     let service = ctx.ensure_over(&o.service, service).await?;
-    let deployment = ctx.ensure_over(&o.deployment, deployment).await?;
-    Ok((deployment, service))
+    let before = deployment.as_ref().and_then(|d| d.metadata.generation);
+    let mut wanted = o.deployment.clone();
+    desired::first_hand_over(&mut wanted, deployment.as_ref());
+    let deployment = ctx.ensure_over(&wanted, deployment).await?;
+    let replacing = before.is_some_and(|b| deployment.metadata.generation.is_some_and(|a| a > b));
+    Ok((deployment, service, replacing))
 }
 
 /// For a Broker whose pod may not be changed: when a pod runs, writes only its bundle

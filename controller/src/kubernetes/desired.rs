@@ -26,6 +26,7 @@ use kube::Resource;
 use serde_json::json;
 
 use super::bundle::{PodBundle, BUNDLE_KEY, HASH_KEY};
+use crate::api::broker::UpdateStrategy;
 use crate::api::Broker;
 
 /// Label naming the Broker an object belongs to.
@@ -36,6 +37,14 @@ pub const MANAGED_BY: &str = "edgemq";
 pub const OPS_PORT: u16 = 9883;
 /// Where the pod keeps retained messages and bridge queues.
 pub const DATA_DIR: &str = "/var/lib/edgemq";
+/// Annotation of a Broker asking for its pod to be replaced (any new value restarts
+/// it), copied into the pod template as `kubectl rollout restart` does for a
+/// Deployment.
+pub const RESTARTED_AT: &str = "edgemq.io/restartedAt";
+/// Pod-template annotation of broker pods that hand their stores over on request
+/// (`super::handover`). A pod without it (an older release) never would: the rollout
+/// that replaces it is `Recreate` ([`first_hand_over`]).
+pub const HANDOVER_ANNOTATION: &str = "edgemq.io/hand-over";
 /// Default size of the data volume.
 pub const DEFAULT_VOLUME_SIZE: &str = "1Gi";
 
@@ -49,6 +58,63 @@ pub use super::bundle::bundle_secret_name;
 /// Name of a Broker's data PersistentVolumeClaim.
 pub fn volume_name(broker: &str) -> String {
     format!("edgemq-{broker}-data")
+}
+
+/// Copies a restart asked of the live Broker (its [`RESTARTED_AT`] annotation) onto the
+/// version the pod is made from: annotations do not move the generation that version is
+/// chosen by, and a restart is asked even while the spec has a mistake.
+pub fn carry_restart(live: &Broker, effective: &mut Broker) {
+    let asked = live
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESTARTED_AT));
+    let annotations = effective
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new);
+    match asked {
+        Some(at) => {
+            annotations.insert(RESTARTED_AT.into(), at.clone());
+        }
+        None => {
+            annotations.remove(RESTARTED_AT);
+        }
+    }
+}
+
+/// How a pod-template change replaces `broker`'s pod (`status.updateStrategy`).
+pub fn update_strategy(broker: &Broker) -> &'static str {
+    match broker.spec.persistence.as_ref().filter(|p| p.enabled) {
+        Some(p) if p.update_strategy == UpdateStrategy::Recreate => "Recreate",
+        Some(_) => "HandOver",
+        None => "RollingUpdate",
+    }
+}
+
+/// Replaces a hand-over by `Recreate` for the one rollout whose old pod (running now,
+/// from an older release) does not hand its stores over: the new pod would wait for
+/// them while the old one, still ready, is never ended.
+pub fn first_hand_over(desired: &mut Deployment, current: Option<&Deployment>) {
+    let speaks = |d: &Deployment| {
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .is_some_and(|a| a.contains_key(HANDOVER_ANNOTATION))
+    };
+    let Some(current) = current else { return };
+    let has_volume = desired
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.persistent_volume_claim.is_some()));
+    if has_volume && !speaks(current) {
+        desired.spec.strategy = Some(typed(json!({"type": "Recreate"})));
+    }
 }
 
 /// What the controller was told, for the objects it makes.
@@ -223,7 +289,9 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
             .chain(std::iter::once(json!({"name": "ops", "containerPort": OPS_PORT, "protocol": "TCP"})))
             .collect::<Vec<_>>(),
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "ops"}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "ops"}, "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
+        // Probed every second: a replacement pod joins the Service within a second
+        // of its listeners accepting (its /readyz turns ready only then).
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "ops"}, "periodSeconds": 1, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
         "securityContext": {
             "runAsNonRoot": true,
             "runAsUser": 65532,
@@ -274,12 +342,26 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
     if let Some(p) = &pod.priority_class_name {
         pod_spec["priorityClassName"] = json!(p);
     }
+    let mut template_annotations = pod.annotations.clone();
+    template_annotations.insert(HANDOVER_ANNOTATION.into(), "v1".into());
+    // `kubectl annotate broker NAME edgemq.io/restartedAt=...`: a restart as
+    // `kubectl rollout restart` makes one, on the same path as any pod-template change.
+    if let Some(at) = broker
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESTARTED_AT))
+    {
+        template_annotations.insert(RESTARTED_AT.into(), at.clone());
+    }
     let mut template_labels = labels(&name);
     template_labels.extend(pod.labels.clone());
-    // Two pods must never open one store: with a volume the old pod goes first.
-    let strategy = match persistence {
-        Some(_) => json!({"type": "Recreate"}),
-        None => {
+    // The new pod starts first (surge), unless a volume one node cannot share asks for
+    // the old pod to go first. Two pods never open one store: the stores' locks and the
+    // hand-over see to that (see `super::handover`).
+    let strategy = match persistence.map(|p| p.update_strategy) {
+        Some(UpdateStrategy::Recreate) => json!({"type": "Recreate"}),
+        Some(UpdateStrategy::HandOver) | None => {
             json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
         }
     };
@@ -294,7 +376,7 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
             "selector": {"matchLabels": selector(&name)},
             "strategy": strategy,
             "template": {
-                "metadata": {"labels": template_labels, "annotations": pod.annotations},
+                "metadata": {"labels": template_labels, "annotations": template_annotations},
                 "spec": pod_spec,
             },
         },
@@ -494,13 +576,109 @@ spec:
     }
 
     #[test]
-    fn a_volume_means_recreate_and_no_volume_means_surge_first() {
+    fn a_restart_annotation_on_the_broker_rolls_the_pod_and_nothing_else_does() {
+        let plain = broker("");
+        let mut annotated = plain.clone();
+        annotated.metadata.annotations = Some(BTreeMap::from([(
+            "note".to_string(),
+            "not a restart".to_string(),
+        )]));
+        assert_eq!(
+            objects(&plain, &[]).deployment,
+            objects(&annotated, &[]).deployment,
+            "other annotations of the Broker leave the pod alone"
+        );
+        let mut restarted = annotated.clone();
+        restarted
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(RESTARTED_AT.into(), "2026-12-06T05:00:00Z".into());
+        // The controller plans from the Broker's last good version, whose annotations
+        // may be older: the restart is taken from the live object.
+        let mut planned = annotated.clone();
+        carry_restart(&restarted, &mut planned);
+        let template = objects(&planned, &[]).deployment.spec.template;
+        let a = template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(a[RESTARTED_AT], "2026-12-06T05:00:00Z");
+        assert!(!a.contains_key("note"));
+    }
+
+    #[test]
+    fn a_pod_of_a_release_without_hand_over_is_replaced_old_pod_first_once() {
+        let with = objects(&broker("  persistence: {enabled: true}\n"), &[]);
+        let mut old_release = with.deployment.clone();
+        if let Some(a) = old_release
+            .spec
+            .template
+            .metadata
+            .as_mut()
+            .and_then(|m| m.annotations.as_mut())
+        {
+            a.remove(HANDOVER_ANNOTATION);
+        }
+        let strategy = |d: &Deployment| d.spec.strategy.clone().and_then(|s| s.type_);
+        let mut d = with.deployment.clone();
+        first_hand_over(&mut d, Some(&old_release));
+        assert_eq!(strategy(&d).as_deref(), Some("Recreate"));
+        let mut d = with.deployment.clone();
+        first_hand_over(&mut d, Some(&with.deployment));
+        assert_eq!(strategy(&d).as_deref(), Some("RollingUpdate"));
+        let mut d = with.deployment.clone();
+        first_hand_over(&mut d, None);
+        assert_eq!(strategy(&d).as_deref(), Some("RollingUpdate"));
+        // Without a volume there is nothing to hand over: surge-first stays.
+        let without = objects(&broker(""), &[]);
+        let mut d = without.deployment.clone();
+        first_hand_over(&mut d, Some(&old_release));
+        assert_eq!(strategy(&d).as_deref(), Some("RollingUpdate"));
+    }
+
+    #[test]
+    fn readiness_is_probed_every_second_so_a_replacement_joins_the_service_at_once() {
+        let o = objects(&broker(""), &[]);
+        let pod = o.deployment.spec.template.spec.unwrap();
+        let ready = pod.containers[0].readiness_probe.clone().unwrap();
+        assert_eq!(
+            (
+                ready.period_seconds,
+                ready.timeout_seconds,
+                ready.success_threshold
+            ),
+            (Some(1), Some(1), Some(1))
+        );
+        // Long enough to tell 1000 clients at 200/s and save the sessions.
+        assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn a_volume_means_a_hand_over_unless_recreate_is_asked_and_no_volume_means_surge_first() {
         let without = objects(&broker(""), &[]);
         assert!(without.volume.is_none());
         let s = without.deployment.spec.strategy.expect("strategy");
         assert_eq!(s.type_.as_deref(), Some("RollingUpdate"));
 
-        let with = objects(&broker("  persistence: {enabled: true, size: 2Gi}\n"), &[]);
+        let handover = objects(&broker("  persistence: {enabled: true}\n"), &[]);
+        assert_eq!(update_strategy(&broker("")), "RollingUpdate");
+        assert_eq!(
+            update_strategy(&broker("  persistence: {enabled: true}\n")),
+            "HandOver"
+        );
+        let s = handover.deployment.spec.strategy.expect("strategy");
+        assert_eq!(s.type_.as_deref(), Some("RollingUpdate"));
+        let r = s.rolling_update.expect("rolling update");
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        assert_eq!(
+            (r.max_surge, r.max_unavailable),
+            (Some(IntOrString::Int(1)), Some(IntOrString::Int(0))),
+            "the old pod serves until the new one is ready"
+        );
+
+        let with = objects(
+            &broker("  persistence: {enabled: true, size: 2Gi, updateStrategy: Recreate}\n"),
+            &[],
+        );
         let pvc = with.volume.expect("a claim");
         assert_eq!(pvc.metadata.name.as_deref(), Some("edgemq-home-data"));
         assert!(

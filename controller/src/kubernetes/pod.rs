@@ -122,6 +122,8 @@ struct State {
     retry: Retry,
     /// Bridges of the bundle that are not running, and why (by `namespace/name`).
     bridge_errors: BTreeMap<String, String>,
+    /// The pod this one handed its stores to: it serves nothing more and is not ready.
+    handed_over_to: Option<String>,
 }
 
 /// When an apply that failed (in whole or in part) is tried again.
@@ -156,6 +158,8 @@ impl Retry {
 }
 
 struct Pod {
+    /// This pod's name, as a hand-over request names it.
+    name: String,
     opts: BrokerOptions,
     client: Client,
     engine: Engine,
@@ -168,6 +172,9 @@ impl crate::http::Health for Pod {
     }
     async fn not_ready(&self) -> Option<String> {
         let s = self.state.read().await;
+        if let Some(to) = &s.handed_over_to {
+            return Some(format!("handed its stores over to pod {to}"));
+        }
         match (&s.applied, &s.bundle_error, &s.apply_error) {
             (Some(_), _, _) => None,
             (None, Some(e), _) | (None, None, Some(e)) => Some(e.clone()),
@@ -270,6 +277,58 @@ fn watch_secret(pod: Arc<Pod>, name: String, wake: mpsc::UnboundedSender<()>) ->
 }
 
 impl Pod {
+    async fn handed_over(&self) -> bool {
+        self.state.read().await.handed_over_to.is_some()
+    }
+
+    /// One step of the hand-over between an old and a new pod on one volume (see
+    /// [`super::handover`]): the holder of the stores lets go when another pod asks;
+    /// a pod that finds them held asks, and tries again every 100 ms.
+    async fn handover_step(&self, requested: &mut Option<std::time::Instant>) {
+        use super::handover;
+        let dir = &self.opts.state_dir;
+        let (running, held) = {
+            let s = self.state.read().await;
+            if s.handed_over_to.is_some() {
+                return;
+            }
+            let held = s.apply_error.as_deref().is_some_and(handover::store_held);
+            (s.applied.is_some(), held)
+        };
+        if running {
+            if requested.take().is_some() {
+                handover::clear(dir);
+                tracing::info!("stores taken over from the previous pod");
+            }
+            let Some(to) = handover::requested_by(dir, &self.name, std::time::SystemTime::now())
+            else {
+                return;
+            };
+            tracing::info!(to = %to, "pod {to} asks for the stores: handing them over");
+            self.engine.shutdown().await;
+            let mut s = self.state.write().await;
+            s.applied = None;
+            s.handed_over_to = Some(to.clone());
+            tracing::info!(to = %to, "stores saved and closed; this pod is no longer ready and waits for its end");
+        } else if held || requested.is_some() {
+            // Until the stores open here, every 100 ms (a try may also fail on a
+            // listener port the previous try has not released yet).
+            if requested.is_none_or(|t| t.elapsed() >= handover::RENEW) {
+                match handover::request(dir, &self.name) {
+                    Ok(()) if requested.is_none() => {
+                        tracing::info!(
+                            "the stores are held by the previous pod: asked it to hand them over"
+                        )
+                    }
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not ask for the stores"),
+                }
+                *requested = Some(std::time::Instant::now());
+            }
+            self.apply().await;
+        }
+    }
+
     /// Applies the current bundle with the Secrets read so far.
     async fn apply(&self) {
         let s = self.state.read().await;
@@ -429,6 +488,7 @@ pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let pod = Arc::new(Pod {
+        name: super::handover::pod_name(),
         engine: Engine::new(&opts.state_dir, metrics),
         client,
         opts: opts.clone(),
@@ -456,9 +516,14 @@ pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
     let mut last_report = None;
     let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);
+    let mut handover_tick = tokio::time::interval(Duration::from_millis(100));
+    handover_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut requested: Option<std::time::Instant> = None;
     loop {
+        let handed_over = pod.handed_over().await;
         tokio::select! {
-            Some(()) = woken.recv() => {
+            _ = handover_tick.tick() => pod.handover_step(&mut requested).await,
+            Some(()) = woken.recv(), if !handed_over => {
                 // Let a burst of updates settle, then apply once.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while woken.try_recv().is_ok() {}
@@ -484,7 +549,7 @@ pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
                 pod.apply().await;
                 pod.report(&mut last_report).await;
             }
-            _ = tick.tick() => {
+            _ = tick.tick(), if !handed_over => {
                 if pod.state.read().await.retry.due(std::time::Instant::now()) {
                     tracing::info!("trying the configuration again");
                     pod.apply().await;

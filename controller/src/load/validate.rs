@@ -477,6 +477,12 @@ impl Validator<'_> {
                     10_000_000,
                 ),
                 ("maxQueuedBytes", lim.max_queued_bytes, 1024, 1 << 40),
+                (
+                    "shutdownDisconnectRate",
+                    lim.shutdown_disconnect_rate.into(),
+                    1,
+                    1_000_000,
+                ),
             ] {
                 self.range(b, &p(field), v, min, max);
             }

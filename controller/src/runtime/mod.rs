@@ -269,8 +269,14 @@ impl Engine {
             .collect()
     }
 
-    /// Stops every bridge, then every broker.
+    /// Tells every broker's clients to go (paced, see [`BrokerRuntime::drain`]), then
+    /// stops every bridge (their queues hold what the clients published last), then
+    /// every broker (saving sessions and retained messages).
     pub async fn shutdown(&self) {
+        {
+            let brokers = self.brokers.lock().await;
+            futures_util::future::join_all(brokers.values().map(BrokerRuntime::drain)).await;
+        }
         let mut bridges = self.bridges.lock().await;
         for (_, rt) in std::mem::take(&mut *bridges) {
             rt.stop().await;
