@@ -88,13 +88,20 @@ push_image() {
   arch="${arch%%/*}"
   rm -rf "$out/rootfs" "$out/oci"
   bash scripts/build-release.sh "$platform" "$out/rootfs"
-  local commit
+  local commit epoch created
   commit="${EDGEMQ_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+  # Timestamps from the commit: the same commit and version give the same image.
+  epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
+  created="$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)"
+  # The layer by GNU tar (names sorted, owner 0, mtimes of the commit), added verbatim:
+  # umoci 0.4's own `insert` wrote a layer whose last file lacked its tar padding.
+  (cd "$out/rootfs" && tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" \
+    -cf "$out/layer.tar" -- *)
   umoci init --layout "$out/oci"
   umoci new --image "$out/oci:$version"
-  umoci insert --image "$out/oci:$version" --history.created_by "scripts/image-rootfs.sh" \
-    "$out/rootfs" /
-  umoci config --image "$out/oci:$version" --no-history \
+  umoci raw add-layer --image "$out/oci:$version" --history.created "$created" \
+    --history.created_by "scripts/image-rootfs.sh" "$out/layer.tar"
+  umoci config --image "$out/oci:$version" --no-history --created "$created" \
     --os linux --architecture "$arch" \
     --config.user "$USER_ID" --config.entrypoint "$ENTRYPOINT" --config.env "$PATH_ENV" \
     --config.workingdir / \
@@ -103,7 +110,7 @@ push_image() {
     --config.label "org.opencontainers.image.revision=$commit" \
     --config.label "org.opencontainers.image.licenses=Apache-2.0"
   umoci gc --layout "$out/oci"
-  rm -rf "$out/rootfs"
+  rm -rf "$out/rootfs" "$out/layer.tar"
   log "image: pushing $image:$version"
   skopeo copy --quiet "${tls_flag[@]}" --digestfile "$out/image.digest" \
     "oci:$out/oci:$version" "docker://$image:$version"
