@@ -36,6 +36,7 @@
 #   HELM                the helm binary (default: the one scripts/install-helm.sh gives)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
+CALLER_PWD="$PWD"
 cd "$HERE/.."
 
 die() { printf '[release] error: %s\n' "$*" >&2; exit 1; }
@@ -49,7 +50,7 @@ while [ $# -gt 0 ]; do
     --registry) registry="${2:?--registry needs a value}"; shift 2 ;;
     --version) version="${2:?--version needs a value}"; shift 2 ;;
     --platform) platform="${2:?--platform needs a value}"; shift 2 ;;
-    --out) out="${2:?--out needs a value}"; shift 2 ;;
+    --out) out="${2:?--out needs a value}" out_given=1; shift 2 ;;
     --plain-http) plain_http=1; shift ;;
     *) die "unknown argument '$1' (see the comment at the top of $0)" ;;
   esac
@@ -65,6 +66,8 @@ fi
 [[ "$version" =~ ^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?$ ]] \
   || die "--version '$version': expected SemVer such as 0.2.0 or 0.2.0-rc.1"
 out="${out:-target/release-out/$version}"
+# a relative --out is relative to where the script was called from
+case "$out" in /*) ;; *) [ -n "${out_given:-}" ] && out="$CALLER_PWD/$out" ;; esac
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 # release.json reports what this run pushed
