@@ -111,6 +111,8 @@ def test_release_pushes_the_image_and_chart_and_records_the_digests_the_registry
         f"only in the rootfs: {sorted(set(expected) - set(layer))}; "
         f"different: {sorted(k for k in expected if layer.get(k) not in (None, expected[k]))}")
     assert layer["tmp"][1] == 0o1777
+    sys.stderr.write(f"\n[measured] image {rec['image']}: {manifest['layers'][0]['size'] / 1e6:.1f} MB "
+                     f"compressed, binary {binary()}\n")
 
     # The chart: pushed under charts/edgemq by version, with the recorded digest.
     chart_digest, chart_manifest = registry.manifest("edgemq/charts/edgemq", version)
