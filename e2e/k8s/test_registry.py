@@ -12,6 +12,8 @@ registry or a mirror; nothing is imported into containerd by hand. Then, in orde
       metric monitoring/ uses, and edgemq_build_info
     helm upgrade --version B --reuse-values → controller and broker pod run image B
       (digest B); MQTT works
+    a pod of image B under another registry's name, mirrored onto the test's registry
+      → pulled through the mirror entry; it runs `edgemq version`
 
 Only on the project's own cluster (scripts/cluster.sh), whose containerd reads
 hosts.toml files under its state dir at each pull.
@@ -40,6 +42,9 @@ import support  # noqa: E402
 from oci_registry import Registry, helm_path  # noqa: E402
 
 MON = REPO / "monitoring"
+# A registry name that resolves nowhere (RFC 6761's reserved .example), mirrored onto the
+# test's registry: how a site without internet access serves a public image name.
+MIRRORED = "registry.example"
 # Served by the controller only; the broker's are checked by e2e/test_monitoring.py.
 CONTROLLER_ONLY = re.compile(r"^edgemq_(controller_.*|resource_ready)$")
 
@@ -68,13 +73,14 @@ class Setup:
         assert r.returncode == 0, f"helm {' '.join(args)} failed:\n{r.stdout}{r.stderr}\n{self.diagnose()}"
         return r
 
-    def hosts_toml(self) -> Path:
-        """containerd's per-registry file: pull and resolve over plain HTTP."""
-        d = self.certs_d / self.registry.host
+    def hosts_toml(self, name: str, server: str) -> Path:
+        """containerd's file for registry `name`: pull and resolve from the test's
+        registry over plain HTTP first, then (a mirror) from `server`."""
+        d = self.certs_d / name
         d.mkdir(parents=True, exist_ok=True)
-        f = d / "hosts.toml"
         url = f"http://{self.registry.host}"
-        f.write_text(f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n')
+        (d / "hosts.toml").write_text(
+            f'server = "{server}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n')
         return d
 
     def chart_args(self, version: str) -> list:
@@ -131,9 +137,10 @@ def _running(pod: dict, image: str, digest: str) -> bool:
 def setup(cluster, tmp_path_factory):
     s = Setup(cluster, tmp_path_factory.mktemp("registry"))
     s.registry.start()
-    hosts = None
+    hosts = []
     try:
-        hosts = s.hosts_toml()
+        hosts.append(s.hosts_toml(s.registry.host, f"http://{s.registry.host}"))
+        hosts.append(s.hosts_toml(MIRRORED, f"https://{MIRRORED}"))
         for v in s.versions:
             s.releases[v] = s.registry.release(v, s.tmp / f"out-{v}", s.helm)
         cluster.kubectl("create", "namespace", s.iot)
@@ -146,13 +153,14 @@ def setup(cluster, tmp_path_factory):
                         "--wait=false", check=False)
         cluster.kubectl("delete", "namespace", s.ns, s.iot, "--wait=false", check=False)
         s.registry.stop()
-        if hosts is not None:
-            (hosts / "hosts.toml").unlink(missing_ok=True)
-            hosts.rmdir()
-        # The two images pulled by this test: removed, so the node's disk does not fill.
+        for d in hosts:
+            (d / "hosts.toml").unlink(missing_ok=True)
+            d.rmdir()
+        # The images pulled by this test: removed, so the node's disk does not fill.
         for rec in s.releases.values():
-            subprocess.run(["ctr", "-a", str(s.sock), "-n", "k8s.io", "images", "rm", rec["image"],
-                            f"{rec['image'].rsplit(':', 1)[0]}@{rec['imageDigest']}"],
+            names = [rec["image"], f"{rec['image'].rsplit(':', 1)[0]}@{rec['imageDigest']}"]
+            names += [n.replace(s.registry.host, MIRRORED, 1) for n in names]
+            subprocess.run(["ctr", "-a", str(s.sock), "-n", "k8s.io", "images", "rm", *names],
                            capture_output=True, timeout=60)
 
 
@@ -241,3 +249,36 @@ def test_helm_upgrade_to_the_second_pushed_version_rolls_both_onto_its_image(set
     assert [(r["chart"], r["app_version"]) for r in release] == [
         (f"edgemq-{b['version']}", b["version"])], release
     _broker_serves(s)
+
+
+def test_a_mirror_entry_serves_the_image_under_another_registrys_name(setup):
+    s = setup
+    b = s.releases[s.versions[1]]
+    image = b["image"].replace(s.registry.host, MIRRORED, 1)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "version"},
+           "spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "edgemq", "image": image, "args": ["version"],
+                                    # Always: resolved by that name, whatever the
+                                    # node holds; only the mirror can answer.
+                                    "imagePullPolicy": "Always",
+                                    "securityContext": {"runAsNonRoot": True,
+                                                        "readOnlyRootFilesystem": True,
+                                                        "allowPrivilegeEscalation": False,
+                                                        "capabilities": {"drop": ["ALL"]}}}]}}
+    k.apply(s.cluster, s.iot, pod)
+
+    def finished():
+        p = k.get(s.cluster, "pod", "version", s.iot)
+        if p and p["status"].get("phase") == "Failed":
+            raise s.cluster.GiveUp(f"pod failed: {json.dumps(p['status'])}")
+        return p if p and p["status"].get("phase") == "Succeeded" else None
+    p = s.wait_for(finished, 120, f"a pod of {image} to run `edgemq version`")
+    # containerd names the image by the first name it got (B was pulled by its own
+    # name before): the digest is what identifies it.
+    status = p["status"]["containerStatuses"][0]
+    assert status["imageID"].endswith(f"@{b['imageDigest']}"), status
+    events = s.cluster.kubectl("get", "events", "-n", s.iot, "--field-selector",
+                               "involvedObject.name=version", "-o", "json").stdout
+    assert f'Successfully pulled image \\"{image}\\"' in events, events[-2000:]
+    out = s.cluster.kubectl("logs", "version", "-n", s.iot).stdout.splitlines()
+    assert out[0] == "edgemq 0.1.0" and out[1].startswith("commit: "), out
