@@ -4,8 +4,9 @@
   monitoring/rules_test.yaml, which has a test for every alert;
 - every `edgemq_...` metric the rules and dashboard use is in a real /metrics scrape of
   `edgemq run` serving a broker, a bridge and a certificate; the controller-only ones
-  (`edgemq_controller_*`, `edgemq_resource_ready`) are checked against the
-  controller's registry by the Rust test
+  (`edgemq_controller_*`, `edgemq_resource_ready`) are checked in a real scrape of
+  the controller installed from a registry by e2e/k8s/test_registry.py, and against
+  the controller's registry by the Rust test
   kubernetes::tests::every_metric_the_alert_rules_and_dashboard_use_is_exported;
 - a real Prometheus scraping `edgemq run` whose bridge remote is down fires
   EdgemqBridgeDisconnected. It loads a copy of rules.yaml whose `for: 10m` on that

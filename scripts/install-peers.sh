@@ -3,7 +3,9 @@
 # Pebble (an RFC 8555 ACME server) with pebble-challtestsrv, openssl, Paho MQTT
 # (Python), MQTT.js (Node), pytest; for DNS-01: BIND 9 (`named`) and Knot DNS
 # (`knotd`), which take RFC 2136 updates with TSIG, and `dig`; Prometheus and
-# promtool (the monitoring rules and a real scrape); moto's server (an AWS API emulator
+# promtool (the monitoring rules and a real scrape); Debian's docker-registry, umoci and
+# skopeo (the image and chart through a real registry), actionlint and shellcheck (the
+# release workflow); moto's server (an AWS API emulator
 # for the Route 53, AWS IoT and Secrets Manager tests; boto3 comes with it); for the
 # Kubernetes tests, a single-node Kubernetes 1.20 built from Debian's source package
 # (scripts/cluster.sh) and Helm 4 (scripts/install-helm.sh). Safe to run again.
@@ -25,6 +27,13 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 # Monitoring: promtool (rule checks and unit tests) and a real Prometheus server.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# Release: a real OCI registry (the CNCF distribution registry), umoci (builds the OCI
+# image) and skopeo (pushes it); shellcheck, which actionlint runs on the release
+# workflow's scripts.
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
+command -v umoci >/dev/null 2>&1 || need_apt+=(umoci)
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -38,8 +47,9 @@ if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/nul
 if command -v systemctl >/dev/null 2>&1; then
   systemctl stop named >/dev/null 2>&1 || true
   systemctl stop knot >/dev/null 2>&1 || true
-  # And Prometheus' own on 9090 (with its node exporter): the tests start their own.
-  systemctl stop prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+  # And Prometheus' own on 9090 (with its node exporter), and the registry's on 5000:
+  # the tests start their own.
+  systemctl stop prometheus prometheus-node-exporter docker-registry >/dev/null 2>&1 || true
 fi
 
 python3 -m pip install -q -r e2e/requirements.txt

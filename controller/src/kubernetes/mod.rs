@@ -126,8 +126,11 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// The per-kind series and the failure classes that need no object start at 0, so a
+    /// scrape (and the dashboard's and alerts' `rate()`) sees them before the first
+    /// reconcile or failure, as Prometheus' instrumentation guide asks.
     fn default() -> Self {
-        Metrics {
+        let m = Metrics {
             reconciles: Family::default(),
             failures: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
@@ -136,7 +139,18 @@ impl Default for Metrics {
             resource_ready: Family::default(),
             ready_series: Mutex::new(HashSet::new()),
             ready: AtomicBool::new(false),
+        };
+        for kind in ["Broker", "MqttUser", "Bridge", "Certificate"] {
+            let label = KindLabel { kind: kind.into() };
+            let _ = m.reconciles.get_or_create(&label);
+            let _ = m.durations.get_or_create(&label);
         }
+        for error in ["kube", "watch"] {
+            let _ = m.failures.get_or_create(&FailureLabels {
+                error: error.into(),
+            });
+        }
+        m
     }
 }
 
@@ -462,6 +476,27 @@ mod tests {
                 "{file} uses metrics no edgemq registry exports: {missing:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_fresh_controller_exports_its_per_kind_and_failure_series_at_zero() {
+        let mut r = Registry::default();
+        Metrics::default().register(&mut r);
+        let mut text = String::new();
+        encode(&mut text, &r).expect("encode");
+        for line in [
+            "edgemq_controller_reconcile_failures_total{error=\"kube\"} 0",
+            "edgemq_controller_reconcile_failures_total{error=\"watch\"} 0",
+            "edgemq_controller_reconciles_total{kind=\"Certificate\"} 0",
+            "edgemq_controller_reconcile_duration_seconds_count{kind=\"MqttUser\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("edgemq_controller_reconcile_duration_seconds_bucket{"))
+            .count();
+        assert_eq!(buckets, 4 * 11, "{text}");
     }
 
     #[test]
