@@ -403,6 +403,30 @@ impl Validator<'_> {
                             "set exactly one of certificateRef and secretRef",
                         ),
                     }
+                    if let Some(ca) = &tls.client_auth {
+                        let cp = |f| {
+                            [
+                                Seg::Key("spec"),
+                                Seg::Key("listeners"),
+                                Seg::Index(i),
+                                Seg::Key("tls"),
+                                Seg::Key("clientAuth"),
+                                Seg::Key(f),
+                            ]
+                        };
+                        match (&ca.ca_certificate_ref, &ca.ca_secret_ref) {
+                            (Some(c), None) => self.certificate_ref(b, &cp("caCertificateRef"), c),
+                            (None, Some(s)) => self.secret_key_ref(b, &cp("caSecretRef"), s),
+                            _ => self.err(
+                                b,
+                                &tls_path("clientAuth"),
+                                "set exactly one of caCertificateRef and caSecretRef",
+                            ),
+                        }
+                        if let Some(s) = &ca.crl_secret_ref {
+                            self.secret_key_ref(b, &cp("crlSecretRef"), s);
+                        }
+                    }
                 }
             }
             self.acl(b, "anonymousAcl", &spec.anonymous_acl, false);
@@ -544,11 +568,24 @@ impl Validator<'_> {
             } else {
                 usernames.insert(k, &u.meta);
             }
-            match (&spec.password_secret_ref, &spec.password_hash) {
-                (Some(r), None) => {
+            match (
+                &spec.password_secret_ref,
+                &spec.password_hash,
+                &spec.certificate_identity,
+            ) {
+                (Some(r), None, None) => {
                     self.secret_key_ref(u, &[Seg::Key("spec"), Seg::Key("passwordSecretRef")], r)
                 }
-                (None, Some(h)) => {
+                (None, None, Some(id)) => {
+                    if spec.username.as_ref().is_some_and(|n| n != id) {
+                        self.err(
+                            u,
+                            &[Seg::Key("spec"), Seg::Key("username")],
+                            format!("a certificate user's username is its certificateIdentity `{id}`; leave username out"),
+                        );
+                    }
+                }
+                (None, Some(h), None) => {
                     if let Err(e) = PasswordHash::parse(h) {
                         self.err(
                             u,
@@ -560,7 +597,7 @@ impl Validator<'_> {
                 _ => self.err(
                     u,
                     &[Seg::Key("spec")],
-                    "set exactly one of passwordSecretRef and passwordHash",
+                    "set exactly one of passwordSecretRef, passwordHash and certificateIdentity",
                 ),
             }
             self.acl(u, "acl", &spec.acl, false);

@@ -559,6 +559,7 @@ pub fn map(input: &Input<'_>) -> Result<Imported, ImportError> {
                 Some(ListenerTls {
                     certificate_ref: None,
                     secret_ref: Some(name),
+                    client_auth: None,
                 })
             }
             (Some(d), None) | (None, Some(d)) => {
