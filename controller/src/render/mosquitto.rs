@@ -324,6 +324,7 @@ mod tests {
                 },
             )]),
             bridges: BTreeMap::new(),
+            client_ca: BTreeMap::new(),
         }
     }
 
@@ -405,5 +406,62 @@ mod tests {
             "{conf}"
         );
         assert_eq!(split_bind("[::1]:1883"), ("::1", "1883"));
+    }
+
+    #[test]
+    fn client_auth_is_require_certificate_with_the_identity_as_username() {
+        use crate::plan::{ClientAuthPlan, ClientCaSource, UserPlan};
+        let mut b = example();
+        let plan = ClientAuthPlan {
+            required: true,
+            ca: ClientCaSource::Certificate("devices-ca".into()),
+            crl: Some(crate::api::SecretKeyRef {
+                name: "crl".into(),
+                key: "ca.crl".into(),
+            }),
+            identity: CertificateIdentity::CommonName,
+            identity_as_client_id: false,
+            refuse_unknown: false,
+        };
+        b.listeners[1].client_auth = Some(plan.clone());
+        b.users.insert(
+            "sensor-1".into(),
+            UserPlan {
+                password_hash: String::new(),
+                certificate: true,
+                source: "default/sensor-1".into(),
+            },
+        );
+        let name = b.listeners[1].name.clone();
+        let files = render(&b, &paths());
+        let dir = format!("/etc/mosquitto/tls/client-ca-{name}");
+        for line in [
+            format!("cafile {dir}/ca.crt"),
+            format!("crlfile {dir}/ca.crl"),
+            "require_certificate true".into(),
+            "use_identity_as_username true".into(),
+        ] {
+            assert!(files.conf.lines().any(|l| l == line), "{line}\n{}", files.conf);
+        }
+        assert!(!files.passwd.contains("sensor-1"), "{}", files.passwd);
+        assert!(files.not_expressed.is_empty());
+
+        // The whole subject; what Mosquitto cannot say is reported.
+        b.listeners[1].client_auth = Some(ClientAuthPlan {
+            identity: CertificateIdentity::Subject,
+            refuse_unknown: true,
+            ..plan.clone()
+        });
+        let files = render(&b, &paths());
+        assert!(files.conf.contains("use_subject_as_username true\n"));
+        assert_eq!(files.not_expressed.len(), 1, "{:?}", files.not_expressed);
+        b.listeners[1].client_auth = Some(ClientAuthPlan {
+            identity: CertificateIdentity::DnsName,
+            required: false,
+            ..plan
+        });
+        let files = render(&b, &paths());
+        assert!(files.conf.contains("require_certificate false\n"));
+        assert!(files.not_expressed[0].contains("optional"));
     }
 }
