@@ -441,7 +441,11 @@ mod tests {
             "require_certificate true".into(),
             "use_identity_as_username true".into(),
         ] {
-            assert!(files.conf.lines().any(|l| l == line), "{line}\n{}", files.conf);
+            assert!(
+                files.conf.lines().any(|l| l == line),
+                "{line}\n{}",
+                files.conf
+            );
         }
         assert!(!files.passwd.contains("sensor-1"), "{}", files.passwd);
         assert!(files.not_expressed.is_empty());
