@@ -1355,6 +1355,52 @@ mod tests {
     }
 
     #[test]
+    fn client_auth_needs_one_ca_and_certificate_users_no_password() {
+        let errors = |listener_tls: &str, user: &str| {
+            let yaml = format!(
+                "apiVersion: edgemq.io/v1alpha1\nkind: Broker\nmetadata: {{name: home}}\n\
+                 spec:\n  listeners:\n    - name: d\n      port: 8883\n      tls: {listener_tls}\n---\n\
+                 apiVersion: v1\nkind: Secret\nmetadata: {{name: ca}}\nstringData: {{ca.crt: x}}\n---\n\
+                 apiVersion: v1\nkind: Secret\nmetadata: {{name: t}}\ntype: kubernetes.io/tls\n\
+                 stringData: {{tls.crt: x, tls.key: y}}\n---\n\
+                 apiVersion: edgemq.io/v1alpha1\nkind: MqttUser\nmetadata: {{name: dev}}\n\
+                 spec: {{brokerRef: home, {user}}}\n"
+            );
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("home.yaml"), yaml).expect("write");
+            match super::super::load(dir.path(), None) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let ok_tls = "{secretRef: t, clientAuth: {caSecretRef: {name: ca, key: ca.crt}}}";
+        assert_eq!(errors(ok_tls, "certificateIdentity: dev-1"), "");
+        let e = errors(
+            "{secretRef: t, clientAuth: {}}",
+            "certificateIdentity: dev-1",
+        );
+        assert!(
+            e.contains("home.yaml:8")
+                && e.contains("set exactly one of caCertificateRef and caSecretRef"),
+            "{e}"
+        );
+        let e = errors(
+            "{secretRef: t, clientAuth: {caSecretRef: {name: nope, key: ca.crt}}}",
+            "certificateIdentity: dev-1",
+        );
+        assert!(e.contains("nope"), "{e}");
+        let e = errors(ok_tls, "certificateIdentity: dev-1, passwordHash: '$7$x'");
+        assert!(
+            e.contains(
+                "set exactly one of passwordSecretRef, passwordHash and certificateIdentity"
+            ),
+            "{e}"
+        );
+        let e = errors(ok_tls, "certificateIdentity: dev-1, username: other");
+        assert!(e.contains("username is its certificateIdentity"), "{e}");
+    }
+
+    #[test]
     fn acl_filters_follow_mqtt_and_mosquitto_rules() {
         assert!(filter_error("a/+/b/#", false).is_none());
         assert!(filter_error("a/#/b", false).is_some());
