@@ -268,3 +268,21 @@ def test_a_default_mosquitto_bridge_logs_in_with_its_certificate(edgemq, pki, mo
     msg = poll(bridged, 20, 0.2, "a message crossed the certificate bridge")
     assert msg.payload == b"crossed"
     assert "bridge-1" in e.log_text()
+
+
+def test_a_secure_websocket_listener_takes_client_certificates_too(edgemq, pki, clients):
+    ca, _ = pki
+    e, port = start(edgemq, pki, users=[cert_user("sensor-1", "sensors/sensor-1/#")])
+    text = e.config_dir.joinpath("broker.yaml").read_text()
+    e.write("broker.yaml", text.replace("      bindAddress: 127.0.0.1\n",
+                                        "      bindAddress: 127.0.0.1\n      protocol: websockets\n", 1))
+    dev = ca.issue("sensor-1")
+    c = poll(lambda: support.try_connect(port, tls=tls(ca, dev), transport="websockets")[0]
+             and clients(port, tls=tls(ca, dev), transport="websockets"), 15,
+             message="a wss client with a device certificate connects")
+    assert c.subscribe_wait("sensors/sensor-1/#", 1) == [1]
+    c.publish_wait("sensors/sensor-1/ws", b"over wss", qos=1)
+    assert c.get(5).payload == b"over wss"
+    other = Ca(e.root / "other", cn="other CA").issue("sensor-1")
+    assert support.try_connect(port, tls=tls(ca, other), transport="websockets") == (False, None)
+    poll(lambda: refusals(e, "unknown_ca") >= 1, 10, message="counted as unknown_ca")
