@@ -1,8 +1,6 @@
-"""Helpers for the TLS/WebSocket, reload, persistence and limits tests.
-
-Kept apart from support.py (shared by every test module): raw MQTT 3.1.1 packets for
-clients that must misbehave on purpose (never read, flood, churn), certificates made
-with openssl, TLS peer inspection, status and /proc readers.
+"""Helpers for the TLS/WebSocket, reload, persistence and limits tests: certificates
+made with openssl, TLS peer inspection, status and /proc readers. Raw MQTT and polling
+live in support.py, with everything shared by every test module.
 """
 
 from __future__ import annotations
@@ -13,75 +11,10 @@ import re
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 from typing import Optional
 
-from support import broker_yaml, connect_packet, docs, poll, require, run, user_yaml
-
-
-# --------------------------------------------------------------------------- raw MQTT 3.1.1
-# Packet builders come from support (connect_packet, publish_packet, subscribe_packet).
-
-DISCONNECT = b"\xe0\x00"
-
-
-def read_packet(sock: socket.socket) -> tuple:
-    """(first byte, body) of the next packet; raises ConnectionError on EOF."""
-    def exactly(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("closed by peer")
-            buf += chunk
-        return buf
-    first = exactly(1)[0]
-    mult, length = 1, 0
-    while True:
-        b = exactly(1)[0]
-        length += (b & 0x7F) * mult
-        if not b & 0x80:
-            break
-        mult *= 128
-    return first, exactly(length)
-
-
-def read_until(sock: socket.socket, packet_type: int) -> bytes:
-    """Body of the next packet of this type (high nibble), skipping others."""
-    while True:
-        first, body = read_packet(sock)
-        if first >> 4 == packet_type:
-            return body
-
-
-def raw_connect(port: int, client_id: str, username: Optional[str] = None,
-                password: Optional[str] = None, clean: bool = True, rcvbuf: Optional[int] = None,
-                timeout: float = 5.0) -> tuple:
-    """A TCP socket that has sent CONNECT and read the CONNACK: (socket, return code)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if rcvbuf is not None:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(timeout)
-    s.connect(("127.0.0.1", port))
-    s.sendall(connect_packet(client_id, keepalive=0, clean=clean, username=username, password=password))
-    body = read_until(s, 2)
-    return s, body[1]
-
-
-def closed_by_peer(sock: socket.socket, timeout: float = 0.05) -> bool:
-    """True once the peer has closed the connection (EOF or reset); drains data."""
-    sock.settimeout(timeout)
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return True
-    except socket.timeout:
-        return False
-    except OSError:
-        return True
+from support import broker_yaml, docs, require, run, user_yaml
 
 
 # --------------------------------------------------------------------------- certificates
@@ -165,22 +98,6 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def metric(metrics: dict, key: str) -> float:
-    """A metric by exact key; label order in the exposition is not fixed, so a key with
-    labels also matches a sample whose label set contains those labels."""
-    if key in metrics:
-        return metrics[key]
-    if "{" not in key:
-        return 0.0
-    base, labels = key[:-1].split("{", 1)
-    want = set(labels.split(","))
-    total = 0.0
-    for k, v in metrics.items():
-        if k.startswith(base + "{") and want <= set(k[len(base) + 1:-1].split(",")):
-            total += v
-    return total
-
-
 FILE_LINE = re.compile(r"[\w.-]+\.ya?ml:\d+")
 
 
@@ -188,39 +105,6 @@ def json_of(proc: subprocess.CompletedProcess) -> dict:
     lines = [l for l in proc.stdout.splitlines() if l.strip().startswith("{")]
     assert lines, f"no JSON output (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return json.loads(lines[-1])
-
-
-def timed_poll(fn, timeout: float = 10.0, interval: float = 0.01, message: Optional[str] = None,
-               since: Optional[float] = None, edgemq=None) -> float:
-    """poll(fn) and return the seconds from `since` (default: now) to success. With
-    `edgemq`, a timeout also shows its status and log tail."""
-    start = since if since is not None else time.monotonic()
-    try:
-        poll(fn, timeout, interval, message)
-    except AssertionError as exc:
-        if edgemq is None:
-            raise
-        try:
-            st = json.dumps(edgemq.status(), indent=1)[:4000]
-        except Exception as e2:  # noqa: BLE001
-            st = repr(e2)
-        raise AssertionError(f"{exc}\nlast status: {st}\n--- log tail ---\n{edgemq.log_tail()}") from None
-    return time.monotonic() - start
-
-
-def can_login(port: int, username: str, password: str, timeout: float = 3.0) -> bool:
-    """Whether an MQTT 3.1.1 CONNECT with these credentials gets CONNACK 0 (a raw socket:
-    one round trip, so it can be polled at a fine grain)."""
-    try:
-        s, rc = raw_connect(port, f"probe-{time.monotonic_ns()}", username, password, timeout=timeout)
-    except (OSError, ConnectionError):
-        return False
-    try:
-        if rc == 0:
-            s.sendall(DISCONNECT)
-        return rc == 0
-    finally:
-        s.close()
 
 
 def revision(port: int, users: list) -> dict:

@@ -10,12 +10,15 @@ Public API (other test modules rely on it, keep it stable):
     free_port() -> int
     edgemq_bin() -> str
     require(cmd, package=None)
-    poll(fn, timeout=10, interval=0.05, message=None) -> value
+    poll(fn, timeout=10, interval=0.05, message=None, detail=None) -> value  (the one
+        poller; fn raises GiveUp to end the wait at once)
+    timed_poll(fn, ..., since=None, edgemq=None) -> seconds;  settle(clients, quiet, limit)
     wait_port(port, timeout=10, host="127.0.0.1")
     run(args, timeout=30, **kw) -> subprocess.CompletedProcess
     Edgemq(tmp_path, ...)     .write/.remove/.start/.stop/.kill/.status/.metrics/
-                              .wait_applied/.log_tail/.http_get
+                              .wait_applied/.diagnose/.log_tail/.http_get
                               .config_dir/.state_dir/.secrets_dir/.http_port
+    metric(metrics, key, default=<fail>) -> float   (a missing series fails)
     Mosquitto(tmp_path, ...)  .start/.stop/.port/.conf_path/.log_tail
     connect(port, ...) -> Client    (paho client with a started loop)
     pub(port, topic, payload, ...)  / sub(port, topic, ...) -> Client
@@ -23,6 +26,11 @@ Public API (other test modules rely on it, keep it stable):
             .publish_wait(...), .subscribe_wait(...), .disconnect_wait(), .close_abruptly()
     ConnectRefused (exception with .rc / .reason)
     MQTTv311, MQTTv5
+    raw MQTT (the one raw layer): packet, connect_packet, publish_packet, subscribe_packet,
+        mqtt_str, DISCONNECT; on a socket: read_packet, read_until, closed_by_peer,
+        nothing_more, raw_connect -> (socket, rc), can_login, qos1_publish, read_publishes;
+        RawConn(port) .send/.read_packet/.connect/.closed_by_peer/.buf;
+        raw_connack(port, ...) -> (CONNACK, closed), connack_code(port, ...)
 """
 
 from __future__ import annotations
@@ -108,11 +116,18 @@ def require_node_mqtt() -> str:
     return node
 
 
+class GiveUp(AssertionError):
+    """Raised by a poll condition to end the wait at once (a process exited, a pod
+    failed): waiting longer cannot help."""
+
+
 def poll(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-         message: Optional[str] = None) -> Any:
+         message: Optional[str] = None, detail: Optional[Callable[[], str]] = None) -> Any:
     """Call fn until it returns a truthy value; return it. Raise AssertionError at the deadline.
 
-    Exceptions raised by fn count as "not yet"; the last one is shown on timeout.
+    The one poller of the black-box tests. Exceptions raised by fn count as "not yet"
+    (the last one is shown on timeout), except GiveUp, which ends the wait at once.
+    detail: called on timeout for more context (a status, a log tail) for the error.
     """
     deadline = time.monotonic() + timeout
     last_exc: Optional[BaseException] = None
@@ -122,12 +137,46 @@ def poll(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
             if value:
                 return value
             last_exc = None
+        except GiveUp:
+            raise
         except Exception as exc:  # noqa: BLE001 - polling tolerates transient errors
             last_exc = exc
         if time.monotonic() >= deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise AssertionError(f"{message or 'condition not met'} within {timeout}s{detail}")
+            text = f"{message or 'condition not met'} within {timeout}s"
+            if last_exc:
+                text += f" (last error: {last_exc!r})"
+            if detail is not None:
+                try:
+                    text += "\n" + detail()
+                except Exception as exc:  # noqa: BLE001 - the timeout is the error to show
+                    text += f"\n(no detail: {exc!r})"
+            raise AssertionError(text)
         time.sleep(interval)
+
+
+def timed_poll(fn, timeout: float = 10.0, interval: float = 0.01, message: Optional[str] = None,
+               since: Optional[float] = None, edgemq=None) -> float:
+    """poll(fn) and return the seconds from `since` (default: now) to success. With
+    `edgemq`, a timeout also shows its status and log tail."""
+    start = since if since is not None else time.monotonic()
+    poll(fn, timeout, interval, message, detail=edgemq.diagnose if edgemq is not None else None)
+    return time.monotonic() - start
+
+
+def settle(clients, quiet: float = 0.7, limit: float = 15.0) -> None:
+    """Wait until no client (support.Client; None entries are ignored) has received
+    anything for `quiet` seconds, for at most `limit` seconds."""
+    seen = {"n": -1, "since": time.monotonic()}
+
+    def quiet_for_long_enough():
+        n = sum(c.messages.qsize() for c in clients if c is not None)
+        if n != seen["n"]:
+            seen["n"], seen["since"] = n, time.monotonic()
+        return time.monotonic() - seen["since"] >= quiet
+    try:
+        poll(quiet_for_long_enough, limit, 0.05)
+    except AssertionError:
+        pass  # still busy at the limit: the caller's checks report what arrived
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -264,23 +313,15 @@ class Edgemq:
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Poll GET /readyz until 200; fail at once if the process exits."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
+        def ready():
             if self.proc.poll() is not None:
-                raise AssertionError(f"edgemq exited with status {self.proc.returncode} before "
-                                     f"ready\n--- log tail ---\n{self.log_tail()}")
-            try:
-                code, body = self.http_get("/readyz", timeout=1.0)
-                if code == 200:
-                    return
-                last = f"{code} {body[:200]}"
-            except Exception as exc:  # noqa: BLE001 - not listening yet
-                last = repr(exc)
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"edgemq not ready within {timeout}s (last: {last})"
-                                     f"\n--- log tail ---\n{self.log_tail()}")
-            time.sleep(0.05)
+                raise GiveUp(f"edgemq exited with status {self.proc.returncode} before "
+                             f"ready\n--- log tail ---\n{self.log_tail()}")
+            code, body = self.http_get("/readyz", timeout=1.0)
+            assert code == 200, f"{code} {body[:200]}"
+            return True
+        poll(ready, timeout, message="edgemq ready",
+             detail=lambda: f"--- log tail ---\n{self.log_tail()}")
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -344,14 +385,15 @@ class Edgemq:
     def wait_applied(self, pred: Callable[[Any], Any], timeout: float = 15.0,
                      message: str = "config applied") -> Any:
         """Poll /status until pred(status_json) is truthy; return pred's value."""
+        return poll(lambda: pred(self.status()), timeout, 0.1, message, detail=self.diagnose)
+
+    def diagnose(self) -> str:
+        """The last /status and the log tail, for a failed wait."""
         try:
-            return poll(lambda: pred(self.status()), timeout, 0.1, message)
-        except AssertionError as exc:
-            try:
-                st = json.dumps(self.status(), indent=1)[:4000]
-            except Exception as e2:  # noqa: BLE001
-                st = repr(e2)
-            raise AssertionError(f"{exc}\nlast status: {st}\n--- log tail ---\n{self.log_tail()}") from None
+            st = json.dumps(self.status(), indent=1)[:4000]
+        except Exception as exc:  # noqa: BLE001
+            st = repr(exc)
+        return f"last status: {st}\n--- log tail ---\n{self.log_tail()}"
 
     def cert_path(self, cert_name: str, namespace: str = "default", file: str = "tls.crt") -> Path:
         return self.state_dir / "certs" / f"{namespace}_{cert_name}" / file
@@ -381,6 +423,33 @@ def parse_metrics(text: str) -> dict:
         elif base not in out:
             out[base] = v
     return out
+
+
+
+_ABSENT = object()
+
+
+def metric(metrics: dict, key: str, default: Any = _ABSENT) -> float:
+    """A metric from Edgemq.metrics(): the sample with exactly this key, else the sum of
+    the samples whose label set contains the key's labels (label order in the exposition
+    is not fixed; a bare name is the sum over all its label sets).
+
+    A series that is not there fails the test (a renamed or vanished metric must not
+    read as 0); pass `default` only where absence is legitimately expected, and say why
+    at the call."""
+    if key in metrics:
+        return metrics[key]
+    base, _, labels = key.partition("{")
+    if labels:
+        want = set(labels[:-1].split(","))
+        found = [v for k, v in metrics.items()
+                 if k.startswith(base + "{") and want <= set(k[len(base) + 1:-1].split(","))]
+        if found:
+            return sum(found)
+    if default is not _ABSENT:
+        return default
+    same = sorted(k for k in metrics if k.split("{", 1)[0] == base)
+    raise AssertionError(f"metric {key} not exported; series of {base}: {same or 'none'}")
 
 
 # --------------------------------------------------------------------------- mosquitto
@@ -422,7 +491,7 @@ class Mosquitto:
 
     def _alive_or_raise(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"mosquitto exited with {self.proc.returncode}")
+            raise GiveUp(f"mosquitto exited with {self.proc.returncode}")
         return True
 
     def stop(self) -> None:
@@ -821,8 +890,139 @@ def subscribe_packet(topic, qos: int = 0, packet_id: int = 1, v5: bool = False) 
     return packet(0x82, body)
 
 
+def mqtt_str(s) -> bytes:
+    """An MQTT UTF-8 string (or binary data): two length bytes, then the bytes."""
+    return _mqtt_str(s)
+
+
+DISCONNECT = b"\xe0\x00"  # a 3.1.1 DISCONNECT (MQTT 5: normal disconnection)
+
+
+def read_packet(sock: socket.socket) -> tuple:
+    """(first byte, body) of the next packet; raises ConnectionError on EOF."""
+    def exactly(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed by peer")
+            buf += chunk
+        return buf
+    first = exactly(1)[0]
+    mult, length = 1, 0
+    while True:
+        b = exactly(1)[0]
+        length += (b & 0x7F) * mult
+        if not b & 0x80:
+            break
+        mult *= 128
+    return first, exactly(length)
+
+
+def read_until(sock: socket.socket, packet_type: int) -> bytes:
+    """Body of the next packet of this type (high nibble), skipping others."""
+    while True:
+        first, body = read_packet(sock)
+        if first >> 4 == packet_type:
+            return body
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = 0.05, sink: Optional[bytearray] = None) -> bool:
+    """True when the peer closes the connection (EOF or reset) within timeout; what
+    arrives meanwhile is read and dropped, or appended to `sink`."""
+    old = sock.gettimeout()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            if sink is not None:
+                sink += data
+            if time.monotonic() >= deadline:
+                return False
+    finally:
+        try:
+            sock.settimeout(old)
+        except OSError:
+            pass
+
+
+def nothing_more(sock: socket.socket, timeout: float = 0.5) -> bool:
+    """True when nothing arrives on the socket for `timeout` seconds and it stays open."""
+    sock.settimeout(timeout)
+    try:
+        sock.recv(1)
+        return False
+    except socket.timeout:
+        return True
+
+
+def raw_connect(port: int, client_id: str, username: Optional[str] = None,
+                password: Optional[str] = None, clean: bool = True, rcvbuf: Optional[int] = None,
+                timeout: float = 5.0) -> tuple:
+    """A TCP socket that has sent a 3.1.1 CONNECT (keepalive 0) and read the CONNACK:
+    (socket, return code)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", port))
+    s.sendall(connect_packet(client_id, keepalive=0, clean=clean, username=username, password=password))
+    body = read_until(s, 2)
+    return s, body[1]
+
+
+def can_login(port: int, username: str, password: str, timeout: float = 3.0) -> bool:
+    """Whether an MQTT 3.1.1 CONNECT with these credentials gets CONNACK 0 (a raw socket:
+    one round trip, so it can be polled at a fine grain)."""
+    try:
+        s, rc = raw_connect(port, f"probe-{time.monotonic_ns()}", username, password, timeout=timeout)
+    except (OSError, ConnectionError):
+        return False
+    try:
+        if rc == 0:
+            s.sendall(DISCONNECT)
+        return rc == 0
+    finally:
+        s.close()
+
+
+def qos1_publish(sock: socket.socket, topic: str, payload: bytes, packet_id: int,
+                 retain: bool = False) -> None:
+    """Publishes at QoS 1 on a raw 3.1.1 socket and waits for its PUBACK."""
+    sock.sendall(publish_packet(topic, payload, qos=1, retain=retain, packet_id=packet_id))
+    assert read_until(sock, 4) == packet_id.to_bytes(2, "big")
+
+
+def read_publishes(sock: socket.socket, n: int) -> list:
+    """(topic, payload) of the next n PUBLISH packets (3.1.1, QoS 0 or 1; QoS 1 acked)."""
+    out = []
+    while len(out) < n:
+        first, body = read_packet(sock)
+        if first >> 4 != 3:
+            continue
+        tlen = int.from_bytes(body[:2], "big")
+        topic, rest = body[2:2 + tlen].decode(), body[2 + tlen:]
+        if (first >> 1) & 3:
+            sock.sendall(b"\x40\x02" + rest[:2])
+            rest = rest[2:]
+        out.append((topic, rest))
+    return out
+
+
 class RawConn:
-    """A raw TCP connection speaking MQTT bytes, for malformed-input tests."""
+    """A raw TCP connection speaking MQTT bytes, for malformed-input tests.
+
+    .buf holds what closed_by_peer() read before the close (nothing, when the broker
+    hung up without a word)."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -832,27 +1032,11 @@ class RawConn:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def _read_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("connection closed by peer")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
     def read_packet(self):
         """(packet type nibble, flags nibble, body bytes); raises ConnectionError on close,
         socket.timeout on silence."""
-        first = self._read_exact(1)[0]
-        mult, length = 1, 0
-        while True:
-            b = self._read_exact(1)[0]
-            length += (b & 0x7F) * mult
-            if not b & 0x80:
-                break
-            mult *= 128
-        return first >> 4, first & 0x0F, self._read_exact(length)
+        first, body = read_packet(self.sock)
+        return first >> 4, first & 0x0F, body
 
     def connect(self, client_id: str = "", v5: bool = False, **kw) -> int:
         """Send CONNECT, return the CONNACK return/reason code."""
@@ -862,20 +1046,12 @@ class RawConn:
         return body[1]
 
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
-        """True when the peer closes the connection within timeout (packets it sends
-        before closing, e.g. a DISCONNECT with a reason code, are skipped)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(4096)
-            except socket.timeout:
-                return False
-            except OSError:
-                return True
-            if not chunk:
-                return True
-        return False
+        """True when the peer closes the connection within timeout; the bytes it sends
+        before closing (e.g. a DISCONNECT with a reason code) are kept in .buf."""
+        sink = bytearray()
+        closed = closed_by_peer(self.sock, timeout, sink)
+        self.buf += bytes(sink)
+        return closed
 
     def rest(self, quiet: float = 1.0) -> tuple:
         """(every byte the peer sends until it closes or stays quiet for `quiet`
@@ -908,6 +1084,17 @@ class RawConn:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def raw_connack(port: int, client_id: Optional[str] = None, username=None, password=None,
+                v5: bool = False, clean: bool = True, close_timeout: float = 5.0) -> tuple:
+    """(the whole CONNACK as (type, flags, body), whether the broker then closes the
+    connection within close_timeout) for a raw CONNECT."""
+    with RawConn(port) as c:
+        c.send(connect_packet(client_id or unique_id("raw"), clean=clean, username=username,
+                              password=password, v5=v5))
+        ack = c.read_packet()
+        return ack, c.closed_by_peer(close_timeout)
 
 
 def connack_code(port: int, username=None, password=None, v5: bool = False,

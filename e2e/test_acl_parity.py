@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import queue
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -116,20 +115,6 @@ def _connect(port, username, client_id):
         return None
 
 
-def _settle(clients, quiet: float = 0.7, limit: float = 15.0) -> None:
-    """Wait until no client has received anything for `quiet` seconds."""
-    deadline = time.monotonic() + limit
-    last = -1
-    last_change = time.monotonic()
-    while time.monotonic() < deadline:
-        total = sum(c.messages.qsize() for c in clients if c is not None)
-        if total != last:
-            last, last_change = total, time.monotonic()
-        elif time.monotonic() - last_change >= quiet:
-            return
-        time.sleep(0.05)
-
-
 def _payloads(cl) -> "set[bytes] | None":
     return None if cl is None else {m.payload for m in cl.drain()}
 
@@ -165,7 +150,7 @@ def measure(port: int) -> Outcomes:
                 codes = cl.subscribe_wait([(t, 1) for t in TOPICS])
                 for t, code in zip(TOPICS, codes):
                     subacks[(label, t)] = code
-        _settle(readers.values())
+        support.settle(readers.values())
         for label, cl in readers.items():
             got = _payloads(cl)
             for t in TOPICS:
@@ -176,7 +161,7 @@ def measure(port: int) -> Outcomes:
             obs_pub.publish_wait(t, f"live|{t}".encode(), qos=1)
         support.poll(lambda: obs_sub.messages.qsize() >= len(TOPICS), 10,
                      message="observer receives its own live messages")
-        _settle(readers.values())
+        support.settle(readers.values())
         for label, cl in readers.items():
             got = _payloads(cl)
             for t in TOPICS:
@@ -201,7 +186,7 @@ def measure(port: int) -> Outcomes:
                 except AssertionError:
                     pass  # not acknowledged: counts as not delivered
             cl.disconnect_wait()
-        _settle([obs_sub], quiet=1.0)
+        support.settle([obs_sub], quiet=1.0)
         seen = _payloads(obs_sub)
         for label, _, _ in CLIENTS:
             for t in TOPICS:

@@ -163,6 +163,7 @@ def test_anonymous_clients_are_refused(auth_broker):
     assert support.try_connect(auth_broker, protocol=MQTTv5) == (False, NOT_AUTHORIZED_5)
     r = mosquitto_pub(auth_broker, "auth/x", "m")
     assert r.returncode != 0
+    assert "not authori" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
     # and the broker is still serving
     assert support.try_connect(auth_broker, username="alice", password="secret1")[0]
 
@@ -176,24 +177,37 @@ def test_anonymous_access_is_off_unless_the_broker_allows_it(edgemq):
     assert support.try_connect(port)[0], "allowAnonymous: true must let anonymous clients in"
 
 
-def test_a_malformed_hash_never_opens_access(edgemq):
+def test_a_malformed_hash_is_named_by_file_and_line_and_never_opens_access(edgemq):
     # salt decodes to 11 bytes instead of 12: Mosquitto drops such an entry
     bad = "$7$101$qKSz0fyQacdTZ9H$" + support.ALICE_HASH.rsplit("$", 1)[1]
     port = support.free_port()
     e = edgemq()
-    e.write("auth.yaml", support.docs(
+    text = support.docs(
         support.broker_yaml("auth", port),
         support.user_yaml("alice", "auth", password_hash=support.ALICE_HASH, acl=[("#", "readwrite")]),
-        support.user_yaml("eve", "auth", password_hash=bad, acl=[("#", "readwrite")])))
-    # edgemq may refuse the whole change (validation) or drop the entry; either way the
-    # user must never get in.
+        support.user_yaml("eve", "auth", password_hash=bad, acl=[("#", "readwrite")]))
+    e.write("auth.yaml", text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if bad in l)
+    where = f"auth.yaml:{line}: MqttUser/eve: malformed password hash"
+    # The folder has an error, so edgemq is not ready; it keeps running, names the
+    # mistake, serves the valid objects and leaves eve out.
     e.start(wait_ready=False)
-    try:
-        e.wait_ready(10)
-    except AssertionError:
-        return
+    support.poll(lambda: where in e.log_text() or not e.running(), 10,
+                 message=f"{where!r} logged")
+    assert e.running(), f"edgemq exited ({e.proc.returncode}) on a malformed hash:\n{e.log_tail()}"
+    assert where in e.log_text(), e.log_tail()
+    support.wait_port(port)
+    assert e.http_get("/readyz")[0] == 503, "a folder with an error must not be reported ready"
+    st = e.status()
+    assert any(where in err for err in st["config"]["errors"]), st["config"]
+    eve = [r for r in st["resources"] if (r["kind"], r["name"]) == ("MqttUser", "eve")]
+    ready = [c for c in eve[0]["conditions"] if c["type"] == "Ready"] if eve else []
+    assert ready and ready[0]["status"] == "False" and where in ready[0]["message"], eve
+
+    assert support.connack_code(port, "alice", "secret1") == 0, "the valid user must log in"
     for pw in ("secret1", "", "x"):
-        assert support.connack_code(port, "eve", pw) in (NOT_AUTHORIZED_311, None, 4)
+        assert support.connack_code(port, "eve", pw) == NOT_AUTHORIZED_311, pw
+        assert support.connack_code(port, "eve", pw, v5=True) == NOT_AUTHORIZED_5, pw
 
 
 # --------------------------------------------------------------------------- secrets

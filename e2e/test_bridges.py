@@ -12,9 +12,9 @@ import pytest
 from paho.mqtt.client import MQTTv5, MQTTv311
 
 import support
-from support import (broker_yaml, connect, docs, free_port, mosquitto_hash, poll, pub, require,
-                     run, sub)
-from helpers_b import metric, rss_kb, tls_secret_yaml
+from support import (broker_yaml, connect, docs, free_port, metric, mosquitto_hash, poll, pub,
+                     require, run, sub)
+from helpers_b import rss_kb, tls_secret_yaml
 
 OPEN_BROKER = "  allowAnonymous: true\n  aclEnabled: false\n"
 

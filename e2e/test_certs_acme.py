@@ -21,10 +21,9 @@ from typing import Optional
 import pytest
 
 import support
-from helpers_b import closed_by_peer, metric, read_until
 from helpers_certs import openssl_ca_and_leaf
-from support import (broker_yaml, connect_packet, docs, free_port, poll, publish_packet,
-                     require, subscribe_packet, wait_port)
+from support import (broker_yaml, closed_by_peer, connect_packet, docs, free_port, metric, poll,
+                     publish_packet, read_until, require, subscribe_packet, wait_port)
 
 NAME = "mqtt.edgemq.test"
 

@@ -10,9 +10,9 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from helpers_b import closed_by_peer, read_until
 from helpers_certs import block, openssl_ca, openssl_server_cert
-from support import connect_packet, docs, free_port, poll, require, run, wait_port
+from support import (closed_by_peer, connect_packet, docs, free_port, poll, read_until, require,
+                     run, wait_port)
 
 SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: pw}\nstringData: {alice: secret1}\n"
 ALICE = ("apiVersion: edgemq.io/v1alpha1\nkind: MqttUser\nmetadata: {name: alice}\n"
@@ -124,6 +124,8 @@ def test_a_device_certificate_from_the_ca_issuer_logs_in_to_mosquitto_requiring_
     r = run([require("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(m.port), "--cafile",
              str(ca[0]), "-t", "devices/x", "-m", "no cert"], timeout=10)
     assert r.returncode != 0
+    poll(lambda: "peer did not return a certificate" in m.log_tail(20), 5,
+         message="Mosquitto logs the missing client certificate")
 
 
 def test_a_short_lived_certificate_is_renewed_at_its_renewal_time_without_an_edit(edgemq, tmp_path):

@@ -12,7 +12,6 @@ import paho.mqtt.client as mqtt
 import pytest
 
 import support
-from support import RawConn
 
 BROKER = "ids"
 USERS = {
@@ -57,12 +56,10 @@ def persistent_alice(port, clients, **kw):
 
 
 def raw_connack(port, client_id, username=None, v5=False):
-    """The whole CONNACK packet, and whether the broker closed the connection after it."""
-    with RawConn(port) as rc:
-        rc.send(support.connect_packet(client_id, clean=False, username=username,
-                                       password=f"{username}-pw" if username else None, v5=v5))
-        ack = rc.read_packet()
-        return ack, rc.closed_by_peer(timeout=3)
+    """The whole CONNACK packet of a persistent session's CONNECT (the user's password
+    is `<user>-pw`), and whether the broker closed the connection after it."""
+    return support.raw_connack(port, client_id, username, f"{username}-pw" if username else None,
+                               v5=v5, clean=False, close_timeout=3)
 
 
 def test_by_default_another_user_takes_the_client_id_over_as_in_mosquitto(edgemq, tmp_path, clients):

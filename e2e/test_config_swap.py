@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers_b import can_login, revision, timed_poll
-from support import connect, free_port, require, run
+from helpers_b import revision
+from support import can_login, connect, free_port, require, run, timed_poll
 
 USERS = ["u0", "u1", "u2"]
 

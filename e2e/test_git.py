@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers_b import can_login, metric, revision, timed_poll
-from support import _LIVE, broker_yaml, poll, connect, free_port, require, run, wait_port
+from helpers_b import revision
+from support import (_LIVE, broker_yaml, can_login, connect, free_port, metric, poll, require, run,
+                     timed_poll, wait_port)
 
 
 

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -151,17 +150,6 @@ def admissions(port: int, clients=CLIENTS, **kw) -> dict:
             for label, u, pw, cid in clients}
 
 
-def _settle(clients, quiet: float = 0.7, limit: float = 10.0) -> None:
-    deadline, last, since = time.monotonic() + limit, -1, time.monotonic()
-    while time.monotonic() < deadline:
-        n = sum(c.messages.qsize() for c in clients)
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return
-        time.sleep(0.05)
-
-
 def acl_matrix(port: int, clients=CLIENTS, topics=TOPICS,
                observer=("observer", "observer-pw")) -> dict:
     """{(label, topic, 'read'|'write'): delivered?} for the clients that log in;
@@ -183,7 +171,7 @@ def acl_matrix(port: int, clients=CLIENTS, topics=TOPICS,
             readers[label].subscribe_wait([(t, 1) for t in TOPICS])
         for t in TOPICS:
             obs_pub.publish_wait(t, f"r|{t}".encode(), qos=1)
-        _settle(list(readers.values()) + [obs_sub])
+        support.settle(list(readers.values()) + [obs_sub])
         for label, cl in readers.items():
             got = {m.payload for m in cl.drain()}
             for t in TOPICS:
@@ -199,7 +187,7 @@ def acl_matrix(port: int, clients=CLIENTS, topics=TOPICS,
                 except AssertionError:
                     pass
             cl.disconnect_wait()
-        _settle([obs_sub], quiet=1.0)
+        support.settle([obs_sub], quiet=1.0)
         seen = {m.payload for m in obs_sub.drain()}
         for label in readers:
             for t in TOPICS:
@@ -246,7 +234,7 @@ def bridge_forwarding(port: int, remote_port: int) -> dict:
         support.poll(command, 20, interval=0.5, message="the bridge brings commands in")
         remote_pub.publish_wait("site-a/other/y", b"stays-remote", qos=1)
         remote_pub.disconnect_wait()
-        _settle([remote, local], quiet=1.0)
+        support.settle([remote, local], quiet=1.0)
         got_remote = sorted({(m.topic, m.payload) for m in remote.drain()
                              if m.topic != "site-a/sensors/probe"
                              and not m.topic.startswith("site-a/commands/")
@@ -418,13 +406,13 @@ def crossings(local: dict, remote: dict, out: list, inward: list, probe_out: tup
         if probe_in:
             support.poll(across(rp, lw, *probe_in), 30, interval=0.5,
                          message=f"the bridge carries {probe_in[0]} in")
-        _settle([rw, lw], quiet=1.0)
+        support.settle([rw, lw], quiet=1.0)
         rw.drain(), lw.drain()
         for t in out:
             lw.publish_wait(t, f"L|{t}".encode(), qos=1)
         for t in inward:
             rp.publish_wait(t, f"R|{t}".encode(), qos=1)
-        _settle([rw, lw], quiet=1.5)
+        support.settle([rw, lw], quiet=1.5)
         return {"remote got": sorted({(m.topic, m.payload) for m in rw.drain()
                                       if m.payload.startswith(b"L|")}),
                 "local got": sorted({(m.topic, m.payload) for m in lw.drain()

@@ -12,10 +12,10 @@ import pytest
 
 import support
 
-from helpers_b import (DISCONNECT, closed_by_peer, make_cert, metric, raw_connect, read_packet,
-                       read_until, router, rss_kb, tls_secret_yaml)
-from support import (broker_yaml, connect_packet, free_port, packet, poll, publish_packet,
-                     subscribe_packet, try_connect)
+from helpers_b import make_cert, router, rss_kb, tls_secret_yaml
+from support import (broker_yaml, closed_by_peer, connect_packet, DISCONNECT, free_port, metric,
+                     nothing_more, packet, poll, publish_packet, qos1_publish, raw_connect,
+                     read_packet, read_publishes, read_until, subscribe_packet, try_connect)
 
 
 def open_broker(port: int, limits: str) -> str:
@@ -100,7 +100,11 @@ def test_max_connections_is_enforced_and_frees_up_when_a_client_leaves(edgemq, c
     e.start()
     first = [clients(port, client_id=f"c{i}") for i in range(3)]
     ok, rc = try_connect(port, client_id="fourth")
-    assert not ok, "a fourth connection got in with maxConnections: 3"
+    # Refused at accept, before any CONNACK: counted and logged with the limit's name.
+    assert (ok, rc) == (False, None), "a fourth connection got in with maxConnections: 3"
+    assert refusals(e, "maxConnections") == 1
+    poll(lambda: "connection refused: maxConnections (3) reached" in e.log_text(), 5,
+         message="the refusal logged with the limit")
     assert all(c.is_connected() for c in first)
     first[0].disconnect_wait()
     poll(lambda: try_connect(port, client_id="fourth")[0], 10,
@@ -233,7 +237,7 @@ def test_3000_retained_messages_reach_a_new_subscriber_with_default_limits(edgem
     assert got == {f"homeassistant/sensor/s{i}/config": f'{{"n": {i}}}'.encode() for i in range(n)}
     s.expect_none(0.5)
     m = e.metrics()
-    assert m.get("edgemq_messages_dropped_total", 0) == 0, m
+    assert metric(m, "edgemq_messages_dropped_total") == 0, m
 
 
 # --------------------------------------------------------------------------- byte, handshake,
@@ -244,38 +248,6 @@ REFUSED = 'edgemq_limit_refusals_total{limit="%s"}'
 
 def refusals(e, limit: str) -> float:
     return metric(e.metrics(), REFUSED % limit)
-
-
-def qos1_publish(sock, topic: str, payload: bytes, packet_id: int, retain: bool = False) -> None:
-    """Publishes at QoS 1 on a raw 3.1.1 socket and waits for its PUBACK."""
-    sock.sendall(publish_packet(topic, payload, qos=1, retain=retain, packet_id=packet_id))
-    assert read_until(sock, 4) == packet_id.to_bytes(2, "big")
-
-
-def read_publishes(sock, n: int) -> list:
-    """(topic, payload) of the next n PUBLISH packets (3.1.1, QoS 0 or 1; QoS 1 acked)."""
-    out = []
-    while len(out) < n:
-        first, body = read_packet(sock)
-        if first >> 4 != 3:
-            continue
-        tlen = int.from_bytes(body[:2], "big")
-        topic, rest = body[2:2 + tlen].decode(), body[2 + tlen:]
-        if (first >> 1) & 3:
-            sock.sendall(b"\x40\x02" + rest[:2])
-            rest = rest[2:]
-        out.append((topic, rest))
-    return out
-
-
-def nothing_more(sock, timeout: float = 0.5) -> bool:
-    """True when nothing arrives on the socket for `timeout` seconds and it stays open."""
-    sock.settimeout(timeout)
-    try:
-        sock.recv(1)
-        return False
-    except socket.timeout:
-        return True
 
 
 def test_retained_messages_past_the_default_max_retained_bytes_are_refused_counted_and_not_stored(

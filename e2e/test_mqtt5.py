@@ -12,7 +12,7 @@ import support
 from paho.mqtt.client import MQTTv5
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from support import RawConn, packet
+from support import RawConn, mqtt_str as s, packet
 
 MAX_INFLIGHT = 20  # the Broker's default limits.maxInflight
 
@@ -65,11 +65,6 @@ def subscribe(cl, topic, qos=1, sub_id=None) -> list:
         got_mid, codes = cl.subacks.get(timeout=5)
         if got_mid == mid:
             return codes
-
-
-def s(text) -> bytes:
-    b = text.encode() if isinstance(text, str) else text
-    return len(b).to_bytes(2, "big") + b
 
 
 def disconnect_reason(c: RawConn) -> int:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers_b import metric
-from support import ALICE_HASH, broker_yaml, connect, docs, free_port, poll, user_yaml
+from support import ALICE_HASH, broker_yaml, connect, docs, free_port, metric, poll, user_yaml
 
 TOPIC = "alice/lights/kitchen"
 

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from helpers_b import closed_by_peer, fingerprint_of_file, json_of, make_cert, served_fingerprint, tls_secret_yaml
-from support import E2E_DIR, docs, free_port, poll, require, require_node_mqtt, run, wait_port
+from helpers_b import fingerprint_of_file, json_of, make_cert, served_fingerprint, tls_secret_yaml
+from support import (closed_by_peer, docs, E2E_DIR, free_port, poll, require, require_node_mqtt,
+                     run, wait_port)
 
 SECRET = "apiVersion: v1\nkind: Secret\nmetadata: {name: pw}\nstringData: {alice: secret1}\n"
 ALICE = ("apiVersion: edgemq.io/v1alpha1\nkind: MqttUser\nmetadata: {name: alice}\n"
@@ -84,9 +85,14 @@ def test_a_client_verifying_against_another_ca_is_refused(edgemq, tmp_path):
     e.start()
     wait_port(port)
     wrong_ca, _ = make_cert(tmp_path / "other", "other-ca", 4242, cn="some other CA")
-    r = run([require("mosquitto_pub"), "-h", "127.0.0.1", "-p", port, "--cafile", wrong_ca,
+    r = run([require("mosquitto_pub"), "-d", "-h", "127.0.0.1", "-p", port, "--cafile", wrong_ca,
              "-u", "alice", "-P", "secret1", "-t", "alice/x", "-m", "no"], timeout=15)
+    # Refused for the right reason: the client does not trust the served certificate
+    # and says so (-d prints OpenSSL's error), and the broker logs the client's alert.
     assert r.returncode != 0, "a client trusting another CA must not get through"
+    assert "certificate verify failed" in r.stdout + r.stderr, f"{r.stdout}{r.stderr}"
+    poll(lambda: "TLS handshake failed: received fatal alert: UnknownCA" in e.log_text(), 5,
+         message="the broker logs the client's UnknownCA alert")
     # ... and the broker still serves clients that trust the right one.
     assert mosquitto_round_trip(port, e.cert_path("home-tls")) == "over tls"
 
@@ -153,7 +159,10 @@ def test_a_websocket_listener_serves_an_mqttjs_client(edgemq, version):
     assert got.get("connected"), got
     assert got["received"] == [{"topic": "alice/ws", "payload": "hello over websockets"}], got
     bad = ws_client(f"ws://127.0.0.1:{port}/mqtt", password="wrong", version=version)
+    # Refused by the broker's CONNACK: 5 (3.1.1) or 0x87 (5), both "not authorized".
     assert not bad.get("connected"), f"a wrong password got in over WebSocket: {bad}"
+    assert bad.get("code") == {4: 5, 5: 0x87}[version], bad
+    assert bad.get("error") == "Connection refused: Not authorized", bad
 
 
 def test_a_secure_websocket_listener_serves_an_mqttjs_client_that_verifies_it(edgemq):

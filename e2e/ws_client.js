@@ -7,7 +7,8 @@
 // Connects (ws:// or wss://), subscribes to T, publishes M to T once the SUBACK is
 // in, waits for it to come back, and prints one JSON line:
 //   {"connected": true, "granted": [..], "received": [{"topic", "payload"}]}
-// or {"connected": false, "error": "..."} with exit status 1.
+// or {"connected": false, "error": "...", "code": N} with exit status 1 (code: the
+// CONNACK's return or reason code when the broker refused the connection).
 
 'use strict';
 
@@ -67,6 +68,8 @@ const client = mqtt.connect(args.url, options);
 client.on('error', (err) => {
   clearTimeout(timer);
   result.error = String(err && err.message ? err.message : err);
+  // A CONNACK refusal carries its return code (3.1.1) or reason code (5).
+  if (err && typeof err.code === 'number') result.code = err.code;
   finish(1, result);
 });
 client.on('close', () => {

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
 cargo build --workspace --bins
 cargo test --workspace
-python3 -m pytest -q e2e
+python3 -m pytest -q -rs e2e  # -rs: every skipped test is listed with its reason

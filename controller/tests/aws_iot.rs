@@ -3,7 +3,7 @@
 //! Secrets Manager store and import, and the refusal of a certificate for a foreign key.
 //!
 //! moto_server comes with `pip install 'moto[server]'` (scripts/install-peers.sh).
-//! Missing, it fails the test under CI=true and skips it otherwise.
+//! Missing, it fails the test with that hint.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -37,8 +37,8 @@ fn free_port() -> u16 {
 
 static ENV: Once = Once::new();
 
-/// Starts moto_server, or returns `None` (outside CI) when it is not installed.
-fn moto() -> Option<Moto> {
+/// Starts moto_server; panics with the package to install when it is missing.
+fn moto() -> Moto {
     ENV.call_once(|| {
         // Dummy credentials through the standard chain's first link; no profile files.
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
@@ -48,21 +48,14 @@ fn moto() -> Option<Moto> {
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     });
     let port = free_port();
-    let child = match Command::new("moto_server")
+    let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("moto_server is required in CI (pip install 'moto[server]'): {e}");
-            }
-            eprintln!("SKIP: moto_server not found (pip install 'moto[server]'): {e}");
-            return None;
-        }
-    };
+        .unwrap_or_else(|e| {
+            panic!("moto_server not found: install it with pip install 'moto[server]' (scripts/install-peers.sh): {e}")
+        });
     let m = Moto {
         child,
         url: format!("http://127.0.0.1:{port}"),
@@ -72,7 +65,7 @@ fn moto() -> Option<Moto> {
         assert!(Instant::now() < deadline, "moto_server did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    Some(m)
+    m
 }
 
 fn certificate(yaml_issuer: &str, url: &str, extra: &str) -> Certificate {
@@ -184,7 +177,7 @@ fn read(dir: &Path, f: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_lifecycle_with_aws_made_keys() {
-    let Some(m) = moto() else { return };
+    let m = moto();
     let state = tempfile::tempdir().unwrap();
     let cert = certificate(
         "      thingName: home-gw\n      keyOrigin: AWS\n",
@@ -317,7 +310,7 @@ async fn the_whole_lifecycle_with_aws_made_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retain_leaves_everything_in_aws() {
-    let Some(m) = moto() else { return };
+    let m = moto();
     let state = tempfile::tempdir().unwrap();
     let cert = certificate(
         "      thingName: home-gw\n      keyOrigin: AWS\n",
@@ -346,7 +339,7 @@ async fn retain_leaves_everything_in_aws() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_for_a_key_other_than_the_local_one_is_refused() {
-    let Some(m) = moto() else { return };
+    let m = moto();
     let state = tempfile::tempdir().unwrap();
     // Default key origin: a local key and a CSR. moto signs a key of its own instead.
     let cert = certificate("      thingName: home-gw\n", &m.url, "");
@@ -366,7 +359,7 @@ async fn a_certificate_for_a_key_other_than_the_local_one_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_manager_store_and_import() {
-    let Some(m) = moto() else { return };
+    let m = moto();
     let c = clients(&m.url).await;
 
     // Store: the issued pair lands in the named secret.
@@ -498,7 +491,7 @@ async fn secrets_manager_store_and_import() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_errors_name_the_operation_and_code() {
-    let Some(m) = moto() else { return };
+    let m = moto();
     let state = tempfile::tempdir().unwrap();
     let cert = certificate(
         "      thingName: home-gw\n      keyOrigin: AWS\n      thingTypeName: no-such-type\n",
@@ -542,7 +535,7 @@ async fn aws_errors_name_the_operation_and_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_endpoint_replaces_the_discovered_one_and_back() {
-    let Some(m) = moto() else { return };
+    let m = moto();
     let state = tempfile::tempdir().unwrap();
     let standin = certificate(
         "      thingName: home-gw\n      keyOrigin: AWS\n      dataEndpoint: localhost:18883\n",
@@ -580,7 +573,7 @@ async fn a_data_endpoint_replaces_the_discovered_one_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_thing_gets_its_type_and_group() {
-    let Some(m) = moto() else { return };
+    let m = moto();
     let c = clients(&m.url).await;
     c.iot
         .create_thing_type()

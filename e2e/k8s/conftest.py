@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -38,6 +37,9 @@ import pytest
 
 K8S_DIR = Path(__file__).resolve().parent
 REPO = K8S_DIR.parent.parent
+sys.path.insert(0, str(K8S_DIR.parent))
+
+import support  # noqa: E402
 CLUSTER_SH = REPO / "scripts" / "cluster.sh"
 DEFAULT_IMAGE = "edgemq:dev"
 
@@ -66,12 +68,8 @@ def _exports(text: str) -> dict:
     return out
 
 
-class GiveUp(AssertionError):
-    """Raised by a wait_for predicate: the awaited state can no longer come; stop waiting."""
-
-
 class Cluster:
-    GiveUp = GiveUp
+    GiveUp = support.GiveUp
 
     def __init__(self, kubeconfig: str, image: str, kubectl_bin: str, pull_policy: str):
         self.kubeconfig = kubeconfig
@@ -93,23 +91,9 @@ class Cluster:
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str,
                  interval: float = 0.5) -> Any:
-        """Polls predicate until truthy or the deadline. Exceptions count as "not yet"
-        (the last one is shown on timeout), except GiveUp, which ends the wait."""
-        deadline = time.monotonic() + timeout
-        last: Optional[BaseException] = None
-        while True:
-            try:
-                value = predicate()
-                if value:
-                    return value
-            except GiveUp:
-                raise
-            except Exception as e:  # noqa: BLE001 - shown on timeout
-                last = e
-            if time.monotonic() >= deadline:
-                detail = f" (last error: {last})" if last else ""
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
-            time.sleep(interval)
+        """support.poll: predicate until truthy or the deadline. Exceptions count as "not
+        yet" (the last one is shown on timeout), except GiveUp, which ends the wait."""
+        return support.poll(predicate, timeout, interval, f"waiting for {what}")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -164,15 +163,8 @@ def restarts(pod: dict) -> int:
 def wait_connect(port: int, timeout: float = 30, **kw):
     """A connected client once the broker accepts the credentials (they may still be on
     their way to the pod)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            return support.connect(port, **kw)
-        except Exception as e:  # noqa: BLE001
-            last = e
-            time.sleep(0.1)
-    raise AssertionError(f"could not connect to 127.0.0.1:{port} with {kw.get('username')}: {last}")
+    return support.poll(lambda: support.connect(port, **kw), timeout, 0.1,
+                        f"connect to 127.0.0.1:{port} as {kw.get('username')}")
 
 
 def namespaced_copy(src: Path, dst: Path, namespace: str) -> Path:

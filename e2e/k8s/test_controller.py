@@ -291,15 +291,6 @@ def test_deleting_a_user_locks_it_out_while_another_user_is_invalid(cluster, con
     alice.disconnect_wait()
 
 
-def _raw_connack(port: int, username: str, password: str, v5: bool):
-    """(whole CONNACK as (type, flags, body), whether the broker then closes)."""
-    with support.RawConn(port) as c:
-        c.send(support.connect_packet(support.unique_id("raw"), v5=v5, username=username,
-                                      password=password))
-        packet = c.read_packet()
-        return packet, c.closed_by_peer(5)
-
-
 def test_after_a_controller_restart_deleting_a_user_locks_it_out_while_the_broker_is_invalid(
         cluster, controller, namespace):
     rules = [{"topic": "home/#", "access": "readwrite"}]
@@ -329,8 +320,8 @@ def test_after_a_controller_restart_deleting_a_user_locks_it_out_while_the_broke
     # Delete bob: locked out all the same, his session closed.
     cluster.kubectl("delete", "mqttuser", "bob", "-n", namespace)
     cluster.wait_for(bob.disconnected.is_set, 90, "bob's session closed after his deletion")
-    assert _raw_connack(port, "bob", "pw-bob", v5=False) == ((2, 0, b"\x00\x05"), True)
-    assert _raw_connack(port, "bob", "pw-bob", v5=True) == ((2, 0, b"\x00\x87\x00"), True)
+    assert support.raw_connack(port, username="bob", password="pw-bob", v5=False) == ((2, 0, b"\x00\x05"), True)
+    assert support.raw_connack(port, username="bob", password="pw-bob", v5=True) == ((2, 0, b"\x00\x87\x00"), True)
     # alice is not touched and says so; the Broker names its mistake and what runs.
     assert not alice.disconnected.is_set()
     alice.publish_wait("home/x", b"after", qos=1)
