@@ -15,6 +15,11 @@ def test_devices_log_in_with_certificates_signed_by_the_ca_in_a_secret(
     ca = Ca(tmp_path / "pki")
     server = ca.issue("broker", server=True)
     sensor, spare = ca.issue("sensor-1"), ca.issue("spare-2")
+    # The API server publishes a replaced CRD's schema a little after it is
+    # Established, and kubectl validates against the published one.
+    cluster.wait_for(lambda: cluster.kubectl("explain", "mqttusers.spec.certificateIdentity",
+                                             check=False).returncode == 0,
+                     60, "the MqttUser schema with certificateIdentity published")
     k.apply(cluster, namespace,
             k.secret("broker-tls", "kubernetes.io/tls",
                      **{"tls.crt": server[0].read_text(), "tls.key": server[1].read_text()}),
