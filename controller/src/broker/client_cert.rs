@@ -244,6 +244,48 @@ pub struct PeerCertificate {
     pub policy: Arc<ClientCertPolicy>,
 }
 
+/// Keeps a certificate connection in [`super::Shared::certificate_connections`] while it
+/// lives.
+pub(super) struct Registration<'a> {
+    pub(super) shared: &'a super::Shared,
+    pub(super) conn_id: u64,
+}
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .certificate_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.conn_id);
+    }
+}
+
+/// Who a client certificate logs in as: its identity, when a certificate user has it
+/// or (unless `unknownIdentity: refuse`) no user does. A certificate never logs in as
+/// a password user. `Err` is the metric reason and the log text.
+pub(super) fn login(
+    auth: &super::AuthConfig,
+    cert: &PeerCertificate,
+) -> Result<Arc<str>, (&'static str, &'static str)> {
+    let identity = cert.identity.as_ref().map_err(|e| ("no_identity", *e))?;
+    if auth.certificate_users.contains(identity) {
+        return Ok(identity.as_str().into());
+    }
+    if auth.users.contains_key(identity) {
+        return Err((
+            "unknown_identity",
+            "the certificate's identity is a password user's name",
+        ));
+    }
+    if cert.policy.plan.refuse_unknown {
+        return Err((
+            "unknown_identity",
+            "no MqttUser has the certificate's identity (unknownIdentity: refuse)",
+        ));
+    }
+    Ok(identity.as_str().into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,49 +95,6 @@ pub struct Handshake {
     pub certificate: Option<super::client_cert::PeerCertificate>,
 }
 
-/// Keeps a certificate connection in [`Shared::certificate_connections`] while it
-/// lives.
-struct CertificateRegistration<'a> {
-    shared: &'a Shared,
-    conn_id: u64,
-}
-
-impl Drop for CertificateRegistration<'_> {
-    fn drop(&mut self) {
-        self.shared
-            .certificate_connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.conn_id);
-    }
-}
-
-/// Who a client certificate logs in as: its identity, when a certificate user has it
-/// or (unless `unknownIdentity: refuse`) no user does. A certificate never logs in as
-/// a password user. `Err` is the metric reason and the log text.
-fn certificate_login(
-    auth: &super::AuthConfig,
-    cert: &super::client_cert::PeerCertificate,
-) -> Result<Arc<str>, (&'static str, &'static str)> {
-    let identity = cert.identity.as_ref().map_err(|e| ("no_identity", *e))?;
-    if auth.certificate_users.contains(identity) {
-        return Ok(identity.as_str().into());
-    }
-    if auth.users.contains_key(identity) {
-        return Err((
-            "unknown_identity",
-            "the certificate's identity is a password user's name",
-        ));
-    }
-    if cert.policy.plan.refuse_unknown {
-        return Err((
-            "unknown_identity",
-            "no MqttUser has the certificate's identity (unknownIdentity: refuse)",
-        ));
-    }
-    Ok(identity.as_str().into())
-}
-
 /// Serves one accepted connection until it ends.
 pub async fn serve(
     transport: Transport,
@@ -225,7 +182,7 @@ pub async fn serve(
     let auth = shared.auth.load_full();
     let mut client_id = client_id;
     let username: Option<Arc<str>> = match &handshake.certificate {
-        Some(cert) => match certificate_login(&auth, cert) {
+        Some(cert) => match super::client_cert::login(&auth, cert) {
             Ok(identity) => {
                 if cert.policy.plan.identity_as_client_id {
                     if assigned.is_some() {
@@ -318,7 +275,7 @@ pub async fn serve(
                     chain: cert.chain.clone(),
                 },
             );
-        CertificateRegistration {
+        super::client_cert::Registration {
             shared: &shared,
             conn_id: link.id,
         }
