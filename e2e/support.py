@@ -1053,6 +1053,26 @@ class RawConn:
         self.buf += bytes(sink)
         return closed
 
+    def rest(self, quiet: float = 1.0) -> tuple:
+        """(every byte the peer sends until it closes or stays quiet for `quiet`
+        seconds, whether it closed): the whole answer, for byte-for-byte comparison."""
+        got, closed = self.buf, False
+        self.buf = b""
+        while True:
+            self.sock.settimeout(quiet)
+            try:
+                chunk = self.sock.recv(4096)
+            except socket.timeout:
+                break
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            got += chunk
+        return got, closed
+
     def close(self) -> None:
         try:
             self.sock.close()

@@ -313,7 +313,7 @@ def test_unsupported_options_are_listed_with_file_and_line_and_nothing_is_writte
     assert [l.split(": `")[0].removeprefix("not carried over: ") for l in lines] == [
         f"{conf}:4", f"{conf}:5", f"{conf}:9"], r.stdout
     assert "auth_plugin /usr/lib/mosquitto-go-auth.so`: plugins do not exist" in lines[0]
-    assert "require_certificate true`: client certificate authentication on listeners is not supported yet" in lines[2]
+    assert "require_certificate true`: the import does not carry client certificate authentication yet" in lines[2]
     assert "3 setting(s) cannot be carried over; nothing written" in r.stdout
     assert not out.exists() and not sec.exists()
 

@@ -82,9 +82,9 @@ def test_an_mqtt31_client_id_has_1_to_23_characters(port, client_id, code):
     (b"MQTT", 3, b"\x00\x01"),
     (b"MQTT", 2, b"\x00\x01"),
     (b"MQIsdp", 4, b"\x00\x01"),
-    (b"MQTT", 6, b"\x00\x84\x00"),
+    (b"MQTT", 6, b"\x00\x01"),
     (b"MQTT", 0x85, b"\x00\x84\x00"),
-], ids=["mqtt-3", "mqtt-2", "mqisdp-4", "mqtt-6-v5-format", "mqtt-5-bridge-bit"])
+], ids=["mqtt-3", "mqtt-2", "mqisdp-4", "mqtt-6-311-format", "mqtt-5-bridge-bit"])
 def test_an_unsupported_level_gets_connack_refused_then_close(port, name, level, answer):
     with RawConn(port) as c:
         c.send(raw_connect(name, level))

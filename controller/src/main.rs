@@ -678,6 +678,42 @@ fn render_mosquitto(
         };
         paths.tls.insert(src.clone(), files);
     }
+    for l in &bundle.listeners {
+        let Some(c) = &l.client_auth else { continue };
+        let dir = out.join("tls").join(format!("client-ca-{}", l.name));
+        let ca = match &c.ca {
+            edgemq::plan::ClientCaSource::Secret(r) => res
+                .secret_value(&bundle.namespace, &r.name, &r.key)
+                .ok_or_else(|| anyhow::anyhow!("Secret {} has no key {}", r.name, r.key))?,
+            edgemq::plan::ClientCaSource::Certificate(name) => {
+                let cert = res
+                    .certificate(&bundle.namespace, name)
+                    .ok_or_else(|| anyhow::anyhow!("Certificate {name} not found"))?;
+                let issued = edgemq::certs::cert_dir(state, cert);
+                std::fs::read(issued.join("ca.crt"))
+                    .or_else(|_| std::fs::read(issued.join("tls.crt")))
+                    .map_err(|e| anyhow::anyhow!("Certificate {name} is not issued yet: {e}"))?
+            }
+        };
+        edgemq::certs::write_private(&dir.join("ca.crt"), &ca)?;
+        let crlfile = match &c.crl {
+            None => None,
+            Some(r) => {
+                let crl = res
+                    .secret_value(&bundle.namespace, &r.name, &r.key)
+                    .ok_or_else(|| anyhow::anyhow!("Secret {} has no key {}", r.name, r.key))?;
+                edgemq::certs::write_private(&dir.join("ca.crl"), &crl)?;
+                Some(dir.join("ca.crl"))
+            }
+        };
+        paths.client_ca.insert(
+            l.name.clone(),
+            edgemq::render::mosquitto::ClientCaFiles {
+                cafile: dir.join("ca.crt"),
+                crlfile,
+            },
+        );
+    }
     paths.bridges = bridge_files(res, bundle, &out, state)?;
     let private = paths
         .bridges

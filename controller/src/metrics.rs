@@ -124,6 +124,9 @@ pub struct Metrics {
     pub bytes_out: Family<BrokerLabel, Counter>,
     /// CONNECTs refused for bad or missing credentials.
     pub auth_failures: Family<BrokerLabel, Counter>,
+    /// Client certificates refused (in the handshake, at CONNECT, or closed when a new
+    /// CA or CRL no longer accepts them), by reason.
+    pub client_certificate_refusals: Family<DropLabels, Counter>,
     /// Publishes or deliveries refused by the ACL.
     pub acl_denials: Family<BrokerLabel, Counter>,
     /// Messages dropped, by reason.
@@ -294,6 +297,11 @@ impl Metrics {
             self.auth_failures.clone(),
         );
         r.register(
+            "client_certificate_refusals",
+            "Client certificates refused in the TLS handshake or at CONNECT, or closed when a new client CA or CRL no longer accepts them, by reason (unknown_ca, expired, not_yet_valid, revoked, revocation_unknown, no_certificate, bad_certificate, no_identity, unknown_identity, client_id)",
+            self.client_certificate_refusals.clone(),
+        );
+        r.register(
             "session_saves",
             "Snapshots of the persistent sessions written to disk (persistence on)",
             self.session_saves.clone(),
@@ -367,6 +375,8 @@ pub struct BrokerMetrics {
     pub session_saved_messages: Gauge,
     /// See [`Metrics::limit_refusals`].
     pub refused: LimitRefusals,
+    /// See [`Metrics::client_certificate_refusals`], by reason.
+    pub certificate_refusals: std::sync::Arc<std::collections::BTreeMap<&'static str, Counter>>,
 }
 
 /// One counter per limit, see [`Metrics::limit_refusals`].
@@ -457,6 +467,29 @@ impl BrokerMetrics {
             dropped_expired: drop("expired"),
             dropped_too_large: drop("packet_too_large"),
             refused: LimitRefusals::new(m, key),
+            certificate_refusals: std::sync::Arc::new(
+                crate::broker::client_cert::REFUSAL_REASONS
+                    .iter()
+                    .map(|r| {
+                        let c = m
+                            .client_certificate_refusals
+                            .get_or_create(&DropLabels {
+                                broker: key.to_string(),
+                                reason: r.to_string(),
+                            })
+                            .clone();
+                        (*r, c)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Counts a client certificate refused for `reason` (one of
+    /// [`crate::broker::client_cert::REFUSAL_REASONS`]).
+    pub fn certificate_refused(&self, reason: &str) {
+        if let Some(c) = self.certificate_refusals.get(reason) {
+            c.inc();
         }
     }
 

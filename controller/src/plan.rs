@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::api::bridge::{BridgeDirection, MqttVersion};
-use crate::api::broker::{Limits, ListenerProtocol};
+use crate::api::broker::{
+    CertificateIdentity, ClientAuthMode, Limits, ListenerProtocol, UnknownIdentity,
+};
 use crate::api::{Bridge, Broker, SecretKeyRef};
 use crate::auth::acl::topic_matches;
 /// The ACL part of a plan; defined beside the matcher that reads it, so the two
@@ -186,6 +188,38 @@ pub struct ListenerPlan {
     pub protocol: ListenerProtocol,
     /// Where the TLS key pair comes from; `None` for plain text.
     pub tls: Option<TlsSource>,
+    /// Client certificates asked for; `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthPlan>,
+}
+
+/// Client certificates on a listener (see [`crate::api::broker::ClientAuth`]).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuthPlan {
+    /// A client without a certificate is refused during the handshake.
+    pub required: bool,
+    /// The CA that signs client certificates.
+    pub ca: ClientCaSource,
+    /// A revocation list of that CA.
+    pub crl: Option<SecretKeyRef>,
+    /// The part of the certificate that becomes the username.
+    pub identity: CertificateIdentity,
+    /// The client id must be the identity.
+    pub identity_as_client_id: bool,
+    /// A certificate whose identity no MqttUser names is refused (else it gets the
+    /// `aclPatterns` only).
+    pub refuse_unknown: bool,
+}
+
+/// Where a listener's client CA comes from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientCaSource {
+    /// The CA of a Certificate (its `ca.crt`, or the certificate itself).
+    Certificate(String),
+    /// PEM in a Secret key.
+    Secret(SecretKeyRef),
 }
 
 /// Where a TLS key pair comes from. The runtime resolves it to PEM material.
@@ -202,8 +236,13 @@ pub enum TlsSource {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct UserPlan {
-    /// Mosquitto-compatible password hash (`$7$`, `$6$` or `$argon2id$`).
+    /// Mosquitto-compatible password hash (`$7$`, `$6$` or `$argon2id$`); empty for a
+    /// certificate user.
     pub password_hash: String,
+    /// A certificate user: logs in with a client certificate whose identity is the
+    /// username, never with a password.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub certificate: bool,
     /// The MqttUser object it came from, for status and logs.
     pub source: String,
 }
@@ -244,7 +283,7 @@ pub enum PlanError {
         key: String,
     },
     /// The MqttUser has neither a password Secret nor a hash.
-    #[error("MqttUser {user}: set exactly one of passwordSecretRef and passwordHash")]
+    #[error("MqttUser {user}: set exactly one of passwordSecretRef, passwordHash and certificateIdentity")]
     NoPassword {
         /// `namespace/name` of the MqttUser.
         user: String,
@@ -323,6 +362,25 @@ pub fn plan_broker(res: &Resources, b: &Loaded<Broker>) -> Result<BrokerBundle, 
                     .map(TlsSource::Certificate)
                     .or_else(|| t.secret_ref.clone().map(TlsSource::Secret))
             }),
+            client_auth: l
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_auth.as_ref())
+                .and_then(|c| {
+                    let ca = c
+                        .ca_certificate_ref
+                        .clone()
+                        .map(ClientCaSource::Certificate)
+                        .or_else(|| c.ca_secret_ref.clone().map(ClientCaSource::Secret))?;
+                    Some(ClientAuthPlan {
+                        required: c.mode == ClientAuthMode::Required,
+                        ca,
+                        crl: c.crl_secret_ref.clone(),
+                        identity: c.identity,
+                        identity_as_client_id: c.identity_as_client_id,
+                        refuse_unknown: c.unknown_identity == UnknownIdentity::Refuse,
+                    })
+                }),
         })
         .collect();
     listeners.sort_by(|a, c| a.name.cmp(&c.name));
@@ -345,6 +403,7 @@ pub fn plan_broker(res: &Resources, b: &Loaded<Broker>) -> Result<BrokerBundle, 
         sources.insert(username.clone(), source.clone());
         let spec = &u.object.spec;
         let hash = match (&spec.password_hash, &spec.password_secret_ref) {
+            _ if spec.certificate_identity.is_some() => String::new(),
             (Some(h), _) => h.clone(),
             (None, Some(r)) => match res.secret_value(&u.namespace, &r.name, &r.key) {
                 Some(pw) => hash_secret_password(&broker_key, &username, &pw),
@@ -370,6 +429,7 @@ pub fn plan_broker(res: &Resources, b: &Loaded<Broker>) -> Result<BrokerBundle, 
             username,
             UserPlan {
                 password_hash: hash,
+                certificate: spec.certificate_identity.is_some(),
                 source,
             },
         );

@@ -28,6 +28,7 @@ async fn an_anonymous_broker_routes_between_mosquitto_clients() {
             bind: format!("127.0.0.1:{port}"),
             protocol: ListenerProtocol::Mqtt,
             tls: None,
+            client_auth: None,
         }],
         allow_anonymous: true,
         acl: AclPlan {
@@ -108,6 +109,7 @@ async fn a_listener_accepts_only_once_opened_and_then_serves_the_waiting_client(
         bind: format!("127.0.0.1:{port}"),
         protocol: ListenerProtocol::Mqtt,
         tls: None,
+        client_auth: None,
     };
     let handle = edgemq::broker::listener::start(plan, None, rt.shared().clone())
         .await

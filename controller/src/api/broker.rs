@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{AclRule, CommonStatus};
+use super::common::{AclRule, CommonStatus, SecretKeyRef};
 
 /// A secure MQTT broker. Users (MqttUser), bridges (Bridge) and certificates
 /// (Certificate) refer to it by name.
@@ -137,6 +137,98 @@ pub struct ListenerTls {
     /// holding the key pair, for certificates made elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<String>,
+    /// Ask clients for a certificate signed by a CA of yours (mutual TLS), and log a
+    /// client in as the identity its certificate carries (Mosquitto's
+    /// `require_certificate` with `use_identity_as_username`). Default: no client
+    /// certificates asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client certificates on a TLS or secure WebSocket listener.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.caCertificateRef) != has(self.caSecretRef)").message("set exactly one of caCertificateRef and caSecretRef"))]
+pub struct ClientAuth {
+    /// `required` (default): a client without a valid certificate is refused during the
+    /// TLS handshake. `optional`: a client may also come without a certificate and log
+    /// in with a password; a certificate it does present must be valid.
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// The CA that signs device certificates: an edgemq Certificate (a `ca` or
+    /// `selfSigned` one; its `ca.crt`, else its certificate). Replaced live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate_ref: Option<String>,
+    /// The CA bundle (PEM) that signs device certificates, from a Secret key, usually
+    /// `ca.crt`. Replaced live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A certificate revocation list (PEM or DER) of that CA, from a Secret key. A
+    /// revoked certificate is refused, and a connected client whose certificate a new
+    /// list revokes is disconnected. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_secret_ref: Option<SecretKeyRef>,
+    /// Which part of the certificate becomes the username: `commonName` (default, the
+    /// subject's CN, as Mosquitto's `use_identity_as_username`), the first `dnsName`,
+    /// `uri` or `email` subject alternative name, or the whole `subject` as an RFC 2253
+    /// string (Mosquitto's `use_subject_as_username`).
+    #[serde(default)]
+    pub identity: CertificateIdentity,
+    /// Also bind the client id to the identity: a CONNECT with another client id is
+    /// refused (3.1.1 return code 2, MQTT 5 reason 0x85); an empty one is given the
+    /// identity. Default: `false`.
+    #[serde(default)]
+    pub identity_as_client_id: bool,
+    /// A certificate whose identity no MqttUser names (`certificateIdentity`): logged in
+    /// under its identity with the Broker's `aclPatterns` only (`aclPatterns`, default,
+    /// as Mosquitto), or refused (`refuse`, 3.1.1 return code 5, MQTT 5 reason 0x87).
+    #[serde(default)]
+    pub unknown_identity: UnknownIdentity,
+}
+
+/// Whether a listener requires client certificates.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientAuthMode {
+    /// No connection without a valid certificate.
+    #[default]
+    Required,
+    /// A certificate, or a password.
+    Optional,
+}
+
+/// The part of a client certificate that becomes the username.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum CertificateIdentity {
+    /// The subject's common name (CN).
+    #[default]
+    CommonName,
+    /// The first DNS subject alternative name.
+    DnsName,
+    /// The first URI subject alternative name.
+    Uri,
+    /// The first email (rfc822Name) subject alternative name.
+    Email,
+    /// The whole subject, RFC 2253 (`CN=device-1,O=Example`).
+    Subject,
+}
+
+/// What a certificate whose identity no MqttUser names gets.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum UnknownIdentity {
+    /// Logged in under its identity, with the Broker's `aclPatterns` only.
+    #[default]
+    AclPatterns,
+    /// Refused as not authorized.
+    Refuse,
 }
 
 /// Persistence of retained messages.

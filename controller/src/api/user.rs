@@ -23,7 +23,8 @@ use super::common::{AclRule, CommonStatus, SecretKeyRef};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("has(self.passwordSecretRef) != has(self.passwordHash)").message("set exactly one of passwordSecretRef and passwordHash"))]
+#[x_kube(validation = Rule::new("[has(self.passwordSecretRef), has(self.passwordHash), has(self.certificateIdentity)].filter(x, x).size() == 1").message("set exactly one of passwordSecretRef, passwordHash and certificateIdentity"))]
+#[x_kube(validation = Rule::new("!has(self.certificateIdentity) || !has(self.username) || self.username == self.certificateIdentity").message("a certificate user's username is its certificateIdentity"))]
 pub struct MqttUserSpec {
     /// Name of the Broker this user may connect to.
     #[schemars(length(min = 1, max = 253))]
@@ -42,6 +43,13 @@ pub struct MqttUserSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(\$(6|7|argon2id)\$|PBKDF2\$(sha512|sha256)\$)"))]
     pub password_hash: Option<String>,
+    /// Instead of a password: the identity a client certificate carries (its CN, or
+    /// the SAN or subject a listener's `clientAuth.identity` names). A client whose
+    /// certificate a `clientAuth` listener accepts with this identity is logged in as
+    /// this user, whose username is the identity; it has no password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65535), regex(pattern = r"^[^+#]+$"))]
+    pub certificate_identity: Option<String>,
     /// This user's ACL rules, checked before the Broker's `aclPatterns`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acl: Vec<AclRule>,
@@ -60,11 +68,13 @@ pub struct MqttUserStatus {
 }
 
 impl MqttUser {
-    /// The MQTT username: `spec.username`, else the object's name.
+    /// The MQTT username: `spec.username`, else `spec.certificateIdentity`, else the
+    /// object's name.
     pub fn username(&self) -> String {
         self.spec
             .username
             .clone()
+            .or_else(|| self.spec.certificate_identity.clone())
             .or_else(|| self.metadata.name.clone())
             .unwrap_or_default()
     }

@@ -83,6 +83,17 @@ impl<'a> Cur<'a> {
         }
         Ok(s)
     }
+    /// A CONNECT string (client id, will topic, user name): also without the code
+    /// points [`refused_in_connect`] names.
+    fn connect_string(&mut self) -> Res<&'a str> {
+        let s = self.string()?;
+        if refused_in_connect(s) {
+            return Err(Malformed(
+                "a CONNECT string holds a control character or a non-character",
+            ));
+        }
+        Ok(s)
+    }
     fn end(&self) -> Res<()> {
         if self.left() > 0 {
             return Err(Malformed("bytes left over at the end of the packet"));
@@ -299,6 +310,21 @@ fn filter(c: &mut Cur<'_>) -> Res<()> {
     Ok(())
 }
 
+/// Whether a CONNECT string (client id, will topic, user name) holds a code point
+/// Mosquitto 2.0 closes the connection for: a control character U+0001–U+001F or
+/// U+007F–U+009F (3.1.1 §1.5.3 lets a server refuse them, MQTT 5 §1.5.4 says it
+/// may treat them as malformed) or a Unicode non-character (U+FDD0–U+FDEF, U+xFFFE,
+/// U+xFFFF). U+0000 is refused everywhere by the string rules.
+pub fn refused_in_connect(s: &str) -> bool {
+    s.chars().any(|c| {
+        let n = u32::from(c);
+        (0x01..=0x1F).contains(&n)
+            || (0x7F..=0x9F).contains(&n)
+            || (0xFDD0..=0xFDEF).contains(&n)
+            || n & 0xFFFE == 0xFFFE
+    })
+}
+
 /// Checks an MQTT 5 CONNECT body (the bytes after the remaining length), which
 /// rumqttd decodes without these rules.
 pub fn check_connect_v5(byte1: u8, body: &[u8]) -> Res<()> {
@@ -322,17 +348,17 @@ pub fn check_connect_v5(byte1: u8, body: &[u8]) -> Res<()> {
     }
     c.u16()?;
     properties(&mut c, allowed::CONNECT)?;
-    c.string()?;
+    c.connect_string()?;
     if will {
         properties(&mut c, allowed::WILL)?;
-        let topic = c.string()?;
+        let topic = c.connect_string()?;
         if !crate::auth::acl::valid_topic_name(topic) {
             return Err(Protocol("invalid will topic"));
         }
         c.binary()?;
     }
     if flags & 0x80 != 0 {
-        c.string()?;
+        c.connect_string()?;
     }
     if flags & 0x40 != 0 {
         c.binary()?;
@@ -620,5 +646,21 @@ mod tests {
         assert_eq!(code(base(0x06, b"\0", b"\0\0\x01t\0\x01p")), None, "will");
         // MQTT 5 allows a password without a user name.
         assert_eq!(code(base(0x42, b"\0", b"\0\x02pw")), None);
+        // Control characters in the will topic or the user name, as Mosquitto 2.0.
+        assert_eq!(
+            code(base(0x06, b"\0", b"\0\0\x02t\x01\0\0")),
+            Some(0x81),
+            "will topic with U+0001"
+        );
+        assert_eq!(
+            code(base(0x82, b"\0", b"\0\x02u\xc2\x85")),
+            Some(0x81),
+            "user name with U+0085"
+        );
+        let mut ctl = b"\0\x04MQTT\x05\x02\0\x1e\0\0\x02c\x7f".to_vec();
+        assert_eq!(code(ctl.clone()), Some(0x81), "client id with U+007F");
+        ctl.truncate(ctl.len() - 1);
+        ctl[12] = 1;
+        assert_eq!(code(ctl), None, "client id c");
     }
 }

@@ -133,10 +133,13 @@ pub fn peek_connect(buf: &[u8], max_size: usize) -> Result<Option<ConnectHead>, 
 }
 
 /// The CONNACK refusing an unsupported protocol level `raw` (as sent, bridge bit
-/// included): MQTT 5's format and reason 0x84 from level 5 up (a client speaking MQTT 5
-/// or newer reads that format), 3.1.1's format and return code 1 below.
+/// included): 3.1.1's format and return code 1 (`20 02 00 01`), as Mosquitto 2.0
+/// answers and every 3.1.1 client can parse, also for levels above 5 (an MQTT 5
+/// client reads it as a CONNACK with reason 0x01 and gives up too). Only MQTT 5 with
+/// the bridge bit, which no client sends but a client speaking MQTT 5 could, gets
+/// MQTT 5's format and reason 0x84 (Mosquitto closes without a CONNACK there).
 pub fn unsupported_version_connack(raw: u8) -> &'static [u8] {
-    if raw & 0x7f >= 5 {
+    if raw & 0x7f == 5 {
         &[0x20, 3, 0, 0x84, 0]
     } else {
         &[0x20, 2, 0, 1]
@@ -203,10 +206,12 @@ fn decode_connect_v4(
         let n = take(body, 2)?.get_u16() as usize;
         take(body, n)
     }
+    // Client id and user name: UTF-8 without U+0000, control characters or
+    // non-characters (closed as Mosquitto 2.0 does).
     fn text(body: &mut Bytes) -> Result<String, protocol::Error> {
         let b = field(body)?;
         let s = std::str::from_utf8(&b).map_err(|_| MalformedPacket)?;
-        if s.contains('\0') {
+        if s.contains('\0') || super::check::refused_in_connect(s) {
             return Err(MalformedPacket);
         }
         Ok(s.to_owned())
@@ -239,8 +244,11 @@ fn decode_connect_v4(
     let client_id = text(&mut body)?;
     let will = if will_flag {
         let topic = field(&mut body)?;
-        let valid = std::str::from_utf8(&topic)
-            .is_ok_and(|t| !t.contains('\0') && crate::auth::acl::valid_topic_name(t));
+        let valid = std::str::from_utf8(&topic).is_ok_and(|t| {
+            !t.contains('\0')
+                && !super::check::refused_in_connect(t)
+                && crate::auth::acl::valid_topic_name(t)
+        });
         if !valid {
             return Err(MalformedPacket);
         }
@@ -346,6 +354,17 @@ pub fn read(version: Version, buf: &mut BytesMut, max_size: usize) -> Result<Inc
     } else {
         (0, 0)
     };
+    // rumqttd's MQTT 5 reader wants a property length after a DISCONNECT's reason
+    // code, which MQTT 5 lets a sender omit (§3.14.2.2.1) and Mosquitto and its
+    // clients do omit (`E0 01 rc`): such a frame is read with the empty length added.
+    if version == Version::V5 && byte1 == 0xE0 && frame_length == fixed_header_len + 1 {
+        let frame = buf.split_to(frame_length);
+        let mut full = BytesMut::from(&[0xE0, 2, frame[fixed_header_len], 0][..]);
+        return protocol::v5::V5
+            .read_mut(&mut full, max_size)
+            .map(Incoming::Other)
+            .map_err(FrameError::Malformed);
+    }
     let packet = match version {
         Version::V4 => protocol::v4::V4.read_mut(buf, max_size),
         Version::V5 => protocol::v5::V5.read_mut(buf, max_size),
@@ -458,7 +477,34 @@ pub fn write(
 ) -> Result<usize, protocol::Error> {
     match version {
         Version::V4 => protocol::v4::V4.write(strip_properties(packet), out),
-        Version::V5 => protocol::v5::V5.write(packet, out),
+        Version::V5 => {
+            // The bytes written, counted here: rumqttd's count for a DISCONNECT with
+            // a reason code is off too.
+            let start = out.len();
+            protocol::v5::V5.write(packet, out)?;
+            shorten_v5_reason_only(out, start);
+            Ok(out.len() - start)
+        }
+    }
+}
+
+/// Rewrites an MQTT 5 DISCONNECT, PUBACK, PUBREC, PUBREL or PUBCOMP that rumqttd
+/// wrote at `out[start..]` with a reason code and no properties into the short form
+/// Mosquitto sends (MQTT 5 §3.14.2.2.1, §3.4.2.2.1: the property length may be
+/// omitted when nothing follows the reason code). For DISCONNECT this is a fix, not
+/// a style: rumqttd 0.20 writes `E0 01 rc 00`, a remaining length of 1 followed by
+/// 2 bytes, so a client reading the stream meets a stray byte.
+fn shorten_v5_reason_only(out: &mut BytesMut, start: usize) {
+    let frame = &out[start..];
+    match frame {
+        // DISCONNECT: remaining length 1, reason code, then the stray 0.
+        [0xE0, 1, _, 0] => out.truncate(start + 3),
+        // Acks: packet id, reason code, empty property length.
+        [0x40 | 0x50 | 0x62 | 0x70, 4, _, _, _, 0] => {
+            out[start + 1] = 3;
+            out.truncate(start + 5);
+        }
+        _ => {}
     }
 }
 
@@ -585,12 +631,139 @@ mod tests {
             );
         }
         assert_eq!(unsupported_version_connack(3), &[0x20, 2, 0, 1]);
-        assert_eq!(unsupported_version_connack(6), &[0x20, 3, 0, 0x84, 0]);
+        assert_eq!(unsupported_version_connack(6), &[0x20, 2, 0, 1]);
+        assert_eq!(unsupported_version_connack(0xff), &[0x20, 2, 0, 1]);
+        assert_eq!(unsupported_version_connack(0x85), &[0x20, 3, 0, 0x84, 0]);
         let f = connect_frame(b"MQTX", 4, 2, b"\0\x01c");
         assert!(matches!(
             peek_connect(&f, 1024),
             Err(FrameError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn mqtt5_reason_only_packets_are_framed_as_mosquitto_frames_them() {
+        use protocol::{
+            Disconnect, DisconnectReasonCode, PubAck, PubAckReason, PubComp, PubCompReason, PubRel,
+            PubRelReason,
+        };
+        let cases: Vec<(Packet, &[u8])> = vec![
+            (
+                Packet::Disconnect(
+                    Disconnect {
+                        reason_code: DisconnectReasonCode::MalformedPacket,
+                    },
+                    None,
+                ),
+                &[0xE0, 1, 0x81],
+            ),
+            (
+                Packet::Disconnect(
+                    Disconnect {
+                        reason_code: DisconnectReasonCode::NormalDisconnection,
+                    },
+                    None,
+                ),
+                &[0xE0, 0],
+            ),
+            (
+                Packet::PubRel(
+                    PubRel {
+                        pkid: 7,
+                        reason: PubRelReason::PacketIdentifierNotFound,
+                    },
+                    None,
+                ),
+                &[0x62, 3, 0, 7, 0x92],
+            ),
+            (
+                Packet::PubComp(
+                    PubComp {
+                        pkid: 7,
+                        reason: PubCompReason::PacketIdentifierNotFound,
+                    },
+                    None,
+                ),
+                &[0x70, 3, 0, 7, 0x92],
+            ),
+            (
+                Packet::PubAck(
+                    PubAck {
+                        pkid: 258,
+                        reason: PubAckReason::NotAuthorized,
+                    },
+                    None,
+                ),
+                &[0x40, 3, 1, 2, 0x87],
+            ),
+            (
+                Packet::PubAck(
+                    PubAck {
+                        pkid: 1,
+                        reason: PubAckReason::Success,
+                    },
+                    None,
+                ),
+                &[0x40, 2, 0, 1],
+            ),
+        ];
+        for (packet, want) in cases {
+            // After other bytes in the buffer, as the writer batches packets.
+            let mut out = BytesMut::from(&b"xy"[..]);
+            let n = write(Version::V5, packet, &mut out).unwrap();
+            assert_eq!(&out[2..], want);
+            assert_eq!(n, want.len());
+            // edgemq's reader reads back what was written.
+            let mut back = out.split_off(2);
+            assert!(read(Version::V5, &mut back, 1024).is_ok(), "{want:x?}");
+            assert!(back.is_empty());
+        }
+    }
+
+    #[test]
+    fn connect_strings_with_control_characters_or_non_characters_are_malformed() {
+        for bad in [
+            "a\u{1}b",
+            "a\u{1f}",
+            "\u{7f}",
+            "a\u{85}",
+            "\u{9f}",
+            "\u{fdd0}",
+            "\u{fffe}",
+            "\u{1ffff}",
+        ] {
+            // As client id, as user name, as will topic.
+            let id = [&[0, bad.len() as u8][..], bad.as_bytes()].concat();
+            let mut f = connect_frame(b"MQTT", 4, 2, &id);
+            let head = peek_connect(&f, 1024).unwrap().unwrap();
+            assert!(
+                read_connect(head, &mut f, 1024).is_err(),
+                "client id {bad:?}"
+            );
+            let user = [&b"\0\x01c"[..], &[0, bad.len() as u8], bad.as_bytes()].concat();
+            let mut f = connect_frame(b"MQTT", 4, 0x82, &user);
+            assert!(
+                read_connect(head, &mut f, 1024).is_err(),
+                "user name {bad:?}"
+            );
+            let will = [
+                &b"\0\x01c"[..],
+                &[0, bad.len() as u8],
+                bad.as_bytes(),
+                b"\0\x01m",
+            ]
+            .concat();
+            let mut f = connect_frame(b"MQTT", 4, 0x06, &will);
+            assert!(
+                read_connect(head, &mut f, 1024).is_err(),
+                "will topic {bad:?}"
+            );
+        }
+        // U+00A0 and other printable characters stay allowed.
+        let id = "a\u{a0}\u{e9}\u{1f600}".as_bytes();
+        let mut f = connect_frame(b"MQTT", 4, 2, &[&[0, id.len() as u8][..], id].concat());
+        let head = peek_connect(&f, 1024).unwrap().unwrap();
+        assert!(read_connect(head, &mut f, 1024).is_ok());
     }
 
     #[test]

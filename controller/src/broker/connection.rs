@@ -91,6 +91,8 @@ pub struct Handshake {
     pub slot: super::slots::HandshakeSlot,
     /// The CONNECT must be read by then.
     pub deadline: tokio::time::Instant,
+    /// The client certificate a `clientAuth` listener accepted, if one was presented.
+    pub certificate: Option<super::client_cert::PeerCertificate>,
 }
 
 /// Serves one accepted connection until it ends.
@@ -175,12 +177,41 @@ pub async fn serve(
         connect.client_id.as_str().into()
     };
 
-    // Authentication.
+    // Authentication. A client certificate wins over the CONNECT's credentials, as
+    // with Mosquitto's `use_identity_as_username`.
     let auth = shared.auth.load_full();
-    let username: Option<Arc<str>> = username
-        .filter(|u| !u.is_empty())
-        .map(|u| Arc::from(u.as_str()));
+    let mut client_id = client_id;
+    let username: Option<Arc<str>> = match &handshake.certificate {
+        Some(cert) => match super::client_cert::login(&auth, cert) {
+            Ok(identity) => {
+                if cert.policy.plan.identity_as_client_id {
+                    if assigned.is_some() {
+                        assigned = Some(identity.to_string());
+                        client_id = identity.clone();
+                    } else if *client_id != *identity {
+                        shared.metrics.certificate_refused("client_id");
+                        tracing::info!(%peer, %listener, client_id = %client_id, identity = %identity,
+                            "connection refused: the client id is not the certificate's identity (identityAsClientId)");
+                        refuse(&mut writer, version, Refusal::ClientId).await;
+                        return;
+                    }
+                }
+                Some(identity)
+            }
+            Err((reason, why)) => {
+                shared.metrics.auth_failures.inc();
+                shared.metrics.certificate_refused(reason);
+                tracing::info!(%peer, %listener, client_id = %client_id, reason, "connection refused: {why}");
+                refuse(&mut writer, version, Refusal::NotAuthorized).await;
+                return;
+            }
+        },
+        None => username
+            .filter(|u| !u.is_empty())
+            .map(|u| Arc::from(u.as_str())),
+    };
     let authenticated = match (&username, &password) {
+        _ if handshake.certificate.is_some() => true,
         (None, _) => auth.allow_anonymous,
         // Off the async workers: a PBKDF2 or argon2 check can take tens of milliseconds.
         (Some(u), Some(p)) => match auth.users.get(&**u).cloned() {
@@ -231,6 +262,24 @@ pub async fn serve(
     };
 
     let link = ConnLink::new(shared.next_conn_id.fetch_add(1, Ordering::Relaxed));
+    let _registration = handshake.certificate.as_ref().map(|cert| {
+        shared
+            .certificate_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                link.id,
+                super::CertificateConnection {
+                    listener: listener.clone(),
+                    client_id: client_id.clone(),
+                    chain: cert.chain.clone(),
+                },
+            );
+        super::client_cert::Registration {
+            shared: &shared,
+            conn_id: link.id,
+        }
+    });
     let mut close_rx = link.close.subscribe();
     let expiry = match version {
         Version::V4 if connect.clean_session => 0,

@@ -23,11 +23,21 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::client_cert::{self, ClientCertPolicy, PeerCertificate};
 use super::transport::{BoxIo, Transport};
 use super::Shared;
 use super::{connection, slots};
 use crate::api::broker::ListenerProtocol;
 use crate::plan::ListenerPlan;
+
+/// What a TLS listener serves to new handshakes.
+#[derive(Debug)]
+pub struct TlsServing {
+    /// The rustls configuration (key pair; client verifier with `clientAuth`).
+    pub config: Arc<rustls::ServerConfig>,
+    /// With `clientAuth`: how client certificates are checked and mapped.
+    pub client: Option<Arc<ClientCertPolicy>>,
+}
 
 /// A running listener.
 pub struct ListenerHandle {
@@ -36,7 +46,7 @@ pub struct ListenerHandle {
     /// The address it is bound to.
     pub local_addr: SocketAddr,
     /// The TLS configuration served to new handshakes.
-    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    pub tls: Option<Arc<ArcSwap<TlsServing>>>,
     stop: watch::Sender<bool>,
     open: watch::Sender<bool>,
 }
@@ -64,7 +74,7 @@ impl ListenerHandle {
 /// opened ([`ListenerHandle::open`]).
 pub async fn start(
     plan: ListenerPlan,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<TlsServing>>,
     shared: Arc<Shared>,
 ) -> std::io::Result<ListenerHandle> {
     let socket = TcpListener::bind(&plan.bind).await?;
@@ -95,7 +105,7 @@ pub async fn start(
 async fn accept_loop(
     socket: TcpListener,
     protocol: ListenerProtocol,
-    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    tls: Option<Arc<ArcSwap<TlsServing>>>,
     shared: Arc<Shared>,
     name: Arc<str>,
     mut stop: watch::Receiver<bool>,
@@ -156,7 +166,7 @@ async fn serve_socket(
     stream: TcpStream,
     peer: SocketAddr,
     protocol: ListenerProtocol,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<TlsServing>>,
     shared: Arc<Shared>,
     listener: Arc<str>,
     mut stop: watch::Receiver<bool>,
@@ -165,20 +175,42 @@ async fn serve_socket(
     let timeout = Duration::from_secs(shared.limits.load().handshake_timeout_seconds.into());
     let deadline = tokio::time::Instant::now() + timeout;
     let handshake = async {
+        let mut certificate = None;
         let io: BoxIo = match tls {
-            Some(config) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                Box::new(
-                    acceptor
-                        .accept(stream)
-                        .await
-                        .map_err(|e| format!("TLS handshake failed: {e}"))?,
-                )
+            Some(serving) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(serving.config.clone());
+                let stream = match acceptor.accept(stream).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // A refused client certificate: counted and logged by reason.
+                        if let Some(reason) = client_cert::handshake_refusal(&e) {
+                            shared.metrics.certificate_refused(reason);
+                            tracing::info!(%listener, %peer, reason,
+                                "TLS handshake refused: client certificate not accepted");
+                        }
+                        return Err(format!("TLS handshake failed: {e}"));
+                    }
+                };
+                if let (Some(policy), Some(chain)) =
+                    (&serving.client, stream.get_ref().1.peer_certificates())
+                {
+                    let chain: Vec<_> = chain.iter().map(|c| c.clone().into_owned()).collect();
+                    let identity = chain
+                        .first()
+                        .ok_or("no certificate")
+                        .and_then(|c| client_cert::identity(c, policy.plan.identity));
+                    certificate = Some(PeerCertificate {
+                        chain: Arc::new(chain),
+                        identity,
+                        policy: policy.clone(),
+                    });
+                }
+                Box::new(stream)
             }
             None => Box::new(stream),
         };
-        match protocol {
-            ListenerProtocol::Mqtt => Ok::<_, String>(Transport::Stream(io)),
+        let transport = match protocol {
+            ListenerProtocol::Mqtt => Transport::Stream(io),
             ListenerProtocol::Websockets => {
                 let max = shared.max_packet_size();
                 let mut config = WebSocketConfig::default();
@@ -191,12 +223,13 @@ async fn serve_socket(
                 )
                 .await
                 .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
-                Ok(Transport::WebSocket(Box::new(ws)))
+                Transport::WebSocket(Box::new(ws))
             }
-        }
+        };
+        Ok::<_, String>((transport, certificate))
     };
     let handshake = tokio::time::timeout_at(deadline, handshake);
-    let transport = match tokio::select! {
+    let (transport, certificate) = match tokio::select! {
         r = handshake => r,
         _ = stop.wait_for(|s| *s) => return,
     } {
@@ -211,7 +244,11 @@ async fn serve_socket(
             return;
         }
     };
-    let handshake = connection::Handshake { slot, deadline };
+    let handshake = connection::Handshake {
+        slot,
+        deadline,
+        certificate,
+    };
     connection::serve(
         transport,
         shared,

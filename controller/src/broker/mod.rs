@@ -13,6 +13,7 @@
 
 pub mod alias;
 pub mod check;
+pub mod client_cert;
 pub mod codec;
 pub mod connection;
 pub mod listener;
@@ -25,7 +26,7 @@ pub mod transport;
 pub mod trie;
 pub mod will_delay;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -55,12 +56,33 @@ pub struct TlsMaterial {
     pub key_pem: String,
 }
 
+/// What a TLS listener serves: its key pair and, with `clientAuth`, the client CA and
+/// revocation list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerMaterial {
+    /// The listener's key pair.
+    pub pair: TlsMaterial,
+    /// The client CA, for a listener with `clientAuth`.
+    pub client_ca: Option<client_cert::ClientCaMaterial>,
+}
+
+impl From<TlsMaterial> for ListenerMaterial {
+    fn from(pair: TlsMaterial) -> ListenerMaterial {
+        ListenerMaterial {
+            pair,
+            client_ca: None,
+        }
+    }
+}
+
 /// Who may connect.
 pub struct AuthConfig {
     /// Clients without a username may connect.
     pub allow_anonymous: bool,
     /// Password hashes by username.
     pub users: HashMap<String, PasswordHash>,
+    /// Certificate users: identities that log in with a client certificate.
+    pub certificate_users: HashSet<String>,
     /// The Broker's `clientIdPattern`: which user each client id belongs to.
     pub client_ids: Option<ClientIdPattern>,
 }
@@ -91,6 +113,19 @@ pub struct Shared {
     pub next_conn_id: AtomicU64,
     /// Handshake and connection slots (`maxHandshakes`, `maxConnections`).
     pub slots: slots::Slots,
+    /// Connections logged in with a client certificate, by connection id: checked
+    /// again when their listener's CA or CRL changes.
+    pub certificate_connections: Mutex<HashMap<u64, CertificateConnection>>,
+}
+
+/// A connection logged in with a client certificate.
+pub struct CertificateConnection {
+    /// Listener it came through.
+    pub listener: Arc<str>,
+    /// Its client id.
+    pub client_id: Arc<str>,
+    /// The chain it presented.
+    pub chain: Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 impl Shared {
@@ -173,7 +208,7 @@ pub struct BrokerRuntime {
     shared: Arc<Shared>,
     listeners: BTreeMap<String, ListenerHandle>,
     bundle: BrokerBundle,
-    tls: BTreeMap<String, TlsMaterial>,
+    tls: BTreeMap<String, ListenerMaterial>,
     state_dir: Option<PathBuf>,
     persistence: Option<tokio::task::JoinHandle<()>>,
     /// Store and task saving persistent sessions, while persistence is on.
@@ -197,7 +232,12 @@ fn router_limits(l: &Limits) -> RouterLimits {
 
 fn auth_config(bundle: &BrokerBundle) -> Result<AuthConfig, ApplyError> {
     let mut users = HashMap::new();
+    let mut certificate_users = HashSet::new();
     for (name, u) in &bundle.users {
+        if u.certificate {
+            certificate_users.insert(name.clone());
+            continue;
+        }
         let hash =
             PasswordHash::parse(&u.password_hash).map_err(|_| ApplyError::Hash(name.clone()))?;
         users.insert(name.clone(), hash);
@@ -210,12 +250,37 @@ fn auth_config(bundle: &BrokerBundle) -> Result<AuthConfig, ApplyError> {
     Ok(AuthConfig {
         allow_anonymous: bundle.allow_anonymous,
         users,
+        certificate_users,
         client_ids,
     })
 }
 
+/// What a TLS listener serves: its rustls configuration and, with `clientAuth`, the
+/// policy its client certificates are checked and mapped with.
+pub fn serving(
+    l: &crate::plan::ListenerPlan,
+    m: &ListenerMaterial,
+) -> Result<listener::TlsServing, String> {
+    let client = match (&l.client_auth, &m.client_ca) {
+        (None, _) => None,
+        (Some(plan), Some(ca)) => Some(Arc::new(client_cert::ClientCertPolicy::new(plan, ca)?)),
+        (Some(_), None) => return Err("its client CA is not available".into()),
+    };
+    let config = server_config_with(&m.pair, client.as_ref().map(|c| c.verifier.clone()))?;
+    Ok(listener::TlsServing { config, client })
+}
+
 /// Builds a rustls server configuration from PEM material.
 pub fn server_config(m: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config_with(m, None)
+}
+
+/// A rustls server configuration from PEM material, asking for client certificates
+/// when a verifier is given.
+fn server_config_with(
+    m: &TlsMaterial,
+    client: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = rustls_pemfile::certs(&mut m.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("certificate is not valid PEM: {e}"))?;
@@ -226,10 +291,14 @@ pub fn server_config(m: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, Strin
         .map_err(|e| format!("private key is not valid PEM: {e}"))?
         .ok_or("no private key found in the PEM")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match client {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
     Ok(Arc::new(config))
@@ -239,7 +308,7 @@ impl BrokerRuntime {
     /// Starts a broker: opens persistence, binds every listener.
     pub async fn start(
         bundle: BrokerBundle,
-        tls: BTreeMap<String, TlsMaterial>,
+        tls: BTreeMap<String, ListenerMaterial>,
         state_dir: Option<&Path>,
         metrics: &Metrics,
     ) -> Result<BrokerRuntime, ApplyError> {
@@ -260,6 +329,7 @@ impl BrokerRuntime {
             metrics: broker_metrics,
             next_conn_id: AtomicU64::new(1),
             slots: slots::Slots::default(),
+            certificate_connections: Mutex::new(HashMap::new()),
         });
         let expiry_task = tokio::spawn(expire_sessions(shared.clone()));
         let sys_task = tokio::spawn(sys::run(shared.clone()));
@@ -287,7 +357,7 @@ impl BrokerRuntime {
     }
 
     /// TLS material in use, by listener name.
-    pub fn tls_material(&self) -> &BTreeMap<String, TlsMaterial> {
+    pub fn tls_material(&self) -> &BTreeMap<String, ListenerMaterial> {
         &self.tls
     }
 
@@ -302,7 +372,7 @@ impl BrokerRuntime {
     pub async fn apply(
         &mut self,
         bundle: BrokerBundle,
-        tls: BTreeMap<String, TlsMaterial>,
+        tls: BTreeMap<String, ListenerMaterial>,
     ) -> Result<Vec<String>, ApplyError> {
         let mut changes = Vec::new();
         // 1. Check: hashes and TLS material.
@@ -313,10 +383,12 @@ impl BrokerRuntime {
                 let m = tls
                     .get(&l.name)
                     .ok_or_else(|| ApplyError::MissingTls(l.name.clone()))?;
-                let cfg = server_config(m).map_err(|message| ApplyError::Tls {
-                    listener: l.name.clone(),
-                    message,
-                })?;
+                let cfg = serving(l, m)
+                    .map(Arc::new)
+                    .map_err(|message| ApplyError::Tls {
+                        listener: l.name.clone(),
+                        message,
+                    })?;
                 tls_configs.insert(l.name.clone(), cfg);
             }
         }
@@ -415,8 +487,19 @@ impl BrokerRuntime {
                 ));
             }
         }
+        for name in &old_auth.certificate_users {
+            if !auth.certificate_users.contains(name) {
+                let n = self
+                    .shared
+                    .router()
+                    .kick_user(Some(name), CloseReason::CredentialsChanged);
+                changes.push(format!(
+                    "certificate user {name} removed ({n} connection(s) closed)"
+                ));
+            }
+        }
         for name in bundle.users.keys() {
-            if !old_auth.users.contains_key(name) {
+            if !old_auth.users.contains_key(name) && !old_auth.certificate_users.contains(name) {
                 changes.push(format!("user {name} added"));
             }
         }
@@ -505,12 +588,34 @@ impl BrokerRuntime {
             }
         }
         for (name, cfg) in &tls_configs {
-            if let Some(h) = self.listeners.get(name) {
+            let plan = bundle.listeners.iter().find(|l| &l.name == name);
+            if let Some(h) = self.listeners.get_mut(name) {
+                // A changed `clientAuth` (mode, identity, ...) is served to new
+                // handshakes like a new certificate; the socket stays.
+                let policy_changed = plan.is_some_and(|p| p.client_auth != h.plan.client_auth);
+                if let Some(p) = plan {
+                    h.plan = p.clone();
+                }
+                if policy_changed {
+                    if let Some(slot) = &h.tls {
+                        slot.store(cfg.clone());
+                    }
+                    changes.push(format!("listener {name}: clientAuth changed"));
+                }
                 if self.tls.get(name) != tls.get(name) {
                     if let Some(slot) = &h.tls {
                         slot.store(cfg.clone());
-                        if self.tls.contains_key(name) {
+                        let old = self.tls.get(name);
+                        if old.map(|m| &m.pair) != tls.get(name).map(|m| &m.pair) && old.is_some() {
                             changes.push(format!("listener {name}: certificate replaced"));
+                        }
+                        if old.is_some_and(|o| {
+                            o.client_ca != tls.get(name).and_then(|m| m.client_ca.clone())
+                        }) {
+                            let n = self.recheck_client_certificates(name, cfg.client.as_deref());
+                            changes.push(format!(
+                                "listener {name}: client CA or CRL replaced ({n} connection(s) whose certificate it no longer accepts closed)"
+                            ));
                         }
                     }
                 }
@@ -519,6 +624,48 @@ impl BrokerRuntime {
         self.bundle = bundle;
         self.tls = tls;
         Ok(changes)
+    }
+
+    /// Checks the certificates of the connections that came through `listener` against
+    /// its new client policy (none: the listener stopped asking for certificates, and
+    /// they stay); closes those it refuses. Returns how many were closed.
+    fn recheck_client_certificates(
+        &self,
+        listener: &str,
+        policy: Option<&client_cert::ClientCertPolicy>,
+    ) -> usize {
+        let Some(policy) = policy else { return 0 };
+        let refused: Vec<(u64, Arc<str>, &'static str)> = {
+            let conns = self
+                .shared
+                .certificate_connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            conns
+                .iter()
+                .filter(|(_, c)| &*c.listener == listener)
+                .filter_map(|(id, c)| {
+                    policy
+                        .recheck(&c.chain)
+                        .err()
+                        .map(|why| (*id, c.client_id.clone(), why))
+                })
+                .collect()
+        };
+        let mut closed = 0;
+        for (conn_id, client_id, why) in refused {
+            self.shared.metrics.certificate_refused(why);
+            tracing::info!(%listener, client_id = %client_id, reason = why,
+                "client certificate no longer accepted (client CA or CRL replaced); connection closed");
+            if self.shared.router().kick_connection(
+                &client_id,
+                conn_id,
+                CloseReason::CredentialsChanged,
+            ) {
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Runs the health probe: a publish/subscribe round trip through the router.

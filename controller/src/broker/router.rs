@@ -679,6 +679,21 @@ impl Router {
         n
     }
 
+    /// Kicks connection `conn_id` of `client_id`, if it is still the session's.
+    pub fn kick_connection(&mut self, client_id: &str, conn_id: u64, reason: CloseReason) -> bool {
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return false;
+        };
+        if s.conn.as_ref().is_none_or(|c| c.id != conn_id) {
+            return false;
+        }
+        if let Some(c) = s.conn.take() {
+            c.kick(reason);
+            s.disconnected_at = Some(Instant::now());
+        }
+        true
+    }
+
     /// Adds or replaces a subscription and queues the retained messages it asks for.
     /// Returns whether it replaced an existing one.
     pub fn subscribe(&mut self, client_id: &Arc<str>, filter: &str, opts: SubOptions) -> bool {

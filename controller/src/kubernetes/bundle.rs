@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::load::Resources;
-use crate::plan::{BrokerBundle, CaSource, RemoteAddress, TlsSource};
+use crate::plan::{BrokerBundle, CaSource, ClientCaSource, RemoteAddress, TlsSource};
 
 /// Name of a Broker's bundle Secret.
 pub fn bundle_secret_name(broker: &str) -> String {
@@ -48,12 +48,26 @@ impl PodBundle {
                 certificates.insert(n.clone());
             }
         };
+        let mut refs = BTreeSet::new();
         for l in &bundle.listeners {
             if let Some(t) = &l.tls {
                 source(t, &mut certificates);
             }
+            // A listener's client CA and CRL, read and watched like its key pair.
+            if let Some(c) = &l.client_auth {
+                match &c.ca {
+                    ClientCaSource::Secret(r) => {
+                        refs.insert(r.name.clone());
+                    }
+                    ClientCaSource::Certificate(n) => {
+                        certificates.insert(n.clone());
+                    }
+                }
+                if let Some(r) = &c.crl {
+                    refs.insert(r.name.clone());
+                }
+            }
         }
-        let mut refs = BTreeSet::new();
         for b in bundle.bridges.values() {
             if let RemoteAddress::AwsIotEndpoint { certificate, .. } = &b.address {
                 certificates.insert(certificate.clone());

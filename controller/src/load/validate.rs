@@ -403,6 +403,30 @@ impl Validator<'_> {
                             "set exactly one of certificateRef and secretRef",
                         ),
                     }
+                    if let Some(ca) = &tls.client_auth {
+                        let cp = |f| {
+                            [
+                                Seg::Key("spec"),
+                                Seg::Key("listeners"),
+                                Seg::Index(i),
+                                Seg::Key("tls"),
+                                Seg::Key("clientAuth"),
+                                Seg::Key(f),
+                            ]
+                        };
+                        match (&ca.ca_certificate_ref, &ca.ca_secret_ref) {
+                            (Some(c), None) => self.certificate_ref(b, &cp("caCertificateRef"), c),
+                            (None, Some(s)) => self.secret_key_ref(b, &cp("caSecretRef"), s),
+                            _ => self.err(
+                                b,
+                                &tls_path("clientAuth"),
+                                "set exactly one of caCertificateRef and caSecretRef",
+                            ),
+                        }
+                        if let Some(s) = &ca.crl_secret_ref {
+                            self.secret_key_ref(b, &cp("crlSecretRef"), s);
+                        }
+                    }
                 }
             }
             self.acl(b, "anonymousAcl", &spec.anonymous_acl, false);
@@ -550,11 +574,24 @@ impl Validator<'_> {
             } else {
                 usernames.insert(k, &u.meta);
             }
-            match (&spec.password_secret_ref, &spec.password_hash) {
-                (Some(r), None) => {
+            match (
+                &spec.password_secret_ref,
+                &spec.password_hash,
+                &spec.certificate_identity,
+            ) {
+                (Some(r), None, None) => {
                     self.secret_key_ref(u, &[Seg::Key("spec"), Seg::Key("passwordSecretRef")], r)
                 }
-                (None, Some(h)) => {
+                (None, None, Some(id)) => {
+                    if spec.username.as_ref().is_some_and(|n| n != id) {
+                        self.err(
+                            u,
+                            &[Seg::Key("spec"), Seg::Key("username")],
+                            format!("a certificate user's username is its certificateIdentity `{id}`; leave username out"),
+                        );
+                    }
+                }
+                (None, Some(h), None) => {
                     if let Err(e) = PasswordHash::parse(h) {
                         self.err(
                             u,
@@ -566,7 +603,7 @@ impl Validator<'_> {
                 _ => self.err(
                     u,
                     &[Seg::Key("spec")],
-                    "set exactly one of passwordSecretRef and passwordHash",
+                    "set exactly one of passwordSecretRef, passwordHash and certificateIdentity",
                 ),
             }
             self.acl(u, "acl", &spec.acl, false);
@@ -1321,6 +1358,52 @@ mod tests {
         ] {
             assert_eq!(errors(fine), "", "{fine}");
         }
+    }
+
+    #[test]
+    fn client_auth_needs_one_ca_and_certificate_users_no_password() {
+        let errors = |listener_tls: &str, user: &str| {
+            let yaml = format!(
+                "apiVersion: edgemq.io/v1alpha1\nkind: Broker\nmetadata: {{name: home}}\n\
+                 spec:\n  listeners:\n    - name: d\n      port: 8883\n      tls: {listener_tls}\n---\n\
+                 apiVersion: v1\nkind: Secret\nmetadata: {{name: ca}}\nstringData: {{ca.crt: x}}\n---\n\
+                 apiVersion: v1\nkind: Secret\nmetadata: {{name: t}}\ntype: kubernetes.io/tls\n\
+                 stringData: {{tls.crt: x, tls.key: y}}\n---\n\
+                 apiVersion: edgemq.io/v1alpha1\nkind: MqttUser\nmetadata: {{name: dev}}\n\
+                 spec: {{brokerRef: home, {user}}}\n"
+            );
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("home.yaml"), yaml).expect("write");
+            match super::super::load(dir.path(), None) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let ok_tls = "{secretRef: t, clientAuth: {caSecretRef: {name: ca, key: ca.crt}}}";
+        assert_eq!(errors(ok_tls, "certificateIdentity: dev-1"), "");
+        let e = errors(
+            "{secretRef: t, clientAuth: {}}",
+            "certificateIdentity: dev-1",
+        );
+        assert!(
+            e.contains("home.yaml:8")
+                && e.contains("set exactly one of caCertificateRef and caSecretRef"),
+            "{e}"
+        );
+        let e = errors(
+            "{secretRef: t, clientAuth: {caSecretRef: {name: nope, key: ca.crt}}}",
+            "certificateIdentity: dev-1",
+        );
+        assert!(e.contains("nope"), "{e}");
+        let e = errors(ok_tls, "certificateIdentity: dev-1, passwordHash: '$7$x'");
+        assert!(
+            e.contains(
+                "set exactly one of passwordSecretRef, passwordHash and certificateIdentity"
+            ),
+            "{e}"
+        );
+        let e = errors(ok_tls, "certificateIdentity: dev-1, username: other");
+        assert!(e.contains("username is its certificateIdentity"), "{e}");
     }
 
     #[test]

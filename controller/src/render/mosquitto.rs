@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::api::broker::ListenerProtocol;
+use crate::api::broker::{CertificateIdentity, ListenerProtocol};
 use crate::api::{Access, AclRule};
-use crate::plan::{BrokerBundle, TlsSource};
+use crate::plan::{BrokerBundle, ClientAuthPlan, TlsSource};
 
 /// The three files of a Mosquitto configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,9 +49,36 @@ pub struct MosquittoPaths {
     pub tls: BTreeMap<TlsSource, TlsFiles>,
     /// Logins and TLS files of each Bridge, by name.
     pub bridges: BTreeMap<String, super::mosquitto_bridges::BridgeFiles>,
+    /// Client CA (`cafile`) and CRL (`crlfile`) of each listener with `clientAuth`, by
+    /// listener name. A listener not listed gets `config_dir/tls/client-ca-<listener>/`
+    /// `ca.crt` and `ca.crl`.
+    pub client_ca: BTreeMap<String, ClientCaFiles>,
+}
+
+/// The files of a listener's `clientAuth`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCaFiles {
+    /// PEM CA bundle.
+    pub cafile: PathBuf,
+    /// PEM CRL, when the listener has one.
+    pub crlfile: Option<PathBuf>,
 }
 
 impl MosquittoPaths {
+    fn client_ca_files(&self, listener: &str, crl: bool) -> ClientCaFiles {
+        if let Some(f) = self.client_ca.get(listener) {
+            return f.clone();
+        }
+        let dir = self
+            .config_dir
+            .join("tls")
+            .join(format!("client-ca-{listener}"));
+        ClientCaFiles {
+            cafile: dir.join("ca.crt"),
+            crlfile: crl.then(|| dir.join("ca.crl")),
+        }
+    }
+
     fn tls_files(&self, src: &TlsSource) -> TlsFiles {
         if let Some(f) = self.tls.get(src) {
             return f.clone();
@@ -152,9 +179,70 @@ fn conf(b: &BrokerBundle, paths: &MosquittoPaths, not_expressed: &mut Vec<String
             let _ = writeln!(s, "certfile {}", f.certfile.display());
             let _ = writeln!(s, "keyfile {}", f.keyfile.display());
         }
+        if let Some(c) = &l.client_auth {
+            client_auth(
+                &mut s,
+                &l.name,
+                c,
+                paths,
+                username_as_client_id,
+                not_expressed,
+            );
+        }
     }
     super::mosquitto_bridges::sections(&mut s, b, &paths.bridges, not_expressed);
     s
+}
+
+/// A listener's `clientAuth` as Mosquitto's `require_certificate`, `cafile`, `crlfile`
+/// and `use_identity_as_username` / `use_subject_as_username`.
+fn client_auth(
+    s: &mut String,
+    listener: &str,
+    c: &ClientAuthPlan,
+    paths: &MosquittoPaths,
+    username_as_client_id: bool,
+    not_expressed: &mut Vec<String>,
+) {
+    let mut lost = |s: &mut String, why: String| {
+        let _ = writeln!(s, "# NOT EXPRESSED: {why}");
+        not_expressed.push(why);
+    };
+    let f = paths.client_ca_files(listener, c.crl.is_some());
+    let _ = writeln!(s, "cafile {}", f.cafile.display());
+    if let Some(crl) = &f.crlfile {
+        let _ = writeln!(s, "crlfile {}", crl.display());
+    }
+    if !c.required {
+        // Mosquitto only checks (and maps) client certificates it requires.
+        lost(s, format!("listener {listener}: clientAuth mode optional cannot be expressed: Mosquitto checks client certificates only with require_certificate true; clients log in with passwords here"));
+        s.push_str(
+            "require_certificate false
+",
+        );
+        return;
+    }
+    s.push_str(
+        "require_certificate true
+",
+    );
+    match c.identity {
+        CertificateIdentity::CommonName => s.push_str("use_identity_as_username true
+"),
+        CertificateIdentity::Subject => s.push_str("use_subject_as_username true
+"),
+        other => lost(s, format!("listener {listener}: clientAuth identity {other:?} cannot be expressed: Mosquitto takes the username from the CN or the whole subject only")),
+    }
+    if c.identity_as_client_id && !username_as_client_id {
+        // Mosquitto replaces the client id by the username instead of refusing another.
+        s.push_str(
+            "use_username_as_clientid true
+",
+        );
+    }
+    if c.refuse_unknown {
+        lost(s, format!("listener {listener}: clientAuth unknownIdentity refuse cannot be expressed: Mosquitto admits every certificate of the CA (with the ACL patterns only when no user block names it)"));
+    }
 }
 
 /// `host:port` (IPv6 in brackets) → (host, port).
@@ -166,8 +254,10 @@ fn split_bind(bind: &str) -> (&str, &str) {
 }
 
 fn passwd(b: &BrokerBundle) -> String {
+    // Certificate users have no password.
     b.users
         .iter()
+        .filter(|(_, u)| !u.certificate)
         .map(|(name, u)| format!("{name}:{}\n", u.password_hash))
         .collect()
 }
@@ -234,6 +324,7 @@ mod tests {
                 },
             )]),
             bridges: BTreeMap::new(),
+            client_ca: BTreeMap::new(),
         }
     }
 
@@ -315,5 +406,66 @@ mod tests {
             "{conf}"
         );
         assert_eq!(split_bind("[::1]:1883"), ("::1", "1883"));
+    }
+
+    #[test]
+    fn client_auth_is_require_certificate_with_the_identity_as_username() {
+        use crate::plan::{ClientAuthPlan, ClientCaSource, UserPlan};
+        let mut b = example();
+        let plan = ClientAuthPlan {
+            required: true,
+            ca: ClientCaSource::Certificate("devices-ca".into()),
+            crl: Some(crate::api::SecretKeyRef {
+                name: "crl".into(),
+                key: "ca.crl".into(),
+            }),
+            identity: CertificateIdentity::CommonName,
+            identity_as_client_id: false,
+            refuse_unknown: false,
+        };
+        b.listeners[1].client_auth = Some(plan.clone());
+        b.users.insert(
+            "sensor-1".into(),
+            UserPlan {
+                password_hash: String::new(),
+                certificate: true,
+                source: "default/sensor-1".into(),
+            },
+        );
+        let name = b.listeners[1].name.clone();
+        let files = render(&b, &paths());
+        let dir = format!("/etc/mosquitto/tls/client-ca-{name}");
+        for line in [
+            format!("cafile {dir}/ca.crt"),
+            format!("crlfile {dir}/ca.crl"),
+            "require_certificate true".into(),
+            "use_identity_as_username true".into(),
+        ] {
+            assert!(
+                files.conf.lines().any(|l| l == line),
+                "{line}\n{}",
+                files.conf
+            );
+        }
+        assert!(!files.passwd.contains("sensor-1"), "{}", files.passwd);
+        assert!(files.not_expressed.is_empty());
+
+        // The whole subject; what Mosquitto cannot say is reported.
+        b.listeners[1].client_auth = Some(ClientAuthPlan {
+            identity: CertificateIdentity::Subject,
+            refuse_unknown: true,
+            ..plan.clone()
+        });
+        let files = render(&b, &paths());
+        assert!(files.conf.contains("use_subject_as_username true\n"));
+        assert_eq!(files.not_expressed.len(), 1, "{:?}", files.not_expressed);
+        b.listeners[1].client_auth = Some(ClientAuthPlan {
+            identity: CertificateIdentity::DnsName,
+            required: false,
+            ..plan
+        });
+        let files = render(&b, &paths());
+        assert!(files.conf.contains("require_certificate false\n"));
+        assert!(files.not_expressed[0].contains("optional"));
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::bridge::{BridgeRuntime, BridgeRuntimeStatus, ResolvedBridge};
-use crate::broker::{BrokerRuntime, RuntimeStatus, TlsMaterial};
+use crate::broker::{BrokerRuntime, ListenerMaterial, RuntimeStatus};
 use crate::metrics::Metrics;
 use crate::plan::BrokerBundle;
 
@@ -36,8 +36,8 @@ pub use resolve::Materials;
 pub struct Desired {
     /// The plan's bundle.
     pub bundle: BrokerBundle,
-    /// Key pairs by listener name, or why they could not be resolved.
-    pub tls: Result<BTreeMap<String, TlsMaterial>, String>,
+    /// Key pairs (and client CAs) by listener name, or why they could not be resolved.
+    pub tls: Result<BTreeMap<String, ListenerMaterial>, String>,
     /// Every Bridge of the Broker by `namespace/name`: what it runs, or why it cannot.
     pub bridges: BTreeMap<String, Result<ResolvedBridge, String>>,
 }

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use crate::api::SecretKeyRef;
 use crate::bridge::tls::ClientTls;
 use crate::bridge::ResolvedBridge;
-use crate::broker::TlsMaterial;
-use crate::plan::{BridgePlan, BrokerBundle, CaSource, RemoteAddress, TlsSource};
+use crate::broker::client_cert::ClientCaMaterial;
+use crate::broker::{ListenerMaterial, TlsMaterial};
+use crate::plan::{BridgePlan, BrokerBundle, CaSource, ClientCaSource, RemoteAddress, TlsSource};
 
 /// Where Secret values and issued key pairs come from.
 pub trait Materials {
@@ -63,11 +64,12 @@ fn secret_text(
         .map_err(|_| format!("{what}: Secret {} key {} is not UTF-8", r.name, r.key))
 }
 
-/// The key pair of every TLS listener of a bundle, by listener name.
+/// The key pair of every TLS listener of a bundle (and, with `clientAuth`, its client
+/// CA and CRL), by listener name.
 pub fn resolve_tls(
     bundle: &BrokerBundle,
     m: &mut impl Materials,
-) -> Result<BTreeMap<String, TlsMaterial>, String> {
+) -> Result<BTreeMap<String, ListenerMaterial>, String> {
     let mut out = BTreeMap::new();
     for l in &bundle.listeners {
         let Some(src) = &l.tls else { continue };
@@ -78,7 +80,39 @@ pub fn resolve_tls(
                 .certificate(&bundle.namespace, name)
                 .map_err(|e| format!("listener {}: Certificate {name}: {e}", l.name))?,
         };
-        out.insert(l.name.clone(), material);
+        let client_ca = match &l.client_auth {
+            None => None,
+            Some(c) => {
+                let ns = bundle.namespace.as_str();
+                let ca_pem = match &c.ca {
+                    ClientCaSource::Secret(r) => secret_text(m, ns, r, "clientAuth.caSecretRef"),
+                    ClientCaSource::Certificate(name) => m
+                        .certificate(ns, name)
+                        .map(|pair| m.certificate_ca(ns, name).unwrap_or(pair.cert_pem))
+                        .map_err(|e| {
+                            format!("clientAuth.caCertificateRef: Certificate {name}: {e}")
+                        }),
+                }
+                .map_err(|e| format!("listener {}: {e}", l.name))?;
+                let crl = match &c.crl {
+                    None => None,
+                    Some(r) => Some(m.secret_value(ns, &r.name, &r.key).ok_or_else(|| {
+                        format!(
+                            "listener {}: clientAuth.crlSecretRef: Secret {} has no key {}",
+                            l.name, r.name, r.key
+                        )
+                    })?),
+                };
+                Some(ClientCaMaterial { ca_pem, crl })
+            }
+        };
+        out.insert(
+            l.name.clone(),
+            ListenerMaterial {
+                pair: material,
+                client_ca,
+            },
+        );
     }
     Ok(out)
 }

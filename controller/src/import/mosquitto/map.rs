@@ -121,7 +121,7 @@ fn unsupported(key: &str) -> Option<&'static str> {
             "edgemq logs to standard error; the level is set with EDGEMQ_LOG and the format with --log-format"
         }
         "require_certificate" | "use_identity_as_username" | "use_subject_as_username" | "crlfile"
-        | "capath" => "client certificate authentication on listeners is not supported yet",
+        | "capath" => "the import does not carry client certificate authentication yet; write the listener's tls.clientAuth by hand",
         "psk_hint" | "psk_file" => "TLS pre-shared keys are not supported",
         "tls_version" | "ciphers" | "ciphers_tls1.3" | "dhparamfile" | "tls_engine"
         | "tls_engine_kpass_sha1" | "tls_keyform" => {
@@ -559,6 +559,7 @@ pub fn map(input: &Input<'_>) -> Result<Imported, ImportError> {
                 Some(ListenerTls {
                     certificate_ref: None,
                     secret_ref: Some(name),
+                    client_auth: None,
                 })
             }
             (Some(d), None) | (None, Some(d)) => {

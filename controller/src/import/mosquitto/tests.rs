@@ -205,8 +205,8 @@ fn what_edgemq_cannot_say_is_listed_with_its_place() {
         format!("{f}:3: `auth_opt_db ***`: plugin options"),
         format!("{f}:4: `user mosquitto`: edgemq runs as the user"),
         format!("{f}:5: `log_dest syslog`: edgemq logs to standard error"),
-        format!("{f}:9: `require_certificate true`: client certificate authentication on listeners is not supported yet"),
-        format!("{f}:10: `use_identity_as_username true`: client certificate"),
+        format!("{f}:9: `require_certificate true`: the import does not carry client certificate authentication yet; write the listener's tls.clientAuth by hand"),
+        format!("{f}:10: `use_identity_as_username true`: the import does not carry client certificate"),
         format!("{f}:11: `max_keepalive 60`: "),
         format!("{f}:13: `foo_bar 1`: not a Mosquitto 2.0 option"),
     ] {
