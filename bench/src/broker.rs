@@ -61,9 +61,10 @@ pub struct Broker {
     startup_timeout: Duration,
 }
 
-/// Cumulative CPU time of a process in nanoseconds (utime + stime).
+/// Cumulative CPU time of a process in nanoseconds: utime + stime, and utime alone
+/// (the process's own code; the rest is the kernel working for it).
 #[derive(Clone, Copy, Debug)]
-pub struct CpuSample(pub u64);
+pub struct CpuSample(pub u64, pub u64);
 
 /// Memory figures of a process in KiB.
 #[derive(Clone, Copy, Debug, Default)]
@@ -445,7 +446,8 @@ fn clock_ticks_per_sec() -> u64 {
     })
 }
 
-/// utime + stime of all threads of `pid`, from /proc/PID/stat, in nanoseconds.
+/// utime + stime, and utime, of all threads of `pid`, from /proc/PID/stat, in
+/// nanoseconds.
 pub fn read_cpu(pid: u32) -> Result<CpuSample> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
@@ -458,8 +460,8 @@ pub fn read_cpu(pid: u32) -> Result<CpuSample> {
     // rest starts at field 3 (state); utime is field 14, stime field 15.
     let utime: u64 = f.get(11).context("no utime")?.parse()?;
     let stime: u64 = f.get(12).context("no stime")?.parse()?;
-    let ticks = utime + stime;
-    Ok(CpuSample(ticks * 1_000_000_000 / clock_ticks_per_sec()))
+    let ns = |ticks: u64| ticks * 1_000_000_000 / clock_ticks_per_sec();
+    Ok(CpuSample(ns(utime + stime), ns(utime)))
 }
 
 /// VmRSS and VmHWM of `pid`, from /proc/PID/status, in KiB.

@@ -269,7 +269,8 @@ async fn measure(b: &Broker, phase: &Phase, tag: &str) -> Result<Metrics> {
     let mem = b.mem()?;
     let cpu0 = cpu0.context("reading broker CPU time at phase start")?;
     let cpu_ns = cpu1.0.saturating_sub(cpu0.0);
-    Ok(Metrics::from_phase(&r, cpu_ns, mem, peak_reset))
+    let user_ns = cpu1.1.saturating_sub(cpu0.1);
+    Ok(Metrics::from_phase(&r, cpu_ns, user_ns, mem, peak_reset))
 }
 
 async fn run_idle(b: &Broker, conns: usize, tag: &str) -> Result<IdleResult> {

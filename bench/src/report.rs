@@ -12,6 +12,8 @@ pub struct Metrics {
     pub msgs_per_sec: f64,
     /// Broker utime+stime during the phase divided by unique deliveries.
     pub cpu_ns_per_msg: Option<f64>,
+    /// The user-space part of it (utime): the broker's own code, without the kernel.
+    pub user_ns_per_msg: Option<f64>,
     pub cpu_ms: f64,
     pub p50_us: Option<f64>,
     pub p99_us: Option<f64>,
@@ -34,11 +36,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn from_phase(r: &PhaseResult, cpu_ns: u64, mem: MemSample, peak_reset: bool) -> Metrics {
+    pub fn from_phase(
+        r: &PhaseResult,
+        cpu_ns: u64,
+        user_ns: u64,
+        mem: MemSample,
+        peak_reset: bool,
+    ) -> Metrics {
         let us = |v: Option<u64>| v.map(|n| n as f64 / 1000.0);
         Metrics {
             msgs_per_sec: r.rate(),
             cpu_ns_per_msg: (r.unique > 0).then(|| cpu_ns as f64 / r.unique as f64),
+            user_ns_per_msg: (r.unique > 0).then(|| user_ns as f64 / r.unique as f64),
             cpu_ms: cpu_ns as f64 / 1e6,
             p50_us: us(r.percentile(0.50)),
             p99_us: us(r.percentile(0.99)),
@@ -71,6 +80,7 @@ impl Metrics {
         Some(Metrics {
             msgs_per_sec: med(&|m| m.msgs_per_sec),
             cpu_ns_per_msg: med_opt(&|m| m.cpu_ns_per_msg),
+            user_ns_per_msg: med_opt(&|m| m.user_ns_per_msg),
             cpu_ms: med(&|m| m.cpu_ms),
             p50_us: med_opt(&|m| m.p50_us),
             p99_us: med_opt(&|m| m.p99_us),
@@ -468,6 +478,12 @@ impl Report {
             );
             t.row(
                 "",
+                "  of which user",
+                &pick(&closed, &|m| m.user_ns_per_msg),
+                0,
+            );
+            t.row(
+                "",
                 &format!("p50 us @{}/s", self.rate),
                 &pick(&fixed, &|m| m.p50_us),
                 0,
@@ -767,6 +783,11 @@ impl Report {
                     ca.as_ref().and_then(|m| m.cpu_ns_per_msg),
                     cb.as_ref().and_then(|m| m.cpu_ns_per_msg),
                 ));
+                j.key("user_ns_per_msg");
+                j.opt(r(
+                    ca.as_ref().and_then(|m| m.user_ns_per_msg),
+                    cb.as_ref().and_then(|m| m.user_ns_per_msg),
+                ));
                 j.key("p50_us");
                 j.opt(r(
                     fa.as_ref().and_then(|m| m.p50_us),
@@ -799,6 +820,7 @@ fn metrics_json(j: &mut Json, m: Option<&Metrics>) {
     j.open('{');
     j.key("msgs_per_sec").num(m.msgs_per_sec);
     j.key("cpu_ns_per_msg").opt(m.cpu_ns_per_msg);
+    j.key("user_ns_per_msg").opt(m.user_ns_per_msg);
     j.key("cpu_ms").num(m.cpu_ms);
     j.key("p50_us").opt(m.p50_us);
     j.key("p99_us").opt(m.p99_us);

@@ -482,3 +482,55 @@ def test_a_bridge_added_with_kubectl_runs_in_the_broker_pod_and_reports_its_link
     assert now["metadata"]["uid"] == uid and k.restarts(now) == 0, "a bridge is added live"
     for c in (alice, far):
         c.disconnect_wait()
+
+
+def test_a_tls_listener_added_with_kubectl_apply_is_live_and_keeps_the_pod(
+        cluster, controller, namespace, tmp_path):
+    crt, key = _tls_pair(tmp_path, 0)
+    lan = {"name": "lan", "port": 1883}
+    k.apply(cluster, namespace,
+            k.secret("site-tls", "kubernetes.io/tls", **{"tls.crt": crt, "tls.key": key}),
+            k.broker("site", [lan]),
+            k.user("alice", "site", acl=[{"topic": "#", "access": "readwrite"}], passwordHash=Z2M_HASH))
+    k.wait_ready(cluster, "broker", "site", namespace, timeout=240)
+    port = k.node_port(cluster, "site", namespace, "lan")
+    clients = [k.wait_connect(port, username="alice", password="secret1") for _ in range(10)]
+    watcher = clients[0]
+    watcher.subscribe_wait("t/#", qos=1)
+    uid = k.pod_of(cluster, "site", namespace)["metadata"]["uid"]
+    deployment = k.get(cluster, "deployment", "edgemq-site", namespace)
+
+    # What a user does: the same Broker, now with a TLS listener, through kubectl apply.
+    k.apply(cluster, namespace, k.broker(
+        "site", [lan, {"name": "tls", "port": 8883, "tls": {"secretRef": "site-tls"}}]))
+    tls_port = cluster.wait_for(
+        lambda: next((p["nodePort"] for p in k.get(cluster, "service", "edgemq-site", namespace)
+                      ["spec"]["ports"] if p["name"] == "tls"), None),
+        60, "the Service's tls port")
+    ca = tmp_path / "c0.pem"  # the self-signed pair, for the name localhost
+    tls_client = k.wait_connect(tls_port, username="alice", password="secret1",
+                                tls={"ca_certs": str(ca)}, host="localhost")
+    tls_client.publish_wait("t/over-tls", b"secure", qos=1)
+    msg = watcher.get(timeout=10)
+    assert (msg.topic, msg.payload) == ("t/over-tls", b"secure")
+    b = k.wait_ready(cluster, "broker", "site", namespace, timeout=60)
+    assert b["status"]["observedGeneration"] == b["metadata"]["generation"]
+    assert b["status"]["configHash"] == b["status"]["desiredConfigHash"]
+
+    # The Deployment's pod template did not move, so no rollout is pending or running.
+    now = k.get(cluster, "deployment", "edgemq-site", namespace)
+    assert now["metadata"]["generation"] == deployment["metadata"]["generation"], (
+        "the listener change edited the pod template (a rollout): "
+        f"{json.dumps(now['spec']['template']['spec']['containers'][0].get('ports'))}")
+    rs = json.loads(cluster.kubectl("get", "replicasets", "-n", namespace, "-l",
+                                    "edgemq.io/broker=site", "-o", "json").stdout)["items"]
+    assert len(rs) == 1, f"no second ReplicaSet: {[r['metadata']['name'] for r in rs]}"
+    pod = k.pod_of(cluster, "site", namespace)
+    assert pod["metadata"]["uid"] == uid and k.restarts(pod) == 0, "the pod was replaced"
+    disconnected = [c for c in clients if c.disconnected.is_set()]
+    assert not disconnected, f"{len(disconnected)} of 10 clients were disconnected"
+    clients[1].publish_wait("t/plain", b"still here", qos=1)
+    msg = watcher.get(timeout=10)
+    assert (msg.topic, msg.payload) == ("t/plain", b"still here")
+    for c in clients + [tls_client]:
+        c.disconnect_wait()

@@ -473,6 +473,17 @@ async fn read_loop(
     let timeout = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
     let max = shared.max_packet_size();
     let mut aliases = TopicAliases::default();
+    // One keepalive timer for the whole connection, and one registration with each
+    // watch: a read only notes when it happened, and the timer, once due, moves on to
+    // one keepalive after the last read. (A timer armed per read, and the watches
+    // polled anew per read, cost a lock and a list insertion each, per message.)
+    let mut last_read = tokio::time::Instant::now();
+    let far = Duration::from_secs(86_400 * 365);
+    let keepalive_due = tokio::time::sleep(timeout.unwrap_or(far));
+    let mut close_watch = close_rx.clone();
+    let closed = close_watch.changed();
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(keepalive_due, closed, stopped);
     loop {
         // Handle every complete frame already buffered.
         loop {
@@ -504,27 +515,30 @@ async fn read_loop(
                 Err(e) => return End::Frame(e),
             }
         }
-        let read = reader.read_into(buf);
         let n = tokio::select! {
             biased;
-            _ = close_rx.changed() => {
+            _ = &mut closed => {
                 let reason = (*close_rx.borrow()).unwrap_or(CloseReason::ServerShuttingDown);
                 return End::Kicked(reason);
             }
-            _ = stop.wait_for(|s| *s) => return End::Kicked(CloseReason::ListenerRemoved),
-            r = async {
-                match timeout {
-                    Some(t) => tokio::time::timeout(t, read).await.map_err(|_| End::KeepAlive)?.map_err(End::Io),
-                    None => read.await.map_err(End::Io),
+            _ = &mut stopped => return End::Kicked(CloseReason::ListenerRemoved),
+            () = &mut keepalive_due, if timeout.is_some() => {
+                let t = timeout.unwrap_or(far);
+                if last_read.elapsed() >= t {
+                    return End::KeepAlive;
                 }
-            } => r,
+                keepalive_due.as_mut().reset(last_read + t);
+                continue;
+            }
+            r = reader.read_into(buf) => r,
         };
         match n {
             Ok(0) => return End::Eof,
             Ok(n) => {
+                last_read = tokio::time::Instant::now();
                 shared.metrics.bytes_in.inc_by(n as u64);
             }
-            Err(e) => return e,
+            Err(e) => return End::Io(e),
         }
     }
 }
@@ -904,7 +918,12 @@ async fn write_loop(
     // Buffers grow on first use: an idle connection holds none.
     let mut out = BytesMut::new();
     let mut batch = Vec::new();
-    let mut close_rx = link.close.subscribe();
+    let close_rx = link.close.subscribe();
+    // Registered once, not per packet (see `read_loop`); a wake-up re-arms its own.
+    let mut close_watch = close_rx.clone();
+    let closed = close_watch.changed();
+    let woken = link.wake.notified();
+    tokio::pin!(closed, woken);
     loop {
         tokio::select! {
             biased;
@@ -928,14 +947,14 @@ async fn write_loop(
                     }
                 }
             }
-            _ = close_rx.changed() => {
+            _ = &mut closed => {
                 let reason = (*close_rx.borrow()).unwrap_or(CloseReason::ServerShuttingDown);
                 goodbye(version, reason, &mut writer, &mut out).await;
                 // Keep draining control packets until the reader ends.
                 while ctrl.recv().await.is_some() {}
                 return;
             }
-            _ = link.wake.notified() => {}
+            () = &mut woken => woken.set(link.wake.notified()),
         }
         // Deliveries, as many batches as are ready.
         loop {

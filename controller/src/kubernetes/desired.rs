@@ -285,9 +285,10 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
             {"name": "EDGEMQ_STATE", "value": DATA_DIR},
             {"name": "EDGEMQ_HTTP", "value": format!("0.0.0.0:{OPS_PORT}")},
         ],
-        "ports": spec.listeners.iter().map(|l| json!({"containerPort": l.port, "protocol": "TCP"}))
-            .chain(std::iter::once(json!({"name": "ops", "containerPort": OPS_PORT, "protocol": "TCP"})))
-            .collect::<Vec<_>>(),
+        // Only the ops port, which the probes name. Listener ports are not declared:
+        // containerPorts are informational (the Service targets listeners by number),
+        // and declaring them would make every listener change roll the pod.
+        "ports": [{"name": "ops", "containerPort": OPS_PORT, "protocol": "TCP"}],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "ops"}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
         // Probed every second: a replacement pod joins the Service within a second
         // of its listeners accepting (its /readyz turns ready only then).
@@ -650,6 +651,34 @@ spec:
         );
         // Long enough to tell 1000 clients at 200/s and save the sessions.
         assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn listener_changes_reach_the_service_but_never_the_pod_template() {
+        let b = broker("");
+        let mut more = b.clone();
+        more.spec.listeners.push(
+            serde_yaml::from_str("{name: tls2, port: 8884, tls: {secretRef: home-tls}}")
+                .expect("listener"),
+        );
+        more.spec.listeners[0].port = 11883;
+        let (one, two) = (objects(&b, &[]), objects(&more, &[]));
+        assert_ne!(
+            one.service, two.service,
+            "the Service carries the listeners"
+        );
+        assert_eq!(
+            one.deployment, two.deployment,
+            "a listener change is applied live: the pod template must not move"
+        );
+        let pod = two.deployment.spec.template.spec.expect("pod");
+        let ports: Vec<_> = pod.containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref(), p.container_port))
+            .collect();
+        assert_eq!(ports, vec![(Some("ops"), i32::from(OPS_PORT))]);
     }
 
     #[test]
