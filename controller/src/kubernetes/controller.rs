@@ -103,8 +103,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             // mistake.
             let mut effective_broker = effective_broker;
             desired::carry_restart(b.as_ref(), &mut effective_broker);
-            fields.update_strategy =
-                Some(desired::update_strategy(&effective_broker).to_string());
+            fields.update_strategy = Some(desired::update_strategy(&effective_broker).to_string());
             let objects = desired::broker_objects(&effective_broker, &pod_bundle, &ctx.settings);
             // An image the installer did not allow: the pod (if any) keeps running what
             // it runs; only the bundle is written, so that user deletions and ACL changes
