@@ -468,7 +468,7 @@ impl BrokerMetrics {
             dropped_too_large: drop("packet_too_large"),
             refused: LimitRefusals::new(m, key),
             certificate_refusals: std::sync::Arc::new(
-                crate::broker::client_cert::REFUSAL_REASONS
+                CERTIFICATE_REFUSAL_REASONS
                     .iter()
                     .map(|r| {
                         let c = m
@@ -486,7 +486,7 @@ impl BrokerMetrics {
     }
 
     /// Counts a client certificate refused for `reason` (one of
-    /// [`crate::broker::client_cert::REFUSAL_REASONS`]).
+    /// [`CERTIFICATE_REFUSAL_REASONS`]).
     pub fn certificate_refused(&self, reason: &str) {
         if let Some(c) = self.certificate_refusals.get(reason) {
             c.inc();
@@ -578,3 +578,19 @@ impl BridgeMetrics {
         });
     }
 }
+
+/// Every reason a client certificate is refused (`broker::client_cert` names them),
+/// for the series of `edgemq_client_certificate_refusals_total`: kept here so that
+/// metrics does not import the broker.
+pub const CERTIFICATE_REFUSAL_REASONS: &[&str] = &[
+    "unknown_ca",
+    "expired",
+    "not_yet_valid",
+    "revoked",
+    "revocation_unknown",
+    "no_certificate",
+    "bad_certificate",
+    "no_identity",
+    "unknown_identity",
+    "client_id",
+];

@@ -143,20 +143,6 @@ pub fn handshake_refusal(e: &std::io::Error) -> Option<&'static str> {
     .then(|| refusal_reason(tls))
 }
 
-/// Every refusal reason, for the metric's series.
-pub const REFUSAL_REASONS: &[&str] = &[
-    "unknown_ca",
-    "expired",
-    "not_yet_valid",
-    "revoked",
-    "revocation_unknown",
-    "no_certificate",
-    "bad_certificate",
-    "no_identity",
-    "unknown_identity",
-    "client_id",
-];
-
 /// The identity a certificate logs in with, or why it has none.
 pub fn identity(der: &[u8], which: CertificateIdentity) -> Result<String, &'static str> {
     use x509_parser::extensions::GeneralName;
