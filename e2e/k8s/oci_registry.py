@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -110,6 +111,20 @@ class Registry:
         record = json.loads((out / "release.json").read_text())
         assert record == json.loads(r.stdout), (record, r.stdout)
         return record
+
+
+def rootfs_entries(root: Path) -> dict:
+    """{path: (type, mode, sha256 of content)} of a directory tree, the same shape as
+    `layer_entries`, so an image rootfs and a layer compare directly."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        st = p.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
+        else:
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
 
 
 def layer_entries(layer_gz: bytes) -> dict:

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import stat
 import subprocess
 import sys
 import tarfile
@@ -23,6 +22,8 @@ import pytest
 K8S_DIR = Path(__file__).resolve().parent
 REPO = K8S_DIR.parent.parent
 sys.path.insert(0, str(K8S_DIR.parent))
+
+from oci_registry import rootfs_entries  # noqa: E402
 
 
 def _binary() -> str:
@@ -37,18 +38,6 @@ def _binary() -> str:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _rootfs_entries(root: Path) -> dict:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        st = p.lstat()
-        if stat.S_ISDIR(st.st_mode):
-            out[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
-        else:
-            out[rel] = ("file", stat.S_IMODE(st.st_mode), _digest(p.read_bytes()))
-    return out
 
 
 def _image_entries(tar_path: Path) -> tuple:
@@ -89,7 +78,7 @@ def test_the_dockerfile_rootfs_and_the_clusters_image_hold_the_same_files(tmp_pa
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
 
-    docker_side = _rootfs_entries(rootfs)
+    docker_side = rootfs_entries(rootfs)
     cluster_side, config = _image_entries(tar_path)
     files = lambda entries: {k: v for k, v in entries.items() if v[0] == "file"}  # noqa: E731
     assert files(docker_side) == files(cluster_side), (

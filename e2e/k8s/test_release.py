@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import subprocess
 import sys
 import uuid
@@ -38,7 +37,7 @@ sys.path.insert(0, str(K8S_DIR))
 sys.path.insert(0, str(K8S_DIR.parent))
 
 import support  # noqa: E402
-from oci_registry import Registry, binary, helm_path, layer_entries  # noqa: E402
+from oci_registry import Registry, binary, helm_path, layer_entries, rootfs_entries  # noqa: E402
 
 WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
 PLATFORMS = {
@@ -58,18 +57,6 @@ def registry(tmp_path):
     reg = Registry(tmp_path / "registry").start()
     yield reg
     reg.stop()
-
-
-def _rootfs_entries(root: Path) -> dict:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        st = p.lstat()
-        if stat.S_ISDIR(st.st_mode):
-            out[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
-        else:
-            out[rel] = ("file", stat.S_IMODE(st.st_mode), hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
 
 
 def _image_rootfs(tmp_path: Path, name: str, **env) -> Path:
@@ -105,7 +92,7 @@ def test_release_pushes_the_image_and_chart_and_records_the_digests_the_registry
     # One layer holding exactly what scripts/image-rootfs.sh lays out.
     assert len(manifest["layers"]) == 1, manifest
     layer = layer_entries(registry.blob("edgemq/edgemq", manifest["layers"][0]["digest"]))
-    expected = _rootfs_entries(_image_rootfs(tmp_path, "rootfs"))
+    expected = rootfs_entries(_image_rootfs(tmp_path, "rootfs"))
     assert layer == expected, (
         f"only in the image: {sorted(set(layer) - set(expected))}; "
         f"only in the rootfs: {sorted(set(expected) - set(layer))}; "
@@ -178,8 +165,8 @@ def test_the_cross_builds_library_lookup_gives_what_ldd_gives(tmp_path):
     """A cross binary's libraries come from the target's libc root by readelf; on this
     machine's own binary, with / as that root, that must give ldd's files exactly."""
     support.require("readelf", "binutils")
-    by_ldd = _rootfs_entries(_image_rootfs(tmp_path, "ldd"))
-    by_readelf = _rootfs_entries(_image_rootfs(tmp_path, "readelf", EDGEMQ_IMAGE_SYSROOT="/",
+    by_ldd = rootfs_entries(_image_rootfs(tmp_path, "ldd"))
+    by_readelf = rootfs_entries(_image_rootfs(tmp_path, "readelf", EDGEMQ_IMAGE_SYSROOT="/",
                                                EDGEMQ_IMAGE_MULTIARCH="x86_64-linux-gnu"))
     assert any(k.startswith("lib") for k in by_ldd), "the binary links no shared library?"
     assert by_readelf == by_ldd
