@@ -19,7 +19,6 @@ builds run only in the workflow.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
