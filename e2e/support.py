@@ -198,6 +198,37 @@ def run(args, timeout: float = 30.0, check: bool = False, **kw) -> subprocess.Co
     return subprocess.run([str(a) for a in args], timeout=timeout, check=check, **kw)
 
 
+def mosquitto_round_trip(sub_args: list, pub_args: list, message: str, timeout: float,
+                         what: str = "mosquitto_sub received the message") -> str:
+    """What mosquitto_sub (`sub_args`, taking one QoS 1 message) prints of what
+    mosquitto_pub (`pub_args`) sends. The subscriber's SUBACK is not observable from
+    outside, so the message is published until the subscriber prints it; fails (an
+    AssertionError naming `what`) when it never does, when mosquitto_pub fails, or when
+    mosquitto_sub ends with an error."""
+    msub, mpub = require("mosquitto_sub"), require("mosquitto_pub")
+    sub = subprocess.Popen([msub, *map(str, sub_args), "-C", "1", "-W", str(int(timeout)),
+                            "-q", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def delivered():
+            r = run([mpub, *pub_args, "-m", message, "-q", "1"], timeout=timeout)
+            assert r.returncode == 0, f"mosquitto_pub failed ({r.returncode}): {r.stderr}"
+            try:
+                sub.wait(timeout=0.3)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+
+        poll(delivered, timeout, 0.05, what)
+        out, err = sub.communicate(timeout=5)
+        assert sub.returncode == 0, f"mosquitto_sub failed ({sub.returncode}): {err}"
+        return out.strip()
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+
+
 def _tail(path: Path, lines: int = 60) -> str:
     try:
         text = Path(path).read_text(errors="replace")

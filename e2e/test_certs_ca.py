@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 from helpers_certs import block, openssl_ca, openssl_server_cert
+import support
 from support import (closed_by_peer, connect_packet, docs, free_port, poll, read_until, require,
                      run, wait_port)
 
@@ -48,28 +48,8 @@ def served_serial(port: int, cafile: Path) -> int:
 
 def round_trip(port: int, tls_args: list, auth: list, topic: str, message: str) -> str:
     """mosquitto_sub receives what mosquitto_pub sends; returns what it printed."""
-    msub, mpub = require("mosquitto_sub"), require("mosquitto_pub")
     common = ["-h", "127.0.0.1", "-p", str(port), *tls_args, *auth, "-t", topic]
-    sub = subprocess.Popen([msub, *common, "-C", "1", "-W", "10", "-q", "1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def delivered():
-            r = run([mpub, *common, "-m", message, "-q", "1"], timeout=10)
-            assert r.returncode == 0, f"mosquitto_pub failed ({r.returncode}): {r.stderr}"
-            try:
-                sub.wait(timeout=0.3)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-
-        poll(delivered, 10, 0.05, "mosquitto_sub received the message")
-        out, err = sub.communicate(timeout=5)
-        assert sub.returncode == 0, f"mosquitto_sub failed ({sub.returncode}): {err}"
-        return out.strip()
-    finally:
-        if sub.poll() is None:
-            sub.kill()
-            sub.wait()
+    return support.mosquitto_round_trip(common, common, message, 10)
 
 
 def test_a_lan_listener_signed_by_the_private_ca_serves_clients_that_trust_only_that_ca(edgemq, tmp_path):

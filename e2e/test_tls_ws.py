@@ -4,12 +4,12 @@ Python TLS socket, and MQTT.js over ws:// and wss://."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 
 import pytest
 
 from helpers_b import fingerprint_of_file, json_of, make_cert, served_fingerprint, tls_secret_yaml
+import support
 from support import (closed_by_peer, docs, E2E_DIR, free_port, poll, require, require_node_mqtt,
                      run, wait_port)
 
@@ -39,31 +39,10 @@ def mosquitto_round_trip(port: int, cafile, topic: str = "alice/tls", message: s
                          timeout: float = 10.0) -> str:
     """mosquitto_sub (verifying the server against cafile) receives what mosquitto_pub
     sends over the same TLS listener. Returns what the subscriber printed."""
-    msub, mpub = require("mosquitto_sub"), require("mosquitto_pub")
     common = ["-h", "127.0.0.1", "-p", str(port), "--cafile", str(cafile), "-u", "alice",
               "-P", "secret1", "-t", topic]
-    sub = subprocess.Popen([msub, *common, "-C", "1", "-W", str(int(timeout)), "-q", "1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # The subscriber's SUBACK is not observable from outside: publish until it
-        # prints the message (or gives up).
-        def delivered():
-            r = run([mpub, *common, "-m", message, "-q", "1"], timeout=timeout)
-            assert r.returncode == 0, f"mosquitto_pub failed ({r.returncode}): {r.stderr}"
-            try:
-                sub.wait(timeout=0.3)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
-
-        poll(delivered, timeout, 0.05, "mosquitto_sub received the message over TLS")
-        out, err = sub.communicate(timeout=5)
-        assert sub.returncode == 0, f"mosquitto_sub failed ({sub.returncode}): {err}"
-        return out.strip()
-    finally:
-        if sub.poll() is None:
-            sub.kill()
-            sub.wait()
+    return support.mosquitto_round_trip(common, common, message, timeout,
+                                        "mosquitto_sub received the message over TLS")
 
 
 def test_a_self_signed_tls_listener_serves_mosquitto_clients_that_verify_it(edgemq):
