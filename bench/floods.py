@@ -31,6 +31,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+# The raw MQTT layer of the black-box tests (standard library only).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
+from mqtt_raw import _varint, mqtt_str, packet, read_packet  # noqa: E402
+
 # alice / secret1, Mosquitto's PBKDF2 format (the known answer in the README).
 ALICE_HASH = ("$7$101$qKSz0fyQacdTZ9HB$If/JbDtgTExFDBNmWitmhEReV5nR415+Z0sGyz5/w3xtjXLmRigZrJPRATCjN"
               "C+TE2hwhkAwJuKCX/NjaVU4kw==")
@@ -41,43 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n % 128, n // 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def mqtt_str(b: bytes) -> bytes:
-    return len(b).to_bytes(2, "big") + b
-
-
-def packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + varint(len(body)) + body
-
-
-def read_packet(s: socket.socket) -> tuple:
-    def exactly(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = s.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("closed by the broker")
-            buf += chunk
-        return buf
-    first = exactly(1)[0]
-    mult, length = 1, 0
-    while True:
-        b = exactly(1)[0]
-        length += (b & 0x7F) * mult
-        if not b & 0x80:
-            break
-        mult *= 128
-    return first, exactly(length)
 
 
 def rss_kb(pid: int) -> int:
@@ -187,7 +154,7 @@ def connect_flood(binary: str, root: Path, n: int) -> dict:
     socks = []
     try:
         before = rss_kb(b.proc.pid)
-        header = b"\x10" + varint(1_000_000)
+        header = b"\x10" + _varint(1_000_000)
         chunk = b"\x00" * 999_000
         for _ in range(n):
             s = socket.create_connection(("127.0.0.1", b.port), timeout=5)
