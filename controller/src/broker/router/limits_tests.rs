@@ -1,12 +1,7 @@
 //! The byte, session and subscription bounds of the router.
 
+use super::tests::{router_with as router, sub};
 use super::*;
-use crate::plan::AclPlan;
-
-fn router(limits: RouterLimits) -> Router {
-    let acl = Arc::new(Acl::new(&AclPlan::default()));
-    Router::new("test", acl, limits, BrokerMetrics::detached())
-}
 
 fn msg(topic: &str, retain: bool, payload: usize) -> Message {
     Message {
@@ -17,13 +12,6 @@ fn msg(topic: &str, retain: bool, payload: usize) -> Message {
         properties: None,
         origin: None,
         expires_at: None,
-    }
-}
-
-fn sub(qos: u8) -> SubOptions {
-    SubOptions {
-        qos,
-        ..SubOptions::default()
     }
 }
 

@@ -2,13 +2,13 @@ use super::*;
 use crate::plan::AclPlan;
 
 fn router() -> Router {
+    router_with(RouterLimits::default())
+}
+
+/// A router with `limits`, no ACL rules and detached metrics (also for `limits_tests`).
+pub(super) fn router_with(limits: RouterLimits) -> Router {
     let acl = Arc::new(Acl::new(&AclPlan::default()));
-    Router::new(
-        "test",
-        acl,
-        RouterLimits::default(),
-        BrokerMetrics::detached(),
-    )
+    Router::new("test", acl, limits, BrokerMetrics::detached())
 }
 
 fn msg(topic: &str, qos: u8, retain: bool, payload: &str) -> Message {
@@ -23,7 +23,7 @@ fn msg(topic: &str, qos: u8, retain: bool, payload: &str) -> Message {
     }
 }
 
-fn sub(qos: u8) -> SubOptions {
+pub(super) fn sub(qos: u8) -> SubOptions {
     SubOptions {
         qos,
         ..SubOptions::default()
