@@ -618,18 +618,23 @@ cmd_start() {
 
 # Volumes like k3s' local-path offers, without a provisioner: a default StorageClass
 # binding on first use, and hostPath PersistentVolumes under the state dir, writable by
-# pods' non-root users (hostPath ignores fsGroup).
+# pods' non-root users (hostPath ignores fsGroup), tied to the node as local-path ties
+# them (a required node affinity on the node's host name).
 STORAGE_VOLUMES=40
 storage() {
-  local dir="$STATE/volumes" i pvs="" pv
+  local dir="$STATE/volumes" i pvs="" pv existing
   # A volume whose claim is gone (Released) is wiped and offered again, so a cluster
-  # that stays up across test runs does not run out of volumes.
-  for pv in $(KUBECTL get pv -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}' 2>/dev/null); do
+  # that stays up across test runs does not run out of volumes; so is an unused one
+  # from before volumes had their node affinity (it cannot be added to a volume).
+  for pv in $(KUBECTL get pv -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}{range .items[?(@.status.phase=="Available")]}{.metadata.name}{" "}{.spec.nodeAffinity}{"\n"}{end}' 2>/dev/null | awk 'NF == 1'); do
     case "$pv" in local-pv*) ;; *) continue ;; esac
     KUBECTL delete pv "$pv" >/dev/null 2>&1 || true
     rm -rf "${dir:?}/${pv#local-}"
   done
+  # A bound volume stays as it is (a node affinity cannot be added to it).
+  existing=" $(KUBECTL get pv -o jsonpath='{.items[*].metadata.name}' 2>/dev/null) "
   for i in $(seq 1 "$STORAGE_VOLUMES"); do
+    case "$existing" in *" local-pv$i "*) continue ;; esac
     mkdir -p "$dir/pv$i"
     chmod 0777 "$dir/pv$i"
     pvs+="
@@ -642,7 +647,12 @@ spec:
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Retain
   storageClassName: local
-  hostPath: {path: $dir/pv$i, type: Directory}"
+  hostPath: {path: $dir/pv$i, type: Directory}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$NODE_NAME]}"
   done
   KUBECTL apply -f - >/dev/null <<EOY || die "could not create the StorageClass and volumes"
 apiVersion: storage.k8s.io/v1

@@ -309,9 +309,8 @@ def run_upgrades(cluster, namespace: str, persistence: bool) -> dict:
         "retained_kept": retained is not None and retained.payload == b"kept",
         "strategy": k.get(cluster, "deployment", "edgemq-home", namespace)["spec"]["strategy"]["type"],
         "status_strategy": k.get(cluster, "broker", "home", namespace)["status"].get("updateStrategy"),
-        "events": sorted({e["message"] for e in json.loads(cluster.kubectl(
-            "get", "events", "-n", namespace, "--field-selector",
-            "involvedObject.kind=Broker,reason=ReplacingPod", "-o", "json").stdout)["items"]}),
+        "status_reason": k.get(cluster, "broker", "home", namespace)["status"].get("updateStrategyReason"),
+        "events": sorted({e["message"] for e in events(cluster, namespace, "ReplacingPod")}),
     }
 
 
@@ -325,6 +324,10 @@ def test_upgrades_with_persistence_lose_nothing_and_keep_sessions(cluster, contr
     assert r["queued_kept"] == QUEUED, r
     assert r["retained_kept"], r
     assert (r["strategy"], r["status_strategy"]) == ("RollingUpdate", "HandOver"), r
+    # The test cluster's volumes are tied to its node, as k3s' local-path ties them.
+    assert r["status_reason"].endswith(
+        "(hostPath) is on node edgemq-node only: the new pod starts on that node and mounts "
+        "it beside the old one"), r
     assert r["events"] == ["the pod template changed: the broker pod is replaced by HandOver"], r
     assert r["outage_max_s"] < 30, r  # a sanity bound, not the figure (see the record)
 
@@ -340,7 +343,13 @@ def test_upgrades_without_persistence_measure_the_outage_and_what_is_lost(cluste
     assert (r["strategy"], r["status_strategy"]) == ("RollingUpdate", "RollingUpdate"), r
 
 
-def test_a_volume_two_pods_cannot_share_is_replaced_old_pod_first_and_status_says_so(
+def events(cluster, namespace: str, reason: str) -> list:
+    return json.loads(cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector",
+        f"involvedObject.kind=Broker,reason={reason}", "-o", "json").stdout)["items"]
+
+
+def test_recreate_asked_for_is_replaced_old_pod_first_and_status_says_so(
         cluster, controller, namespace):
     k.apply(cluster, namespace,
             k.broker("home", [{"name": "lan", "port": 1883}], allowAnonymous=True,
@@ -348,11 +357,54 @@ def test_a_volume_two_pods_cannot_share_is_replaced_old_pod_first_and_status_say
                      persistence={"enabled": True, "updateStrategy": "Recreate"}))
     b = k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
     assert b["status"]["updateStrategy"] == "Recreate"
+    assert b["status"]["updateStrategyReason"] == "persistence.updateStrategy is Recreate"
     d = k.get(cluster, "deployment", "edgemq-home", namespace)
     assert d["spec"]["strategy"] == {"type": "Recreate"}
     upgrade(cluster, namespace, {"resources": {"requests": {"cpu": "11m"}}})
-    events = json.loads(cluster.kubectl(
-        "get", "events", "-n", namespace, "--field-selector",
-        "involvedObject.kind=Broker,reason=ReplacingPod", "-o", "json").stdout)["items"]
-    assert [e["message"] for e in events] == [
+    assert [e["message"] for e in events(cluster, namespace, "ReplacingPod")] == [
         "the pod template changed: the broker pod is replaced by Recreate"]
+    # Asked for, not a fallback: nothing to warn about.
+    assert events(cluster, namespace, "UpdateStrategyFallback") == []
+
+
+def test_a_volume_not_tied_to_a_node_falls_back_to_recreate_by_itself_and_says_why(
+        cluster, controller, namespace, tmp_path):
+    # A hostPath volume without a node affinity: on another node this path is another
+    # folder, so a new pod scheduled there could not take the stores over.
+    folder = tmp_path / "nodeless"
+    folder.mkdir()
+    folder.chmod(0o777)  # the broker runs as a non-root user; hostPath ignores fsGroup
+    pv = f"{namespace}-nodeless"
+    try:
+        k.apply(cluster, namespace,
+                {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+                 "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                          "persistentVolumeReclaimPolicy": "Retain", "storageClassName": pv,
+                          "hostPath": {"path": str(folder), "type": "Directory"}}},
+                k.broker("home", [{"name": "lan", "port": 1883}], allowAnonymous=True,
+                         aclEnabled=False, persistence={"enabled": True, "storageClassName": pv}))
+        k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+        why = (f"PersistentVolume {pv} (hostPath) is ReadWriteOnce and not tied to one node: a "
+               "new pod on another node could not mount it while the old pod holds it: "
+               "Recreate instead of HandOver")
+        status = cluster.wait_for(
+            lambda: (st := k.get(cluster, "broker", "home", namespace)["status"]).get(
+                "updateStrategy") == "Recreate" and st, 60, "status saying Recreate")
+        assert status["updateStrategyReason"] == why
+        assert k.get(cluster, "deployment", "edgemq-home", namespace)["spec"]["strategy"] == {
+            "type": "Recreate"}
+        fallback = cluster.wait_for(lambda: events(cluster, namespace, "UpdateStrategyFallback"),
+                                    30, "the fallback Event")
+        assert [(e["type"], e["message"]) for e in fallback] == [("Warning", why)]
+        # The switch of strategy itself replaced no pod.
+        assert events(cluster, namespace, "ReplacingPod") == []
+        upgrade(cluster, namespace, {"resources": {"requests": {"cpu": "11m"}}})
+        assert [e["message"] for e in events(cluster, namespace, "ReplacingPod")] == [
+            "the pod template changed: the broker pod is replaced by Recreate"]
+        # Told once, on the transition.
+        assert len(events(cluster, namespace, "UpdateStrategyFallback")) == 1
+    finally:
+        cluster.kubectl("delete", "broker", "home", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "pvc", "edgemq-home-data", "-n", namespace, "--wait=false",
+                        check=False)
+        cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)

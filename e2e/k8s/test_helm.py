@@ -148,13 +148,23 @@ def test_rendered_objects_pass_the_kubernetes_schemas_strictly(helm, tmp_path, v
     assert r.stdout.count("passed") == len(core), r.stdout
 
 
+VOLUME_READ = [{"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get"]}]
+
+
 def test_rbac_is_namespaced_for_listed_namespaces_and_cluster_wide_only_for_all(helm):
     listed = render(helm, "watchNamespaces={iot,home}")
     kinds = [(d["kind"], d["metadata"].get("namespace")) for d in listed]
-    assert not any(k.startswith("Cluster") for k, _ in kinds), kinds
+    # Cluster-wide: only `get` on PersistentVolumes (HandOver or Recreate), and not
+    # even that with rbac.readVolumes=false.
+    cluster_roles = [d for d in listed if d["kind"] == "ClusterRole"]
+    assert [r["rules"] for r in cluster_roles] == [VOLUME_READ], cluster_roles
+    assert [k for k, _ in kinds if k.startswith("Cluster")] == ["ClusterRole", "ClusterRoleBinding"]
+    closed = render(helm, "watchNamespaces={iot,home}", "rbac.readVolumes=false")
+    assert not any(d["kind"].startswith("Cluster") for d in closed)
     assert ("Role", "iot") in kinds and ("RoleBinding", "home") in kinds, kinds
     everything = render(helm)
-    cluster_role = next(d for d in everything if d["kind"] == "ClusterRole")
+    cluster_role = next(d for d in everything if d["kind"] == "ClusterRole"
+                        and d["rules"] != VOLUME_READ)
     verbs = {v for r in cluster_role["rules"] for v in r["verbs"]}
     assert "*" not in verbs, cluster_role["rules"]
     # delete only for the ACME HTTP-01 solver objects

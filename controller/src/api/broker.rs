@@ -647,10 +647,15 @@ pub struct BrokerStatus {
     pub address: Option<String>,
     /// How a pod-template change replaces the broker pod: `HandOver` (a volume; the new
     /// pod takes the stores over from the old one), `Recreate` (a volume that
-    /// `persistence.updateStrategy` says two pods cannot share) or `RollingUpdate` (no
-    /// volume: the new pod starts first, sessions are not carried over). Kubernetes only.
+    /// `persistence.updateStrategy` or the bound PersistentVolume says two pods cannot
+    /// share) or `RollingUpdate` (no volume: the new pod starts first, sessions are not
+    /// carried over). Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_strategy: Option<String>,
+    /// Why `updateStrategy` is what it is, from the volume the Broker's claim is bound
+    /// to (node-local, ReadWriteMany, or a fallback to Recreate). Kubernetes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_strategy_reason: Option<String>,
 }
 
 impl BrokerStatus {

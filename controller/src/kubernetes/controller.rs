@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret, Service};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -34,7 +34,9 @@ use super::bundle::PodBundle;
 use super::context::{check_owned, Context, Stores};
 use super::desired::{self, Settings};
 use super::index;
+use super::volume;
 use super::{Error, Metrics};
+use crate::api::broker::UpdateStrategy;
 use crate::api::{
     Bridge, BridgeStatus, Broker, BrokerStatus, Certificate, MqttUser, MqttUserStatus,
 };
@@ -104,6 +106,12 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
             let mut effective_broker = effective_broker;
             desired::carry_restart(b.as_ref(), &mut effective_broker);
             fields.update_strategy = Some(desired::update_strategy(&effective_broker).to_string());
+            let asked = effective_broker
+                .spec
+                .persistence
+                .as_ref()
+                .map(|p| p.update_strategy)
+                .unwrap_or_default();
             let objects = desired::broker_objects(&effective_broker, &pod_bundle, &ctx.settings);
             // An image the installer did not allow: the pod (if any) keeps running what
             // it runs; only the bundle is written, so that user deletions and ACL changes
@@ -116,15 +124,39 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                         .await
                         .map(|()| Err(message))
                 }
-                None => apply_broker_objects(&ctx, &objects).await.map(Ok),
+                None => apply_broker_objects(&ctx, &objects, asked).await.map(Ok),
             };
             match applied {
                 Ok(Err(message)) => BrokerState::ImageNotAllowed(message),
                 Err(Error::Conflict(c)) => BrokerState::NameConflict(c.to_string()),
                 Err(e) => BrokerState::ApplyFailed(e.to_string()),
-                Ok(Ok((deployment, service, replacing))) => {
+                Ok(Ok(Applied {
+                    deployment,
+                    service,
+                    replacing,
+                    volume,
+                })) => {
+                    let mut how = desired::update_strategy(&effective_broker);
+                    if let Some(decision) = volume {
+                        how = match decision.strategy {
+                            UpdateStrategy::HandOver => "HandOver",
+                            UpdateStrategy::Recreate => "Recreate",
+                        };
+                        let before = b.status.as_ref().and_then(|s| s.update_strategy.as_deref());
+                        if decision.fell_back && before != Some(how) {
+                            tracing::warn!(broker = %format!("{ns}/{name}"), "{}", decision.reason);
+                            ctx.event(
+                                b.as_ref(),
+                                true,
+                                "UpdateStrategyFallback",
+                                decision.reason.clone(),
+                            )
+                            .await;
+                        }
+                        fields.update_strategy = Some(how.to_string());
+                        fields.update_strategy_reason = Some(decision.reason);
+                    }
                     if replacing {
-                        let how = desired::update_strategy(&effective_broker);
                         ctx.event(
                             b.as_ref(),
                             false,
@@ -189,12 +221,24 @@ fn address(svc: &Service) -> String {
     })
 }
 
-/// Applies every object of a Broker; also says whether the pod template (or the update
-/// strategy) of an existing Deployment changed, so that its pod is being replaced.
+/// What applying a Broker's objects gave.
+struct Applied {
+    deployment: Deployment,
+    service: Service,
+    /// Whether the pod template of an existing Deployment changed, so that its pod is
+    /// being replaced.
+    replacing: bool,
+    /// With a volume: how a pod-template change replaces the pod, and why.
+    volume: Option<volume::Decision>,
+}
+
+/// Applies every object of a Broker, the Deployment with the update strategy its volume
+/// allows (`asked` unless the volume cannot be shared, see [`volume`]).
 async fn apply_broker_objects(
     ctx: &Context,
     o: &desired::BrokerObjects,
-) -> Result<(Deployment, Service, bool), Error> {
+    asked: UpdateStrategy,
+) -> Result<Applied, Error> {
     // Observe everything first: one object of the name that belongs to someone else
     // stops the Broker before any of its objects is written.
     let sa = ctx.observe(&o.service_account).await?;
@@ -221,16 +265,49 @@ async fn apply_broker_objects(
     ctx.ensure_over(&o.role, role).await?;
     ctx.ensure_over(&o.role_binding, binding).await?;
     ctx.ensure_over(&o.bundle, bundle).await?;
+    let mut decision = None;
     if let Some((v, current)) = volume {
-        ctx.ensure_over(v, current).await?;
+        let claim = ctx.ensure_over(v, current).await?;
+        decision = Some(volume::decide(asked, &volume_sharing(ctx, &claim).await));
     }
     let service = ctx.ensure_over(&o.service, service).await?;
-    let before = deployment.as_ref().and_then(|d| d.metadata.generation);
+    let before = deployment.as_ref().map(|d| d.spec.template.clone());
     let mut wanted = o.deployment.clone();
+    if let Some(d) = &decision {
+        desired::set_update_strategy(&mut wanted, d.strategy);
+    }
     desired::first_hand_over(&mut wanted, deployment.as_ref());
     let deployment = ctx.ensure_over(&wanted, deployment).await?;
-    let replacing = before.is_some_and(|b| deployment.metadata.generation.is_some_and(|a| a > b));
-    Ok((deployment, service, replacing))
+    // A new strategy alone moves the generation but replaces no pod.
+    let replacing = before.is_some_and(|t| t != deployment.spec.template);
+    Ok(Applied {
+        deployment,
+        service,
+        replacing,
+        volume: decision,
+    })
+}
+
+/// What the volume `claim` is bound to allows, read from the PersistentVolume (a
+/// cluster-scoped read: the chart grants `get` on PersistentVolumes and nothing more).
+async fn volume_sharing(ctx: &Context, claim: &PersistentVolumeClaim) -> volume::Sharing {
+    let bound = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref());
+    let read = match bound {
+        Some(pv) => Api::<PersistentVolume>::all(ctx.client.clone())
+            .get_opt(pv)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 403 => {
+                    "forbidden (the controller may not get PersistentVolumes)".to_string()
+                }
+                e => e.to_string(),
+            }),
+        None => Ok(None),
+    };
+    volume::assess(
+        claim,
+        read.as_ref().map(Option::as_ref).map_err(String::as_str),
+    )
 }
 
 /// For a Broker whose pod may not be changed: when a pod runs, writes only its bundle

@@ -92,6 +92,23 @@ pub fn update_strategy(broker: &Broker) -> &'static str {
     }
 }
 
+/// A Deployment's `spec.strategy` for `strategy`: the new pod first (surge, and the
+/// hand-over between the pods) or the old pod gone first.
+fn deployment_strategy(strategy: UpdateStrategy) -> serde_json::Value {
+    match strategy {
+        UpdateStrategy::Recreate => json!({"type": "Recreate"}),
+        UpdateStrategy::HandOver => {
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+        }
+    }
+}
+
+/// Sets how `desired`'s pod is replaced: the strategy decided from the Broker's volume
+/// (`super::volume::decide`).
+pub fn set_update_strategy(desired: &mut Deployment, strategy: UpdateStrategy) {
+    desired.spec.strategy = Some(typed(deployment_strategy(strategy)));
+}
+
 /// Replaces a hand-over by `Recreate` for the one rollout whose old pod (running now,
 /// from an older release) does not hand its stores over: the new pod would wait for
 /// them while the old one, still ready, is never ended.
@@ -113,7 +130,7 @@ pub fn first_hand_over(desired: &mut Deployment, current: Option<&Deployment>) {
         .and_then(|p| p.volumes.as_ref())
         .is_some_and(|v| v.iter().any(|v| v.persistent_volume_claim.is_some()));
     if has_volume && !speaks(current) {
-        desired.spec.strategy = Some(typed(json!({"type": "Recreate"})));
+        set_update_strategy(desired, UpdateStrategy::Recreate);
     }
 }
 
@@ -360,12 +377,10 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
     // The new pod starts first (surge), unless a volume one node cannot share asks for
     // the old pod to go first. Two pods never open one store: the stores' locks and the
     // hand-over see to that (see `super::handover`).
-    let strategy = match persistence.map(|p| p.update_strategy) {
-        Some(UpdateStrategy::Recreate) => json!({"type": "Recreate"}),
-        Some(UpdateStrategy::HandOver) | None => {
-            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
-        }
-    };
+    // The controller may still fall back to `Recreate` once it has seen the volume
+    // (`super::volume`).
+    let strategy =
+        deployment_strategy(persistence.map_or(UpdateStrategy::HandOver, |p| p.update_strategy));
     let deployment: Deployment = typed(json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -31,6 +31,7 @@ pub mod recover;
 pub mod status;
 pub mod tasks;
 pub mod trust;
+pub mod volume;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
