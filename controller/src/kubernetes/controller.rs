@@ -34,6 +34,7 @@ use super::bundle::PodBundle;
 use super::context::{check_owned, Context, Stores};
 use super::desired::{self, Settings};
 use super::index;
+use super::streams;
 use super::volume;
 use super::{Error, Metrics};
 use crate::api::broker::UpdateStrategy;
@@ -522,15 +523,29 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     let ns = namespace.as_deref();
+    // Each kind is watched once, into one store, and its changes (deletions included)
+    // go to every controller that follows it (`streams::fan_out`): seven watches in
+    // all, the Deployments and Services the Broker controller owns included.
     let (users, users_changed) = reflect(api_for::<MqttUser>(&client, ns));
+    let ([users_for_brokers, users_for_users, users_for_siblings], t1) =
+        streams::fan_out("MqttUser", users_changed);
     let (bridges, bridges_changed) = reflect(api_for::<Bridge>(&client, ns));
+    let ([bridges_for_brokers, bridges_for_bridges, bridges_for_certificates], t2) =
+        streams::fan_out("Bridge", bridges_changed);
     let (certificates, certificates_changed) = reflect(api_for::<Certificate>(&client, ns));
+    let ([certificates_for_brokers, certificates_for_certificates], t3) =
+        streams::fan_out("Certificate", certificates_changed);
     // Secrets by metadata only: which exist and when they change. Values are read by
     // name, and only of the Secrets some edgemq object names (Context::view).
     let (secrets, secrets_changed) = reflect(api_for::<PartialObjectMeta<Secret>>(&client, ns));
-    // The Brokers' stream feeds the MqttUser controller (their users' status follows the
-    // Broker's), so the Brokers are not watched a second time for it.
+    let ([secrets_for_brokers, secrets_for_certificates], t4) =
+        streams::fan_out("Secret", secrets_changed);
+    // The MqttUser controller follows the Brokers too (their users' status follows the
+    // Broker's).
     let (brokers, brokers_changed) = reflect(api_for::<Broker>(&client, ns));
+    let ([brokers_for_brokers, brokers_for_users], t5) =
+        streams::fan_out("Broker", brokers_changed);
+    let watches = [t1, t2, t3, t4, t5];
     let stores = Stores {
         brokers,
         users,
@@ -580,55 +595,46 @@ pub async fn run(
     };
     let brokers_in_2 = brokers_in.clone();
     let brokers_in_3 = brokers_in.clone();
-    let broker_ctl = Controller::new(
-        api_for::<Broker>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(api_for::<Deployment>(&client, ns), managed.clone())
-    .owns(api_for::<Service>(&client, ns), managed.clone())
-    .watches_stream(users_changed, |u| {
-        Some(ObjectRef::<Broker>::new(&u.spec.broker_ref).within(&namespace_of(&u)))
-    })
-    .watches_stream(bridges_changed, |b| {
-        Some(ObjectRef::<Broker>::new(&b.spec.broker_ref).within(&namespace_of(&b)))
-    })
-    .watches_stream(certificates_changed, move |c| {
-        brokers_in_2(c.meta().namespace.clone())
-    })
-    .watches_stream(secrets_changed, move |s| {
-        // The bundle Secrets are the controller's own output.
-        if s.owner_references().iter().any(|o| o.kind == "Broker") {
-            return Vec::new();
-        }
-        brokers_in_3(s.meta().namespace.clone())
-    })
-    .with_config(controller_config())
-    .shutdown_on_signal()
-    .run(reconcile_broker, error_policy, ctx.clone())
-    .for_each(|_| futures_util::future::ready(()));
+    let broker_ctl = Controller::for_stream(brokers_for_brokers, stores.brokers.clone())
+        .owns(api_for::<Deployment>(&client, ns), managed.clone())
+        .owns(api_for::<Service>(&client, ns), managed.clone())
+        .watches_stream(users_for_brokers, |u| {
+            Some(ObjectRef::<Broker>::new(&u.spec.broker_ref).within(&namespace_of(&u)))
+        })
+        .watches_stream(bridges_for_brokers, |b| {
+            Some(ObjectRef::<Broker>::new(&b.spec.broker_ref).within(&namespace_of(&b)))
+        })
+        .watches_stream(certificates_for_brokers, move |c| {
+            brokers_in_2(c.meta().namespace.clone())
+        })
+        .watches_stream(secrets_for_brokers, move |s| {
+            // The bundle Secrets are the controller's own output.
+            if s.owner_references().iter().any(|o| o.kind == "Broker") {
+                return Vec::new();
+            }
+            brokers_in_3(s.meta().namespace.clone())
+        })
+        .with_config(controller_config())
+        .shutdown_on_signal()
+        .run(reconcile_broker, error_policy, ctx.clone())
+        .for_each(|_| futures_util::future::ready(()));
 
     let users_store = stores.users.clone();
     let siblings_store = stores.users.clone();
-    let user_ctl = Controller::new(
-        api_for::<MqttUser>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .watches_stream(brokers_changed, move |b| {
-        let ns = namespace_of(&b);
-        let name = b.name_any();
-        users_store
-            .state()
-            .into_iter()
-            .filter(|u| namespace_of(u.as_ref()) == ns && u.spec.broker_ref == name)
-            .map(|u| ObjectRef::from_obj(u.as_ref()))
-            .collect::<Vec<_>>()
-    })
-    // Two MqttUsers claiming one username are both in conflict: a change of either
-    // (or its deletion) changes the other's status.
-    .watches(
-        api_for::<MqttUser>(&client, ns),
-        watcher::Config::default(),
-        move |u| {
+    let user_ctl = Controller::for_stream(users_for_users, stores.users.clone())
+        .watches_stream(brokers_for_users, move |b| {
+            let ns = namespace_of(&b);
+            let name = b.name_any();
+            users_store
+                .state()
+                .into_iter()
+                .filter(|u| namespace_of(u.as_ref()) == ns && u.spec.broker_ref == name)
+                .map(|u| ObjectRef::from_obj(u.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        // Two MqttUsers claiming one username are both in conflict: a change of either
+        // (or its deletion) changes the other's status.
+        .watches_stream(users_for_siblings, move |u| {
             let ns = namespace_of(&u);
             let name = u.name_any();
             let username = u.username();
@@ -643,62 +649,54 @@ pub async fn run(
                 })
                 .map(|o| ObjectRef::from_obj(o.as_ref()))
                 .collect::<Vec<_>>()
-        },
-    )
-    .with_config(controller_config())
-    .shutdown_on_signal()
-    .run(reconcile_user, error_policy, ctx.clone())
-    .for_each(|_| futures_util::future::ready(()));
+        })
+        .with_config(controller_config())
+        .shutdown_on_signal()
+        .run(reconcile_user, error_policy, ctx.clone())
+        .for_each(|_| futures_util::future::ready(()));
 
-    let bridge_ctl = Controller::new(api_for::<Bridge>(&client, ns), watcher::Config::default())
+    let bridge_ctl = Controller::for_stream(bridges_for_bridges, stores.bridges.clone())
         .with_config(controller_config())
         .shutdown_on_signal()
         .run(reconcile_bridge, error_policy, ctx.clone())
         .for_each(|_| futures_util::future::ready(()));
 
     let certificates_store = stores.certificates.clone();
-    let cert_ctl = Controller::new(
-        api_for::<Certificate>(&client, ns),
-        watcher::Config::default(),
-    )
-    // Secrets by metadata: a Certificate's own (a deleted or changed pair is issued
-    // again) and those its spec names (a private CA replaced is used at once, as a
-    // folder edit is in `edgemq run`).
-    .watches(
-        api_for::<PartialObjectMeta<Secret>>(&client, ns),
-        watcher::Config::default(),
-        move |s| {
-            let ns = s.namespace().unwrap_or_default();
-            let name = s.name_any();
-            certificates_store
-                .state()
-                .into_iter()
-                .filter(|c| namespace_of(c.as_ref()) == ns)
-                .filter(|c| index::secrets_of_certificate(c).contains(&name))
-                .map(|c| ObjectRef::from_obj(c.as_ref()))
-                .collect::<Vec<_>>()
-        },
-    )
-    // A Bridge presenting a Certificate shapes its generated AWS IoT policy.
-    .watches(
-        api_for::<Bridge>(&client, ns),
-        watcher::Config::default(),
-        |b| certificates_named_by(&b),
-    )
-    // ACME tasks say when they stored a pair or failed.
-    .reconcile_on(futures_util::stream::unfold(
-        acme_woken,
-        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
-    ))
-    .with_config(controller_config())
-    .shutdown_on_signal()
-    .run(super::certificates::reconcile, error_policy, ctx.clone())
-    .for_each(|_| futures_util::future::ready(()));
+    let cert_ctl =
+        Controller::for_stream(certificates_for_certificates, stores.certificates.clone())
+            // Secrets by metadata: a Certificate's own (a deleted or changed pair is issued
+            // again) and those its spec names (a private CA replaced is used at once, as a
+            // folder edit is in `edgemq run`).
+            .watches_stream(secrets_for_certificates, move |s| {
+                let ns = s.namespace().unwrap_or_default();
+                let name = s.name_any();
+                certificates_store
+                    .state()
+                    .into_iter()
+                    .filter(|c| namespace_of(c.as_ref()) == ns)
+                    .filter(|c| index::secrets_of_certificate(c).contains(&name))
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            })
+            // A Bridge presenting a Certificate shapes its generated AWS IoT policy.
+            .watches_stream(bridges_for_certificates, |b| certificates_named_by(&b))
+            // ACME tasks say when they stored a pair or failed.
+            .reconcile_on(futures_util::stream::unfold(
+                acme_woken,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            ))
+            .with_config(controller_config())
+            .shutdown_on_signal()
+            .run(super::certificates::reconcile, error_policy, ctx.clone())
+            .for_each(|_| futures_util::future::ready(()));
 
     let sweeper = tokio::spawn(forget_deleted_objects(ctx.clone()));
     let started = Instant::now();
     tokio::join!(broker_ctl, user_ctl, bridge_ctl, cert_ctl);
     sweeper.abort();
+    for w in watches {
+        w.abort();
+    }
     tracing::info!(seconds = started.elapsed().as_secs(), "controllers stopped");
     Ok(())
 }

@@ -29,6 +29,7 @@ pub mod ownership;
 pub mod pod;
 pub mod recover;
 pub mod status;
+pub mod streams;
 pub mod tasks;
 pub mod trust;
 pub mod volume;
