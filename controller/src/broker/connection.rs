@@ -22,9 +22,9 @@ use tokio::sync::mpsc;
 
 use super::alias::{TopicAliases, TOPIC_ALIAS_MAXIMUM};
 use super::codec::{self, FrameError, Incoming, Version};
-use super::router::{CloseReason, ConnLink, Message, Outgoing, SubOptions};
 use super::shared_subs;
 use super::transport::{Reader, Transport, Writer};
+use super::types::{CloseReason, ConnLink, Message, Outgoing, SubOptions, INTERNAL_CLIENT_PREFIX};
 use super::Shared;
 use crate::auth::acl::{valid_topic_filter, valid_topic_name, Op};
 
@@ -166,10 +166,7 @@ pub async fn serve(
         let id = format!("edgemq-{:016x}", rand::random::<u64>());
         assigned = Some(id.clone());
         id.into()
-    } else if connect
-        .client_id
-        .starts_with(super::router::INTERNAL_CLIENT_PREFIX)
-    {
+    } else if connect.client_id.starts_with(INTERNAL_CLIENT_PREFIX) {
         tracing::info!(%peer, client_id = %connect.client_id, "refused: client ids starting with `$edgemq/` are reserved");
         refuse(&mut writer, version, Refusal::ClientId).await;
         return;
