@@ -32,8 +32,8 @@ use super::queue::QueuedMessage;
 use super::{Bridge, ResolvedBridge};
 use crate::api::bridge::MqttVersion;
 use crate::broker::codec::{self, FrameError, Incoming, Version};
-use crate::broker::router::Message;
 use crate::broker::transport::BoxIo;
+use crate::broker::types::Message;
 
 /// Most unacknowledged publishes towards the remote.
 const WINDOW: usize = 256;

@@ -29,7 +29,7 @@ use futures_util::FutureExt;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::broker::router::{ConnLink, Outgoing, SubOptions, INTERNAL_CLIENT_PREFIX};
+use crate::broker::types::{ConnLink, Outgoing, SubOptions, INTERNAL_CLIENT_PREFIX};
 use crate::broker::Shared;
 use crate::metrics::{BridgeMetrics, Metrics};
 use crate::plan::BridgePlan;

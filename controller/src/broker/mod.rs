@@ -24,6 +24,7 @@ pub mod slots;
 pub mod sys;
 pub mod transport;
 pub mod trie;
+pub mod types;
 pub mod will_delay;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -41,7 +42,8 @@ use crate::auth::passwd::PasswordHash;
 use crate::metrics::{BrokerMetrics, Metrics};
 use crate::plan::BrokerBundle;
 use listener::ListenerHandle;
-use router::{CloseReason, Router, RouterLimits, RouterStats};
+use router::{Router, RouterLimits, RouterStats};
+use types::CloseReason;
 
 /// How long [`BrokerRuntime::drain`] waits, after the last client was told, for the
 /// connections to close before the stop goes on without them.

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::mpsc;
 
-use super::router::{Message, RetainedChange};
+use super::types::{Message, RetainedChange};
 
 const RETAINED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retained");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");

@@ -8,130 +8,35 @@
 //! never skipped silently; the per-session queue is bounded by `maxQueuedMessages`;
 //! subscription trie nodes are freed when their last subscriber leaves and
 //! disconnected sessions expire, so memory follows the live state under churn.
+//!
+//! This file holds the state and the routing (subscriptions, publish, queues); the
+//! rest is by concern: `session` (connect, disconnect, expiry, wills, kicks),
+//! `delivery` (what a connection sends next, QoS acknowledgements), `retained` (the
+//! retained store and `$SYS`), `saved` (session snapshots for persistence).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use rumqttd::protocol::PublishProperties;
-use tokio::sync::{watch, Notify};
 
 use super::shared_subs::{self, SharedSubs};
 use super::trie::{Matched, TrieNode};
+use super::types::{
+    ConnLink, Delivery, Message, Outgoing, RetainedChange, SubOptions, INTERNAL_CLIENT_PREFIX,
+};
 use super::will_delay::PendingWills;
-use crate::auth::acl::{topic_matches, Acl, Op};
+use crate::auth::acl::{Acl, Op};
 use crate::metrics::BrokerMetrics;
 
+mod delivery;
 #[cfg(test)]
 mod limits_tests;
+mod retained;
 mod saved;
+mod session;
 #[cfg(test)]
 mod tests;
-
-/// Client ids of edgemq's own sessions start with this; MQTT clients may not use it.
-pub const INTERNAL_CLIENT_PREFIX: &str = "$edgemq/";
-
-/// A message as routed: shared by every session it is delivered to.
-#[derive(Debug)]
-pub struct Message {
-    /// Topic name (valid UTF-8, checked at ingress).
-    pub topic: Bytes,
-    /// Payload.
-    pub payload: Bytes,
-    /// QoS it was published with.
-    pub qos: u8,
-    /// Retain flag it was published with.
-    pub retain: bool,
-    /// MQTT 5 properties forwarded to subscribers.
-    pub properties: Option<PublishProperties>,
-    /// Client id of the publisher, for MQTT 5 no-local subscriptions.
-    pub origin: Option<Arc<str>>,
-    /// When its MQTT 5 Message Expiry Interval runs out: not delivered after that.
-    pub expires_at: Option<Instant>,
-}
-
-impl Message {
-    /// Whether its message expiry interval has run out at `now`.
-    pub fn expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
-    }
-
-    /// The topic as text.
-    pub fn topic_str(&self) -> &str {
-        std::str::from_utf8(&self.topic).unwrap_or("")
-    }
-}
-
-/// Options of one subscription.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SubOptions {
-    /// Maximum QoS granted.
-    pub qos: u8,
-    /// MQTT 5: do not deliver the client's own messages.
-    pub no_local: bool,
-    /// MQTT 5: keep the retain flag on forwarded messages.
-    pub retain_as_published: bool,
-    /// MQTT 5 retain handling: 0 send retained on subscribe, 1 only for a new
-    /// subscription, 2 never.
-    pub retain_handling: u8,
-    /// MQTT 5 Subscription Identifier, sent with every message it matches.
-    pub id: Option<u32>,
-}
-
-/// One message waiting for, or in flight to, a session.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    /// The message.
-    pub msg: Arc<Message>,
-    /// QoS it is delivered at.
-    pub qos: u8,
-    /// Retain flag it is delivered with.
-    pub retain: bool,
-    /// MQTT 5 identifiers of the subscriptions it matched.
-    pub sub_ids: Vec<u32>,
-}
-
-/// Why a connection is being closed by the broker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Another connection took over the session (same client id).
-    SessionTakenOver,
-    /// The user was removed, its password changed, or anonymous access withdrawn.
-    CredentialsChanged,
-    /// The listener was removed.
-    ListenerRemoved,
-    /// The broker is shutting down.
-    ServerShuttingDown,
-}
-
-/// The router's handle on a connection: a wake-up for queued messages and a close
-/// signal.
-#[derive(Clone, Debug)]
-pub struct ConnLink {
-    /// Unique id of the connection.
-    pub id: u64,
-    /// Woken when the session has something to send.
-    pub wake: Arc<Notify>,
-    /// Set to ask the connection to close.
-    pub close: Arc<watch::Sender<Option<CloseReason>>>,
-}
-
-impl ConnLink {
-    /// A new link with id `id`.
-    pub fn new(id: u64) -> ConnLink {
-        ConnLink {
-            id,
-            wake: Arc::new(Notify::new()),
-            close: Arc::new(watch::channel(None).0),
-        }
-    }
-
-    /// Asks the connection to close.
-    pub fn kick(&self, reason: CloseReason) {
-        self.close.send_replace(Some(reason));
-    }
-}
 
 #[derive(Debug)]
 enum Inflight {
@@ -282,31 +187,6 @@ impl Default for RouterLimits {
     }
 }
 
-/// Something the writer of a connection must send.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// A PUBLISH (`pkid` 0 for QoS 0).
-    Publish {
-        /// What to send.
-        delivery: Delivery,
-        /// Packet id.
-        pkid: u16,
-        /// Whether this is a retransmission.
-        dup: bool,
-    },
-    /// A PUBREL retransmitted after reconnect.
-    PubRel(u16),
-}
-
-/// A change to the retained store, for persistence.
-#[derive(Debug, Clone)]
-pub enum RetainedChange {
-    /// A retained message was set.
-    Set(Arc<Message>),
-    /// The retained message of a topic was cleared.
-    Clear(Bytes),
-}
-
 /// Result of [`Router::connect`].
 #[derive(Debug)]
 pub struct Connected {
@@ -377,25 +257,6 @@ impl Router {
         }
     }
 
-    /// Sends every later retained change to `tx` (persistence).
-    pub fn set_persistence(
-        &mut self,
-        tx: Option<tokio::sync::mpsc::UnboundedSender<RetainedChange>>,
-    ) {
-        self.persist = tx;
-    }
-
-    /// Loads retained messages (from persistence) without emitting changes.
-    pub fn restore_retained(&mut self, msgs: Vec<Arc<Message>>) {
-        for m in msgs {
-            self.retained_bytes += message_bytes(&m);
-            if let Some(old) = self.retained.insert(m.topic.clone(), m) {
-                self.retained_bytes -= message_bytes(&old);
-            }
-        }
-        self.metrics.retained.set(self.retained.len() as i64);
-    }
-
     /// Replaces the ACL; connected clients stay connected.
     pub fn set_acl(&mut self, acl: Arc<Acl>) {
         self.acl = acl;
@@ -409,66 +270,6 @@ impl Router {
     /// Replaces the limits; they apply to later messages and connections.
     pub fn set_limits(&mut self, limits: RouterLimits) {
         self.limits = limits;
-    }
-
-    /// Attaches a connection to the session `client_id`, creating or resuming it.
-    /// An existing connection with the same client id is kicked (session takeover).
-    /// A new persistent session past `maxSessions` is refused, and nothing changes.
-    pub fn connect(
-        &mut self,
-        client_id: &Arc<str>,
-        username: Option<Arc<str>>,
-        clean_start: bool,
-        expiry: u32,
-        receive_max: usize,
-        conn: ConnLink,
-    ) -> Result<Connected, ConnectRefused> {
-        let expiry = expiry.min(self.limits.max_session_expiry);
-        let adds_persistent =
-            expiry > 0 && self.sessions.get(client_id).is_none_or(|s| s.expiry == 0);
-        if adds_persistent && self.persistent_sessions() >= self.limits.max_sessions {
-            self.metrics.refused.sessions.inc();
-            return Err(ConnectRefused::MaxSessions(self.limits.max_sessions));
-        }
-        self.changes = self.changes.wrapping_add(1);
-        let mut session_present = false;
-        // [MQTT-3.1.3-9]: a new connection within the will delay cancels the will.
-        self.wills.cancel(client_id);
-        if let Some(old) = self.sessions.get_mut(client_id) {
-            if let Some(prev) = old.conn.take() {
-                prev.kick(CloseReason::SessionTakenOver);
-            }
-            if clean_start || old.username != username {
-                self.remove_session(client_id);
-            } else {
-                session_present = true;
-            }
-        }
-        let max_inflight = receive_max.clamp(1, self.limits.max_inflight.max(1));
-        let session = self
-            .sessions
-            .entry(client_id.clone())
-            .or_insert_with(|| Session::new(username.clone()));
-        session.username = username;
-        session.expiry = expiry;
-        session.disconnected_at = None;
-        session.max_inflight = max_inflight;
-        session.resend = session.inflight.keys().copied().collect();
-        session.conn = Some(conn.clone());
-        if session.has_pending() || !session.resend.is_empty() {
-            conn.wake.notify_one();
-        }
-        self.update_gauges();
-        Ok(Connected { session_present })
-    }
-
-    /// Persistent sessions kept (expiry above 0), connected or not; edgemq's own are
-    /// not counted.
-    fn persistent_sessions(&self) -> usize {
-        self.sessions
-            .values()
-            .filter(|s| s.expiry > 0 && !s.trusted)
-            .count()
     }
 
     /// Which of `filters` client `client_id` may add under `maxSubscriptionsPerClient`:
@@ -503,57 +304,6 @@ impl Router {
             .collect()
     }
 
-    /// Attaches one of edgemq's own sessions (a bridge's local side): trusted (the ACL
-    /// does not apply), kept until it disconnects, with its own in-flight window and
-    /// queue bound rather than the broker's client limits.
-    pub fn connect_internal(
-        &mut self,
-        client_id: &Arc<str>,
-        conn: ConnLink,
-        window: usize,
-        max_queued: usize,
-    ) {
-        // Expiry 0: never refused by maxSessions.
-        let _ = self.connect(client_id, None, true, 0, 1, conn);
-        if let Some(s) = self.sessions.get_mut(client_id) {
-            s.trusted = true;
-            s.max_inflight = window.max(1);
-            s.max_queued = Some(max_queued.max(1));
-        }
-    }
-
-    /// Detaches connection `conn_id` from its session; a session with expiry 0 is removed.
-    pub fn disconnect(&mut self, client_id: &str, conn_id: u64, expiry_override: Option<u32>) {
-        self.changes = self.changes.wrapping_add(1);
-        let Some(s) = self.sessions.get_mut(client_id) else {
-            return;
-        };
-        if s.conn.as_ref().map(|c| c.id) != Some(conn_id) {
-            return;
-        }
-        s.conn = None;
-        // A session that was to end with its connection stays that way: MQTT 5 forbids
-        // a DISCONNECT that turns expiry 0 into more ([MQTT-3.14.2-2]), and honouring it
-        // would keep sessions `maxSessions` never counted.
-        if let Some(e) = expiry_override.filter(|_| s.expiry > 0) {
-            s.expiry = e.min(self.limits.max_session_expiry);
-        }
-        if s.expiry == 0 {
-            self.remove_session(client_id);
-        } else {
-            s.disconnected_at = Some(Instant::now());
-        }
-        self.update_gauges();
-    }
-
-    fn remove_session(&mut self, client_id: &str) {
-        if let Some(s) = self.sessions.remove(client_id) {
-            for filter in s.subscriptions.keys() {
-                self.index_remove(filter, client_id);
-            }
-        }
-    }
-
     /// Adds a subscription to the trie, or to its share group for `$share/` filters.
     fn index_insert(&mut self, filter: &str, client_id: &Arc<str>, opts: SubOptions) {
         if filter.starts_with(shared_subs::PREFIX) {
@@ -569,129 +319,6 @@ impl Router {
         } else {
             self.trie.remove(filter, client_id);
         }
-    }
-
-    /// The will of a connection of `client_id` that has ended (call after
-    /// [`Router::disconnect`]): published now when it has no delay or the session is
-    /// gone, held until the delay or the session's expiry runs out otherwise, and
-    /// dropped when another connection has taken the session over meanwhile.
-    /// `expiry` is the will's Message Expiry Interval.
-    pub fn will(&mut self, client_id: &Arc<str>, will: Message, delay: u32, expiry: Option<u32>) {
-        let now = Instant::now();
-        let session = self.sessions.get(client_id);
-        if delay > 0 && session.is_some_and(|s| s.conn.is_some()) {
-            return;
-        }
-        match session.filter(|s| delay > 0 && s.expiry > 0) {
-            Some(s) => {
-                let due = now + Duration::from_secs(delay.min(s.expiry).into());
-                self.wills.schedule(client_id.clone(), due, will, expiry);
-            }
-            None => {
-                let mut will = will;
-                will.expires_at = expiry.map(|e| now + Duration::from_secs(e.into()));
-                self.publish(will);
-            }
-        }
-    }
-
-    /// Publishes the held wills whose delay has run out. Returns how many.
-    pub fn publish_due_wills(&mut self, now: Instant) -> usize {
-        let due = self.wills.take_due(now);
-        let n = due.len();
-        for w in due {
-            self.publish(w);
-        }
-        n
-    }
-
-    /// Removes disconnected sessions whose expiry has passed. Returns how many.
-    pub fn expire_sessions(&mut self, now: Instant) -> usize {
-        let expired: Vec<Arc<str>> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| {
-                s.conn.is_none()
-                    && s.disconnected_at.is_some_and(|at| {
-                        now.duration_since(at) >= Duration::from_secs(s.expiry.into())
-                    })
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &expired {
-            self.remove_session(k);
-            // The session ended before the will delay: the will goes now.
-            if let Some(w) = self.wills.take(k, now) {
-                self.publish(w);
-            }
-        }
-        if !expired.is_empty() {
-            self.changes = self.changes.wrapping_add(1);
-        }
-        if !expired.is_empty() {
-            self.update_gauges();
-        }
-        expired.len()
-    }
-
-    /// The connections of clients (not edgemq's own sessions), to tell them to go.
-    pub fn client_links(&self) -> Vec<ConnLink> {
-        self.sessions
-            .values()
-            .filter(|s| !s.trusted)
-            .filter_map(|s| s.conn.clone())
-            .collect()
-    }
-
-    /// Kicks every connection of `username` (`None`: anonymous clients).
-    pub fn kick_user(&mut self, username: Option<&str>, reason: CloseReason) -> usize {
-        let mut n = 0;
-        for s in self.sessions.values_mut() {
-            if s.username.as_deref() == username {
-                if let Some(c) = s.conn.take() {
-                    c.kick(reason);
-                    n += 1;
-                    s.disconnected_at = Some(Instant::now());
-                }
-            }
-        }
-        n
-    }
-
-    /// Kicks every client connection (not edgemq's own) for which `refuse(username,
-    /// client id)` is true. Returns how many.
-    pub fn kick_where(
-        &mut self,
-        refuse: impl Fn(Option<&str>, &str) -> bool,
-        reason: CloseReason,
-    ) -> usize {
-        let mut n = 0;
-        for (id, s) in self.sessions.iter_mut() {
-            if s.trusted || !refuse(s.username.as_deref(), id) {
-                continue;
-            }
-            if let Some(c) = s.conn.take() {
-                c.kick(reason);
-                n += 1;
-                s.disconnected_at = Some(Instant::now());
-            }
-        }
-        n
-    }
-
-    /// Kicks connection `conn_id` of `client_id`, if it is still the session's.
-    pub fn kick_connection(&mut self, client_id: &str, conn_id: u64, reason: CloseReason) -> bool {
-        let Some(s) = self.sessions.get_mut(client_id) else {
-            return false;
-        };
-        if s.conn.as_ref().is_none_or(|c| c.id != conn_id) {
-            return false;
-        }
-        if let Some(c) = s.conn.take() {
-            c.kick(reason);
-            s.disconnected_at = Some(Instant::now());
-        }
-        true
     }
 
     /// Adds or replaces a subscription and queues the retained messages it asks for.
@@ -710,44 +337,7 @@ impl Router {
         };
         // Mosquitto sends no retained messages on a shared subscribe.
         if send_retained && !filter.starts_with(shared_subs::PREFIX) {
-            let matching: Vec<Arc<Message>> = self
-                .retained
-                .values()
-                .chain(self.sys_retained.values())
-                .filter(|m| topic_matches(filter, m.topic_str()) && !m.expired(Instant::now()))
-                .cloned()
-                .collect();
-            for m in matching {
-                let allowed = {
-                    let s = &self.sessions[client_id];
-                    self.acl
-                        .check(s.username.as_deref(), client_id, m.topic_str(), Op::Read)
-                };
-                if !allowed {
-                    self.read_denied(client_id, m.topic_str());
-                    continue;
-                }
-                let qos = m.qos.min(opts.qos);
-                let max_backlog = self.limits.max_retained.max(1);
-                let Some(s) = self.sessions.get_mut(client_id) else {
-                    break;
-                };
-                if s.retained_backlog.len() >= max_backlog {
-                    // Only a client re-subscribing faster than it reads gets here.
-                    s.dropped += 1;
-                    self.metrics.dropped_queue_full.inc();
-                    continue;
-                }
-                s.retained_backlog.push_back(Delivery {
-                    msg: m,
-                    qos,
-                    retain: true,
-                    sub_ids: opts.id.into_iter().collect(),
-                });
-                if let Some(c) = &s.conn {
-                    c.wake.notify_one();
-                }
-            }
+            self.queue_retained(client_id, filter, opts);
         }
         self.update_gauges();
         existed
@@ -822,53 +412,6 @@ impl Router {
         delivered
     }
 
-    fn retain(&mut self, msg: &Arc<Message>) {
-        // `$SYS` statistics are edgemq's own: kept apart from the retained store (not
-        // persisted, not counted against maxRetainedMessages or in the metric).
-        if msg.origin.is_none() && msg.topic.starts_with(b"$SYS/") {
-            self.sys_retained.insert(msg.topic.clone(), msg.clone());
-            return;
-        }
-        if msg.payload.is_empty() {
-            if let Some(old) = self.retained.remove(&msg.topic) {
-                self.retained_bytes -= message_bytes(&old);
-                if let Some(p) = &self.persist {
-                    let _ = p.send(RetainedChange::Clear(msg.topic.clone()));
-                }
-            }
-        } else {
-            let old = self.retained.get(&msg.topic).map(|m| message_bytes(m));
-            let bytes = self.retained_bytes - old.unwrap_or(0) + message_bytes(msg);
-            let refused = if old.is_none() && self.retained.len() >= self.limits.max_retained {
-                self.metrics.refused.retained_messages.inc();
-                Some(("maxRetainedMessages", self.limits.max_retained))
-            } else if bytes > self.limits.max_retained_bytes {
-                self.metrics.refused.retained_bytes.inc();
-                Some(("maxRetainedBytes", self.limits.max_retained_bytes))
-            } else {
-                None
-            };
-            match refused {
-                None => {
-                    self.retained_bytes = bytes;
-                    self.retained.insert(msg.topic.clone(), msg.clone());
-                    if let Some(p) = &self.persist {
-                        let _ = p.send(RetainedChange::Set(msg.clone()));
-                    }
-                }
-                Some((setting, limit)) => {
-                    self.retained_refused += 1;
-                    let n = self.retained_refused;
-                    if n.is_power_of_two() || n % 10_000 == 0 {
-                        tracing::warn!(broker = %self.name, topic = %msg.topic_str(), limit, refused = n,
-                            "retained message not kept: {setting} reached (delivered to the subscribers connected now; counted in edgemq_limit_refusals_total)");
-                    }
-                }
-            }
-        }
-        self.metrics.retained.set(self.retained.len() as i64);
-    }
-
     /// Counts a message the ACL keeps from `client_id`; the first one per session is
     /// logged with the reason, so a client that receives nothing can be explained.
     fn read_denied(&mut self, client_id: &str, topic: &str) {
@@ -930,166 +473,6 @@ impl Router {
         true
     }
 
-    /// Takes what connection `conn_id` of `client_id` should send next: retransmissions
-    /// first, then queued messages while the in-flight window allows (QoS 0 messages
-    /// do not use the window). At most `batch` items.
-    pub fn next_outgoing(
-        &mut self,
-        client_id: &str,
-        conn_id: u64,
-        batch: usize,
-        out: &mut Vec<Outgoing>,
-    ) {
-        let Some(s) = self.sessions.get_mut(client_id) else {
-            return;
-        };
-        if s.conn.as_ref().map(|c| c.id) != Some(conn_id) {
-            return;
-        }
-        if s.has_pending() || !s.resend.is_empty() {
-            self.changes = self.changes.wrapping_add(1);
-        }
-        let now = Instant::now();
-        let mut expired = 0u64;
-        while out.len() < batch {
-            let Some(pkid) = s.resend.pop_front() else {
-                break;
-            };
-            match s.inflight.get(&pkid) {
-                Some(Inflight::Sent(d)) => out.push(Outgoing::Publish {
-                    delivery: d.clone(),
-                    pkid,
-                    dup: true,
-                }),
-                Some(Inflight::Released) => out.push(Outgoing::PubRel(pkid)),
-                None => {}
-            }
-        }
-        while out.len() < batch {
-            // Retained messages owed to a new subscription go first: they are older
-            // than anything queued after the SUBSCRIBE.
-            let backlog = !s.retained_backlog.is_empty();
-            let q = if backlog {
-                &mut s.retained_backlog
-            } else {
-                &mut s.queue
-            };
-            let Some(front) = q.front() else { break };
-            if front.qos > 0 && s.inflight.len() >= s.max_inflight {
-                break;
-            }
-            let Some(d) = q.pop_front() else { break };
-            if !backlog {
-                s.queued_bytes -= message_bytes(&d.msg);
-            }
-            // [MQTT-3.3.2-5]: an expired message is not delivered.
-            if d.msg.expired(now) {
-                s.dropped_expired += 1;
-                expired += 1;
-                continue;
-            }
-            if d.qos == 0 {
-                out.push(Outgoing::Publish {
-                    delivery: d,
-                    pkid: 0,
-                    dup: false,
-                });
-                continue;
-            }
-            let Some(pkid) = s.alloc_pkid() else {
-                if backlog {
-                    s.retained_backlog.push_front(d);
-                } else {
-                    s.queued_bytes += message_bytes(&d.msg);
-                    s.queue.push_front(d);
-                }
-                break;
-            };
-            s.inflight.insert(pkid, Inflight::Sent(d.clone()));
-            out.push(Outgoing::Publish {
-                delivery: d,
-                pkid,
-                dup: false,
-            });
-        }
-        if expired > 0 {
-            self.metrics.dropped_expired.inc_by(expired);
-        }
-    }
-
-    /// PUBACK from the client: frees the in-flight slot.
-    pub fn puback(&mut self, client_id: &str, pkid: u16) -> bool {
-        self.complete(client_id, pkid, false)
-    }
-
-    /// Frees the in-flight slot of a message the connection did not send (larger than
-    /// the client's Maximum Packet Size): it counts as delivered [MQTT-3.1.2-25].
-    pub fn drop_inflight(&mut self, client_id: &str, pkid: u16) {
-        self.changes = self.changes.wrapping_add(1);
-        if let Some(s) = self.sessions.get_mut(client_id) {
-            s.inflight.remove(&pkid);
-        }
-    }
-
-    /// PUBREC from the client: the message moves to awaiting PUBCOMP. Returns whether
-    /// the packet id was known.
-    pub fn pubrec(&mut self, client_id: &str, pkid: u16) -> bool {
-        self.changes = self.changes.wrapping_add(1);
-        let Some(s) = self.sessions.get_mut(client_id) else {
-            return false;
-        };
-        match s.inflight.get_mut(&pkid) {
-            Some(slot) => {
-                *slot = Inflight::Released;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// PUBCOMP from the client: frees the in-flight slot.
-    pub fn pubcomp(&mut self, client_id: &str, pkid: u16) -> bool {
-        self.complete(client_id, pkid, true)
-    }
-
-    fn complete(&mut self, client_id: &str, pkid: u16, released: bool) -> bool {
-        self.changes = self.changes.wrapping_add(1);
-        let Some(s) = self.sessions.get_mut(client_id) else {
-            return false;
-        };
-        let known = match s.inflight.get(&pkid) {
-            Some(Inflight::Released) => released,
-            Some(Inflight::Sent(_)) => !released,
-            None => false,
-        };
-        if known {
-            s.inflight.remove(&pkid);
-            if s.has_pending() {
-                if let Some(c) = &s.conn {
-                    c.wake.notify_one();
-                }
-            }
-        }
-        known
-    }
-
-    /// An incoming QoS 2 PUBLISH: returns true the first time a packet id is seen
-    /// (the message must be routed), false for a retransmission.
-    pub fn qos2_received(&mut self, client_id: &str, pkid: u16) -> bool {
-        self.changes = self.changes.wrapping_add(1);
-        self.sessions
-            .get_mut(client_id)
-            .is_some_and(|s| s.incoming_qos2.insert(pkid))
-    }
-
-    /// PUBREL from the client: forgets the packet id. Returns whether it was known.
-    pub fn qos2_released(&mut self, client_id: &str, pkid: u16) -> bool {
-        self.changes = self.changes.wrapping_add(1);
-        self.sessions
-            .get_mut(client_id)
-            .is_some_and(|s| s.incoming_qos2.remove(&pkid))
-    }
-
     /// A publish/subscribe round trip through the trie and a session queue, as
     /// `/healthz` reports it: an internal session subscribes to a `$edgemq/` topic,
     /// a message with a fresh nonce is published and must come out of its queue.
@@ -1144,73 +527,6 @@ impl Router {
                 .map(|s| s.queue.len() + s.retained_backlog.len())
                 .sum(),
         }
-    }
-
-    /// Every retained message (for persistence snapshots).
-    pub fn retained_messages(&self) -> Vec<Arc<Message>> {
-        self.retained.values().cloned().collect()
-    }
-
-    /// A counter that moves whenever a session may have changed.
-    pub fn changes(&self) -> u64 {
-        self.changes
-    }
-
-    /// Every persistent session (expiry above 0, not edgemq's own), encoded for the
-    /// store: subscriptions, retained backlog and queue, in-flight messages (QoS 1/2
-    /// sent, QoS 2 released), the QoS 2 packet ids received, and the expiry left
-    /// (counted from `now` for a disconnected session).
-    pub fn snapshot_sessions(&self, now: Instant) -> Vec<(String, Vec<u8>)> {
-        self.snapshot_sessions_counted(now).0
-    }
-
-    /// [`Router::snapshot_sessions`], also counting the messages the sessions hold.
-    pub fn snapshot_sessions_counted(&self, now: Instant) -> (Vec<(String, Vec<u8>)>, usize) {
-        let mut out = Vec::new();
-        let mut messages = 0;
-        for (id, s) in &self.sessions {
-            if s.trusted || s.expiry == 0 || id.starts_with(INTERNAL_CLIENT_PREFIX) {
-                continue;
-            }
-            let left = match s.disconnected_at {
-                Some(at) => {
-                    let gone = now.duration_since(at).as_secs();
-                    u64::from(s.expiry).saturating_sub(gone) as u32
-                }
-                None => s.expiry,
-            };
-            if left == 0 {
-                continue;
-            }
-            messages += s.queue.len() + s.retained_backlog.len() + s.inflight.len();
-            out.push((id.to_string(), saved::encode(s, left)));
-        }
-        (out, messages)
-    }
-
-    /// Restores sessions saved by [`Router::snapshot_sessions`] as disconnected ones
-    /// (their expiry counts from now). Returns how many, and how many messages they
-    /// hold. Entries that do not decode are skipped with a warning.
-    pub fn restore_sessions(&mut self, saved: Vec<(String, Vec<u8>)>) -> (usize, usize) {
-        let now = Instant::now();
-        let (mut n, mut msgs) = (0, 0);
-        for (id, bytes) in saved {
-            let Some(mut s) = saved::decode(&bytes) else {
-                tracing::warn!(broker = %self.name, client_id = %id, "a saved session could not be read; it is dropped");
-                continue;
-            };
-            s.disconnected_at = Some(now);
-            s.queued_bytes = s.queue.iter().map(|d| message_bytes(&d.msg)).sum();
-            let id: Arc<str> = id.into();
-            for (filter, opts) in s.subscriptions.clone() {
-                self.index_insert(&filter, &id, opts);
-            }
-            msgs += s.queue.len() + s.retained_backlog.len() + s.inflight.len();
-            self.sessions.insert(id, s);
-            n += 1;
-        }
-        self.update_gauges();
-        (n, msgs)
     }
 
     fn update_gauges(&self) {

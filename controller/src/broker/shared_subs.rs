@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::router::SubOptions;
 use super::trie::TrieNode;
+use super::types::SubOptions;
 use crate::auth::acl::valid_topic_filter;
 
 /// The prefix of a shared subscription's filter.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::router::Message;
+use super::types::Message;
 use super::Shared;
 
 /// Exponential moving averages per minute over 1, 5 and 15 minutes, as Mosquitto's

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::router::SubOptions;
+use super::types::SubOptions;
 
 /// What a topic matched for one subscriber: the options of its matching
 /// subscriptions merged (highest QoS), and every subscription identifier among them.

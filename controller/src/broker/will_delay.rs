@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::router::Message;
+use super::types::Message;
 
 #[derive(Debug)]
 struct Pending {

@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use super::*;
+use crate::broker::types::CloseReason;
 use crate::plan::AclPlan;
 
 fn router() -> Router {

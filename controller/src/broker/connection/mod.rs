@@ -1,0 +1,466 @@
+//! One client connection: CONNECT and authentication, then a reader (packets from
+//! the client) and a writer (acks and deliveries to the client) running side by side.
+//!
+//! Protocol hygiene lives here: MQTT 3.1 client ids have 1 to 23 characters, a
+//! bridge (protocol level bit 0x80) gets no echo of its own messages, keepalive 0 is
+//! accepted, a PUBLISH to an invalid topic or a second CONNECT closes the connection,
+//! as does any packet [`super::check`] refuses (MQTT 5: after a DISCONNECT saying why),
+//! a denied PUBLISH is acknowledged (MQTT 5: reason 0x87) and dropped.
+//!
+//! ```text
+//!  serve ── connect: CONNECT, client id, authentication, CONNACK
+//!    ├── read_loop ── Handler::handle ── publish: PUBLISH, PUBACK/PUBREC/PUBREL/PUBCOMP
+//!    │                                 └─ subscribe: SUBSCRIBE, UNSUBSCRIBE
+//!    └── writer: answers and deliveries, the goodbye DISCONNECT
+//! ```
+
+mod connect;
+mod publish;
+mod subscribe;
+mod writer;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::{
+    Connect, ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode, LastWill,
+    LastWillProperties, Packet, PingResp,
+};
+use tokio::sync::mpsc;
+
+use super::alias::TopicAliases;
+use super::client_cert::{PeerCertificate, Registration};
+use super::codec::{self, FrameError, Incoming, Version};
+use super::transport::{Reader, Transport};
+use super::types::{CloseReason, ConnLink};
+use super::Shared;
+use crate::api::broker::Limits;
+use connect::{refuse, Refusal};
+
+/// Why a connection ended, for logs.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    /// DISCONNECT, with the session expiry an MQTT 5 client may set in it.
+    #[error("client disconnected")]
+    Normal { expiry: Option<u32> },
+    #[error("client disconnected and asked for its will")]
+    NormalWithWill { expiry: Option<u32> },
+    #[error("connection closed by the client")]
+    Eof,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("keepalive timeout")]
+    KeepAlive,
+    #[error("closed by the broker: {0:?}")]
+    Kicked(CloseReason),
+}
+
+struct Client {
+    id: Arc<str>,
+    username: Option<Arc<str>>,
+    version: Version,
+    /// Connected with Mosquitto's bridge bit: its subscriptions are no-local and
+    /// retain-as-published, as Mosquitto treats a bridge, so its own messages are not
+    /// echoed back and retained flags cross unchanged.
+    bridge: bool,
+    /// A refused publish was logged for this connection already.
+    denial_logged: std::sync::atomic::AtomicBool,
+    /// A refused subscription was logged for this connection already.
+    sub_denial_logged: std::sync::atomic::AtomicBool,
+    will: Option<(LastWill, Option<LastWillProperties>)>,
+}
+
+/// A socket that has not authenticated yet: its handshake slot, and when its
+/// handshake timeout (counted from the accept) runs out.
+pub struct Handshake {
+    /// Freed when the CONNECT is authenticated or the socket closes.
+    pub slot: super::slots::HandshakeSlot,
+    /// The CONNECT must be read by then.
+    pub deadline: tokio::time::Instant,
+    /// The client certificate a `clientAuth` listener accepted, if one was presented.
+    pub certificate: Option<PeerCertificate>,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(
+    transport: Transport,
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    peer: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    handshake: Handshake,
+) {
+    let (mut reader, mut writer) = transport.split();
+    let mut buf = BytesMut::new();
+    let limits = shared.limits.load_full();
+    let Some(packet) = connect::first_connect(
+        &mut reader,
+        &mut buf,
+        &mut writer,
+        &shared,
+        &limits,
+        handshake.deadline,
+        &peer,
+        &listener,
+    )
+    .await
+    else {
+        return;
+    };
+    let version = packet.head.version;
+    let identity = connect::identify(
+        &shared,
+        &packet,
+        handshake.certificate.as_ref(),
+        &peer,
+        &listener,
+    )
+    .await;
+    let connect::Identity {
+        client_id,
+        username,
+        assigned,
+    } = match identity {
+        Ok(identity) => identity,
+        Err(why) => {
+            refuse(&mut writer, version, why).await;
+            return;
+        }
+    };
+    let codec::ConnectPacket {
+        head,
+        connect,
+        properties: props,
+        will,
+        will_properties: will_props,
+        ..
+    } = packet;
+
+    // Authenticated: the handshake slot becomes a connection slot.
+    let _slot = match super::slots::connection(handshake.slot) {
+        Ok(slot) => slot,
+        Err(e) => {
+            tracing::warn!(%peer, %listener, client_id = %client_id, "connection refused: {e}");
+            refuse(&mut writer, version, Refusal::Quota).await;
+            return;
+        }
+    };
+
+    let link = ConnLink::new(shared.next_conn_id.fetch_add(1, Ordering::Relaxed));
+    let _registration = handshake
+        .certificate
+        .as_ref()
+        .map(|cert| register_certificate(&shared, cert, link.id, &listener, &client_id));
+    let mut close_rx = link.close.subscribe();
+    let (expiry, granted_expiry) = session_expiry(version, &connect, props.as_ref(), &limits);
+    let receive_max = props
+        .as_ref()
+        .and_then(|p| p.receive_maximum)
+        .map_or(usize::from(limits.max_inflight), usize::from);
+    let connected = {
+        let mut router = shared.router();
+        router.connect(
+            &client_id,
+            username.clone(),
+            connect.clean_session,
+            granted_expiry,
+            receive_max,
+            link.clone(),
+        )
+    };
+    let connected = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, %listener, client_id = %client_id, "connection refused: {e} (counted in edgemq_limit_refusals_total)");
+            refuse(&mut writer, version, Refusal::Quota).await;
+            return;
+        }
+    };
+    let max_packet = shared.max_packet_size();
+    let (keepalive, server_keep_alive) = connect::keep_alive(version, connect.keep_alive);
+    // [MQTT-3.1.2-24]: nothing larger than the client's Maximum Packet Size is sent.
+    let client_max_packet = props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .map_or(usize::MAX, |m| m as usize);
+    let accepted = connect::Accepted {
+        session_present: connected.session_present,
+        expiry: (expiry, granted_expiry),
+        assigned,
+        server_keep_alive,
+    };
+    let sent = match connect::connack(version, &limits, max_packet, accepted) {
+        Ok(out) => writer.write_all(&out).await.is_ok(),
+        Err(_) => false,
+    };
+    if !sent {
+        disconnect(&shared, &client_id, link.id, None);
+        return;
+    }
+    shared.metrics.connections.inc();
+    tracing::info!(%peer, %listener, client_id = %client_id, username = username.as_deref().unwrap_or(""),
+        level = head.level, bridge = head.bridge, session_present = connected.session_present, "client connected");
+
+    let client = Client {
+        id: client_id.clone(),
+        username,
+        version,
+        bridge: head.bridge,
+        denial_logged: Default::default(),
+        sub_denial_logged: Default::default(),
+        will: will.map(|w| (w, will_props)),
+    };
+    // Boxed: a channel allocates its slots up front, and an unboxed `Packet` would
+    // cost every idle connection about 10 KB.
+    let (ctrl_tx, ctrl_rx) = mpsc::channel::<Box<Packet>>(256);
+    let writer_task = tokio::spawn(writer::write_loop(
+        writer,
+        shared.clone(),
+        client_id.clone(),
+        version,
+        link.clone(),
+        ctrl_rx,
+        client_max_packet,
+    ));
+    let mut handler = Handler {
+        shared: &shared,
+        client: &client,
+        ctrl: &ctrl_tx,
+        aliases: TopicAliases::default(),
+    };
+    let end = read_loop(
+        &mut reader,
+        &mut buf,
+        &mut handler,
+        keepalive,
+        &mut close_rx,
+        &mut stop,
+    )
+    .await;
+    drop(ctrl_tx);
+    leave(&shared, &client, link.id, &end);
+    let _ = writer_task.await;
+    shared.metrics.connections.dec();
+    match end {
+        End::Normal { .. } | End::NormalWithWill { .. } | End::Eof => {
+            tracing::info!(client_id = %client_id, reason = %end, "client disconnected")
+        }
+        _ => tracing::info!(client_id = %client_id, reason = %end, "client connection closed"),
+    }
+}
+
+/// The session expiry a CONNECT asks for (MQTT 3.1.1: the Broker's
+/// `sessionExpirySeconds` unless the session is clean), and the one granted.
+fn session_expiry(
+    version: Version,
+    connect: &Connect,
+    props: Option<&ConnectProperties>,
+    limits: &Limits,
+) -> (u32, u32) {
+    let expiry = match version {
+        Version::V4 if connect.clean_session => 0,
+        Version::V4 => limits.session_expiry_seconds,
+        Version::V5 => props.and_then(|p| p.session_expiry_interval).unwrap_or(0),
+    };
+    (expiry, expiry.min(limits.session_expiry_seconds))
+}
+
+/// The session's connection is gone: the router keeps or drops the session, and the
+/// will is published unless the client said a plain DISCONNECT; an MQTT 5 Will Delay
+/// Interval holds it (see `will_delay`).
+fn leave(shared: &Shared, client: &Client, conn_id: u64, end: &End) {
+    let expiry_override = match end {
+        End::Normal { expiry } | End::NormalWithWill { expiry } => *expiry,
+        _ => None,
+    };
+    let mut router = shared.router();
+    router.disconnect(&client.id, conn_id, expiry_override);
+    if !matches!(end, End::Normal { .. }) {
+        publish::publish_will(&mut router, shared, client);
+    }
+}
+
+/// Notes a connection that logged in with a client certificate, so a change of the
+/// listener's CA or CRL checks it again; the note goes when the registration drops.
+fn register_certificate<'a>(
+    shared: &'a Shared,
+    cert: &PeerCertificate,
+    conn_id: u64,
+    listener: &Arc<str>,
+    client_id: &Arc<str>,
+) -> Registration<'a> {
+    shared
+        .certificate_connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            conn_id,
+            super::CertificateConnection {
+                listener: listener.clone(),
+                client_id: client_id.clone(),
+                chain: cert.chain.clone(),
+            },
+        );
+    Registration { shared, conn_id }
+}
+
+fn disconnect(shared: &Shared, client_id: &str, conn_id: u64, expiry: Option<u32>) {
+    let mut router = shared.router();
+    router.disconnect(client_id, conn_id, expiry);
+}
+
+/// What the reader needs to answer a client's packets, one method per packet type
+/// (in `publish` and `subscribe`): plain calls on the reader's own state, no trait
+/// objects, nothing allocated by the dispatch itself.
+struct Handler<'a> {
+    shared: &'a Arc<Shared>,
+    client: &'a Client,
+    /// To the writer: acks, PINGRESP, DISCONNECT.
+    ctrl: &'a mpsc::Sender<Box<Packet>>,
+    aliases: TopicAliases,
+}
+
+impl Handler<'_> {
+    fn v5(&self) -> bool {
+        self.client.version == Version::V5
+    }
+
+    /// Queues a packet for the writer; `Err` when the writer is gone.
+    async fn send(&self, p: Packet) -> Result<(), End> {
+        send(self.ctrl, p).await
+    }
+
+    /// Answers one packet from the client; `Err` ends the connection.
+    async fn handle(&mut self, incoming: Incoming) -> Result<(), End> {
+        let packet = match incoming {
+            Incoming::Publish {
+                publish,
+                properties,
+                qos,
+                pkid,
+            } => return self.publish(publish, properties, qos, pkid).await,
+            Incoming::Other(packet) => packet,
+        };
+        match packet {
+            Packet::Connect(..) => Err(End::Protocol("second CONNECT")),
+            Packet::PingReq(_) => self.send(Packet::PingResp(PingResp)).await,
+            Packet::PubAck(ack, _) => {
+                self.puback(ack.pkid);
+                Ok(())
+            }
+            Packet::PubRec(rec, _) => self.pubrec(rec.pkid).await,
+            Packet::PubComp(comp, _) => {
+                self.pubcomp(comp.pkid);
+                Ok(())
+            }
+            Packet::PubRel(rel, _) => self.pubrel(rel.pkid).await,
+            Packet::Subscribe(sub, props) => self.subscribe(sub, props).await,
+            Packet::Unsubscribe(unsub, _) => self.unsubscribe(unsub).await,
+            Packet::Disconnect(d, props) => Err(disconnected(d, props)),
+            _ => Err(End::Protocol("unexpected packet type from a client")),
+        }
+    }
+}
+
+/// How a DISCONNECT from the client ends the connection: with or without its will,
+/// and the session expiry an MQTT 5 client may set in it.
+fn disconnected(d: Disconnect, props: Option<DisconnectProperties>) -> End {
+    let expiry = props.and_then(|p| p.session_expiry_interval);
+    if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
+        End::NormalWithWill { expiry }
+    } else {
+        End::Normal { expiry }
+    }
+}
+
+async fn read_loop(
+    reader: &mut Reader,
+    buf: &mut BytesMut,
+    handler: &mut Handler<'_>,
+    keepalive: u16,
+    close_rx: &mut tokio::sync::watch::Receiver<Option<CloseReason>>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> End {
+    let (shared, version) = (handler.shared, handler.client.version);
+    let timeout = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
+    let max = shared.max_packet_size();
+    // One keepalive timer for the whole connection, and one registration with each
+    // watch: a read only notes when it happened, and the timer, once due, moves on to
+    // one keepalive after the last read. (A timer armed per read, and the watches
+    // polled anew per read, cost a lock and a list insertion each, per message.)
+    let mut last_read = tokio::time::Instant::now();
+    let far = Duration::from_secs(86_400 * 365);
+    let keepalive_due = tokio::time::sleep(timeout.unwrap_or(far));
+    let mut close_watch = close_rx.clone();
+    let closed = close_watch.changed();
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(keepalive_due, closed, stopped);
+    loop {
+        // Handle every complete frame already buffered.
+        loop {
+            match codec::read_client(version, buf, max) {
+                Ok(incoming) => {
+                    let handled = handler.handle(incoming);
+                    if let Err(end) = Box::pin(handled).await {
+                        return end;
+                    }
+                }
+                Err(FrameError::Incomplete) => break,
+                Err(FrameError::Violation(v)) => {
+                    // MQTT 5: say why before closing [MQTT-4.13.2-1].
+                    if version == Version::V5 {
+                        let reason_code = if v.reason_code() == 0x81 {
+                            DisconnectReasonCode::MalformedPacket
+                        } else {
+                            DisconnectReasonCode::ProtocolError
+                        };
+                        let _ = handler
+                            .send(Packet::Disconnect(Disconnect { reason_code }, None))
+                            .await;
+                    }
+                    return End::Frame(FrameError::Violation(v));
+                }
+                Err(FrameError::TooLarge(n)) => {
+                    shared.metrics.refused.payload_bytes.inc();
+                    return End::Frame(FrameError::TooLarge(n));
+                }
+                Err(e) => return End::Frame(e),
+            }
+        }
+        let n = tokio::select! {
+            biased;
+            _ = &mut closed => {
+                let reason = (*close_rx.borrow()).unwrap_or(CloseReason::ServerShuttingDown);
+                return End::Kicked(reason);
+            }
+            _ = &mut stopped => return End::Kicked(CloseReason::ListenerRemoved),
+            () = &mut keepalive_due, if timeout.is_some() => {
+                let t = timeout.unwrap_or(far);
+                if last_read.elapsed() >= t {
+                    return End::KeepAlive;
+                }
+                keepalive_due.as_mut().reset(last_read + t);
+                continue;
+            }
+            r = reader.read_into(buf) => r,
+        };
+        match n {
+            Ok(0) => return End::Eof,
+            Ok(n) => {
+                last_read = tokio::time::Instant::now();
+                shared.metrics.bytes_in.inc_by(n as u64);
+            }
+            Err(e) => return End::Io(e),
+        }
+    }
+}
+
+async fn send(ctrl: &mpsc::Sender<Box<Packet>>, p: Packet) -> Result<(), End> {
+    ctrl.send(Box::new(p)).await.map_err(|_| End::Eof)
+}
