@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -70,19 +70,31 @@ pub struct Context {
 /// Whether every store has listed once, for any number of waiters.
 ///
 /// A reflector store's `wait_until_ready` keeps the waker of only the last task that
-/// polled it, so several tasks waiting at once (reconciles of four controllers, the
-/// readiness probe) could miss the wake-up and wait for ever: a controller that
-/// restarted next to an idle namespace then never reconciled. One task waits on the
-/// stores here; everyone else waits on this watch channel, which wakes them all.
+/// polled it, and each controller's runner already waits on its own kind's store that
+/// way; a second waiter on the same store would take the wake-up from it (or lose
+/// it). So the stores are never waited on here: each watch says when it has listed
+/// (`Listed`, set by `controller::reflect` on the watch's first complete list), one
+/// task waits for all of them, and everyone else waits on this channel, which wakes
+/// them all.
 #[derive(Clone)]
 pub struct Synced(tokio::sync::watch::Receiver<Option<Result<(), String>>>);
 
+/// A watch's "listed once" signal, by kind.
+pub(super) type Listed = (&'static str, tokio::sync::watch::Receiver<bool>);
+
 impl Synced {
-    /// Starts the one task that waits for `stores`; `on_ready` runs once they are.
-    pub(super) fn spawn(stores: Stores, on_ready: impl FnOnce() + Send + 'static) -> Synced {
+    /// Starts the one task that waits for every watch in `listed`; `on_ready` runs once
+    /// they have all listed.
+    pub(super) fn spawn(listed: Vec<Listed>, on_ready: impl FnOnce() + Send + 'static) -> Synced {
         let (tx, rx) = tokio::sync::watch::channel(None);
         tokio::spawn(async move {
-            let r = stores.ready().await.map_err(|e| e.to_string());
+            let mut r = Ok(());
+            for (kind, mut rx) in listed {
+                if rx.wait_for(|listed| *listed).await.is_err() {
+                    r = Err(format!("{kind}: the watch ended before its first list"));
+                    break;
+                }
+            }
             match &r {
                 Ok(()) => on_ready(),
                 Err(e) => tracing::error!(error = %e, "watches did not start"),
@@ -124,34 +136,6 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Waits until every store has its first complete list. Only [`Synced`] calls
-    /// this: a store wakes one waiter only.
-    async fn ready(&self) -> Result<(), Error> {
-        let e =
-            |kind: &str, e: reflector::store::WriterDropped| Error::Watch(format!("{kind}: {e}"));
-        self.brokers
-            .wait_until_ready()
-            .await
-            .map_err(|x| e("Broker", x))?;
-        self.users
-            .wait_until_ready()
-            .await
-            .map_err(|x| e("MqttUser", x))?;
-        self.bridges
-            .wait_until_ready()
-            .await
-            .map_err(|x| e("Bridge", x))?;
-        self.certificates
-            .wait_until_ready()
-            .await
-            .map_err(|x| e("Certificate", x))?;
-        self.secrets
-            .wait_until_ready()
-            .await
-            .map_err(|x| e("Secret", x))?;
-        Ok(())
-    }
-
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             brokers: self.brokers.state(),
@@ -541,36 +525,20 @@ pub(super) fn status_of<K: Serialize>(o: &K) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::reflector::store::Writer;
-    use kube::runtime::watcher;
     use std::time::Duration;
 
-    fn listed<K>(mut w: Writer<K>)
-    where
-        K: Resource<DynamicType = ()> + Clone + 'static,
-    {
-        w.apply_watcher_event(&watcher::Event::Init);
-        w.apply_watcher_event(&watcher::Event::InitDone);
-        // The writer must outlive the test's waits: a dropped writer is an error.
-        std::mem::forget(w);
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_waiter_wakes_once_the_stores_have_listed() {
-        let (brokers, wb) = reflector::store::<Broker>();
-        let (users, wu) = reflector::store::<MqttUser>();
-        let (bridges, wbr) = reflector::store::<Bridge>();
-        let (certificates, wc) = reflector::store::<Certificate>();
-        let (secrets, ws) = reflector::store::<PartialObjectMeta<Secret>>();
-        let stores = Stores {
-            brokers,
-            users,
-            bridges,
-            certificates,
-            secrets,
-        };
+    async fn every_waiter_wakes_once_the_watches_have_listed() {
+        let kinds = ["Broker", "MqttUser", "Bridge", "Certificate", "Secret"];
+        let (senders, listed): (Vec<_>, Vec<_>) = kinds
+            .iter()
+            .map(|k| {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                (tx, (*k, rx))
+            })
+            .unzip();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let synced = Synced::spawn(stores, move || {
+        let synced = Synced::spawn(listed, move || {
             let _ = tx.send(());
         });
         // Many tasks wait at once, as reconciles of several controllers do.
@@ -581,11 +549,9 @@ mod tests {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        listed(wb);
-        listed(wu);
-        listed(wbr);
-        listed(wc);
-        listed(ws);
+        for tx in &senders {
+            tx.send_replace(true);
+        }
         for w in waiters {
             let ok = tokio::time::timeout(Duration::from_secs(5), w)
                 .await
@@ -595,5 +561,17 @@ mod tests {
         }
         rx.await.expect("the readiness callback ran");
         assert!(synced.wait().await.is_ok(), "later waiters pass at once");
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_ends_before_listing_says_which() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let synced = Synced::spawn(vec![("Secret", rx)], || panic!("not ready"));
+        drop(tx);
+        let e = synced.wait().await.unwrap_err().to_string();
+        assert!(
+            e.contains("Secret: the watch ended before its first list"),
+            "{e}"
+        );
     }
 }

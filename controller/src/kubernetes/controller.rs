@@ -440,14 +440,17 @@ fn error_policy<K>(_obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
-/// A store of `api` and the stream that fills it: an item comes out of the stream only
-/// after the store holds it, so a reconcile it triggers never reads an older copy.
-/// Deleted objects come out too (their Broker must forget them).
+/// A store of `api`, the stream that fills it, and the signal that it has listed once
+/// (for [`super::context::Synced`]): an item comes out of the stream only after the
+/// store holds it, so a reconcile it triggers never reads an older copy. Deleted
+/// objects come out too (their Broker must forget them).
 fn reflect<K>(
+    kind: &'static str,
     api: Api<K>,
 ) -> (
     Store<K>,
     impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    super::context::Listed,
 )
 where
     K: Resource<DynamicType = ()>
@@ -466,10 +469,16 @@ where
         o.annotations_mut()
             .remove("kubectl.kubernetes.io/last-applied-configuration");
     });
+    let (listed, listed_rx) = tokio::sync::watch::channel(false);
     let stream = reflector::reflector(writer, objects)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                listed.send_replace(true);
+            }
+        })
         .default_backoff()
         .touched_objects();
-    (reader, stream)
+    (reader, stream, (kind, listed_rx))
 }
 
 /// At most a few reconciles at once: an edge controller shares its node with brokers,
@@ -526,23 +535,25 @@ pub async fn run(
     // Each kind is watched once, into one store, and its changes (deletions included)
     // go to every controller that follows it (`streams::fan_out`): seven watches in
     // all, the Deployments and Services the Broker controller owns included.
-    let (users, users_changed) = reflect(api_for::<MqttUser>(&client, ns));
+    let (users, users_changed, l1) = reflect("MqttUser", api_for::<MqttUser>(&client, ns));
     let ([users_for_brokers, users_for_users, users_for_siblings], t1) =
         streams::fan_out("MqttUser", users_changed);
-    let (bridges, bridges_changed) = reflect(api_for::<Bridge>(&client, ns));
+    let (bridges, bridges_changed, l2) = reflect("Bridge", api_for::<Bridge>(&client, ns));
     let ([bridges_for_brokers, bridges_for_bridges, bridges_for_certificates], t2) =
         streams::fan_out("Bridge", bridges_changed);
-    let (certificates, certificates_changed) = reflect(api_for::<Certificate>(&client, ns));
+    let (certificates, certificates_changed, l3) =
+        reflect("Certificate", api_for::<Certificate>(&client, ns));
     let ([certificates_for_brokers, certificates_for_certificates], t3) =
         streams::fan_out("Certificate", certificates_changed);
     // Secrets by metadata only: which exist and when they change. Values are read by
     // name, and only of the Secrets some edgemq object names (Context::view).
-    let (secrets, secrets_changed) = reflect(api_for::<PartialObjectMeta<Secret>>(&client, ns));
+    let (secrets, secrets_changed, l4) =
+        reflect("Secret", api_for::<PartialObjectMeta<Secret>>(&client, ns));
     let ([secrets_for_brokers, secrets_for_certificates], t4) =
         streams::fan_out("Secret", secrets_changed);
     // The MqttUser controller follows the Brokers too (their users' status follows the
     // Broker's).
-    let (brokers, brokers_changed) = reflect(api_for::<Broker>(&client, ns));
+    let (brokers, brokers_changed, l5) = reflect("Broker", api_for::<Broker>(&client, ns));
     let ([brokers_for_brokers, brokers_for_users], t5) =
         streams::fan_out("Broker", brokers_changed);
     let watches = [t1, t2, t3, t4, t5];
@@ -555,7 +566,7 @@ pub async fn run(
     };
     let synced = {
         let metrics = metrics.clone();
-        super::context::Synced::spawn(stores.clone(), move || metrics.set_ready(true))
+        super::context::Synced::spawn(vec![l1, l2, l3, l4, l5], move || metrics.set_ready(true))
     };
     tracing::info!(namespace = ns.unwrap_or("(all)"), "watching; reconciling");
     let recorder = Recorder::new(
