@@ -78,6 +78,9 @@ def main():
 
     env = dict(os.environ)
     image = env.get("EDGEMQ_IMAGE")
+    if env.get("KUBECONFIG") and not image:
+        sys.exit("KUBECONFIG is set, so that cluster is used: set EDGEMQ_IMAGE to the edgemq "
+                 "image its nodes can run (or unset KUBECONFIG for the project's own cluster)")
     if not env.get("KUBECONFIG"):
         cluster = ["bash", str(REPO / "scripts" / "cluster.sh")]
         sh(*cluster, "start", timeout=3600)
