@@ -129,14 +129,18 @@ pub fn certificate_status(
     }
 }
 
+/// `; retrying in Ns` when the background AWS work will try again, for messages.
+fn retry_suffix(st: &AwsIotState) -> String {
+    st.retry_in_seconds
+        .map(|s| format!("; retrying in {s}s"))
+        .unwrap_or_default()
+}
+
 /// Ready, reason, message and details of a `fleetProvisioning` Certificate:
 /// `Provisioned`, `Provisioning` (also while retrying after a network failure) or
 /// `Rejected` (AWS IoT's error code and message).
 pub fn fleet_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::Value) {
-    let retry = st
-        .retry_in_seconds
-        .map(|s| format!("; retrying in {s}s"))
-        .unwrap_or_default();
+    let retry = retry_suffix(st);
     let attempts = |m: String| {
         let mut v = serde_json::json!({ "failures": st.failures });
         if let Some(s) = st.retry_in_seconds {
@@ -180,13 +184,10 @@ pub fn fleet_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json
 /// Ready, reason, message and details of an `awsIot` Certificate (not fleet
 /// provisioning) from what the background AWS work reports.
 pub fn aws_iot_status(st: &AwsIotState) -> (bool, &'static str, String, serde_json::Value) {
-    let retry = st
-        .retry_in_seconds
-        .map(|s| format!("; retrying in {s}s"))
-        .unwrap_or_default();
     if st.fleet {
         return fleet_status(st);
     }
+    let retry = retry_suffix(st);
     match (&st.issued, &st.error) {
         (Some(i), err) => {
             let a = i.info.aws_iot.clone().unwrap_or_default();
