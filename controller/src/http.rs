@@ -46,8 +46,10 @@ impl<H> Clone for Ops<H> {
     }
 }
 
-/// Serves the endpoint on `addr` until the process ends.
-pub async fn serve<H: Health>(addr: SocketAddr, ops: Ops<H>) -> std::io::Result<SocketAddr> {
+/// Serves the endpoint on `addr` until the process ends. An error names the endpoint
+/// and its address.
+pub async fn serve<H: Health>(addr: SocketAddr, ops: Ops<H>) -> anyhow::Result<SocketAddr> {
+    let failed = |e: std::io::Error| anyhow::anyhow!("operations endpoint {addr}: {e}");
     let app = Router::new()
         .route("/healthz", get(healthz::<H>))
         .route("/readyz", get(readyz::<H>))
@@ -55,8 +57,8 @@ pub async fn serve<H: Health>(addr: SocketAddr, ops: Ops<H>) -> std::io::Result<
         .route("/status", get(status::<H>))
         .route("/sync", post(sync::<H>))
         .with_state(ops);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "operations endpoint failed");

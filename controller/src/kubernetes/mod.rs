@@ -344,8 +344,7 @@ pub async fn run_controller(opts: ControllerOptions) -> anyhow::Result<()> {
             registry: Arc::new(registry),
         },
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("operations endpoint {}: {e}", opts.http))?;
+    .await?;
 
     let lease = opts.leader_election.then(|| {
         leader::Lease::new(

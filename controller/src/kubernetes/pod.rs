@@ -501,8 +501,7 @@ pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
             registry: Arc::new(registry),
         },
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("operations endpoint {}: {e}", opts.http))?;
+    .await?;
     tracing::info!(broker = %format!("{}/{}", opts.namespace, opts.broker), "reading the bundle Secret {}", bundle_secret_name(&opts.broker));
 
     let (wake, mut woken) = mpsc::unbounded_channel::<()>();

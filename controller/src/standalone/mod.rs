@@ -639,8 +639,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             registry: Arc::new(registry),
         },
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("operations endpoint {}: {e}", opts.http))?;
+    .await?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // SIGHUP: fetch the repository now (with --git).
