@@ -279,6 +279,14 @@ impl UpdateStrategy {
     fn is_default(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Its name, as written in YAML and in `status.updateStrategy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HandOver => "HandOver",
+            Self::Recreate => "Recreate",
+        }
+    }
 }
 
 /// How the broker's Service is exposed, as Kubernetes' Service `type`.

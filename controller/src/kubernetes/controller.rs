@@ -139,10 +139,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                 })) => {
                     let mut how = desired::update_strategy(&effective_broker);
                     if let Some(decision) = volume {
-                        how = match decision.strategy {
-                            UpdateStrategy::HandOver => "HandOver",
-                            UpdateStrategy::Recreate => "Recreate",
-                        };
+                        how = decision.strategy.as_str();
                         let before = b.status.as_ref().and_then(|s| s.update_strategy.as_deref());
                         if decision.fell_back && before != Some(how) {
                             tracing::warn!(broker = %format!("{ns}/{name}"), "{}", decision.reason);

@@ -86,8 +86,7 @@ pub fn carry_restart(live: &Broker, effective: &mut Broker) {
 /// How a pod-template change replaces `broker`'s pod (`status.updateStrategy`).
 pub fn update_strategy(broker: &Broker) -> &'static str {
     match broker.spec.persistence.as_ref().filter(|p| p.enabled) {
-        Some(p) if p.update_strategy == UpdateStrategy::Recreate => "Recreate",
-        Some(_) => "HandOver",
+        Some(p) => p.update_strategy.as_str(),
         None => "RollingUpdate",
     }
 }
