@@ -1,3 +1,4 @@
+use super::formats::go_duration;
 use super::*;
 
 fn warnings_of(yaml: &str) -> String {
