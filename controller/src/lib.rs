@@ -49,3 +49,4 @@ pub mod runtime;
 pub mod source;
 pub mod standalone;
 pub mod status;
+pub mod tls;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
-use crate::broker::TlsMaterial;
+use crate::tls::TlsMaterial;
 
 /// Resolved TLS settings of a bridge.
 #[derive(Clone, PartialEq, Eq)]

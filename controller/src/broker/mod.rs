@@ -41,6 +41,7 @@ use crate::auth::client_id::ClientIdPattern;
 use crate::auth::passwd::PasswordHash;
 use crate::metrics::{BrokerMetrics, Metrics};
 use crate::plan::BrokerBundle;
+use crate::tls::TlsMaterial;
 use listener::ListenerHandle;
 use router::{Router, RouterLimits, RouterStats};
 use types::CloseReason;
@@ -48,15 +49,6 @@ use types::CloseReason;
 /// How long [`BrokerRuntime::drain`] waits, after the last client was told, for the
 /// connections to close before the stop goes on without them.
 pub const DRAIN_WAIT: Duration = Duration::from_secs(2);
-
-/// PEM key pair served by a TLS listener.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsMaterial {
-    /// Certificate chain, PEM.
-    pub cert_pem: String,
-    /// Private key, PEM.
-    pub key_pem: String,
-}
 
 /// What a TLS listener serves: its key pair and, with `clientAuth`, the client CA and
 /// revocation list.

@@ -30,7 +30,7 @@ use super::http01::{Answer, Http01Host};
 use super::{CertError, Secrets, Stored};
 use crate::api::certificate::{AcmeIssuer, Dns01Solver, Http01Solver, KeyAlgorithm};
 use crate::api::Certificate;
-use crate::broker::TlsMaterial;
+use crate::tls::TlsMaterial;
 
 /// Everything one issuance needs, owned, so it can run in a background task.
 #[derive(Clone, Debug, PartialEq)]

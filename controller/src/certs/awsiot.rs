@@ -37,7 +37,7 @@ use crate::api::certificate::{
 };
 use crate::api::{Bridge, Certificate};
 use crate::aws::{policy, AwsError, Clients, Credentials, Target};
-use crate::broker::TlsMaterial;
+use crate::tls::TlsMaterial;
 
 /// The record of what edgemq made in AWS for a Certificate.
 pub const RECORD_FILE: &str = "aws.json";

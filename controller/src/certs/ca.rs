@@ -11,7 +11,7 @@ use super::{
     Secrets, Stored,
 };
 use crate::api::Certificate;
-use crate::broker::TlsMaterial;
+use crate::tls::TlsMaterial;
 
 /// What a stored pair must match to be reused: names, lifetime, and which CA signed it.
 fn request(cert: &Certificate, ca_pem: &str) -> String {
@@ -115,8 +115,8 @@ pub fn issue(
 mod tests {
     use super::*;
     use crate::api::certificate::{CaIssuer, CertificateSpec, Issuer};
-    use crate::broker::TlsMaterial;
     use crate::certs::{cert_dir, CertInfo};
+    use crate::tls::TlsMaterial;
 
     /// Issued in place and kept in the state directory, as `edgemq run` does (the
     /// Certificate names Secret `secret_ref`).

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use crate::api::certificate::KeyAlgorithm;
 use crate::api::Certificate;
-use crate::broker::TlsMaterial;
+use crate::tls::TlsMaterial;
 
 /// What status reports about an issued certificate.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]

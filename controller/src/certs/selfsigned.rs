@@ -7,7 +7,7 @@ use super::{
     Stored,
 };
 use crate::api::Certificate;
-use crate::broker::TlsMaterial;
+use crate::tls::TlsMaterial;
 
 /// What a stored self-signed pair must match to be reused.
 fn request(cert: &Certificate) -> String {

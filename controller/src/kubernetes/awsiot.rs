@@ -37,11 +37,11 @@ use super::{Error, FIELD_MANAGER};
 use crate::api::certificate::DeletionPolicy;
 use crate::api::{Bridge, Certificate, CertificateStatus};
 use crate::aws::{policy, Clients, Credentials};
-use crate::broker::TlsMaterial;
 use crate::certs::awsiot::{self, Record, Store, AMAZON_ROOT_CAS};
 use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::{self, CertError};
 use crate::status::{self, kinds::with_ready};
+use crate::tls::TlsMaterial;
 
 /// Finalizer of `awsIot` Certificates with `deletionPolicy: Delete`: AWS is cleaned up
 /// before the Certificate goes away.

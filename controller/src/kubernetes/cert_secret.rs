@@ -10,8 +10,8 @@ use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 
 use crate::api::Certificate;
-use crate::broker::TlsMaterial;
 use crate::certs::{Issued, Stored};
+use crate::tls::TlsMaterial;
 
 /// Annotation holding the request a stored pair answers.
 pub const REQUEST_ANNOTATION: &str = "edgemq.io/certificate-request";

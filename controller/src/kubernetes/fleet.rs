@@ -33,11 +33,11 @@ use super::trust::{FileError, Trust, FILE_NOT_ALLOWED};
 use super::Error;
 use crate::api::certificate::FleetProvisioning;
 use crate::api::Certificate;
-use crate::broker::TlsMaterial;
 use crate::certs::awsiot::Issued;
 use crate::certs::awsiot_jobs::{fleet_attempt, AwsIotState};
 use crate::certs::fleet::{self, FleetError, FleetIdentity, FleetRequest, Machine, Record};
 use crate::certs::{self, CertError};
+use crate::tls::TlsMaterial;
 
 /// Annotation of the Secret holding the provisioning record (`fleet.json` standalone).
 pub const RECORD_ANNOTATION: &str = "edgemq.io/fleet-record";

@@ -38,10 +38,10 @@ use super::desired::bundle_secret_name;
 use super::status::shows;
 use super::POD_FIELD_MANAGER;
 use crate::api::{Bridge, Broker};
-use crate::broker::TlsMaterial;
 use crate::metrics::Metrics;
 use crate::runtime::{self, Engine, Materials};
 use crate::status::kinds;
+use crate::tls::TlsMaterial;
 
 /// Options of `edgemq broker`.
 #[derive(Clone, Debug)]

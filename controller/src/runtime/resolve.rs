@@ -12,8 +12,9 @@ use crate::api::SecretKeyRef;
 use crate::bridge::tls::ClientTls;
 use crate::bridge::ResolvedBridge;
 use crate::broker::client_cert::ClientCaMaterial;
-use crate::broker::{ListenerMaterial, TlsMaterial};
+use crate::broker::ListenerMaterial;
 use crate::plan::{BridgePlan, BrokerBundle, CaSource, ClientCaSource, RemoteAddress, TlsSource};
+use crate::tls::TlsMaterial;
 
 /// Where Secret values and issued key pairs come from.
 pub trait Materials {

@@ -18,7 +18,6 @@ use tokio::sync::mpsc;
 
 use crate::api::certificate::Http01Solver;
 use crate::api::Certificate;
-use crate::broker::TlsMaterial;
 use crate::certs::acme::{AcmeJob, AcmeStore, Issued};
 use crate::certs::awsiot_jobs::{AwsIotJobs, AwsIotState};
 use crate::certs::http01::{Http01Host, LocalHost};
@@ -28,6 +27,7 @@ use crate::certs::{
     Secrets, Stored,
 };
 use crate::load::Resources;
+use crate::tls::TlsMaterial;
 
 /// Owns the background issuers of one process.
 pub struct Manager {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, RwLock};
 
-use crate::broker::TlsMaterial;
 use crate::certs::{self, CertInfo};
 use crate::load::{self, Resources};
 use crate::metrics::Metrics;
@@ -30,6 +29,7 @@ use crate::source::follow::{Follower, GitMetrics, GitOptions, GitStatus};
 use crate::source::watch::FolderWatch;
 use crate::status::kinds::{self, reason};
 use crate::status::{self, ConfigStatus, StatusReport};
+use crate::tls::TlsMaterial;
 use certificates::Manager;
 
 pub mod certificates;

@@ -9,10 +9,10 @@
 //! and `IssuerNotSupported`.
 
 use crate::api::CertificateStatus;
-use crate::broker::TlsMaterial;
 use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::renewal::Progress;
 use crate::certs::CertInfo;
+use crate::tls::TlsMaterial;
 
 /// The typed status fields in a Certificate's `details` that do not move with the
 /// clock (`expiresInSeconds` does), without a zero `failures`: what a cluster writes,

@@ -35,7 +35,7 @@ use crate::api::certificate::{
     AwsIotCertificateStatus, FleetProvisioning, KeyAlgorithm, KeyOrigin, TemplateParameter,
 };
 use crate::api::Certificate;
-use crate::broker::TlsMaterial;
+use crate::tls::TlsMaterial;
 
 mod session;
 

@@ -19,8 +19,8 @@ use crate::aws::fleet_provisioning::{
 use crate::bridge::tls::{client_config, ClientTls};
 use crate::broker::codec::{self, FrameError, Incoming, Version};
 use crate::broker::transport::BoxIo;
-use crate::broker::TlsMaterial;
 use crate::certs::awsiot::keys_match;
+use crate::tls::TlsMaterial;
 
 /// Default port of the data endpoint (MQTT over TLS).
 const DEFAULT_PORT: u16 = 8883;
