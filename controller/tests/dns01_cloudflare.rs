@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use edgemq::api::certificate::{CloudflareProvider, Dns01Solver};
 use edgemq::api::SecretKeyRef;
-use edgemq::certs::dns01::Dns01;
+use edgemq::certs::dns01::{cloudflare, Dns01, Error};
 use peers::secrets;
 
 const TOKEN: &str = "cf-test-token-0123456789";
@@ -340,7 +340,18 @@ async fn a_configured_zone_id_skips_the_lookup() {
 async fn a_rejected_token_is_reported_with_cloudflares_error() {
     let (api, state) = serve().await;
     let d = cloudflare(&api, "wrong-token", None);
-    let e = d.publish("mqtt.example.test", "v").await.unwrap_err();
+    let err = d.publish("mqtt.example.test", "v").await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Cloudflare(cloudflare::Error::Call {
+                source: cloudflare::CallError::Refused { status, errors, .. },
+                ..
+            }) if status.as_u16() == 403 && errors.first().is_some_and(|(c, _)| *c == 10000)
+        ),
+        "{err:?}"
+    );
+    let e = err.to_string();
     assert_eq!(
         e,
         "cloudflare: looking up zone mqtt.example.test: GET /zones: HTTP 403 Forbidden: 10000 Authentication error"
@@ -352,7 +363,11 @@ async fn a_rejected_token_is_reported_with_cloudflares_error() {
 async fn a_name_in_no_zone_of_the_token_is_named() {
     let (api, _state) = serve().await;
     let d = cloudflare(&api, TOKEN, None);
-    let e = d.publish("mqtt.nowhere.test", "v").await.unwrap_err();
+    let e = d
+        .publish("mqtt.nowhere.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         e,
         "cloudflare: no zone of this token holds _acme-challenge.mqtt.nowhere.test (tried mqtt.nowhere.test, nowhere.test); check the token's zone permissions or set zoneId"
@@ -364,7 +379,11 @@ async fn a_refused_record_carries_the_api_error() {
     let (api, _state) = serve().await;
     // A zone id that does not hold the name: the API refuses the record.
     let d = cloudflare(&api, TOKEN, Some("99aa"));
-    let e = d.publish("mqtt.example.test", "v").await.unwrap_err();
+    let e = d
+        .publish("mqtt.example.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         e,
         "cloudflare: adding TXT _acme-challenge.mqtt.example.test: POST /zones/99aa/dns_records: HTTP 400 Bad Request: 9005 Content for the record name is outside the zone."
@@ -400,13 +419,21 @@ async fn echoing_server(envelope: bool) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_echoing_the_token_never_puts_it_into_the_error() {
     let d = cloudflare(&echoing_server(true).await, TOKEN, Some(ZONE_ID));
-    let e = d.publish("mqtt.example.test", "v").await.unwrap_err();
+    let e = d
+        .publish("mqtt.example.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         e,
         format!("cloudflare: adding TXT _acme-challenge.mqtt.example.test: POST /zones/{ZONE_ID}/dns_records: HTTP 400 Bad Request: 1000 you sent Bearer [redacted]")
     );
     let d = cloudflare(&echoing_server(false).await, TOKEN, Some(ZONE_ID));
-    let e = d.publish("mqtt.example.test", "v").await.unwrap_err();
+    let e = d
+        .publish("mqtt.example.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(!e.contains(TOKEN), "{e}");
     assert!(
         e.starts_with(&format!("cloudflare: adding TXT _acme-challenge.mqtt.example.test: POST /zones/{ZONE_ID}/dns_records: HTTP 502 Bad Gateway: not a Cloudflare API answer (")),

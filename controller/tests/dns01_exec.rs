@@ -6,7 +6,7 @@
 mod peers;
 
 use edgemq::api::certificate::{Dns01Solver, DnsPropagation, ExecProvider};
-use edgemq::certs::dns01::Dns01;
+use edgemq::certs::dns01::{exec, Dns01, Error};
 use peers::{dig_txt, ChallTestSrv};
 
 fn exec(command: &[&str], timeout: Option<u32>, dns_port: u16, wait: u32) -> Dns01 {
@@ -80,7 +80,12 @@ async fn a_failing_hook_is_reported_with_its_status_and_stderr() {
         1,
         5,
     );
-    let e = d.set("mqtt.example.test", "v").await.unwrap_err();
+    let err = d.set("mqtt.example.test", "v").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Exec(exec::Error::Failed { code: Some(3), stderr, .. }) if stderr == "zone example.test is locked"),
+        "{err:?}"
+    );
+    let e = err.to_string();
     assert_eq!(
         e,
         "exec hook `sh -c echo 'zone example.test is locked' >&2; exit 3` (set _acme-challenge.mqtt.example.test): exited with status 3: zone example.test is locked"
@@ -94,7 +99,11 @@ async fn a_hook_that_hangs_is_killed_at_its_timeout() {
     // A background child would create the marker if the whole group were not killed.
     let script = format!("(sleep 4; touch '{}') & wait", marker.display());
     let d = exec(&["sh", "-c", &script], Some(1), 1, 5);
-    let e = d.clear("mqtt.example.test", "v").await.unwrap_err();
+    let e = d
+        .clear("mqtt.example.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         e.ends_with("did not finish within 1s and was killed"),
         "{e}"
@@ -106,7 +115,11 @@ async fn a_hook_that_hangs_is_killed_at_its_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_program_is_named() {
     let d = exec(&["/nonexistent/dns-hook"], None, 1, 5);
-    let e = d.set("mqtt.example.test", "v").await.unwrap_err();
+    let e = d
+        .set("mqtt.example.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with("exec hook `/nonexistent/dns-hook` (set _acme-challenge.mqtt.example.test): could not be started:"),
         "{e}"
@@ -118,7 +131,11 @@ async fn a_record_that_never_appears_fails_the_visibility_check() {
     let srv = ChallTestSrv::start();
     // The hook claims success but publishes nothing.
     let d = exec(&["true"], None, srv.dns_port, 3);
-    let e = d.set("mqtt.example.test", "v").await.unwrap_err();
+    let e = d
+        .set("mqtt.example.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         e,
         format!(

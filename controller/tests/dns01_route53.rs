@@ -10,7 +10,7 @@ use aws_sdk_route53::Client;
 
 use edgemq::api::certificate::{Dns01Solver, Route53Provider};
 use edgemq::api::SecretKeyRef;
-use edgemq::certs::dns01::Dns01;
+use edgemq::certs::dns01::{route53, Dns01, Error};
 use peers::{secrets, Moto};
 
 /// A client of the test's own, to create zones and read what the provider did.
@@ -147,7 +147,11 @@ async fn a_name_in_no_hosted_zone_is_named() {
     let moto = Moto::start();
     create_zone(&admin(&moto), "example.test").await;
     let d = route53(&moto, None);
-    let e = d.publish("mqtt.nowhere.test", "v").await.unwrap_err();
+    let e = d
+        .publish("mqtt.nowhere.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         e,
         "route53: no hosted zone holds _acme-challenge.mqtt.nowhere.test (tried mqtt.nowhere.test, nowhere.test); set hostedZoneId"
@@ -158,7 +162,11 @@ async fn a_name_in_no_hosted_zone_is_named() {
 async fn a_missing_hosted_zone_is_reported_with_the_apis_error() {
     let moto = Moto::start();
     let d = route53(&moto, Some("ZNOSUCHZONE"));
-    let e = d.publish("mqtt.example.test", "v").await.unwrap_err();
+    let e = d
+        .publish("mqtt.example.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with(
             "route53: reading TXT _acme-challenge.mqtt.example.test in hosted zone ZNOSUCHZONE: "
@@ -179,6 +187,11 @@ fn half_a_key_pair_is_refused() {
         }),
         ..Default::default()
     };
-    let e = Dns01::new(&solver, &secrets(&[("aws", "id", "AKIA")])).unwrap_err();
+    let err = Dns01::new(&solver, &secrets(&[("aws", "id", "AKIA")])).unwrap_err();
+    assert!(
+        matches!(err, Error::Route53(route53::Error::HalfCredentials)),
+        "{err:?}"
+    );
+    let e = err.to_string();
     assert_eq!(e, "route53: set both accessKeyIdSecretRef and secretAccessKeySecretRef, or neither to use the AWS credential chain");
 }

@@ -324,12 +324,15 @@ async fn present_dns01(
     secrets: &Secrets,
     domain: &str,
     value: &str,
-) -> Result<(), String> {
+) -> Result<(), super::dns01::Error> {
     dns01_of(solver, secrets)?.set(domain, value).await
 }
 
 /// The configured DNS-01 provider, with its Secrets resolved.
-fn dns01_of(solver: &Dns01Solver, secrets: &Secrets) -> Result<super::dns01::Dns01, String> {
+fn dns01_of(
+    solver: &Dns01Solver,
+    secrets: &Secrets,
+) -> Result<super::dns01::Dns01, super::dns01::Error> {
     super::dns01::Dns01::new(solver, &|r| {
         secrets.get(&r.name, &r.key).map(<[u8]>::to_vec)
     })
@@ -341,7 +344,7 @@ async fn cleanup_dns01(
     secrets: &Secrets,
     domain: &str,
     value: &str,
-) -> Result<(), String> {
+) -> Result<(), super::dns01::Error> {
     dns01_of(solver, secrets)?.clear(domain, value).await
 }
 
@@ -425,8 +428,11 @@ pub async fn issue(job: &AcmeJob, store: &dyn AcmeStore) -> Result<Issued, CertE
                 }
             } else if let Some(d) = &solver.dns01 {
                 let value = ka.dns_value();
-                if let Err(e) = present_dns01(d, &job.secrets, &domain, &value).await {
-                    result = Err(CertError::Acme(format!("DNS-01 for {domain}: {e}")));
+                if let Err(source) = present_dns01(d, &job.secrets, &domain, &value).await {
+                    result = Err(CertError::Dns01 {
+                        domain: domain.clone(),
+                        source: Box::new(source),
+                    });
                     break;
                 }
                 dns_records.push((domain.clone(), value));

@@ -247,6 +247,15 @@ pub enum CertError {
     /// The ACME server refused, failed or could not be reached.
     #[error("ACME: {0}")]
     Acme(String),
+    /// The DNS-01 record of an ACME challenge could not be published or seen.
+    #[error("ACME: DNS-01 for {domain}: {source}")]
+    Dns01 {
+        /// The name being validated.
+        domain: String,
+        /// Why.
+        #[source]
+        source: Box<dns01::Error>,
+    },
     /// Stored or provided material is not a usable certificate.
     #[error("invalid certificate: {0}")]
     Invalid(String),

@@ -70,10 +70,111 @@ struct DnsRecord {
     content: String,
 }
 
-/// A refused call: HTTP status and Cloudflare's error codes.
-struct Failure {
-    codes: Vec<i64>,
-    text: String,
+/// Why the Cloudflare provider could not be set up or a change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API token's Secret cannot be used.
+    #[error(transparent)]
+    Secret(#[from] super::SecretError),
+    /// `apiUrl` is not an http(s) URL.
+    #[error("cloudflare: apiUrl `{0}` is not an http(s) URL")]
+    ApiUrl(String),
+    /// The HTTP client could not be built.
+    #[error("cloudflare: HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// An API call failed; `doing` says what for (`adding TXT <name>`, `looking up
+    /// zone <zone>`...).
+    #[error("cloudflare: {doing}: {source}")]
+    Call {
+        /// What the call was for.
+        doing: String,
+        /// How it failed.
+        #[source]
+        source: CallError,
+    },
+    /// No zone the token can see holds the record.
+    #[error("cloudflare: no zone of this token holds {name} (tried {}); check the token's zone permissions or set zoneId", .tried.join(", "))]
+    NoZone {
+        /// The record name.
+        name: String,
+        /// The zone names looked up.
+        tried: Vec<String>,
+    },
+}
+
+/// A failed API call, each naming the call (`METHOD /path`). No variant holds the
+/// token, nor a body that is not Cloudflare's envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request could not be sent or got no answer.
+    #[error("{call}: {source}")]
+    Send {
+        /// `METHOD /path`.
+        call: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer's body could not be read.
+    #[error("{call}: HTTP {status}: {source}")]
+    Body {
+        /// `METHOD /path`.
+        call: String,
+        /// HTTP status of the answer.
+        status: reqwest::StatusCode,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The body is not Cloudflare's envelope (it is not copied: whatever `apiUrl`
+    /// points at answers here, and status is read by more people than the token).
+    #[error("{call}: HTTP {status}: not a Cloudflare API answer ({len} bytes; {source})")]
+    NotEnvelope {
+        /// `METHOD /path`.
+        call: String,
+        /// HTTP status of the answer.
+        status: reqwest::StatusCode,
+        /// Body length.
+        len: usize,
+        /// Why it did not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The call succeeded but its `result` is not what was expected.
+    #[error("{call}: unexpected result: {source}")]
+    Result {
+        /// `METHOD /path`.
+        call: String,
+        /// Why it did not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Cloudflare refused: HTTP status and its errors (codes, redacted messages).
+    #[error("{call}: HTTP {status}{}", refusal_text(.errors))]
+    Refused {
+        /// `METHOD /path`.
+        call: String,
+        /// HTTP status of the answer.
+        status: reqwest::StatusCode,
+        /// Cloudflare's error codes and messages (token redacted, at most 200
+        /// characters each).
+        errors: Vec<(i64, String)>,
+    },
+}
+
+impl CallError {
+    /// Whether Cloudflare refused with error `code`.
+    fn has_code(&self, code: i64) -> bool {
+        matches!(self, CallError::Refused { errors, .. } if errors.iter().any(|(c, _)| *c == code))
+    }
+}
+
+fn refusal_text(errors: &[(i64, String)]) -> String {
+    if errors.is_empty() {
+        return String::new();
+    }
+    let errs: Vec<String> = errors.iter().map(|(c, m)| format!("{c} {m}")).collect();
+    format!(": {}", errs.join("; "))
 }
 
 impl Cloudflare {
@@ -81,7 +182,7 @@ impl Cloudflare {
     pub fn new(
         p: &CloudflareProvider,
         secret: &dyn Fn(&SecretKeyRef) -> Option<Vec<u8>>,
-    ) -> Result<Cloudflare, String> {
+    ) -> Result<Cloudflare, Error> {
         let token = secret_text(
             secret,
             "cloudflare",
@@ -95,13 +196,13 @@ impl Cloudflare {
             .trim_end_matches('/')
             .to_string();
         if !(api.starts_with("https://") || api.starts_with("http://")) {
-            return Err(format!("cloudflare: apiUrl `{api}` is not an http(s) URL"));
+            return Err(Error::ApiUrl(api));
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("edgemq/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cloudflare: HTTP client: {e}"))?;
+            .map_err(Error::Client)?;
         Ok(Cloudflare {
             http,
             token,
@@ -111,7 +212,7 @@ impl Cloudflare {
     }
 
     /// Adds the TXT value `value` to `name`.
-    pub async fn set(&self, name: &str, value: &str) -> Result<(), String> {
+    pub async fn set(&self, name: &str, value: &str) -> Result<(), Error> {
         let zone = self.zone(name).await?;
         let body = serde_json::json!({
             "type": "TXT",
@@ -125,19 +226,25 @@ impl Cloudflare {
             .await
         {
             Ok(_) => Ok(()),
-            Err(f) if f.codes.contains(&IDENTICAL_RECORD_EXISTS) => Ok(()),
-            Err(f) => Err(format!("cloudflare: adding TXT {name}: {}", f.text)),
+            Err(f) if f.has_code(IDENTICAL_RECORD_EXISTS) => Ok(()),
+            Err(source) => Err(Error::Call {
+                doing: format!("adding TXT {name}"),
+                source,
+            }),
         }
     }
 
     /// Removes the TXT value `value` from `name`; nothing to do when it is absent.
-    pub async fn clear(&self, name: &str, value: &str) -> Result<(), String> {
+    pub async fn clear(&self, name: &str, value: &str) -> Result<(), Error> {
         let zone = self.zone(name).await?;
         let path = format!("/zones/{zone}/dns_records");
         let records: Vec<DnsRecord> = self
             .call(Method::GET, &path, &[("type", "TXT"), ("name", name)], None)
             .await
-            .map_err(|f| format!("cloudflare: listing TXT {name}: {}", f.text))?;
+            .map_err(|source| Error::Call {
+                doing: format!("listing TXT {name}"),
+                source,
+            })?;
         for r in records
             .iter()
             .filter(|r| r.content.trim_matches('"') == value)
@@ -145,11 +252,9 @@ impl Cloudflare {
             let path = format!("/zones/{zone}/dns_records/{}", r.id);
             self.call::<serde_json::Value>(Method::DELETE, &path, &[], None)
                 .await
-                .map_err(|f| {
-                    format!(
-                        "cloudflare: deleting TXT {name} (record {}): {}",
-                        r.id, f.text
-                    )
+                .map_err(|source| Error::Call {
+                    doing: format!("deleting TXT {name} (record {})", r.id),
+                    source,
                 })?;
         }
         Ok(())
@@ -157,7 +262,7 @@ impl Cloudflare {
 
     /// The zone id: as configured, or the zone whose name is the closest parent of
     /// `name`.
-    async fn zone(&self, name: &str) -> Result<String, String> {
+    async fn zone(&self, name: &str) -> Result<String, Error> {
         if let Some(z) = &self.zone_id {
             return Ok(z.clone());
         }
@@ -166,15 +271,18 @@ impl Cloudflare {
             let zones: Vec<Zone> = self
                 .call(Method::GET, "/zones", &[("name", c)], None)
                 .await
-                .map_err(|f| format!("cloudflare: looking up zone {c}: {}", f.text))?;
+                .map_err(|source| Error::Call {
+                    doing: format!("looking up zone {c}"),
+                    source,
+                })?;
             if let Some(z) = zones.into_iter().find(|z| z.name.eq_ignore_ascii_case(c)) {
                 return Ok(z.id);
             }
         }
-        Err(format!(
-            "cloudflare: no zone of this token holds {name} (tried {}); check the token's zone permissions or set zoneId",
-            candidates.join(", ")
-        ))
+        Err(Error::NoZone {
+            name: name.to_string(),
+            tried: candidates,
+        })
     }
 
     /// An API error message as status may show it: the token never (a server that is
@@ -194,8 +302,8 @@ impl Cloudflare {
         path: &str,
         query: &[(&str, &str)],
         body: Option<serde_json::Value>,
-    ) -> Result<T, Failure> {
-        let what = format!("{method} {path}");
+    ) -> Result<T, CallError> {
+        let call = format!("{method} {path}");
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.api))
@@ -204,44 +312,47 @@ impl Cloudflare {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let fail = |text: String| Failure {
-            codes: vec![],
-            text,
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(source) => return Err(CallError::Send { call, source }),
         };
-        let resp = req.send().await.map_err(|e| fail(format!("{what}: {e}")))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(format!("{what}: HTTP {status}: {e}")))?;
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(source) => {
+                return Err(CallError::Body {
+                    call,
+                    status,
+                    source,
+                })
+            }
+        };
         let env: Envelope = match serde_json::from_slice(&bytes) {
             Ok(env) => env,
             // The body is not copied: whatever `apiUrl` points at answers here, and
             // status is read by more people than the token's Secret.
-            Err(e) => {
-                return Err(fail(format!(
-                    "{what}: HTTP {status}: not a Cloudflare API answer ({} bytes; {e})",
-                    bytes.len()
-                )));
+            Err(source) => {
+                return Err(CallError::NotEnvelope {
+                    call,
+                    status,
+                    len: bytes.len(),
+                    source,
+                });
             }
         };
         if status.is_success() && env.success {
             let result = env.result.unwrap_or(serde_json::Value::Null);
             return serde_json::from_value(result)
-                .map_err(|e| fail(format!("{what}: unexpected result: {e}")));
+                .map_err(|source| CallError::Result { call, source });
         }
-        let errs: Vec<String> = env
-            .errors
-            .iter()
-            .map(|e| format!("{} {}", e.code, self.redact(&e.message)))
-            .collect();
-        Err(Failure {
-            codes: env.errors.iter().map(|e| e.code).collect(),
-            text: if errs.is_empty() {
-                format!("{what}: HTTP {status}")
-            } else {
-                format!("{what}: HTTP {status}: {}", errs.join("; "))
-            },
+        Err(CallError::Refused {
+            call,
+            status,
+            errors: env
+                .errors
+                .iter()
+                .map(|e| (e.code, self.redact(&e.message)))
+                .collect(),
         })
     }
 }

@@ -45,12 +45,69 @@ pub struct Exec {
 /// Characters of the command's standard error kept in an error message.
 const STDERR_TAIL: usize = 600;
 
+/// Why the hook could not be used or did not succeed. `hook` names the command, the
+/// action and the record: ``exec hook `cmd args` (set _acme-challenge.name)``.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The settings name no command.
+    #[error("exec: command is empty")]
+    EmptyCommand,
+    /// The command could not be started.
+    #[error("{hook}: could not be started: {source}")]
+    Start {
+        /// The hook and what it was asked.
+        hook: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for the command or reading its output failed.
+    #[error("{hook}: {source}")]
+    Wait {
+        /// The hook and what it was asked.
+        hook: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command ran past its time limit; its process group was killed.
+    #[error("{hook}: did not finish within {seconds}s and was killed")]
+    Timeout {
+        /// The hook and what it was asked.
+        hook: String,
+        /// The limit.
+        seconds: u64,
+    },
+    /// The command exited with a non-zero status or was killed by a signal.
+    #[error("{hook}: {}", failed_text(*.code, .stderr))]
+    Failed {
+        /// The hook and what it was asked.
+        hook: String,
+        /// Exit status; `None` when a signal killed it.
+        code: Option<i32>,
+        /// The end of its standard error, trimmed (at most [`STDERR_TAIL`] characters).
+        stderr: String,
+    },
+}
+
+fn failed_text(code: Option<i32>, stderr: &str) -> String {
+    let status = match code {
+        Some(c) => format!("exited with status {c}"),
+        None => "was killed by a signal".to_string(),
+    };
+    if stderr.is_empty() {
+        status
+    } else {
+        format!("{status}: {stderr}")
+    }
+}
+
 impl Exec {
     /// Checks the settings.
-    pub fn new(p: &ExecProvider) -> Result<Exec, String> {
+    pub fn new(p: &ExecProvider) -> Result<Exec, Error> {
         match p.command.first() {
             Some(c) if !c.is_empty() => {}
-            _ => return Err("exec: command is empty".into()),
+            _ => return Err(Error::EmptyCommand),
         }
         Ok(Exec {
             command: p.command.clone(),
@@ -65,8 +122,8 @@ impl Exec {
         domain: &str,
         record: &str,
         value: &str,
-    ) -> Result<(), String> {
-        let what = format!(
+    ) -> Result<(), Error> {
+        let hook = format!(
             "exec hook `{}` ({} {record})",
             self.command.join(" "),
             action.as_str()
@@ -83,23 +140,26 @@ impl Exec {
             .kill_on_drop(true)
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("{what}: could not be started: {e}"))?;
+            .map_err(|source| Error::Start {
+                hook: hook.clone(),
+                source,
+            })?;
         let group = child
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .and_then(rustix::process::Pid::from_raw);
         let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(format!("{what}: {e}")),
+            Ok(Err(source)) => return Err(Error::Wait { hook, source }),
             Err(_) => {
                 if let Some(g) = group {
                     // The group is ours: the child leads it, so it exists until reaped.
                     let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
                 }
-                return Err(format!(
-                    "{what}: did not finish within {}s and was killed",
-                    self.timeout.as_secs()
-                ));
+                return Err(Error::Timeout {
+                    hook,
+                    seconds: self.timeout.as_secs(),
+                });
             }
         };
         if out.status.success() {
@@ -113,14 +173,10 @@ impl Exec {
         } else {
             stderr.to_string()
         };
-        let status = match out.status.code() {
-            Some(c) => format!("exited with status {c}"),
-            None => "was killed by a signal".to_string(),
-        };
-        if tail.is_empty() {
-            Err(format!("{what}: {status}"))
-        } else {
-            Err(format!("{what}: {status}: {tail}"))
-        }
+        Err(Error::Failed {
+            hook,
+            code: out.status.code(),
+            stderr: tail,
+        })
     }
 }

@@ -49,19 +49,106 @@ pub(crate) fn zone_candidates(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// A Secret value a provider needs that cannot be used; each names the provider, its
+/// field and the Secret key.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The Secret or its key does not exist.
+    #[error("{provider}: {field}: Secret `{name}` has no key `{key}` (or does not exist)")]
+    Missing {
+        /// `rfc2136`, `cloudflare` or `route53`.
+        provider: &'static str,
+        /// The provider's field that refers to the Secret.
+        field: &'static str,
+        /// Secret name.
+        name: String,
+        /// Key in the Secret.
+        key: String,
+    },
+    /// The value must be text and is not UTF-8.
+    #[error("{provider}: {field}: Secret `{name}` key `{key}` is not UTF-8 text")]
+    NotText {
+        /// `cloudflare` or `route53`.
+        provider: &'static str,
+        /// The provider's field that refers to the Secret.
+        field: &'static str,
+        /// Secret name.
+        name: String,
+        /// Key in the Secret.
+        key: String,
+    },
+    /// The value is only whitespace.
+    #[error("{provider}: {field}: Secret `{name}` key `{key}` is empty")]
+    Empty {
+        /// `cloudflare` or `route53`.
+        provider: &'static str,
+        /// The provider's field that refers to the Secret.
+        field: &'static str,
+        /// Secret name.
+        name: String,
+        /// Key in the Secret.
+        key: String,
+    },
+}
+
+/// Why a DNS-01 record could not be set up, published, seen or removed. Each
+/// provider's error names the provider and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No provider, or more than one, is set.
+    #[error("dns01: set exactly one DNS provider: rfc2136, cloudflare, route53 or exec")]
+    NotOneProvider,
+    /// The `propagation` settings cannot be used.
+    #[error(transparent)]
+    Propagation(#[from] propagation::Error),
+    /// The RFC 2136 provider failed.
+    #[error(transparent)]
+    Rfc2136(#[from] rfc2136::Error),
+    /// Cloudflare's API failed or refused.
+    #[error(transparent)]
+    Cloudflare(#[from] cloudflare::Error),
+    /// Route 53 failed or refused.
+    #[error(transparent)]
+    Route53(#[from] route53::Error),
+    /// The exec hook failed.
+    #[error(transparent)]
+    Exec(#[from] exec::Error),
+    /// The record was published but the name servers did not show it in time; it was
+    /// removed again.
+    #[error("{provider}: {source}")]
+    NotVisible {
+        /// The provider that published it.
+        provider: &'static str,
+        /// What the name servers answered.
+        #[source]
+        source: propagation::Error,
+    },
+    /// The record was published but not seen in time, and removing it failed too.
+    #[error("{provider}: {source}; removing it again failed too: {cleanup}")]
+    NotVisibleNorRemoved {
+        /// The provider that published it.
+        provider: &'static str,
+        /// What the name servers answered.
+        #[source]
+        source: propagation::Error,
+        /// Why removing it failed.
+        cleanup: Box<Error>,
+    },
+}
+
 /// Resolves one `SecretKeyRef` for provider `provider`'s field `field`, with an error
 /// naming both.
 fn secret_value(
     secret: &dyn Fn(&SecretKeyRef) -> Option<Vec<u8>>,
-    provider: &str,
-    field: &str,
+    provider: &'static str,
+    field: &'static str,
     r: &SecretKeyRef,
-) -> Result<Vec<u8>, String> {
-    secret(r).ok_or_else(|| {
-        format!(
-            "{provider}: {field}: Secret `{}` has no key `{}` (or does not exist)",
-            r.name, r.key
-        )
+) -> Result<Vec<u8>, SecretError> {
+    secret(r).ok_or_else(|| SecretError::Missing {
+        provider,
+        field,
+        name: r.name.clone(),
+        key: r.key.clone(),
     })
 }
 
@@ -69,23 +156,25 @@ fn secret_value(
 /// whitespace such as a file's final newline.
 fn secret_text(
     secret: &dyn Fn(&SecretKeyRef) -> Option<Vec<u8>>,
-    provider: &str,
-    field: &str,
+    provider: &'static str,
+    field: &'static str,
     r: &SecretKeyRef,
-) -> Result<String, String> {
+) -> Result<String, SecretError> {
     let v = secret_value(secret, provider, field, r)?;
-    let s = String::from_utf8(v).map_err(|_| {
-        format!(
-            "{provider}: {field}: Secret `{}` key `{}` is not UTF-8 text",
-            r.name, r.key
-        )
+    let s = String::from_utf8(v).map_err(|_| SecretError::NotText {
+        provider,
+        field,
+        name: r.name.clone(),
+        key: r.key.clone(),
     })?;
     let s = s.trim().to_string();
     if s.is_empty() {
-        return Err(format!(
-            "{provider}: {field}: Secret `{}` key `{}` is empty",
-            r.name, r.key
-        ));
+        return Err(SecretError::Empty {
+            provider,
+            field,
+            name: r.name.clone(),
+            key: r.key.clone(),
+        });
     }
     Ok(s)
 }
@@ -118,7 +207,7 @@ impl Dns01 {
     pub fn new(
         solver: &Dns01Solver,
         secret: &dyn Fn(&SecretKeyRef) -> Option<Vec<u8>>,
-    ) -> Result<Dns01, String> {
+    ) -> Result<Dns01, Error> {
         let set = [
             solver.rfc2136.is_some(),
             solver.cloudflare.is_some(),
@@ -126,9 +215,7 @@ impl Dns01 {
             solver.exec.is_some(),
         ];
         if set.iter().filter(|x| **x).count() != 1 {
-            return Err(
-                "dns01: set exactly one DNS provider: rfc2136, cloudflare, route53 or exec".into(),
-            );
+            return Err(Error::NotOneProvider);
         }
         let timeout = Duration::from_secs(
             solver
@@ -185,42 +272,48 @@ impl Dns01 {
 
     /// Sets `_acme-challenge.<domain>` TXT `value`, then waits until the record is
     /// visible.
-    pub async fn set(&self, domain: &str, value: &str) -> Result<(), String> {
+    pub async fn set(&self, domain: &str, value: &str) -> Result<(), Error> {
         self.publish(domain, value).await?;
         let name = record_name(domain);
-        let Err(e) = self.propagation.wait_visible(&name, value).await else {
+        let Err(source) = self.propagation.wait_visible(&name, value).await else {
             return Ok(());
         };
         // The caller will not clear a record whose set failed: do it here.
-        let e = format!("{}: {e}", self.provider_name());
+        let provider = self.provider_name();
         match self.clear(domain, value).await {
-            Ok(()) => Err(e),
-            Err(c) => Err(format!("{e}; removing it again failed too: {c}")),
+            Ok(()) => Err(Error::NotVisible { provider, source }),
+            Err(c) => Err(Error::NotVisibleNorRemoved {
+                provider,
+                source,
+                cleanup: Box::new(c),
+            }),
         }
     }
 
     /// Adds the TXT value through the provider only, without waiting for it to be
     /// visible (`set` does both). Other values of the record are kept, so a name and
     /// its wildcard can be validated at the same time.
-    pub async fn publish(&self, domain: &str, value: &str) -> Result<(), String> {
+    pub async fn publish(&self, domain: &str, value: &str) -> Result<(), Error> {
         let name = record_name(domain);
         match &self.provider {
-            Provider::Rfc2136(p) => p.set(&name, value).await,
-            Provider::Cloudflare(p) => p.set(&name, value).await,
-            Provider::Route53(p) => p.set(&name, value).await,
-            Provider::Exec(p) => p.run(exec::Action::Set, domain, &name, value).await,
+            Provider::Rfc2136(p) => p.set(&name, value).await?,
+            Provider::Cloudflare(p) => p.set(&name, value).await?,
+            Provider::Route53(p) => p.set(&name, value).await?,
+            Provider::Exec(p) => p.run(exec::Action::Set, domain, &name, value).await?,
         }
+        Ok(())
     }
 
     /// Removes that record value (other values of the record stay).
-    pub async fn clear(&self, domain: &str, value: &str) -> Result<(), String> {
+    pub async fn clear(&self, domain: &str, value: &str) -> Result<(), Error> {
         let name = record_name(domain);
         match &self.provider {
-            Provider::Rfc2136(p) => p.clear(&name, value).await,
-            Provider::Cloudflare(p) => p.clear(&name, value).await,
-            Provider::Route53(p) => p.clear(&name, value).await,
-            Provider::Exec(p) => p.run(exec::Action::Clear, domain, &name, value).await,
+            Provider::Rfc2136(p) => p.clear(&name, value).await?,
+            Provider::Cloudflare(p) => p.clear(&name, value).await?,
+            Provider::Route53(p) => p.clear(&name, value).await?,
+            Provider::Exec(p) => p.run(exec::Action::Clear, domain, &name, value).await?,
         }
+        Ok(())
     }
 }
 
@@ -255,7 +348,8 @@ mod tests {
     fn exactly_one_provider_and_secrets_named() {
         let none = |_: &SecretKeyRef| None;
         let e = Dns01::new(&Dns01Solver::default(), &none).unwrap_err();
-        assert!(e.contains("exactly one DNS provider"), "{e}");
+        assert!(matches!(e, Error::NotOneProvider), "{e}");
+        assert!(e.to_string().contains("exactly one DNS provider"), "{e}");
         let s = Dns01Solver {
             cloudflare: Some(crate::api::certificate::CloudflareProvider {
                 api_token_secret_ref: SecretKeyRef {
@@ -267,8 +361,15 @@ mod tests {
             ..Default::default()
         };
         let e = Dns01::new(&s, &none).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Cloudflare(cloudflare::Error::Secret(SecretError::Missing { .. }))
+            ),
+            "{e:?}"
+        );
         assert_eq!(
-            e,
+            e.to_string(),
             "cloudflare: apiTokenSecretRef: Secret `cf` has no key `token` (or does not exist)"
         );
     }

@@ -14,7 +14,7 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::Resolver;
+use hickory_resolver::{ResolveError, Resolver};
 
 /// Pause between two polls.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -43,12 +43,70 @@ pub struct Propagation {
     timeout: Duration,
 }
 
+/// Why the visibility check could not be set up, or the record was not seen.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listed name server is not `host:port`.
+    #[error("propagation: nameserver `{0}` is not host:port")]
+    Nameserver(String),
+    /// A listed name server's host could not be resolved.
+    #[error("propagation: nameserver `{server}`: {source}")]
+    Resolve {
+        /// As listed.
+        server: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listed name server's host has no address.
+    #[error("propagation: nameserver `{0}` has no address")]
+    NoAddress(String),
+    /// The system's resolver configuration cannot be read.
+    #[error("propagation: the system resolver configuration: {0}")]
+    SystemResolver(#[source] ResolveError),
+    /// The authoritative name servers were not found in time.
+    #[error("could not find the authoritative name servers of {name} within {seconds}s; list them in propagation.nameservers")]
+    FindServersTimeout {
+        /// The record name.
+        name: String,
+        /// The time waited.
+        seconds: u64,
+    },
+    /// The zone's name servers have no address.
+    #[error("propagation: the name servers of zone `{0}` have no address; list them in propagation.nameservers")]
+    ServersWithoutAddress(String),
+    /// No zone holding the name has NS records the resolver can find.
+    #[error("propagation: no zone holding {0} has NS records the resolver can find; list name servers in propagation.nameservers")]
+    NoZone(String),
+    /// Some name servers did not answer with the value in time.
+    #[error("TXT record {name} with the challenge value not visible after {seconds}s: {}", lacking_text(.lacking))]
+    NotVisible {
+        /// The record name.
+        name: String,
+        /// The time waited.
+        seconds: u64,
+        /// Each server that lacked the value, with what it answered last.
+        lacking: Vec<(String, Answer)>,
+    },
+}
+
+fn lacking_text(lacking: &[(String, Answer)]) -> String {
+    let why: Vec<String> = lacking
+        .iter()
+        .map(|(label, a)| format!("{label} answered {a}"))
+        .collect();
+    why.join("; ")
+}
+
 /// What one name server answered the last time it was asked.
 #[derive(Debug)]
-enum Answer {
+pub enum Answer {
+    /// The record's values.
     Values(Vec<String>),
+    /// No such name, or no TXT record.
     NoRecord,
-    Error(String),
+    /// The query failed.
+    Error(ResolveError),
 }
 
 impl std::fmt::Display for Answer {
@@ -56,16 +114,16 @@ impl std::fmt::Display for Answer {
         match self {
             Answer::Values(v) => write!(f, "TXT {v:?}"),
             Answer::NoRecord => f.write_str("no TXT record"),
-            Answer::Error(e) => f.write_str(e),
+            Answer::Error(e) => write!(f, "error: {e}"),
         }
     }
 }
 
 impl Propagation {
     /// `nameservers` empty means the zone's authoritative name servers.
-    pub fn new(nameservers: Vec<String>, timeout: Duration) -> Result<Propagation, String> {
+    pub fn new(nameservers: Vec<String>, timeout: Duration) -> Result<Propagation, Error> {
         if let Some(bad) = nameservers.iter().find(|s| !is_host_port(s)) {
-            return Err(format!("propagation: nameserver `{bad}` is not host:port"));
+            return Err(Error::Nameserver(bad.clone()));
         }
         Ok(Propagation {
             nameservers,
@@ -75,15 +133,15 @@ impl Propagation {
 
     /// Waits until every name server answers the TXT query for `name` with `value`
     /// among its values; the error says what each server that lacked it answered last.
-    pub async fn wait_visible(&self, name: &str, value: &str) -> Result<(), String> {
+    pub async fn wait_visible(&self, name: &str, value: &str) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let servers = match tokio::time::timeout(self.timeout, self.servers(name)).await {
             Ok(r) => r?,
             Err(_) => {
-                return Err(format!(
-                    "could not find the authoritative name servers of {name} within {}s; list them in propagation.nameservers",
-                    self.timeout.as_secs()
-                ))
+                return Err(Error::FindServersTimeout {
+                    name: name.to_string(),
+                    seconds: self.timeout.as_secs(),
+                })
             }
         };
         let mut pending: Vec<(String, SocketAddr, Answer)> = servers
@@ -101,30 +159,29 @@ impl Propagation {
                 return Ok(());
             }
             if tokio::time::Instant::now() + POLL_INTERVAL > deadline {
-                let why: Vec<String> = pending
-                    .iter()
-                    .map(|(label, _, a)| format!("{label} answered {a}"))
-                    .collect();
-                return Err(format!(
-                    "TXT record {name} with the challenge value not visible after {}s: {}",
-                    self.timeout.as_secs(),
-                    why.join("; ")
-                ));
+                return Err(Error::NotVisible {
+                    name: name.to_string(),
+                    seconds: self.timeout.as_secs(),
+                    lacking: pending.into_iter().map(|(l, _, a)| (l, a)).collect(),
+                });
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
     /// The servers to ask, each with the label used in messages.
-    async fn servers(&self, name: &str) -> Result<Vec<(String, SocketAddr)>, String> {
+    async fn servers(&self, name: &str) -> Result<Vec<(String, SocketAddr)>, Error> {
         if !self.nameservers.is_empty() {
             let mut out = Vec::new();
             for s in &self.nameservers {
                 let addr = tokio::net::lookup_host(s.as_str())
                     .await
-                    .map_err(|e| format!("propagation: nameserver `{s}`: {e}"))?
+                    .map_err(|source| Error::Resolve {
+                        server: s.clone(),
+                        source,
+                    })?
                     .next()
-                    .ok_or_else(|| format!("propagation: nameserver `{s}` has no address"))?;
+                    .ok_or_else(|| Error::NoAddress(s.clone()))?;
                 out.push((s.clone(), addr));
             }
             return Ok(out);
@@ -135,9 +192,9 @@ impl Propagation {
 
 /// The NS records of the closest enclosing zone of `name`, each resolved to an
 /// address, through the system's resolver.
-async fn authoritative_servers(name: &str) -> Result<Vec<(String, SocketAddr)>, String> {
+async fn authoritative_servers(name: &str) -> Result<Vec<(String, SocketAddr)>, Error> {
     let resolver = Resolver::builder_tokio()
-        .map_err(|e| format!("propagation: the system resolver configuration: {e}"))?
+        .map_err(Error::SystemResolver)?
         .build();
     servers_of_zone(&resolver, name).await
 }
@@ -148,7 +205,7 @@ async fn authoritative_servers(name: &str) -> Result<Vec<(String, SocketAddr)>, 
 pub async fn authoritative_servers_via(
     resolver: SocketAddr,
     name: &str,
-) -> Result<Vec<(String, SocketAddr)>, String> {
+) -> Result<Vec<(String, SocketAddr)>, Error> {
     let config = ResolverConfig::from_parts(
         None,
         vec![],
@@ -163,7 +220,7 @@ pub async fn authoritative_servers_via(
 async fn servers_of_zone(
     resolver: &Resolver<TokioConnectionProvider>,
     name: &str,
-) -> Result<Vec<(String, SocketAddr)>, String> {
+) -> Result<Vec<(String, SocketAddr)>, Error> {
     for zone in super::zone_candidates(name) {
         let Ok(ns) = resolver.lookup(format!("{zone}."), RecordType::NS).await else {
             continue;
@@ -191,15 +248,11 @@ async fn servers_of_zone(
             }
         }
         if out.is_empty() {
-            return Err(format!(
-                "propagation: the name servers of zone `{zone}` have no address; list them in propagation.nameservers"
-            ));
+            return Err(Error::ServersWithoutAddress(zone));
         }
         return Ok(out);
     }
-    Err(format!(
-        "propagation: no zone holding {name} has NS records the resolver can find; list name servers in propagation.nameservers"
-    ))
+    Err(Error::NoZone(name.to_string()))
 }
 
 /// Asks `addr` for the TXT record `name`, bypassing every cache.
@@ -233,7 +286,7 @@ async fn query_txt(addr: SocketAddr, name: &str) -> Answer {
                 .collect(),
         ),
         Err(e) if e.is_nx_domain() || e.is_no_records_found() => Answer::NoRecord,
-        Err(e) => Answer::Error(format!("error: {e}")),
+        Err(e) => Answer::Error(e),
     }
 }
 

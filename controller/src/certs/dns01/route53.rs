@@ -27,6 +27,102 @@ use crate::api::SecretKeyRef;
 /// Pause between two `GetChange` polls.
 const CHANGE_POLL: Duration = Duration::from_secs(2);
 
+/// Why the Route 53 provider could not be set up or a change failed. `change` names
+/// a change: `route53: adding TXT <name> in hosted zone <zone>`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An access key Secret cannot be used.
+    #[error(transparent)]
+    Secret(#[from] super::SecretError),
+    /// Only one of the two access key references is set.
+    #[error("route53: set both accessKeyIdSecretRef and secretAccessKeySecretRef, or neither to use the AWS credential chain")]
+    HalfCredentials,
+    /// `endpointUrl` is not an http(s) URL.
+    #[error("route53: endpointUrl `{0}` is not an http(s) URL")]
+    EndpointUrl(String),
+    /// Looking up the hosted zones of a name failed.
+    #[error("route53: looking up hosted zone {zone}: {source}")]
+    LookupZone {
+        /// The zone name looked up.
+        zone: String,
+        /// The API's error.
+        #[source]
+        source: ApiError,
+    },
+    /// No hosted zone holds the record.
+    #[error("route53: no hosted zone holds {name} (tried {}); set hostedZoneId", .tried.join(", "))]
+    NoZone {
+        /// The record name.
+        name: String,
+        /// The zone names looked up.
+        tried: Vec<String>,
+    },
+    /// Reading the record's current values failed.
+    #[error("route53: reading TXT {name} in hosted zone {zone}: {source}")]
+    ReadRecord {
+        /// The record name.
+        name: String,
+        /// The hosted zone id.
+        zone: String,
+        /// The API's error.
+        #[source]
+        source: ApiError,
+    },
+    /// The change could not be built from the values.
+    #[error("{change}: {source}")]
+    Build {
+        /// The change.
+        change: String,
+        /// Cause.
+        #[source]
+        source: aws_sdk_route53::error::BuildError,
+    },
+    /// Route 53 did not take the change.
+    #[error("{change}: {source}")]
+    Change {
+        /// The change.
+        change: String,
+        /// The API's error.
+        #[source]
+        source: ApiError,
+    },
+    /// Polling the change's state failed.
+    #[error("{change}: GetChange {id}: {source}")]
+    GetChange {
+        /// The change.
+        change: String,
+        /// Route 53's change id.
+        id: String,
+        /// The API's error.
+        #[source]
+        source: ApiError,
+    },
+    /// The change did not reach all of Route 53's servers in time.
+    #[error("{change}: change {id} still {state} after {seconds}s")]
+    NotInSync {
+        /// The change.
+        change: String,
+        /// Route 53's change id.
+        id: String,
+        /// Its last state.
+        state: ChangeStatus,
+        /// The time waited.
+        seconds: u64,
+    },
+}
+
+/// An error of the AWS SDK, shown with its whole chain of causes (the SDK's
+/// `DisplayErrorContext`), where the AWS error code is.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", DisplayErrorContext(.0.as_ref()))]
+pub struct ApiError(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+impl ApiError {
+    fn of(e: impl std::error::Error + Send + Sync + 'static) -> ApiError {
+        ApiError(Box::new(e))
+    }
+}
+
 /// The settings and, once first used, the client.
 pub struct Route53 {
     hosted_zone_id: Option<String>,
@@ -44,23 +140,18 @@ impl Route53 {
         p: &Route53Provider,
         secret: &dyn Fn(&SecretKeyRef) -> Option<Vec<u8>>,
         insync_timeout: Duration,
-    ) -> Result<Route53, String> {
+    ) -> Result<Route53, Error> {
         let credentials = match (&p.access_key_id_secret_ref, &p.secret_access_key_secret_ref) {
             (Some(id), Some(key)) => Some((
                 secret_text(secret, "route53", "accessKeyIdSecretRef", id)?,
                 secret_text(secret, "route53", "secretAccessKeySecretRef", key)?,
             )),
             (None, None) => None,
-            _ => {
-                return Err(
-                    "route53: set both accessKeyIdSecretRef and secretAccessKeySecretRef, or neither to use the AWS credential chain"
-                        .into(),
-                )
-            }
+            _ => return Err(Error::HalfCredentials),
         };
         if let Some(u) = &p.endpoint_url {
             if !(u.starts_with("https://") || u.starts_with("http://")) {
-                return Err(format!("route53: endpointUrl `{u}` is not an http(s) URL"));
+                return Err(Error::EndpointUrl(u.clone()));
             }
         }
         Ok(Route53 {
@@ -108,7 +199,7 @@ impl Route53 {
     }
 
     /// Adds `value` to the TXT record set `name`.
-    pub async fn set(&self, name: &str, value: &str) -> Result<(), String> {
+    pub async fn set(&self, name: &str, value: &str) -> Result<(), Error> {
         let zone = self.zone(name).await?;
         let mut values = self.values(&zone, name).await?;
         let quoted = quote(value);
@@ -121,7 +212,7 @@ impl Route53 {
     }
 
     /// Removes `value` from the TXT record set `name`; nothing to do when absent.
-    pub async fn clear(&self, name: &str, value: &str) -> Result<(), String> {
+    pub async fn clear(&self, name: &str, value: &str) -> Result<(), Error> {
         let zone = self.zone(name).await?;
         let values = self.values(&zone, name).await?;
         let quoted = quote(value);
@@ -147,7 +238,7 @@ impl Route53 {
 
     /// The hosted zone id: as configured, or the public zone whose name is the closest
     /// parent of `name`.
-    async fn zone(&self, name: &str) -> Result<String, String> {
+    async fn zone(&self, name: &str) -> Result<String, Error> {
         if let Some(z) = &self.hosted_zone_id {
             return Ok(z.clone());
         }
@@ -160,11 +251,9 @@ impl Route53 {
                 .max_items(10)
                 .send()
                 .await
-                .map_err(|e| {
-                    format!(
-                        "route53: looking up hosted zone {c}: {}",
-                        DisplayErrorContext(&e)
-                    )
+                .map_err(|e| Error::LookupZone {
+                    zone: c.clone(),
+                    source: ApiError::of(e),
                 })?;
             let want = format!("{c}.");
             let mut zones: Vec<_> = out
@@ -178,14 +267,14 @@ impl Route53 {
                 return Ok(z.id().trim_start_matches("/hostedzone/").to_string());
             }
         }
-        Err(format!(
-            "route53: no hosted zone holds {name} (tried {}); set hostedZoneId",
-            candidates.join(", ")
-        ))
+        Err(Error::NoZone {
+            name: name.to_string(),
+            tried: candidates,
+        })
     }
 
     /// The current values (quoted, as Route 53 stores them) of the TXT set `name`.
-    async fn values(&self, zone: &str, name: &str) -> Result<Vec<String>, String> {
+    async fn values(&self, zone: &str, name: &str) -> Result<Vec<String>, Error> {
         let out = self
             .client()
             .await
@@ -196,11 +285,10 @@ impl Route53 {
             .max_items(1)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "route53: reading TXT {name} in hosted zone {zone}: {}",
-                    DisplayErrorContext(&e)
-                )
+            .map_err(|e| Error::ReadRecord {
+                name: name.to_string(),
+                zone: zone.to_string(),
+                source: ApiError::of(e),
             })?;
         let want = format!("{}.", name.trim_end_matches('.'));
         Ok(out
@@ -218,20 +306,24 @@ impl Route53 {
         action: ChangeAction,
         values: Vec<String>,
         doing: &str,
-    ) -> Result<(), String> {
-        let what = format!("route53: {doing} TXT {name} in hosted zone {zone}");
+    ) -> Result<(), Error> {
+        let change = format!("route53: {doing} TXT {name} in hosted zone {zone}");
+        let build = |source| Error::Build {
+            change: change.clone(),
+            source,
+        };
         let records = values
             .into_iter()
             .map(|v| ResourceRecord::builder().value(v).build())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(build)?;
         let set = ResourceRecordSet::builder()
             .name(name)
             .r#type(RrType::Txt)
             .ttl(RECORD_TTL.into())
             .set_resource_records(Some(records))
             .build()
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(build)?;
         let batch = ChangeBatch::builder()
             .comment("edgemq ACME DNS-01 challenge")
             .changes(
@@ -239,10 +331,10 @@ impl Route53 {
                     .action(action)
                     .resource_record_set(set)
                     .build()
-                    .map_err(|e| format!("{what}: {e}"))?,
+                    .map_err(build)?,
             )
             .build()
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(build)?;
         let client = self.client().await;
         let out = client
             .change_resource_record_sets()
@@ -250,7 +342,10 @@ impl Route53 {
             .change_batch(batch)
             .send()
             .await
-            .map_err(|e| format!("{what}: {}", DisplayErrorContext(&e)))?;
+            .map_err(|e| Error::Change {
+                change: change.clone(),
+                source: ApiError::of(e),
+            })?;
         let Some(info) = out.change_info() else {
             return Ok(());
         };
@@ -259,10 +354,12 @@ impl Route53 {
         let deadline = tokio::time::Instant::now() + self.insync_timeout;
         while status != ChangeStatus::Insync {
             if tokio::time::Instant::now() + CHANGE_POLL > deadline {
-                return Err(format!(
-                    "{what}: change {id} still {status} after {}s",
-                    self.insync_timeout.as_secs()
-                ));
+                return Err(Error::NotInSync {
+                    change,
+                    id,
+                    state: status,
+                    seconds: self.insync_timeout.as_secs(),
+                });
             }
             tokio::time::sleep(CHANGE_POLL).await;
             let out = client
@@ -270,7 +367,11 @@ impl Route53 {
                 .id(&id)
                 .send()
                 .await
-                .map_err(|e| format!("{what}: GetChange {id}: {}", DisplayErrorContext(&e)))?;
+                .map_err(|e| Error::GetChange {
+                    change: change.clone(),
+                    id: id.clone(),
+                    source: ApiError::of(e),
+                })?;
             status = out
                 .change_info()
                 .map(|i| i.status().clone())
