@@ -405,15 +405,16 @@ pub fn issue_in_place(
 /// What a Certificate issued in place (`selfSigned`, `ca`) serves after an attempt,
 /// and how its attempts stand, the same in both modes: a failed attempt keeps a stored
 /// pair that has not expired serving (as ACME does) and is counted in the returned
-/// progress (`previous` holds the earlier count); a success clears it. Pure.
-pub fn keep_serving(
+/// progress (`previous` holds the earlier count, and the error's text); a success
+/// clears it. The attempt's error is returned as it came, whatever its type. Pure.
+pub fn keep_serving<E: std::fmt::Display>(
     cert: &Certificate,
-    attempt: Result<(TlsMaterial, CertInfo), String>,
+    attempt: Result<(TlsMaterial, CertInfo), E>,
     stored: Option<&TlsMaterial>,
     previous: Option<&renewal::Progress>,
     now: time::OffsetDateTime,
 ) -> (
-    Result<(TlsMaterial, CertInfo), String>,
+    Result<(TlsMaterial, CertInfo), E>,
     Option<renewal::Progress>,
 ) {
     let error = match attempt {
@@ -423,7 +424,7 @@ pub fn keep_serving(
     let progress = renewal::Progress {
         issuing: false,
         failures: previous.map_or(0, |p| p.failures).saturating_add(1),
-        last_failure: Some(error.clone()),
+        last_failure: Some(error.to_string()),
         last_failure_time: Some(rfc3339(now)),
         next_attempt: None,
     };
@@ -498,16 +499,17 @@ mod tests {
             cert_pem: pem,
             key_pem: String::new(),
         };
-        let (r, p) = keep_serving(&cert, Err("CA gone".into()), Some(&stored), None, now);
+        let gone = CertError::Invalid("CA gone".into());
+        let (r, p) = keep_serving(&cert, Err(gone), Some(&stored), None, now);
         let (m, info) = r.expect("the stored pair keeps serving");
         assert_eq!(m.cert_pem, stored.cert_pem);
         let p = p.expect("the failure is counted");
         assert_eq!(
             (p.failures, p.last_failure.as_deref()),
-            (1, Some("CA gone"))
+            (1, Some("invalid certificate: CA gone"))
         );
         assert!(info.expires_in_seconds > 0 && !info.due(now));
-        let (r, p2) = keep_serving(&cert, Err("still".into()), None, Some(&p), now);
+        let (r, p2) = keep_serving(&cert, Err("still".to_string()), None, Some(&p), now);
         assert_eq!(r.unwrap_err(), "still");
         assert_eq!(p2.unwrap().failures, 2, "counted on");
         let (pem, _) = cert_valid_for(1);
@@ -516,9 +518,9 @@ mod tests {
             key_pem: String::new(),
         };
         let later = now + time::Duration::seconds(5);
-        let (r, _) = keep_serving(&cert, Err("x".into()), Some(&expired), None, later);
+        let (r, _) = keep_serving(&cert, Err("x"), Some(&expired), None, later);
         assert!(r.is_err(), "an expired pair does not serve");
-        let (ok, cleared) = keep_serving(
+        let (ok, cleared) = keep_serving::<CertError>(
             &cert,
             Ok((
                 stored.clone(),
