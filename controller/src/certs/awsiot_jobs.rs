@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::awsiot::{self, Issued};
-use super::fleet;
+use super::{fleet, CertError};
 use crate::api::certificate::DeletionPolicy;
 use crate::api::Bridge;
 use crate::aws::policy;
@@ -35,6 +35,23 @@ const FLEET_MIN_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Longest one background attempt may take before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why one background attempt of a standalone `awsIot` Certificate failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Creating, updating or rotating the certificate failed.
+    #[error(transparent)]
+    Issue(CertError),
+    /// That work took longer than [`ATTEMPT_TIMEOUT`].
+    #[error("AWS IoT work did not finish within {}s", ATTEMPT_TIMEOUT.as_secs())]
+    IssueTimeout,
+    /// Removing the AWS IoT resources of a deleted Certificate failed.
+    #[error(transparent)]
+    Cleanup(CertError),
+    /// That cleanup took longer than [`ATTEMPT_TIMEOUT`].
+    #[error("AWS IoT cleanup did not finish in time")]
+    CleanupTimeout,
+}
 
 /// What status shows for an `awsIot` Certificate.
 #[derive(Clone, Debug, Default)]
@@ -73,8 +90,12 @@ impl Job {
         !self.running && (self.key != key || self.retry_at.is_none_or(|t| now >= t))
     }
 
-    fn finish(&mut self, result: Result<(), String>) {
-        self.finish_from(result, MIN_BACKOFF)
+    fn finish(&mut self, result: Result<(), Error>) {
+        let r = match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e as _),
+        };
+        self.finish_from(r, MIN_BACKOFF)
     }
 
     /// Ends a fleet provisioning attempt: backoff from 5 s, and whether AWS IoT refused
@@ -85,14 +106,15 @@ impl Job {
     ) -> Option<Instant> {
         let r = match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e as _),
         };
         self.finish_from(r, FLEET_MIN_BACKOFF);
         self.rejected = matches!(result, Err(fleet::FleetError::Rejected { .. }));
         self.retry_at
     }
 
-    fn finish_from(&mut self, result: Result<(), String>, min_backoff: Duration) {
+    /// Ends an attempt; a failure keeps its error's text for status and backs off.
+    fn finish_from(&mut self, result: Result<(), &dyn std::error::Error>, min_backoff: Duration) {
         self.running = false;
         match result {
             Ok(()) => {
@@ -105,7 +127,7 @@ impl Job {
                 let backoff =
                     (min_backoff * 2u32.saturating_pow(self.failures - 1)).min(MAX_BACKOFF);
                 self.retry_at = Some(Instant::now() + backoff);
-                self.error = Some(e);
+                self.error = Some(e.to_string());
             }
         }
     }
@@ -246,11 +268,8 @@ impl AwsIotJobs {
                     };
                     let r = match r {
                         Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err(format!(
-                            "AWS IoT work did not finish within {}s",
-                            ATTEMPT_TIMEOUT.as_secs()
-                        )),
+                        Ok(Err(e)) => Err(Error::Issue(e)),
+                        Err(_) => Err(Error::IssueTimeout),
                     };
                     if let Err(e) = &r {
                         tracing::error!(certificate = %id.1, error = %e, "AWS IoT certificate not updated");
@@ -311,8 +330,8 @@ impl AwsIotJobs {
                             );
                             Ok(())
                         }
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("AWS IoT cleanup did not finish in time".into()),
+                        Ok(Err(e)) => Err(Error::Cleanup(e)),
+                        Err(_) => Err(Error::CleanupTimeout),
                     };
                     if let Err(e) = &r {
                         tracing::error!(certificate = %id.1, error = %e, "AWS IoT cleanup of a deleted Certificate failed; will retry");
@@ -410,9 +429,8 @@ mod tests {
             ..Job::default()
         };
         assert!(!j.may_start("a", Instant::now()), "never twice at once");
-        j.finish(Err(
-            "AWS IoT CreateThing failed: Throttling: slow down".into()
-        ));
+        j.finish(Err(Error::Issue(CertError::Invalid("slow down".into()))));
+        assert_eq!(j.error.as_deref(), Some("invalid certificate: slow down"));
         let first = j.retry_at.unwrap();
         assert!(!j.may_start("a", Instant::now()));
         assert!(
@@ -421,11 +439,11 @@ mod tests {
         );
         assert!(j.may_start("a", first));
         j.running = true;
-        j.finish(Err("again".into()));
+        j.finish(Err(Error::IssueTimeout));
         let wait = j.retry_at.unwrap() - Instant::now();
         assert!(wait > MIN_BACKOFF && wait <= MIN_BACKOFF * 2, "{wait:?}");
         for _ in 0..10 {
-            j.finish(Err("again".into()));
+            j.finish(Err(Error::IssueTimeout));
         }
         assert!(j.retry_at.unwrap() - Instant::now() <= MAX_BACKOFF);
         j.finish(Ok(()));
