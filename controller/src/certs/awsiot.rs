@@ -243,22 +243,44 @@ fn read_material(dir: &Path) -> Option<TlsMaterial> {
     })
 }
 
+/// Why a certificate and a private key do not make a usable pair.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPairError {
+    /// The certificate PEM cannot be read.
+    #[error("certificate PEM: {0}")]
+    CertificatePem(#[source] std::io::Error),
+    /// The certificate PEM holds no certificate.
+    #[error("no certificate in the PEM")]
+    NoCertificate,
+    /// The private key PEM cannot be read.
+    #[error("private key PEM: {0}")]
+    KeyPem(#[source] std::io::Error),
+    /// The private key PEM holds no private key.
+    #[error("no private key in the PEM")]
+    NoKey,
+    /// The private key is not of a supported type.
+    #[error("private key: {0}")]
+    Key(#[source] rustls::Error),
+    /// The certificate's public key is not the private key's.
+    #[error("{0}")]
+    Mismatch(#[source] rustls::Error),
+}
+
 /// Checks that the certificate's public key is the private key's.
-pub fn keys_match(m: &TlsMaterial) -> Result<(), String> {
+pub fn keys_match(m: &TlsMaterial) -> Result<(), KeyPairError> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut m.cert_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate PEM: {e}"))?;
+        .map_err(KeyPairError::CertificatePem)?;
     if certs.is_empty() {
-        return Err("no certificate in the PEM".into());
+        return Err(KeyPairError::NoCertificate);
     }
     let key = rustls_pemfile::private_key(&mut m.key_pem.as_bytes())
-        .map_err(|e| format!("private key PEM: {e}"))?
-        .ok_or("no private key in the PEM")?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("private key: {e}"))?;
+        .map_err(KeyPairError::KeyPem)?
+        .ok_or(KeyPairError::NoKey)?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(KeyPairError::Key)?;
     rustls::sign::CertifiedKey::new(certs, signer)
         .keys_match()
-        .map_err(|e| format!("{e}"))
+        .map_err(KeyPairError::Mismatch)
 }
 
 /// Validity, serial and renewal time. An AWS IoT certificate is valid for decades, so
@@ -1312,12 +1334,16 @@ mod tests {
             cert_pem: c1.pem(),
             key_pem: k1.serialize_pem(),
         };
-        assert_eq!(keys_match(&good), Ok(()));
+        keys_match(&good).unwrap();
         let bad = TlsMaterial {
             cert_pem: c1.pem(),
             key_pem: k2.serialize_pem(),
         };
-        assert!(keys_match(&bad).is_err());
+        assert!(
+            matches!(keys_match(&bad), Err(KeyPairError::Mismatch(_))),
+            "{:?}",
+            keys_match(&bad)
+        );
         // The id AWS IoT gives a certificate: SHA-256 of its DER, hex.
         let id = certificate_id(&c1.pem()).unwrap();
         assert_eq!(id.len(), 64);
