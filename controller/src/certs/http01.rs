@@ -169,13 +169,18 @@ impl Http01Host for LocalHost {
     }
 }
 
+/// A solver argument that is not `TOKEN=KEY_AUTHORIZATION` (as given).
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not TOKEN=KEY_AUTHORIZATION")]
+pub struct NotAnAnswer(pub String);
+
 /// Parses `TOKEN=KEY_AUTHORIZATION` (the solver container's arguments).
-pub fn parse_answer(arg: &str) -> Result<(String, String), String> {
+pub fn parse_answer(arg: &str) -> Result<(String, String), NotAnAnswer> {
     match arg.split_once('=') {
         Some((t, ka)) if !t.is_empty() && !ka.is_empty() && !t.contains('/') => {
             Ok((t.to_string(), ka.to_string()))
         }
-        _ => Err(format!("`{arg}` is not TOKEN=KEY_AUTHORIZATION")),
+        _ => Err(NotAnAnswer(arg.to_string())),
     }
 }
 
@@ -201,7 +206,11 @@ mod tests {
             ("tok".to_string(), "tok.thumb".to_string())
         );
         for bad in ["tok", "=x", "tok=", "a/b=c"] {
-            assert!(parse_answer(bad).is_err(), "{bad}");
+            let e = parse_answer(bad).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("`{bad}` is not TOKEN=KEY_AUTHORIZATION")
+            );
         }
     }
 
