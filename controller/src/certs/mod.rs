@@ -256,6 +256,9 @@ pub enum CertError {
         #[source]
         source: Box<dns01::Error>,
     },
+    /// A fleet provisioning template parameter could not be resolved.
+    #[error("invalid certificate: {0}")]
+    Parameter(#[from] fleet::ParameterError),
     /// Stored or provided material is not a usable certificate.
     #[error("invalid certificate: {0}")]
     Invalid(String),

@@ -35,7 +35,9 @@ use crate::api::certificate::FleetProvisioning;
 use crate::api::Certificate;
 use crate::certs::awsiot::Issued;
 use crate::certs::awsiot_jobs::{fleet_attempt, AwsIotState};
-use crate::certs::fleet::{self, FleetError, FleetIdentity, FleetRequest, Machine, Record};
+use crate::certs::fleet::{
+    self, FleetError, FleetIdentity, FleetRequest, Machine, MachineError, Record,
+};
 use crate::certs::{self, CertError};
 use crate::tls::TlsMaterial;
 
@@ -68,23 +70,23 @@ impl ClusterMachine {
 }
 
 impl Machine for ClusterMachine {
-    fn hostname(&self) -> Result<String, String> {
+    fn hostname(&self) -> Result<String, MachineError> {
         self.node_name.clone().ok_or_else(|| {
-            format!("on a cluster the host name is the controller's node name, and {NODE_NAME_ENV} is not set (the chart sets it from spec.nodeName)")
+            MachineError::Unavailable(format!("on a cluster the host name is the controller's node name, and {NODE_NAME_ENV} is not set (the chart sets it from spec.nodeName)"))
         })
     }
-    fn read_file(&self, path: &str) -> Result<String, String> {
-        let hint = |e: String| {
-            format!("{e} (the file is read in the controller's container: mount it with the chart's extraVolumes and extraVolumeMounts)")
+    fn read_file(&self, path: &str) -> Result<String, MachineError> {
+        let hint = |e: &dyn std::fmt::Display| {
+            MachineError::Unavailable(format!("{e} (the file is read in the controller's container: mount it with the chart's extraVolumes and extraVolumeMounts)"))
         };
         let real = match self.trust.fleet_file(path) {
             Ok(real) => real,
-            Err(FileError::Refused(e)) => return Err(e),
-            Err(FileError::Unreadable(e)) => return Err(hint(e)),
+            Err(FileError::Refused(e)) => return Err(MachineError::Unavailable(e)),
+            Err(FileError::Unreadable(e)) => return Err(hint(&e)),
         };
         fleet::ThisMachine
             .read_file(&real.to_string_lossy())
-            .map_err(hint)
+            .map_err(|e| hint(&e))
     }
 }
 
@@ -474,7 +476,8 @@ spec:
             trust: Trust::default(),
         }
         .hostname()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(NODE_NAME_ENV), "{e}");
         let serial = dir.path().join("serial");
         assert_eq!(
@@ -483,9 +486,10 @@ spec:
         );
         let e = m
             .read_file(dir.path().join("nope").to_str().unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("extraVolumes"), "{e}");
-        let e = m.read_file("/etc/hostname").unwrap_err();
+        let e = m.read_file("/etc/hostname").unwrap_err().to_string();
         assert!(e.contains("outside the folders"), "{e}");
     }
 

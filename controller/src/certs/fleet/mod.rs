@@ -101,29 +101,77 @@ impl std::fmt::Debug for FleetIdentity {
     }
 }
 
+/// Why a value could not be read from the machine.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// Neither the kernel nor the environment gives the host name.
+    #[error("the host name could not be read")]
+    NoHostname,
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    File {
+        /// As the parameter names it.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The value is not available where edgemq runs (on a cluster: no node name, or a
+    /// file the installer does not allow or did not mount); the text says why and
+    /// what to do.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Why the template parameters could not be resolved; each names the parameter.
+#[derive(Debug, thiserror::Error)]
+pub enum ParameterError {
+    /// Reading its machine value failed.
+    #[error("parameter {name}: {source}")]
+    Read {
+        /// The parameter.
+        name: String,
+        /// Cause.
+        #[source]
+        source: MachineError,
+    },
+    /// `valueFrom` names no source.
+    #[error("parameter {0}: valueFrom sets no source")]
+    NoSource(String),
+    /// The machine value is empty once trimmed.
+    #[error("parameter {0}: the value read is empty")]
+    Empty(String),
+    /// Neither `value` nor `valueFrom` is set.
+    #[error("parameter {0}: no value")]
+    NoValue(String),
+}
+
 /// What parameters read from the machine.
 pub trait Machine {
     /// The host name.
-    fn hostname(&self) -> Result<String, String>;
+    fn hostname(&self) -> Result<String, MachineError>;
     /// A file's contents.
-    fn read_file(&self, path: &str) -> Result<String, String>;
+    fn read_file(&self, path: &str) -> Result<String, MachineError>;
 }
 
 /// The machine edgemq runs on.
 pub struct ThisMachine;
 
 impl Machine for ThisMachine {
-    fn hostname(&self) -> Result<String, String> {
+    fn hostname(&self) -> Result<String, MachineError> {
         ["/proc/sys/kernel/hostname", "/etc/hostname"]
             .iter()
             .find_map(|p| std::fs::read_to_string(p).ok())
             .or_else(|| std::env::var("HOSTNAME").ok())
-            .ok_or_else(|| "the host name could not be read".to_string())
+            .ok_or(MachineError::NoHostname)
     }
-    fn read_file(&self, path: &str) -> Result<String, String> {
+    fn read_file(&self, path: &str) -> Result<String, MachineError> {
         std::fs::read(path)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .map_err(|e| format!("{path}: {e}"))
+            .map_err(|source| MachineError::File {
+                path: path.to_string(),
+                source,
+            })
     }
 }
 
@@ -133,7 +181,7 @@ impl Machine for ThisMachine {
 pub fn resolve_parameters(
     params: &[TemplateParameter],
     machine: &impl Machine,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, ParameterError> {
     let mut out = BTreeMap::new();
     for p in params {
         let v = match (&p.value, &p.value_from) {
@@ -142,18 +190,21 @@ pub fn resolve_parameters(
                 let raw = match (&from.hostname, &from.file) {
                     (Some(_), _) => machine.hostname(),
                     (None, Some(path)) => machine.read_file(path),
-                    (None, None) => Err("valueFrom sets no source".into()),
+                    (None, None) => return Err(ParameterError::NoSource(p.name.clone())),
                 }
-                .map_err(|e| format!("parameter {}: {e}", p.name))?;
+                .map_err(|source| ParameterError::Read {
+                    name: p.name.clone(),
+                    source,
+                })?;
                 let v = raw
                     .trim_matches(|c: char| c.is_whitespace() || c == '\0')
                     .to_string();
                 if v.is_empty() {
-                    return Err(format!("parameter {}: the value read is empty", p.name));
+                    return Err(ParameterError::Empty(p.name.clone()));
                 }
                 v
             }
-            (None, None) => return Err(format!("parameter {}: no value", p.name)),
+            (None, None) => return Err(ParameterError::NoValue(p.name.clone())),
         };
         out.insert(p.name.clone(), v);
     }
@@ -319,7 +370,7 @@ pub fn request_of(
                 .into(),
         ));
     }
-    let parameters = resolve_parameters(&fp.parameters, machine).map_err(CertError::Invalid)?;
+    let parameters = resolve_parameters(&fp.parameters, machine)?;
     Ok(FleetRequest {
         endpoint,
         claim,
@@ -395,14 +446,17 @@ mod tests {
 
     struct Fake;
     impl Machine for Fake {
-        fn hostname(&self) -> Result<String, String> {
+        fn hostname(&self) -> Result<String, MachineError> {
             Ok("pi-kitchen\n".into())
         }
-        fn read_file(&self, path: &str) -> Result<String, String> {
+        fn read_file(&self, path: &str) -> Result<String, MachineError> {
             match path {
                 "/serial" => Ok("  10000000abcdef\0\n".into()),
                 "/empty" => Ok("\n".into()),
-                _ => Err(format!("{path}: No such file or directory")),
+                _ => Err(MachineError::File {
+                    path: path.into(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                }),
             }
         }
     }
@@ -458,8 +512,18 @@ mod tests {
     #[test]
     fn a_missing_or_empty_file_names_the_parameter() {
         let e = resolve_parameters(&[from("SerialNumber", file("/nope"))], &Fake).unwrap_err();
-        assert!(e.starts_with("parameter SerialNumber: /nope"), "{e}");
+        assert!(
+            matches!(&e, ParameterError::Read { name, source: MachineError::File { .. } } if name == "SerialNumber"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("parameter SerialNumber: /nope"),
+            "{e}"
+        );
         let e = resolve_parameters(&[from("SerialNumber", file("/empty"))], &Fake).unwrap_err();
-        assert_eq!(e, "parameter SerialNumber: the value read is empty");
+        assert_eq!(
+            e.to_string(),
+            "parameter SerialNumber: the value read is empty"
+        );
     }
 }
