@@ -868,18 +868,33 @@ pub fn certificate_id(cert_pem: &str) -> Result<String, CertError> {
         .collect())
 }
 
+/// Why a Secrets Manager secret does not hold a key pair edgemq can import.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretShapeError {
+    /// The secret string is not JSON.
+    #[error("not a JSON object: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// It has no `certificatePem`.
+    #[error("no `certificatePem`")]
+    NoCertificate,
+    /// It has no private key.
+    #[error("no `privateKey` (or `keyPair.PrivateKey`)")]
+    NoKey,
+}
+
 /// Reads `certificatePem` and `privateKey` (or `keyPair.PrivateKey`, the shape
 /// `create-keys-and-certificate` prints), and the optional `certificateId` /
 /// `certificateArn`.
 #[allow(clippy::type_complexity)]
-pub fn parse_secret(text: &str) -> Result<(TlsMaterial, Option<String>, Option<String>), String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
+pub fn parse_secret(
+    text: &str,
+) -> Result<(TlsMaterial, Option<String>, Option<String>), SecretShapeError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(SecretShapeError::NotJson)?;
     let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).map(str::to_string);
-    let cert_pem = s("/certificatePem").ok_or("no `certificatePem`")?;
+    let cert_pem = s("/certificatePem").ok_or(SecretShapeError::NoCertificate)?;
     let key_pem = s("/privateKey")
         .or_else(|| s("/keyPair/PrivateKey"))
-        .ok_or("no `privateKey` (or `keyPair.PrivateKey`)")?;
+        .ok_or(SecretShapeError::NoKey)?;
     Ok((
         TlsMaterial { cert_pem, key_pem },
         s("/certificateId"),
@@ -1318,10 +1333,11 @@ mod tests {
         let cli = r#"{"certificateId":"abc","certificatePem":"C","keyPair":{"PublicKey":"P","PrivateKey":"K"}}"#;
         let (m, id, _) = parse_secret(cli).unwrap();
         assert_eq!((m.key_pem.as_str(), id.as_deref()), ("K", Some("abc")));
-        assert!(parse_secret(r#"{"certificatePem":"C"}"#)
-            .unwrap_err()
-            .contains("privateKey"));
-        assert!(parse_secret("nope").is_err());
+        let e = parse_secret(r#"{"certificatePem":"C"}"#).unwrap_err();
+        assert!(matches!(e, SecretShapeError::NoKey), "{e:?}");
+        assert_eq!(e.to_string(), "no `privateKey` (or `keyPair.PrivateKey`)");
+        let e = parse_secret("nope").unwrap_err();
+        assert!(matches!(e, SecretShapeError::NotJson(_)), "{e:?}");
     }
 
     #[test]
