@@ -149,21 +149,89 @@ pub struct Issued {
     pub ca_pem: String,
 }
 
-/// An ACME error with the server it came from and every cause (a refused connection
-/// reads "client error (Connect): tcp connect error: Connection refused").
-fn acme_err<'a>(job: &'a AcmeJob, what: &'a str) -> impl Fn(instant_acme::Error) -> CertError + 'a {
-    move |e| {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            let t = s.to_string();
-            if !text.contains(&t) {
-                text.push_str(": ");
-                text.push_str(&t);
-            }
-            source = s.source();
+/// Why the ACME server did not give a certificate ([`CertError::Issuer`] shows it
+/// after `ACME: `).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request to the server failed or was refused, at `step` (`new order`,
+    /// `validation`...).
+    #[error("server {server}: {step}: {}", cause_chain(.source))]
+    Server {
+        /// The directory URL.
+        server: String,
+        /// What was asked.
+        step: &'static str,
+        /// The client's error (the server's problem document, or why it could not be
+        /// reached).
+        #[source]
+        source: instant_acme::Error,
+    },
+    /// An authorization is neither pending nor valid (invalid, expired, revoked...).
+    #[error("authorization for {identifier} is {status:?}")]
+    Authorization {
+        /// The name it is for.
+        identifier: String,
+        /// Its status.
+        status: AuthorizationStatus,
+    },
+    /// The server offers no challenge of the solver's type for a name.
+    #[error("the ACME server offers no {kind:?} challenge for {domain}")]
+    NoChallenge {
+        /// The solver's challenge type.
+        kind: ChallengeType,
+        /// The name.
+        domain: String,
+    },
+    /// The order became invalid; the server's reasons per name.
+    #[error("validation failed: {0}")]
+    ValidationFailed(String),
+    /// The HTTP-01 challenge server could not listen.
+    #[error("HTTP-01 challenge server on {addr}: {source}")]
+    ChallengeServer {
+        /// The address tried last.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS settings for a private CA bundle could not be made.
+    #[error("{0}")]
+    Tls(#[source] rustls::Error),
+    /// The system's trust store could not be read.
+    #[error("system trust store: {0}")]
+    TrustStore(#[source] std::io::Error),
+    /// The new account's credentials could not be serialized.
+    #[error("{0}")]
+    Credentials(#[source] serde_json::Error),
+}
+
+/// An error and every cause not already in its text (a refused connection reads
+/// "client error (Connect): tcp connect error: Connection refused").
+fn cause_chain(e: &instant_acme::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
         }
-        CertError::Acme(format!("server {}: {what}: {text}", job.issuer.server))
+        source = s.source();
+    }
+    text
+}
+
+/// An ACME error with the server it came from, at `step`.
+fn acme_err<'a>(
+    job: &'a AcmeJob,
+    step: &'static str,
+) -> impl Fn(instant_acme::Error) -> CertError + 'a {
+    move |source| {
+        CertError::Issuer(Error::Server {
+            server: job.issuer.server.clone(),
+            step,
+            source,
+        })
     }
 }
 
@@ -194,14 +262,14 @@ fn http_client(job: &AcmeJob) -> Result<Box<dyn HttpClient>, CertError> {
             }
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map_err(|e| CertError::Acme(e.to_string()))?
+                .map_err(|e| CertError::Issuer(Error::Tls(e)))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             builder.with_tls_config(config)
         }
         None => builder
             .with_provider_and_platform_verifier(provider)
-            .map_err(|e| CertError::Acme(format!("system trust store: {e}")))?,
+            .map_err(|e| CertError::Issuer(Error::TrustStore(e)))?,
     };
     let connector = builder.https_or_http().enable_http1().build();
     let client: hyper_util::client::legacy::Client<_, instant_acme::BodyWrapper<bytes::Bytes>> =
@@ -296,7 +364,8 @@ async fn create_account(job: &AcmeJob, store: &dyn AcmeStore) -> Result<Account,
         )
         .await
         .map_err(acme_err(job, "account registration"))?;
-    let json = serde_json::to_vec(&credentials).map_err(|e| CertError::Acme(e.to_string()))?;
+    let json =
+        serde_json::to_vec(&credentials).map_err(|e| CertError::Issuer(Error::Credentials(e)))?;
     store.save_account(&account_id(job), &json).await?;
     tracing::info!(certificate = %job.certificate, account = %account.id(), "ACME account registered");
     Ok(account)
@@ -395,11 +464,11 @@ pub async fn issue(job: &AcmeJob, store: &dyn AcmeStore) -> Result<Issued, CertE
             match authz.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
-                other => {
-                    result = Err(CertError::Acme(format!(
-                        "authorization for {} is {other:?}",
-                        authz.identifier()
-                    )));
+                status => {
+                    result = Err(CertError::Issuer(Error::Authorization {
+                        identifier: authz.identifier().to_string(),
+                        status,
+                    }));
                     break;
                 }
             }
@@ -410,9 +479,7 @@ pub async fn issue(job: &AcmeJob, store: &dyn AcmeStore) -> Result<Issued, CertE
                 ChallengeType::Dns01
             };
             let Some(mut challenge) = authz.challenge(kind.clone()) else {
-                result = Err(CertError::Acme(format!(
-                    "the ACME server offers no {kind:?} challenge for {domain}"
-                )));
+                result = Err(CertError::Issuer(Error::NoChallenge { kind, domain }));
                 break;
             };
             let ka = challenge.key_authorization();
@@ -491,9 +558,8 @@ async fn finish(
         .await
         .map_err(acme_err(job, "validation"))?;
     if status != OrderStatus::Ready {
-        return Err(CertError::Acme(format!(
-            "validation failed: {}",
-            challenge_errors(order).await
+        return Err(CertError::Issuer(Error::ValidationFailed(
+            challenge_errors(order).await,
         )));
     }
     let mut params = rcgen::CertificateParams::new(job.dns_names.clone())

@@ -70,10 +70,10 @@ async fn bind(ips: &[IpAddr], port: u16) -> Result<tokio::net::TcpListener, Cert
         }
     }
     let (ip, e) = last.expect("at least one address is tried");
-    Err(CertError::Acme(format!(
-        "HTTP-01 challenge server on {}: {e}",
-        SocketAddr::new(ip, port)
-    )))
+    Err(CertError::Issuer(super::acme::Error::ChallengeServer {
+        addr: SocketAddr::new(ip, port),
+        source: e,
+    }))
 }
 
 /// A challenge server of this process; stops when dropped.
@@ -247,5 +247,25 @@ mod tests {
         assert!(get(format!("{PATH_PREFIX}other")).await.contains(" 404 "));
         host.cleanup().await;
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_is_a_challenge_server_error_naming_the_address() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind(&[addr.ip()], addr.port()).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                CertError::Issuer(crate::certs::acme::Error::ChallengeServer { addr: a, source })
+                    if *a == addr && source.kind() == std::io::ErrorKind::AddrInUse
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("ACME: HTTP-01 challenge server on {addr}: ")),
+            "{e}"
+        );
     }
 }

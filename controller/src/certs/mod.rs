@@ -244,7 +244,12 @@ pub enum CertError {
         /// Cause.
         source: std::io::Error,
     },
-    /// The ACME server refused, failed or could not be reached.
+    /// The ACME issuer failed: the server refused, failed or could not be reached,
+    /// or a challenge could not be answered.
+    #[error("ACME: {0}")]
+    Issuer(#[from] acme::Error),
+    /// A mode's ACME store or HTTP-01 solver failed (on a cluster: its Secrets,
+    /// solver Pods and Services); the text names the object and the cause.
     #[error("ACME: {0}")]
     Acme(String),
     /// The DNS-01 record of an ACME challenge could not be published or seen.
