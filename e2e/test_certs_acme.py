@@ -396,3 +396,25 @@ def test_an_acme_server_that_never_answers_holds_up_neither_the_broker_nor_reloa
         assert "no answer within" in failed["message"], failed
     finally:
         hole.close()
+
+
+def test_the_solver_names_a_busy_address_once_and_a_bad_answer_as_given():
+    """`edgemq acme-solver` (the HTTP-01 solver Pod's command) refuses a port in use
+    with one line naming the address and the OS error, and a malformed --answer with
+    what was given."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    addr = "127.0.0.1:%d" % busy.getsockname()[1]
+    try:
+        r = support.run([support.edgemq_bin(), "acme-solver", "--listen", addr, "--answer", "t=t.k"],
+                        timeout=15)
+    finally:
+        busy.close()
+    assert r.returncode == 1, r
+    assert r.stderr == (f"error: ACME: HTTP-01 challenge server on {addr}: "
+                        "Address already in use (os error 98)\n"), r.stderr
+    r = support.run([support.edgemq_bin(), "acme-solver", "--answer", "a/b=c"], timeout=15)
+    assert r.returncode == 2, r
+    assert r.stderr.startswith(
+        "error: invalid value 'a/b=c' for '--answer <ANSWERS>': `a/b=c` is not TOKEN=KEY_AUTHORIZATION\n"), r.stderr

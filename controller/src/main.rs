@@ -556,10 +556,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::AcmeSolver { listen, answers } => {
             let rt = runtime()?;
+            // The error's text already holds its causes: `{e:#}` must not repeat them.
             rt.block_on(edgemq::certs::http01::serve(
                 listen,
                 answers.into_iter().collect(),
-            ))?;
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {
