@@ -17,6 +17,7 @@ pub mod client_cert;
 pub mod codec;
 pub mod connection;
 pub mod listener;
+pub mod local;
 pub mod persist;
 pub mod router;
 pub mod shared_subs;
