@@ -5,6 +5,7 @@
 //! - [`mosquitto`]: a bundle as Mosquitto configuration, for migration and for parity
 //!   tests against a real Mosquitto.
 
+pub mod files;
 pub mod mosquitto;
 pub mod mosquitto_bridges;
 
