@@ -8,6 +8,7 @@
 pub mod files;
 pub mod mosquitto;
 pub mod mosquitto_bridges;
+pub mod write;
 
 /// The YAML of one CRD, as committed under `crds/`.
 pub fn crd_yaml(
