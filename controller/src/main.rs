@@ -374,44 +374,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             state,
             http,
         } => {
-            let git = match (git.is_empty(), git_allowed_signers) {
-                (false, Some(allowed_signers)) => {
-                    if git_path.is_absolute()
-                        || git_path
-                            .components()
-                            .any(|c| matches!(c, std::path::Component::ParentDir))
-                    {
-                        anyhow::bail!(
-                            "--git-path {}: a folder inside the repository (relative, no ..)",
-                            git_path.display()
-                        );
-                    }
-                    if git_credentials.is_some() {
-                        if let Some(u) = git
-                            .iter()
-                            .find(|u| edgemq::source::git::is_plain_http_off_host(u))
-                        {
-                            anyhow::bail!(
-                                "--git {}: --git-credentials would cross the network in clear over http://; use https://",
-                                edgemq::source::follow::redact(u)
-                            );
-                        }
-                    }
-                    Some(edgemq::source::follow::GitOptions {
-                        urls: git,
-                        branch: git_branch,
-                        path: git_path,
-                        interval: git_interval,
-                        allowed_signers,
-                        credentials: edgemq::source::git::Credentials {
-                            ssh_key: git_ssh_key,
-                            known_hosts: git_known_hosts,
-                            http_basic: git_credentials,
-                        },
-                    })
-                }
-                _ => None,
-            };
+            let git = git_options(
+                git,
+                git_branch,
+                git_path,
+                git_interval,
+                git_allowed_signers,
+                edgemq::source::git::Credentials {
+                    ssh_key: git_ssh_key,
+                    known_hosts: git_known_hosts,
+                    http_basic: git_credentials,
+                },
+            )?;
             let rt = runtime()?;
             rt.block_on(edgemq::standalone::run(edgemq::standalone::RunOptions {
                 config_dir: config.unwrap_or_default(),
@@ -500,60 +474,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             },
             out.as_deref(),
         ),
-        Command::Validate { dir, secrets } => {
-            let errors = match edgemq::standalone::load_and_plan(&dir, secrets.as_deref()) {
-                Ok((res, bundles)) => {
-                    let warnings = edgemq::load::warnings(&res);
-                    for w in &warnings {
-                        println!("warning: {w}");
-                    }
-                    println!(
-                        "{}: valid ({} broker(s), {} warning(s))",
-                        dir.display(),
-                        bundles.len(),
-                        warnings.len()
-                    );
-                    // The hash a running broker reports (`edgemq status`, and a Broker's
-                    // `status.configHash` on a cluster) once this content is applied.
-                    for (key, bundle) in &bundles {
-                        println!("  Broker {key}: config {}", bundle.hash());
-                    }
-                    return Ok(ExitCode::SUCCESS);
-                }
-                Err(errors) => errors,
-            };
-            for e in &errors {
-                println!("{e}");
-            }
-            println!("{} error(s)", errors.len());
-            Ok(ExitCode::FAILURE)
-        }
-        Command::Status { state, json } => {
-            let path = state.join(edgemq::standalone::STATUS_FILE);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: {e} (is `edgemq run` running with --state {}?)",
-                    path.display(),
-                    state.display()
-                )
-            })?;
-            if json {
-                println!("{text}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let report: edgemq::status::StatusReport = serde_json::from_str(&text)?;
-            print!("{}", report.table());
-            let all_ready = report.config.valid
-                && report
-                    .resources
-                    .iter()
-                    .all(|r| r.ready().is_some_and(|c| c.status == "True") || r.kind == "Bridge");
-            Ok(if all_ready {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            })
-        }
+        Command::Validate { dir, secrets } => validate(&dir, secrets.as_deref()),
+        Command::Status { state, json } => status(&state, json),
         Command::AcmeSolver { listen, answers } => {
             let rt = runtime()?;
             // The error's text already holds its causes: `{e:#}` must not repeat them.
@@ -610,214 +532,144 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             format: RenderFormat::Mosquitto,
             out,
             state,
-        } => {
-            let (res, bundles) = edgemq::standalone::load_and_plan(&config, secrets.as_deref())
-                .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))?;
-            let bundle = match &broker {
-                Some(b) => bundles
-                    .iter()
-                    .find(|(k, v)| *k == b || v.name == *b)
-                    .map(|(_, v)| v)
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("Broker {b} not found in {}", config.display())
-                    })?,
-                None if bundles.len() == 1 => bundles.values().next().expect("one bundle"),
-                None => anyhow::bail!(
-                    "{} brokers in the folder; choose one with --broker",
-                    bundles.len()
-                ),
-            };
-            render_mosquitto(&res, bundle, &out, &state)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => render(&config, secrets.as_deref(), broker.as_deref(), &out, &state),
     }
 }
 
-/// Writes mosquitto.conf, passwd and acl for `bundle` into `out`. Key pairs from
-/// Secrets are written under `out/tls/`; issued Certificates are referenced where
-/// `edgemq run` keeps them in the state directory.
-fn render_mosquitto(
-    res: &edgemq::load::Resources,
-    bundle: &edgemq::plan::BrokerBundle,
+/// `--git` and its options, checked: `None` without `--git` or without
+/// `--git-allowed-signers` (clap requires them together).
+fn git_options(
+    git: Vec<String>,
+    branch: String,
+    path: PathBuf,
+    interval: std::time::Duration,
+    allowed_signers: Option<PathBuf>,
+    credentials: edgemq::source::git::Credentials,
+) -> anyhow::Result<Option<edgemq::source::follow::GitOptions>> {
+    Ok(match (git.is_empty(), allowed_signers) {
+        (false, Some(allowed_signers)) => {
+            if path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                anyhow::bail!(
+                    "--git-path {}: a folder inside the repository (relative, no ..)",
+                    path.display()
+                );
+            }
+            if credentials.http_basic.is_some() {
+                if let Some(u) = git
+                    .iter()
+                    .find(|u| edgemq::source::git::is_plain_http_off_host(u))
+                {
+                    anyhow::bail!(
+                        "--git {}: --git-credentials would cross the network in clear over http://; use https://",
+                        edgemq::source::follow::redact(u)
+                    );
+                }
+            }
+            Some(edgemq::source::follow::GitOptions {
+                urls: git,
+                branch,
+                path,
+                interval,
+                allowed_signers,
+                credentials,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// `edgemq validate`.
+fn validate(dir: &std::path::Path, secrets: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let errors = match edgemq::standalone::load_and_plan(dir, secrets) {
+        Ok((res, bundles)) => {
+            let warnings = edgemq::load::warnings(&res);
+            for w in &warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "{}: valid ({} broker(s), {} warning(s))",
+                dir.display(),
+                bundles.len(),
+                warnings.len()
+            );
+            // The hash a running broker reports (`edgemq status`, and a Broker's
+            // `status.configHash` on a cluster) once this content is applied.
+            for (key, bundle) in &bundles {
+                println!("  Broker {key}: config {}", bundle.hash());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(errors) => errors,
+    };
+    for e in &errors {
+        println!("{e}");
+    }
+    println!("{} error(s)", errors.len());
+    Ok(ExitCode::FAILURE)
+}
+
+/// `edgemq status`: the table of the status file, exit 3 unless everything is ready.
+fn status(state: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let path = state.join(edgemq::standalone::STATUS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (is `edgemq run` running with --state {}?)",
+            path.display(),
+            state.display()
+        )
+    })?;
+    if json {
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report: edgemq::status::StatusReport = serde_json::from_str(&text)?;
+    print!("{}", report.table());
+    let all_ready = report.config.valid
+        && report
+            .resources
+            .iter()
+            .all(|r| r.ready().is_some_and(|c| c.status == "True") || r.kind == "Bridge");
+    Ok(if all_ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// `edgemq render --format mosquitto`.
+fn render(
+    config: &std::path::Path,
+    secrets: Option<&std::path::Path>,
+    broker: Option<&str>,
     out: &std::path::Path,
     state: &std::path::Path,
-) -> anyhow::Result<()> {
-    use edgemq::plan::TlsSource;
-    use edgemq::render::mosquitto::{render, MosquittoPaths, TlsFiles};
-    std::fs::create_dir_all(out)?;
-    let out = std::fs::canonicalize(out)?;
-    let mut paths = MosquittoPaths {
-        config_dir: out.clone(),
-        persistence_dir: out.join("data"),
-        ..MosquittoPaths::default()
+) -> anyhow::Result<ExitCode> {
+    let (res, bundles) = edgemq::standalone::load_and_plan(config, secrets)
+        .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))?;
+    let bundle = match broker {
+        Some(b) => bundles
+            .iter()
+            .find(|(k, v)| *k == b || v.name == *b)
+            .map(|(_, v)| v)
+            .ok_or_else(|| anyhow::anyhow!("Broker {b} not found in {}", config.display()))?,
+        None if bundles.len() == 1 => bundles.values().next().expect("one bundle"),
+        None => anyhow::bail!(
+            "{} brokers in the folder; choose one with --broker",
+            bundles.len()
+        ),
     };
-    for l in &bundle.listeners {
-        let Some(src) = &l.tls else { continue };
-        let files = match src {
-            TlsSource::Secret(name) => {
-                let dir = out.join("tls").join(format!("secret-{name}"));
-                for key in ["tls.crt", "tls.key"] {
-                    let value = res
-                        .secret_value(&bundle.namespace, name, key)
-                        .ok_or_else(|| anyhow::anyhow!("Secret {name} has no key {key}"))?;
-                    edgemq::certs::write_private(&dir.join(key), &value)?;
-                }
-                TlsFiles {
-                    certfile: dir.join("tls.crt"),
-                    keyfile: dir.join("tls.key"),
-                }
-            }
-            TlsSource::Certificate(name) => {
-                let cert = res
-                    .certificate(&bundle.namespace, name)
-                    .ok_or_else(|| anyhow::anyhow!("Certificate {name} not found"))?;
-                let dir = std::path::absolute(edgemq::certs::cert_dir(state, cert))?;
-                TlsFiles {
-                    certfile: dir.join("tls.crt"),
-                    keyfile: dir.join("tls.key"),
-                }
-            }
-        };
-        paths.tls.insert(src.clone(), files);
-    }
-    for l in &bundle.listeners {
-        let Some(c) = &l.client_auth else { continue };
-        let dir = out.join("tls").join(format!("client-ca-{}", l.name));
-        let ca = match &c.ca {
-            edgemq::plan::ClientCaSource::Secret(r) => res
-                .secret_value(&bundle.namespace, &r.name, &r.key)
-                .ok_or_else(|| anyhow::anyhow!("Secret {} has no key {}", r.name, r.key))?,
-            edgemq::plan::ClientCaSource::Certificate(name) => {
-                let cert = res
-                    .certificate(&bundle.namespace, name)
-                    .ok_or_else(|| anyhow::anyhow!("Certificate {name} not found"))?;
-                let issued = edgemq::certs::cert_dir(state, cert);
-                std::fs::read(issued.join("ca.crt"))
-                    .or_else(|_| std::fs::read(issued.join("tls.crt")))
-                    .map_err(|e| anyhow::anyhow!("Certificate {name} is not issued yet: {e}"))?
-            }
-        };
-        edgemq::certs::write_private(&dir.join("ca.crt"), &ca)?;
-        let crlfile = match &c.crl {
-            None => None,
-            Some(r) => {
-                let crl = res
-                    .secret_value(&bundle.namespace, &r.name, &r.key)
-                    .ok_or_else(|| anyhow::anyhow!("Secret {} has no key {}", r.name, r.key))?;
-                edgemq::certs::write_private(&dir.join("ca.crl"), &crl)?;
-                Some(dir.join("ca.crl"))
-            }
-        };
-        paths.client_ca.insert(
-            l.name.clone(),
-            edgemq::render::mosquitto::ClientCaFiles {
-                cafile: dir.join("ca.crt"),
-                crlfile,
-            },
-        );
-    }
-    paths.bridges = bridge_files(res, bundle, &out, state)?;
-    let private = paths
-        .bridges
-        .values()
-        .any(|b| b.username.is_some() || b.password.is_some());
-    let files = render(bundle, &paths);
-    for why in &files.not_expressed {
+    let written = edgemq::render::write::mosquitto(&res, bundle, out, state)?;
+    for why in &written.not_expressed {
         eprintln!("warning: {why}");
     }
-    for (name, text) in [
-        ("mosquitto.conf", &files.conf),
-        ("passwd", &files.passwd),
-        ("acl", &files.acl),
-    ] {
-        let path = out.join(name);
-        if name == "mosquitto.conf" && !private {
-            std::fs::write(&path, text)?;
-        } else {
-            edgemq::certs::write_private(&path, text.as_bytes())?;
-        }
+    for path in &written.files {
         println!("wrote {}", path.display());
     }
-    Ok(())
-}
-
-/// Logins and TLS files of each Bridge of `bundle` for `render_mosquitto`: Secret
-/// values read, PEM from Secrets written under `out/bridges/NAME/`, issued
-/// Certificates referenced in the state directory.
-fn bridge_files(
-    res: &edgemq::load::Resources,
-    bundle: &edgemq::plan::BrokerBundle,
-    out: &std::path::Path,
-    state: &std::path::Path,
-) -> anyhow::Result<
-    std::collections::BTreeMap<String, edgemq::render::mosquitto_bridges::BridgeFiles>,
-> {
-    use edgemq::plan::{CaSource, TlsSource};
-    use edgemq::render::mosquitto::TlsFiles;
-    use edgemq::render::mosquitto_bridges::BridgeFiles;
-    let ns = &bundle.namespace;
-    let value = |name: &str, key: &str| {
-        res.secret_value(ns, name, key)
-            .ok_or_else(|| anyhow::anyhow!("Secret {name} has no key {key}"))
-    };
-    let text = |v: Vec<u8>| String::from_utf8_lossy(&v).trim_end().to_owned();
-    let cert_dir = |name: &str| -> anyhow::Result<std::path::PathBuf> {
-        let cert = res
-            .certificate(ns, name)
-            .ok_or_else(|| anyhow::anyhow!("Certificate {name} not found"))?;
-        Ok(std::path::absolute(edgemq::certs::cert_dir(state, cert))?)
-    };
-    let mut all = std::collections::BTreeMap::new();
-    for (name, br) in &bundle.bridges {
-        let dir = out.join("bridges").join(name);
-        let mut f = BridgeFiles {
-            username: br
-                .username
-                .as_ref()
-                .map(|r| value(&r.name, &r.key))
-                .transpose()?
-                .map(text),
-            password: br
-                .password
-                .as_ref()
-                .map(|r| value(&r.name, &r.key))
-                .transpose()?
-                .map(text),
-            ..BridgeFiles::default()
-        };
-        if let Some(tls) = &br.tls {
-            f.cafile = match &tls.ca {
-                CaSource::System => None,
-                CaSource::Secret(r) => {
-                    let path = dir.join("ca.crt");
-                    edgemq::certs::write_private(&path, &value(&r.name, &r.key)?)?;
-                    Some(path)
-                }
-                CaSource::Certificate(c) => Some(cert_dir(c)?.join("ca.crt")),
-            };
-            f.client = match &tls.client {
-                None => None,
-                Some(TlsSource::Secret(s)) => {
-                    for key in ["tls.crt", "tls.key"] {
-                        edgemq::certs::write_private(&dir.join(key), &value(s, key)?)?;
-                    }
-                    Some(TlsFiles {
-                        certfile: dir.join("tls.crt"),
-                        keyfile: dir.join("tls.key"),
-                    })
-                }
-                Some(TlsSource::Certificate(c)) => {
-                    let d = cert_dir(c)?;
-                    Some(TlsFiles {
-                        certfile: d.join("tls.crt"),
-                        keyfile: d.join("tls.key"),
-                    })
-                }
-            };
-        }
-        all.insert(name.clone(), f);
-    }
-    Ok(all)
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `edgemq import mosquitto`.

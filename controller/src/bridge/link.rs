@@ -33,7 +33,6 @@ use super::{Bridge, ResolvedBridge};
 use crate::api::bridge::MqttVersion;
 use crate::broker::codec::{self, FrameError, Incoming, Version};
 use crate::broker::transport::BoxIo;
-use crate::broker::types::Message;
 
 /// Most unacknowledged publishes towards the remote.
 const WINDOW: usize = 256;
@@ -640,25 +639,6 @@ fn suback_code(c: rumqttd::protocol::SubscribeReasonCode) -> u8 {
         C::SubscriptionIdNotSupported => 0xA1,
         C::WildcardSubscriptionsNotSupported => 0xA2,
         C::Failure => 0x80,
-    }
-}
-
-/// A message from the remote, as routed locally.
-pub fn local_message(
-    topic: String,
-    payload: Bytes,
-    qos: u8,
-    retain: bool,
-    origin: Arc<str>,
-) -> Message {
-    Message {
-        topic: Bytes::from(topic.into_bytes()),
-        payload,
-        qos,
-        retain,
-        properties: None,
-        origin: Some(origin),
-        expires_at: None,
     }
 }
 

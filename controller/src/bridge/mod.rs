@@ -29,7 +29,7 @@ use futures_util::FutureExt;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::broker::types::{ConnLink, Outgoing, SubOptions, INTERNAL_CLIENT_PREFIX};
+use crate::broker::local::{LocalSession, Taken};
 use crate::broker::Shared;
 use crate::metrics::{BridgeMetrics, Metrics};
 use crate::plan::BridgePlan;
@@ -118,8 +118,8 @@ pub struct Bridge {
     pub queued: Notify,
     /// Highest sequence number sent so far (later sends of it carry DUP).
     pub max_sent: AtomicU64,
-    local_id: Arc<str>,
-    shared: Arc<Shared>,
+    /// Its session in the local broker.
+    local: LocalSession,
     echoes: Mutex<Echoes>,
     guard_echoes: bool,
     connected: AtomicBool,
@@ -204,13 +204,7 @@ impl Bridge {
         else {
             return;
         };
-        self.shared.router().publish(link::local_message(
-            local,
-            payload,
-            qos,
-            retain,
-            self.local_id.clone(),
-        ));
+        self.local.publish(local, payload, qos, retain);
         self.inbound.fetch_add(1, Ordering::Relaxed);
         self.metrics.inbound.inc();
     }
@@ -271,11 +265,19 @@ impl BridgeRuntime {
             plan.queue_max_bytes,
         )
         .map_err(|e| e.to_string())?;
-        let local_id: Arc<str> = format!(
-            "{INTERNAL_CLIENT_PREFIX}bridge/{}/{}",
-            plan.namespace, plan.name
-        )
-        .into();
+        // The local session: subscribed to every outbound local filter.
+        let outbound: Vec<(String, u8)> = plan
+            .topics
+            .iter()
+            .filter(|t| t.outbound())
+            .map(|t| (t.local_filter.clone(), t.qos))
+            .collect();
+        let local = LocalSession::open(
+            &shared,
+            &format!("bridge/{}/{}", plan.namespace, plan.name),
+            &outbound,
+            4096,
+        );
         let guard_echoes = plan.protocol_version == crate::api::bridge::MqttVersion::V311
             && plan.topics.iter().any(|t| t.inbound())
             && plan.topics.iter().any(|t| t.outbound());
@@ -285,8 +287,7 @@ impl BridgeRuntime {
             queue: Arc::new(queue),
             queued: Notify::new(),
             max_sent: AtomicU64::new(0),
-            local_id: local_id.clone(),
-            shared: shared.clone(),
+            local,
             echoes: Mutex::new(Echoes::default()),
             guard_echoes,
             connected: AtomicBool::new(false),
@@ -312,28 +313,9 @@ impl BridgeRuntime {
             tracing::info!(bridge = %key, queued = bridge.queue.len(), "bridge queue holds messages from before; they are sent first");
         }
 
-        // The local session: subscribed to every outbound local filter.
-        let conn = ConnLink::new(rand::random::<u64>() >> 1);
-        {
-            let mut r = shared.router();
-            r.connect_internal(&local_id, conn.clone(), 4096, 100_000);
-            for t in bridge.config.plan.topics.iter().filter(|t| t.outbound()) {
-                r.subscribe(
-                    &local_id,
-                    &t.local_filter,
-                    SubOptions {
-                        qos: t.qos,
-                        no_local: true,
-                        retain_as_published: true,
-                        retain_handling: 2,
-                        id: None,
-                    },
-                );
-            }
-        }
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(local_side(bridge.clone(), conn, stop_rx.clone())),
+            tokio::spawn(local_side(bridge.clone(), stop_rx.clone())),
             tokio::spawn(remote_side(bridge.clone(), tls, stop_rx)),
         ];
         tracing::info!(bridge = %key, remote = %format!("{}:{}", bridge.config.host, bridge.config.port), "bridge started");
@@ -351,7 +333,7 @@ impl BridgeRuntime {
 
     /// Whether it belongs to this broker instance.
     pub fn serves(&self, shared: &Arc<Shared>) -> bool {
-        Arc::ptr_eq(&self.bridge.shared, shared)
+        self.bridge.local.serves(shared)
     }
 
     /// Status for `edgemq status` and `/status`.
@@ -373,112 +355,85 @@ impl BridgeRuntime {
 
 /// Moves messages from the local session into the disk queue, then acknowledges them
 /// to the router. A failed write is retried; the router holds the messages meanwhile.
-async fn local_side(bridge: Arc<Bridge>, conn: ConnLink, mut stop: watch::Receiver<bool>) {
-    let id = bridge.local_id.clone();
+async fn local_side(bridge: Arc<Bridge>, mut stop: watch::Receiver<bool>) {
     let mut stopping = false;
     loop {
-        let mut out = Vec::new();
-        bridge
-            .shared
-            .router()
-            .next_outgoing(&id, conn.id, 4096, &mut out);
-        if !out.is_empty() {
-            let mut msgs = Vec::with_capacity(out.len());
-            let mut acks = Vec::new();
-            for o in out {
-                match o {
-                    Outgoing::Publish { delivery, pkid, .. } => {
-                        let topic = delivery.msg.topic_str();
-                        if let Some(remote) = bridge
-                            .config
-                            .plan
-                            .topics
-                            .iter()
-                            .find_map(|r| r.to_remote(topic))
-                        {
-                            msgs.push(QueuedMessage {
-                                topic: remote,
-                                payload: delivery.msg.payload.clone(),
-                                qos: delivery.qos,
-                                retain: delivery.retain,
-                            });
-                        }
-                        if pkid != 0 {
-                            acks.push((pkid, delivery.qos));
-                        }
-                    }
-                    Outgoing::PubRel(pkid) => acks.push((pkid, 0)),
-                }
-            }
-            let msgs = Arc::new(msgs);
-            loop {
-                let q = bridge.queue.clone();
-                let m = msgs.clone();
-                match tokio::task::spawn_blocking(move || q.push(&m)).await {
-                    Ok(Ok(pushed)) => {
-                        if pushed.dropped > 0 {
-                            bridge.dropped.fetch_add(pushed.dropped, Ordering::Relaxed);
-                            bridge.metrics.dropped_queue_full.inc_by(pushed.dropped);
-                            let total = bridge.dropped.load(Ordering::Relaxed);
-                            if total == pushed.dropped
-                                || total / 10_000 != (total - pushed.dropped) / 10_000
-                            {
-                                tracing::warn!(bridge = %bridge.key, dropped = total,
-                                    max_messages = bridge.config.plan.queue_max_messages,
-                                    max_bytes = bridge.config.plan.queue_max_bytes,
-                                    "bridge queue full: dropping the oldest messages");
-                            }
-                        }
-                        break;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(bridge = %bridge.key, error = %e, "could not queue messages; retrying");
-                        bridge.set_error(format!("queue store: {e}"));
-                    }
-                    Err(e) => {
-                        tracing::error!(bridge = %bridge.key, error = %e, "queue writer failed; retrying");
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            {
-                let mut r = bridge.shared.router();
-                for (pkid, qos) in acks {
-                    match qos {
-                        1 => {
-                            r.puback(&id, pkid);
-                        }
-                        2 => {
-                            r.pubrec(&id, pkid);
-                            r.pubcomp(&id, pkid);
-                        }
-                        _ => {
-                            r.pubcomp(&id, pkid);
-                        }
-                    }
-                }
-            }
-            bridge.update_queue_gauges();
-            bridge.queued.notify_one();
+        let taken = bridge.local.take(4096);
+        if !taken.is_empty() {
+            queue_taken(&bridge, taken).await;
             continue;
         }
         if stopping {
             break;
         }
         tokio::select! {
-            _ = conn.wake.notified() => {}
+            _ = bridge.local.delivered() => {}
             _ = stop.changed() => {
                 // No new messages; what the router holds is drained above, then we go.
-                let mut r = bridge.shared.router();
-                for t in bridge.config.plan.topics.iter().filter(|t| t.outbound()) {
-                    r.unsubscribe(&id, &t.local_filter);
-                }
+                bridge.local.unsubscribe_all();
                 stopping = true;
             }
         }
     }
-    bridge.shared.router().disconnect(&id, conn.id, Some(0));
+    bridge.local.close();
     tracing::debug!(bridge = %bridge.key, "local side stopped");
+}
+
+/// Appends what the local session delivered, mapped to remote topics, to the disk
+/// queue (retrying a failed write), then acknowledges it to the router.
+async fn queue_taken(bridge: &Bridge, taken: Taken) {
+    let msgs: Vec<QueuedMessage> = taken
+        .deliveries
+        .iter()
+        .filter_map(|d| {
+            let remote = bridge
+                .config
+                .plan
+                .topics
+                .iter()
+                .find_map(|r| r.to_remote(d.msg.topic_str()))?;
+            Some(QueuedMessage {
+                topic: remote,
+                payload: d.msg.payload.clone(),
+                qos: d.qos,
+                retain: d.retain,
+            })
+        })
+        .collect();
+    let msgs = Arc::new(msgs);
+    loop {
+        let q = bridge.queue.clone();
+        let m = msgs.clone();
+        match tokio::task::spawn_blocking(move || q.push(&m)).await {
+            Ok(Ok(pushed)) => {
+                if pushed.dropped > 0 {
+                    bridge.dropped.fetch_add(pushed.dropped, Ordering::Relaxed);
+                    bridge.metrics.dropped_queue_full.inc_by(pushed.dropped);
+                    let total = bridge.dropped.load(Ordering::Relaxed);
+                    if total == pushed.dropped
+                        || total / 10_000 != (total - pushed.dropped) / 10_000
+                    {
+                        tracing::warn!(bridge = %bridge.key, dropped = total,
+                            max_messages = bridge.config.plan.queue_max_messages,
+                            max_bytes = bridge.config.plan.queue_max_bytes,
+                            "bridge queue full: dropping the oldest messages");
+                    }
+                }
+                break;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(bridge = %bridge.key, error = %e, "could not queue messages; retrying");
+                bridge.set_error(format!("queue store: {e}"));
+            }
+            Err(e) => {
+                tracing::error!(bridge = %bridge.key, error = %e, "queue writer failed; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bridge.local.acknowledge(taken);
+    bridge.update_queue_gauges();
+    bridge.queued.notify_one();
 }
 
 /// Keeps a connection to the remote, reconnecting with backoff.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::mosquitto::map::Placed;
+use super::mosquitto::objects::Placed;
 use super::mosquitto::Imported;
 use super::ImportError;
 

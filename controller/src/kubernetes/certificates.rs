@@ -15,14 +15,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 
 use super::context::Context;
-use super::index;
+use super::frame::Begun;
 use super::Error;
 use crate::api::{Certificate, CertificateStatus};
 use crate::certs;
-use crate::load::Kind;
 use crate::status::{self, kinds::reason};
 
 use super::cert_secret::{ours, secret_for, stored};
@@ -40,25 +38,15 @@ fn in_place_progress(cert: &Certificate) -> Option<certs::renewal::Progress> {
 
 /// Issues or renews a Certificate's pair and reports it.
 pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _t = ctx.metrics.timer("Certificate");
-    if cert.meta().deletion_timestamp.is_some() {
+    let frame = match ctx.begin(cert.as_ref()).await? {
         // Only awsIot Certificates with deletionPolicy: Delete hold a finalizer.
-        return super::awsiot::finalize(cert, ctx.clone()).await;
-    }
-    let ns = cert.namespace().unwrap_or_else(|| "default".into());
-    let name = cert.name_any();
+        Begun::Deleting(_timed) => return super::awsiot::finalize(cert, ctx.clone()).await,
+        Begun::Live(frame) => frame,
+    };
+    let (ns, name) = (&frame.ns, &frame.name);
     let now = time::OffsetDateTime::now_utc();
-    let view = ctx
-        .view(
-            &ns,
-            Kind::Certificate,
-            &name,
-            index::content_version(cert.as_ref()),
-            crate::load::Object::Certificate(Box::new((*cert).clone())),
-        )
-        .await?;
-    let res = &view.res;
-    if let Some(held) = view.held(Kind::Certificate, &ns, &name) {
+    let res = &frame.view.res;
+    if let Some(held) = frame.held() {
         let message = held.message();
         ctx.set_ready(
             cert.as_ref(),
@@ -73,7 +61,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
     if issuer.aws_iot.is_some() && !fleet {
         return super::awsiot::reconcile(cert, ctx.clone()).await;
     }
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret_name = cert.secret_name();
     let existing = api.get_opt(&secret_name).await?;
     if let Some(s) = &existing {
@@ -89,15 +77,15 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         }
     }
     if issuer.acme.is_some() {
-        let secrets = certs::Secrets(res.secret_values(&ns));
+        let secrets = certs::Secrets(res.secret_values(ns));
         return super::acme::reconcile(&cert, &ctx, secrets, existing.as_ref()).await;
     }
     if fleet {
-        let secrets = certs::Secrets(res.secret_values(&ns));
+        let secrets = certs::Secrets(res.secret_values(ns));
         return super::fleet::reconcile(&cert, &ctx, secrets, existing.as_ref()).await;
     }
     let previous = existing.as_ref().and_then(stored);
-    let secrets = certs::Secrets(res.secret_values(&ns));
+    let secrets = certs::Secrets(res.secret_values(ns));
     let attempt = match certs::issue_in_place(&cert, &secrets, previous.as_ref(), now) {
         Ok(issued) => {
             if issued.new {

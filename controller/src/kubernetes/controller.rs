@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use super::bundle::PodBundle;
 use super::context::{check_owned, Context, Stores};
 use super::desired::{self, Settings};
+use super::frame::{namespace_of, Begun};
 use super::index;
 use super::streams;
 use super::volume;
@@ -44,37 +45,19 @@ use crate::api::{
 use crate::load::Kind;
 use crate::status::kinds::{self, broker_ready, reason, BrokerState, UserState};
 
-fn namespace_of<K: Resource>(o: &K) -> String {
-    o.meta()
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into())
-}
-
 /// Broker: its objects and status.
 async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _t = ctx.metrics.timer("Broker");
-    if b.meta().deletion_timestamp.is_some() {
+    let Begun::Live(frame) = ctx.begin(b.as_ref()).await? else {
         // Children carry owner references: the garbage collector removes them.
         return Ok(Action::await_change());
-    }
-    let ns = namespace_of(b.as_ref());
-    let name = b.name_any();
-    let view = ctx
-        .view(
-            &ns,
-            Kind::Broker,
-            &name,
-            index::content_version(b.as_ref()),
-            crate::load::Object::Broker(Box::new(index::without_status(&b))),
-        )
-        .await?;
+    };
+    let (ns, name, view) = (&frame.ns, &frame.name, &frame.view);
     // Each object with a mistake runs at its last good version or stays out; the
     // rest of the Broker's changes apply, deletions always.
     let eff = &view.effective.res;
-    let own = view.held(Kind::Broker, &ns, &name);
+    let own = frame.held();
     let running = b.status.as_ref().and_then(|s| s.config_hash.clone());
-    let planned = match eff.broker(&ns, &name) {
+    let planned = match eff.broker(ns, name) {
         Some(l) => crate::plan::plan_broker(eff, l)
             .map(|bundle| (bundle, l.object.clone()))
             .map_err(|e| {
@@ -326,33 +309,22 @@ async fn apply_bundle_only(ctx: &Context, o: &desired::BrokerObjects) -> Result<
 
 /// MqttUser: accepted by its Broker, or why not.
 async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _t = ctx.metrics.timer("MqttUser");
-    if u.meta().deletion_timestamp.is_some() {
+    let Begun::Live(frame) = ctx.begin(u.as_ref()).await? else {
         return Ok(Action::await_change());
-    }
-    let ns = namespace_of(u.as_ref());
-    let name = u.name_any();
+    };
+    let (ns, view) = (&frame.ns, &frame.view);
     let broker = &u.spec.broker_ref;
-    let view = ctx
-        .view(
-            &ns,
-            Kind::MqttUser,
-            &name,
-            index::content_version(u.as_ref()),
-            crate::load::Object::MqttUser(Box::new((*u).clone())),
-        )
-        .await?;
-    let state = if let Some(h) = view.held(Kind::MqttUser, &ns, &name) {
+    let state = if let Some(h) = frame.held() {
         UserState::InvalidSpec(h.message())
-    } else if view.effective.res.broker(&ns, broker).is_none() {
-        match view.held(Kind::Broker, &ns, broker) {
+    } else if view.effective.res.broker(ns, broker).is_none() {
+        match view.held(Kind::Broker, ns, broker) {
             Some(h) => UserState::BrokerInvalid(h.message()),
             None => UserState::BrokerNotFound,
         }
     } else {
         // Read, not from a store: this pass may be triggered by the Broker's own status
         // change, which another watch's store may not hold yet.
-        let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &ns);
+        let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), ns);
         let status = brokers.get_status(broker).await.ok().and_then(|b| b.status);
         let applied = status
             .as_ref()
@@ -382,22 +354,10 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
 
 /// Bridge: only its mistakes; the broker pod that runs it reports the link.
 async fn reconcile_bridge(b: Arc<Bridge>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _t = ctx.metrics.timer("Bridge");
-    if b.meta().deletion_timestamp.is_some() {
+    let Begun::Live(frame) = ctx.begin(b.as_ref()).await? else {
         return Ok(Action::await_change());
-    }
-    let ns = namespace_of(b.as_ref());
-    let name = b.name_any();
-    let view = ctx
-        .view(
-            &ns,
-            Kind::Bridge,
-            &name,
-            index::content_version(b.as_ref()),
-            crate::load::Object::Bridge(Box::new((*b).clone())),
-        )
-        .await?;
-    let Some(held) = view.held(Kind::Bridge, &ns, &name) else {
+    };
+    let Some(held) = frame.held() else {
         return Ok(Action::requeue(Duration::from_secs(600)));
     };
     ctx.set_ready(

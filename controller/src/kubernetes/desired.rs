@@ -26,7 +26,7 @@ use kube::Resource;
 use serde_json::json;
 
 use super::bundle::{PodBundle, BUNDLE_KEY, HASH_KEY};
-use crate::api::broker::UpdateStrategy;
+use crate::api::broker::{Persistence, UpdateStrategy};
 use crate::api::Broker;
 
 /// Label naming the Broker an object belongs to.
@@ -225,12 +225,24 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let workload = workload_name(&name);
-    let spec = &broker.spec;
-    let persistence = spec.persistence.as_ref().filter(|p| p.enabled);
-    let hash = bundle.bundle.hash();
+    let persistence = broker.spec.persistence.as_ref().filter(|p| p.enabled);
+    let (service_account, role, role_binding) = access(broker, bundle, &name, &ns);
+    BrokerObjects {
+        bundle: bundle_secret(broker, bundle, &name, &ns),
+        service_account,
+        role,
+        role_binding,
+        deployment: deployment(broker, settings, &name, &ns, persistence),
+        service: service(broker, &name, &ns),
+        volume: persistence.map(|p| claim(broker, p, &name, &ns)),
+    }
+}
 
-    let mut bundle_meta = meta(&bundle_secret_name(&name), &ns, broker);
+/// The bundle Secret: what the broker pod runs, its hash, and the Broker it was
+/// planned from.
+fn bundle_secret(broker: &Broker, bundle: &PodBundle, name: &str, ns: &str) -> Secret {
+    let hash = bundle.bundle.hash();
+    let mut bundle_meta = meta(&bundle_secret_name(name), ns, broker);
     bundle_meta["annotations"] = json!({"edgemq.io/config-hash": hash});
     let mut data = serde_json::Map::new();
     data.insert(
@@ -245,22 +257,32 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
         super::recover::BROKER_KEY.into(),
         json!(super::recover::stored_broker(broker).unwrap_or_default()),
     );
-    let bundle_secret: Secret = typed(json!({
+    typed(json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": bundle_meta,
         "type": "edgemq.io/bundle",
         "stringData": data,
-    }));
+    }))
+}
 
+/// The broker pod's identity and what it may read and write: its Secrets (by name),
+/// its Broker's status and its Bridges' status.
+fn access(
+    broker: &Broker,
+    bundle: &PodBundle,
+    name: &str,
+    ns: &str,
+) -> (ServiceAccount, Role, RoleBinding) {
+    let workload = workload_name(name);
     let service_account: ServiceAccount = typed(json!({
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": meta(&workload, &ns, broker),
+        "metadata": meta(&workload, ns, broker),
     }));
 
     let mut secrets: Vec<String> = bundle.secrets.iter().cloned().collect();
-    secrets.push(bundle_secret_name(&name));
+    secrets.push(bundle_secret_name(name));
     secrets.sort();
     secrets.dedup();
     let bridges: Vec<String> = bundle.bundle.bridges.keys().cloned().collect();
@@ -274,18 +296,29 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
     let role: Role = typed(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": meta(&workload, &ns, broker),
+        "metadata": meta(&workload, ns, broker),
         "rules": rules,
     }));
     let role_binding: RoleBinding = typed(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": meta(&workload, &ns, broker),
+        "metadata": meta(&workload, ns, broker),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": workload},
         "subjects": [{"kind": "ServiceAccount", "name": workload, "namespace": ns}],
     }));
+    (service_account, role, role_binding)
+}
 
-    let pod = &spec.pod;
+/// The Deployment: one broker pod, replaced by hand-over or `Recreate`.
+fn deployment(
+    broker: &Broker,
+    settings: &Settings,
+    name: &str,
+    ns: &str,
+    persistence: Option<&Persistence>,
+) -> Deployment {
+    let workload = workload_name(name);
+    let pod = &broker.spec.pod;
     let image = pod.image.clone().unwrap_or_else(|| settings.image.clone());
     let pull = pod
         .image_pull_policy
@@ -330,7 +363,7 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
     }
     let data_volume = match persistence {
         Some(_) => {
-            json!({"name": "data", "persistentVolumeClaim": {"claimName": volume_name(&name)}})
+            json!({"name": "data", "persistentVolumeClaim": {"claimName": volume_name(name)}})
         }
         None => json!({"name": "data", "emptyDir": {}}),
     };
@@ -371,7 +404,7 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
     {
         template_annotations.insert(RESTARTED_AT.into(), at.clone());
     }
-    let mut template_labels = labels(&name);
+    let mut template_labels = labels(name);
     template_labels.extend(pod.labels.clone());
     // The new pod starts first (surge), unless a volume one node cannot share asks for
     // the old pod to go first. Two pods never open one store: the stores' locks and the
@@ -380,27 +413,32 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
     // (`super::volume`).
     let strategy =
         deployment_strategy(persistence.map_or(UpdateStrategy::HandOver, |p| p.update_strategy));
-    let deployment: Deployment = typed(json!({
+    typed(json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": meta(&workload, &ns, broker),
+        "metadata": meta(&workload, ns, broker),
         "spec": {
             // One replica: brokers are not clustered, so two would split clients.
             "replicas": 1,
             "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": selector(&name)},
+            "selector": {"matchLabels": selector(name)},
             "strategy": strategy,
             "template": {
                 "metadata": {"labels": template_labels, "annotations": template_annotations},
                 "spec": pod_spec,
             },
         },
-    }));
+    }))
+}
 
-    let svc = &spec.service;
-    let mut svc_labels = labels(&name);
+/// The Service: one port per listener.
+fn service(broker: &Broker, name: &str, ns: &str) -> Service {
+    let workload = workload_name(name);
+    let svc = &broker.spec.service;
+    let mut svc_labels = labels(name);
     svc_labels.extend(svc.labels.clone());
-    let ports: Vec<serde_json::Value> = spec
+    let ports: Vec<serde_json::Value> = broker
+        .spec
         .listeners
         .iter()
         .map(|l| {
@@ -414,13 +452,13 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
         .collect();
     let mut service_spec = json!({
         "type": svc.type_.as_str(),
-        "selector": selector(&name),
+        "selector": selector(name),
         "ports": ports,
     });
     if let Some(p) = &svc.external_traffic_policy {
         service_spec["externalTrafficPolicy"] = json!(p.as_str());
     }
-    let service: Service = typed(json!({
+    typed(json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
@@ -431,39 +469,30 @@ pub fn broker_objects(broker: &Broker, bundle: &PodBundle, settings: &Settings) 
             "ownerReferences": [owner(broker)],
         },
         "spec": service_spec,
-    }));
+    }))
+}
 
-    let volume = persistence.map(|p| {
-        let mut pvc_spec = json!({
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": p.size.clone().unwrap_or_else(|| DEFAULT_VOLUME_SIZE.into())}},
-        });
-        if let Some(c) = &p.storage_class_name {
-            pvc_spec["storageClassName"] = json!(c);
-        }
-        // No owner reference: deleting the Broker keeps its retained messages and
-        // bridge queues; the claim is deleted by hand when the data is not wanted.
-        let mut pvc_meta = meta(&volume_name(&name), &ns, broker);
-        if let Some(m) = pvc_meta.as_object_mut() {
-            m.remove("ownerReferences");
-        }
-        typed::<PersistentVolumeClaim>(json!({
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": pvc_meta,
-            "spec": pvc_spec,
-        }))
+/// The claim of a persistent Broker's data volume.
+fn claim(broker: &Broker, p: &Persistence, name: &str, ns: &str) -> PersistentVolumeClaim {
+    let mut pvc_spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": p.size.clone().unwrap_or_else(|| DEFAULT_VOLUME_SIZE.into())}},
     });
-
-    BrokerObjects {
-        bundle: bundle_secret,
-        service_account,
-        role,
-        role_binding,
-        deployment,
-        service,
-        volume,
+    if let Some(c) = &p.storage_class_name {
+        pvc_spec["storageClassName"] = json!(c);
     }
+    // No owner reference: deleting the Broker keeps its retained messages and
+    // bridge queues; the claim is deleted by hand when the data is not wanted.
+    let mut pvc_meta = meta(&volume_name(name), ns, broker);
+    if let Some(m) = pvc_meta.as_object_mut() {
+        m.remove("ownerReferences");
+    }
+    typed::<PersistentVolumeClaim>(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": pvc_meta,
+        "spec": pvc_spec,
+    }))
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod context;
 pub mod controller;
 pub mod desired;
 pub mod fleet;
+mod frame;
 pub mod handover;
 pub mod index;
 pub mod leader;

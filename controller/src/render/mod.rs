@@ -5,8 +5,10 @@
 //! - [`mosquitto`]: a bundle as Mosquitto configuration, for migration and for parity
 //!   tests against a real Mosquitto.
 
+pub mod files;
 pub mod mosquitto;
 pub mod mosquitto_bridges;
+pub mod write;
 
 /// The YAML of one CRD, as committed under `crds/`.
 pub fn crd_yaml(

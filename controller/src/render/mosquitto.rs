@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+pub use super::files::TlsFiles;
 use crate::api::broker::{CertificateIdentity, ListenerProtocol};
 use crate::api::{Access, AclRule};
 use crate::plan::{BrokerBundle, ClientAuthPlan, TlsSource};
@@ -25,15 +26,6 @@ pub struct MosquittoFiles {
     /// Settings of the Broker that Mosquitto cannot express, one sentence each (also
     /// written as comments in `mosquitto.conf`).
     pub not_expressed: Vec<String>,
-}
-
-/// Certificate and key files of one TLS source.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM certificate chain.
-    pub certfile: PathBuf,
-    /// PEM private key.
-    pub keyfile: PathBuf,
 }
 
 /// Where the files the configuration names live; the caller writes them there.

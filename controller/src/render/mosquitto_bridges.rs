@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::mosquitto::TlsFiles;
+use super::files::TlsFiles;
 use crate::api::bridge::{BridgeDirection, MqttVersion};
 use crate::plan::{BridgePlan, BrokerBundle, CaSource, RemoteAddress};
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, RwLock};
 
+use crate::certs::awsiot_jobs::AwsIotState;
 use crate::certs::{self, CertInfo};
 use crate::load::{self, Resources};
 use crate::metrics::Metrics;
@@ -333,34 +334,9 @@ impl Runtime {
             outcome.errors = folder.errors.iter().map(|e| e.to_string()).collect();
             return self.refuse(outcome).await;
         }
-        outcome.valid = folder.errors.is_empty();
-        let last_good = self.last_good.lock().map(|l| l.clone()).unwrap_or_default();
-        let effective =
-            load::effective(&folder.res, &folder.errors, &last_good, load::check_folder);
-        let bundles = match plan::plan(&effective.res) {
-            Ok(b) => b,
-            Err(e) => {
-                // The effective set checks clean, so this is not expected; if it happens,
-                // nothing that runs changes.
-                outcome.valid = false;
-                outcome.errors = e.iter().map(|e| e.to_string()).collect();
-                return self.refuse(outcome).await;
-            }
+        let Some((effective, bundles)) = self.judge(&folder, &mut outcome) else {
+            return self.refuse(outcome).await;
         };
-        if let Ok(mut l) = self.last_good.lock() {
-            *l = effective.res.clone();
-        }
-        outcome.errors = effective.errors.iter().map(|e| e.to_string()).collect();
-        for e in &outcome.errors {
-            tracing::error!("{e}");
-        }
-        if !outcome.errors.is_empty() {
-            tracing::error!(
-                errors = outcome.errors.len(),
-                held = effective.held.len(),
-                "objects with errors keep their last good version or stay out; everything else applies"
-            );
-        }
         let held = &effective.held;
         let res = effective.res.clone();
 
@@ -396,8 +372,6 @@ impl Runtime {
         let applied = self.engine.apply(desired).await;
         outcome.changes.extend(applied.changes);
         outcome.errors.extend(applied.errors);
-        let broker_results = applied.brokers;
-        let bridge_results = applied.bridges;
         let brokers = self.engine.broker_status().await;
         let bridges = self.engine.bridge_status().await;
 
@@ -408,16 +382,84 @@ impl Runtime {
             &res,
             held,
             &sink::Running {
-                broker_results: &broker_results,
-                bridge_results: &bridge_results,
+                broker_results: &applied.brokers,
+                bridge_results: &applied.bridges,
                 brokers: &brokers,
                 bridges: &bridges,
             },
             &previous,
             &stamp,
         );
-        // Every Certificate is kept issued, used by a listener or not (device and
-        // bridge client certificates are read from the state directory).
+        resources.extend(self.certificate_records(
+            &res,
+            held,
+            &mut certs,
+            &aws_states,
+            (&previous, &stamp),
+        ));
+        resources.extend(sink::left_out(held, &previous, &stamp));
+        self.finish(
+            outcome,
+            started,
+            stamp,
+            resources,
+            effective.errors.is_empty(),
+        )
+        .await
+    }
+
+    /// The folder judged against the last good set: what runs (each object with a
+    /// mistake at its last good version, or left out) and its plan. `None` when
+    /// nothing that runs may change; `outcome` says why.
+    fn judge(
+        &self,
+        folder: &load::Folder,
+        outcome: &mut ReloadOutcome,
+    ) -> Option<(load::Effective, BTreeMap<String, BrokerBundle>)> {
+        outcome.valid = folder.errors.is_empty();
+        let last_good = self.last_good.lock().map(|l| l.clone()).unwrap_or_default();
+        let effective =
+            load::effective(&folder.res, &folder.errors, &last_good, load::check_folder);
+        let bundles = match plan::plan(&effective.res) {
+            Ok(b) => b,
+            Err(e) => {
+                // The effective set checks clean, so this is not expected; if it happens,
+                // nothing that runs changes.
+                outcome.valid = false;
+                outcome.errors = e.iter().map(|e| e.to_string()).collect();
+                return None;
+            }
+        };
+        if let Ok(mut l) = self.last_good.lock() {
+            *l = effective.res.clone();
+        }
+        outcome.errors = effective.errors.iter().map(|e| e.to_string()).collect();
+        for e in &outcome.errors {
+            tracing::error!("{e}");
+        }
+        if !outcome.errors.is_empty() {
+            tracing::error!(
+                errors = outcome.errors.len(),
+                held = effective.held.len(),
+                "objects with errors keep their last good version or stay out; everything else applies"
+            );
+        }
+        Some((effective, bundles))
+    }
+
+    /// The status of every Certificate, each kept issued (used by a listener or not:
+    /// device and bridge client certificates are read from the state directory), with
+    /// its metrics and the time of the next renewal.
+    fn certificate_records(
+        &self,
+        res: &Resources,
+        held: &BTreeMap<load::ObjectKey, load::Held>,
+        certs: &mut CertResolver<'_>,
+        aws_states: &BTreeMap<(String, String), AwsIotState>,
+        (previous, stamp): (&BTreeMap<String, crate::api::Condition>, &str),
+    ) -> Vec<status::ResourceStatus> {
+        let now = certs.now;
+        let mut resources = Vec::new();
         for c in res.certificates() {
             if c.object.spec.issuer.aws_iot.is_none() {
                 let _ = certs.material(&c.meta.namespace, &c.meta.name);
@@ -478,11 +520,22 @@ impl Runtime {
                 &c.meta,
                 ready,
                 details,
-                &previous,
-                &stamp,
+                previous,
+                stamp,
             ));
         }
-        resources.extend(sink::left_out(held, &previous, &stamp));
+        resources
+    }
+
+    /// Publishes the report of a reload that ran, counts it and logs it.
+    async fn finish(
+        &self,
+        outcome: ReloadOutcome,
+        started: Instant,
+        stamp: String,
+        resources: Vec<status::ResourceStatus>,
+        whole_folder_applied: bool,
+    ) -> ReloadOutcome {
         let elapsed = started.elapsed();
         let config = ConfigStatus {
             valid: outcome.errors.is_empty(),
@@ -498,7 +551,7 @@ impl Runtime {
         .await;
         // Ready once the whole folder has applied once; later mistakes only hold back
         // the objects they concern.
-        if effective.errors.is_empty() {
+        if whole_folder_applied {
             self.applied_once.store(true, Ordering::Release);
         }
         if !outcome.changes.is_empty() {

@@ -13,28 +13,15 @@ use std::fmt::Write as _;
 
 use crate::api::certificate::{AcmeIssuer, AcmeSolver, Http01Solver, Issuer};
 use crate::api::{Certificate, CertificateSpec};
-use crate::import::Pos;
 
-use super::map::{meta, Imported};
+pub use super::objects::Certbot;
+use super::objects::{meta, Imported};
 
 /// The file the proposal is written to, in the config folder.
 pub const PROPOSAL_FILE: &str = "proposed-acme-certificates.yaml";
 
 /// Let's Encrypt's production directory: certbot's default.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
-
-/// A certbot certificate the import copied into a Secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Certbot {
-    /// certbot's name for it (the folder under `live/`).
-    pub name: String,
-    /// The Secret the import made of it.
-    pub secret: String,
-    /// DNS names of the certificate's subjectAltName, in order.
-    pub dns_names: Vec<String>,
-    /// The `certfile` directive naming it.
-    pub pos: Pos,
-}
 
 /// The DNS names in the subjectAltName of the first certificate of `pem`.
 pub fn san_dns_names(pem: &str) -> Vec<String> {
@@ -133,6 +120,7 @@ pub fn proposal(imported: &Imported, email: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::import::Pos;
 
     fn leaf_with(names: &[&str]) -> String {
         let params = rcgen::CertificateParams::new(

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Secret;
 
 use super::conf::Directive;
-use super::map::{loss, malformed, meta, object_name, pem, secret, Input, Placed};
+use super::objects::{loss, malformed, meta, object_name, pem, secret, Input, Placed};
 use crate::api::bridge::{
     BridgeDirection, BridgeQueue, BridgeRemote, BridgeTls, BridgeTopic, MqttVersion,
 };

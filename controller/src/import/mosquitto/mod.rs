@@ -11,13 +11,14 @@ pub mod acme;
 pub mod bridge;
 pub mod conf;
 pub mod map;
+pub mod objects;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::import::ImportError;
 
-pub use map::Imported;
+pub use objects::Imported;
 
 /// Reads `conf` and everything it names, and maps it onto edgemq objects for a Broker
 /// called `broker`.
@@ -30,7 +31,7 @@ pub fn import(conf: &Path, broker: &str) -> Result<Imported, ImportError> {
             e.insert(data);
         }
     }
-    map::map(&map::Input {
+    map::map(&objects::Input {
         directives: &directives,
         files: &files,
         broker,
