@@ -42,13 +42,13 @@ pub enum Error {
     /// Creating, updating or rotating the certificate failed.
     #[error(transparent)]
     Issue(CertError),
-    /// That work took longer than [`ATTEMPT_TIMEOUT`].
+    /// That work took longer than the attempt time-out (300 s).
     #[error("AWS IoT work did not finish within {}s", ATTEMPT_TIMEOUT.as_secs())]
     IssueTimeout,
     /// Removing the AWS IoT resources of a deleted Certificate failed.
     #[error(transparent)]
     Cleanup(CertError),
-    /// That cleanup took longer than [`ATTEMPT_TIMEOUT`].
+    /// That cleanup took longer than the attempt time-out (300 s).
     #[error("AWS IoT cleanup did not finish in time")]
     CleanupTimeout,
 }

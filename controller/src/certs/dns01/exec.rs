@@ -85,7 +85,7 @@ pub enum Error {
         hook: String,
         /// Exit status; `None` when a signal killed it.
         code: Option<i32>,
-        /// The end of its standard error, trimmed (at most [`STDERR_TAIL`] characters).
+        /// The end of its standard error, trimmed (at most 600 characters).
         stderr: String,
     },
 }
