@@ -322,10 +322,14 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
             None => UserState::BrokerNotFound,
         }
     } else {
-        // Read, not from a store: this pass may be triggered by the Broker's own status
-        // change, which another watch's store may not hold yet.
-        let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), ns);
-        let status = brokers.get_status(broker).await.ok().and_then(|b| b.status);
+        // From the shared store: a Broker comes out of its one watch only after the
+        // store holds it (see `streams`), so a pass its status change triggers reads
+        // that status; a later change triggers another pass.
+        let status = ctx
+            .stores
+            .brokers
+            .get(&ObjectRef::new(broker).within(ns))
+            .and_then(|b| b.status.clone());
         let applied = status
             .as_ref()
             .is_some_and(|s| s.config_hash.is_some() && s.config_hash == s.desired_config_hash);
