@@ -6,8 +6,13 @@
 //! store (`controller::reflect`: an object comes out only after the store holds it,
 //! deletions included), and that one stream is copied here to each follower.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use futures_util::{Stream, StreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use kube::Resource;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -68,9 +73,82 @@ where
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
 }
 
+/// What a follower passes on to a controller that reads only the spec: an object whose
+/// spec changed (a new `metadata.generation`, or one not seen yet) or that was deleted.
+/// Status writes do not change what a Broker runs; without this, each MqttUser's own
+/// status write (and each Bridge status the broker pod writes) reconciled its Broker
+/// again.
+pub struct SpecChanges<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    seen: Mutex<HashMap<ObjectRef<K>, Option<i64>>>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> SpecChanges<K> {
+    /// A filter for the objects of `store`, the store the follower's watch fills.
+    pub fn new(store: Store<K>) -> SpecChanges<K> {
+        SpecChanges {
+            store,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `obj`, just out of the watch, is a spec change or a deletion. A deleted
+    /// object is no longer in the store: the watch puts an object out only after the
+    /// store holds what it says.
+    pub fn changed(&self, obj: &K) -> bool {
+        let r = ObjectRef::from_obj(obj);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if self.store.get(&r).is_none() {
+            seen.remove(&r);
+            return true;
+        }
+        let generation = obj.meta().generation;
+        seen.insert(r, generation) != Some(generation)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn user(name: &str, generation: i64, status: &str) -> crate::api::MqttUser {
+        let mut u = crate::api::MqttUser::new(
+            name,
+            crate::api::MqttUserSpec {
+                broker_ref: "b".into(),
+                ..Default::default()
+            },
+        );
+        u.metadata.namespace = Some("ns".into());
+        u.metadata.generation = Some(generation);
+        u.status = Some(crate::api::MqttUserStatus {
+            username: Some(status.into()),
+            ..Default::default()
+        });
+        u
+    }
+
+    #[test]
+    fn spec_changes_pass_status_writes_do_not_and_deletions_always_do() {
+        use kube::runtime::reflector::store;
+        use kube::runtime::watcher::Event;
+        let (reader, mut writer) = store::<crate::api::MqttUser>();
+        let f = SpecChanges::new(reader);
+        let v1 = user("u", 1, "a");
+        writer.apply_watcher_event(&Event::Apply(v1.clone()));
+        assert!(f.changed(&v1), "first seen");
+        let status_only = user("u", 1, "b");
+        writer.apply_watcher_event(&Event::Apply(status_only.clone()));
+        assert!(!f.changed(&status_only), "a status write");
+        let v2 = user("u", 2, "b");
+        writer.apply_watcher_event(&Event::Apply(v2.clone()));
+        assert!(f.changed(&v2), "a spec change");
+        writer.apply_watcher_event(&Event::Delete(v2.clone()));
+        assert!(f.changed(&v2), "a deletion, same generation");
+        let again = user("u", 2, "b");
+        writer.apply_watcher_event(&Event::Apply(again.clone()));
+        assert!(f.changed(&again), "created again after the deletion");
+    }
 
     #[tokio::test]
     async fn every_follower_gets_every_object_in_order_and_errors_stay_here() {
