@@ -352,10 +352,24 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and each cause its text does not already say: an error that writes its source
+/// into its own message (most do) is not followed by that source again.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -478,12 +492,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { state, json } => status(&state, json),
         Command::AcmeSolver { listen, answers } => {
             let rt = runtime()?;
-            // The error's text already holds its causes: `{e:#}` must not repeat them.
             rt.block_on(edgemq::certs::http01::serve(
                 listen,
                 answers.into_iter().collect(),
-            ))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {
@@ -782,4 +794,29 @@ fn fleet_template(
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Wrapped {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_the_message_already_says_is_not_repeated_and_others_are_added() {
+        let io = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        let e = anyhow::Error::new(Wrapped {
+            path: "0.0.0.0:80".into(),
+            source: io(),
+        });
+        assert_eq!(report(&e), "0.0.0.0:80: address in use");
+        let e = anyhow::Error::new(io()).context("could not serve the answers");
+        assert_eq!(report(&e), "could not serve the answers: address in use");
+    }
 }
