@@ -186,14 +186,8 @@ pub enum Error {
     #[error("validation failed: {0}")]
     ValidationFailed(String),
     /// The HTTP-01 challenge server could not listen.
-    #[error("HTTP-01 challenge server on {addr}: {source}")]
-    ChallengeServer {
-        /// The address tried last.
-        addr: std::net::SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    ChallengeServer(super::http01::BindError),
     /// TLS settings for a private CA bundle could not be made.
     #[error("{0}")]
     Tls(#[source] rustls::Error),
@@ -203,6 +197,12 @@ pub enum Error {
     /// The new account's credentials could not be serialized.
     #[error("{0}")]
     Credentials(#[source] serde_json::Error),
+}
+
+impl From<super::http01::BindError> for CertError {
+    fn from(e: super::http01::BindError) -> CertError {
+        CertError::Issuer(Error::ChallengeServer(e))
+    }
 }
 
 /// An error and every cause not already in its text (a refused connection reads

@@ -60,8 +60,20 @@ fn app(answers: Answers) -> axum::Router {
         .route("/healthz", axum::routing::get(|| async { "ok" }))
 }
 
+/// The HTTP-01 challenge server could not listen (an ACME issuer's error, see
+/// [`super::acme::Error::ChallengeServer`]).
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP-01 challenge server on {addr}: {source}")]
+pub struct BindError {
+    /// The address tried last.
+    pub addr: SocketAddr,
+    /// Cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Binds the first of `ips` that works on `port`.
-async fn bind(ips: &[IpAddr], port: u16) -> Result<tokio::net::TcpListener, CertError> {
+async fn bind(ips: &[IpAddr], port: u16) -> Result<tokio::net::TcpListener, BindError> {
     let mut last = None;
     for ip in ips {
         match tokio::net::TcpListener::bind(SocketAddr::new(*ip, port)).await {
@@ -70,10 +82,10 @@ async fn bind(ips: &[IpAddr], port: u16) -> Result<tokio::net::TcpListener, Cert
         }
     }
     let (ip, e) = last.expect("at least one address is tried");
-    Err(CertError::Issuer(super::acme::Error::ChallengeServer {
+    Err(BindError {
         addr: SocketAddr::new(ip, port),
         source: e,
-    }))
+    })
 }
 
 /// A challenge server of this process; stops when dropped.
@@ -254,11 +266,13 @@ mod tests {
         let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = taken.local_addr().unwrap();
         let e = bind(&[addr.ip()], addr.port()).await.unwrap_err();
+        assert_eq!(e.addr, addr);
+        assert_eq!(e.source.kind(), std::io::ErrorKind::AddrInUse);
+        let e = CertError::from(e);
         assert!(
             matches!(
                 &e,
-                CertError::Issuer(crate::certs::acme::Error::ChallengeServer { addr: a, source })
-                    if *a == addr && source.kind() == std::io::ErrorKind::AddrInUse
+                CertError::Issuer(crate::certs::acme::Error::ChallengeServer(b)) if b.addr == addr
             ),
             "{e:?}"
         );
