@@ -298,6 +298,32 @@ def test_deleting_a_user_locks_it_out_while_another_user_is_invalid(cluster, con
     alice.disconnect_wait()
 
 
+def test_a_user_moved_to_another_broker_is_locked_out_of_the_one_it_left_at_once(
+        cluster, controller, namespace):
+    rules = [{"topic": "home/#", "access": "readwrite"}]
+    pw = {"passwordSecretRef": {"name": "pw", "key": "bob"}}
+    k.apply(cluster, namespace,
+            k.secret("pw", bob="pw-bob"),
+            k.broker("home", [{"name": "lan", "port": 1883}]),
+            k.broker("lab", [{"name": "lan", "port": 1884}]),
+            k.user("bob", "home", acl=rules, **pw))
+    k.wait_ready(cluster, "broker", "home", namespace, timeout=240)
+    k.wait_ready(cluster, "broker", "lab", namespace, timeout=240)
+    home = k.node_port(cluster, "home", namespace, "lan")
+    lab = k.node_port(cluster, "lab", namespace, "lan")
+    bob = k.wait_connect(home, username="bob", password="pw-bob")
+    assert support.connack_code(lab, "bob", "pw-bob") == 5
+
+    # Moved: the Broker he left drops him at once (not at its next periodic pass),
+    # and the one he names admits him.
+    k.apply(cluster, namespace, k.user("bob", "lab", acl=rules, **pw))
+    cluster.wait_for(bob.disconnected.is_set, 60, "bob's session on the Broker he left closed")
+    assert support.connack_code(home, "bob", "pw-bob") == 5
+    assert support.connack_code(home, "bob", "pw-bob", v5=True) == 0x87
+    cluster.wait_for(lambda: support.connack_code(lab, "bob", "pw-bob") == 0, 60,
+                     "bob admitted by the Broker he moved to")
+
+
 def test_after_a_controller_restart_deleting_a_user_locks_it_out_while_the_broker_is_invalid(
         cluster, controller, namespace):
     rules = [{"topic": "home/#", "access": "readwrite"}]

@@ -567,22 +567,26 @@ pub async fn run(
     };
     let brokers_in_2 = brokers_in.clone();
     let brokers_in_3 = brokers_in.clone();
-    let user_specs = super::streams::SpecChanges::new(stores.users.clone());
-    let bridge_specs = super::streams::SpecChanges::new(stores.bridges.clone());
+    let user_brokers = super::streams::BrokerTriggers::new(stores.users.clone());
+    let bridge_brokers = super::streams::BrokerTriggers::new(stores.bridges.clone());
     let broker_ctl = Controller::for_stream(brokers_for_brokers, stores.brokers.clone())
         .owns(api_for::<Deployment>(&client, ns), managed.clone())
         .owns(api_for::<Service>(&client, ns), managed.clone())
-        // Only spec changes and deletions of MqttUsers and Bridges concern their Broker,
-        // not their status writes.
+        // Spec changes and deletions of MqttUsers and Bridges concern their Broker (and
+        // the one they left), not their status writes.
         .watches_stream(users_for_brokers, move |u| {
-            user_specs
-                .changed(&u)
-                .then(|| ObjectRef::<Broker>::new(&u.spec.broker_ref).within(&namespace_of(&u)))
+            let ns = namespace_of(&u);
+            user_brokers
+                .brokers(&u, &u.spec.broker_ref)
+                .into_iter()
+                .map(move |b| ObjectRef::<Broker>::new(&b).within(&ns))
         })
         .watches_stream(bridges_for_brokers, move |b| {
-            bridge_specs
-                .changed(&b)
-                .then(|| ObjectRef::<Broker>::new(&b.spec.broker_ref).within(&namespace_of(&b)))
+            let ns = namespace_of(&b);
+            bridge_brokers
+                .brokers(&b, &b.spec.broker_ref)
+                .into_iter()
+                .map(move |b| ObjectRef::<Broker>::new(&b).within(&ns))
         })
         .watches_stream(certificates_for_brokers, move |c| {
             brokers_in_2(c.meta().namespace.clone())

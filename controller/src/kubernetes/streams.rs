@@ -73,37 +73,49 @@ where
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
 }
 
-/// What a follower passes on to a controller that reads only the spec: an object whose
-/// spec changed (a new `metadata.generation`, or one not seen yet) or that was deleted.
-/// Status writes do not change what a Broker runs; without this, each MqttUser's own
-/// status write (and each Bridge status the broker pod writes) reconciled its Broker
-/// again.
-pub struct SpecChanges<K: Resource<DynamicType = ()> + 'static> {
+/// Which Brokers an MqttUser or Bridge coming out of its watch concerns. A Broker reads
+/// only their specs, so a status write concerns none (without this, each MqttUser's
+/// own status write, and each Bridge status the broker pod writes, reconciled its
+/// Broker again). A new spec (a new `metadata.generation`, or one not seen yet)
+/// concerns the Broker it names and, when it moved, the one it named before, which
+/// must drop it at once; a deletion concerns the Broker it named.
+pub struct BrokerTriggers<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
-    seen: Mutex<HashMap<ObjectRef<K>, Option<i64>>>,
+    /// Per object: the generation last passed on and the Broker it named.
+    seen: Mutex<HashMap<ObjectRef<K>, Named>>,
 }
 
-impl<K: Resource<DynamicType = ()> + Clone + 'static> SpecChanges<K> {
-    /// A filter for the objects of `store`, the store the follower's watch fills.
-    pub fn new(store: Store<K>) -> SpecChanges<K> {
-        SpecChanges {
+/// An object's generation last passed on, and the Broker it named.
+type Named = (Option<i64>, String);
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> BrokerTriggers<K> {
+    /// Triggers for the objects of `store`, the store the follower's watch fills.
+    pub fn new(store: Store<K>) -> BrokerTriggers<K> {
+        BrokerTriggers {
             store,
             seen: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether `obj`, just out of the watch, is a spec change or a deletion. A deleted
-    /// object is no longer in the store: the watch puts an object out only after the
-    /// store holds what it says.
-    pub fn changed(&self, obj: &K) -> bool {
+    /// The names of the Brokers (in `obj`'s namespace) to reconcile for `obj`, which
+    /// names `broker` and just came out of the watch. A deleted object is no longer in
+    /// the store: the watch puts an object out only after the store holds what it
+    /// says.
+    pub fn brokers(&self, obj: &K, broker: &str) -> Vec<String> {
         let r = ObjectRef::from_obj(obj);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if self.store.get(&r).is_none() {
-            seen.remove(&r);
-            return true;
+            let before = seen.remove(&r).map(|(_, b)| b);
+            return std::iter::once(broker.to_string())
+                .chain(before.filter(|b| b != broker))
+                .collect();
         }
         let generation = obj.meta().generation;
-        seen.insert(r, generation) != Some(generation)
+        match seen.insert(r, (generation, broker.to_string())) {
+            Some((g, _)) if g == generation => Vec::new(),
+            Some((_, before)) if before != broker => vec![broker.to_string(), before],
+            _ => vec![broker.to_string()],
+        }
     }
 }
 
@@ -111,11 +123,11 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> SpecChanges<K> {
 mod tests {
     use super::*;
 
-    fn user(name: &str, generation: i64, status: &str) -> crate::api::MqttUser {
+    fn user(name: &str, generation: i64, status: &str, broker: &str) -> crate::api::MqttUser {
         let mut u = crate::api::MqttUser::new(
             name,
             crate::api::MqttUserSpec {
-                broker_ref: "b".into(),
+                broker_ref: broker.into(),
                 ..Default::default()
             },
         );
@@ -129,25 +141,33 @@ mod tests {
     }
 
     #[test]
-    fn spec_changes_pass_status_writes_do_not_and_deletions_always_do() {
+    fn a_broker_follows_specs_and_deletions_of_its_users_not_their_status_writes() {
         use kube::runtime::reflector::store;
         use kube::runtime::watcher::Event;
         let (reader, mut writer) = store::<crate::api::MqttUser>();
-        let f = SpecChanges::new(reader);
-        let v1 = user("u", 1, "a");
-        writer.apply_watcher_event(&Event::Apply(v1.clone()));
-        assert!(f.changed(&v1), "first seen");
-        let status_only = user("u", 1, "b");
-        writer.apply_watcher_event(&Event::Apply(status_only.clone()));
-        assert!(!f.changed(&status_only), "a status write");
-        let v2 = user("u", 2, "b");
-        writer.apply_watcher_event(&Event::Apply(v2.clone()));
-        assert!(f.changed(&v2), "a spec change");
-        writer.apply_watcher_event(&Event::Delete(v2.clone()));
-        assert!(f.changed(&v2), "a deletion, same generation");
-        let again = user("u", 2, "b");
+        let t = BrokerTriggers::new(reader);
+        let mut seen = |u: &crate::api::MqttUser| {
+            writer.apply_watcher_event(&Event::Apply(u.clone()));
+            t.brokers(u, &u.spec.broker_ref)
+        };
+        assert_eq!(seen(&user("u", 1, "a", "b")), ["b"], "first seen");
+        assert!(seen(&user("u", 1, "z", "b")).is_empty(), "a status write");
+        assert_eq!(seen(&user("u", 2, "z", "b")), ["b"], "a spec change");
+        assert_eq!(
+            seen(&user("u", 3, "z", "c")),
+            ["c", "b"],
+            "moved: the Broker it left must drop it"
+        );
+        let gone = user("u", 3, "z", "c");
+        writer.apply_watcher_event(&Event::Delete(gone.clone()));
+        assert_eq!(t.brokers(&gone, "c"), ["c"], "a deletion, same generation");
+        let again = user("u", 3, "z", "c");
         writer.apply_watcher_event(&Event::Apply(again.clone()));
-        assert!(f.changed(&again), "created again after the deletion");
+        assert_eq!(
+            t.brokers(&again, "c"),
+            ["c"],
+            "created again after the deletion"
+        );
     }
 
     #[tokio::test]
