@@ -311,8 +311,18 @@ def test_a_user_moved_to_another_broker_is_locked_out_of_the_one_it_left_at_once
     k.wait_ready(cluster, "broker", "lab", namespace, timeout=240)
     home = k.node_port(cluster, "home", namespace, "lan")
     lab = k.node_port(cluster, "lab", namespace, "lan")
+
+    def code(port):
+        try:
+            return support.connack_code(port, "bob", "pw-bob")
+        except OSError:  # the NodePort not routed yet
+            return None
+
     bob = k.wait_connect(home, username="bob", password="pw-bob")
-    assert support.connack_code(lab, "bob", "pw-bob") == 5
+    cluster.wait_for(lambda: code(lab) == 5, 60, "bob refused by the other Broker")
+    # Let the rollouts' own status changes (which reconcile each Broker) settle, so the
+    # move below is the only thing that could reconcile the Broker bob leaves.
+    time.sleep(15)
 
     # Moved: the Broker he left drops him at once (not at its next periodic pass),
     # and the one he names admits him.
@@ -320,8 +330,7 @@ def test_a_user_moved_to_another_broker_is_locked_out_of_the_one_it_left_at_once
     cluster.wait_for(bob.disconnected.is_set, 60, "bob's session on the Broker he left closed")
     assert support.connack_code(home, "bob", "pw-bob") == 5
     assert support.connack_code(home, "bob", "pw-bob", v5=True) == 0x87
-    cluster.wait_for(lambda: support.connack_code(lab, "bob", "pw-bob") == 0, 60,
-                     "bob admitted by the Broker he moved to")
+    cluster.wait_for(lambda: code(lab) == 0, 60, "bob admitted by the Broker he moved to")
 
 
 def test_after_a_controller_restart_deleting_a_user_locks_it_out_while_the_broker_is_invalid(
