@@ -575,18 +575,10 @@ pub async fn run(
         // Spec changes and deletions of MqttUsers and Bridges concern their Broker (and
         // the one they left), not their status writes.
         .watches_stream(users_for_brokers, move |u| {
-            let ns = namespace_of(&u);
-            user_brokers
-                .brokers(&u, &u.spec.broker_ref)
-                .into_iter()
-                .map(move |b| ObjectRef::<Broker>::new(&b).within(&ns))
+            user_brokers.refs(&u, &u.spec.broker_ref)
         })
         .watches_stream(bridges_for_brokers, move |b| {
-            let ns = namespace_of(&b);
-            bridge_brokers
-                .brokers(&b, &b.spec.broker_ref)
-                .into_iter()
-                .map(move |b| ObjectRef::<Broker>::new(&b).within(&ns))
+            bridge_brokers.refs(&b, &b.spec.broker_ref)
         })
         .watches_stream(certificates_for_brokers, move |c| {
             brokers_in_2(c.meta().namespace.clone())

@@ -117,6 +117,19 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> BrokerTriggers<K> {
             _ => vec![broker.to_string()],
         }
     }
+
+    /// [`BrokerTriggers::brokers`] as references to reconcile.
+    pub fn refs(&self, obj: &K, broker: &str) -> Vec<ObjectRef<crate::api::Broker>> {
+        let ns = obj
+            .meta()
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        self.brokers(obj, broker)
+            .iter()
+            .map(|b| ObjectRef::new(b).within(&ns))
+            .collect()
+    }
 }
 
 #[cfg(test)]
