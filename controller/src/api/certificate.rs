@@ -199,6 +199,23 @@ pub struct Dns01Solver {
     pub propagation: Option<DnsPropagation>,
 }
 
+impl Dns01Solver {
+    /// Whether exactly one DNS provider is set, as its CEL rule asks (checked again by
+    /// validation for clusters without CEL, and by the solver itself).
+    pub fn has_one_provider(&self) -> bool {
+        [
+            self.rfc2136.is_some(),
+            self.cloudflare.is_some(),
+            self.route53.is_some(),
+            self.exec.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count()
+            == 1
+    }
+}
+
 /// RFC 2136 provider.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

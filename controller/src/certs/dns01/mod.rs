@@ -208,13 +208,7 @@ impl Dns01 {
         solver: &Dns01Solver,
         secret: &dyn Fn(&SecretKeyRef) -> Option<Vec<u8>>,
     ) -> Result<Dns01, Error> {
-        let set = [
-            solver.rfc2136.is_some(),
-            solver.cloudflare.is_some(),
-            solver.route53.is_some(),
-            solver.exec.is_some(),
-        ];
-        if set.iter().filter(|x| **x).count() != 1 {
+        if !solver.has_one_provider() {
             return Err(Error::NotOneProvider);
         }
         let timeout = Duration::from_secs(

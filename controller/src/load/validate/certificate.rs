@@ -70,13 +70,7 @@ impl Validator<'_> {
             }
         }
         if let Some(d) = &solver.dns01 {
-            let set = [
-                d.rfc2136.is_some(),
-                d.cloudflare.is_some(),
-                d.route53.is_some(),
-                d.exec.is_some(),
-            ];
-            if set.iter().filter(|x| **x).count() != 1 {
+            if !d.has_one_provider() {
                 self.err(
                     c,
                     &sp("dns01"),
