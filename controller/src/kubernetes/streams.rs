@@ -120,11 +120,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> BrokerTriggers<K> {
 
     /// [`BrokerTriggers::brokers`] as references to reconcile.
     pub fn refs(&self, obj: &K, broker: &str) -> Vec<ObjectRef<crate::api::Broker>> {
-        let ns = obj
-            .meta()
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let ns = super::frame::namespace_of(obj);
         self.brokers(obj, broker)
             .iter()
             .map(|b| ObjectRef::new(b).within(&ns))
