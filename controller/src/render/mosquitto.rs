@@ -80,10 +80,7 @@ impl MosquittoPaths {
             TlsSource::Secret(n) => format!("secret-{n}"),
         };
         let dir = self.config_dir.join("tls").join(dir);
-        TlsFiles {
-            certfile: dir.join("tls.crt"),
-            keyfile: dir.join("tls.key"),
-        }
+        TlsFiles::in_dir(&dir)
     }
 }
 

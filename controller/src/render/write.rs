@@ -39,20 +39,14 @@ pub fn mosquitto(
                         .ok_or_else(|| anyhow::anyhow!("Secret {name} has no key {key}"))?;
                     crate::certs::write_private(&dir.join(key), &value)?;
                 }
-                TlsFiles {
-                    certfile: dir.join("tls.crt"),
-                    keyfile: dir.join("tls.key"),
-                }
+                TlsFiles::in_dir(&dir)
             }
             TlsSource::Certificate(name) => {
                 let cert = res
                     .certificate(&bundle.namespace, name)
                     .ok_or_else(|| anyhow::anyhow!("Certificate {name} not found"))?;
                 let dir = std::path::absolute(crate::certs::cert_dir(state, cert))?;
-                TlsFiles {
-                    certfile: dir.join("tls.crt"),
-                    keyfile: dir.join("tls.key"),
-                }
+                TlsFiles::in_dir(&dir)
             }
         };
         paths.tls.insert(src.clone(), files);
@@ -178,17 +172,11 @@ fn bridge_files(
                     for key in ["tls.crt", "tls.key"] {
                         crate::certs::write_private(&dir.join(key), &value(s, key)?)?;
                     }
-                    Some(TlsFiles {
-                        certfile: dir.join("tls.crt"),
-                        keyfile: dir.join("tls.key"),
-                    })
+                    Some(TlsFiles::in_dir(&dir))
                 }
                 Some(TlsSource::Certificate(c)) => {
                     let d = cert_dir(c)?;
-                    Some(TlsFiles {
-                        certfile: d.join("tls.crt"),
-                        keyfile: d.join("tls.key"),
-                    })
+                    Some(TlsFiles::in_dir(&d))
                 }
             };
         }
