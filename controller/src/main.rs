@@ -799,6 +799,48 @@ fn fleet_template(
 #[cfg(test)]
 mod tests {
     use super::report;
+    use clap::Parser;
+
+    /// The arguments the controller gives an HTTP-01 solver Pod reach the solver intact,
+    /// also for a token that starts with `-` (base64url allows it; one in 64 does).
+    #[test]
+    fn the_solver_pods_arguments_parse_for_a_token_that_starts_with_a_dash() {
+        use edgemq::certs::http01::Answer;
+        let cert: edgemq::api::Certificate = serde_yaml::from_str(
+            "apiVersion: edgemq.io/v1alpha1\nkind: Certificate\nmetadata: {name: site, namespace: ns, uid: u1}\n\
+             spec:\n  dnsNames: [site.example]\n  issuer:\n    acme:\n      server: https://ca.example/dir\n      solver: {http01: {}}\n",
+        )
+        .unwrap();
+        let answer = Answer {
+            domain: "site.example".into(),
+            token: "-tXTjyD-oN6Zy".into(),
+            key_authorization: "-tXTjyD-oN6Zy.thumb".into(),
+        };
+        let settings = edgemq::kubernetes::desired::Settings {
+            image: "edgemq:1".into(),
+            image_pull_policy: None,
+            trust: Default::default(),
+        };
+        let o = edgemq::kubernetes::acme::solver_objects(
+            &cert,
+            &answer,
+            &Default::default(),
+            &settings,
+        );
+        let args = o.pod.spec.unwrap().containers[0].args.clone().unwrap();
+        let cli = super::Cli::try_parse_from(std::iter::once("edgemq".to_string()).chain(args))
+            .unwrap_or_else(|e| panic!("the solver Pod's arguments do not parse: {e}"));
+        match cli.command {
+            super::Command::AcmeSolver { answers, .. } => assert_eq!(
+                answers,
+                vec![(
+                    "-tXTjyD-oN6Zy".to_string(),
+                    "-tXTjyD-oN6Zy.thumb".to_string()
+                )]
+            ),
+            _ => panic!("not the acme-solver command"),
+        }
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("{path}: {source}")]

@@ -339,8 +339,10 @@ pub fn solver_objects(
     let mut container = json!({
         "name": "solver",
         "image": settings.image,
+        // `--answer=VALUE` in one argument: a token may start with `-` (it is base64url),
+        // which as a separate argument would read as an option and stop the solver.
         "args": ["acme-solver", "--listen", format!("0.0.0.0:{SOLVER_PORT}"),
-                 "--answer", format!("{}={}", answer.token, answer.key_authorization)],
+                 format!("--answer={}={}", answer.token, answer.key_authorization)],
         "ports": [{"name": "http", "containerPort": SOLVER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
@@ -664,7 +666,7 @@ mod tests {
         let spec = o.pod.spec.as_ref().unwrap();
         let args = spec.containers[0].args.clone().unwrap();
         assert_eq!(args[0], "acme-solver");
-        assert!(args.contains(&"tok=tok.thumb".to_string()));
+        assert!(args.contains(&"--answer=tok=tok.thumb".to_string()));
         assert_eq!(
             spec.containers[0].image_pull_policy.as_deref(),
             Some("Never")
