@@ -182,7 +182,10 @@ impl Context {
         // One view at a time per controller: each is judged against the last good set
         // the one before it left.
         let mut last_good = self.last_good.lock().await;
-        let previous = last_good.get(ns).cloned().unwrap_or_default();
+        let none = crate::load::Resources::default();
+        // Read in place, never copied here: at 1,000 objects a copy per reconcile cost
+        // as much as the index itself.
+        let previous = last_good.get(ns).unwrap_or(&none);
         if index::stored_version(&snap, kind, ns, name) != version {
             // The store has not seen this version yet: build it with the fresh copy. It
             // does not advance the last good set: a reconcile's copy may also be older
@@ -214,19 +217,21 @@ impl Context {
         snap: &Snapshot,
         ns: &str,
         fresh: Option<crate::load::Object>,
-        previous: crate::load::Resources,
+        previous: &crate::load::Resources,
     ) -> Result<View, Error> {
-        let objects = index::objects(snap, ns, fresh);
+        // The rare path below (a Broker to recover) indexes the namespace again rather
+        // than every reconcile copying the index in case it does.
+        let objects = index::objects(snap, ns, fresh.clone());
         // The Secrets the last good versions name too: an object edited to name a
         // missing Secret falls back to a version that needs the old one.
         let secrets = self
-            .referenced_secrets(snap, &[&objects, &previous], ns)
+            .referenced_secrets(snap, &[&objects, previous], ns)
             .await?;
-        let res = index::add_secrets(objects.clone(), &secrets);
+        let res = index::add_secrets(objects, &secrets);
         let errors = index::errors(&res);
-        let wanted = super::recover::wanted(&res, &errors, &previous);
+        let wanted = super::recover::wanted(&res, &errors, previous);
         if wanted.is_empty() {
-            return Ok(index::judge(res, errors, &previous));
+            return Ok(index::judge(res, errors, previous));
         }
         let previous = {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
@@ -243,7 +248,7 @@ impl Context {
                     }
                 }
             }
-            let seeded = super::recover::seed(&res, &bundles, previous);
+            let seeded = super::recover::seed(&res, &bundles, previous.clone());
             for b in &wanted {
                 if seeded.broker(ns, b).is_some() {
                     tracing::info!(broker = %format!("{ns}/{b}"), "recovered the last good version of a Broker with a mistake from its bundle Secret");
@@ -251,6 +256,7 @@ impl Context {
             }
             seeded
         };
+        let objects = index::objects(snap, ns, fresh);
         // A recovered Broker may name Secrets nothing else does.
         let secrets = self
             .referenced_secrets(snap, &[&objects, &previous], ns)

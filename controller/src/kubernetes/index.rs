@@ -214,7 +214,11 @@ fn mix<K: kube::Resource>(o: &K, tag: u8) -> u64 {
     tag.hash(&mut h);
     o.meta().name.hash(&mut h);
     o.meta().uid.hash(&mut h);
-    content_version(o).hash(&mut h);
+    // content_version's parts, hashed as they are: no string built per object.
+    match o.meta().generation {
+        Some(g) => g.hash(&mut h),
+        None => o.meta().resource_version.hash(&mut h),
+    }
     o.meta().deletion_timestamp.is_some().hash(&mut h);
     h.finish()
 }
