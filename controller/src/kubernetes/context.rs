@@ -48,9 +48,10 @@ pub struct Context {
     /// Per applied object: hash of what was applied and the resourceVersion it gave,
     /// so an unchanged object is not applied again.
     pub(super) applied: Mutex<HashMap<String, (String, String)>>,
-    /// The last index and validation of each namespace, by fingerprint: reconciles of
-    /// a namespace where nothing changed share one.
-    pub(super) views: Mutex<HashMap<String, (u64, Arc<View>)>>,
+    /// The last index and validation of each namespace, by the fingerprint of its
+    /// edgemq objects and the versions of the Secrets it read: reconciles of a
+    /// namespace where nothing it reads changed share one.
+    pub(super) views: Mutex<HashMap<String, Cached>>,
     /// Per namespace, the objects that ran last time, each at its last good version:
     /// what an object with a mistake falls back to. Kept in memory: after a restart an
     /// object with a mistake stays out until fixed (fail closed), except a Broker, whose
@@ -66,6 +67,15 @@ pub struct Context {
     /// (namespace, name): no other Secret's value is ever held.
     pub(super) secret_values: Mutex<HashMap<(String, String), Arc<Secret>>>,
 }
+
+/// A namespace's last view: the [`index::fingerprint`] of its edgemq objects, the
+/// Secrets it read (see [`SecretsRead`]), and the view.
+pub(super) type Cached = (u64, SecretsRead, Arc<View>);
+
+/// The Secrets a view read, by name, each at the version the metadata watch showed
+/// (`None`: it did not exist). A view stays good while these stay as they were; a write
+/// to any other Secret (a broker's bundle, say) does not make it stale.
+pub(super) type SecretsRead = Vec<(String, Option<String>)>;
 
 /// Whether every store has listed once, for any number of waiters.
 ///
@@ -190,20 +200,20 @@ impl Context {
             // The store has not seen this version yet: build it with the fresh copy. It
             // does not advance the last good set: a reconcile's copy may also be older
             // than the store's, and must not bring back what a newer version revoked.
-            return Ok(Arc::new(
-                self.build(&snap, ns, Some(fresh), previous).await?,
-            ));
+            let (v, _) = self.build(&snap, ns, Some(fresh), previous).await?;
+            return Ok(Arc::new(v));
         }
         let fp = index::fingerprint(&snap, ns);
-        if let Some((f, v)) = self.views.lock().ok().and_then(|m| m.get(ns).cloned()) {
-            if f == fp {
+        if let Some((f, read, v)) = self.views.lock().ok().and_then(|m| m.get(ns).cloned()) {
+            if f == fp && index::secrets_unchanged(&snap, ns, &read) {
                 return Ok(v);
             }
         }
-        let v = Arc::new(self.build(&snap, ns, None, previous).await?);
+        let (v, read) = self.build(&snap, ns, None, previous).await?;
+        let v = Arc::new(v);
         last_good.insert(ns.to_string(), v.effective.res.clone());
         if let Ok(mut m) = self.views.lock() {
-            m.insert(ns.to_string(), (fp, v.clone()));
+            m.insert(ns.to_string(), (fp, read, v.clone()));
         }
         Ok(v)
     }
@@ -211,27 +221,27 @@ impl Context {
     /// The view of `ns` (with `fresh` in it) judged against `previous`, its last good
     /// set, to which a Broker with a mistake and no last good version in memory (the
     /// controller restarted) first gets the one its bundle Secret holds (see
-    /// [`super::recover`]).
+    /// [`super::recover`]); with the Secrets it read.
     async fn build(
         &self,
         snap: &Snapshot,
         ns: &str,
         fresh: Option<crate::load::Object>,
         previous: &crate::load::Resources,
-    ) -> Result<View, Error> {
+    ) -> Result<(View, SecretsRead), Error> {
         // The rare path below (a Broker to recover) indexes the namespace again rather
         // than every reconcile copying the index in case it does.
         let objects = index::objects(snap, ns, fresh.clone());
         // The Secrets the last good versions name too: an object edited to name a
         // missing Secret falls back to a version that needs the old one.
-        let secrets = self
+        let (secrets, read) = self
             .referenced_secrets(snap, &[&objects, previous], ns)
             .await?;
         let res = index::add_secrets(objects, &secrets);
         let errors = index::errors(&res);
         let wanted = super::recover::wanted(&res, &errors, previous);
         if wanted.is_empty() {
-            return Ok(index::judge(res, errors, previous));
+            return Ok((index::judge(res, errors, previous), read));
         }
         let previous = {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
@@ -258,29 +268,33 @@ impl Context {
         };
         let objects = index::objects(snap, ns, fresh);
         // A recovered Broker may name Secrets nothing else does.
-        let secrets = self
+        let (secrets, read) = self
             .referenced_secrets(snap, &[&objects, &previous], ns)
             .await?;
         let res = index::add_secrets(objects, &secrets);
         let errors = index::errors(&res);
-        Ok(index::judge(res, errors, &previous))
+        Ok((index::judge(res, errors, &previous), read))
     }
 
     /// The Secrets of `ns` that the objects in `sets` name, each read by name when the
     /// metadata watch shows a version the cache does not hold; Secrets nobody names
-    /// any more leave the cache.
+    /// any more leave the cache. With them, every name and the version it was read at.
     async fn referenced_secrets(
         &self,
         snap: &Snapshot,
         sets: &[&crate::load::Resources],
         ns: &str,
-    ) -> Result<Vec<Arc<Secret>>, Error> {
+    ) -> Result<(Vec<Arc<Secret>>, SecretsRead), Error> {
         let names: std::collections::BTreeSet<String> = sets
             .iter()
             .flat_map(|res| index::referenced_secrets(res, ns))
             .collect();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let mut out = Vec::new();
+        let read = names
+            .iter()
+            .map(|n| (n.clone(), index::secret_version(snap, ns, n)))
+            .collect();
         for name in &names {
             let key = (ns.to_string(), name.clone());
             let Some(version) = index::secret_version(snap, ns, name) else {
@@ -311,7 +325,7 @@ impl Context {
         if let Ok(mut m) = self.secret_values.lock() {
             m.retain(|(n, s), _| n != ns || names.contains(s));
         }
-        Ok(out)
+        Ok((out, read))
     }
 
     fn forget_secret(&self, key: &(String, String)) {

@@ -223,8 +223,10 @@ fn mix<K: kube::Resource>(o: &K, tag: u8) -> u64 {
     h.finish()
 }
 
-/// A value that changes whenever an object of `ns` is added, changed or removed (the
-/// key of a cached [`View`]).
+/// A value that changes whenever an edgemq object of `ns` is added, changed or removed
+/// (with the Secrets a view read, the key of a cached [`View`]). Secrets are not in it:
+/// a view depends only on the ones its objects name, and the controller writes others
+/// (each broker's bundle) all the time.
 pub fn fingerprint(s: &Snapshot, ns: &str) -> u64 {
     fn sum<K: kube::Resource>(objs: &[std::sync::Arc<K>], ns: &str, tag: u8) -> (u64, u64) {
         objs.iter()
@@ -238,11 +240,17 @@ pub fn fingerprint(s: &Snapshot, ns: &str) -> u64 {
         sum(&s.users, ns, 2),
         sum(&s.bridges, ns, 3),
         sum(&s.certificates, ns, 4),
-        sum(&s.secrets, ns, 5),
     ];
     parts.iter().fold(0u64, |acc, (h, n)| {
         acc.rotate_left(7).wrapping_add(*h).wrapping_add(*n)
     })
+}
+
+/// Whether each Secret of `read` (a name and the version a view read it at, `None`
+/// for absent) is still at that version in `s`.
+pub fn secrets_unchanged(s: &Snapshot, ns: &str, read: &[(String, Option<String>)]) -> bool {
+    read.iter()
+        .all(|(name, version)| secret_version(s, ns, name) == *version)
 }
 
 /// The [`content_version`] of the stored copy of `kind` `ns/name`.
@@ -350,5 +358,67 @@ mod tests {
         };
         assert_eq!(secret_version(&snap, "iot", "ha").as_deref(), Some("7"));
         assert_eq!(secret_version(&snap, "iot", "missing"), None);
+    }
+
+    /// A view stays good while its objects and the Secrets it read stay as they were:
+    /// a write to a Secret nothing names (a broker's bundle) keeps it; a change to a
+    /// Secret it read, or one it found missing appearing, does not.
+    #[test]
+    fn a_view_is_stale_only_when_what_it_read_changed() {
+        let meta = |name: &str, rv: &str| {
+            Arc::new(PartialObjectMeta::<Secret> {
+                types: None,
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some("iot".into()),
+                    resource_version: Some(rv.into()),
+                    ..Default::default()
+                },
+                _phantom: Default::default(),
+            })
+        };
+        let user: MqttUser = serde_yaml::from_str(&format!(
+            "{HEAD}kind: MqttUser\nmetadata: {{name: ha, namespace: iot, generation: 1}}\nspec:\n  brokerRef: home\n  passwordSecretRef: {{name: ha-password, key: password}}\n"
+        ))
+        .unwrap();
+        let snap = |secrets: Vec<Arc<PartialObjectMeta<Secret>>>| Snapshot {
+            users: vec![Arc::new(user.clone())],
+            secrets,
+            ..Default::default()
+        };
+        let read = vec![
+            ("ha-password".to_string(), Some("7".to_string())),
+            ("ha-ca".to_string(), None),
+        ];
+        let before = snap(vec![
+            meta("ha-password", "7"),
+            meta("edgemq-home-bundle", "1"),
+        ]);
+        assert!(secrets_unchanged(&before, "iot", &read));
+        let bundle_written = snap(vec![
+            meta("ha-password", "7"),
+            meta("edgemq-home-bundle", "2"),
+        ]);
+        assert!(secrets_unchanged(&bundle_written, "iot", &read));
+        assert_eq!(
+            fingerprint(&before, "iot"),
+            fingerprint(&bundle_written, "iot")
+        );
+        let password_changed = snap(vec![meta("ha-password", "8")]);
+        assert!(!secrets_unchanged(&password_changed, "iot", &read));
+        let ca_appeared = snap(vec![meta("ha-password", "7"), meta("ha-ca", "1")]);
+        assert!(!secrets_unchanged(&ca_appeared, "iot", &read));
+        let password_deleted = snap(vec![]);
+        assert!(!secrets_unchanged(&password_deleted, "iot", &read));
+        let mut edited = user.clone();
+        edited.metadata.generation = Some(2);
+        let user_edited = Snapshot {
+            users: vec![Arc::new(edited)],
+            ..before.clone()
+        };
+        assert_ne!(
+            fingerprint(&before, "iot"),
+            fingerprint(&user_edited, "iot")
+        );
     }
 }
