@@ -307,6 +307,40 @@ async fn apply_bundle_only(ctx: &Context, o: &desired::BrokerObjects) -> Result<
     Ok(())
 }
 
+/// What an MqttUser's status follows of its Broker: its spec (through the view), and
+/// whether its pod runs the configuration it was given or refused it. The MqttUser
+/// controller is woken by a Broker only when these change (`streams::OnChange`), not by
+/// every status write of the Broker.
+#[derive(Clone, PartialEq)]
+struct BrokerFacts {
+    generation: Option<i64>,
+    deleting: bool,
+    /// The pod runs the configuration last given to it.
+    applied: bool,
+    /// The pod refused it, or its name is taken.
+    failed: bool,
+    /// The Broker's Ready condition (status, reason, message): a Broker held back by a
+    /// mistake, however it came to be (a Secret it names deleted, say), says so here.
+    ready: Option<(String, String, String)>,
+}
+
+impl BrokerFacts {
+    fn of(b: &Broker) -> BrokerFacts {
+        let status = b.status.as_ref();
+        let ready = status.and_then(|s| s.common.conditions.iter().find(|c| c.type_ == "Ready"));
+        BrokerFacts {
+            generation: b.metadata.generation,
+            deleting: b.metadata.deletion_timestamp.is_some(),
+            applied: status
+                .is_some_and(|s| s.config_hash.is_some() && s.config_hash == s.desired_config_hash),
+            failed: ready.is_some_and(|c| {
+                [reason::APPLY_FAILED, reason::NAME_CONFLICT].contains(&c.reason.as_str())
+            }),
+            ready: ready.map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())),
+        }
+    }
+}
+
 /// MqttUser: accepted by its Broker, or why not.
 async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let Begun::Live(frame) = ctx.begin(u.as_ref()).await? else {
@@ -325,20 +359,12 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
         // From the shared store: a Broker comes out of its one watch only after the
         // store holds it (see `streams`), so a pass its status change triggers reads
         // that status; a later change triggers another pass.
-        let status = ctx
+        let facts = ctx
             .stores
             .brokers
             .get(&ObjectRef::new(broker).within(ns))
-            .and_then(|b| b.status.clone());
-        let applied = status
-            .as_ref()
-            .is_some_and(|s| s.config_hash.is_some() && s.config_hash == s.desired_config_hash);
-        let failed = status
-            .as_ref()
-            .and_then(|s| s.common.conditions.iter().find(|c| c.type_ == "Ready"))
-            .is_some_and(|c| {
-                [reason::APPLY_FAILED, reason::NAME_CONFLICT].contains(&c.reason.as_str())
-            });
+            .map(|b| BrokerFacts::of(&b));
+        let (applied, failed) = facts.map_or((false, false), |f| (f.applied, f.failed));
         if applied {
             UserState::Active
         } else if failed {
@@ -597,8 +623,12 @@ pub async fn run(
 
     let users_store = stores.users.clone();
     let siblings_store = stores.users.clone();
+    let broker_facts = streams::OnChange::new(stores.brokers.clone(), BrokerFacts::of);
     let user_ctl = Controller::for_stream(users_for_users, stores.users.clone())
         .watches_stream(brokers_for_users, move |b| {
+            if !broker_facts.changed(&b) {
+                return Vec::new();
+            }
             let ns = namespace_of(&b);
             let name = b.name_any();
             users_store
