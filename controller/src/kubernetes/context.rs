@@ -291,13 +291,12 @@ impl Context {
             .collect();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let mut out = Vec::new();
-        let read = names
-            .iter()
-            .map(|n| (n.clone(), index::secret_version(snap, ns, n)))
-            .collect();
+        let mut read = Vec::with_capacity(names.len());
         for name in &names {
             let key = (ns.to_string(), name.clone());
-            let Some(version) = index::secret_version(snap, ns, name) else {
+            let version = index::secret_version(snap, ns, name);
+            read.push((name.clone(), version.clone()));
+            let Some(version) = version else {
                 self.forget_secret(&key);
                 continue;
             };
