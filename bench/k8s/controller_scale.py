@@ -53,9 +53,11 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / HZ
 
 
-def rss_mb(pid):
+def rss_mb(pid, field="VmRSS"):
+    """VmRSS, or RssAnon: the heap and stacks, without the pages of the binary that
+    the kernel maps around each page it faults in (file-backed and reclaimable)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return round(int(line.split()[1]) / 1024, 1)
     return None
 
@@ -105,7 +107,8 @@ def main():
     out = {"binary": a.edgemq, "brokers": a.brokers, "users": a.users}
     try:
         time.sleep(3)
-        out["controller_idle_empty"] = {"rss_mb": rss_mb(ctl.pid), "cpu_percent": cpu_over(ctl.pid, 10)}
+        out["controller_idle_empty"] = {"rss_mb": rss_mb(ctl.pid), "rss_anon_mb": rss_mb(ctl.pid, "RssAnon"),
+                                        "cpu_percent": cpu_over(ctl.pid, 10)}
 
         items = []
         for b in range(a.brokers):
@@ -138,7 +141,8 @@ def main():
                                 # of which kubectl apply itself (the floor, whatever the controller does)
                                 "kubectl_apply_seconds": round(applied, 1),
                                 "cpu_percent": round(100 * (cpu_seconds(ctl.pid) - c0) / took, 1),
-                                "rss_mb": rss_mb(ctl.pid)}
+                                "rss_mb": rss_mb(ctl.pid),
+                                "rss_anon_mb": rss_mb(ctl.pid, "RssAnon")}
         time.sleep(5)
 
         def versions():
@@ -149,7 +153,8 @@ def main():
             return v
         before = versions()
         out["controller_idle_loaded"] = {"cpu_percent": cpu_over(ctl.pid, a.idle_seconds),
-                                         "rss_mb": rss_mb(ctl.pid)}
+                                         "rss_mb": rss_mb(ctl.pid),
+                                         "rss_anon_mb": rss_mb(ctl.pid, "RssAnon")}
         after = versions()
         out["writes_while_idle"] = sum(1 for k, v in before.items() if after.get(k) != v)
 
