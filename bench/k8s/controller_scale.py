@@ -53,13 +53,25 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / HZ
 
 
-def rss_mb(pid, field="VmRSS"):
-    """VmRSS, or RssAnon: the heap and stacks, without the pages of the binary that
-    the kernel maps around each page it faults in (file-backed and reclaimable)."""
+def status_mb(pid, *fields):
+    """The named fields of /proc/PID/status in MB, from one read."""
+    out = dict.fromkeys(fields)
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return None
+        name, _, value = line.partition(":")
+        if name in out:
+            out[name] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+def rss_mb(pid):
+    return status_mb(pid, "VmRSS")["VmRSS"]
+
+
+def memory_mb(pid):
+    """VmRSS, and RssAnon: the heap and stacks, without the pages of the binary that
+    the kernel maps around each page it faults in (file-backed and reclaimable)."""
+    m = status_mb(pid, "VmRSS", "RssAnon")
+    return {"rss_mb": m["VmRSS"], "rss_anon_mb": m["RssAnon"]}
 
 
 def cpu_over(pid, seconds):
@@ -107,8 +119,7 @@ def main():
     out = {"binary": a.edgemq, "brokers": a.brokers, "users": a.users}
     try:
         time.sleep(3)
-        out["controller_idle_empty"] = {"rss_mb": rss_mb(ctl.pid), "rss_anon_mb": rss_mb(ctl.pid, "RssAnon"),
-                                        "cpu_percent": cpu_over(ctl.pid, 10)}
+        out["controller_idle_empty"] = {**memory_mb(ctl.pid), "cpu_percent": cpu_over(ctl.pid, 10)}
 
         items = []
         for b in range(a.brokers):
@@ -141,8 +152,7 @@ def main():
                                 # of which kubectl apply itself (the floor, whatever the controller does)
                                 "kubectl_apply_seconds": round(applied, 1),
                                 "cpu_percent": round(100 * (cpu_seconds(ctl.pid) - c0) / took, 1),
-                                "rss_mb": rss_mb(ctl.pid),
-                                "rss_anon_mb": rss_mb(ctl.pid, "RssAnon")}
+                                **memory_mb(ctl.pid)}
         time.sleep(5)
 
         def versions():
@@ -153,8 +163,7 @@ def main():
             return v
         before = versions()
         out["controller_idle_loaded"] = {"cpu_percent": cpu_over(ctl.pid, a.idle_seconds),
-                                         "rss_mb": rss_mb(ctl.pid),
-                                         "rss_anon_mb": rss_mb(ctl.pid, "RssAnon")}
+                                         **memory_mb(ctl.pid)}
         after = versions()
         out["writes_while_idle"] = sum(1 for k, v in before.items() if after.get(k) != v)
 
