@@ -40,6 +40,7 @@ pub mod http;
 pub mod import;
 pub mod kubernetes;
 pub mod load;
+pub mod memory;
 pub mod metrics;
 pub mod plan;
 pub mod private_fs;

@@ -346,6 +346,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+        .map(giving_back_memory)
 }
 
 /// The controller's runtime: every task on the thread that starts it. Its work waits on
@@ -357,6 +358,17 @@ fn controller_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+        .map(giving_back_memory)
+}
+
+/// Every long-running command hands what malloc holds free after a burst back to the
+/// system (`edgemq::memory`).
+fn giving_back_memory(rt: tokio::runtime::Runtime) -> tokio::runtime::Runtime {
+    rt.spawn(edgemq::memory::give_back(
+        edgemq::memory::INTERVAL,
+        edgemq::memory::THRESHOLD,
+    ));
+    rt
 }
 
 fn main() -> ExitCode {
