@@ -160,6 +160,72 @@ pub struct RouterLimits {
 }
 
 /// The bytes a message holds: what `maxQueuedBytes` and `maxRetainedBytes` count.
+/// Counts a message the ACL keeps from `client_id` (session `s`); the first one per
+/// session is logged with the reason.
+fn note_read_denied(
+    metrics: &BrokerMetrics,
+    broker: &str,
+    s: &mut Session,
+    client_id: &str,
+    topic: &str,
+) {
+    metrics.acl_denials.inc();
+    if !std::mem::replace(&mut s.denial_logged, true) {
+        tracing::info!(broker = %broker, client_id = %client_id, username = s.username.as_deref().unwrap_or(""), topic,
+            reason = %denial_reason(s.username.as_deref(), Op::Read),
+            "message not delivered: the ACL does not let this client read it (logged once per session; later ones are counted in edgemq_acl_denials_total)");
+    }
+}
+
+/// Queues a delivery in session `s`, applying the queue bound, and wakes its
+/// connection's writer. Returns whether it was queued.
+fn push(
+    s: &mut Session,
+    client_id: &str,
+    d: Delivery,
+    limits: &RouterLimits,
+    metrics: &BrokerMetrics,
+    broker: &str,
+) -> bool {
+    let max_queued = s.max_queued.unwrap_or(limits.max_queued);
+    if s.conn.is_none() && d.qos == 0 {
+        metrics.dropped_offline_qos0.inc();
+        return false;
+    }
+    let bytes = message_bytes(&d.msg);
+    let by_count = s.queue.len() >= max_queued;
+    // edgemq's own sessions (bridges) keep their own bounds.
+    let by_bytes =
+        !s.trusted && !s.queue.is_empty() && s.queued_bytes + bytes > limits.max_queued_bytes;
+    if by_count || by_bytes {
+        s.dropped += 1;
+        metrics.dropped_queue_full.inc();
+        if by_count {
+            metrics.refused.queued_messages.inc();
+        } else {
+            metrics.refused.queued_bytes.inc();
+        }
+        if s.dropped == 1 || s.dropped.is_power_of_two() || s.dropped % 10_000 == 0 {
+            tracing::warn!(
+                broker = %broker,
+                client_id = %client_id,
+                dropped = s.dropped,
+                max_queued_messages = max_queued,
+                max_queued_bytes = limits.max_queued_bytes,
+                queued_bytes = s.queued_bytes,
+                "client queue full: dropping new messages for this client"
+            );
+        }
+        return false;
+    }
+    s.queued_bytes += bytes;
+    s.queue.push_back(d);
+    if let Some(c) = &s.conn {
+        c.wake.notify_one();
+    }
+    true
+}
+
 fn message_bytes(m: &Message) -> usize {
     m.topic.len() + m.payload.len()
 }
@@ -384,7 +450,8 @@ impl Router {
             if opts.no_local && msg.origin.as_deref() == Some(&*client) {
                 continue;
             }
-            let Some(s) = self.sessions.get(&client) else {
+            // One lookup per delivery: the ACL check and the queue use the same entry.
+            let Some(s) = self.sessions.get_mut(&client) else {
                 continue;
             };
             if !s.trusted
@@ -392,20 +459,19 @@ impl Router {
                     .acl
                     .check(s.username.as_deref(), &client, topic, Op::Read)
             {
-                self.read_denied(&client, topic);
+                note_read_denied(&self.metrics, &self.name, s, &client, topic);
                 continue;
             }
             let qos = msg.qos.min(opts.qos);
             let retain = msg.retain && opts.retain_as_published;
-            if self.enqueue(
-                &client,
-                Delivery {
-                    msg: msg.clone(),
-                    qos,
-                    retain,
-                    sub_ids: ids,
-                },
-            ) {
+            let d = Delivery {
+                msg: msg.clone(),
+                qos,
+                retain,
+                sub_ids: ids,
+            };
+            self.changes = self.changes.wrapping_add(1);
+            if push(s, &client, d, &self.limits, &self.metrics, &self.name) {
                 delivered += 1;
             }
         }
@@ -415,62 +481,11 @@ impl Router {
     /// Counts a message the ACL keeps from `client_id`; the first one per session is
     /// logged with the reason, so a client that receives nothing can be explained.
     fn read_denied(&mut self, client_id: &str, topic: &str) {
-        self.metrics.acl_denials.inc();
         let Some(s) = self.sessions.get_mut(client_id) else {
+            self.metrics.acl_denials.inc();
             return;
         };
-        if !std::mem::replace(&mut s.denial_logged, true) {
-            tracing::info!(broker = %self.name, client_id = %client_id, username = s.username.as_deref().unwrap_or(""), topic,
-                reason = %denial_reason(s.username.as_deref(), Op::Read),
-                "message not delivered: the ACL does not let this client read it (logged once per session; later ones are counted in edgemq_acl_denials_total)");
-        }
-    }
-
-    /// Queues a delivery for a session, applying the queue bound. Returns whether it
-    /// was queued.
-    fn enqueue(&mut self, client_id: &Arc<str>, d: Delivery) -> bool {
-        self.changes = self.changes.wrapping_add(1);
-        let Some(s) = self.sessions.get_mut(client_id) else {
-            return false;
-        };
-        let max_queued = s.max_queued.unwrap_or(self.limits.max_queued);
-        if s.conn.is_none() && d.qos == 0 {
-            self.metrics.dropped_offline_qos0.inc();
-            return false;
-        }
-        let bytes = message_bytes(&d.msg);
-        let by_count = s.queue.len() >= max_queued;
-        // edgemq's own sessions (bridges) keep their own bounds.
-        let by_bytes = !s.trusted
-            && !s.queue.is_empty()
-            && s.queued_bytes + bytes > self.limits.max_queued_bytes;
-        if by_count || by_bytes {
-            s.dropped += 1;
-            self.metrics.dropped_queue_full.inc();
-            if by_count {
-                self.metrics.refused.queued_messages.inc();
-            } else {
-                self.metrics.refused.queued_bytes.inc();
-            }
-            if s.dropped == 1 || s.dropped.is_power_of_two() || s.dropped % 10_000 == 0 {
-                tracing::warn!(
-                    broker = %self.name,
-                    client_id = %client_id,
-                    dropped = s.dropped,
-                    max_queued_messages = max_queued,
-                    max_queued_bytes = self.limits.max_queued_bytes,
-                    queued_bytes = s.queued_bytes,
-                    "client queue full: dropping new messages for this client"
-                );
-            }
-            return false;
-        }
-        s.queued_bytes += bytes;
-        s.queue.push_back(d);
-        if let Some(c) = &s.conn {
-            c.wake.notify_one();
-        }
-        true
+        note_read_denied(&self.metrics, &self.name, s, client_id, topic);
     }
 
     /// A publish/subscribe round trip through the trie and a session queue, as

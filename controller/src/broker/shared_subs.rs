@@ -110,7 +110,7 @@ impl SharedSubs {
         mut may_receive: impl FnMut(&str) -> bool,
     ) -> Vec<(Arc<str>, SubOptions)> {
         let mut out = Vec::new();
-        for key in self.trie.matches(topic).into_keys() {
+        for (key, _) in self.trie.matches(topic) {
             let Some(g) = self.groups.get_mut(&key) else {
                 continue;
             };

@@ -23,6 +23,16 @@ pub struct Matched {
     pub ids: Vec<u32>,
 }
 
+impl From<SubOptions> for Matched {
+    /// One subscription's options and its identifier.
+    fn from(opts: SubOptions) -> Matched {
+        Matched {
+            opts,
+            ids: opts.id.into_iter().collect(),
+        }
+    }
+}
+
 /// A trie of subscribers keyed by `K` (a client id, or a share group's key).
 #[derive(Default, Debug)]
 pub struct TrieNode {
@@ -74,28 +84,48 @@ impl TrieNode {
         }
     }
 
-    /// Every subscriber whose filter matches `topic`, with its subscriptions merged.
-    pub fn matches(&self, topic: &str) -> HashMap<Arc<str>, Matched> {
-        let mut out = HashMap::new();
-        self.collect(&levels(topic), true, topic.starts_with('$'), &mut out);
-        out
+    /// Every subscriber whose filter matches `topic`, with its subscriptions merged,
+    /// each subscriber once.
+    ///
+    /// Most topics match the filters of one node only (`a/b` or `a/+`, not both): its
+    /// subscribers are then taken as they are. Only when several nodes match are they
+    /// merged by client, which costs a hash of each client id.
+    pub fn matches(&self, topic: &str) -> Vec<(Arc<str>, Matched)> {
+        let mut nodes = Vec::new();
+        self.collect(&levels(topic), true, topic.starts_with('$'), &mut nodes);
+        nodes.retain(|subs| !subs.is_empty());
+        match nodes.as_slice() {
+            [] => Vec::new(),
+            [subs] => subs
+                .iter()
+                .map(|(client, opts)| (client.clone(), Matched::from(*opts)))
+                .collect(),
+            _ => {
+                let mut out: HashMap<Arc<str>, Matched> = HashMap::new();
+                for subs in nodes {
+                    merge(&mut out, subs);
+                }
+                out.into_iter().collect()
+            }
+        }
     }
 
-    fn collect(
-        &self,
+    /// The subscriber sets of every node whose filter matches the levels.
+    fn collect<'a>(
+        &'a self,
         levels: &[&str],
         first: bool,
         dollar: bool,
-        out: &mut HashMap<Arc<str>, Matched>,
+        out: &mut Vec<&'a HashMap<Arc<str>, SubOptions>>,
     ) {
         let wildcard_ok = !(first && dollar);
         if wildcard_ok {
             if let Some(hash) = self.children.get("#") {
-                merge(out, &hash.subscribers);
+                out.push(&hash.subscribers);
             }
         }
         match levels.split_first() {
-            None => merge(out, &self.subscribers),
+            None => out.push(&self.subscribers),
             Some((level, rest)) => {
                 if let Some(child) = self.children.get(*level) {
                     child.collect(rest, false, dollar, out);
@@ -125,13 +155,7 @@ fn merge(out: &mut HashMap<Arc<str>, Matched>, subs: &HashMap<Arc<str>, SubOptio
                 m.ids.extend(opts.id);
             }
             None => {
-                out.insert(
-                    client.clone(),
-                    Matched {
-                        opts: *opts,
-                        ids: opts.id.into_iter().collect(),
-                    },
-                );
+                out.insert(client.clone(), Matched::from(*opts));
             }
         }
     }
@@ -160,10 +184,63 @@ mod tests {
         t.insert("a/#", c.clone(), opts(0, Some(1)));
         t.insert("a/+", c.clone(), opts(2, Some(7)));
         t.insert("a/b", c.clone(), opts(1, None));
-        let m = &t.matches("a/b")[&c];
+        let all = t.matches("a/b");
+        assert_eq!(all.len(), 1, "one entry per subscriber: {all:?}");
+        let (client, m) = &all[0];
+        assert_eq!(client, &c);
         assert_eq!(m.opts.qos, 2);
         let mut ids = m.ids.clone();
         ids.sort();
         assert_eq!(ids, vec![1, 7]);
+    }
+
+    #[test]
+    fn subscribers_of_one_node_come_once_each_with_their_own_options() {
+        let mut t = TrieNode::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        t.insert("x/y", a.clone(), opts(1, Some(3)));
+        t.insert("x/y", b.clone(), opts(0, None));
+        let mut all = t.matches("x/y");
+        all.sort_by(|l, r| l.0.cmp(&r.0));
+        assert_eq!(
+            all,
+            vec![
+                (
+                    a,
+                    Matched {
+                        opts: opts(1, Some(3)),
+                        ids: vec![3]
+                    }
+                ),
+                (
+                    b,
+                    Matched {
+                        opts: opts(0, None),
+                        ids: vec![]
+                    }
+                ),
+            ]
+        );
+        assert!(t.matches("x/z").is_empty());
+    }
+
+    #[test]
+    fn subscribers_of_several_nodes_come_once_each() {
+        let mut t = TrieNode::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        t.insert("x/y", a.clone(), opts(1, None));
+        t.insert("x/+", b.clone(), opts(1, None));
+        t.insert("#", a.clone(), opts(0, None));
+        t.insert("$SYS/#", b.clone(), opts(0, None));
+        let mut all: Vec<_> = t
+            .matches("x/y")
+            .into_iter()
+            .map(|(c, m)| (c, m.opts.qos))
+            .collect();
+        all.sort();
+        assert_eq!(all, vec![(a.clone(), 1), (b.clone(), 1)]);
+        // `#` at the first level does not match a `$` topic [MQTT-4.7.2-1].
+        let sys: Vec<_> = t.matches("$SYS/x").into_iter().map(|(c, _)| c).collect();
+        assert_eq!(sys, vec![b]);
     }
 }
