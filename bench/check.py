@@ -44,7 +44,7 @@ MIN_RATE_RATIO = 0.5
 
 
 def run(bench: str, edgemq: str, *extra: str) -> dict:
-    args = [bench, "--edgemq", edgemq, "--json", "--burst-messages", "0",
+    args = [bench, "--edgemq", edgemq, "--json", "--burst-messages", "0", "--settle-secs", "0",
             "--rate-secs", "1", "--rate", "2000", "--drain-ms", "1000", *extra]
     if (os.cpu_count() or 1) >= 2:
         args += ["--pin-core", "1"]

@@ -69,6 +69,11 @@ pub struct Args {
     /// Publishers in the memory burst.
     #[arg(long, default_value_t = 1)]
     burst_publishers: usize,
+    /// Seconds to wait after the suite before reading each broker's RSS once more
+    /// ("RSS after the suite": what a broker keeps once the load is gone; edgemq
+    /// looks at what malloc holds free every 10 s). 0 skips.
+    #[arg(long, default_value_t = 12)]
+    settle_secs: u64,
     /// Upper bound on any one phase, in seconds.
     #[arg(long, default_value_t = 60)]
     phase_timeout: u64,
@@ -438,6 +443,22 @@ async fn run(args: Args, sides: &mut [Side]) -> Result<()> {
             match run_burst(b, &args, &tag).await {
                 Ok(r) => side.report.burst = Some(r),
                 Err(e) => side.fail("burst", e),
+            }
+        }
+    }
+    if args.settle_secs > 0 {
+        log(format!(
+            "waiting {} s, then the RSS after the suite",
+            args.settle_secs
+        ));
+        tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+        for side in sides.iter_mut() {
+            let Some(b) = side.broker.as_ref() else {
+                continue;
+            };
+            match b.mem() {
+                Ok(m) => side.report.after_suite_rss_kb = Some(m.rss_kb),
+                Err(e) => side.fail("RSS after the suite", e),
             }
         }
     }

@@ -175,6 +175,8 @@ pub struct BrokerReport {
     pub idle: Option<IdleResult>,
     pub scenarios: Vec<ScenarioReport>,
     pub burst: Option<BurstResult>,
+    /// VmRSS `--settle-secs` after the suite (scenarios and burst) ended.
+    pub after_suite_rss_kb: Option<u64>,
     pub restart: Option<RestartResult>,
     pub errors: Vec<String>,
 }
@@ -186,6 +188,7 @@ impl BrokerReport {
             idle: None,
             scenarios: Vec::new(),
             burst: None,
+            after_suite_rss_kb: None,
             restart: None,
             errors: Vec::new(),
         }
@@ -380,6 +383,12 @@ impl Report {
         );
         t.row("", "peak RSS MB", &bv(&|b| mb(b.metrics.peak_rss_kb)), 1);
         t.row("", "RSS MB 2 s after", &bv(&|b| mb(b.settled_rss_kb)), 1);
+        let after: Vec<Option<f64>> = self
+            .brokers
+            .iter()
+            .map(|b| b.after_suite_rss_kb.map(mb))
+            .collect();
+        t.row("after the suite", "RSS MB", &after, 1);
         let bl: Vec<String> = burst
             .iter()
             .map(|b| match b {

@@ -22,6 +22,7 @@
 //!
 //!  status: each kind's Ready words and typed status, pure, written by both sinks
 //!  process: what every long-running command shares (shutdown signals)
+//!  memory: hands what malloc holds free after a burst back to the system
 //! ```
 //!
 //! `import` is the way in from another broker: Mosquitto's files → api objects as YAML

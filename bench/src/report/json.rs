@@ -80,6 +80,11 @@ impl Report {
                     j.close('}')
                 }
             };
+            j.key("after_suite_rss_kb");
+            match b.after_suite_rss_kb {
+                None => j.null(),
+                Some(kb) => j.num(kb as f64),
+            };
             j.key("restart");
             match &b.restart {
                 None => j.null(),
