@@ -175,6 +175,9 @@ async fn serve_socket(
     let timeout = Duration::from_secs(shared.limits.load().handshake_timeout_seconds.into());
     let deadline = tokio::time::Instant::now() + timeout;
     let handshake = async {
+        if tls.is_none() && matches!(protocol, ListenerProtocol::Mqtt) {
+            return Ok((Transport::Tcp(stream), None));
+        }
         let mut certificate = None;
         let io: BoxIo = match tls {
             Some(serving) => {
