@@ -160,6 +160,10 @@ pub struct RouterLimits {
 }
 
 /// The bytes a message holds: what `maxQueuedBytes` and `maxRetainedBytes` count.
+fn message_bytes(m: &Message) -> usize {
+    m.topic.len() + m.payload.len()
+}
+
 /// Counts a message the ACL keeps from `client_id` (session `s`); the first one per
 /// session is logged with the reason.
 fn note_read_denied(
@@ -224,10 +228,6 @@ fn push(
         c.wake.notify_one();
     }
     true
-}
-
-fn message_bytes(m: &Message) -> usize {
-    m.topic.len() + m.payload.len()
 }
 
 /// A CONNECT the router refused.
