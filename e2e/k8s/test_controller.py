@@ -521,7 +521,8 @@ def test_a_bridge_added_with_kubectl_runs_in_the_broker_pod_and_reports_its_link
     bridge = k.wait_ready(cluster, "bridge", "up", namespace, reason="Connected", timeout=60)
     assert bridge["status"]["connected"] is True
     assert bridge["status"]["observedGeneration"] == bridge["metadata"]["generation"]
-    alice = support.connect(port, username="alice", password="secret1")
+    # The Service's node port may still be on its way into the node's rules.
+    alice = k.wait_connect(port, username="alice", password="secret1")
     alice.publish_wait("sensors/t", b"21", qos=1)
     msg = far.get(timeout=10)
     assert (msg.topic, msg.payload) == ("home/sensors/t", b"21")
