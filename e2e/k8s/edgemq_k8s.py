@@ -153,6 +153,20 @@ def broker_logs(cluster, broker_name: str, namespace: str, tail: int = 60) -> st
         name = p["metadata"]["name"]
         logs = cluster.kubectl("logs", "-n", namespace, name, f"--tail={tail}", check=False)
         out.append(f"--- pod {name} ---\n{logs.stdout}{logs.stderr}")
+    # Readiness changes (a pod dropped from its Service) and the rest of the story.
+    events = cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
+                             check=False)
+    out.append(f"--- events in {namespace} ---\n{events.stdout}{events.stderr}")
+    # A node port's socket held by the node's proxy: a connection queued there (Recv-Q)
+    # reached no pod because the port's forwarding rule was missing at that moment.
+    svc = cluster.kubectl("get", "service", "-n", namespace, f"edgemq-{broker_name}", "-o", "json",
+                          check=False)
+    ports = [p.get("nodePort") for p in json.loads(svc.stdout or "{}").get("spec", {}).get("ports", [])
+             if p.get("nodePort")]
+    if ports:
+        query = " or ".join(f"sport = :{p}" for p in ports)
+        ss = subprocess.run(["ss", "-ltnp", query], capture_output=True, text=True)
+        out.append(f"--- node port sockets {ports} ---\n{ss.stdout}{ss.stderr}")
     return "\n".join(out)
 
 
