@@ -12,7 +12,7 @@
 //! how much it holds free (`mallinfo2`) as soon as a quiet second follows (the burst
 //! is over), and every ten seconds while the work goes on. It trims only when that
 //! is above a threshold, so a steady load does not pay page faults for memory it is
-//! about to reuse. A process with nothing to do never calls malloc at all.
+//! about to reuse. A process with nothing to do never walks malloc's free lists.
 //!
 //! These are the crate's only two calls that the compiler cannot check
 //! (`unsafe`): two glibc functions that take no pointers from us, return plain
