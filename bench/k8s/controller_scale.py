@@ -68,8 +68,9 @@ def rss_mb(pid):
 
 
 def memory_mb(pid):
-    """VmRSS, its peak so far, and RssAnon: the heap and stacks, without the pages of the binary that
-    the kernel maps around each page it faults in (file-backed and reclaimable)."""
+    """VmRSS, its peak so far, and RssAnon: the heap and stacks, without the pages of
+    the binary that the kernel maps around each page it faults in (file-backed and
+    reclaimable)."""
     m = status_mb(pid, "VmRSS", "RssAnon", "VmHWM")
     # VmHWM: the highest RSS so far, which a moment's reading can miss or catch.
     return {"rss_mb": m["VmRSS"], "rss_anon_mb": m["RssAnon"], "peak_rss_mb": m["VmHWM"]}

@@ -157,8 +157,8 @@ def broker_logs(cluster, broker_name: str, namespace: str, tail: int = 60) -> st
     events = cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
                              check=False)
     out.append(f"--- events in {namespace} ---\n{events.stdout}{events.stderr}")
-    # A node port's socket held by the node's proxy: a connection queued there (Recv-Q)
-    # reached no pod because the port's forwarding rule was missing at that moment.
+    # The node's proxy holds a socket on each node port: a connection queued there
+    # (Recv-Q above 0) reached no pod, the port's forwarding rule did not catch it.
     svc = cluster.kubectl("get", "service", "-n", namespace, f"edgemq-{broker_name}", "-o", "json",
                           check=False)
     ports = [p.get("nodePort") for p in json.loads(svc.stdout or "{}").get("spec", {}).get("ports", [])
