@@ -145,8 +145,9 @@ def main():
             # The MqttUsers as the server prints them (NAME BROKER READY ...), not as
             # whole objects: listing 1,000 objects as JSON every poll loaded the API
             # server this measures as much as the controller did.
-            rows = sh(*kubectl, "get", "mqttusers", "-n", ns, "--no-headers").stdout.splitlines()
-            udone = sum(1 for r in rows if len(r.split()) > 2 and r.split()[2] != "<none>")
+            rows = [r.split() for r in
+                    sh(*kubectl, "get", "mqttusers", "-n", ns, "--no-headers").stdout.splitlines()]
+            udone = sum(1 for cols in rows if len(cols) > 2 and cols[2] != "<none>")
             if done == a.brokers and udone == a.users:
                 break
             if time.monotonic() - t0 > 900:
