@@ -1,8 +1,12 @@
 //! A connection's byte transport: a TCP or TLS stream, or a WebSocket carrying MQTT
-//! in binary messages. Split into a reader and a writer so that a client that stops
-//! reading never blocks the handling of what it sends.
+//! in binary messages. Split into a reader and a writer, so that one task can wait for
+//! both at once: a client that stops reading does not stop the reading of what it
+//! sends.
 
-use bytes::BytesMut;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -103,28 +107,67 @@ impl Reader {
 impl Writer {
     /// Writes all of `data` and flushes.
     pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Writer::Tcp(w) => write_stream(w, data).await,
-            Writer::Stream(w) => write_stream(w, data).await,
-            Writer::WebSocket(w) => w
-                .send(WsMessage::Binary(data.to_vec().into()))
-                .await
-                .map_err(std::io::Error::other),
-        }
+        AsyncWriteExt::write_all(self, data).await?;
+        self.flush().await
     }
 
     /// Closes the write side.
     pub async fn shutdown(&mut self) {
-        match self {
-            Writer::Tcp(w) => {
-                let _ = w.shutdown().await;
-            }
-            Writer::Stream(w) => {
-                let _ = w.shutdown().await;
-            }
+        let _ = AsyncWriteExt::shutdown(self).await;
+    }
+
+    /// Writes what the transport takes of `data` now, without waiting: `None` when it
+    /// takes nothing yet (the caller waits with [`AsyncWriteExt::write`]).
+    pub fn try_write(&mut self, data: &[u8]) -> Option<std::io::Result<usize>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(self).poll_write(&mut cx, data) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Whether written bytes may wait in the transport until a flush: TLS records and
+    /// WebSocket messages do, a plain TCP socket does not.
+    pub fn buffers(&self) -> bool {
+        !matches!(self, Writer::Tcp(_))
+    }
+}
+
+/// A writer is a byte sink whatever it carries: a write to a WebSocket sends the
+/// bytes as one binary message (MQTT packets need not align with messages).
+/// `poll_write` is cancel-safe for each transport: bytes are either taken whole or
+/// not at all, so a connection's loop can wait for a write beside a read.
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_write(cx, data),
+            Writer::Stream(w) => Pin::new(w).poll_write(cx, data),
             Writer::WebSocket(w) => {
-                let _ = w.close().await;
+                ready!(w.poll_ready_unpin(cx)).map_err(std::io::Error::other)?;
+                w.start_send_unpin(WsMessage::Binary(Bytes::copy_from_slice(data)))
+                    .map_err(std::io::Error::other)?;
+                Poll::Ready(Ok(data.len()))
             }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_flush(cx),
+            Writer::Stream(w) => Pin::new(w).poll_flush(cx),
+            Writer::WebSocket(w) => w.poll_flush_unpin(cx).map_err(std::io::Error::other),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            Writer::Stream(w) => Pin::new(w).poll_shutdown(cx),
+            Writer::WebSocket(w) => w.poll_close_unpin(cx).map_err(std::io::Error::other),
         }
     }
 }
@@ -144,10 +187,4 @@ async fn read_stream<R: AsyncRead + Unpin>(
         buf.reserve(8192);
     }
     Ok(n)
-}
-
-/// Writes all of `data` to a byte stream and flushes.
-async fn write_stream<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
-    w.write_all(data).await?;
-    w.flush().await
 }

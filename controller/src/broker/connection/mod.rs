@@ -1,5 +1,5 @@
-//! One client connection: CONNECT and authentication, then a reader (packets from
-//! the client) and a writer (acks and deliveries to the client) running side by side.
+//! One client connection: CONNECT and authentication, then one loop that answers the
+//! client's packets and delivers what the router queued for its session.
 //!
 //! Protocol hygiene lives here: MQTT 3.1 client ids have 1 to 23 characters, a
 //! bridge (protocol level bit 0x80) gets no echo of its own messages, keepalive 0 is
@@ -9,31 +9,29 @@
 //!
 //! ```text
 //!  serve ── connect: CONNECT, client id, authentication, CONNACK
-//!    ├── read_loop ── Handler::handle ── publish: PUBLISH, PUBACK/PUBREC/PUBREL/PUBCOMP
-//!    │                                 └─ subscribe: SUBSCRIBE, UNSUBSCRIBE
-//!    └── writer: answers and deliveries, the goodbye DISCONNECT
+//!    └── run: read, write, deliver, the goodbye DISCONNECT
+//!          └── Handler::handle ── publish: PUBLISH, PUBACK/PUBREC/PUBREL/PUBCOMP
+//!                               └─ subscribe: SUBSCRIBE, UNSUBSCRIBE
 //! ```
 
 mod connect;
 mod publish;
+mod run;
 mod subscribe;
-mod writer;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
     Connect, ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode, LastWill,
     LastWillProperties, Packet, PingResp,
 };
-use tokio::sync::mpsc;
 
 use super::alias::TopicAliases;
 use super::client_cert::{PeerCertificate, Registration};
 use super::codec::{self, FrameError, Incoming, Version};
-use super::transport::{Reader, Transport};
+use super::transport::Transport;
 use super::types::{CloseReason, ConnLink};
 use super::Shared;
 use crate::api::broker::Limits;
@@ -157,7 +155,7 @@ pub async fn serve(
         .certificate
         .as_ref()
         .map(|cert| register_certificate(&shared, cert, link.id, &listener, &client_id));
-    let mut close_rx = link.close.subscribe();
+    let close = link.close.subscribe();
     let (expiry, granted_expiry) = session_expiry(version, &connect, props.as_ref(), &limits);
     let receive_max = props
         .as_ref()
@@ -216,36 +214,21 @@ pub async fn serve(
         sub_denial_logged: Default::default(),
         will: will.map(|w| (w, will_props)),
     };
-    // Boxed: a channel allocates its slots up front, and an unboxed `Packet` would
-    // cost every idle connection about 10 KB.
-    let (ctrl_tx, ctrl_rx) = mpsc::channel::<Box<Packet>>(256);
-    let writer_task = tokio::spawn(writer::write_loop(
-        writer,
-        shared.clone(),
-        client_id.clone(),
-        version,
-        link.clone(),
-        ctrl_rx,
-        client_max_packet,
-    ));
     let mut handler = Handler {
         shared: &shared,
         client: &client,
-        ctrl: &ctrl_tx,
+        out: BytesMut::new(),
         aliases: TopicAliases::default(),
     };
-    let end = read_loop(
-        &mut reader,
-        &mut buf,
-        &mut handler,
+    let signals = run::Signals {
+        link: &link,
+        close,
+        stop: &mut stop,
         keepalive,
-        &mut close_rx,
-        &mut stop,
-    )
-    .await;
-    drop(ctrl_tx);
+        client_max_packet,
+    };
+    let end = run::run(&mut reader, &mut writer, &mut buf, &mut handler, signals).await;
     leave(&shared, &client, link.id, &end);
-    let _ = writer_task.await;
     shared.metrics.connections.dec();
     match end {
         End::Normal { .. } | End::NormalWithWill { .. } | End::Eof => {
@@ -315,14 +298,16 @@ fn disconnect(shared: &Shared, client_id: &str, conn_id: u64, expiry: Option<u32
     router.disconnect(client_id, conn_id, expiry);
 }
 
-/// What the reader needs to answer a client's packets, one method per packet type
-/// (in `publish` and `subscribe`): plain calls on the reader's own state, no trait
-/// objects, nothing allocated by the dispatch itself.
+/// What a connection needs to answer a client's packets, one method per packet type
+/// (in `publish` and `subscribe`): plain calls on the connection's own state, no
+/// trait objects, nothing allocated by the dispatch itself. Answers are encoded into
+/// `out`, which [`run`] writes.
 struct Handler<'a> {
     shared: &'a Arc<Shared>,
     client: &'a Client,
-    /// To the writer: acks, PINGRESP, DISCONNECT.
-    ctrl: &'a mpsc::Sender<Box<Packet>>,
+    /// Encoded packets waiting to be written: answers and deliveries. It grows on
+    /// first use; an idle connection holds none.
+    out: BytesMut,
     aliases: TopicAliases,
 }
 
@@ -331,37 +316,43 @@ impl Handler<'_> {
         self.client.version == Version::V5
     }
 
-    /// Queues a packet for the writer; `Err` when the writer is gone.
-    async fn send(&self, p: Packet) -> Result<(), End> {
-        send(self.ctrl, p).await
+    /// Encodes a packet for the client after what is already waiting.
+    fn send(&mut self, p: Packet) -> Result<(), End> {
+        match codec::write(self.client.version, p, &mut self.out) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(client_id = %self.client.id, "could not encode a packet: {e:?}");
+                Err(End::Protocol("could not encode an answer"))
+            }
+        }
     }
 
     /// Answers one packet from the client; `Err` ends the connection.
-    async fn handle(&mut self, incoming: Incoming) -> Result<(), End> {
+    fn handle(&mut self, incoming: Incoming) -> Result<(), End> {
         let packet = match incoming {
             Incoming::Publish {
                 publish,
                 properties,
                 qos,
                 pkid,
-            } => return self.publish(publish, properties, qos, pkid).await,
+            } => return self.publish(publish, properties, qos, pkid),
             Incoming::Other(packet) => packet,
         };
         match packet {
             Packet::Connect(..) => Err(End::Protocol("second CONNECT")),
-            Packet::PingReq(_) => self.send(Packet::PingResp(PingResp)).await,
+            Packet::PingReq(_) => self.send(Packet::PingResp(PingResp)),
             Packet::PubAck(ack, _) => {
                 self.puback(ack.pkid);
                 Ok(())
             }
-            Packet::PubRec(rec, _) => self.pubrec(rec.pkid).await,
+            Packet::PubRec(rec, _) => self.pubrec(rec.pkid),
             Packet::PubComp(comp, _) => {
                 self.pubcomp(comp.pkid);
                 Ok(())
             }
-            Packet::PubRel(rel, _) => self.pubrel(rel.pkid).await,
-            Packet::Subscribe(sub, props) => self.subscribe(sub, props).await,
-            Packet::Unsubscribe(unsub, _) => self.unsubscribe(unsub).await,
+            Packet::PubRel(rel, _) => self.pubrel(rel.pkid),
+            Packet::Subscribe(sub, props) => self.subscribe(sub, props),
+            Packet::Unsubscribe(unsub, _) => self.unsubscribe(unsub),
             Packet::Disconnect(d, props) => Err(disconnected(d, props)),
             _ => Err(End::Protocol("unexpected packet type from a client")),
         }
@@ -377,90 +368,4 @@ fn disconnected(d: Disconnect, props: Option<DisconnectProperties>) -> End {
     } else {
         End::Normal { expiry }
     }
-}
-
-async fn read_loop(
-    reader: &mut Reader,
-    buf: &mut BytesMut,
-    handler: &mut Handler<'_>,
-    keepalive: u16,
-    close_rx: &mut tokio::sync::watch::Receiver<Option<CloseReason>>,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> End {
-    let (shared, version) = (handler.shared, handler.client.version);
-    let timeout = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
-    let max = shared.max_packet_size();
-    // One keepalive timer for the whole connection, and one registration with each
-    // watch: a read only notes when it happened, and the timer, once due, moves on to
-    // one keepalive after the last read. (A timer armed per read, and the watches
-    // polled anew per read, cost a lock and a list insertion each, per message.)
-    let mut last_read = tokio::time::Instant::now();
-    let far = Duration::from_secs(86_400 * 365);
-    let keepalive_due = tokio::time::sleep(timeout.unwrap_or(far));
-    let mut close_watch = close_rx.clone();
-    let closed = close_watch.changed();
-    let stopped = stop.wait_for(|s| *s);
-    tokio::pin!(keepalive_due, closed, stopped);
-    loop {
-        // Handle every complete frame already buffered.
-        loop {
-            match codec::read_client(version, buf, max) {
-                Ok(incoming) => {
-                    let handled = handler.handle(incoming);
-                    if let Err(end) = Box::pin(handled).await {
-                        return end;
-                    }
-                }
-                Err(FrameError::Incomplete) => break,
-                Err(FrameError::Violation(v)) => {
-                    // MQTT 5: say why before closing [MQTT-4.13.2-1].
-                    if version == Version::V5 {
-                        let reason_code = if v.reason_code() == 0x81 {
-                            DisconnectReasonCode::MalformedPacket
-                        } else {
-                            DisconnectReasonCode::ProtocolError
-                        };
-                        let _ = handler
-                            .send(Packet::Disconnect(Disconnect { reason_code }, None))
-                            .await;
-                    }
-                    return End::Frame(FrameError::Violation(v));
-                }
-                Err(FrameError::TooLarge(n)) => {
-                    shared.metrics.refused.payload_bytes.inc();
-                    return End::Frame(FrameError::TooLarge(n));
-                }
-                Err(e) => return End::Frame(e),
-            }
-        }
-        let n = tokio::select! {
-            biased;
-            _ = &mut closed => {
-                let reason = (*close_rx.borrow()).unwrap_or(CloseReason::ServerShuttingDown);
-                return End::Kicked(reason);
-            }
-            _ = &mut stopped => return End::Kicked(CloseReason::ListenerRemoved),
-            () = &mut keepalive_due, if timeout.is_some() => {
-                let t = timeout.unwrap_or(far);
-                if last_read.elapsed() >= t {
-                    return End::KeepAlive;
-                }
-                keepalive_due.as_mut().reset(last_read + t);
-                continue;
-            }
-            r = reader.read_into(buf) => r,
-        };
-        match n {
-            Ok(0) => return End::Eof,
-            Ok(n) => {
-                last_read = tokio::time::Instant::now();
-                shared.metrics.bytes_in.inc_by(n as u64);
-            }
-            Err(e) => return End::Io(e),
-        }
-    }
-}
-
-async fn send(ctrl: &mpsc::Sender<Box<Packet>>, p: Packet) -> Result<(), End> {
-    ctrl.send(Box::new(p)).await.map_err(|_| End::Eof)
 }

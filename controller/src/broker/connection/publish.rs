@@ -20,7 +20,7 @@ use crate::auth::acl::{valid_topic_name, Op};
 impl Handler<'_> {
     /// A PUBLISH: checked (topic alias, topic, payload size), routed if the ACL lets
     /// the client write its topic, and acknowledged at its QoS either way.
-    pub(super) async fn publish(
+    pub(super) fn publish(
         &mut self,
         publish: Publish,
         properties: Option<PublishProperties>,
@@ -36,8 +36,7 @@ impl Handler<'_> {
                 Ok(t) => t,
                 Err(e) => {
                     let reason_code = e.reason_code();
-                    self.send(Packet::Disconnect(Disconnect { reason_code }, None))
-                        .await?;
+                    self.send(Packet::Disconnect(Disconnect { reason_code }, None))?;
                     return Err(End::Protocol(match e {
                         AliasError::Invalid => "invalid topic alias",
                         AliasError::Unknown => "empty topic, no known alias",
@@ -100,7 +99,6 @@ impl Handler<'_> {
                     PubAckReason::NotAuthorized
                 };
                 self.send(Packet::PubAck(PubAck { pkid, reason }, None))
-                    .await
             }
             2 => {
                 let reason = if allowed || !v5 {
@@ -109,7 +107,6 @@ impl Handler<'_> {
                     PubRecReason::NotAuthorized
                 };
                 self.send(Packet::PubRec(PubRec { pkid, reason }, None))
-                    .await
             }
             _ => Ok(()),
         }
@@ -123,7 +120,7 @@ impl Handler<'_> {
 
     /// PUBREC: the client received a QoS 2 delivery; answered with PUBREL
     /// (MQTT 5: reason 0x92 for a packet id not in flight).
-    pub(super) async fn pubrec(&self, pkid: u16) -> Result<(), End> {
+    pub(super) fn pubrec(&mut self, pkid: u16) -> Result<(), End> {
         let known = {
             let mut router = self.shared.router();
             router.pubrec(&self.client.id, pkid)
@@ -134,7 +131,6 @@ impl Handler<'_> {
             PubRelReason::PacketIdentifierNotFound
         };
         self.send(Packet::PubRel(PubRel { pkid, reason }, None))
-            .await
     }
 
     /// PUBCOMP: a QoS 2 delivery to the client is done.
@@ -145,7 +141,7 @@ impl Handler<'_> {
 
     /// PUBREL: the client releases a QoS 2 publish; answered with PUBCOMP (MQTT 5:
     /// reason 0x92 for a packet id never received).
-    pub(super) async fn pubrel(&self, pkid: u16) -> Result<(), End> {
+    pub(super) fn pubrel(&mut self, pkid: u16) -> Result<(), End> {
         let known = {
             let mut router = self.shared.router();
             router.qos2_released(&self.client.id, pkid)
@@ -156,7 +152,6 @@ impl Handler<'_> {
             PubCompReason::PacketIdentifierNotFound
         };
         self.send(Packet::PubComp(PubComp { pkid, reason }, None))
-            .await
     }
 }
 

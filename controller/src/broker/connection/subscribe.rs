@@ -19,8 +19,8 @@ impl Handler<'_> {
     /// SUBSCRIBE: each filter is judged (well-formed, readable under the ACL, room
     /// under `maxSubscriptionsPerClient`), the SUBACK says how each fared, and the
     /// accepted ones are subscribed after it, so retained messages follow the SUBACK.
-    pub(super) async fn subscribe(
-        &self,
+    pub(super) fn subscribe(
+        &mut self,
         sub: Subscribe,
         sub_props: Option<SubscribeProperties>,
     ) -> Result<(), End> {
@@ -90,8 +90,7 @@ impl Handler<'_> {
                 return_codes: codes,
             },
             None,
-        ))
-        .await?;
+        ))?;
         let mut router = shared.router();
         for (filter, opts) in accepted {
             router.subscribe(&client.id, &filter, opts);
@@ -101,7 +100,7 @@ impl Handler<'_> {
 
     /// UNSUBSCRIBE: answered with an UNSUBACK saying, per filter, whether it was
     /// subscribed.
-    pub(super) async fn unsubscribe(&self, unsub: Unsubscribe) -> Result<(), End> {
+    pub(super) fn unsubscribe(&mut self, unsub: Unsubscribe) -> Result<(), End> {
         let reasons = {
             let mut router = self.shared.router();
             unsub
@@ -123,7 +122,6 @@ impl Handler<'_> {
             },
             None,
         ))
-        .await
     }
 }
 
