@@ -108,10 +108,11 @@ async fn serve_loop(
     let mut unflushed = false;
     loop {
         // Answer every complete frame already read, unless too much waits to go out.
-        while handler.out.len() < OUT_HIGH {
+        let mut more_frames = true;
+        while more_frames && handler.out.len() < OUT_HIGH {
             match codec::read_client(version, buf, max) {
                 Ok(incoming) => handler.handle(incoming)?,
-                Err(FrameError::Incomplete) => break,
+                Err(FrameError::Incomplete) => more_frames = false,
                 Err(FrameError::Violation(v)) => {
                     // MQTT 5: say why before closing [MQTT-4.13.2-1].
                     if version == Version::V5 {
@@ -156,7 +157,16 @@ async fn serve_loop(
             }
         }
         let reading = handler.out.len() < OUT_HIGH;
+        if reading && (more_frames || deliver) {
+            // Room was made: answer and deliver the rest before waiting. (This ends:
+            // each round takes frames or deliveries, or finds none and stops.)
+            continue;
+        }
         let pending = !handler.out.is_empty();
+        // In this order: the close first; bytes out before bytes in, so that room is
+        // made before more answers are made; reads before deliveries, so that a busy
+        // subscription cannot hold back the PUBACKs that open its window (a read
+        // gives way after tokio's cooperative budget, a wake-up would not).
         tokio::select! {
             biased;
             _ = &mut closed => {
@@ -184,10 +194,6 @@ async fn serve_loop(
                     unflushed = false;
                 }
             }
-            () = &mut woken => {
-                woken.set(link.wake.notified());
-                deliver = true;
-            }
             read = reader.read_into(buf), if reading => match read {
                 Ok(0) => return Err(End::Eof),
                 Ok(n) => {
@@ -196,6 +202,10 @@ async fn serve_loop(
                 }
                 Err(e) => return Err(End::Io(e)),
             },
+            () = &mut woken => {
+                woken.set(link.wake.notified());
+                deliver = true;
+            }
         }
     }
 }
