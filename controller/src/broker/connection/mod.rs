@@ -228,7 +228,9 @@ pub async fn serve(
         client_max_packet,
     };
     let end = run::run(&mut reader, &mut writer, &mut buf, &mut handler, signals).await;
+    // The session and the will first: a client that does not read must not delay them.
     leave(&shared, &client, link.id, &end);
+    run::close(&mut writer, handler.out, version, &end).await;
     shared.metrics.connections.dec();
     match end {
         End::Normal { .. } | End::NormalWithWill { .. } | End::Eof => {

@@ -48,8 +48,8 @@ pub(super) struct Signals<'a> {
     pub client_max_packet: usize,
 }
 
-/// Runs the connection until it ends, then sends what is still owed to the client:
-/// pending answers and (MQTT 5) the DISCONNECT that says why the broker closes it.
+/// Runs the connection until it ends; what is still owed to the client is sent by
+/// [`close`].
 pub(super) async fn run(
     reader: &mut Reader,
     writer: &mut Writer,
@@ -58,17 +58,24 @@ pub(super) async fn run(
     signals: Signals<'_>,
 ) -> End {
     let Err(end) = serve_loop(reader, writer, buf, handler, signals).await;
-    if !matches!(end, End::Io(_)) {
-        if let End::Kicked(reason) = end {
-            goodbye(handler.client.version, reason, &mut handler.out);
-        }
-        let sent = async {
-            writer.write_all(&handler.out).await?;
-            AsyncWriteExt::shutdown(writer).await
-        };
-        let _ = tokio::time::timeout(GOODBYE_WAIT, sent).await;
-    }
     end
+}
+
+/// Sends what the client is still owed after its connection ended (pending answers,
+/// and the MQTT 5 DISCONNECT that says why the broker closes it), at most for
+/// [`GOODBYE_WAIT`], and closes the socket.
+pub(super) async fn close(writer: &mut Writer, mut out: BytesMut, version: Version, end: &End) {
+    if matches!(end, End::Io(_)) {
+        return;
+    }
+    if let End::Kicked(reason) = end {
+        goodbye(version, *reason, &mut out);
+    }
+    let sent = async {
+        writer.write_all(&out).await?;
+        AsyncWriteExt::shutdown(writer).await
+    };
+    let _ = tokio::time::timeout(GOODBYE_WAIT, sent).await;
 }
 
 async fn serve_loop(
