@@ -2,9 +2,9 @@
 //! its config bundle and changed live by [`BrokerRuntime::apply`].
 //!
 //! ```text
-//!  listener (accept) ──► connection task: handshake, CONNECT, auth
-//!                           ├─ reader: packets in ──► router (trie, sessions, retained)
-//!                           └─ writer: acks + deliveries ◄── router wakes it
+//!  listener (accept) ──► connection task: handshake, CONNECT, auth, then one loop:
+//!                           ├─ packets in, answered ──► router (trie, sessions, retained)
+//!                           └─ acks + deliveries out ◄── router wakes it
 //! ```
 //!
 //! Users, ACL, limits and TLS certificates are swapped atomically; only the

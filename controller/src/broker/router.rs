@@ -182,7 +182,7 @@ fn note_read_denied(
 }
 
 /// Queues a delivery in session `s`, applying the queue bound, and wakes its
-/// connection's writer. Returns whether it was queued.
+/// connection. Returns whether it was queued.
 fn push(
     s: &mut Session,
     client_id: &str,

@@ -1,5 +1,5 @@
 //! The broker's plain data types: a routed message, subscription options, what a
-//! connection's writer sends, and the link through which the router wakes or closes
+//! connection sends, and the link through which the router wakes or closes
 //! a connection. A leaf: nothing here imports the rest of `broker/`, so the router,
 //! the subscription trie, shared subscriptions, held wills, persistence, `$SYS` and
 //! bridges all build on it without importing one another.
@@ -115,7 +115,7 @@ impl ConnLink {
     }
 }
 
-/// Something the writer of a connection must send.
+/// Something a connection must send.
 #[derive(Debug)]
 pub enum Outgoing {
     /// A PUBLISH (`pkid` 0 for QoS 0).

@@ -1,4 +1,4 @@
-//! Delivery to a connection: what its writer sends next within the in-flight window,
+//! Delivery to a connection: what it sends next within the in-flight window,
 //! and the QoS 1 and 2 acknowledgements in both directions.
 
 use std::time::Instant;
@@ -27,7 +27,7 @@ impl Router {
             self.changes = self.changes.wrapping_add(1);
         }
         // Read the clock only for a message that has an expiry: most have none, and
-        // this runs at least twice per wake-up of a connection's writer.
+        // this runs at least once per wake-up of a connection.
         let mut now = None;
         let mut expired = 0u64;
         while out.len() < batch {
