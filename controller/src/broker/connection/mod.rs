@@ -57,6 +57,9 @@ enum End {
     KeepAlive,
     #[error("closed by the broker: {0:?}")]
     Kicked(CloseReason),
+    /// An answer the codec could not encode: the broker's fault, not the client's.
+    #[error("could not encode an answer")]
+    Encode,
 }
 
 struct Client {
@@ -324,7 +327,7 @@ impl Handler<'_> {
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::warn!(client_id = %self.client.id, "could not encode a packet: {e:?}");
-                Err(End::Protocol("could not encode an answer"))
+                Err(End::Encode)
             }
         }
     }
