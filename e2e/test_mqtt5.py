@@ -176,6 +176,25 @@ def test_a_message_larger_than_the_clients_maximum_packet_size_is_dropped_and_co
     assert dropped == [1]
 
 
+def test_a_queued_message_behind_one_too_large_for_the_client_is_still_delivered(broker, clients):
+    """The session's queue holds all three when the client comes back: the one too large
+    frees the only in-flight slot, and nothing else wakes the session for the third."""
+    e, port = broker
+    cid = support.unique_id("mpsq")
+    small = v5(clients, port, client_id=cid, clean=False, SessionExpiryInterval=60,
+               MaximumPacketSize=200, ReceiveMaximum=1)
+    subscribe(small, "mpsq/#")
+    small.disconnect_wait()
+    pub = v5(clients, port)
+    for payload in (b"first", b"x" * 1000, b"third"):
+        pub.publish_wait("mpsq/t", payload, qos=1)
+    back = v5(clients, port, client_id=cid, clean=False, SessionExpiryInterval=60,
+              MaximumPacketSize=200, ReceiveMaximum=1)
+    assert back.session_present, "the session and its three queued messages must be kept"
+    assert [back.get(5).payload, back.get(5).payload] == [b"first", b"third"]
+    back.expect_none(1)
+
+
 # --------------------------------------------------------------------------- subscription identifiers
 
 def test_a_message_carries_the_identifiers_of_every_subscription_it_matches(port, clients):

@@ -145,9 +145,11 @@ async fn serve_loop(
             shared
                 .router()
                 .next_outgoing(&client_id, link.id, DELIVERY_BATCH, &mut batch);
+            // A full batch may have more behind it; a message left out as too large
+            // freed an in-flight slot that the next one may take.
             deliver = batch.len() == DELIVERY_BATCH;
             for item in batch.drain(..) {
-                encode(
+                deliver |= !encode(
                     item,
                     version,
                     client_max_packet,
@@ -246,7 +248,7 @@ fn wrote(
 }
 
 /// Encodes one delivery into `out`. A PUBLISH larger than the client's Maximum Packet
-/// Size is left out and its in-flight slot freed [MQTT-3.1.2-25].
+/// Size is left out and its in-flight slot freed [MQTT-3.1.2-25]: then `false`.
 fn encode(
     item: Outgoing,
     version: Version,
@@ -254,7 +256,7 @@ fn encode(
     shared: &Shared,
     client_id: &str,
     out: &mut BytesMut,
-) {
+) -> bool {
     let packet = match item {
         Outgoing::Publish {
             delivery,
@@ -292,13 +294,13 @@ fn encode(
                 if pkid != 0 {
                     shared.router().drop_inflight(client_id, pkid);
                 }
-                return;
+                return false;
             }
             shared.metrics.messages_out.inc();
             if written.is_err() {
                 tracing::warn!(client_id = %client_id, "could not encode a packet");
             }
-            return;
+            return true;
         }
         Outgoing::PubRel(pkid) => Packet::PubRel(
             PubRel {
@@ -311,6 +313,7 @@ fn encode(
     if codec::write(version, packet, out).is_err() {
         tracing::warn!(client_id = %client_id, "could not encode a packet");
     }
+    true
 }
 
 /// MQTT 5: the DISCONNECT saying why the broker closes the connection, after what is
