@@ -230,7 +230,7 @@ pub async fn serve(
         keepalive,
         client_max_packet,
     };
-    let end = run::run(&mut reader, &mut writer, &mut buf, &mut handler, signals).await;
+    let Err(end) = run::run(&mut reader, &mut writer, &mut buf, &mut handler, signals).await;
     // The session and the will first: a client that does not read must not delay them.
     leave(&shared, &client, link.id, &end);
     run::close(&mut writer, handler.out, version, &end).await;

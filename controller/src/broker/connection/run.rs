@@ -48,37 +48,9 @@ pub(super) struct Signals<'a> {
     pub client_max_packet: usize,
 }
 
-/// Runs the connection until it ends; what is still owed to the client is sent by
-/// [`close`].
+/// Runs the connection until it ends (it returns only an [`End`]); what is still
+/// owed to the client is sent by [`close`].
 pub(super) async fn run(
-    reader: &mut Reader,
-    writer: &mut Writer,
-    buf: &mut BytesMut,
-    handler: &mut Handler<'_>,
-    signals: Signals<'_>,
-) -> End {
-    let Err(end) = serve_loop(reader, writer, buf, handler, signals).await;
-    end
-}
-
-/// Sends what the client is still owed after its connection ended (pending answers,
-/// and the MQTT 5 DISCONNECT that says why the broker closes it), at most for
-/// [`GOODBYE_WAIT`], and closes the socket.
-pub(super) async fn close(writer: &mut Writer, mut out: BytesMut, version: Version, end: &End) {
-    if matches!(end, End::Io(_)) {
-        return;
-    }
-    if let End::Kicked(reason) = end {
-        goodbye(version, *reason, &mut out);
-    }
-    let sent = async {
-        writer.write_all(&out).await?;
-        AsyncWriteExt::shutdown(writer).await
-    };
-    let _ = tokio::time::timeout(GOODBYE_WAIT, sent).await;
-}
-
-async fn serve_loop(
     reader: &mut Reader,
     writer: &mut Writer,
     buf: &mut BytesMut,
@@ -111,7 +83,8 @@ async fn serve_loop(
     let mut batch = Vec::new();
     // A resumed session may have deliveries waiting before any wake-up.
     let mut deliver = true;
-    // Bytes a TLS or WebSocket writer holds until flushed.
+    // A TLS or WebSocket writer holds written bytes until flushed: whether some wait.
+    let buffered = writer.buffers();
     let mut unflushed = false;
     loop {
         // Answer every complete frame already read, unless too much waits to go out.
@@ -162,7 +135,7 @@ async fn serve_loop(
         // Most answers leave at once, without waiting for the socket.
         if !handler.out.is_empty() {
             if let Some(written) = writer.try_write(&handler.out) {
-                wrote(written, &mut handler.out, shared, writer, &mut unflushed)?;
+                wrote(written, &mut handler.out, shared, buffered, &mut unflushed)?;
             }
         }
         let reading = handler.out.len() < OUT_HIGH;
@@ -197,7 +170,7 @@ async fn serve_loop(
                     last_read = tokio::time::Instant::now();
                 }
                 if pending {
-                    wrote(sent, &mut handler.out, shared, writer, &mut unflushed)?;
+                    wrote(sent, &mut handler.out, shared, buffered, &mut unflushed)?;
                 } else {
                     sent?;
                     unflushed = false;
@@ -219,6 +192,23 @@ async fn serve_loop(
     }
 }
 
+/// Sends what the client is still owed after its connection ended (pending answers,
+/// and the MQTT 5 DISCONNECT that says why the broker closes it), at most for
+/// [`GOODBYE_WAIT`], and closes the socket.
+pub(super) async fn close(writer: &mut Writer, mut out: BytesMut, version: Version, end: &End) {
+    if matches!(end, End::Io(_)) {
+        return;
+    }
+    if let End::Kicked(reason) = end {
+        goodbye(version, *reason, &mut out);
+    }
+    let sent = async {
+        writer.write_all(&out).await?;
+        AsyncWriteExt::shutdown(writer).await
+    };
+    let _ = tokio::time::timeout(GOODBYE_WAIT, sent).await;
+}
+
 /// Writes some of `out`, or flushes the writer when `out` is empty. Cancel-safe, as
 /// both are.
 async fn send_some(writer: &mut Writer, out: &[u8]) -> std::io::Result<usize> {
@@ -234,7 +224,7 @@ fn wrote(
     written: std::io::Result<usize>,
     out: &mut BytesMut,
     shared: &Shared,
-    writer: &Writer,
+    buffered: bool,
     unflushed: &mut bool,
 ) -> Result<(), End> {
     let n = written?;
@@ -243,7 +233,7 @@ fn wrote(
     }
     out.advance(n);
     shared.metrics.bytes_out.inc_by(n as u64);
-    *unflushed |= writer.buffers();
+    *unflushed |= buffered;
     Ok(())
 }
 
