@@ -2,7 +2,7 @@
 //! recorder, metrics, and the two writes every reconcile makes — server-side apply of an
 //! object (skipped when nothing changed) and a status patch (only when it differs).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -66,6 +66,9 @@ pub struct Context {
     /// Values of the Secrets some edgemq object names, read by name, by
     /// (namespace, name): no other Secret's value is ever held.
     pub(super) secret_values: Mutex<HashMap<(String, String), Arc<Secret>>>,
+    /// Per namespace: the Secrets its edgemq objects name, by the
+    /// [`index::fingerprint`] they were read at (see [`Context::names_secret`]).
+    pub(super) named: Mutex<HashMap<String, (u64, Arc<BTreeSet<String>>)>>,
 }
 
 /// A namespace's last view: the [`index::fingerprint`] of its edgemq objects, the
@@ -327,6 +330,32 @@ impl Context {
             m.retain(|(n, s), _| n != ns || names.contains(s));
         }
         Ok((out, read))
+    }
+
+    /// Whether a change of the Secret `ns/name` concerns the Brokers of `ns`: an edgemq
+    /// object there names it, or the namespace's last view read it (an object with a
+    /// mistake runs at a last good version that may name a Secret its spec no longer
+    /// does). Other Secrets wake nobody: on clusters that still make a token Secret per
+    /// ServiceAccount, each new Broker's woke every Broker of its namespace.
+    pub(super) fn names_secret(&self, ns: &str, name: &str) -> bool {
+        let snap = self.snapshot();
+        let fp = index::fingerprint(&snap, ns);
+        let named = {
+            let mut cache = self.named.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(ns).filter(|(f, _)| *f == fp) {
+                Some((_, names)) => names.clone(),
+                None => {
+                    let names = Arc::new(index::named_secrets(&snap, ns));
+                    cache.insert(ns.to_string(), (fp, names.clone()));
+                    names
+                }
+            }
+        };
+        named.contains(name)
+            || self.views.lock().is_ok_and(|m| {
+                m.get(ns)
+                    .is_some_and(|(_, read, _)| read.iter().any(|(n, _)| n == name))
+            })
     }
 
     fn forget_secret(&self, key: &(String, String)) {

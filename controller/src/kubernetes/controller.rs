@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret, Service};
 use kube::api::Api;
@@ -341,6 +341,64 @@ impl BrokerFacts {
     }
 }
 
+/// What a Broker's reconcile reads of the Broker itself beyond its spec: its deletion,
+/// a restart asked of it, and the configuration its pod reports running. Its other
+/// status fields are the reconcile's own output, and its pod's count of connections
+/// concerns nothing here: at 100 Brokers / 1,000 users every status write woke its
+/// Broker once more, a third of all Broker reconciles.
+#[derive(Clone, PartialEq)]
+struct BrokerInputs {
+    generation: Option<i64>,
+    deleting: bool,
+    restart: Option<String>,
+    running: Option<String>,
+}
+
+impl BrokerInputs {
+    fn of(b: &Broker) -> BrokerInputs {
+        BrokerInputs {
+            generation: b.metadata.generation,
+            deleting: b.metadata.deletion_timestamp.is_some(),
+            restart: b
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(desired::RESTARTED_AT))
+                .cloned(),
+            running: b.status.as_ref().and_then(|s| s.config_hash.clone()),
+        }
+    }
+}
+
+/// What a Broker's reconcile reads of its Deployment: its spec (someone's edit is put
+/// back), who owns it, its ready pods, and its deletion. Its other status fields
+/// (conditions, observed generation, replica counts on the way) move several times per
+/// rollout.
+#[derive(Clone, PartialEq)]
+struct DeploymentInputs {
+    uid: Option<String>,
+    generation: Option<i64>,
+    deleting: bool,
+    owners: Vec<String>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+    ready: Option<i32>,
+}
+
+impl DeploymentInputs {
+    fn of(d: &Deployment) -> DeploymentInputs {
+        DeploymentInputs {
+            uid: d.metadata.uid.clone(),
+            generation: d.metadata.generation,
+            deleting: d.metadata.deletion_timestamp.is_some(),
+            owners: d.owner_references().iter().map(|o| o.uid.clone()).collect(),
+            labels: d.metadata.labels.clone(),
+            annotations: d.metadata.annotations.clone(),
+            ready: d.status.as_ref().and_then(|s| s.ready_replicas),
+        }
+    }
+}
+
 /// MqttUser: accepted by its Broker, or why not.
 async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     let Begun::Live(frame) = ctx.begin(u.as_ref()).await? else {
@@ -578,6 +636,7 @@ pub async fn run(
         acme: super::acme::Issuers::new(acme_wake),
         synced,
         secret_values: Mutex::new(HashMap::new()),
+        named: Mutex::new(HashMap::new()),
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=edgemq");
 
@@ -593,10 +652,18 @@ pub async fn run(
     };
     let brokers_in_2 = brokers_in.clone();
     let brokers_in_3 = brokers_in.clone();
+    let secrets_ctx = ctx.clone();
     let user_brokers = super::streams::BrokerTriggers::new(stores.users.clone());
     let bridge_brokers = super::streams::BrokerTriggers::new(stores.bridges.clone());
+    // A Broker's own status writes do not wake it again, nor do its Deployment's
+    // status changes that say nothing it reads (see `BrokerInputs`, `DeploymentInputs`).
+    let broker_inputs = streams::OnChange::new(stores.brokers.clone(), BrokerInputs::of);
+    let brokers_for_brokers = brokers_for_brokers
+        .try_filter(move |b| futures_util::future::ready(broker_inputs.changed(b)));
+    let deployments_changed = streams::Changes::new(DeploymentInputs::of)
+        .filter(watcher(api_for::<Deployment>(&client, ns), managed.clone()).default_backoff());
     let broker_ctl = Controller::for_stream(brokers_for_brokers, stores.brokers.clone())
-        .owns(api_for::<Deployment>(&client, ns), managed.clone())
+        .owns_stream(deployments_changed)
         .owns(api_for::<Service>(&client, ns), managed.clone())
         // Spec changes and deletions of MqttUsers and Bridges concern their Broker (and
         // the one they left), not their status writes.
@@ -614,7 +681,11 @@ pub async fn run(
             if s.owner_references().iter().any(|o| o.kind == "Broker") {
                 return Vec::new();
             }
-            brokers_in_3(s.meta().namespace.clone())
+            let ns = s.meta().namespace.clone().unwrap_or_default();
+            if !secrets_ctx.names_secret(&ns, &s.name_any()) {
+                return Vec::new();
+            }
+            brokers_in_3(Some(ns))
         })
         .with_config(controller_config())
         .shutdown_on_signal()
@@ -624,6 +695,15 @@ pub async fn run(
     let users_store = stores.users.clone();
     let siblings_store = stores.users.clone();
     let broker_facts = streams::OnChange::new(stores.brokers.clone(), BrokerFacts::of);
+    // An MqttUser's status is the controller's own output: its writes do not wake it.
+    let user_specs = streams::OnChange::new(stores.users.clone(), |u: &MqttUser| {
+        (
+            u.metadata.generation,
+            u.metadata.deletion_timestamp.is_some(),
+        )
+    });
+    let users_for_users =
+        users_for_users.try_filter(move |u| futures_util::future::ready(user_specs.changed(u)));
     let user_ctl = Controller::for_stream(users_for_users, stores.users.clone())
         .watches_stream(brokers_for_users, move |b| {
             if !broker_facts.changed(&b) {

@@ -62,25 +62,62 @@ pub fn namespace(snapshot: &Snapshot, ns: &str) -> Resources {
 /// every Certificate's Secret (a claim Certificate's pair is read from it). Only these
 /// Secrets' values are read.
 pub fn referenced_secrets(res: &Resources, ns: &str) -> BTreeSet<String> {
+    secret_refs(
+        res.brokers()
+            .filter(|o| o.namespace == ns)
+            .map(|o| &o.object),
+        res.users().filter(|o| o.namespace == ns).map(|o| &o.object),
+        res.bridges()
+            .filter(|o| o.namespace == ns)
+            .map(|o| &o.object),
+        res.certificates()
+            .filter(|o| o.namespace == ns)
+            .map(|o| &o.object),
+    )
+}
+
+/// [`referenced_secrets`] read straight from the watchers' copies of `ns`, without
+/// building its index: which Secret changes concern the namespace's Brokers.
+pub fn named_secrets(s: &Snapshot, ns: &str) -> BTreeSet<String> {
+    secret_refs(
+        s.brokers
+            .iter()
+            .filter(|o| in_ns(o.as_ref(), ns))
+            .map(|o| o.as_ref()),
+        s.users
+            .iter()
+            .filter(|o| in_ns(o.as_ref(), ns))
+            .map(|o| o.as_ref()),
+        s.bridges
+            .iter()
+            .filter(|o| in_ns(o.as_ref(), ns))
+            .map(|o| o.as_ref()),
+        s.certificates
+            .iter()
+            .filter(|o| in_ns(o.as_ref(), ns))
+            .map(|o| o.as_ref()),
+    )
+}
+
+fn secret_refs<'a>(
+    brokers: impl Iterator<Item = &'a Broker>,
+    users: impl Iterator<Item = &'a MqttUser>,
+    bridges: impl Iterator<Item = &'a Bridge>,
+    certificates: impl Iterator<Item = &'a Certificate>,
+) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut names = Vec::new();
     let mut walk = |spec: serde_json::Result<serde_json::Value>| {
         if let Ok(v) = spec {
             collect_secret_refs(&v, &mut out);
         }
     };
-    for b in res.brokers().filter(|o| o.namespace == ns) {
-        walk(serde_json::to_value(&b.object.spec));
-    }
-    for u in res.users().filter(|o| o.namespace == ns) {
-        walk(serde_json::to_value(&u.object.spec));
-    }
-    for b in res.bridges().filter(|o| o.namespace == ns) {
-        walk(serde_json::to_value(&b.object.spec));
-    }
-    for c in res.certificates().filter(|o| o.namespace == ns) {
-        walk(serde_json::to_value(&c.object.spec));
-        names.push(c.object.secret_name());
+    brokers.for_each(|b| walk(serde_json::to_value(&b.spec)));
+    users.for_each(|u| walk(serde_json::to_value(&u.spec)));
+    bridges.for_each(|b| walk(serde_json::to_value(&b.spec)));
+    let mut names = Vec::new();
+    for c in certificates {
+        walk(serde_json::to_value(&c.spec));
+        names.push(c.secret_name());
     }
     out.extend(names);
     out
@@ -327,6 +364,30 @@ mod tests {
                 .into_iter()
                 .collect::<Vec<_>>(),
             ["lab-password"]
+        );
+        // The same names straight from the watchers' copies: which Secret changes wake
+        // the namespace's Brokers.
+        let mut snap = Snapshot::default();
+        for d in [&broker, &user, &bridge, &ca, &plain, &elsewhere] {
+            match obj(d) {
+                Object::Broker(b) => snap.brokers.push(Arc::new(*b)),
+                Object::MqttUser(u) => snap.users.push(Arc::new(*u)),
+                Object::Bridge(b) => snap.bridges.push(Arc::new(*b)),
+                Object::Certificate(c) => snap.certificates.push(Arc::new(*c)),
+                Object::Secret(_) => unreachable!(),
+            }
+        }
+        assert_eq!(
+            named_secrets(&snap, "iot").into_iter().collect::<Vec<_>>(),
+            names
+        );
+        assert_eq!(
+            named_secrets(&snap, "lab").into_iter().collect::<Vec<_>>(),
+            ["lab-password"]
+        );
+        assert!(
+            !named_secrets(&snap, "iot").contains("home-token-x2k9q"),
+            "a ServiceAccount's token Secret is named by nothing"
         );
     }
 

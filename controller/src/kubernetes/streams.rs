@@ -166,6 +166,78 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static, T: PartialEq> OnChange<K, 
     }
 }
 
+/// [`OnChange`] for a watch without a store (the Deployments a controller owns): the
+/// objects of a watch's events whose `read` differs from what was last passed on, and
+/// every deletion. After the watch lists again, only what the new list holds is
+/// remembered.
+pub struct Changes<K: Resource<DynamicType = ()> + 'static, T> {
+    read: fn(&K) -> T,
+    seen: HashMap<ObjectRef<K>, T>,
+    /// While the watch lists again: what the new list holds so far.
+    relisting: Option<HashMap<ObjectRef<K>, T>>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static, T: PartialEq> Changes<K, T> {
+    pub fn new(read: fn(&K) -> T) -> Changes<K, T> {
+        Changes {
+            read,
+            seen: HashMap::new(),
+            relisting: None,
+        }
+    }
+
+    /// The object of `event` to pass on, if any.
+    pub fn pass(&mut self, event: watcher::Event<K>) -> Option<K> {
+        match event {
+            watcher::Event::Init => {
+                self.relisting = Some(HashMap::new());
+                None
+            }
+            watcher::Event::InitDone => {
+                if let Some(listed) = self.relisting.take() {
+                    self.seen = listed;
+                }
+                None
+            }
+            watcher::Event::Delete(obj) => {
+                self.seen.remove(&ObjectRef::from_obj(&obj));
+                Some(obj)
+            }
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                let r = ObjectRef::from_obj(&obj);
+                let now = (self.read)(&obj);
+                let changed = self.seen.get(&r) != Some(&now);
+                match &mut self.relisting {
+                    Some(listed) => {
+                        listed.insert(r, now);
+                    }
+                    None => {
+                        self.seen.insert(r, now);
+                    }
+                }
+                changed.then_some(obj)
+            }
+        }
+    }
+
+    /// The objects of `events` to pass on.
+    pub fn filter(
+        mut self,
+        events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+    where
+        K: Send,
+        T: Send + 'static,
+    {
+        events.filter_map(move |e| {
+            futures_util::future::ready(match e {
+                Ok(e) => self.pass(e).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +309,56 @@ mod tests {
         let again = user("u", 3, "z", "c");
         writer.apply_watcher_event(&Event::Apply(again.clone()));
         assert!(t.changed(&again), "created again after the deletion");
+    }
+
+    #[test]
+    fn a_watch_without_a_store_passes_on_changes_of_what_is_read_and_deletions() {
+        use kube::runtime::watcher::Event;
+        let mut t = Changes::new(|u: &crate::api::MqttUser| u.spec.broker_ref.clone());
+        let name = |o: Option<crate::api::MqttUser>| o.map(|u| u.spec.broker_ref);
+        assert_eq!(
+            name(t.pass(Event::Apply(user("u", 1, "a", "b")))),
+            Some("b".into())
+        );
+        assert_eq!(
+            name(t.pass(Event::Apply(user("u", 2, "z", "b")))),
+            None,
+            "unchanged"
+        );
+        assert_eq!(
+            name(t.pass(Event::Apply(user("u", 3, "z", "c")))),
+            Some("c".into())
+        );
+        assert_eq!(
+            name(t.pass(Event::Delete(user("u", 3, "z", "c")))),
+            Some("c".into()),
+            "a deletion"
+        );
+        assert_eq!(
+            name(t.pass(Event::Apply(user("u", 3, "z", "c")))),
+            Some("c".into()),
+            "created again after the deletion"
+        );
+        // Listed again: an unchanged object is not passed on, one changed while the
+        // watch was down is, and what the list no longer holds is forgotten.
+        t.pass(Event::Apply(user("v", 1, "a", "b")));
+        assert!(t.pass(Event::Init).is_none());
+        assert!(t.pass(Event::InitApply(user("u", 3, "z", "c"))).is_none());
+        assert_eq!(
+            name(t.pass(Event::InitApply(user("w", 1, "z", "d")))),
+            Some("d".into())
+        );
+        assert!(t.pass(Event::InitDone).is_none());
+        assert_eq!(
+            t.seen.len(),
+            2,
+            "v, gone while the watch was down, is forgotten"
+        );
+        assert_eq!(
+            name(t.pass(Event::Apply(user("v", 1, "a", "b")))),
+            Some("b".into()),
+            "v created again is new"
+        );
     }
 
     #[tokio::test]
