@@ -68,8 +68,12 @@ pub struct Context {
     pub(super) secret_values: Mutex<HashMap<(String, String), Arc<Secret>>>,
     /// Per namespace: the Secrets its edgemq objects name, by the
     /// [`index::fingerprint`] they were read at (see [`Context::names_secret`]).
-    pub(super) named: Mutex<HashMap<String, (u64, Arc<BTreeSet<String>>)>>,
+    pub(super) named: Mutex<HashMap<String, Named>>,
 }
+
+/// The Secrets a namespace's edgemq objects name, and the [`index::fingerprint`] of
+/// those objects they were read at.
+pub(super) type Named = (u64, Arc<BTreeSet<String>>);
 
 /// A namespace's last view: the [`index::fingerprint`] of its edgemq objects, the
 /// Secrets it read (see [`SecretsRead`]), and the view.
