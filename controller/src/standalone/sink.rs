@@ -17,11 +17,16 @@ use crate::status::{ready_condition, ResourceStatus, StatusReport};
 /// Name of the status file in the state directory, read by `edgemq status`.
 pub const STATUS_FILE: &str = "status.json";
 
-/// Writes `report` to the status file of `state_dir` (owner-only, atomically).
+/// Writes `report` to the status file of `state_dir` (owner-only, atomically) unless
+/// the file already says it: the report is refreshed every few seconds, and an idle
+/// device must not write its flash every few seconds for nothing.
 pub(super) fn write(state_dir: &Path, report: &StatusReport) {
     let path = state_dir.join(STATUS_FILE);
     match serde_json::to_vec_pretty(report) {
         Ok(json) => {
+            if std::fs::read(&path).is_ok_and(|on_disk| on_disk == json) {
+                return;
+            }
             if let Err(e) = crate::private_fs::write(&path, &json) {
                 tracing::warn!(path = %path.display(), error = %e, "could not write the status file");
             }
@@ -172,4 +177,31 @@ pub(super) fn runtime_records(
         resources.push(status_of("Bridge", &br.meta, ready, details, previous, now));
     }
     resources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_status_file_is_written_only_when_what_it_says_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATUS_FILE);
+        let inode = || std::fs::metadata(&path).unwrap().ino();
+        let mut report = StatusReport::default();
+        write(dir.path(), &report);
+        let first = inode();
+        write(dir.path(), &report);
+        assert_eq!(inode(), first, "the same report: the file is left as it is");
+        report.config.valid = !report.config.valid;
+        write(dir.path(), &report);
+        assert_ne!(inode(), first, "a new report replaces the file");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(json["config"]["valid"], report.config.valid);
+        std::fs::remove_file(&path).unwrap();
+        write(dir.path(), &report);
+        assert!(path.exists(), "a removed file is written again");
+    }
 }
