@@ -51,25 +51,28 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
         // Children carry owner references: the garbage collector removes them.
         return Ok(Action::await_change());
     };
-    let (ns, name, view) = (&frame.ns, &frame.name, &frame.view);
+    let (ns, name) = (&frame.ns.clone(), &frame.name.clone());
     // Each object with a mistake runs at its last good version or stays out; the
     // rest of the Broker's changes apply, deletions always.
-    let eff = &view.effective.res;
-    let own = frame.held();
+    let eff = &frame.view.effective.res;
+    let own = frame.held().map(|h| h.message());
     let running = b.status.as_ref().and_then(|s| s.config_hash.clone());
     let planned = match eff.broker(ns, name) {
         Some(l) => crate::plan::plan_broker(eff, l)
-            .map(|bundle| (bundle, l.object.clone()))
+            .map(|bundle| (PodBundle::new(bundle, eff), l.object.clone()))
             .map_err(|e| {
                 e.iter()
                     .map(|e| format!("Broker/{name}: {e}"))
                     .collect::<Vec<_>>()
             }),
-        None => Err(match own {
-            Some(h) => vec![h.message()],
+        None => Err(match &own {
+            Some(message) => vec![message.clone()],
             None => vec![format!("Broker/{name}: not found")],
         }),
     };
+    // The namespace's view is let go before the API calls: during a burst each view
+    // is soon replaced, and reconciles waiting on the API server kept one each.
+    let _timer = frame.into_timer();
     let mut fields = BrokerStatus::default();
     let state = match planned {
         Err(errors) => {
@@ -81,8 +84,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                 running: running.clone(),
             }
         }
-        Ok((bundle, effective_broker)) => {
-            let pod_bundle = PodBundle::new(bundle, eff);
+        Ok((pod_bundle, effective_broker)) => {
             let hash = pod_bundle.bundle.hash();
             fields.desired_config_hash = Some(hash.clone());
             // The pod follows the Broker's last good version while its edit has a
@@ -155,9 +157,9 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
                         .unwrap_or(0);
                     fields.ready_replicas = Some(ready);
                     fields.address = Some(address(&service));
-                    if let Some(h) = own {
+                    if let Some(message) = own {
                         BrokerState::InvalidSpec {
-                            errors: vec![h.message()],
+                            errors: vec![message],
                             running: running.clone(),
                         }
                     } else if ready < 1 {
@@ -435,6 +437,7 @@ async fn reconcile_user(u: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action, E
         username: Some(u.username()),
         ..Default::default()
     };
+    let _timer = frame.into_timer();
     ctx.set_ready(u.as_ref(), kinds::user_ready(&state, broker), fields)
         .await?;
     Ok(Action::requeue(Duration::from_secs(600)))

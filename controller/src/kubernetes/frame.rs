@@ -72,10 +72,16 @@ pub(super) struct Frame<'a> {
     _timer: Timer<'a>,
 }
 
-impl Frame<'_> {
+impl<'a> Frame<'a> {
     /// Why this object does not run as written, if it does not.
     pub fn held(&self) -> Option<&Held> {
         self.view.held(self.kind, &self.ns, &self.name)
+    }
+
+    /// Lets go of the view once the reconcile has read what it needs of it; the
+    /// reconcile stays timed while it holds the timer.
+    pub fn into_timer(self) -> Timer<'a> {
+        self._timer
     }
 }
 
