@@ -346,8 +346,8 @@ impl BrokerFacts {
 /// What a Broker's reconcile reads of the Broker itself beyond its spec: its deletion,
 /// a restart asked of it, and the configuration its pod reports running. Its other
 /// status fields are the reconcile's own output, and its pod's count of connections
-/// concerns nothing here: at 100 Brokers / 1,000 users every status write woke its
-/// Broker once more, a third of all Broker reconciles.
+/// concerns nothing here: every status write of the controller woke its Broker once
+/// more, and every change of the pod's count of connections did.
 #[derive(Clone, PartialEq)]
 struct BrokerInputs {
     generation: Option<i64>,
