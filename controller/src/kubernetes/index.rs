@@ -34,25 +34,31 @@ fn in_ns<K: kube::Resource>(o: &K, ns: &str) -> bool {
     o.meta().namespace.as_deref() == Some(ns) && o.meta().deletion_timestamp.is_none()
 }
 
+/// The watchers' copies in `objs` of namespace `ns`, without those being deleted.
+fn live_in<'a, K: kube::Resource>(
+    objs: &'a [Arc<K>],
+    ns: &'a str,
+) -> impl Iterator<Item = &'a K> + 'a {
+    objs.iter()
+        .map(|o| o.as_ref())
+        .filter(move |o| in_ns(*o, ns))
+}
+
 /// The edgemq objects of namespace `ns`, as the loader's index (without Secrets: see
 /// [`with_secrets`]).
 pub fn namespace(snapshot: &Snapshot, ns: &str) -> Resources {
     let mut res = Resources::default();
-    for b in snapshot.brokers.iter().filter(|o| in_ns(o.as_ref(), ns)) {
+    for b in live_in(&snapshot.brokers, ns) {
         res.apply(Object::Broker(Box::new(without_status(b))), None);
     }
-    for u in snapshot.users.iter().filter(|o| in_ns(o.as_ref(), ns)) {
-        res.apply(Object::MqttUser(Box::new((**u).clone())), None);
+    for u in live_in(&snapshot.users, ns) {
+        res.apply(Object::MqttUser(Box::new(u.clone())), None);
     }
-    for b in snapshot.bridges.iter().filter(|o| in_ns(o.as_ref(), ns)) {
-        res.apply(Object::Bridge(Box::new((**b).clone())), None);
+    for b in live_in(&snapshot.bridges, ns) {
+        res.apply(Object::Bridge(Box::new(b.clone())), None);
     }
-    for c in snapshot
-        .certificates
-        .iter()
-        .filter(|o| in_ns(o.as_ref(), ns))
-    {
-        res.apply(Object::Certificate(Box::new((**c).clone())), None);
+    for c in live_in(&snapshot.certificates, ns) {
+        res.apply(Object::Certificate(Box::new(c.clone())), None);
     }
     res
 }
@@ -80,22 +86,10 @@ pub fn referenced_secrets(res: &Resources, ns: &str) -> BTreeSet<String> {
 /// building its index: which Secret changes concern the namespace's Brokers.
 pub fn named_secrets(s: &Snapshot, ns: &str) -> BTreeSet<String> {
     secret_refs(
-        s.brokers
-            .iter()
-            .filter(|o| in_ns(o.as_ref(), ns))
-            .map(|o| o.as_ref()),
-        s.users
-            .iter()
-            .filter(|o| in_ns(o.as_ref(), ns))
-            .map(|o| o.as_ref()),
-        s.bridges
-            .iter()
-            .filter(|o| in_ns(o.as_ref(), ns))
-            .map(|o| o.as_ref()),
-        s.certificates
-            .iter()
-            .filter(|o| in_ns(o.as_ref(), ns))
-            .map(|o| o.as_ref()),
+        live_in(&s.brokers, ns),
+        live_in(&s.users, ns),
+        live_in(&s.bridges, ns),
+        live_in(&s.certificates, ns),
     )
 }
 
