@@ -6,7 +6,10 @@
 
 pub mod fleet_provisioning;
 pub mod fleet_template;
+mod http;
 pub mod policy;
+
+pub use http::https_client;
 
 use std::time::Duration;
 
@@ -84,15 +87,6 @@ pub struct Target {
     /// API endpoint URL; `None`: AWS's own for the region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
-}
-
-/// The HTTPS client of every AWS SDK client edgemq makes: rustls with ring, like the
-/// rest of edgemq (the SDK's default would build aws-lc from C sources).
-pub fn https_client() -> aws_sdk_iot::config::SharedHttpClient {
-    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
 }
 
 /// Access keys from Secret `secret`, read from `values` (Secret name and key to value,
