@@ -37,8 +37,11 @@ pub fn https_client() -> SharedHttpClient {
 /// shared by every call with those settings (the SDK asks once per client).
 #[derive(Debug, Default)]
 struct Client {
-    connectors: Mutex<Vec<((Option<Duration>, Option<Duration>), SharedHttpConnector)>>,
+    connectors: Mutex<Vec<(Timeouts, SharedHttpConnector)>>,
 }
+
+/// Connect and read timeouts, as the SDK's settings give them.
+type Timeouts = (Option<Duration>, Option<Duration>);
 
 impl HttpClient for Client {
     fn http_connector(
