@@ -144,6 +144,8 @@ def test_edgemq_version_prints_version_commit_and_target():
         # Built from this checkout: the commit is a full hash (HEAD when built last).
         assert re.fullmatch(r"[0-9a-f]{40}", commit), out
     assert re.fullmatch(r"target: [a-z0-9_]+-[a-z0-9_-]+", out[2]), out
+    # The binary the tests run is the default build, which has the controller.
+    assert out[3] == "kubernetes: yes", out
 
 
 def http_json(url: str):

@@ -95,6 +95,7 @@ enum Command {
         json: bool,
     },
     /// Run the Kubernetes controller: a pod per Broker, status, certificates.
+    #[cfg(feature = "kubernetes")]
     Controller {
         /// Namespace to watch (repeat for several); default: all namespaces.
         #[arg(
@@ -150,6 +151,7 @@ enum Command {
         allowed_broker_images: Vec<String>,
     },
     /// Run one Broker in its pod, reading its configuration through the Kubernetes API.
+    #[cfg(feature = "kubernetes")]
     Broker {
         /// Namespace of the Broker.
         #[arg(long, env = "EDGEMQ_NAMESPACE")]
@@ -164,6 +166,14 @@ enum Command {
         #[arg(long, env = "EDGEMQ_HTTP", default_value = "0.0.0.0:9883")]
         http: SocketAddr,
     },
+    /// `controller` and `broker` in a build without the `kubernetes` feature: says so
+    /// instead of clap's "unrecognized subcommand".
+    #[cfg(not(feature = "kubernetes"))]
+    #[command(name = "controller", aliases = ["broker"], hide = true)]
+    WithoutKubernetes {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<String>,
+    },
     /// Answer ACME HTTP-01 challenges: the container of the short-lived solver Pod the
     /// controller starts for an order (`/healthz` answers its probes).
     AcmeSolver {
@@ -174,7 +184,8 @@ enum Command {
         #[arg(long = "answer", required = true, value_parser = edgemq::certs::http01::parse_answer)]
         answers: Vec<(String, String)>,
     },
-    /// Print the version, the git commit built and the target triple.
+    /// Print the version, the git commit built, the target triple and whether the build
+    /// has Kubernetes (`controller`, `broker`).
     Version,
     /// Print the CustomResourceDefinitions of every kind.
     Crds {
@@ -300,9 +311,9 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// The async runtime of the long-running commands.
 /// A list from a flag or an environment variable, without empty entries (an empty
 /// variable means none).
+#[cfg(feature = "kubernetes")]
 fn nonempty(list: Vec<String>) -> Vec<String> {
     list.into_iter()
         .map(|s| s.trim().to_string())
@@ -354,6 +365,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// core), and glibc's malloc keeps what a burst of reconciles freed in each worker
 /// thread's own arena. At that scale one thread used 8 MB less memory and a fifth less
 /// CPU, and converged no slower (bench/README.md, "Controller at scale").
+#[cfg(feature = "kubernetes")]
 fn controller_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -435,6 +447,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }))?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "kubernetes")]
         Command::Controller {
             namespaces,
             broker_image,
@@ -476,6 +489,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "kubernetes")]
         Command::Broker {
             namespace,
             broker,
@@ -493,6 +507,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(not(feature = "kubernetes"))]
+        Command::WithoutKubernetes { .. } => Err(anyhow::anyhow!(
+            "this edgemq was built without Kubernetes (cargo feature `kubernetes`): \
+             `edgemq controller` and `edgemq broker` need a build with it, such as the \
+             release image; `edgemq run` is the standalone broker"
+        )),
         Command::Aws(AwsCommand::FleetTemplate {
             config,
             secrets,
@@ -525,10 +545,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Version => {
             println!(
-                "edgemq {}\ncommit: {}\ntarget: {}",
+                "edgemq {}\ncommit: {}\ntarget: {}\nkubernetes: {}",
                 edgemq::metrics::VERSION,
                 edgemq::metrics::GIT_COMMIT,
-                edgemq::metrics::TARGET
+                edgemq::metrics::TARGET,
+                if cfg!(feature = "kubernetes") {
+                    "yes"
+                } else {
+                    "no (a standalone-only build)"
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -824,11 +849,11 @@ fn fleet_template(
 #[cfg(test)]
 mod tests {
     use super::report;
-    use clap::Parser;
 
     /// The arguments the controller gives an HTTP-01 solver Pod reach the solver intact,
     /// also for a token that starts with `-` (base64url allows it; one in 64 does).
     #[test]
+    #[cfg(feature = "kubernetes")]
     fn the_solver_pods_arguments_parse_for_a_token_that_starts_with_a_dash() {
         use edgemq::certs::http01::Answer;
         let cert: edgemq::api::Certificate = serde_yaml::from_str(
@@ -853,8 +878,10 @@ mod tests {
             &settings,
         );
         let args = o.pod.spec.unwrap().containers[0].args.clone().unwrap();
-        let cli = super::Cli::try_parse_from(std::iter::once("edgemq".to_string()).chain(args))
-            .unwrap_or_else(|e| panic!("the solver Pod's arguments do not parse: {e}"));
+        let cli = <super::Cli as clap::Parser>::try_parse_from(
+            std::iter::once("edgemq".to_string()).chain(args),
+        )
+        .unwrap_or_else(|e| panic!("the solver Pod's arguments do not parse: {e}"));
         match cli.command {
             super::Command::AcmeSolver { answers, .. } => assert_eq!(
                 answers,
