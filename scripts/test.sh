@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
+# The standalone-only build (no Kubernetes), kept aside for e2e/test_standalone_build.py;
+# then the default build, which the other tests run.
+cargo build -p edgemq --no-default-features
+cp target/debug/edgemq target/debug/edgemq-standalone
 cargo build --workspace --bins
 cargo test --workspace
 python3 -m pytest -q -rs e2e  # -rs: every skipped test is listed with its reason
