@@ -193,6 +193,16 @@ fn find_source<'a, E: StdError + 'static>(error: &'a (dyn StdError + 'static)) -
 mod tests {
     use super::*;
 
+    fn get(uri: &str) -> HttpRequest {
+        HttpRequest::try_from(
+            axum::http::Request::builder()
+                .uri(uri)
+                .body(SdkBody::empty())
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_an_io_error_the_sdk_retries() {
         // A port that was free a moment ago: nothing listens there.
@@ -202,14 +212,10 @@ mod tests {
             .unwrap()
             .port();
         let connector = Connector::new(Some(Duration::from_secs(5)), None);
-        let request = HttpRequest::try_from(
-            axum::http::Request::builder()
-                .uri(format!("http://127.0.0.1:{port}/"))
-                .body(SdkBody::empty())
-                .unwrap(),
-        )
-        .unwrap();
-        let e = connector.call(request).await.unwrap_err();
+        let e = connector
+            .call(get(&format!("http://127.0.0.1:{port}/")))
+            .await
+            .unwrap_err();
         assert!(e.is_io(), "{e:?}");
     }
 
@@ -223,14 +229,10 @@ mod tests {
             drop(socket);
         });
         let connector = Connector::new(None, Some(Duration::from_millis(200)));
-        let request = HttpRequest::try_from(
-            axum::http::Request::builder()
-                .uri(format!("http://{addr}/"))
-                .body(SdkBody::empty())
-                .unwrap(),
-        )
-        .unwrap();
-        let e = connector.call(request).await.unwrap_err();
+        let e = connector
+            .call(get(&format!("http://{addr}/")))
+            .await
+            .unwrap_err();
         assert!(e.is_timeout(), "{e:?}");
         assert!(find_source::<NoResponse>(&e).is_some(), "{e:?}");
         held.abort();
