@@ -34,7 +34,7 @@ pub fn https_client() -> SharedHttpClient {
 }
 
 /// Builds one connector per timeout settings and keeps it, so its connection pool is
-/// shared by every call with those settings (the SDK asks once per client).
+/// shared by every call with those settings.
 #[derive(Debug, Default)]
 struct Client {
     connectors: Mutex<Vec<(Timeouts, SharedHttpConnector)>>,
