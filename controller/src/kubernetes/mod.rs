@@ -25,6 +25,7 @@ pub mod fleet;
 mod frame;
 pub mod handover;
 pub mod index;
+mod kubeconfig;
 pub mod leader;
 pub mod ownership;
 pub mod pod;
@@ -327,9 +328,7 @@ impl crate::http::Health for ControllerHealth {
 /// the controllers until SIGTERM; losing the Lease ends the process so a restart
 /// starts clean.
 pub async fn run_controller(opts: ControllerOptions) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}")
-    })?;
+    let client = kubeconfig::client().await?;
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);

@@ -481,9 +481,7 @@ pub fn bridge_error_status(error: &str, generation: Option<i64>, current: Option
 pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
     crate::private_fs::prepare_state_dir(&opts.state_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state_dir.display()))?;
-    let client = Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}")
-    })?;
+    let client = super::kubeconfig::client().await?;
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
