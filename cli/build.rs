@@ -30,7 +30,10 @@ fn main() {
 
 /// Whether the libc.so.6 the linker would use defines `GLIBC_ABI_DT_RELR`.
 fn libc_has_relr(linker: &str) -> bool {
-    let Ok(out) = Command::new(linker).arg("-print-file-name=libc.so.6").output() else {
+    let Ok(out) = Command::new(linker)
+        .arg("-print-file-name=libc.so.6")
+        .output()
+    else {
         return false;
     };
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());

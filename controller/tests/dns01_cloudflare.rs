@@ -440,3 +440,23 @@ async fn an_answer_echoing_the_token_never_puts_it_into_the_error() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_answer_is_cut_off_and_named() {
+    // `apiUrl` may name any server: one answering with more than 1 MB is not read on.
+    let huge = || async { (StatusCode::OK, vec![b' '; 2 << 20]).into_response() };
+    let app = Router::new().fallback(huge);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let d = cloudflare(&format!("http://{addr}/client/v4"), TOKEN, Some(ZONE_ID));
+    let e = d
+        .publish("mqtt.example.test", "v")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("cloudflare: adding TXT _acme-challenge.mqtt.example.test: POST /zones/{ZONE_ID}/dns_records: HTTP 200 OK: more than 1048576 bytes")
+    );
+}

@@ -13,7 +13,10 @@
 
 use std::time::Duration;
 
-use reqwest::Method;
+use axum::http::{header, Method, Request, StatusCode};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -31,9 +34,22 @@ const TTL: u32 = 120;
 /// Cloudflare's error code for "an identical record already exists".
 const IDENTICAL_RECORD_EXISTS: i64 = 81058;
 
+/// How long one call may take, its answer's body included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest answer read: a record or zone list of this API is a few KB, and
+/// `apiUrl` may name any server.
+const MAX_ANSWER: usize = 1 << 20;
+
+type Http =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An error of the HTTP client or of the call's limits, as text.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The API client and token.
 pub struct Cloudflare {
-    http: reqwest::Client,
+    http: Http,
     token: String,
     zone_id: Option<String>,
     api: String,
@@ -79,9 +95,9 @@ pub enum Error {
     /// `apiUrl` is not an http(s) URL.
     #[error("cloudflare: apiUrl `{0}` is not an http(s) URL")]
     ApiUrl(String),
-    /// The HTTP client could not be built.
+    /// The HTTP client could not be built (the system's trust store cannot be used).
     #[error("cloudflare: HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
+    Client(#[source] std::io::Error),
     /// An API call failed; `doing` says what for (`adding TXT <name>`, `looking up
     /// zone <zone>`...).
     #[error("cloudflare: {doing}: {source}")]
@@ -113,7 +129,7 @@ pub enum CallError {
         call: String,
         /// Cause.
         #[source]
-        source: reqwest::Error,
+        source: BoxError,
     },
     /// The answer's body could not be read.
     #[error("{call}: HTTP {status}: {source}")]
@@ -121,10 +137,10 @@ pub enum CallError {
         /// `METHOD /path`.
         call: String,
         /// HTTP status of the answer.
-        status: reqwest::StatusCode,
+        status: StatusCode,
         /// Cause.
         #[source]
-        source: reqwest::Error,
+        source: BoxError,
     },
     /// The body is not Cloudflare's envelope (it is not copied: whatever `apiUrl`
     /// points at answers here, and status is read by more people than the token).
@@ -133,7 +149,7 @@ pub enum CallError {
         /// `METHOD /path`.
         call: String,
         /// HTTP status of the answer.
-        status: reqwest::StatusCode,
+        status: StatusCode,
         /// Body length.
         len: usize,
         /// Why it did not parse.
@@ -155,11 +171,19 @@ pub enum CallError {
         /// `METHOD /path`.
         call: String,
         /// HTTP status of the answer.
-        status: reqwest::StatusCode,
+        status: StatusCode,
         /// Cloudflare's error codes and messages (token redacted, at most 200
         /// characters each).
         errors: Vec<(i64, String)>,
     },
+}
+
+/// How a call failed before its answer was parsed.
+enum Sent {
+    /// No answer came (the request could not be sent, or no status line arrived).
+    Before(BoxError),
+    /// The answer's body could not be read, or was over [`MAX_ANSWER`].
+    Body(StatusCode, BoxError),
 }
 
 impl CallError {
@@ -198,11 +222,16 @@ impl Cloudflare {
         if !(api.starts_with("https://") || api.starts_with("http://")) {
             return Err(Error::ApiUrl(api));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("edgemq/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::Client)?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_platform_verifier(provider)
+            .map_err(Error::Client)?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
         Ok(Cloudflare {
             http,
             token,
@@ -304,27 +333,61 @@ impl Cloudflare {
         body: Option<serde_json::Value>,
     ) -> Result<T, CallError> {
         let call = format!("{method} {path}");
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .query(query);
-        if let Some(b) = body {
-            req = req.json(&b);
+        let mut uri = format!("{}{path}", self.api);
+        if !query.is_empty() {
+            uri.push('?');
+            uri.push_str(
+                &form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(query)
+                    .finish(),
+            );
         }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(source) => return Err(CallError::Send { call, source }),
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(
+                header::USER_AGENT,
+                concat!("edgemq/", env!("CARGO_PKG_VERSION")),
+            );
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(b.to_string()))
+            }
+            None => Full::new(Bytes::new()),
         };
-        let status = resp.status();
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(source) => {
+        let answer = async {
+            let req = req.body(body).map_err(|e| Sent::Before(Box::new(e)))?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| Sent::Before(Box::new(e)))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| match e.is::<http_body_util::LengthLimitError>() {
+                    true => Sent::Body(status, format!("more than {MAX_ANSWER} bytes").into()),
+                    false => Sent::Body(status, e),
+                })?
+                .to_bytes();
+            Ok::<_, Sent>((status, bytes))
+        };
+        let (status, bytes) = match tokio::time::timeout(CALL_TIMEOUT, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(Sent::Before(source))) => return Err(CallError::Send { call, source }),
+            Ok(Err(Sent::Body(status, source))) => {
                 return Err(CallError::Body {
                     call,
                     status,
                     source,
                 })
+            }
+            Err(_) => {
+                let source = format!("no answer within {CALL_TIMEOUT:?}").into();
+                return Err(CallError::Send { call, source });
             }
         };
         let env: Envelope = match serde_json::from_slice(&bytes) {
