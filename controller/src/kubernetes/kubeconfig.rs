@@ -221,13 +221,13 @@ contexts:
     fn an_unreadable_or_invalid_file_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
-        let e = read(&[missing.clone()]).unwrap_err().to_string();
+        let e = read(std::slice::from_ref(&missing)).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("kubeconfig {}: ", missing.display())),
             "{e}"
         );
         let bad = write(dir.path(), "bad", "clusters: [\n");
-        let e = read(&[bad.clone()]).unwrap_err().to_string();
+        let e = read(std::slice::from_ref(&bad)).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("kubeconfig {}: ", bad.display())),
             "{e}"
