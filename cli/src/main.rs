@@ -146,13 +146,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| format!("edgemq-{}", std::process::id()));
             let rt = controller_runtime()?;
-            rt.block_on(edgemq::kubernetes::run_controller(
-                edgemq::kubernetes::ControllerOptions {
+            rt.block_on(edgemq_kubernetes::run_controller(
+                edgemq_kubernetes::ControllerOptions {
                     namespaces: nonempty(namespaces),
-                    settings: edgemq::kubernetes::desired::Settings {
+                    settings: edgemq_kubernetes::desired::Settings {
                         image: broker_image,
                         image_pull_policy: broker_image_pull_policy,
-                        trust: edgemq::kubernetes::trust::Trust {
+                        trust: edgemq_kubernetes::trust::Trust {
                             fleet_file_roots: fleet_file_roots
                                 .into_iter()
                                 .filter(|p| !p.as_os_str().is_empty())
@@ -178,8 +178,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             http,
         } => {
             let rt = runtime()?;
-            rt.block_on(edgemq::kubernetes::pod::run_broker(
-                edgemq::kubernetes::pod::BrokerOptions {
+            rt.block_on(edgemq_kubernetes::pod::run_broker(
+                edgemq_kubernetes::pod::BrokerOptions {
                     namespace,
                     broker,
                     state_dir: state,
@@ -547,17 +547,13 @@ mod tests {
             token: "-tXTjyD-oN6Zy".into(),
             key_authorization: "-tXTjyD-oN6Zy.thumb".into(),
         };
-        let settings = edgemq::kubernetes::desired::Settings {
+        let settings = edgemq_kubernetes::desired::Settings {
             image: "edgemq:1".into(),
             image_pull_policy: None,
             trust: Default::default(),
         };
-        let o = edgemq::kubernetes::acme::solver_objects(
-            &cert,
-            &answer,
-            &Default::default(),
-            &settings,
-        );
+        let o =
+            edgemq_kubernetes::acme::solver_objects(&cert, &answer, &Default::default(), &settings);
         let args = o.pod.spec.unwrap().containers[0].args.clone().unwrap();
         let cli = <super::Cli as clap::Parser>::try_parse_from(
             std::iter::once("edgemq".to_string()).chain(args),

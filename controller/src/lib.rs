@@ -39,8 +39,6 @@ pub mod broker;
 pub mod certs;
 pub mod http;
 pub mod import;
-#[cfg(feature = "kubernetes")]
-pub mod kubernetes;
 pub mod load;
 pub mod memory;
 pub mod metrics;

@@ -76,17 +76,24 @@ pub struct AwsIotState {
 /// error and when the next attempt is due (shared with the controller's fleet
 /// provisioning).
 #[derive(Default)]
-pub(crate) struct Job {
-    pub(crate) running: bool,
-    pub(crate) key: String,
-    pub(crate) error: Option<String>,
-    pub(crate) failures: u32,
-    pub(crate) retry_at: Option<Instant>,
-    pub(crate) rejected: bool,
+pub struct Job {
+    /// Whether an attempt runs now.
+    pub running: bool,
+    /// The spec of the last attempt.
+    pub key: String,
+    /// The last attempt's error.
+    pub error: Option<String>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// When the next attempt is due after a failure.
+    pub retry_at: Option<Instant>,
+    /// Whether the last failure was a refusal (not an unreachable service).
+    pub rejected: bool,
 }
 
 impl Job {
-    pub(crate) fn may_start(&self, key: &str, now: Instant) -> bool {
+    /// Whether an attempt for `key` may start now.
+    pub fn may_start(&self, key: &str, now: Instant) -> bool {
         !self.running && (self.key != key || self.retry_at.is_none_or(|t| now >= t))
     }
 
@@ -100,10 +107,7 @@ impl Job {
 
     /// Ends a fleet provisioning attempt: backoff from 5 s, and whether AWS IoT refused
     /// (rather than could not be reached). Returns when the next attempt is due.
-    pub(crate) fn finish_fleet<T>(
-        &mut self,
-        result: &Result<T, fleet::FleetError>,
-    ) -> Option<Instant> {
+    pub fn finish_fleet<T>(&mut self, result: &Result<T, fleet::FleetError>) -> Option<Instant> {
         let r = match result {
             Ok(_) => Ok(()),
             Err(e) => Err(e as _),
@@ -135,7 +139,7 @@ impl Job {
 
 /// Runs one fleet provisioning attempt, which counts as failed (unreachable) once it
 /// takes longer than the attempt timeout.
-pub(crate) async fn fleet_attempt<T>(
+pub async fn fleet_attempt<T>(
     attempt: impl std::future::Future<Output = Result<T, fleet::FleetError>>,
 ) -> Result<T, fleet::FleetError> {
     tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)

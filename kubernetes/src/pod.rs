@@ -37,11 +37,11 @@ use super::bundle::{PodBundle, BUNDLE_KEY};
 use super::desired::bundle_secret_name;
 use super::status::shows;
 use super::POD_FIELD_MANAGER;
-use crate::api::{Bridge, Broker};
-use crate::metrics::Metrics;
-use crate::runtime::{self, Engine, Materials};
-use crate::status::kinds;
-use crate::tls::TlsMaterial;
+use edgemq::api::{Bridge, Broker};
+use edgemq::metrics::Metrics;
+use edgemq::runtime::{self, Engine, Materials};
+use edgemq::status::kinds;
+use edgemq::tls::TlsMaterial;
 
 /// Options of `edgemq broker`.
 #[derive(Clone, Debug)]
@@ -166,7 +166,7 @@ struct Pod {
     state: RwLock<State>,
 }
 
-impl crate::http::Health for Pod {
+impl edgemq::http::Health for Pod {
     async fn probe(&self) -> Vec<String> {
         self.engine.probe().await
     }
@@ -398,7 +398,7 @@ impl Pod {
         if last.as_ref() != Some(&mine) {
             let api: Api<Broker> = Api::namespaced(self.client.clone(), &self.opts.namespace);
             let patch = json!({
-                "apiVersion": crate::api::API_VERSION,
+                "apiVersion": edgemq::api::API_VERSION,
                 "kind": "Broker",
                 "status": mine,
             });
@@ -441,7 +441,7 @@ impl Pod {
                 continue;
             }
             let patch =
-                json!({"apiVersion": crate::api::API_VERSION, "kind": "Bridge", "status": wanted});
+                json!({"apiVersion": edgemq::api::API_VERSION, "kind": "Bridge", "status": wanted});
             if let Err(e) = api
                 .patch_status(
                     key,
@@ -458,12 +458,12 @@ impl Pod {
 
 /// A Bridge's status as the pod that runs it sees it ([`kinds::bridge_status`]).
 pub fn bridge_status(
-    st: &crate::bridge::BridgeRuntimeStatus,
+    st: &edgemq::bridge::BridgeRuntimeStatus,
     generation: Option<i64>,
     current: Option<&Value>,
 ) -> Value {
     let previous = super::status::previous_ready(current);
-    let now = crate::certs::rfc3339(time::OffsetDateTime::now_utc());
+    let now = edgemq::certs::rfc3339(time::OffsetDateTime::now_utc());
     let status = kinds::bridge_status(st, generation, previous.as_ref(), &now);
     serde_json::to_value(status).unwrap_or_default()
 }
@@ -472,14 +472,14 @@ pub fn bridge_status(
 /// material is unusable), with the reason `edgemq run` gives.
 pub fn bridge_error_status(error: &str, generation: Option<i64>, current: Option<&Value>) -> Value {
     let previous = super::status::previous_ready(current);
-    let now = crate::certs::rfc3339(time::OffsetDateTime::now_utc());
+    let now = edgemq::certs::rfc3339(time::OffsetDateTime::now_utc());
     let status = kinds::bridge_error_status(error, generation, previous.as_ref(), &now);
     serde_json::to_value(status).unwrap_or_default()
 }
 
 /// `edgemq broker`: runs one Broker from its bundle Secret until SIGTERM.
 pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
-    crate::private_fs::prepare_state_dir(&opts.state_dir)
+    edgemq::private_fs::prepare_state_dir(&opts.state_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state_dir.display()))?;
     let client = super::kubeconfig::client().await?;
     let metrics = Arc::new(Metrics::default());
@@ -492,9 +492,9 @@ pub async fn run_broker(opts: BrokerOptions) -> anyhow::Result<()> {
         opts: opts.clone(),
         state: RwLock::new(State::default()),
     });
-    crate::http::serve(
+    edgemq::http::serve(
         opts.http,
-        crate::http::Ops {
+        edgemq::http::Ops {
             runtime: pod.clone(),
             registry: Arc::new(registry),
         },

@@ -33,11 +33,11 @@ use super::context::Context;
 use super::desired::{Settings, MANAGED_BY};
 use super::trust::{Trust, CREDENTIALS_REQUIRED};
 use super::{Error, FIELD_MANAGER};
-use crate::api::certificate::Http01Solver;
-use crate::api::{Certificate, CertificateStatus};
-use crate::certs::acme::{AcmeJob, AcmeStore, Issued};
-use crate::certs::http01::{Answer, Http01Host, PATH_PREFIX};
-use crate::certs::{self, cert_info, CertError, Stored};
+use edgemq::api::certificate::Http01Solver;
+use edgemq::api::{Certificate, CertificateStatus};
+use edgemq::certs::acme::{AcmeJob, AcmeStore, Issued};
+use edgemq::certs::http01::{Answer, Http01Host, PATH_PREFIX};
+use edgemq::certs::{self, cert_info, CertError, Stored};
 
 /// Port the solver container listens on.
 pub const SOLVER_PORT: u16 = 8089;
@@ -146,7 +146,7 @@ pub async fn reconcile(
         Some(s) => cert_info(&s.material.cert_pem, job.renew_before, now)
             .map(|info| (s.material, info))
             .map_err(|e| e.to_string()),
-        None => Err(crate::certs::renewal::not_issued_yet(&progress, &job)),
+        None => Err(edgemq::certs::renewal::not_issued_yet(&progress, &job)),
     };
     ctx.metrics.certificate(
         &format!(
@@ -158,21 +158,21 @@ pub async fn reconcile(
         progress.failures,
     );
     let (ready, reason, mut message, details) =
-        crate::status::certificate::certificate_status(Some(&result), Some(&progress), now);
+        edgemq::status::certificate::certificate_status(Some(&result), Some(&progress), now);
     if result.is_ok() {
         message.push_str(&format!("; stored in Secret {}", cert.secret_name()));
     }
     ctx.set_ready(
         cert.as_ref(),
         (ready, reason, message),
-        crate::status::certificate::fields(&details),
+        edgemq::status::certificate::fields(&details),
     )
     .await?;
     // The task wakes this reconcile when anything happens; this is a safety net.
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
-/// Name of the Secret holding ACME account `id` ([`crate::certs::acme::account_id`]).
+/// Name of the Secret holding ACME account `id` ([`edgemq::certs::acme::account_id`]).
 pub fn account_secret_name(id: &str) -> String {
     format!("edgemq-acme-account-{id}")
 }

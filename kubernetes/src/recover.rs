@@ -26,8 +26,8 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::{Deserialize, Serialize};
 
 use super::bundle::bundle_secret_name;
-use crate::api::{Broker, BrokerSpec};
-use crate::load::{LoadError, Object, Resources};
+use edgemq::api::{Broker, BrokerSpec};
+use edgemq::load::{LoadError, Object, Resources};
 
 /// Key of the bundle Secret holding the Broker the bundle was planned from.
 pub const BROKER_KEY: &str = "broker.json";
@@ -151,9 +151,9 @@ fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kubernetes::bundle::PodBundle;
-    use crate::kubernetes::desired::{broker_objects, Settings};
-    use crate::load::{check_namespace, effective, Kind};
+    use crate::bundle::PodBundle;
+    use crate::desired::{broker_objects, Settings};
+    use edgemq::load::{check_namespace, effective, Kind};
 
     const HASH: &str = "$7$101$qKSz0fyQacdTZ9HB$If/JbDtgTExFDBNmWitmhEReV5nR415+Z0sGyz5/w3xtjXLmRigZrJPRATCjNC+TE2hwhkAwJuKCX/NjaVU4kw==";
 
@@ -191,7 +191,7 @@ mod tests {
     fn bundle_secret(b: &Broker, users: &[&str]) -> Secret {
         let res = objects(b, users);
         let loaded = res.broker("iot", "home").expect("broker").clone();
-        let bundle = crate::plan::plan_broker(&res, &loaded).expect("plan");
+        let bundle = edgemq::plan::plan_broker(&res, &loaded).expect("plan");
         let settings = Settings {
             image: "edgemq:1".into(),
             image_pull_policy: None,
@@ -237,7 +237,7 @@ mod tests {
         let e = effective(&now, &errors, &last_good, check_namespace);
         let b = e.res.broker("iot", "home").expect("the Broker runs");
         assert_eq!(b.object.spec.listeners.len(), 1);
-        let bundles = crate::plan::plan(&e.res).expect("plans");
+        let bundles = edgemq::plan::plan(&e.res).expect("plans");
         assert_eq!(
             bundles["iot/home"].users.keys().collect::<Vec<_>>(),
             ["alice"]
@@ -345,7 +345,7 @@ mod tests {
             None,
         );
         let loaded = with_pair.broker("iot", "home").expect("broker").clone();
-        let bundle = crate::plan::plan_broker(&with_pair, &loaded).expect("plan");
+        let bundle = edgemq::plan::plan_broker(&with_pair, &loaded).expect("plan");
         let settings = Settings {
             image: "edgemq:1".into(),
             image_pull_policy: None,

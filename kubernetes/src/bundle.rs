@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::load::Resources;
-use crate::plan::{BrokerBundle, CaSource, ClientCaSource, RemoteAddress, TlsSource};
+use edgemq::load::Resources;
+use edgemq::plan::{BrokerBundle, CaSource, ClientCaSource, RemoteAddress, TlsSource};
 
 /// Name of a Broker's bundle Secret.
 pub fn bundle_secret_name(broker: &str) -> String {

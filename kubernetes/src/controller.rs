@@ -38,12 +38,12 @@ use super::index;
 use super::streams;
 use super::volume;
 use super::{Error, Metrics};
-use crate::api::broker::UpdateStrategy;
-use crate::api::{
+use edgemq::api::broker::UpdateStrategy;
+use edgemq::api::{
     Bridge, BridgeStatus, Broker, BrokerStatus, Certificate, MqttUser, MqttUserStatus,
 };
-use crate::load::Kind;
-use crate::status::kinds::{self, broker_ready, reason, BrokerState, UserState};
+use edgemq::load::Kind;
+use edgemq::status::kinds::{self, broker_ready, reason, BrokerState, UserState};
 
 /// Broker: its objects and status.
 async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -58,7 +58,7 @@ async fn reconcile_broker(b: Arc<Broker>, ctx: Arc<Context>) -> Result<Action, E
     let own = frame.held().map(|h| h.message());
     let running = b.status.as_ref().and_then(|s| s.config_hash.clone());
     let planned = match eff.broker(ns, name) {
-        Some(l) => crate::plan::plan_broker(eff, l)
+        Some(l) => edgemq::plan::plan_broker(eff, l)
             .map(|bundle| (PodBundle::new(bundle, eff), l.object.clone()))
             .map_err(|e| {
                 e.iter()

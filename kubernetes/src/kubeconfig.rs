@@ -221,7 +221,9 @@ contexts:
     fn an_unreadable_or_invalid_file_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
-        let e = read(std::slice::from_ref(&missing)).unwrap_err().to_string();
+        let e = read(std::slice::from_ref(&missing))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with(&format!("kubeconfig {}: ", missing.display())),
             "{e}"

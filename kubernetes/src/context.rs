@@ -20,8 +20,8 @@ use super::index::{self, Snapshot, View};
 use super::ownership;
 use super::status::shows;
 use super::{Error, Metrics, FIELD_MANAGER};
-use crate::api::{Bridge, Broker, Certificate, MqttUser};
-use crate::status::kinds::{reason, with_ready, Conditions};
+use edgemq::api::{Bridge, Broker, Certificate, MqttUser};
+use edgemq::status::kinds::{reason, with_ready, Conditions};
 use std::sync::Arc;
 
 /// Ready=False reasons that only say work is under way (Events of type Normal).
@@ -56,7 +56,7 @@ pub struct Context {
     /// what an object with a mistake falls back to. Kept in memory: after a restart an
     /// object with a mistake stays out until fixed (fail closed), except a Broker, whose
     /// last good version its bundle Secret keeps (see [`super::recover`]).
-    pub(super) last_good: tokio::sync::Mutex<HashMap<String, crate::load::Resources>>,
+    pub(super) last_good: tokio::sync::Mutex<HashMap<String, edgemq::load::Resources>>,
     /// The background ACME issuers.
     pub(super) acme: super::tasks::Issuers,
     /// The background fleet provisioning tasks.
@@ -165,7 +165,7 @@ impl Stores {
 }
 
 pub(super) fn now_rfc3339() -> String {
-    crate::certs::rfc3339(time::OffsetDateTime::now_utc())
+    edgemq::certs::rfc3339(time::OffsetDateTime::now_utc())
 }
 
 fn sha(v: &impl Serialize) -> String {
@@ -189,17 +189,17 @@ impl Context {
     pub(super) async fn view(
         &self,
         ns: &str,
-        kind: crate::load::Kind,
+        kind: edgemq::load::Kind,
         name: &str,
         version: Option<String>,
-        fresh: crate::load::Object,
+        fresh: edgemq::load::Object,
     ) -> Result<Arc<View>, Error> {
         self.ready().await?;
         let snap = self.snapshot();
         // One view at a time per controller: each is judged against the last good set
         // the one before it left.
         let mut last_good = self.last_good.lock().await;
-        let none = crate::load::Resources::default();
+        let none = edgemq::load::Resources::default();
         // Read in place, never copied here: at 1,000 objects a copy per reconcile cost
         // as much as the index itself.
         let previous = last_good.get(ns).unwrap_or(&none);
@@ -233,8 +233,8 @@ impl Context {
         &self,
         snap: &Snapshot,
         ns: &str,
-        fresh: Option<crate::load::Object>,
-        previous: &crate::load::Resources,
+        fresh: Option<edgemq::load::Object>,
+        previous: &edgemq::load::Resources,
     ) -> Result<(View, SecretsRead), Error> {
         // The rare path below (a Broker to recover) indexes the namespace again rather
         // than every reconcile copying the index in case it does.
@@ -289,7 +289,7 @@ impl Context {
     async fn referenced_secrets(
         &self,
         snap: &Snapshot,
-        sets: &[&crate::load::Resources],
+        sets: &[&edgemq::load::Resources],
         ns: &str,
     ) -> Result<(Vec<Arc<Secret>>, SecretsRead), Error> {
         let names: std::collections::BTreeSet<String> = sets

@@ -13,7 +13,7 @@
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 
-use crate::api::broker::UpdateStrategy;
+use edgemq::api::broker::UpdateStrategy;
 
 /// The node label the scheduler keeps a node-local volume's pods to.
 const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";

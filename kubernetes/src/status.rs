@@ -1,6 +1,6 @@
 //! The status subresource sink's comparisons: what an object shows, and whether a
 //! wanted status is already shown (then nothing is written). The status itself is
-//! worked out purely in [`crate::status::kinds`], the same for both modes.
+//! worked out purely in [`edgemq::status::kinds`], the same for both modes.
 //!
 //! Each writer owns its fields through server-side apply: the controller owns
 //! `observedGeneration`, `conditions` and the fields below; the broker pod owns what
@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::api::Condition;
+use edgemq::api::Condition;
 
 /// The previous Ready condition in a status value.
 pub fn previous_ready(status: Option<&Value>) -> Option<Condition> {
@@ -16,7 +16,7 @@ pub fn previous_ready(status: Option<&Value>) -> Option<Condition> {
     conds
         .iter()
         .filter_map(|c| serde_json::from_value::<Condition>(c.clone()).ok())
-        .find(|c| c.type_ == crate::api::CONDITION_READY)
+        .find(|c| c.type_ == edgemq::api::CONDITION_READY)
 }
 
 /// Whether `current` already shows every field of `wanted` (so writing would change
@@ -37,8 +37,8 @@ pub fn shows(current: Option<&Value>, wanted: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::BrokerStatus;
-    use crate::status::kinds::with_ready;
+    use edgemq::api::BrokerStatus;
+    use edgemq::status::kinds::with_ready;
     use serde_json::json;
 
     fn status(

@@ -26,8 +26,8 @@ use kube::Resource;
 use serde_json::json;
 
 use super::bundle::{PodBundle, BUNDLE_KEY, HASH_KEY};
-use crate::api::broker::{Persistence, UpdateStrategy};
-use crate::api::Broker;
+use edgemq::api::broker::{Persistence, UpdateStrategy};
+use edgemq::api::Broker;
 
 /// Label naming the Broker an object belongs to.
 pub const BROKER_LABEL: &str = "edgemq.io/broker";
@@ -175,7 +175,7 @@ fn owner(broker: &Broker) -> OwnerReference {
     let mut o = broker
         .controller_owner_ref(&())
         .unwrap_or_else(|| OwnerReference {
-            api_version: crate::api::API_VERSION.into(),
+            api_version: edgemq::api::API_VERSION.into(),
             kind: "Broker".into(),
             name: broker.metadata.name.clone().unwrap_or_default(),
             uid: broker.metadata.uid.clone().unwrap_or_default(),
@@ -288,10 +288,10 @@ fn access(
     let bridges: Vec<String> = bundle.bundle.bridges.keys().cloned().collect();
     let mut rules = vec![
         json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"], "resourceNames": secrets}),
-        json!({"apiGroups": [crate::api::GROUP], "resources": ["brokers/status"], "verbs": ["get", "patch"], "resourceNames": [name]}),
+        json!({"apiGroups": [edgemq::api::GROUP], "resources": ["brokers/status"], "verbs": ["get", "patch"], "resourceNames": [name]}),
     ];
     if !bridges.is_empty() {
-        rules.push(json!({"apiGroups": [crate::api::GROUP], "resources": ["bridges/status"], "verbs": ["get", "patch"], "resourceNames": bridges}));
+        rules.push(json!({"apiGroups": [edgemq::api::GROUP], "resources": ["bridges/status"], "verbs": ["get", "patch"], "resourceNames": bridges}));
     }
     let role: Role = typed(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -498,7 +498,7 @@ fn claim(broker: &Broker, p: &Persistence, name: &str, ns: &str) -> PersistentVo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::{Object, Resources};
+    use edgemq::load::{Object, Resources};
 
     const BROKER: &str = r#"
 apiVersion: edgemq.io/v1alpha1
@@ -514,7 +514,7 @@ spec:
         serde_yaml::from_str(&format!("{BROKER}{extra}")).expect("broker yaml")
     }
 
-    fn user(name: &str, hash: &str) -> crate::api::MqttUser {
+    fn user(name: &str, hash: &str) -> edgemq::api::MqttUser {
         serde_yaml::from_str(&format!(
             "apiVersion: edgemq.io/v1alpha1\nkind: MqttUser\nmetadata: {{name: {name}, namespace: iot}}\nspec: {{brokerRef: home, passwordHash: \"{hash}\"}}\n"
         ))
@@ -530,7 +530,7 @@ spec:
             res.apply(Object::MqttUser(Box::new(user(u, HASH))), None);
         }
         let loaded = res.broker("iot", "home").expect("broker").clone();
-        let bundle = crate::plan::plan_broker(&res, &loaded).expect("plan");
+        let bundle = edgemq::plan::plan_broker(&res, &loaded).expect("plan");
         let settings = Settings {
             image: "edgemq:1".into(),
             image_pull_policy: Some("Never".into()),

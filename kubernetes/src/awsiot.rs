@@ -34,14 +34,14 @@ use super::cert_secret::ours;
 use super::context::{status_of, Context};
 use super::trust::{Trust, CREDENTIALS_REQUIRED};
 use super::{Error, FIELD_MANAGER};
-use crate::api::certificate::DeletionPolicy;
-use crate::api::{Bridge, Certificate, CertificateStatus};
-use crate::aws::{policy, Clients, Credentials};
-use crate::certs::awsiot::{self, Record, Store, AMAZON_ROOT_CAS};
-use crate::certs::awsiot_jobs::AwsIotState;
-use crate::certs::{self, CertError};
-use crate::status::{self, kinds::with_ready};
-use crate::tls::TlsMaterial;
+use edgemq::api::certificate::DeletionPolicy;
+use edgemq::api::{Bridge, Certificate, CertificateStatus};
+use edgemq::aws::{policy, Clients, Credentials};
+use edgemq::certs::awsiot::{self, Record, Store, AMAZON_ROOT_CAS};
+use edgemq::certs::awsiot_jobs::AwsIotState;
+use edgemq::certs::{self, CertError};
+use edgemq::status::{self, kinds::with_ready};
+use edgemq::tls::TlsMaterial;
 
 /// Finalizer of `awsIot` Certificates with `deletionPolicy: Delete`: AWS is cleaned up
 /// before the Certificate goes away.
@@ -289,7 +289,7 @@ async fn credentials(
     for (k, v) in secret.string_data.iter().flatten() {
         values.insert((name.to_string(), k.clone()), v.as_bytes().to_vec());
     }
-    crate::aws::credentials_from(name, &values).map(Some)
+    edgemq::aws::credentials_from(name, &values).map(Some)
 }
 
 async fn set_finalizer(cert: &Certificate, ctx: &Context, on: bool) -> Result<Certificate, Error> {
@@ -611,7 +611,7 @@ pub async fn finalize(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::certificate::{AwsIotIssuer, CertificateSpec};
+    use edgemq::api::certificate::{AwsIotIssuer, CertificateSpec};
 
     fn aws_cert(policy: Option<DeletionPolicy>) -> Certificate {
         let mut c = Certificate::new(

@@ -19,9 +19,9 @@ use kube::runtime::controller::Action;
 use super::context::Context;
 use super::frame::Begun;
 use super::Error;
-use crate::api::{Certificate, CertificateStatus};
-use crate::certs;
-use crate::status::{self, kinds::reason};
+use edgemq::api::{Certificate, CertificateStatus};
+use edgemq::certs;
+use edgemq::status::{self, kinds::reason};
 
 use super::cert_secret::{ours, secret_for, stored};
 
@@ -57,7 +57,7 @@ pub async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::requeue(Duration::from_secs(600)));
     }
     let issuer = &cert.spec.issuer;
-    let fleet = crate::certs::fleet::is_fleet(&cert);
+    let fleet = edgemq::certs::fleet::is_fleet(&cert);
     if issuer.aws_iot.is_some() && !fleet {
         return super::awsiot::reconcile(cert, ctx.clone()).await;
     }

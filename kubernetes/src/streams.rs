@@ -119,7 +119,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> BrokerTriggers<K> {
     }
 
     /// [`BrokerTriggers::brokers`] as references to reconcile.
-    pub fn refs(&self, obj: &K, broker: &str) -> Vec<ObjectRef<crate::api::Broker>> {
+    pub fn refs(&self, obj: &K, broker: &str) -> Vec<ObjectRef<edgemq::api::Broker>> {
         let ns = super::frame::namespace_of(obj);
         self.brokers(obj, broker)
             .iter()
@@ -242,17 +242,17 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static, T: PartialEq> Changes<K, T
 mod tests {
     use super::*;
 
-    fn user(name: &str, generation: i64, status: &str, broker: &str) -> crate::api::MqttUser {
-        let mut u = crate::api::MqttUser::new(
+    fn user(name: &str, generation: i64, status: &str, broker: &str) -> edgemq::api::MqttUser {
+        let mut u = edgemq::api::MqttUser::new(
             name,
-            crate::api::MqttUserSpec {
+            edgemq::api::MqttUserSpec {
                 broker_ref: broker.into(),
                 ..Default::default()
             },
         );
         u.metadata.namespace = Some("ns".into());
         u.metadata.generation = Some(generation);
-        u.status = Some(crate::api::MqttUserStatus {
+        u.status = Some(edgemq::api::MqttUserStatus {
             username: Some(status.into()),
             ..Default::default()
         });
@@ -263,9 +263,9 @@ mod tests {
     fn a_broker_follows_specs_and_deletions_of_its_users_not_their_status_writes() {
         use kube::runtime::reflector::store;
         use kube::runtime::watcher::Event;
-        let (reader, mut writer) = store::<crate::api::MqttUser>();
+        let (reader, mut writer) = store::<edgemq::api::MqttUser>();
         let t = BrokerTriggers::new(reader);
-        let mut seen = |u: &crate::api::MqttUser| {
+        let mut seen = |u: &edgemq::api::MqttUser| {
             writer.apply_watcher_event(&Event::Apply(u.clone()));
             t.brokers(u, &u.spec.broker_ref)
         };
@@ -293,9 +293,11 @@ mod tests {
     fn only_a_change_of_what_is_read_or_a_deletion_is_passed_on() {
         use kube::runtime::reflector::store;
         use kube::runtime::watcher::Event;
-        let (reader, mut writer) = store::<crate::api::MqttUser>();
-        let t = OnChange::new(reader, |u: &crate::api::MqttUser| u.spec.broker_ref.clone());
-        let mut seen = |u: &crate::api::MqttUser| {
+        let (reader, mut writer) = store::<edgemq::api::MqttUser>();
+        let t = OnChange::new(reader, |u: &edgemq::api::MqttUser| {
+            u.spec.broker_ref.clone()
+        });
+        let mut seen = |u: &edgemq::api::MqttUser| {
             writer.apply_watcher_event(&Event::Apply(u.clone()));
             t.changed(u)
         };
@@ -314,8 +316,8 @@ mod tests {
     #[test]
     fn a_watch_without_a_store_passes_on_changes_of_what_is_read_and_deletions() {
         use kube::runtime::watcher::Event;
-        let mut t = Changes::new(|u: &crate::api::MqttUser| u.spec.broker_ref.clone());
-        let name = |o: Option<crate::api::MqttUser>| o.map(|u| u.spec.broker_ref);
+        let mut t = Changes::new(|u: &edgemq::api::MqttUser| u.spec.broker_ref.clone());
+        let name = |o: Option<edgemq::api::MqttUser>| o.map(|u| u.spec.broker_ref);
         assert_eq!(
             name(t.pass(Event::Apply(user("u", 1, "a", "b")))),
             Some("b".into())

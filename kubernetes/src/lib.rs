@@ -120,7 +120,7 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// Expiry and failed attempts of each Certificate (the same metrics `edgemq run`
     /// exports).
-    pub certificates: crate::metrics::CertificateMetrics,
+    pub certificates: edgemq::metrics::CertificateMetrics,
     /// 1 while an object's `Ready` condition (as the controller last wrote it) is True,
     /// 0 while it is False.
     pub resource_ready: Family<ResourceLabels, Gauge>,
@@ -181,7 +181,7 @@ impl Drop for Timer<'_> {
 impl Metrics {
     /// Registers every metric under `edgemq_controller_`.
     pub fn register(&self, r: &mut Registry) {
-        crate::metrics::register_build_info(r);
+        edgemq::metrics::register_build_info(r);
         // The Certificate metrics carry the names `edgemq run` gives them, so one
         // dashboard or alert serves both modes.
         let shared = r.sub_registry_with_prefix("edgemq");
@@ -224,7 +224,7 @@ impl Metrics {
     }
 
     /// Records a Certificate's current expiry and failed attempts
-    /// ([`crate::metrics::CertificateMetrics::observe`]).
+    /// ([`edgemq::metrics::CertificateMetrics::observe`]).
     pub fn certificate(&self, key: &str, not_after: Option<&str>, failures: u32) {
         self.certificates.observe(key, not_after, failures);
     }
@@ -303,7 +303,7 @@ struct ControllerHealth {
     leader_election: bool,
 }
 
-impl crate::http::Health for ControllerHealth {
+impl edgemq::http::Health for ControllerHealth {
     async fn probe(&self) -> Vec<String> {
         Vec::new()
     }
@@ -333,9 +333,9 @@ pub async fn run_controller(opts: ControllerOptions) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let leader = Arc::new(AtomicBool::new(!opts.leader_election));
-    crate::http::serve(
+    edgemq::http::serve(
         opts.http,
-        crate::http::Ops {
+        edgemq::http::Ops {
             runtime: Arc::new(ControllerHealth {
                 metrics: metrics.clone(),
                 leader: leader.clone(),
@@ -400,7 +400,7 @@ pub async fn run_controller(opts: ControllerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub use crate::process::shutdown_signal;
+pub use edgemq::process::shutdown_signal;
 
 #[cfg(test)]
 mod tests {
@@ -433,16 +433,16 @@ mod tests {
     /// `edgemq run`'s (and a broker pod's) registry with one broker, bridge,
     /// certificate and git follower.
     fn run_registry() -> Registry {
-        let m = crate::metrics::Metrics::default();
-        let _ = crate::metrics::BrokerMetrics::new(&m, "iot/home");
-        let _ = crate::metrics::BridgeMetrics::new(&m, "iot/aws");
+        let m = edgemq::metrics::Metrics::default();
+        let _ = edgemq::metrics::BrokerMetrics::new(&m, "iot/home");
+        let _ = edgemq::metrics::BridgeMetrics::new(&m, "iot/aws");
         m.certificates
             .observe("iot/tls", Some("2030-01-01T00:00:00Z"), 0);
         m.config_reloads.inc();
         m.config_reload_errors.inc();
         let mut r = Registry::default();
         m.register(&mut r);
-        crate::source::follow::GitMetrics::default().register(&mut r);
+        edgemq::source::follow::GitMetrics::default().register(&mut r);
         r
     }
 
@@ -461,11 +461,11 @@ mod tests {
         for (file, text) in [
             (
                 "monitoring/rules.yaml",
-                include_str!("../../../monitoring/rules.yaml"),
+                include_str!("../../monitoring/rules.yaml"),
             ),
             (
                 "monitoring/dashboard.json",
-                include_str!("../../../monitoring/dashboard.json"),
+                include_str!("../../monitoring/dashboard.json"),
             ),
         ] {
             let used = edgemq_names(text);
@@ -517,8 +517,8 @@ mod tests {
         let info = format!(
             "edgemq_build_info{{version=\"{}\",commit=\"{}\",target=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION"),
-            crate::metrics::GIT_COMMIT,
-            crate::metrics::TARGET
+            edgemq::metrics::GIT_COMMIT,
+            edgemq::metrics::TARGET
         );
         assert!(text.contains(&info), "{info} not in\n{text}");
         assert!(

@@ -10,8 +10,8 @@ use kube::{Resource, ResourceExt};
 use super::context::Context;
 use super::index::{self, View};
 use super::{Error, Timer};
-use crate::api::{Bridge, Broker, Certificate, MqttUser};
-use crate::load::{Held, Kind, Object};
+use edgemq::api::{Bridge, Broker, Certificate, MqttUser};
+use edgemq::load::{Held, Kind, Object};
 
 /// One of the kinds the controller reconciles.
 pub(super) trait Reconciled:

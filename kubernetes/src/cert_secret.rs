@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 
-use crate::api::Certificate;
-use crate::certs::{Issued, Stored};
-use crate::tls::TlsMaterial;
+use edgemq::api::Certificate;
+use edgemq::certs::{Issued, Stored};
+use edgemq::tls::TlsMaterial;
 
 /// Annotation holding the request a stored pair answers.
 pub const REQUEST_ANNOTATION: &str = "edgemq.io/certificate-request";

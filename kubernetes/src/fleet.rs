@@ -31,15 +31,15 @@ use super::cert_secret::tls_secret;
 use super::context::Context;
 use super::trust::{FileError, Trust, FILE_NOT_ALLOWED};
 use super::Error;
-use crate::api::certificate::FleetProvisioning;
-use crate::api::Certificate;
-use crate::certs::awsiot::Issued;
-use crate::certs::awsiot_jobs::{fleet_attempt, AwsIotState};
-use crate::certs::fleet::{
+use edgemq::api::certificate::FleetProvisioning;
+use edgemq::api::Certificate;
+use edgemq::certs::awsiot::Issued;
+use edgemq::certs::awsiot_jobs::{fleet_attempt, AwsIotState};
+use edgemq::certs::fleet::{
     self, FleetError, FleetIdentity, FleetRequest, Machine, MachineError, Record,
 };
-use crate::certs::{self, CertError};
-use crate::tls::TlsMaterial;
+use edgemq::certs::{self, CertError};
+use edgemq::tls::TlsMaterial;
 
 /// Annotation of the Secret holding the provisioning record (`fleet.json` standalone).
 pub const RECORD_ANNOTATION: &str = "edgemq.io/fleet-record";
@@ -212,7 +212,7 @@ pub async fn reconcile(
             ctx.set_ready(
                 cert.as_ref(),
                 (false, FILE_NOT_ALLOWED, message),
-                crate::api::CertificateStatus::default(),
+                edgemq::api::CertificateStatus::default(),
             )
             .await?;
             return Ok(Action::await_change());
@@ -361,14 +361,14 @@ async fn attempt(
 
 /// Writes the Ready condition and fields of `st`, as standalone mode reports them.
 async fn report(cert: &Certificate, ctx: &Context, st: &AwsIotState) -> Result<(), Error> {
-    let (ready, reason, mut message, details) = crate::status::certificate::fleet_status(st);
+    let (ready, reason, mut message, details) = edgemq::status::certificate::fleet_status(st);
     if ready {
         message.push_str(&format!("; stored in Secret {}", cert.secret_name()));
     }
     ctx.set_ready(
         cert,
         (ready, reason, message),
-        crate::status::certificate::fields(&details),
+        edgemq::status::certificate::fields(&details),
     )
     .await
 }

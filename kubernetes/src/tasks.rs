@@ -8,10 +8,10 @@ use std::sync::Mutex;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
 
-use crate::api::Certificate;
-use crate::certs::awsiot_jobs::Job;
-use crate::certs::fleet::{FleetIdentity, Record};
-use crate::certs::renewal::Tasks;
+use edgemq::api::Certificate;
+use edgemq::certs::awsiot_jobs::Job;
+use edgemq::certs::fleet::{FleetIdentity, Record};
+use edgemq::certs::renewal::Tasks;
 
 /// The ACME tasks of the controller, and the channel they wake reconciles with.
 pub struct Issuers {

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 
-use crate::api::{Bridge, Broker, Certificate, MqttUser};
-use crate::load::{Effective, Held, Kind, LoadError, Object, Resources};
+use edgemq::api::{Bridge, Broker, Certificate, MqttUser};
+use edgemq::load::{Effective, Held, Kind, LoadError, Object, Resources};
 
 /// Snapshots of every watched kind (any namespace; [`namespace`] picks one).
 #[derive(Clone, Default)]
@@ -119,7 +119,7 @@ fn secret_refs<'a>(
 
 /// Names of the Secrets a Certificate reads or writes: every `secretRef` / `…SecretRef`
 /// of its spec (a private CA, solver and AWS credentials) and its own Secret.
-pub fn secrets_of_certificate(c: &crate::api::Certificate) -> BTreeSet<String> {
+pub fn secrets_of_certificate(c: &edgemq::api::Certificate) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     if let Ok(v) = serde_json::to_value(&c.spec) {
         collect_secret_refs(&v, &mut out);
@@ -178,7 +178,8 @@ pub fn add_secrets(mut res: Resources, secrets: &[Arc<Secret>]) -> Resources {
 /// The view of `res`, whose validation errors are `errors`, judged against the
 /// namespace's `last_good` set.
 pub fn judge(res: Resources, errors: Vec<LoadError>, last_good: &Resources) -> View {
-    let effective = crate::load::effective(&res, &errors, last_good, crate::load::check_namespace);
+    let effective =
+        edgemq::load::effective(&res, &errors, last_good, edgemq::load::check_namespace);
     View {
         res,
         errors,
@@ -195,7 +196,7 @@ pub fn without_status(b: &Broker) -> Broker {
 
 /// Every validation error of the namespace.
 pub fn errors(res: &Resources) -> Vec<LoadError> {
-    crate::load::check_namespace(res)
+    edgemq::load::check_namespace(res)
 }
 
 /// A namespace's index, its validation errors, and what runs.
@@ -205,7 +206,7 @@ pub struct View {
     /// Every validation error of the namespace.
     pub errors: Vec<LoadError>,
     /// What the plan reads: each object with a mistake at its last good version or
-    /// left out (see [`crate::load::effective`]); the namespace's next last good set.
+    /// left out (see [`edgemq::load::effective`]); the namespace's next last good set.
     pub effective: Effective,
 }
 
