@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The longest functions and the longest files of controller/src (a review aid, not a
+"""The longest functions and the longest files of the Rust sources (a review aid, not a
 test).
 
-    python3 scripts/long_functions.py [--src controller/src] [--top 15] [--without-tests]
+    python3 scripts/long_functions.py [--src DIR ...] [--top 15] [--without-tests]
 
 A function runs from its `fn` line to the closing brace at the same indentation, as
 rustfmt lays code out; test modules (`mod tests`, `tests.rs`) are left out with
@@ -41,15 +41,14 @@ def functions(path: Path, without_tests: bool):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--src", default="controller/src")
+    ap.add_argument("--src", nargs="+", default=["controller/src", "kubernetes/src", "cli/src"])
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--without-tests", action="store_true")
     a = ap.parse_args()
-    src = Path(a.src)
     found = []
     sizes = []
-    for f in sorted(src.rglob("*.rs")):
-        rel = f.relative_to(src)
+    for f in sorted(f for src in a.src for f in Path(src).rglob("*.rs")):
+        rel = f
         sizes.append((len(f.read_text().splitlines()), str(rel)))
         for name, line, n in functions(f, a.without_tests):
             found.append((n, f"{rel}:{line}", name))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Circles in the module import graph of controller/src (a review aid, not a test).
+"""Circles in the module import graph of one crate (a review aid, not a test).
 
-    python3 scripts/module_cycles.py [--src controller/src] [--exclude broker] [--depth 1]
+    python3 scripts/module_cycles.py [--src controller/src|kubernetes/src] [--exclude broker] [--depth 1]
                                      [--without-tests] [--edges]
 
 Each .rs file is a module (`a/mod.rs` and `a.rs` are `crate::a`). A file imports the
