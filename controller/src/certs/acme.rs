@@ -238,9 +238,7 @@ fn acme_err<'a>(
 /// HTTP client for the ACME server: the system's roots, or the CA bundle of
 /// `caBundleSecretRef` for a private ACME server.
 fn http_client(job: &AcmeJob) -> Result<Box<dyn HttpClient>, CertError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match &job.issuer.ca_bundle_secret_ref {
+    let tls = match &job.issuer.ca_bundle_secret_ref {
         Some(r) => {
             let pem = job.secrets.text(&r.name, &r.key)?;
             let mut roots = rustls::RootCertStore::empty();
@@ -260,18 +258,18 @@ fn http_client(job: &AcmeJob) -> Result<Box<dyn HttpClient>, CertError> {
                     r.name, r.key
                 )));
             }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|e| CertError::Issuer(Error::Tls(e)))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-            builder.with_tls_config(config)
+            Some(config)
         }
-        None => builder
-            .with_provider_and_platform_verifier(provider)
-            .map_err(|e| CertError::Issuer(Error::TrustStore(e)))?,
+        None => None,
     };
-    let connector = builder.https_or_http().enable_http1().build();
+    let connector =
+        super::https_connector(tls).map_err(|e| CertError::Issuer(Error::TrustStore(e)))?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(connector);
     Ok(Box::new(Patient(client)))

@@ -451,6 +451,24 @@ pub fn keep_serving<E: std::fmt::Display>(
 
 /// Writes a file readable by the owner only (keys and certificates), atomically; the
 /// folders it creates are the owner's only too.
+/// The HTTPS connector of the certificate code's HTTP/1.1 clients (ACME, and DNS-01
+/// through Cloudflare): rustls with ring, trusting `tls`'s roots when given, else the
+/// system's trust store (rustls-platform-verifier); plain `http://` too, for servers
+/// on loopback. The error is the system's trust store that cannot be read.
+pub fn https_connector(
+    tls: Option<rustls::ClientConfig>,
+) -> std::io::Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>>
+{
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match tls {
+        Some(config) => builder.with_tls_config(config),
+        None => builder.with_provider_and_platform_verifier(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))?,
+    };
+    Ok(builder.https_or_http().enable_http1().build())
+}
+
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
     use std::io::Write;
     let io = |source| CertError::Io {

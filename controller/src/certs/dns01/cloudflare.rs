@@ -222,13 +222,7 @@ impl Cloudflare {
         if !(api.starts_with("https://") || api.starts_with("http://")) {
             return Err(Error::ApiUrl(api));
         }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_platform_verifier(provider)
-            .map_err(Error::Client)?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector = crate::certs::https_connector(None).map_err(Error::Client)?;
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(connector);
