@@ -248,10 +248,15 @@ async fn serve() -> (String, Shared) {
             delete(delete_record),
         )
         .with_state(state.clone());
+    (api_url(app).await, state)
+}
+
+/// Serves `app` on a free loopback port; returns the API base URL pointing at it.
+async fn api_url(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/client/v4"), state)
+    format!("http://{addr}/client/v4")
 }
 
 fn cloudflare(api: &str, token: &str, zone_id: Option<&str>) -> Dns01 {
@@ -409,11 +414,7 @@ async fn echoing_server(envelope: bool) -> String {
                 .into_response()
         }
     };
-    let app = Router::new().fallback(echo);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/client/v4")
+    api_url(Router::new().fallback(echo)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,11 +446,8 @@ async fn an_answer_echoing_the_token_never_puts_it_into_the_error() {
 async fn an_endless_answer_is_cut_off_and_named() {
     // `apiUrl` may name any server: one answering with more than 1 MB is not read on.
     let huge = || async { (StatusCode::OK, vec![b' '; 2 << 20]).into_response() };
-    let app = Router::new().fallback(huge);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let d = cloudflare(&format!("http://{addr}/client/v4"), TOKEN, Some(ZONE_ID));
+    let api = api_url(Router::new().fallback(huge)).await;
+    let d = cloudflare(&api, TOKEN, Some(ZONE_ID));
     let e = d
         .publish("mqtt.example.test", "v")
         .await
