@@ -409,7 +409,7 @@ impl BrokerRuntime {
             let links = self.shared.router().client_links();
             let links: Vec<_> = links
                 .into_iter()
-                .filter(|l| l.close.borrow().is_none())
+                .filter(|l| l.close_reason().is_none())
                 .collect();
             if links.is_empty() {
                 break;

@@ -34,50 +34,67 @@ impl From<SubOptions> for Matched {
 }
 
 /// A trie of subscribers keyed by `K` (a client id, or a share group's key).
+///
+/// The wildcard levels have fields of their own, so that matching a topic hashes
+/// each of its levels once (a lookup of the literal level) rather than three times.
 #[derive(Default, Debug)]
 pub struct TrieNode {
+    /// Literal levels.
     children: HashMap<Box<str>, TrieNode>,
+    /// The `+` level.
+    plus: Option<Box<TrieNode>>,
+    /// The `#` level (a filter ends there, so only its subscribers count).
+    hash: Option<Box<TrieNode>>,
     subscribers: HashMap<Arc<str>, SubOptions>,
 }
 
 impl TrieNode {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.subscribers.is_empty()
+    }
+
+    /// The child for `level`, created if missing.
+    fn child_mut(&mut self, level: &str) -> &mut TrieNode {
+        match level {
+            "+" => self.plus.get_or_insert_with(Box::default),
+            "#" => self.hash.get_or_insert_with(Box::default),
+            _ => self.children.entry(level.into()).or_default(),
+        }
     }
 
     /// Adds or replaces `client`'s subscription to `filter`.
     pub fn insert(&mut self, filter: &str, client: Arc<str>, opts: SubOptions) {
-        self.insert_levels(&levels(filter), client, opts);
-    }
-
-    fn insert_levels(&mut self, levels: &[&str], client: Arc<str>, opts: SubOptions) {
-        match levels.split_first() {
-            None => {
-                self.subscribers.insert(client, opts);
-            }
-            Some((first, rest)) => self
-                .children
-                .entry((*first).into())
-                .or_default()
-                .insert_levels(rest, client, opts),
+        let mut node = self;
+        for level in filter.split('/') {
+            node = node.child_mut(level);
         }
+        node.subscribers.insert(client, opts);
     }
 
     /// Removes a subscriber; prunes nodes left empty. Returns whether it existed.
     pub fn remove(&mut self, filter: &str, client: &str) -> bool {
-        self.remove_levels(&levels(filter), client)
+        self.remove_levels(Some(filter), client)
     }
 
-    fn remove_levels(&mut self, levels: &[&str], client: &str) -> bool {
-        match levels.split_first() {
-            None => self.subscribers.remove(client).is_some(),
-            Some((first, rest)) => {
-                let Some(child) = self.children.get_mut(*first) else {
+    /// `levels`: what is left of the filter below this node (`None`: it ends here).
+    fn remove_levels(&mut self, levels: Option<&str>, client: &str) -> bool {
+        let Some(levels) = levels else {
+            return self.subscribers.remove(client).is_some();
+        };
+        let (level, rest) = split_level(levels);
+        match level {
+            "+" => remove_below(&mut self.plus, rest, client),
+            "#" => remove_below(&mut self.hash, rest, client),
+            _ => {
+                let Some(child) = self.children.get_mut(level) else {
                     return false;
                 };
                 let removed = child.remove_levels(rest, client);
                 if child.is_empty() {
-                    self.children.remove(*first);
+                    self.children.remove(level);
                 }
                 removed
             }
@@ -88,19 +105,22 @@ impl TrieNode {
     /// each subscriber once.
     ///
     /// Most topics match the filters of one node only (`a/b` or `a/+`, not both): its
-    /// subscribers are then taken as they are. Only when several nodes match are they
-    /// merged by client, which costs a hash of each client id.
+    /// subscribers are then taken as they are, and no list of nodes is made. Only
+    /// when several nodes match are they merged by client, which costs a hash of each
+    /// client id.
     pub fn matches(&self, topic: &str) -> Vec<(Arc<str>, Matched)> {
-        let mut nodes = Vec::new();
-        self.collect(&levels(topic), true, topic.starts_with('$'), &mut nodes);
-        nodes.retain(|subs| !subs.is_empty());
-        match nodes.as_slice() {
-            [] => Vec::new(),
-            [subs] => subs
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut found = Found::None;
+        self.collect(Some(topic), true, topic.starts_with('$'), &mut found);
+        match found {
+            Found::None => Vec::new(),
+            Found::One(subs) => subs
                 .iter()
                 .map(|(client, opts)| (client.clone(), Matched::from(*opts)))
                 .collect(),
-            _ => {
+            Found::Many(nodes) => {
                 let mut out: HashMap<Arc<str>, Matched> = HashMap::new();
                 for subs in nodes {
                     merge(&mut out, subs);
@@ -110,28 +130,25 @@ impl TrieNode {
         }
     }
 
-    /// The subscriber sets of every node whose filter matches the levels.
-    fn collect<'a>(
-        &'a self,
-        levels: &[&str],
-        first: bool,
-        dollar: bool,
-        out: &mut Vec<&'a HashMap<Arc<str>, SubOptions>>,
-    ) {
+    /// The subscriber sets of every node whose filter matches `levels` (what is left
+    /// of the topic below this node; `None`: the topic ends here).
+    fn collect<'a>(&'a self, levels: Option<&str>, first: bool, dollar: bool, out: &mut Found<'a>) {
+        // `#` and `+` at the first level do not match a `$` topic [MQTT-4.7.2-1].
         let wildcard_ok = !(first && dollar);
         if wildcard_ok {
-            if let Some(hash) = self.children.get("#") {
-                out.push(&hash.subscribers);
+            if let Some(hash) = &self.hash {
+                out.add(&hash.subscribers);
             }
         }
-        match levels.split_first() {
-            None => out.push(&self.subscribers),
-            Some((level, rest)) => {
-                if let Some(child) = self.children.get(*level) {
+        match levels {
+            None => out.add(&self.subscribers),
+            Some(levels) => {
+                let (level, rest) = split_level(levels);
+                if let Some(child) = self.children.get(level) {
                     child.collect(rest, false, dollar, out);
                 }
                 if wildcard_ok {
-                    if let Some(child) = self.children.get("+") {
+                    if let Some(child) = &self.plus {
                         child.collect(rest, false, dollar, out);
                     }
                 }
@@ -142,6 +159,52 @@ impl TrieNode {
     /// Nodes in the trie, this one included.
     pub fn count(&self) -> usize {
         1 + self.children.values().map(TrieNode::count).sum::<usize>()
+            + self.plus.as_ref().map_or(0, |n| n.count())
+            + self.hash.as_ref().map_or(0, |n| n.count())
+    }
+}
+
+/// Removes a subscriber below a wildcard child, and the child once it is empty.
+fn remove_below(slot: &mut Option<Box<TrieNode>>, levels: Option<&str>, client: &str) -> bool {
+    let Some(child) = slot else {
+        return false;
+    };
+    let removed = child.remove_levels(levels, client);
+    if child.is_empty() {
+        *slot = None;
+    }
+    removed
+}
+
+/// The first level of `levels` and what follows it (`None` after the last level).
+fn split_level(levels: &str) -> (&str, Option<&str>) {
+    match levels.split_once('/') {
+        Some((level, rest)) => (level, Some(rest)),
+        None => (levels, None),
+    }
+}
+
+/// The subscriber sets a topic matched: none, one (the usual case, kept without a
+/// list), or several.
+enum Found<'a> {
+    None,
+    One(&'a HashMap<Arc<str>, SubOptions>),
+    Many(Vec<&'a HashMap<Arc<str>, SubOptions>>),
+}
+
+impl<'a> Found<'a> {
+    fn add(&mut self, subs: &'a HashMap<Arc<str>, SubOptions>) {
+        if subs.is_empty() {
+            return;
+        }
+        *self = match std::mem::replace(self, Found::None) {
+            Found::None => Found::One(subs),
+            Found::One(first) => Found::Many(vec![first, subs]),
+            Found::Many(mut all) => {
+                all.push(subs);
+                Found::Many(all)
+            }
+        };
     }
 }
 
@@ -159,10 +222,6 @@ fn merge(out: &mut HashMap<Arc<str>, Matched>, subs: &HashMap<Arc<str>, SubOptio
             }
         }
     }
-}
-
-fn levels(s: &str) -> Vec<&str> {
-    s.split('/').collect()
 }
 
 #[cfg(test)]
@@ -222,6 +281,25 @@ mod tests {
             ]
         );
         assert!(t.matches("x/z").is_empty());
+    }
+
+    #[test]
+    fn the_last_subscriber_leaving_frees_its_nodes_wildcards_included() {
+        let mut t = TrieNode::default();
+        let c: Arc<str> = "c".into();
+        let filters = ["a/+/b", "a/#", "+/x", "#", "a/b", "+"];
+        for f in filters {
+            t.insert(f, c.clone(), opts(0, None));
+        }
+        // root, a, a/+, a/+/b, a/#, a/b, +, +/x, #
+        assert_eq!(t.count(), 9);
+        assert_eq!(t.matches("a/q/b").len(), 1, "a/+/b, a/# and # merge");
+        for f in filters {
+            assert!(t.remove(f, "c"), "{f} was subscribed");
+            assert!(!t.remove(f, "c"), "{f} is gone");
+        }
+        assert_eq!(t.count(), 1);
+        assert!(t.matches("a/b").is_empty());
     }
 
     #[test]

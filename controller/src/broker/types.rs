@@ -4,12 +4,14 @@
 //! the subscription trie, shared subscriptions, held wills, persistence, `$SYS` and
 //! bridges all build on it without importing one another.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use rumqttd::protocol::PublishProperties;
-use tokio::sync::{watch, Notify};
 
 /// Client ids of edgemq's own sessions start with this; MQTT clients may not use it.
 pub const INTERNAL_CLIENT_PREFIX: &str = "$edgemq/";
@@ -93,10 +95,11 @@ pub enum CloseReason {
 pub struct ConnLink {
     /// Unique id of the connection.
     pub id: u64,
-    /// Woken when the session has something to send.
-    pub wake: Arc<Notify>,
-    /// Set to ask the connection to close.
-    pub close: Arc<watch::Sender<Option<CloseReason>>>,
+    /// Woken when the session has something to send, and when the connection must
+    /// close.
+    pub wake: Arc<Wake>,
+    /// Why the connection must close: set once, by the first [`ConnLink::kick`].
+    close: Arc<OnceLock<CloseReason>>,
 }
 
 impl ConnLink {
@@ -104,14 +107,64 @@ impl ConnLink {
     pub fn new(id: u64) -> ConnLink {
         ConnLink {
             id,
-            wake: Arc::new(Notify::new()),
-            close: Arc::new(watch::channel(None).0),
+            wake: Arc::new(Wake::default()),
+            close: Arc::new(OnceLock::new()),
         }
     }
 
-    /// Asks the connection to close.
+    /// Asks the connection to close. The first reason given is the one its client is
+    /// told; the connection sees it at its next wake-up.
     pub fn kick(&self, reason: CloseReason) {
-        self.close.send_replace(Some(reason));
+        let _ = self.close.set(reason);
+        self.wake.notify_one();
+    }
+
+    /// Why the connection was asked to close, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close.get().copied()
+    }
+}
+
+/// The wake-up of one waiting task (a connection's loop), kept until it is taken.
+///
+/// Cheaper than tokio's `Notify` where it is polled on every pass of a connection's
+/// loop: a poll while nothing is pending is an atomic load and a waker registration,
+/// where a waiting `Notified` takes the `Notify`'s lock on every poll. Only one task
+/// may wait at a time.
+#[derive(Debug, Default)]
+pub struct Wake {
+    set: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wake {
+    /// Wakes the waiting task, or the next one to wait.
+    pub fn notify_one(&self) {
+        self.set.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once after each [`Wake::notify_one`] (several before a poll count as one).
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.take() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A notify between the check and the registration woke nobody: check again.
+        if self.take() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits for [`Wake::notify_one`].
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await
+    }
+
+    fn take(&self) -> bool {
+        self.set.load(Ordering::Relaxed) && self.set.swap(false, Ordering::Acquire)
     }
 }
 

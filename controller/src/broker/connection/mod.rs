@@ -158,7 +158,6 @@ pub async fn serve(
         .certificate
         .as_ref()
         .map(|cert| register_certificate(&shared, cert, link.id, &listener, &client_id));
-    let close = link.close.subscribe();
     let (expiry, granted_expiry) = session_expiry(version, &connect, props.as_ref(), &limits);
     let receive_max = props
         .as_ref()
@@ -225,7 +224,6 @@ pub async fn serve(
     };
     let signals = run::Signals {
         link: &link,
-        close,
         stop: &mut stop,
         keepalive,
         client_max_packet,

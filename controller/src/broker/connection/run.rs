@@ -10,6 +10,7 @@
 //! wait to be written (as a full channel of answers stopped the old reader).
 
 use std::convert::Infallible;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -35,11 +36,9 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the loop watches besides the socket.
 pub(super) struct Signals<'a> {
-    /// The router's link: wake-ups for queued messages.
+    /// The router's link: wake-ups for queued messages and for a close (a close
+    /// asked for at once after the CONNACK is kept in the link, so it is not missed).
     pub link: &'a ConnLink,
-    /// The link's close signal, subscribed to before the session was attached, so
-    /// that a takeover at once after the CONNACK is not missed.
-    pub close: watch::Receiver<Option<CloseReason>>,
     /// The listener was removed.
     pub stop: &'a mut watch::Receiver<bool>,
     /// Keepalive from the CONNECT, in seconds (0: none).
@@ -59,7 +58,6 @@ pub(super) async fn run(
 ) -> Result<Infallible, End> {
     let Signals {
         link,
-        close: close_rx,
         stop,
         keepalive,
         client_max_packet,
@@ -75,11 +73,8 @@ pub(super) async fn run(
     let mut last_read = tokio::time::Instant::now();
     let far = Duration::from_secs(86_400 * 365);
     let keepalive_due = tokio::time::sleep(timeout.unwrap_or(far));
-    let mut close_watch = close_rx.clone();
-    let closed = close_watch.changed();
     let stopped = stop.wait_for(|s| *s);
-    let woken = link.wake.notified();
-    tokio::pin!(keepalive_due, closed, stopped, woken);
+    tokio::pin!(keepalive_due, stopped);
     let mut batch = Vec::new();
     // A resumed session may have deliveries waiting before any wake-up.
     let mut deliver = true;
@@ -151,8 +146,9 @@ pub(super) async fn run(
         // gives way after tokio's cooperative budget, a wake-up would not).
         tokio::select! {
             biased;
-            _ = &mut closed => {
-                let reason = (*close_rx.borrow()).unwrap_or(CloseReason::ServerShuttingDown);
+            // A close wakes the loop through the link's wake-up, whose waker the last
+            // branch registers; it is checked first.
+            reason = std::future::poll_fn(|_| link.close_reason().map_or(Poll::Pending, Poll::Ready)) => {
                 return Err(End::Kicked(reason));
             }
             _ = &mut stopped => return Err(End::Kicked(CloseReason::ListenerRemoved)),
@@ -184,10 +180,7 @@ pub(super) async fn run(
                 }
                 Err(e) => return Err(End::Io(e)),
             },
-            () = &mut woken => {
-                woken.set(link.wake.notified());
-                deliver = true;
-            }
+            () = std::future::poll_fn(|cx| link.wake.poll_notified(cx)) => deliver = true,
         }
     }
 }

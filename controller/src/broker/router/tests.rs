@@ -384,7 +384,7 @@ fn a_session_takeover_kicks_the_old_connection() {
     let first = ConnLink::new(1);
     r.connect(&id, None, true, 0, 20, first.clone()).unwrap();
     r.connect(&id, None, true, 0, 20, ConnLink::new(2)).unwrap();
-    assert_eq!(*first.close.borrow(), Some(CloseReason::SessionTakenOver));
+    assert_eq!(first.close_reason(), Some(CloseReason::SessionTakenOver));
     // The old connection's late disconnect must not remove the new session.
     r.disconnect("dup", 1, None);
     assert_eq!(r.stats().connected, 1);
