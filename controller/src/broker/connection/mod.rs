@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use tokio::sync::watch;
 use rumqttd::protocol::{
     Connect, ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode, LastWill,
     LastWillProperties, Packet, PingResp,
@@ -94,7 +95,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     listener: Arc<str>,
     peer: String,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     handshake: Handshake,
 ) {
     let (mut reader, mut writer) = transport.split();
@@ -154,6 +155,7 @@ pub async fn serve(
     };
 
     let link = ConnLink::new(shared.next_conn_id.fetch_add(1, Ordering::Relaxed));
+    let _stop_watch = watch_stop(stop, link.clone());
     let _registration = handshake
         .certificate
         .as_ref()
@@ -224,7 +226,6 @@ pub async fn serve(
     };
     let signals = run::Signals {
         link: &link,
-        stop: &mut stop,
         keepalive,
         client_max_packet,
     };
@@ -243,6 +244,25 @@ pub async fn serve(
 
 /// The session expiry a CONNECT asks for (MQTT 3.1.1: the Broker's
 /// `sessionExpirySeconds` unless the session is clean), and the one granted.
+/// Closes the connection when its listener stops (or the listener's handle is
+/// dropped), through the link as a takeover would: a task of its own, so that the
+/// connection's loop polls nothing for it per message. It ends with the connection.
+fn watch_stop(mut stop: watch::Receiver<bool>, link: ConnLink) -> StopWatch {
+    StopWatch(tokio::spawn(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        link.kick(CloseReason::ListenerRemoved);
+    }))
+}
+
+/// The task of [`watch_stop`], aborted when dropped.
+struct StopWatch(tokio::task::JoinHandle<()>);
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn session_expiry(
     version: Version,
     connect: &Connect,

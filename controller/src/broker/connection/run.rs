@@ -17,7 +17,6 @@ use bytes::{Buf, BytesMut};
 use rumqttd::protocol::PublishProperties;
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, PubRel, PubRelReason};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
 
 use super::super::codec::{self, FrameError, Version};
 use super::super::transport::{Reader, Writer};
@@ -39,8 +38,6 @@ pub(super) struct Signals<'a> {
     /// The router's link: wake-ups for queued messages and for a close (a close
     /// asked for at once after the CONNACK is kept in the link, so it is not missed).
     pub link: &'a ConnLink,
-    /// The listener was removed.
-    pub stop: &'a mut watch::Receiver<bool>,
     /// Keepalive from the CONNECT, in seconds (0: none).
     pub keepalive: u16,
     /// The client's Maximum Packet Size.
@@ -58,7 +55,6 @@ pub(super) async fn run(
 ) -> Result<Infallible, End> {
     let Signals {
         link,
-        stop,
         keepalive,
         client_max_packet,
     } = signals;
@@ -73,8 +69,7 @@ pub(super) async fn run(
     let mut last_read = tokio::time::Instant::now();
     let far = Duration::from_secs(86_400 * 365);
     let keepalive_due = tokio::time::sleep(timeout.unwrap_or(far));
-    let stopped = stop.wait_for(|s| *s);
-    tokio::pin!(keepalive_due, stopped);
+    tokio::pin!(keepalive_due);
     let mut batch = Vec::new();
     // A resumed session may have deliveries waiting before any wake-up.
     let mut deliver = true;
@@ -146,12 +141,12 @@ pub(super) async fn run(
         // gives way after tokio's cooperative budget, a wake-up would not).
         tokio::select! {
             biased;
-            // A close wakes the loop through the link's wake-up, whose waker the last
-            // branch registers; it is checked first.
+            // A close (a takeover, changed credentials, the listener's stop) wakes
+            // the loop through the link's wake-up, whose waker the last branch
+            // registers; it is checked first.
             reason = std::future::poll_fn(|_| link.close_reason().map_or(Poll::Pending, Poll::Ready)) => {
                 return Err(End::Kicked(reason));
             }
-            _ = &mut stopped => return Err(End::Kicked(CloseReason::ListenerRemoved)),
             () = &mut keepalive_due, if timeout.is_some() && reading => {
                 let t = timeout.unwrap_or(far);
                 if last_read.elapsed() >= t {
@@ -247,14 +242,6 @@ fn encode(
             dup,
         } => {
             let m = &delivery.msg;
-            let p = codec::build_publish(
-                &m.topic,
-                &m.payload,
-                delivery.qos,
-                pkid,
-                delivery.retain,
-                dup,
-            );
             let mut props = m.properties.clone();
             // [MQTT-3.3.2-6]: the expiry interval sent is what is left of it.
             if let (Some(p), Some(at)) = (props.as_mut(), m.expires_at) {
@@ -269,7 +256,30 @@ fn encode(
                     delivery.sub_ids.iter().map(|&i| i as usize).collect();
             }
             let before = out.len();
-            let written = codec::write(version, Packet::Publish(p, props), out);
+            // MQTT 3.1.1 has no properties; without any, the PUBLISH is written
+            // straight from the message's topic and payload.
+            let written = if version == Version::V4 || props.is_none() {
+                codec::write_plain_publish(
+                    version,
+                    &m.topic,
+                    &m.payload,
+                    delivery.qos,
+                    pkid,
+                    delivery.retain,
+                    dup,
+                    out,
+                )
+            } else {
+                let p = codec::build_publish(
+                    &m.topic,
+                    &m.payload,
+                    delivery.qos,
+                    pkid,
+                    delivery.retain,
+                    dup,
+                );
+                codec::write(version, Packet::Publish(p, props), out)
+            };
             if written.is_ok() && out.len() - before > max_packet {
                 // [MQTT-3.1.2-25]: dropped for this client as if sent.
                 out.truncate(before);
