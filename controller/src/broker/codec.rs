@@ -617,20 +617,33 @@ mod tests {
 
     #[test]
     fn a_plain_publish_is_written_as_rumqttd_writes_it() {
-        let payloads = [Vec::new(), b"hello".to_vec(), vec![7u8; 200], vec![1u8; 20_000]];
+        let payloads = [
+            Vec::new(),
+            b"hello".to_vec(),
+            vec![7u8; 200],
+            vec![1u8; 20_000],
+        ];
         for version in [Version::V4, Version::V5] {
             for payload in &payloads {
                 for (qos, pkid) in [(0, 0), (1, 1), (2, 65_535)] {
                     for (retain, dup) in [(false, false), (true, false), (false, true)] {
-                        let (topic, payload) = (Bytes::from_static(b"a/b/c"), Bytes::from(payload.clone()));
+                        let (topic, payload) =
+                            (Bytes::from_static(b"a/b/c"), Bytes::from(payload.clone()));
                         let mut expected = BytesMut::new();
                         let p = build_publish(&topic, &payload, qos, pkid, retain, dup);
                         let n = write(version, Packet::Publish(p, None), &mut expected).unwrap();
                         let mut got = BytesMut::from(&b"before"[..]);
-                        let m = write_plain_publish(version, &topic, &payload, qos, pkid, retain, dup, &mut got)
-                            .unwrap();
+                        let m = write_plain_publish(
+                            version, &topic, &payload, qos, pkid, retain, dup, &mut got,
+                        )
+                        .unwrap();
                         assert_eq!(&got[..6], b"before");
-                        assert_eq!(&got[6..], &expected[..], "{version:?} QoS {qos} retain {retain} dup {dup} {} bytes", payload.len());
+                        assert_eq!(
+                            &got[6..],
+                            &expected[..],
+                            "{version:?} QoS {qos} retain {retain} dup {dup} {} bytes",
+                            payload.len()
+                        );
                         assert_eq!((m, n), (expected.len(), expected.len()));
                     }
                 }

@@ -23,11 +23,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::sync::watch;
 use rumqttd::protocol::{
     Connect, ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode, LastWill,
     LastWillProperties, Packet, PingResp,
 };
+use tokio::sync::watch;
 
 use super::alias::TopicAliases;
 use super::client_cert::{PeerCertificate, Registration};
