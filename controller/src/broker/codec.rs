@@ -523,6 +523,27 @@ fn strip_properties(packet: Packet) -> Packet {
     }
 }
 
+/// Writes an outgoing PUBLISH (`qos_pkid`: QoS and packet id; `retain_dup`: the
+/// flags) with its properties. MQTT 3.1.1 has none; without any, the packet is
+/// written straight from topic and payload ([`write_plain_publish`]), else through
+/// rumqttd's writer.
+pub fn write_publish(
+    version: Version,
+    topic: &Bytes,
+    payload: &Bytes,
+    (qos, pkid): (u8, u16),
+    (retain, dup): (bool, bool),
+    properties: Option<PublishProperties>,
+    out: &mut BytesMut,
+) -> Result<usize, protocol::Error> {
+    if version == Version::V4 || properties.is_none() {
+        write_plain_publish(version, topic, payload, qos, pkid, retain, dup, out)
+    } else {
+        let p = build_publish(topic, payload, qos, pkid, retain, dup);
+        write(version, Packet::Publish(p, properties), out)
+    }
+}
+
 /// The largest remaining length MQTT can state (four bytes of variable-length
 /// integer).
 const MAX_REMAINING: usize = 268_435_455;

@@ -256,30 +256,15 @@ fn encode(
                     delivery.sub_ids.iter().map(|&i| i as usize).collect();
             }
             let before = out.len();
-            // MQTT 3.1.1 has no properties; without any, the PUBLISH is written
-            // straight from the message's topic and payload.
-            let written = if version == Version::V4 || props.is_none() {
-                codec::write_plain_publish(
-                    version,
-                    &m.topic,
-                    &m.payload,
-                    delivery.qos,
-                    pkid,
-                    delivery.retain,
-                    dup,
-                    out,
-                )
-            } else {
-                let p = codec::build_publish(
-                    &m.topic,
-                    &m.payload,
-                    delivery.qos,
-                    pkid,
-                    delivery.retain,
-                    dup,
-                );
-                codec::write(version, Packet::Publish(p, props), out)
-            };
+            let written = codec::write_publish(
+                version,
+                &m.topic,
+                &m.payload,
+                (delivery.qos, pkid),
+                (delivery.retain, dup),
+                props,
+                out,
+            );
             if written.is_ok() && out.len() - before > max_packet {
                 // [MQTT-3.1.2-25]: dropped for this client as if sent.
                 out.truncate(before);
