@@ -242,8 +242,6 @@ pub async fn serve(
     }
 }
 
-/// The session expiry a CONNECT asks for (MQTT 3.1.1: the Broker's
-/// `sessionExpirySeconds` unless the session is clean), and the one granted.
 /// Closes the connection when its listener stops (or the listener's handle is
 /// dropped), through the link as a takeover would: a task of its own, so that the
 /// connection's loop polls nothing for it per message. It ends with the connection.
@@ -263,6 +261,8 @@ impl Drop for StopWatch {
     }
 }
 
+/// The session expiry a CONNECT asks for (MQTT 3.1.1: the Broker's
+/// `sessionExpirySeconds` unless the session is clean), and the one granted.
 fn session_expiry(
     version: Version,
     connect: &Connect,
