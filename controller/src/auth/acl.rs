@@ -330,7 +330,11 @@ impl Acl {
 /// Whether `topic` is a name a client may publish to: not empty, no `+`, `#` or NUL,
 /// at most 65,535 bytes.
 pub fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.contains(['+', '#', '\0'])
+    // Bytes, not characters: the three are ASCII, which no other UTF-8 character's
+    // bytes equal, and a byte scan costs a fraction of decoding the characters.
+    !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_LEN
+        && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
 }
 
 /// Whether `filter` is a valid subscription filter: not empty, no NUL, at most 65,535

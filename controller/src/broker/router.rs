@@ -38,6 +38,9 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+/// Matches of one message whose room is kept for the next (entries of 56 bytes).
+const MATCHED_ROOM: usize = 256;
+
 #[derive(Debug)]
 enum Inflight {
     /// Sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
@@ -286,6 +289,8 @@ pub struct Router {
     /// Wills held for their MQTT 5 Will Delay Interval.
     wills: PendingWills,
     retained: HashMap<Bytes, Arc<Message>>,
+    /// The subscribers a message matched, kept between messages for its room.
+    matched: Vec<(Arc<str>, Matched)>,
     /// Bytes of `retained` (topics and payloads), bounded by `maxRetainedBytes`.
     retained_bytes: usize,
     /// A retained message refused by a limit was logged; logged again at powers of two.
@@ -311,6 +316,7 @@ impl Router {
             shared: SharedSubs::default(),
             wills: PendingWills::default(),
             retained: HashMap::new(),
+            matched: Vec::new(),
             retained_bytes: 0,
             retained_refused: 0,
             sys_retained: HashMap::new(),
@@ -425,12 +431,21 @@ impl Router {
     /// Routes a message: updates the retained store and queues it for every matching
     /// session the ACL lets read it. Returns the number of sessions it was queued for.
     pub fn publish(&mut self, msg: Message) -> usize {
+        let topic = msg.topic.clone();
+        self.publish_as(std::str::from_utf8(&topic).unwrap_or(""), msg)
+    }
+
+    /// [`Router::publish`] for a caller that holds the message's topic as text already
+    /// (a client's PUBLISH, whose topic was checked on arrival), so that it is not
+    /// checked again per message: `topic` must be `msg.topic`.
+    pub fn publish_as(&mut self, topic: &str, msg: Message) -> usize {
+        debug_assert_eq!(topic.as_bytes(), &msg.topic[..]);
         let msg = Arc::new(msg);
         if msg.retain {
             self.retain(&msg);
         }
-        let topic = msg.topic_str();
-        let matched = self.trie.matches(topic);
+        let mut matched = std::mem::take(&mut self.matched);
+        self.trie.matches_into(topic, &mut matched);
         let (sessions, acl) = (&self.sessions, &self.acl);
         let may_receive = |client: &str| {
             sessions.get(client).is_some_and(|s| {
@@ -446,7 +461,7 @@ impl Router {
                 (client, Matched { opts, ids })
             });
         let mut delivered = 0;
-        for (client, Matched { opts, ids }) in matched.into_iter().chain(shared) {
+        for (client, Matched { opts, ids }) in matched.drain(..).chain(shared) {
             if opts.no_local && msg.origin.as_deref() == Some(&*client) {
                 continue;
             }
@@ -475,6 +490,9 @@ impl Router {
                 delivered += 1;
             }
         }
+        // The room of a usual fan-out is kept, not that of a rare large one.
+        matched.shrink_to(MATCHED_ROOM);
+        self.matched = matched;
         delivered
     }
 

@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use super::types::SubOptions;
 
+mod levels;
+use levels::Levels;
+
 /// What a topic matched for one subscriber: the options of its matching
 /// subscriptions merged (highest QoS), and every subscription identifier among them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,12 +38,12 @@ impl From<SubOptions> for Matched {
 
 /// A trie of subscribers keyed by `K` (a client id, or a share group's key).
 ///
-/// The wildcard levels have fields of their own, so that matching a topic hashes
-/// each of its levels once (a lookup of the literal level) rather than three times.
+/// The wildcard levels have fields of their own, so that matching a topic looks up
+/// each of its levels once (the literal level) rather than three times.
 #[derive(Default, Debug)]
 pub struct TrieNode {
     /// Literal levels.
-    children: HashMap<Box<str>, TrieNode>,
+    children: Levels,
     /// The `+` level.
     plus: Option<Box<TrieNode>>,
     /// The `#` level (a filter ends there, so only its subscribers count).
@@ -61,7 +64,7 @@ impl TrieNode {
         match level {
             "+" => self.plus.get_or_insert_with(Box::default),
             "#" => self.hash.get_or_insert_with(Box::default),
-            _ => self.children.entry(level.into()).or_default(),
+            _ => self.children.get_or_insert(level),
         }
     }
 
@@ -103,29 +106,37 @@ impl TrieNode {
 
     /// Every subscriber whose filter matches `topic`, with its subscriptions merged,
     /// each subscriber once.
+    pub fn matches(&self, topic: &str) -> Vec<(Arc<str>, Matched)> {
+        let mut out = Vec::new();
+        self.matches_into(topic, &mut out);
+        out
+    }
+
+    /// [`TrieNode::matches`] appended to `out`, whose room a caller may keep from one
+    /// message to the next.
     ///
     /// Most topics match the filters of one node only (`a/b` or `a/+`, not both): its
     /// subscribers are then taken as they are, and no list of nodes is made. Only
     /// when several nodes match are they merged by client, which costs a hash of each
     /// client id.
-    pub fn matches(&self, topic: &str) -> Vec<(Arc<str>, Matched)> {
+    pub fn matches_into(&self, topic: &str, out: &mut Vec<(Arc<str>, Matched)>) {
         if self.is_empty() {
-            return Vec::new();
+            return;
         }
         let mut found = Found::None;
         self.collect(Some(topic), true, topic.starts_with('$'), &mut found);
         match found {
-            Found::None => Vec::new(),
-            Found::One(subs) => subs
-                .iter()
-                .map(|(client, opts)| (client.clone(), Matched::from(*opts)))
-                .collect(),
+            Found::None => {}
+            Found::One(subs) => out.extend(
+                subs.iter()
+                    .map(|(client, opts)| (client.clone(), Matched::from(*opts))),
+            ),
             Found::Many(nodes) => {
-                let mut out: HashMap<Arc<str>, Matched> = HashMap::new();
+                let mut merged: HashMap<Arc<str>, Matched> = HashMap::new();
                 for subs in nodes {
-                    merge(&mut out, subs);
+                    merge(&mut merged, subs);
                 }
-                out.into_iter().collect()
+                out.extend(merged);
             }
         }
     }
@@ -158,7 +169,7 @@ impl TrieNode {
 
     /// Nodes in the trie, this one included.
     pub fn count(&self) -> usize {
-        1 + self.children.values().map(TrieNode::count).sum::<usize>()
+        1 + self.children.nodes().map(TrieNode::count).sum::<usize>()
             + self.plus.as_ref().map_or(0, |n| n.count())
             + self.hash.as_ref().map_or(0, |n| n.count())
     }
@@ -177,9 +188,13 @@ fn remove_below(slot: &mut Option<Box<TrieNode>>, levels: Option<&str>, client: 
 }
 
 /// The first level of `levels` and what follows it (`None` after the last level).
+///
+/// A plain scan: topic levels are short, and `split_once`'s search costs more to set
+/// up than the scan.
 fn split_level(levels: &str) -> (&str, Option<&str>) {
-    match levels.split_once('/') {
-        Some((level, rest)) => (level, Some(rest)),
+    match levels.bytes().position(|b| b == b'/') {
+        // `/` is one byte of UTF-8: both sides are whole characters.
+        Some(i) => (&levels[..i], Some(&levels[i + 1..])),
         None => (levels, None),
     }
 }

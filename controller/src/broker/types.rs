@@ -27,8 +27,9 @@ pub struct Message {
     pub qos: u8,
     /// Retain flag it was published with.
     pub retain: bool,
-    /// MQTT 5 properties forwarded to subscribers.
-    pub properties: Option<PublishProperties>,
+    /// MQTT 5 properties forwarded to subscribers; boxed, as most messages have none
+    /// and a message is moved whole a few times on its way in.
+    pub properties: Option<Box<PublishProperties>>,
     /// Client id of the publisher, for MQTT 5 no-local subscriptions.
     pub origin: Option<Arc<str>>,
     /// When its MQTT 5 Message Expiry Interval runs out: not delivered after that.

@@ -64,7 +64,7 @@ impl Handler<'_> {
             expires_at: expiry_deadline(
                 properties.as_ref().and_then(|p| p.message_expiry_interval),
             ),
-            properties: properties.map(forwardable),
+            properties: properties.map(|p| Box::new(forwardable(p))),
             origin: Some(client.id.clone()),
         };
         // One lock for the ACL check, the QoS 2 duplicate check and the routing.
@@ -77,7 +77,7 @@ impl Handler<'_> {
             // A QoS 2 packet id is remembered even when denied, so its PUBREL is known.
             let fresh = qos < 2 || router.qos2_received(&client.id, pkid);
             if allowed && fresh {
-                router.publish(msg);
+                router.publish_as(topic, msg);
             }
             allowed
         };
@@ -186,14 +186,16 @@ pub(super) fn publish_will(router: &mut Router, shared: &Shared, client: &Client
         shared.metrics.acl_denials.inc();
         return;
     }
-    let properties = props.as_ref().map(|p| PublishProperties {
-        payload_format_indicator: p.payload_format_indicator,
-        message_expiry_interval: p.message_expiry_interval,
-        content_type: p.content_type.clone(),
-        response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.clone(),
-        user_properties: p.user_properties.clone(),
-        ..PublishProperties::default()
+    let properties = props.as_ref().map(|p| {
+        Box::new(PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            ..PublishProperties::default()
+        })
     });
     let msg = Message {
         topic: will.topic.clone(),

@@ -242,7 +242,7 @@ fn encode(
             dup,
         } => {
             let m = &delivery.msg;
-            let mut props = m.properties.clone();
+            let mut props = m.properties.as_deref().cloned();
             // [MQTT-3.3.2-6]: the expiry interval sent is what is left of it.
             if let (Some(p), Some(at)) = (props.as_mut(), m.expires_at) {
                 let left = at.saturating_duration_since(Instant::now());
