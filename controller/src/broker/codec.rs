@@ -300,31 +300,41 @@ pub fn read_client(
     buf: &mut BytesMut,
     max_size: usize,
 ) -> Result<Incoming, FrameError> {
-    match protocol::v4::check(buf.iter(), max_size) {
-        Ok(h) => super::check::check(
-            version == Version::V5,
-            h.byte1,
-            &buf[h.fixed_header_len..h.frame_length()],
-        )?,
-        Err(protocol::Error::InsufficientBytes(_)) => return Err(FrameError::Incomplete),
-        Err(protocol::Error::PayloadSizeLimitExceeded(n)) => return Err(FrameError::TooLarge(n)),
-        Err(e) => return Err(FrameError::Malformed(e)),
-    }
-    read(version, buf, max_size)
+    let header = fixed_header(buf, max_size)?;
+    let (byte1, fixed_header_len, frame_length) = header;
+    super::check::check(
+        version == Version::V5,
+        byte1,
+        &buf[fixed_header_len..frame_length],
+    )?;
+    read_frame(version, buf, max_size, header)
 }
 
 /// Decodes one packet from the front of `buf`, if a whole frame is there.
 pub fn read(version: Version, buf: &mut BytesMut, max_size: usize) -> Result<Incoming, FrameError> {
-    // The fixed header is the same in MQTT 3.1.1 and 5 (rumqttd's v5 header keeps
-    // its fields private, so the v4 parser reads both).
-    let header = protocol::v4::check(buf.iter(), max_size)
-        .map(|h| (h.byte1, h.fixed_header_len, h.frame_length()));
-    let (byte1, fixed_header_len, frame_length) = match header {
-        Ok(h) => h,
-        Err(protocol::Error::InsufficientBytes(_)) => return Err(FrameError::Incomplete),
-        Err(protocol::Error::PayloadSizeLimitExceeded(n)) => return Err(FrameError::TooLarge(n)),
-        Err(e) => return Err(FrameError::Malformed(e)),
-    };
+    let header = fixed_header(buf, max_size)?;
+    read_frame(version, buf, max_size, header)
+}
+
+/// The fixed header at the front of `buf`: its first byte, its length and the whole
+/// frame's length, once the whole frame is there. It is the same in MQTT 3.1.1 and 5
+/// (rumqttd's v5 header keeps its fields private, so the v4 parser reads both).
+fn fixed_header(buf: &BytesMut, max_size: usize) -> Result<(u8, usize, usize), FrameError> {
+    match protocol::v4::check(buf.iter(), max_size) {
+        Ok(h) => Ok((h.byte1, h.fixed_header_len, h.frame_length())),
+        Err(protocol::Error::InsufficientBytes(_)) => Err(FrameError::Incomplete),
+        Err(protocol::Error::PayloadSizeLimitExceeded(n)) => Err(FrameError::TooLarge(n)),
+        Err(e) => Err(FrameError::Malformed(e)),
+    }
+}
+
+/// Decodes the frame whose [`fixed_header`] was read.
+fn read_frame(
+    version: Version,
+    buf: &mut BytesMut,
+    max_size: usize,
+    (byte1, fixed_header_len, frame_length): (u8, usize, usize),
+) -> Result<Incoming, FrameError> {
     // rumqttd's MQTT 5 reader has no CONNACK or UNSUBACK decoder (it panics on them);
     // neither is valid where `read` is used (a broker reading a client, a bridge after
     // its CONNACK), so they are refused here.
