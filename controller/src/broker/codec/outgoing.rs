@@ -55,28 +55,48 @@ pub fn write_plain_publish(
     if topic.len() > usize::from(u16::MAX) {
         return Err(protocol::Error::PayloadTooLong);
     }
-    let start = out.len();
-    out.put_u8(0b0011_0000 | u8::from(retain) | (qos << 1) | (u8::from(dup) << 3));
-    // rumqttd's writer of the remaining length refuses one MQTT cannot state; then
-    // the header byte is taken back, so that nothing is written.
-    let n = match protocol::v4::write_remaining_length(out, remaining) {
-        Ok(count) => 1 + count,
-        Err(e) => {
-            out.truncate(start);
-            return Err(e);
-        }
-    };
-    out.reserve(remaining);
-    out.put_u16(topic.len() as u16);
-    out.put_slice(topic);
+    // What precedes the topic and what follows it, each assembled on the stack and
+    // copied in one piece into room reserved once: a few byte-sized writes into the
+    // buffer, each checking its room, cost as much as the rest of the packet.
+    let mut head = [0u8; 7];
+    head[0] = 0b0011_0000 | u8::from(retain) | (qos << 1) | (u8::from(dup) << 3);
+    let n = 1 + remaining_length(remaining, &mut head[1..5])?;
+    head[n..n + 2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
+    let mut mid = [0u8; 3];
+    let mut m = 0;
     if qos > 0 {
-        out.put_u16(pkid);
+        mid[..2].copy_from_slice(&pkid.to_be_bytes());
+        m = 2;
     }
     if version == Version::V5 {
-        out.put_u8(0);
+        mid[m] = 0; // no properties
+        m += 1;
     }
+    out.reserve(n + remaining);
+    out.put_slice(&head[..n + 2]);
+    out.put_slice(topic);
+    out.put_slice(&mid[..m]);
     out.put_slice(payload);
     Ok(n + remaining)
+}
+
+/// MQTT's Remaining Length (a variable byte integer of at most four bytes) written
+/// into `to`; the number of bytes written, or rumqttd's error for a length MQTT
+/// cannot state.
+fn remaining_length(mut len: usize, to: &mut [u8]) -> Result<usize, protocol::Error> {
+    if len > 268_435_455 {
+        return Err(protocol::Error::PayloadTooLong);
+    }
+    let mut i = 0;
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        to[i] = if len > 0 { byte | 128 } else { byte };
+        i += 1;
+        if len == 0 {
+            return Ok(i);
+        }
+    }
 }
 
 #[cfg(test)]
