@@ -20,7 +20,7 @@
 #   bench/instructions.sh target/profiling/edgemq target/profiling/edgemq-bench 1:1 1 10000 --one-per-packet
 #   bench/instructions.sh mosquitto target/profiling/edgemq-bench 1:1 1 10000 --one-per-packet
 set -euo pipefail
-[ $# -ge 5 ] || { sed -n '2,19p' "$0"; exit 2; }
+[ $# -ge 5 ] || { sed -n '2,21p' "$0"; exit 2; }
 if [[ $1 == mosquitto ]]; then bin=$(command -v mosquitto); else bin=$(realpath "$1"); fi
 bench=$2 scenario=$3 qos=$4 messages=$5
 shift 5
