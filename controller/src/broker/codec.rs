@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rumqttd::protocol::{self, Packet, Protocol, Publish, PublishProperties, QoS};
 
 mod outgoing;
-pub use outgoing::{write_plain_publish, write_publish};
+pub use outgoing::write_publish;
 
 /// MQTT protocol version of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

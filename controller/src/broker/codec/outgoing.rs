@@ -34,7 +34,7 @@ pub fn write_publish(
 /// the bytes written; an error, with nothing written, for QoS 1 or 2 with packet id 0
 /// or a packet longer than MQTT allows, as rumqttd refuses them.
 #[allow(clippy::too_many_arguments)]
-pub fn write_plain_publish(
+fn write_plain_publish(
     version: Version,
     topic: &[u8],
     payload: &[u8],
